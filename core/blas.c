@@ -1,0 +1,106 @@
+#include "blas.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+/* Not declared in every cblas.h flavour. */
+char *openblas_get_corename(void);
+char *openblas_get_config(void);
+int openblas_get_num_threads(void);
+void openblas_set_num_threads(int n);
+
+#define REEXEC_GUARD "RECUR_BLAS_REEXEC"
+
+int blas_cpu_isa(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return ISA_AVX2;
+    if (__builtin_cpu_supports("avx"))
+        return ISA_AVX;
+    if (__builtin_cpu_supports("sse3"))
+        return ISA_SSE;
+    return ISA_UNKNOWN;
+}
+
+/* OpenBLAS core names (gotoblas_corename) grouped by the ISA their sgemm
+ * kernels use. Unknown names count as ISA_UNKNOWN: we then leave the
+ * library alone rather than guess. */
+int blas_core_isa(const char *name)
+{
+    static const struct { const char *name; int isa; } cores[] = {
+        {"SkylakeX", ISA_AVX512}, {"Cooperlake", ISA_AVX512}, {"SapphireRapids", ISA_AVX512},
+        {"Haswell", ISA_AVX2},    {"Zen", ISA_AVX2},
+        {"Sandybridge", ISA_AVX}, {"Bulldozer", ISA_AVX},    {"Piledriver", ISA_AVX},
+        {"Steamroller", ISA_AVX}, {"Excavator", ISA_AVX},
+        {"Prescott", ISA_SSE},    {"Core2", ISA_SSE},        {"Penryn", ISA_SSE},
+        {"Dunnington", ISA_SSE},  {"Nehalem", ISA_SSE},      {"Atom", ISA_SSE},
+        {"Opteron", ISA_SSE},     {"Opteron(SSE3)", ISA_SSE}, {"Barcelona", ISA_SSE},
+        {"Nano", ISA_SSE},        {"Katmai", ISA_SSE},       {"Coppermine", ISA_SSE},
+        {"Northwood", ISA_SSE},   {"Banias", ISA_SSE},       {"Athlon", ISA_SSE},
+        {"Bobcat", ISA_SSE},
+    };
+    if (!name)
+        return ISA_UNKNOWN;
+    for (size_t i = 0; i < sizeof cores / sizeof cores[0]; i++)
+        if (strcasecmp(name, cores[i].name) == 0)
+            return cores[i].isa;
+    return ISA_UNKNOWN;
+}
+
+const char *blas_coretype_for(int isa)
+{
+    switch (isa) {
+    case ISA_AVX512: return "SkylakeX";
+    case ISA_AVX2: return "Haswell";
+    case ISA_AVX: return "Sandybridge";
+    default: return NULL;
+    }
+}
+
+const char *blas_corename(void) { return openblas_get_corename(); }
+const char *blas_config(void) { return openblas_get_config(); }
+int blas_threads(void) { return openblas_get_num_threads(); }
+void blas_set_threads(int n) { openblas_set_num_threads(n); }
+
+void blas_ensure_fast_kernels(char **argv)
+{
+    if (getenv("OPENBLAS_CORETYPE"))
+        return; /* the user chose; a re-exec sets it too, so no loop */
+    const char *core = blas_corename();
+    int have = blas_core_isa(core), cpu = blas_cpu_isa();
+    if (have == ISA_UNKNOWN || cpu <= have)
+        return;
+    const char *want = blas_coretype_for(cpu);
+    if (!want || getenv(REEXEC_GUARD))
+        return;
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv(REEXEC_GUARD, core, 1);
+    execv("/proc/self/exe", argv);
+    /* Still here: exec failed. Run on with the slow kernels, and say so. */
+    fprintf(stderr, "recurd: OpenBLAS chose %s kernels on a CPU that runs %s; re-exec failed, "
+                    "set OPENBLAS_CORETYPE=%s for full speed\n", core, want, want);
+    unsetenv("OPENBLAS_CORETYPE");
+}
+
+static const char *isa_name(int isa)
+{
+    static const char *names[] = {"unknown", "sse", "avx", "avx2", "avx512"};
+    return isa >= 0 && isa <= ISA_AVX512 ? names[isa] : "unknown";
+}
+
+void blas_describe(char *buf, int len)
+{
+    const char *core = blas_corename();
+    const char *from = getenv(REEXEC_GUARD);
+    snprintf(buf, (size_t)len, "OpenBLAS core=%s (%s kernels) cpu=%s threads=%d%s%s%s", core,
+             isa_name(blas_core_isa(core)), isa_name(blas_cpu_isa()), blas_threads(),
+             from ? " (re-executed: library first chose " : "", from ? from : "", from ? ")" : "");
+}

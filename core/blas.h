@@ -1,0 +1,40 @@
+/*
+ * blas.h — make sure OpenBLAS runs the right kernels for this CPU.
+ *
+ * Debian's OpenBLAS (0.3.21, DYNAMIC_ARCH) picks its kernels when the
+ * library loads. On some CPUs it does not recognise the model and falls
+ * back to its Prescott (SSE3) kernels, 5x slower (an AVX-512 Intel part,
+ * family 6 model 207, in shared/docs/DESIGN.md). The choice is read from
+ * OPENBLAS_CORETYPE at load time, so setting it in main() is too late:
+ * blas_ensure_fast_kernels() compares the kernels OpenBLAS chose with what
+ * the CPU supports and, if they are weaker, re-executes the program with
+ * OPENBLAS_CORETYPE set. It never forces kernels the CPU cannot run (on
+ * an AVX2-only AMD Zen, forcing SkylakeX dies with SIGILL), and it respects
+ * an OPENBLAS_CORETYPE the user set.
+ */
+#ifndef RECUR_BLAS_H
+#define RECUR_BLAS_H
+
+/* ISA levels, weakest first. */
+enum blas_isa { ISA_UNKNOWN = 0, ISA_SSE = 1, ISA_AVX = 2, ISA_AVX2 = 3, ISA_AVX512 = 4 };
+
+/* Call first thing in main() with main's argv. Returns only if no re-exec
+ * is needed (or it failed, in which case it says so on stderr once). */
+void blas_ensure_fast_kernels(char **argv);
+
+/* The kernels OpenBLAS runs ("Zen", "Haswell", "SkylakeX", ...). */
+const char *blas_corename(void);
+/* The library's build string. */
+const char *blas_config(void);
+int blas_threads(void);
+void blas_set_threads(int n);
+
+/* Best ISA of this CPU, and the ISA a core name's kernels need. */
+int blas_cpu_isa(void);
+int blas_core_isa(const char *corename);
+/* The OPENBLAS_CORETYPE to ask for on a CPU with this ISA (NULL: none). */
+const char *blas_coretype_for(int isa);
+/* One line: "OpenBLAS core=Zen isa=avx2 cpu=avx2 threads=2". */
+void blas_describe(char *buf, int len);
+
+#endif

@@ -1,0 +1,32 @@
+#include "errors.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+const char *rc_strerror(int code)
+{
+    switch (code) {
+    case RC_OK: return "ok";
+    case RC_ENOMEM: return "out of memory";
+    case RC_EIO: return "I/O error";
+    case RC_EFORMAT: return "malformed data";
+    case RC_EUNSUPPORTED: return "unsupported";
+    case RC_EINVAL: return "invalid argument";
+    case RC_ERANGE: return "over a limit";
+    case RC_EMISMATCH: return "made for another model";
+    case RC_ECHECKSUM: return "checksum mismatch";
+    case RC_ECANCELED: return "canceled";
+    }
+    return "unknown error";
+}
+
+int rc_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}

@@ -1,0 +1,60 @@
+/*
+ * recurd — a server and toolbox for recurrent language models.
+ *
+ *   recurd score --model DIR --tokens FILE [--json] [--chunk N]
+ *   recurd bench [--model DIR | --random NAME | --config FILE] [--json]
+ *   recurd version
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "blas.h"
+#include "cli.h"
+
+#ifndef RECUR_VERSION
+#define RECUR_VERSION "0.1.0"
+#endif
+
+static int cmd_version(int argc, char **argv)
+{
+    char blas[256];
+    blas_describe(blas, sizeof blas);
+    printf("recurd %s\n%s\n", RECUR_VERSION, blas);
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"version", cmd_version, "version and the BLAS kernels in use"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: recurd COMMAND [options]   (recurd COMMAND --help for its options)\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    blas_ensure_fast_kernels(argv);
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version"))
+        return cmd_version(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "recurd: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,151 @@
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "cli.h"
+#include "errors.h"
+
+double now_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+size_t rss_peak_bytes(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (size_t)ru.ru_maxrss * 1024;
+}
+
+size_t rss_current_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages_total, pages_rss;
+    size_t out = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages_total, &pages_rss) == 2)
+        out = (size_t)pages_rss * (size_t)sysconf(_SC_PAGESIZE);
+    fclose(f);
+    return out;
+}
+
+int read_file_all(const char *path, size_t max_bytes, char **out, size_t *len, char *err,
+                  size_t errlen)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f)
+        return rc_fail(err, errlen, RC_EIO, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = rc_malloc(cap + 1);
+    if (!buf)
+        goto nomem;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= max_bytes) {
+                rc_free(buf);
+                if (f != stdin)
+                    fclose(f);
+                return rc_fail(err, errlen, RC_ERANGE, "%s: larger than %zu bytes", path,
+                               max_bytes);
+            }
+            size_t ncap = cap * 2 > max_bytes ? max_bytes : cap * 2;
+            char *nb = rc_realloc(buf, ncap + 1);
+            if (!nb)
+                goto nomem;
+            buf = nb;
+            cap = ncap;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) {
+                rc_free(buf);
+                if (f != stdin)
+                    fclose(f);
+                return rc_fail(err, errlen, RC_EIO, "%s: read error", path);
+            }
+            break;
+        }
+    }
+    if (f != stdin)
+        fclose(f);
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return 0;
+nomem:
+    rc_free(buf);
+    if (f != stdin)
+        fclose(f);
+    return rc_fail(err, errlen, RC_ENOMEM, "%s: out of memory", path);
+}
+
+int parse_token_ids(const char *text, int n_vocab, int32_t **ids, size_t *n, char *err,
+                    size_t errlen)
+{
+    size_t cap = 1024, cnt = 0;
+    int32_t *v = rc_malloc(cap * sizeof *v);
+    if (!v)
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+            p++;
+        if (!*p)
+            break;
+        const char *start = p;
+        while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            p++;
+        char tok[32];
+        size_t tl = (size_t)(p - start);
+        long long val = -1;
+        int ok = tl > 0 && tl < sizeof tok;
+        if (ok) {
+            memcpy(tok, start, tl);
+            tok[tl] = 0;
+            char *end;
+            errno = 0;
+            val = strtoll(tok, &end, 10);
+            ok = errno == 0 && *end == 0 && tok[0] != '+' && !(tok[0] == '-' && tok[1] == 0);
+        }
+        if (!ok || val < 0 || val >= n_vocab) {
+            rc_free(v);
+            return rc_fail(err, errlen, RC_EINVAL,
+                           "token %zu ('%.*s') is not an id in [0, %d)", cnt,
+                           (int)(tl > 24 ? 24 : tl), start, n_vocab);
+        }
+        if (cnt == cap) {
+            int32_t *nv = rc_realloc(v, 2 * cap * sizeof *v);
+            if (!nv) {
+                rc_free(v);
+                return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+            }
+            v = nv;
+            cap *= 2;
+        }
+        v[cnt++] = (int32_t)val;
+    }
+    *ids = v;
+    *n = cnt;
+    return 0;
+}
+
+int parse_long_opt(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
