@@ -1,0 +1,64 @@
+/*
+ * apierr.h — the error a request ends with, and its JSON body.
+ *
+ * Every failed request answers with an HTTP status and
+ *   {"error": {"type": "<type>", "message": "<detail>", "code": <status>}}
+ * (the llama.cpp / OpenAI shape). `type` is a stable machine-readable name
+ * from the table in apierr.c (docs/server.md lists them); `message` is for
+ * people and names the offending field, index or limit.
+ *
+ * struct api_error is a plain value (no heap): proto/ and server/ functions
+ * that can reject a request take a `struct api_error *` and fill it with
+ * api_error_set() when they fail.
+ */
+#ifndef RECUR_APIERR_H
+#define RECUR_APIERR_H
+
+#include <stddef.h>
+
+enum api_err_kind {
+    API_OK = 0,
+    API_INVALID_REQUEST,    /* 400 malformed JSON, wrong type, out of range, unknown field */
+    API_INVALID_TOKEN,      /* 400 a token id outside the vocabulary */
+    API_INVALID_SNAPSHOT_NAME, /* 400 a server-side snapshot name that is not allowed */
+    API_AUTHENTICATION,     /* 401 missing or wrong API key */
+    API_NOT_FOUND,          /* 404 no such route, session or snapshot (or not yours) */
+    API_METHOD_NOT_ALLOWED, /* 405 route exists, method does not */
+    API_SESSION_BUSY,       /* 409 the session is running another request */
+    API_SNAPSHOT_MISMATCH,  /* 409 snapshot made by another model */
+    API_CONFLICT,           /* 409 named snapshot exists */
+    API_PAYLOAD_TOO_LARGE,  /* 413 body over its cap */
+    API_UNSUPPORTED_MEDIA,  /* 415 wrong Content-Type */
+    API_INVALID_SNAPSHOT,   /* 422 truncated / corrupt / unsupported snapshot */
+    API_TOO_MANY_SESSIONS,  /* 429 per-key session cap */
+    API_INTERNAL,           /* 500 a bug or an unexpected engine error */
+    API_NOT_IMPLEMENTED,    /* 501 feature not configured (e.g. no --snapshot-dir) */
+    API_UNAVAILABLE,        /* 503 loading, draining, server-wide capacity */
+    API_OUT_OF_MEMORY,      /* 503 an allocation failed or the memory budget is spent */
+    API_SNAPSHOT_WRITE,     /* 507 writing a snapshot file failed */
+    API_KIND_COUNT
+};
+
+struct api_error {
+    int kind;          /* enum api_err_kind; API_OK when no error */
+    char message[384]; /* NUL-terminated, may be truncated */
+};
+
+/* HTTP status and type string of a kind ("invalid_request", ...). */
+int api_err_status(int kind);
+const char *api_err_type(int kind);
+
+/* Fill e (if non-NULL) and return the kind's status, so handlers can
+ * `return api_error_set(e, API_INVALID_REQUEST, "field '%s' ...", k);`. */
+int api_error_set(struct api_error *e, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Map a librecur rc_status to the closest kind (RC_ENOMEM -> out of
+ * memory, RC_EINVAL -> invalid request, ...). */
+int api_err_from_rc(int rc);
+
+/* The JSON body for e, NUL-terminated, rc_malloc'ed (rc_free it); *len
+ * gets its length. NULL only when out of memory. */
+char *api_error_body(const struct api_error *e, size_t *len);
+
+#endif

@@ -1,0 +1,384 @@
+#include "response.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "errors.h"
+#include "jsonin.h"
+#include "utf8.h"
+
+int tok_details_init(struct tok_details *d, int k)
+{
+    memset(d, 0, sizeof *d);
+    d->k = k;
+    return 0;
+}
+
+static int grow(void **p, size_t n, size_t size)
+{
+    size_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes))
+        return RC_ENOMEM;
+    void *q = rc_realloc(*p, bytes ? bytes : 1);
+    if (!q)
+        return RC_ENOMEM;
+    *p = q;
+    return 0;
+}
+
+int tok_details_push(struct tok_details *d, int64_t pos, int32_t id, float lp,
+                     const int32_t *top_id, const float *top_lp)
+{
+    if (d->n == d->cap) {
+        size_t nc = d->cap ? d->cap * 2 : 64;
+        size_t kk = (size_t)(d->k > 0 ? d->k : 1);
+        if (grow((void **)&d->pos, nc, sizeof *d->pos) || grow((void **)&d->id, nc, sizeof *d->id) ||
+            grow((void **)&d->lp, nc, sizeof *d->lp) ||
+            grow((void **)&d->top_id, nc * kk, sizeof *d->top_id) ||
+            grow((void **)&d->top_lp, nc * kk, sizeof *d->top_lp))
+            return RC_ENOMEM;
+        d->cap = nc;
+    }
+    size_t i = d->n++;
+    d->pos[i] = pos;
+    d->id[i] = id;
+    d->lp[i] = lp;
+    for (int j = 0; j < d->k; j++) {
+        d->top_id[i * (size_t)d->k + (size_t)j] = isnan(lp) ? -1 : top_id[j];
+        d->top_lp[i * (size_t)d->k + (size_t)j] = isnan(lp) ? NAN : top_lp[j];
+    }
+    return 0;
+}
+
+void tok_details_free(struct tok_details *d)
+{
+    if (!d)
+        return;
+    rc_free(d->pos);
+    rc_free(d->id);
+    rc_free(d->lp);
+    rc_free(d->top_id);
+    rc_free(d->top_lp);
+    memset(d, 0, sizeof *d);
+}
+
+int outbuf_put(struct outbuf *b, const void *data, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        size_t nc = b->cap ? b->cap : 1024;
+        while (nc < b->n + n + 1) {
+            if (nc > SIZE_MAX / 2)
+                return RC_ENOMEM;
+            nc *= 2;
+        }
+        char *np = rc_realloc(b->p, nc);
+        if (!np)
+            return RC_ENOMEM;
+        b->p = np;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->n, data, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return 0;
+}
+
+void outbuf_free(struct outbuf *b)
+{
+    rc_free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+void hex64(uint64_t x, char out[17]) { snprintf(out, 17, "%016llx", (unsigned long long)x); }
+
+/* A JSON string of arbitrary bytes: valid UTF-8 kept, the rest U+FFFD. */
+static json_t *text_value(const char *s, size_t n)
+{
+    if (utf8_valid(s, n))
+        return json_stringn(s, n);
+    size_t need = utf8_sanitized_len(s, n);
+    char *buf = rc_malloc(need + 1);
+    if (!buf)
+        return NULL;
+    utf8_sanitize(s, n, buf, need + 1);
+    json_t *v = json_stringn(buf, need);
+    rc_free(buf);
+    return v;
+}
+
+static json_t *num_or_null(double x) { return isfinite(x) ? json_real(x) : json_null(); }
+
+static double ppl(double nll, int64_t n) { return n > 0 ? exp(nll / (double)n) : NAN; }
+
+/* Set o[k] = v, consuming v; 0 or RC_ENOMEM. */
+static int put(json_t *o, const char *k, json_t *v)
+{
+    if (!v)
+        return RC_ENOMEM;
+    return json_object_set_new(o, k, v) ? RC_ENOMEM : 0;
+}
+
+/* A new container stored as o[k]: returned borrowed, or NULL (nothing
+ * leaked) when out of memory. */
+static json_t *child(json_t *o, const char *k, json_t *v)
+{
+    return put(o, k, v) ? NULL : v;
+}
+
+static int add_piece(json_t *o, const struct vocab_view *v, int32_t id)
+{
+    size_t len;
+    const char *p = v->piece(v->ctx, id, &len);
+    if (put(o, "text", text_value(p, len)))
+        return RC_ENOMEM;
+    if (!utf8_valid(p, len)) {
+        json_t *a = json_array();
+        if (!a)
+            return RC_ENOMEM;
+        for (size_t i = 0; i < len; i++)
+            if (json_array_append_new(a, json_integer((unsigned char)p[i]))) {
+                json_decref(a);
+                return RC_ENOMEM;
+            }
+        return put(o, "bytes", a);
+    }
+    return 0;
+}
+
+json_t *resp_token(const struct tok_details *d, size_t i, const struct vocab_view *v)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    if (put(o, "id", json_integer(d->id[i])) || add_piece(o, v, d->id[i]) ||
+        put(o, "position", json_integer(d->pos[i])) || put(o, "logprob", num_or_null(d->lp[i])))
+        goto oom;
+    if (d->k > 0) {
+        json_t *a = child(o, "top_logprobs", isnan(d->lp[i]) ? json_null() : json_array());
+        if (!a)
+            goto oom;
+        for (int j = 0; !isnan(d->lp[i]) && j < d->k; j++) {
+            size_t at = i * (size_t)d->k + (size_t)j;
+            json_t *t = json_object();
+            if (!t || json_array_append_new(a, t) || put(t, "id", json_integer(d->top_id[at])) ||
+                add_piece(t, v, d->top_id[at]) || put(t, "logprob", num_or_null(d->top_lp[at])))
+                goto oom;
+        }
+    }
+    return o;
+oom:
+    json_decref(o);
+    return NULL;
+}
+
+static json_t *token_list(const struct tok_details *d, const struct vocab_view *v)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < d->n; i++) {
+        json_t *t = resp_token(d, i, v);
+        if (!t || json_array_append_new(a, t)) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+json_t *resp_score(const struct score_view *s, const struct vocab_view *v)
+{
+    const struct score_stats *st = s->st;
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    double mean = st->n ? st->nll / (double)st->n : NAN;
+    if (put(o, "position", json_integer(s->position)) ||
+        put(o, "n_tokens", json_integer(s->n_tokens)) ||
+        put(o, "n_scored", json_integer(st->n)) || put(o, "nll", num_or_null(mean)) ||
+        put(o, "nll_sum", json_real(st->nll)) ||
+        put(o, "ppl", num_or_null(ppl(st->nll, st->n))))
+        goto oom;
+    json_t *b = child(o, "buckets", json_array());
+    if (!b)
+        goto oom;
+    for (int i = 0; i < st->nb; i++) {
+        const struct score_bucket *k = &st->b[i];
+        if (k->n == 0)
+            continue;
+        json_t *x = json_object();
+        if (!x || json_array_append_new(b, x) || put(x, "start", json_integer(k->start)) ||
+            put(x, "end", json_integer(k->end)) || put(x, "n", json_integer(k->n)) ||
+            put(x, "nll", num_or_null(k->nll / (double)k->n)) ||
+            put(x, "ppl", num_or_null(ppl(k->nll, k->n))))
+            goto oom;
+    }
+    if (s->d) {
+        if (put(o, "tokens", token_list(s->d, v)) ||
+            put(o, "tokens_truncated", json_boolean(s->truncated)))
+            goto oom;
+    }
+    return o;
+oom:
+    json_decref(o);
+    return NULL;
+}
+
+json_t *resp_generate(const struct gen_view *g, const struct vocab_view *v)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_t *ids = child(o, "tokens", json_array());
+    if (!ids)
+        goto oom;
+    for (size_t i = 0; i < g->n_ids; i++)
+        if (json_array_append_new(ids, json_integer(g->ids[i])))
+            goto oom;
+    if (put(o, "text", text_value(g->text ? g->text : "", g->text_len)) ||
+        put(o, "finish_reason", json_string(g->finish_reason)) ||
+        put(o, "position", json_integer(g->position)) ||
+        put(o, "n_tokens", json_integer((json_int_t)g->n_ids)) ||
+        put(o, "seed", json_integer((json_int_t)(g->seed & INT64_MAX))) ||
+        put(o, "committed", json_boolean(g->committed)))
+        goto oom;
+    if (g->d && put(o, "logprobs", token_list(g->d, v)))
+        goto oom;
+    return o;
+oom:
+    json_decref(o);
+    return NULL;
+}
+
+static json_t *openai_logprobs(const struct tok_details *d, size_t off0,
+                               const struct vocab_view *v)
+{
+    json_t *o = json_object(), *toks, *lps, *tops, *offs;
+    if (!o || !(toks = child(o, "tokens", json_array())) ||
+        !(lps = child(o, "token_logprobs", json_array())) ||
+        !(tops = child(o, "top_logprobs", json_array())) ||
+        !(offs = child(o, "text_offset", json_array())))
+        goto oom;
+    size_t off = off0;
+    for (size_t i = 0; i < d->n; i++) {
+        size_t len;
+        const char *p = v->piece(v->ctx, d->id[i], &len);
+        if (json_array_append_new(toks, text_value(p, len)) ||
+            json_array_append_new(lps, num_or_null(d->lp[i])) ||
+            json_array_append_new(offs, json_integer((json_int_t)off)))
+            goto oom;
+        off += len;
+        if (isnan(d->lp[i]) || d->k == 0) {
+            if (json_array_append_new(tops, json_null()))
+                goto oom;
+            continue;
+        }
+        json_t *t = json_object();
+        if (!t || json_array_append_new(tops, t))
+            goto oom;
+        for (int j = 0; j < d->k; j++) {
+            size_t at = i * (size_t)d->k + (size_t)j, tl;
+            const char *tp = v->piece(v->ctx, d->top_id[at], &tl);
+            size_t need = utf8_sanitized_len(tp, tl);
+            char key[256];
+            if (need >= sizeof key)
+                continue;
+            utf8_sanitize(tp, tl, key, sizeof key);
+            /* Two ids with the same text share a key: keep the first. */
+            if (!json_object_get(t, key) && put(t, key, num_or_null(d->top_lp[at])))
+                goto oom;
+        }
+    }
+    return o;
+oom:
+    json_decref(o);
+    return NULL;
+}
+
+json_t *resp_completion(const struct completion_view *c, const struct vocab_view *v)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_t *choices, *ch = NULL;
+    if (put(o, "id", json_string(c->id)) || put(o, "object", json_string("text_completion")) ||
+        put(o, "created", json_integer(c->created)) || put(o, "model", json_string(c->model)) ||
+        !(choices = child(o, "choices", json_array())) || !(ch = json_object()) ||
+        json_array_append_new(choices, ch))
+        goto oom;
+    if (put(ch, "text", text_value(c->text ? c->text : "", c->text_len)) ||
+        put(ch, "index", json_integer(0)) ||
+        put(ch, "logprobs", c->d ? openai_logprobs(c->d, c->text_offset0, v) : json_null()) ||
+        put(ch, "finish_reason", c->finish_reason ? json_string(c->finish_reason) : json_null()))
+        goto oom;
+    if (c->with_usage) {
+        json_t *u = child(o, "usage", json_object());
+        if (!u || put(u, "prompt_tokens", json_integer(c->prompt_tokens)) ||
+            put(u, "completion_tokens", json_integer(c->completion_tokens)) ||
+            put(u, "total_tokens", json_integer(c->prompt_tokens + c->completion_tokens)))
+            goto oom;
+    }
+    return o;
+oom:
+    json_decref(o);
+    return NULL;
+}
+
+json_t *resp_session(const struct session_view *s)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    if (put(o, "id", json_string(s->id)) || put(o, "position", json_integer(s->position)) ||
+        put(o, "state_bytes", json_integer((json_int_t)s->state_bytes)) ||
+        put(o, "created", json_real(s->created)) || put(o, "last_used", json_real(s->last_used)) ||
+        put(o, "expires_in", json_real(s->expires_in)) || put(o, "busy", json_boolean(s->busy)) ||
+        put(o, "spilled", json_boolean(s->spilled))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *resp_models(const struct model_view *m)
+{
+    char fp[17];
+    hex64(m->fingerprint, fp);
+    json_t *o = json_object(), *data, *x;
+    if (!o || put(o, "object", json_string("list")) || !(data = child(o, "data", json_array())) ||
+        !(x = json_object()) || json_array_append_new(data, x))
+        goto oom;
+    if (put(x, "id", json_string(m->id)) || put(x, "object", json_string("model")) ||
+        put(x, "created", json_integer(m->created)) || put(x, "owned_by", json_string("recurd")) ||
+        put(x, "arch", json_string(m->arch)) || put(x, "d_model", json_integer(m->d_model)) ||
+        put(x, "n_layer", json_integer(m->n_layer)) ||
+        put(x, "vocab_size", json_integer(m->vocab_size)) ||
+        put(x, "d_state", json_integer(m->d_state)) || put(x, "d_inner", json_integer(m->d_inner)) ||
+        put(x, "n_params", json_integer((json_int_t)m->n_params)) ||
+        put(x, "state_bytes", json_integer((json_int_t)m->state_bytes)) ||
+        put(x, "snapshot_bytes", json_integer((json_int_t)m->snapshot_bytes)) ||
+        put(x, "fingerprint", json_string(fp)) || put(x, "tokenizer", json_string(m->tokenizer)))
+        goto oom;
+    return o;
+oom:
+    json_decref(o);
+    return NULL;
+}
+
+int sse_put_json(struct outbuf *b, const json_t *o)
+{
+    size_t n;
+    char *s = pj_dump(o, &n);
+    if (!s)
+        return RC_ENOMEM;
+    /* Compact JSON has no raw newlines, so one data: line is one event. */
+    int rc = outbuf_put(b, "data: ", 6);
+    if (!rc)
+        rc = outbuf_put(b, s, n);
+    if (!rc)
+        rc = outbuf_put(b, "\n\n", 2);
+    rc_free(s);
+    return rc;
+}
+
+int sse_put_done(struct outbuf *b) { return outbuf_put(b, "data: [DONE]\n\n", 14); }

@@ -1,0 +1,136 @@
+/*
+ * response.h — response bodies and stream events, from plain C values.
+ *
+ * The server fills the small structs below (per-token details as flat
+ * arrays, generation results, session and model facts) and these
+ * functions turn them into JSON. Token text comes from a callback (the
+ * codec's id -> bytes): a token's bytes may be part of a UTF-8 character,
+ * so "text" is always valid UTF-8 (U+FFFD for the broken part) and the
+ * exact bytes are added as "bytes": [..] when they are not valid UTF-8 on
+ * their own. Non-finite numbers are written as null (JSON has no NaN).
+ *
+ * Builders return a new json_t (json_decref it) or NULL when out of
+ * memory. sse_* append one complete "data: ...\n\n" event to a struct
+ * outbuf and return 0 or RC_ENOMEM.
+ */
+#ifndef RECUR_RESPONSE_H
+#define RECUR_RESPONSE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "score.h"
+
+typedef const char *(*piece_fn)(const void *ctx, int32_t id, size_t *len);
+
+struct vocab_view {
+    piece_fn piece;
+    const void *ctx;
+};
+
+/* Per-token rows: position, id, log-probability (NaN = not predicted:
+ * the first token of a stream) and k alternatives each. */
+struct tok_details {
+    size_t n, cap;
+    int k;
+    int64_t *pos;
+    int32_t *id;
+    float *lp;
+    int32_t *top_id; /* n * k */
+    float *top_lp;   /* n * k */
+};
+
+int tok_details_init(struct tok_details *d, int k);
+/* top_id/top_lp hold d->k entries (ignored when lp is NaN). */
+int tok_details_push(struct tok_details *d, int64_t pos, int32_t id, float lp,
+                     const int32_t *top_id, const float *top_lp);
+void tok_details_free(struct tok_details *d);
+
+/* A growable byte buffer (rc_* memory). */
+struct outbuf {
+    char *p;
+    size_t n, cap;
+};
+int outbuf_put(struct outbuf *b, const void *data, size_t n);
+void outbuf_free(struct outbuf *b);
+
+/* {"id", "text", ["bytes"], "logprob", "top_logprobs": [...]} for row i. */
+json_t *resp_token(const struct tok_details *d, size_t i, const struct vocab_view *v);
+
+/* Scoring result (append and /v1/score):
+ * {"position","n_tokens","n_scored","nll","ppl","nll_sum","buckets":[..],
+ *  "tokens":[..] (when d), "tokens_truncated"}. */
+struct score_view {
+    int64_t position;            /* stream position after the request */
+    int64_t n_tokens;            /* tokens read by the request */
+    const struct score_stats *st;
+    const struct tok_details *d; /* NULL: details not requested */
+    int truncated;               /* more tokens than the detail limit */
+};
+json_t *resp_score(const struct score_view *s, const struct vocab_view *v);
+
+/* Generation result (POST .../generate):
+ * {"text","tokens":[ids],"finish_reason","position","n_tokens","seed",
+ *  "committed", ["logprobs":[..]]}. */
+struct gen_view {
+    const char *text;            /* bytes (made valid UTF-8 here) */
+    size_t text_len;
+    const int32_t *ids;
+    size_t n_ids;
+    const char *finish_reason;   /* "length", "stop", "eos", "cancelled" */
+    int64_t position;
+    uint64_t seed;
+    int committed;
+    const struct tok_details *d; /* NULL: not requested */
+};
+json_t *resp_generate(const struct gen_view *g, const struct vocab_view *v);
+
+/* OpenAI text_completion objects. */
+struct completion_view {
+    const char *id;              /* "cmpl-..." */
+    int64_t created;             /* unix seconds */
+    const char *model;
+    const char *text;            /* bytes; echo already prepended */
+    size_t text_len;
+    const char *finish_reason;   /* NULL in stream chunks before the last */
+    /* logprobs: NULL = "logprobs": null */
+    const struct tok_details *d;
+    size_t text_offset0;         /* offset of the first detail token's text */
+    int64_t prompt_tokens, completion_tokens;
+    int with_usage;
+};
+json_t *resp_completion(const struct completion_view *c, const struct vocab_view *v);
+
+/* Session facts. */
+struct session_view {
+    const char *id;
+    int64_t position;
+    size_t state_bytes;
+    double created, last_used;   /* unix seconds */
+    double expires_in;           /* seconds */
+    int busy, spilled;
+};
+json_t *resp_session(const struct session_view *s);
+
+/* Model facts for /v1/models. */
+struct model_view {
+    const char *id;
+    const char *arch;            /* "mamba2", "mamba" */
+    int d_model, n_layer, vocab_size, d_state, d_inner;
+    size_t state_bytes, snapshot_bytes;
+    uint64_t fingerprint;
+    size_t n_params;
+    const char *tokenizer;       /* "bpe", "byte" */
+    int64_t created;
+};
+json_t *resp_models(const struct model_view *m);
+
+/* SSE framing: "data: <compact JSON>\n\n" and "data: [DONE]\n\n". */
+int sse_put_json(struct outbuf *b, const json_t *o);
+int sse_put_done(struct outbuf *b);
+
+/* The hex form used for fingerprints and ids. */
+void hex64(uint64_t x, char out[17]);
+
+#endif
