@@ -3,6 +3,7 @@
  *
  *   recurd score --model DIR --tokens FILE [--json] [--chunk N]
  *   recurd bench [--model DIR | --random NAME | --config FILE] [--json]
+ *   recurd serve --model DIR [--host H] [--port P] ...
  *   recurd version
  */
 #include <stdio.h>
@@ -28,6 +29,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
+    {"serve", cmd_serve, "the HTTP server (recurd serve --help)"},
     {"version", cmd_version, "version and the BLAS kernels in use"},
 };
 

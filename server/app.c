@@ -1,0 +1,286 @@
+/*
+ * app.c — `recurd serve`: start-up, the loop's event plumbing, the idle
+ * TTL sweep, and the SIGTERM drain.
+ *
+ * Start-up listens at once (so /health answers 503 "loading") and loads
+ * the model on the compute thread; a model that fails to load ends the
+ * process with status 1 and one log line naming the reason.
+ *
+ * Drain (first SIGTERM or SIGINT): /health turns 503, the listening socket
+ * closes (MHD_quiesce_daemon), in-flight requests get --drain-timeout
+ * seconds to finish; then running jobs are cancelled (streams end with an
+ * error event) and the process exits 0 once the last request is done. A
+ * second signal exits at once with status 1.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "alloc.h"
+#include "app.h"
+#include "cli.h"
+#include "errors.h"
+#include "jsonin.h"
+#include "log.h"
+#include "model.h"
+#include "snapshot.h"
+#include "state.h"
+
+/* After the drain timeout has cancelled everything, give streams this
+ * long to deliver their final event before closing regardless. */
+#define DRAIN_GRACE_MS 5000
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void app_stop(struct app *a)
+{
+    if (a->stopping)
+        return;
+    a->stopping = 1;
+    uv_signal_stop(&a->sigterm);
+    uv_signal_stop(&a->sigint);
+    uv_close((uv_handle_t *)&a->sigterm, close_cb);
+    uv_close((uv_handle_t *)&a->sigint, close_cb);
+    uv_close((uv_handle_t *)&a->ttl_timer, close_cb);
+    uv_close((uv_handle_t *)&a->drain_timer, close_cb);
+    /* connections first (their requests release their jobs), then the
+     * compute thread, then whatever it finished on the way out */
+    http_free(a->http);
+    a->http = NULL;
+    sched_stop(a->sched);
+    for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
+        nx = j->ev_next;
+        j->owner = NULL;
+        routes_on_job_event(a, j);
+    }
+    sched_free(a->sched);
+    a->sched = NULL;
+    sessions_free(a->sessions);
+    a->sessions = NULL;
+    uv_close((uv_handle_t *)&a->async, close_cb);
+}
+
+void app_check_drained(struct app *a)
+{
+    if (a->state != APP_DRAINING || a->stopping || !a->http)
+        return;
+    if (http_in_flight(a->http) == 0 && atomic_load(&sched_stats(a->sched)->queued) == 0) {
+        log_msg("drained: exiting");
+        app_stop(a);
+    }
+}
+
+static void model_ready(struct app *a)
+{
+    a->m = sched_model(a->sched);
+    a->mc = model_config(a->m);
+    a->codec = sched_codec(a->sched);
+    a->fingerprint = model_fingerprint(a->m);
+    a->snap_bytes = snapshot_size(state_serialized_bytes(a->m));
+    a->lim.vocab_size = a->mc->vocab_size;
+    struct sessions_opts so = {
+        .max_sessions = (size_t)a->cfg->max_sessions,
+        .max_per_owner = (size_t)a->cfg->max_sessions_per_key,
+        .mem_budget = a->cfg->state_memory,
+        .ttl_ms = (uint64_t)(a->cfg->session_ttl * 1000),
+    };
+    if (sessions_create(a->m, &so, &a->sessions) != 0) {
+        log_msg("out of memory creating the session table");
+        a->state = APP_FAILED;
+        a->exit_code = 1;
+        app_stop(a);
+        return;
+    }
+    a->state = APP_READY;
+    char fp[17];
+    hex64(a->fingerprint, fp);
+    log_msg("model %s loaded: %s d_model=%d n_layer=%d vocab=%d state=%zu bytes "
+            "fingerprint=%s tokenizer=%s", a->model_name,
+            a->mc->arch == MODEL_MAMBA2 ? "mamba2" : "mamba", a->mc->d_model, a->mc->n_layer,
+            a->mc->vocab_size, state_bytes(a->m), fp, codec_kind(a->codec));
+}
+
+static void on_async(uv_async_t *h)
+{
+    struct app *a = h->data;
+    if (a->stopping)
+        return;
+    if (a->state == APP_LOADING || (a->state == APP_DRAINING && !a->m)) {
+        int st = sched_status(a->sched);
+        if (st == 1)
+            model_ready(a);
+        else if (st < 0) {
+            char esc[600];
+            const char *e = sched_error(a->sched);
+            log_msg("cannot load the model: %s", log_escape(esc, sizeof esc, e, strlen(e)));
+            a->state = APP_FAILED;
+            a->exit_code = 1;
+            app_stop(a);
+            return;
+        }
+    }
+    for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
+        nx = j->ev_next;
+        routes_on_job_event(a, j);
+        if (a->stopping)
+            return;
+    }
+    if (a->http)
+        http_run(a->http);
+    app_check_drained(a);
+}
+
+static void notify(void *ud) { uv_async_send(ud); }
+
+static void on_ttl(uv_timer_t *t)
+{
+    struct app *a = t->data;
+    if (a->sessions)
+        a->metrics.sessions_expired += sessions_expire(a->sessions, uv_now(a->loop));
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct app *a = t->data;
+    if (!a->drain_cancelled) {
+        log_msg("drain timeout: cancelling %d in-flight request(s)", http_in_flight(a->http));
+        a->drain_cancelled = 1;
+        routes_cancel_all(a);
+        uv_timer_start(&a->drain_timer, on_drain_timeout, DRAIN_GRACE_MS, 0);
+        return;
+    }
+    log_msg("drain grace over: closing the remaining connections");
+    app_stop(a);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct app *a = s->data;
+    if (a->state == APP_DRAINING || a->stopping) {
+        /* "You insist": no more waiting */
+        static const char msg[] = "recurd: second signal, exiting now\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        _exit(1);
+    }
+    log_msg("%s: draining (up to %.0f s), then exiting", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+            a->cfg->drain_timeout);
+    a->state = APP_DRAINING;
+    http_quiesce(a->http);
+    uv_timer_start(&a->drain_timer, on_drain_timeout, (uint64_t)(a->cfg->drain_timeout * 1000), 0);
+    app_check_drained(a);
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    struct config cfg;
+    char err[512];
+    int rc = config_load(&cfg, argc, argv, NULL, stdout, err, sizeof err);
+    if (rc == 1)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "recurd serve: %s\n", err);
+        return 2;
+    }
+    proto_init();
+    uv_replace_allocator(rc_malloc, rc_realloc, rc_calloc, rc_free);
+    signal(SIGPIPE, SIG_IGN);
+    log_set_requests(!cfg.quiet);
+
+    struct app a;
+    memset(&a, 0, sizeof a);
+    a.cfg = &cfg;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    a.loop = &loop;
+    a.started_unix = (int64_t)time(NULL);
+    const char *base = strrchr(cfg.model_dir, '/');
+    while (base && base[1] == 0 && base > cfg.model_dir) { /* trailing slash */
+        const char *p = base - 1;
+        while (p > cfg.model_dir && *p != '/')
+            p--;
+        snprintf(a.model_name, sizeof a.model_name, "%.*s", (int)(base - p - (*p == '/')),
+                 p + (*p == '/'));
+        base = NULL;
+    }
+    if (!a.model_name[0])
+        snprintf(a.model_name, sizeof a.model_name, "%s", base ? base + 1 : cfg.model_dir);
+    for (int i = 0; i < cfg.n_api_keys; i++)
+        a.key_owner[i] = XXH3_64bits(cfg.api_keys[i], strlen(cfg.api_keys[i])) | 1;
+    a.lim = (struct proto_limits){
+        .max_depth = (int)cfg.max_json_depth,
+        .max_text_bytes = cfg.max_text_bytes,
+        .max_input_tokens = (size_t)cfg.max_input_tokens,
+        .max_gen_tokens = (int)cfg.max_gen_tokens,
+        .max_top_logprobs = (int)cfg.max_top_logprobs,
+        .max_stop = (int)cfg.max_stop,
+        .max_stop_bytes = cfg.max_stop_bytes,
+    };
+    metrics_init(&a.metrics, route_names, n_route_names);
+
+    uv_async_init(&loop, &a.async, on_async);
+    a.async.data = &a;
+    uv_timer_init(&loop, &a.ttl_timer);
+    a.ttl_timer.data = &a;
+    uv_timer_init(&loop, &a.drain_timer);
+    a.drain_timer.data = &a;
+    uv_signal_init(&loop, &a.sigterm);
+    uv_signal_init(&loop, &a.sigint);
+    a.sigterm.data = a.sigint.data = &a;
+
+    struct http_app app = routes_app;
+    app.ud = &a;
+    struct http_opts ho = {
+        .host = cfg.host,
+        .port = (int)cfg.port,
+        .max_connections = (unsigned)cfg.max_connections,
+        .max_connections_per_ip = (unsigned)cfg.max_connections_per_ip,
+        .timeout_s = (unsigned)(cfg.connection_timeout + 0.5),
+        .header_bytes = cfg.header_bytes,
+        .max_body = cfg.max_body_bytes,
+    };
+    if ((rc = http_create(&loop, &ho, &app, &a.http, err, sizeof err)) != 0) {
+        log_msg("%s", err);
+        a.exit_code = 1;
+        goto out_early;
+    }
+    struct sched_opts so = {
+        .model_dir = cfg.model_dir,
+        .prefill_chunk = (int)cfg.prefill_chunk,
+        .batch_tokens = (int)cfg.batch_tokens,
+        .threads = (int)cfg.threads,
+        .stream_buffer = cfg.stream_buffer_bytes,
+        .upload_low = cfg.upload_buffer_bytes / 2,
+    };
+    if ((rc = sched_create(&so, notify, &a.async, &a.sched)) != 0) {
+        log_msg("cannot start the compute thread: %s", rc_strerror(rc));
+        http_free(a.http);
+        a.exit_code = 1;
+        goto out_early;
+    }
+    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    double ttl = cfg.session_ttl / 4;
+    uint64_t every = (uint64_t)((ttl < 1 ? 1 : ttl > 10 ? 10 : ttl) * 1000);
+    uv_timer_start(&a.ttl_timer, on_ttl, every, every);
+    log_msg("listening on http://%s:%d (model %s loading)", cfg.host, http_port(a.http),
+            a.model_name);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    config_free(&cfg);
+    return a.exit_code;
+
+out_early:
+    uv_close((uv_handle_t *)&a.async, close_cb);
+    uv_close((uv_handle_t *)&a.ttl_timer, close_cb);
+    uv_close((uv_handle_t *)&a.drain_timer, close_cb);
+    uv_close((uv_handle_t *)&a.sigterm, close_cb);
+    uv_close((uv_handle_t *)&a.sigint, close_cb);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    config_free(&cfg);
+    return a.exit_code;
+}

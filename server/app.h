@@ -1,0 +1,65 @@
+/*
+ * app.h — the server instance shared by the lifecycle code (app.c) and the
+ * request handlers (routes.c). Internal to server/: everything here is
+ * owned by the loop thread.
+ */
+#ifndef RECUR_APP_H
+#define RECUR_APP_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "http.h"
+#include "metrics.h"
+#include "request.h"
+#include "sched.h"
+#include "sessions.h"
+
+struct model;
+struct model_config;
+struct codec;
+
+enum app_state { APP_LOADING = 0, APP_READY, APP_DRAINING, APP_FAILED };
+
+struct app {
+    const struct config *cfg;
+    uv_loop_t *loop;
+    struct http *http;
+    struct sched *sched;
+    struct sessions *sessions;       /* once the model is loaded */
+    struct metrics metrics;
+    uv_async_t async;                /* compute -> loop events */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t ttl_timer, drain_timer;
+    int state;                       /* enum app_state */
+    int drain_cancelled;             /* drain timeout hit: work was cancelled */
+    int stopping;                    /* teardown started */
+    int exit_code;
+    uint64_t key_owner[CONFIG_MAX_KEYS]; /* owner id of each API key */
+    struct proto_limits lim;
+    /* the model, once loaded (immutable) */
+    const struct model *m;
+    const struct model_config *mc;
+    const struct codec *codec;
+    uint64_t fingerprint;
+    size_t snap_bytes;               /* exact size of a snapshot */
+    char model_name[256];
+    int64_t started_unix;
+    struct rq *rqs;                  /* requests with a job (for the drain) */
+};
+
+/* routes.c */
+extern const struct http_app routes_app;   /* ud = struct app * */
+extern const char *const route_names[];
+extern const int n_route_names;
+/* A job has news (or is done): wake / answer its request, or clean up. */
+void routes_on_job_event(struct app *a, struct job *j);
+/* Cancel every running job (drain timeout). */
+void routes_cancel_all(struct app *a);
+
+/* app.c */
+/* Called after every request and job completes: finish a drain? */
+void app_check_drained(struct app *a);
+
+#endif

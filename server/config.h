@@ -1,0 +1,75 @@
+/*
+ * config.h — every option of `recurd serve`: its flag, its environment
+ * variable, its default and the one-line reason for that default.
+ *
+ * One table (config.c) drives parsing, --help and the options table in
+ * docs/server.md (`recurd serve --help-markdown` prints it; a test checks
+ * the doc matches). Precedence: default < environment < command line.
+ * Sizes accept K/M/G suffixes (powers of 1024); times are seconds.
+ */
+#ifndef RECUR_CONFIG_H
+#define RECUR_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONFIG_MAX_KEYS 16
+
+struct config {
+    /* where */
+    char *model_dir;        /* required */
+    char *host;             /* listen address (numeric IPv4/IPv6) */
+    long port;              /* 0 = any free port (printed at start-up) */
+    /* auth */
+    char *api_keys[CONFIG_MAX_KEYS]; /* Bearer keys; none = no auth */
+    int n_api_keys;
+    int metrics_public;     /* /metrics without a key */
+    /* request limits */
+    size_t max_body_bytes;  /* JSON and snapshot bodies */
+    long max_json_depth;
+    size_t max_text_bytes;  /* one text field in JSON */
+    long max_input_tokens;  /* ids in one JSON array */
+    long max_gen_tokens;    /* max_tokens ceiling */
+    long max_top_logprobs;
+    long detail_limit;      /* per-token entries in one response */
+    long max_stop;
+    size_t max_stop_bytes;
+    /* sessions */
+    long max_sessions;
+    long max_sessions_per_key;
+    size_t state_memory;    /* bytes of live states */
+    double session_ttl;     /* idle seconds before a session expires */
+    char *state_dir;        /* spill + persist on shutdown; NULL = off */
+    char *snapshot_dir;     /* named snapshots; NULL = off */
+    /* connections */
+    long max_connections;
+    long max_connections_per_ip;
+    double connection_timeout;
+    size_t header_bytes;    /* per-connection header memory */
+    size_t stream_buffer_bytes;  /* unsent output per streaming response */
+    size_t upload_buffer_bytes;  /* untokenised upload per session */
+    double drain_timeout;
+    /* compute */
+    long prefill_chunk;     /* tokens per session per tick */
+    long batch_tokens;      /* tokens per tick, all sessions */
+    long threads;           /* BLAS threads; 0 = all cores */
+    /* logging */
+    int quiet;              /* no per-request lines */
+};
+
+/* Defaults, then RECURD_* variables from env (NULL = the process
+ * environment), then argv (argv[0] is the subcommand name). Returns 0, 1
+ * when --help/--help-markdown was printed to out, or a negative rc_status
+ * with err naming the option. */
+int config_load(struct config *c, int argc, char **argv, char **env, FILE *out, char *err,
+                size_t errlen);
+void config_free(struct config *c);
+
+/* Print the options as a Markdown table (docs/server.md). */
+void config_print_markdown(FILE *f);
+
+/* Parse "16M"-style sizes and plain numbers: 0 or -1. */
+int config_parse_size(const char *s, size_t *out);
+
+#endif

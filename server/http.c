@@ -1,0 +1,705 @@
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "errors.h"
+#include "log.h"
+
+/* Lingering close after a 413 mid-body: read and discard for at most this
+ * long / this many bytes, then close. */
+#define LINGER_MS 2000
+#define LINGER_BYTES (8u << 20)
+#define MAX_HEADERS 8
+
+struct http {
+    uv_loop_t *loop;
+    struct MHD_Daemon *d;
+    uv_poll_t poll;          /* MHD's epoll fd */
+    uv_timer_t timer;        /* MHD's own timeouts */
+    uv_timer_t peek;         /* dead-client check of suspended requests */
+    struct http_app app;
+    size_t max_body;
+    int port;
+    int in_run, run_again;
+    int in_flight;
+    int quiesced;
+    struct http_req *susp;   /* suspended requests (doubly linked) */
+    int n_susp;
+};
+
+struct http_req {
+    struct http *h;
+    struct MHD_Connection *conn;
+    char *method, *path;
+    int mode;                /* enum http_body_mode */
+    size_t cap;              /* body cap (buffered mode) */
+    char *body;              /* buffered body, NUL-terminated */
+    size_t len, bcap;
+    void *data;              /* app's */
+    const char *route, *note;
+    /* the response, until queued */
+    int has_resp, queued;
+    int status;
+    const char *ctype;
+    char *resp;
+    size_t resp_len;
+    http_pull_fn pull;
+    char *hname[MAX_HEADERS], *hval[MAX_HEADERS];
+    int nh;
+    /* lifecycle */
+    int requested;           /* on_request called */
+    int pause_req;           /* app asked to pause the upload */
+    int suspended;
+    int gone;                /* client went away while suspended */
+    int lingering;           /* 413 written, discarding the rest */
+    uint64_t linger_until;
+    size_t linger_read;
+    int body_done;           /* final access-handler call seen */
+    uint64_t t0;
+    size_t sent;
+    struct http_req *prev, *next;
+};
+
+static void http_rearm(struct http *h);
+
+/* ---- suspension --------------------------------------------------------- */
+
+static void susp_add(struct http_req *r)
+{
+    struct http *h = r->h;
+    r->prev = NULL;
+    r->next = h->susp;
+    if (h->susp)
+        h->susp->prev = r;
+    h->susp = r;
+    h->n_susp++;
+}
+
+static void susp_del(struct http_req *r)
+{
+    struct http *h = r->h;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        h->susp = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    h->n_susp--;
+}
+
+static void peek_cb(uv_timer_t *t);
+
+static void suspend(struct http_req *r)
+{
+    if (r->suspended)
+        return;
+    MHD_suspend_connection(r->conn);
+    r->suspended = 1;
+    susp_add(r);
+    if (!uv_is_active((uv_handle_t *)&r->h->peek))
+        uv_timer_start(&r->h->peek, peek_cb, HTTP_POLL_MS, HTTP_POLL_MS);
+}
+
+static void resume(struct http_req *r)
+{
+    if (!r->suspended)
+        return;
+    susp_del(r);
+    r->suspended = 0;
+    MHD_resume_connection(r->conn);
+    http_run(r->h);
+}
+
+static int conn_fd(const struct http_req *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? ci->connect_fd : -1;
+}
+
+/* A suspended connection's client closed (EOF) or reset it. */
+static int client_gone(const struct http_req *r)
+{
+    int fd = conn_fd(r);
+    if (fd < 0)
+        return 0;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return 1;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+/* Discard what the client still sends after a 413; 1 when done. */
+static int linger_step(struct http_req *r)
+{
+    int fd = conn_fd(r);
+    if (fd < 0 || uv_now(r->h->loop) >= r->linger_until || r->linger_read >= LINGER_BYTES)
+        return 1;
+    char buf[16384];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0)
+            return 1;
+        if (n < 0)
+            return !(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+        r->linger_read += (size_t)n;
+        if (r->linger_read >= LINGER_BYTES)
+            return 1;
+    }
+}
+
+static void peek_cb(uv_timer_t *t)
+{
+    struct http *h = t->data;
+    struct http_req *r = h->susp, *next;
+    int any = 0;
+    /* Resuming must not run MHD inside this walk: MHD may complete and
+     * free requests of the list. Run once afterwards. */
+    h->in_run = 1;
+    for (; r; r = next) {
+        next = r->next;
+        if (r->lingering) {
+            if (linger_step(r)) {
+                r->gone = 1;
+                resume(r);
+                any = 1;
+            }
+        } else if (client_gone(r)) {
+            r->gone = 1;
+            resume(r);
+            any = 1;
+        }
+    }
+    h->in_run = 0;
+    if (!h->susp)
+        uv_timer_stop(&h->peek);
+    if (any || h->run_again)
+        http_run(h);
+}
+
+/* ---- the MHD loop -------------------------------------------------------- */
+
+void http_run(struct http *h)
+{
+    if (h->in_run) {
+        h->run_again = 1;
+        return;
+    }
+    h->in_run = 1;
+    do {
+        h->run_again = 0;
+        MHD_run(h->d);
+    } while (h->run_again);
+    h->in_run = 0;
+    http_rearm(h);
+}
+
+static void timer_cb(uv_timer_t *t) { http_run(t->data); }
+
+static void poll_cb(uv_poll_t *p, int status, int events) { http_run(p->data); }
+
+static void http_rearm(struct http *h)
+{
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(h->d, &ms) == MHD_YES)
+        uv_timer_start(&h->timer, timer_cb, ms, 0);
+    else
+        uv_timer_stop(&h->timer);
+}
+
+/* ---- responses ----------------------------------------------------------- */
+
+static void free_cb(void *p) { rc_free(p); }
+
+static ssize_t reader_cb(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct http_req *r = cls;
+    if (r->gone)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    ssize_t n = r->pull(r->h->app.ud, r, buf, max);
+    if (n > 0) {
+        r->sent += (size_t)n;
+        return n;
+    }
+    if (n == HTTP_PULL_END)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n == HTTP_PULL_ERROR)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    suspend(r);
+    return 0;
+}
+
+/* Queue r's response; only in an access-handler call where MHD allows it. */
+static enum MHD_Result queue(struct http_req *r)
+{
+    struct MHD_Response *resp;
+    if (r->pull)
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, reader_cb, r, NULL);
+    else {
+        resp = MHD_create_response_from_buffer_with_free_callback(r->resp_len, r->resp, free_cb);
+        if (resp)
+            r->resp = NULL; /* MHD owns it now */
+    }
+    if (!resp)
+        return MHD_NO;
+    if (r->ctype)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->ctype);
+    for (int i = 0; i < r->nh; i++)
+        MHD_add_response_header(resp, r->hname[i], r->hval[i]);
+    if (r->pull) {
+        /* SSE through proxies: do not buffer, do not cache. */
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    }
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    if (ok == MHD_YES) {
+        r->queued = 1;
+        if (!r->pull)
+            r->sent = r->resp_len;
+    }
+    return ok;
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 422: return "Unprocessable Entity";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    }
+    return "Error";
+}
+
+/* A response while the body is still arriving: MHD cannot queue one in
+ * that state, so write it to the socket ourselves, then close lingering. */
+static void respond_mid_body(struct http_req *r)
+{
+    char head[512];
+    int fd = conn_fd(r);
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     r->status, reason(r->status), r->ctype ? r->ctype : "application/json",
+                     r->resp_len);
+    if (fd >= 0 && n > 0 && (size_t)n < sizeof head) {
+        /* Best effort: a small response fits the fresh socket buffer. */
+        ssize_t w = send(fd, head, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w == n && r->resp_len)
+            w = send(fd, r->resp, r->resp_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+        shutdown(fd, SHUT_WR);
+    }
+    r->queued = 1;
+    r->sent = r->resp_len;
+    r->lingering = 1;
+    r->linger_until = uv_now(r->h->loop) + LINGER_MS;
+}
+
+static int set_resp(struct http_req *r, int status, const char *ctype, char *body, size_t len,
+                    http_pull_fn pull)
+{
+    if (r->has_resp) {
+        rc_free(body);
+        return RC_EINVAL;
+    }
+    r->has_resp = 1;
+    r->status = status;
+    r->ctype = ctype;
+    r->resp = body;
+    r->resp_len = len;
+    r->pull = pull;
+    /* Outside an MHD callback the connection is suspended waiting: let
+     * MHD call the access handler again, which queues it. */
+    if (r->suspended && !r->lingering)
+        resume(r);
+    return 0;
+}
+
+int http_respond(struct http_req *r, int status, const char *content_type, char *body,
+                 size_t len)
+{
+    return set_resp(r, status, content_type, body, len, NULL);
+}
+
+int http_respond_stream(struct http_req *r, int status, const char *content_type,
+                        http_pull_fn pull)
+{
+    return set_resp(r, status, content_type, NULL, 0, pull);
+}
+
+int http_respond_error(struct http_req *r, const struct api_error *e)
+{
+    size_t len;
+    char *body = api_error_body(e, &len);
+    if (!body) {
+        static const char oom[] =
+            "{\"error\":{\"type\":\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}";
+        body = rc_strdup(oom);
+        len = body ? sizeof oom - 1 : 0;
+        if (!body)
+            return set_resp(r, 503, NULL, NULL, 0, NULL);
+        return set_resp(r, 503, "application/json", body, len, NULL);
+    }
+    return set_resp(r, api_err_status(e->kind), "application/json", body, len, NULL);
+}
+
+int http_add_header(struct http_req *r, const char *name, const char *value)
+{
+    if (r->nh == MAX_HEADERS)
+        return RC_ERANGE;
+    char *n = rc_strdup(name), *v = rc_strdup(value);
+    if (!n || !v) {
+        rc_free(n);
+        rc_free(v);
+        return RC_ENOMEM;
+    }
+    r->hname[r->nh] = n;
+    r->hval[r->nh++] = v;
+    return 0;
+}
+
+void http_pause_upload(struct http_req *r) { r->pause_req = 1; }
+
+void http_wake(struct http_req *r)
+{
+    if (r->suspended && !r->lingering)
+        resume(r);
+}
+
+/* ---- accessors ----------------------------------------------------------- */
+
+const char *http_method(const struct http_req *r) { return r->method; }
+const char *http_path(const struct http_req *r) { return r->path; }
+const char *http_header(const struct http_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+const char *http_query(const struct http_req *r, const char *key)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+int64_t http_content_length(const struct http_req *r)
+{
+    const char *v = http_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (!v)
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || end == v || *end || x > INT64_MAX)
+        return INT64_MAX; /* unparseable: MHD rejects these itself */
+    return (int64_t)x;
+}
+const char *http_body(const struct http_req *r, size_t *len)
+{
+    if (len)
+        *len = r->len;
+    return r->body ? r->body : "";
+}
+char *http_take_body(struct http_req *r, size_t *len)
+{
+    char *b = r->body;
+    *len = r->len;
+    r->body = NULL;
+    r->len = r->bcap = 0;
+    return b;
+}
+void http_set_data(struct http_req *r, void *data) { r->data = data; }
+void *http_data(const struct http_req *r) { return r->data; }
+void http_set_body_cap(struct http_req *r, size_t cap) { r->cap = cap; }
+void http_set_route(struct http_req *r, const char *route) { r->route = route; }
+void http_set_log_note(struct http_req *r, const char *note) { r->note = note; }
+uint64_t http_started_ms(const struct http_req *r) { return r->t0; }
+int http_status(const struct http_req *r) { return r->has_resp ? r->status : 0; }
+int http_port(const struct http *h) { return h->port; }
+int http_in_flight(const struct http *h) { return h->in_flight; }
+
+/* ---- MHD callbacks ------------------------------------------------------- */
+
+static void too_large(struct http_req *r, size_t cap)
+{
+    struct api_error e;
+    api_error_set(&e, API_PAYLOAD_TOO_LARGE, "request body is larger than the limit %zu bytes",
+                  cap);
+    http_respond_error(r, &e);
+}
+
+static int append_body(struct http_req *r, const char *data, size_t n)
+{
+    if (r->len + n > r->cap)
+        return RC_ERANGE;
+    if (r->len + n + 1 > r->bcap) {
+        size_t nc = r->bcap ? r->bcap : 4096;
+        while (nc < r->len + n + 1)
+            nc *= 2;
+        if (nc > r->cap + 1)
+            nc = r->cap + 1;
+        char *nb = rc_realloc(r->body, nc);
+        if (!nb)
+            return RC_ENOMEM;
+        r->body = nb;
+        r->bcap = nc;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return 0;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    struct http *h = cls;
+    struct http_req *r = *con_cls;
+    if (!r) {
+        r = rc_calloc(1, sizeof *r);
+        if (!r)
+            return MHD_NO;
+        r->h = h;
+        r->conn = conn;
+        r->method = rc_strdup(method);
+        r->path = rc_strdup(url);
+        r->cap = h->max_body;
+        r->t0 = uv_now(h->loop);
+        *con_cls = r;
+        h->in_flight++;
+        if (!r->method || !r->path)
+            return MHD_NO;
+        int mode = h->app.on_headers(h->app.ud, r);
+        if (!r->has_resp) {
+            r->mode = mode;
+            int64_t cl = http_content_length(r);
+            if (mode == HTTP_BODY_BUFFER && cl >= 0 && (uint64_t)cl > r->cap)
+                too_large(r, r->cap);
+        }
+        if (r->has_resp)
+            return queue(r);
+        return MHD_YES;
+    }
+    if (r->gone)
+        return MHD_NO;
+    if (r->lingering)
+        return MHD_NO; /* linger over: close */
+    if (*upload_size > 0) {
+        if (r->has_resp && !r->queued) {
+            /* Answered while the body is still coming (an error
+             * mid-upload): MHD cannot queue now, see respond_mid_body. */
+            respond_mid_body(r);
+            suspend(r);
+            return MHD_YES;
+        }
+        if (r->has_resp) {
+            *upload_size = 0;
+            return MHD_YES;
+        }
+        if (r->mode == HTTP_BODY_BUFFER) {
+            int rc = append_body(r, upload_data, *upload_size);
+            if (rc == RC_ERANGE) {
+                too_large(r, r->cap);
+                respond_mid_body(r);
+                suspend(r);
+                return MHD_YES;
+            }
+            if (rc != 0)
+                return MHD_NO;
+            *upload_size = 0;
+        } else if (r->mode == HTTP_BODY_STREAM) {
+            size_t used = h->app.on_data(h->app.ud, r, upload_data, *upload_size);
+            if (used > *upload_size)
+                used = *upload_size;
+            *upload_size -= used;
+            if (r->has_resp && !r->queued) {
+                /* The app answered while the body is still coming. */
+                respond_mid_body(r);
+                suspend(r);
+                return MHD_YES;
+            }
+            if (r->pause_req || *upload_size > 0) {
+                r->pause_req = 0;
+                suspend(r);
+            }
+        } else {
+            *upload_size = 0;
+        }
+        return MHD_YES;
+    }
+    r->body_done = 1;
+    if (!r->requested) {
+        r->requested = 1;
+        h->app.on_request(h->app.ud, r);
+    }
+    if (r->has_resp && !r->queued)
+        return queue(r);
+    if (!r->has_resp)
+        suspend(r);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct http *h = cls;
+    struct http_req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    if (r->suspended) {
+        susp_del(r);
+        r->suspended = 0;
+    }
+    int ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    if (log_requests_on() || (r->has_resp && r->status >= 500)) {
+        char path[256];
+        log_escape(path, sizeof path, r->path ? r->path : "", r->path ? strlen(r->path) : 0);
+        const char *how = ok ? "ok" : r->gone ? "client-gone"
+                                    : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timeout"
+                                    : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN ? "shutdown"
+                                    : toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ? "client-abort"
+                                                                                 : "error";
+        char meth[24];
+        log_escape(meth, sizeof meth, r->method ? r->method : "", r->method ? strlen(r->method) : 0);
+        log_msg("%s \"%s\" %d %zu %.1fms %s%s%s", meth, path, r->has_resp ? r->status : 0, r->sent,
+                (double)(uv_now(h->loop) - r->t0), how, r->note ? " " : "",
+                r->note ? r->note : "");
+    }
+    if (h->app.on_done)
+        h->app.on_done(h->app.ud, r, ok);
+    rc_free(r->method);
+    rc_free(r->path);
+    rc_free(r->body);
+    rc_free(r->resp);
+    for (int i = 0; i < r->nh; i++) {
+        rc_free(r->hname[i]);
+        rc_free(r->hval[i]);
+    }
+    rc_free(r);
+    h->in_flight--;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512], esc[1024];
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    if (n < 0)
+        return;
+    size_t len = (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1;
+    while (len && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
+        len--;
+    log_msg("mhd: %s", log_escape(esc, sizeof esc, msg, len));
+}
+
+int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_app *app,
+                struct http **out, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, o->host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)o->port);
+    } else if (inet_pton(AF_INET6, o->host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)o->port);
+        flags |= MHD_USE_IPv6;
+    } else
+        return rc_fail(err, errlen, RC_EINVAL, "--host '%s' is not a numeric IPv4/IPv6 address",
+                       o->host);
+    struct http *h = rc_calloc(1, sizeof *h);
+    if (!h)
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    h->loop = loop;
+    h->app = *app;
+    h->max_body = o->max_body;
+    h->d = MHD_start_daemon(
+        flags, (uint16_t)o->port, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR, &ss,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_LIMIT,
+        o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        o->header_bytes, MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, h, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+    if (!h->d) {
+        rc_free(h);
+        return rc_fail(err, errlen, RC_EIO, "cannot listen on %s:%d (address in use or not allowed)",
+                       o->host, o->port);
+    }
+    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = pi ? pi->port : o->port;
+    const union MHD_DaemonInfo *ei = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!ei || uv_poll_init(loop, &h->poll, ei->epoll_fd) != 0) {
+        MHD_stop_daemon(h->d);
+        rc_free(h);
+        return rc_fail(err, errlen, RC_EIO, "cannot watch the HTTP daemon's epoll fd");
+    }
+    h->poll.data = h;
+    uv_timer_init(loop, &h->timer);
+    h->timer.data = h;
+    uv_timer_init(loop, &h->peek);
+    h->peek.data = h;
+    uv_poll_start(&h->poll, UV_READABLE, poll_cb);
+    http_rearm(h);
+    *out = h;
+    return 0;
+}
+
+void http_quiesce(struct http *h)
+{
+    if (h->quiesced)
+        return;
+    h->quiesced = 1;
+    MHD_socket s = MHD_quiesce_daemon(h->d);
+    /* External mode: the listening socket is ours to close now. */
+    if (s != MHD_INVALID_SOCKET)
+        close(s);
+}
+
+static void handle_closed(uv_handle_t *hd)
+{
+    struct http *h = hd->data;
+    if (--h->in_run == 0)
+        rc_free(h);
+}
+
+void http_free(struct http *h)
+{
+    if (!h)
+        return;
+    /* Suspended connections must be resumed before the daemon stops. */
+    while (h->susp) {
+        struct http_req *r = h->susp;
+        r->gone = 1;
+        susp_del(r);
+        r->suspended = 0;
+        MHD_resume_connection(r->conn);
+    }
+    h->in_run = 1; /* no re-entry from callbacks during shutdown */
+    MHD_run(h->d);
+    MHD_stop_daemon(h->d);
+    uv_poll_stop(&h->poll);
+    /* The handles live in h: it is freed when the last one has closed
+     * (the caller keeps running the loop). in_run counts them down. */
+    h->in_run = 3;
+    uv_close((uv_handle_t *)&h->poll, handle_closed);
+    uv_close((uv_handle_t *)&h->timer, handle_closed);
+    uv_close((uv_handle_t *)&h->peek, handle_closed);
+}

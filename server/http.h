@@ -1,0 +1,138 @@
+/*
+ * http.h — libmicrohttpd driven by a libuv loop, as a small request API.
+ *
+ * MHD runs in external epoll mode with suspend/resume (shared/docs/
+ * DESIGN.md, verified for MHD 0.9.75 + libuv 1.44): a uv_poll watches
+ * MHD's epoll fd, a uv_timer is re-armed from MHD_get_timeout() after
+ * every MHD_run(), and connections are only ever resumed on the loop
+ * thread, followed by an MHD_run(). Everything here runs on the loop
+ * thread; nothing blocks.
+ *
+ * A request goes through the app's callbacks:
+ *   on_headers   headers are in: respond at once (401, 404, 413 ...) or pick
+ *                how the body is read (none / buffered up to a cap /
+ *                streamed piece by piece);
+ *   on_data      streamed mode: a piece of the body; may pause the upload
+ *                (backpressure) and wake it later with http_wake();
+ *   on_request   the body is complete: respond now, or later from any loop
+ *                event (the connection waits suspended meanwhile);
+ *   on_done      the request is over (sent, failed, or the client went
+ *                away): release app data. No http_* call on r after it.
+ * Responses are whole buffers or streams pulled through a callback; a
+ * stream with nothing to send suspends until http_wake().
+ *
+ * Dead clients: MHD does not notice a client that closes while its
+ * connection is suspended, so suspended requests are polled (a peek at
+ * the socket every HTTP_POLL_MS); a gone client ends the request with
+ * on_done(completed = 0) within one poll interval.
+ *
+ * Bodies over the cap: with a Content-Length over the cap, 413 is sent
+ * before the body is read. A body that grows past the cap (chunked, or
+ * a Content-Length that lied) gets a 413 written straight to the socket,
+ * then a lingering close: the rest of the upload is read and discarded
+ * for a bounded time so the client sees the 413 instead of a reset.
+ */
+#ifndef RECUR_HTTP_H
+#define RECUR_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "apierr.h"
+
+#define HTTP_POLL_MS 50
+
+struct http;
+struct http_req;
+
+enum http_body_mode {
+    HTTP_BODY_NONE = 0,   /* a body, if any, is discarded */
+    HTTP_BODY_BUFFER = 1, /* collected up to the cap, then on_request */
+    HTTP_BODY_STREAM = 2, /* handed to on_data as it arrives */
+};
+
+/* Pull result for streams (besides a positive byte count). */
+#define HTTP_PULL_NONE 0        /* nothing right now: wait for http_wake */
+#define HTTP_PULL_END (-1)      /* done, all sent */
+#define HTTP_PULL_ERROR (-2)    /* abort the response (connection closed) */
+
+typedef ssize_t (*http_pull_fn)(void *ud, struct http_req *r, char *buf, size_t max);
+
+struct http_app {
+    void *ud;
+    /* Return the body mode; ignored if a response was queued. */
+    int (*on_headers)(void *ud, struct http_req *r);
+    /* Streamed body piece; return bytes consumed (less than n only after
+     * http_pause_upload(r); the rest comes again after http_wake(r)). */
+    size_t (*on_data)(void *ud, struct http_req *r, const char *data, size_t n);
+    void (*on_request)(void *ud, struct http_req *r);
+    void (*on_done)(void *ud, struct http_req *r, int completed);
+};
+
+struct http_opts {
+    const char *host;        /* numeric address */
+    int port;                /* 0 = any */
+    unsigned max_connections;
+    unsigned max_connections_per_ip;
+    unsigned timeout_s;      /* idle connection timeout */
+    size_t header_bytes;     /* MHD per-connection memory */
+    size_t max_body;         /* cap for HTTP_BODY_BUFFER */
+};
+
+/* Start listening on loop. Returns 0 or RC_EIO/RC_ENOMEM with err set. */
+int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_app *app,
+                struct http **out, char *err, size_t errlen);
+/* Stop the daemon and close every connection (on_done runs for each).
+ * Not from inside an http callback. h's uv handles close asynchronously:
+ * keep running the loop until it has no handles left; h is freed then. */
+void http_free(struct http *h);
+int http_port(const struct http *h);
+/* Stop accepting new connections; in-flight requests continue. */
+void http_quiesce(struct http *h);
+/* Requests started and not yet done. */
+int http_in_flight(const struct http *h);
+/* Run MHD now (after resuming connections from outside MHD callbacks;
+ * http_wake and late responses do it themselves). */
+void http_run(struct http *h);
+
+/* Request accessors (valid until on_done). */
+const char *http_method(const struct http_req *r);
+const char *http_path(const struct http_req *r);     /* without the query */
+const char *http_header(const struct http_req *r, const char *name);
+const char *http_query(const struct http_req *r, const char *key);
+/* Content-Length, or -1 when absent (chunked). */
+int64_t http_content_length(const struct http_req *r);
+const char *http_body(const struct http_req *r, size_t *len);
+/* Take the buffered body (rc_malloc'ed, caller frees); NULL if empty. */
+char *http_take_body(struct http_req *r, size_t *len);
+void http_set_data(struct http_req *r, void *data);
+void *http_data(const struct http_req *r);
+void http_set_body_cap(struct http_req *r, size_t cap); /* override max_body (on_headers) */
+/* Name for the access log line (route pattern, e.g. "/v1/sessions/{id}"). */
+void http_set_route(struct http_req *r, const char *route);
+void http_set_log_note(struct http_req *r, const char *note); /* static string */
+
+/* Responses. body is rc_malloc'ed and owned by the request from here on
+ * (also on failure). Returns 0, or RC_EINVAL if r already has one. */
+int http_respond(struct http_req *r, int status, const char *content_type, char *body,
+                 size_t len);
+int http_respond_error(struct http_req *r, const struct api_error *e);
+/* Adds a header to the response (copied; before http_respond*). */
+int http_add_header(struct http_req *r, const char *name, const char *value);
+/* A streamed response (chunked encoding); pull is called when MHD can
+ * send; HTTP_PULL_NONE suspends until http_wake(r). */
+int http_respond_stream(struct http_req *r, int status, const char *content_type,
+                        http_pull_fn pull);
+
+/* In on_data: stop reading the upload after this call. */
+void http_pause_upload(struct http_req *r);
+/* Data to pull, an upload to continue, or a response ready: resume. */
+void http_wake(struct http_req *r);
+/* The time the request started (uv_now ms) and the bytes sent so far. */
+uint64_t http_started_ms(const struct http_req *r);
+/* Status of the response given so far (0: none yet). */
+int http_status(const struct http_req *r);
+
+#endif

@@ -1,0 +1,1281 @@
+/*
+ * routes.c — the HTTP API: one handler per route, on the loop thread.
+ *
+ * A request that needs the model becomes a job for the compute thread;
+ * its connection waits suspended (or streams) until the job's events come
+ * back through routes_on_job_event(). Handlers never compute: parsing and
+ * validating JSON and building responses is the most they do.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "alloc.h"
+#include "app.h"
+#include "codec.h"
+#include "errors.h"
+#include "jsonin.h"
+#include "log.h"
+#include "model.h"
+#include "response.h"
+#include "state.h"
+#include "utf8.h"
+
+enum route {
+    R_HEALTH,
+    R_METRICS,
+    R_MODELS,
+    R_TOKENIZE,
+    R_DETOKENIZE,
+    R_SCORE,
+    R_COMPLETIONS,
+    R_SESSIONS,
+    R_SESSION,
+    R_APPEND,
+    R_GENERATE,
+    R_STATE,
+    N_ROUTES
+};
+
+const char *const route_names[] = {
+    "/health",     "/metrics",  "/v1/models",        "/v1/tokenize",
+    "/v1/detokenize", "/v1/score", "/v1/completions", "/v1/sessions",
+    "/v1/sessions/{id}", "/v1/sessions/{id}/append", "/v1/sessions/{id}/generate",
+    "/v1/sessions/{id}/state",
+};
+const int n_route_names = N_ROUTES;
+
+enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_DELETE = 8 };
+
+static const int route_methods[N_ROUTES] = {
+    [R_HEALTH] = M_GET,          [R_METRICS] = M_GET,       [R_MODELS] = M_GET,
+    [R_TOKENIZE] = M_POST,       [R_DETOKENIZE] = M_POST,   [R_SCORE] = M_POST,
+    [R_COMPLETIONS] = M_POST,    [R_SESSIONS] = M_GET | M_POST,
+    [R_SESSION] = M_GET | M_DELETE, [R_APPEND] = M_POST,    [R_GENERATE] = M_POST,
+    [R_STATE] = M_GET | M_PUT,
+};
+
+/* Per-request context (http_data). */
+struct rq {
+    struct app *a;
+    struct http_req *h;
+    int route;                 /* enum route, or -1 */
+    int method;                /* M_* */
+    uint64_t owner;
+    char id[SESSION_ID_LEN + 1];
+    struct job *job;           /* running or done, until released */
+    int streaming;             /* the response pulls from job->outbox */
+    int stream_done;           /* the pull returned the end */
+    int done_seen;             /* the job's done event was handled */
+    int upload_paused;
+    int binary;                /* octet-stream body (snapshot) */
+    int text_upload;           /* text/plain streamed append */
+    /* what the response needs besides the job */
+    int want_details;
+    int cmpl_logprobs;         /* -1 none */
+    int cmpl_echo;
+    char *echo;                /* echoed prompt text (non-stream), owned */
+    size_t echo_len;
+    struct rq *prev, *next;    /* app's list of requests with a job */
+};
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static uint64_t now_ms(struct app *a) { return uv_now(a->loop); }
+
+static int respond_json(struct http_req *h, int status, json_t *o)
+{
+    if (!o) {
+        struct api_error e;
+        api_error_set(&e, API_OUT_OF_MEMORY, "out of memory building the response");
+        return http_respond_error(h, &e);
+    }
+    size_t n;
+    char *s = pj_dump(o, &n);
+    json_decref(o);
+    if (!s) {
+        struct api_error e;
+        api_error_set(&e, API_OUT_OF_MEMORY, "out of memory building the response");
+        return http_respond_error(h, &e);
+    }
+    return http_respond(h, status, "application/json", s, n);
+}
+
+static int respond_err(struct http_req *h, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int respond_err(struct http_req *h, int kind, const char *fmt, ...)
+{
+    struct api_error e;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.message, sizeof e.message, fmt, ap);
+    va_end(ap);
+    e.kind = kind;
+    return http_respond_error(h, &e);
+}
+
+static int random_bytes(void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom((char *)buf + got, n - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static uint64_t random_seed(void)
+{
+    uint64_t x = 0;
+    if (random_bytes(&x, sizeof x) != 0)
+        x = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
+    return x & INT64_MAX; /* reported back as a JSON integer */
+}
+
+static const char *piece_cb(const void *ctx, int32_t id, size_t *len)
+{
+    return codec_piece(ctx, id, len);
+}
+
+static struct vocab_view vocab(struct app *a) { return (struct vocab_view){piece_cb, a->codec}; }
+
+static void rq_link(struct rq *q)
+{
+    struct app *a = q->a;
+    q->prev = NULL;
+    q->next = a->rqs;
+    if (a->rqs)
+        a->rqs->prev = q;
+    a->rqs = q;
+}
+
+static void rq_unlink(struct rq *q)
+{
+    struct app *a = q->a;
+    if (q->prev)
+        q->prev->next = q->next;
+    else if (a->rqs == q)
+        a->rqs = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    q->prev = q->next = NULL;
+}
+
+/* The job is over and no request waits on it: give back what it held. */
+static void job_release(struct app *a, struct job *j)
+{
+    if (j->sess_a)
+        sessions_release(a->sessions, j->sess_a, now_ms(a));
+    if (j->sess_b)
+        sessions_release(a->sessions, j->sess_b, now_ms(a));
+    if (j->tmp) {
+        state_free(j->tmp);
+        if (j->reserved)
+            sessions_unreserve(a->sessions);
+    }
+    job_free(j);
+}
+
+/* Submit j for q; the sessions in j->sess_a/b are marked busy. */
+static void submit(struct rq *q, struct job *j)
+{
+    j->owner = q;
+    q->job = j;
+    if (j->sess_a)
+        ((struct session *)j->sess_a)->busy = j;
+    if (j->sess_b)
+        ((struct session *)j->sess_b)->busy = j;
+    rq_link(q);
+    sched_submit(q->a->sched, j);
+}
+
+/* A temporary state for a stateless request, counted in the budget. */
+static int tmp_state(struct rq *q, struct job *j)
+{
+    struct api_error e;
+    if (sessions_reserve(q->a->sessions, &e) != 0) {
+        http_add_header(q->h, "Retry-After", "1");
+        return http_respond_error(q->h, &e), -1;
+    }
+    if (state_create(q->a->m, &j->tmp) != 0) {
+        sessions_unreserve(q->a->sessions);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory for a temporary state");
+        return -1;
+    }
+    j->reserved = 1;
+    j->state = j->tmp;
+    return 0;
+}
+
+static json_t *session_json(struct app *a, struct session *s)
+{
+    uint64_t idle = now_ms(a) - s->last_used_ms, ttl = sessions_ttl_ms(a->sessions);
+    struct session_view v = {
+        .id = s->id,
+        .position = s->busy ? s->pos : s->state->pos,
+        .state_bytes = sessions_state_size(a->sessions),
+        .created = s->created,
+        .expires_in = s->busy ? (double)ttl / 1000 : (double)(ttl > idle ? ttl - idle : 0) / 1000,
+        .busy = s->busy != NULL,
+        .spilled = 0,
+    };
+    /* last_used in unix seconds: now minus idle time */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    v.last_used = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 - (double)idle / 1000;
+    return resp_session(&v);
+}
+
+/* Parse the JSON body; on failure the error is sent and NULL returned. */
+static json_t *body_json(struct rq *q)
+{
+    size_t n;
+    const char *b = http_body(q->h, &n);
+    json_t *o;
+    struct api_error e;
+    if (pj_parse(b, n, q->a->lim.max_depth, &o, &e) != 0) {
+        http_respond_error(q->h, &e);
+        return NULL;
+    }
+    return o;
+}
+
+/* The session named by the path, idle, owned by the caller; or an error
+ * response and NULL. */
+static struct session *idle_session(struct rq *q)
+{
+    struct session *s = sessions_get(q->a->sessions, q->id, q->owner);
+    if (!s) {
+        respond_err(q->h, API_NOT_FOUND, "no session '%.40s'", q->id);
+        return NULL;
+    }
+    if (s->busy) {
+        respond_err(q->h, API_SESSION_BUSY,
+                    "session '%s' is running another request; retry when it is done", s->id);
+        return NULL;
+    }
+    s->last_used_ms = now_ms(q->a);
+    return s;
+}
+
+/* ---- stream pulling ---------------------------------------------------------- */
+
+static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
+{
+    struct rq *q = http_data(h);
+    int done;
+    size_t n = sched_pull(q->a->sched, q->job, buf, max, &done);
+    if (n)
+        return (ssize_t)n;
+    if (done && q->done_seen) {
+        q->stream_done = 1;
+        return HTTP_PULL_END;
+    }
+    return HTTP_PULL_NONE;
+}
+
+/* ---- route handlers ------------------------------------------------------------ */
+
+static void h_health(struct rq *q)
+{
+    struct app *a = q->a;
+    const char *st = a->state == APP_READY ? "ok" : a->state == APP_LOADING ? "loading"
+                                                   : a->state == APP_DRAINING ? "draining"
+                                                                              : "failed";
+    json_t *o = json_pack("{s:s}", "status", st);
+    respond_json(q->h, a->state == APP_READY ? 200 : 503, o);
+}
+
+static void h_metrics(struct rq *q)
+{
+    struct app *a = q->a;
+    struct metrics_gauges g = {0};
+    const struct sched_stats *ss = sched_stats(a->sched);
+    g.ready = a->state == APP_READY || a->state == APP_DRAINING;
+    g.draining = a->state == APP_DRAINING;
+    if (a->sessions) {
+        g.sessions = (int64_t)sessions_count(a->sessions);
+        g.state_bytes = (int64_t)sessions_state_bytes(a->sessions);
+    }
+    g.queue_depth = atomic_load(&ss->queued);
+    g.in_flight = http_in_flight(a->http);
+    g.tokens_in = atomic_load(&ss->tokens_in);
+    g.tokens_out = atomic_load(&ss->tokens_out);
+    g.ticks = atomic_load(&ss->ticks);
+    g.batch_rows = atomic_load(&ss->batch_rows);
+    g.busy_seconds = (double)atomic_load(&ss->busy_us) * 1e-6;
+    g.alloc_live_bytes = (int64_t)rc_alloc_live_bytes();
+    struct outbuf o = {0};
+    if (metrics_render(&a->metrics, &g, &o) != 0) {
+        outbuf_free(&o);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    http_respond(q->h, 200, "text/plain; version=0.0.4", o.p, o.n);
+}
+
+static void h_models(struct rq *q)
+{
+    struct app *a = q->a;
+    const struct model_config *c = a->mc;
+    struct model_view v = {
+        .id = a->model_name,
+        .arch = c->arch == MODEL_MAMBA2 ? "mamba2" : "mamba",
+        .d_model = c->d_model,
+        .n_layer = c->n_layer,
+        .vocab_size = c->vocab_size,
+        .d_state = c->d_state,
+        .d_inner = c->d_inner,
+        .state_bytes = state_bytes(a->m),
+        .snapshot_bytes = a->snap_bytes,
+        .fingerprint = a->fingerprint,
+        .n_params = model_n_params(a->m),
+        .tokenizer = codec_kind(a->codec),
+        .created = a->started_unix,
+    };
+    respond_json(q->h, 200, resp_models(&v));
+}
+
+static void h_tokenize(struct rq *q)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_tokenize r;
+    struct api_error e;
+    int rc = req_tokenize_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_tokenize_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct job *j = job_new(JOB_TOKENIZE);
+    if (!j) {
+        req_tokenize_free(&r);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    j->text = r.text;
+    j->text_len = r.text_len;
+    r.text = NULL;
+    q->want_details = r.with_pieces;
+    submit(q, j);
+}
+
+static void done_tokenize(struct rq *q, struct job *j)
+{
+    struct vocab_view v = vocab(q->a);
+    json_t *o = json_object(), *ids = json_array(), *pieces = q->want_details ? json_array() : NULL;
+    int bad = !o || !ids || (q->want_details && !pieces);
+    for (size_t i = 0; !bad && i < j->out_ids.n; i++) {
+        bad |= json_array_append_new(ids, json_integer(j->out_ids.v[i])) != 0;
+        if (pieces && !bad) {
+            struct tok_details d;
+            tok_details_init(&d, 0);
+            bad |= tok_details_push(&d, (int64_t)i, j->out_ids.v[i], 0, NULL, NULL) != 0;
+            json_t *t = bad ? NULL : resp_token(&d, 0, &v);
+            tok_details_free(&d);
+            if (t) {
+                json_object_del(t, "logprob");
+                json_object_del(t, "position");
+            }
+            bad |= !t || json_array_append_new(pieces, t) != 0;
+        }
+    }
+    if (!bad)
+        bad |= json_object_set_new(o, "tokens", ids) != 0;
+    else
+        json_decref(ids);
+    if (pieces && !bad)
+        bad |= json_object_set_new(o, "pieces", pieces) != 0;
+    else if (pieces)
+        json_decref(pieces);
+    if (!bad)
+        bad |= json_object_set_new(o, "n_tokens", json_integer((json_int_t)j->out_ids.n)) != 0;
+    if (bad) {
+        json_decref(o);
+        o = NULL;
+    }
+    respond_json(q->h, 200, o);
+}
+
+static void h_detokenize(struct rq *q)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_detokenize r;
+    struct api_error e;
+    int rc = req_detokenize_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        http_respond_error(q->h, &e);
+        return;
+    }
+    /* Decoding is concatenating pieces: a copy, not compute. */
+    struct outbuf b = {0};
+    for (size_t i = 0; i < r.n_tokens && !rc; i++) {
+        size_t len;
+        const char *p = codec_piece(q->a->codec, r.tokens[i], &len);
+        rc = outbuf_put(&b, p, len);
+    }
+    req_detokenize_free(&r);
+    json_t *res = NULL;
+    if (!rc) {
+        size_t need = utf8_sanitized_len(b.p ? b.p : "", b.n);
+        char *s = rc_malloc(need + 1);
+        if (s) {
+            utf8_sanitize(b.p ? b.p : "", b.n, s, need + 1);
+            res = json_object();
+            if (res && json_object_set_new(res, "text", json_stringn(s, need))) {
+                json_decref(res);
+                res = NULL;
+            }
+            if (res && !utf8_valid(b.p ? b.p : "", b.n))
+                json_object_set_new(res, "valid_utf8", json_false());
+            rc_free(s);
+        }
+    }
+    outbuf_free(&b);
+    respond_json(q->h, 200, res);
+}
+
+/* Fill a RUN job's input from a parsed req_input (moves the buffers). */
+static void take_input(struct job *j, struct req_input *in)
+{
+    j->text = in->text;
+    j->text_len = in->text_len;
+    j->ids = in->tokens;
+    j->n_ids = in->n_tokens;
+    in->text = NULL;
+    in->tokens = NULL;
+}
+
+static void score_job(struct rq *q, struct job *j, const struct req_score *r)
+{
+    j->score = 1;
+    j->want_details = r->logprobs;
+    j->top_k = r->top_logprobs;
+    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    q->want_details = r->logprobs;
+}
+
+static void h_score(struct rq *q, int with_session)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_score r;
+    struct api_error e;
+    int rc = req_score_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct session *s = NULL;
+    if (with_session && !(s = idle_session(q))) {
+        req_score_free(&r);
+        return;
+    }
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        req_score_free(&r);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    take_input(j, &r.in);
+    score_job(q, j, &r);
+    req_score_free(&r);
+    if (s) {
+        j->state = s->state;
+        j->sess_a = s;
+    } else if (tmp_state(q, j) != 0) {
+        job_free(j);
+        return;
+    }
+    submit(q, j);
+}
+
+static void done_score(struct rq *q, struct job *j)
+{
+    struct vocab_view v = vocab(q->a);
+    struct score_view sv = {
+        .position = j->position,
+        .n_tokens = j->n_input,
+        .st = &j->stats,
+        .d = q->want_details ? &j->in_rows : NULL,
+        .truncated = j->in_truncated,
+    };
+    respond_json(q->h, 200, resp_score(&sv, &v));
+}
+
+/* Copy stop sequences into the job. */
+static int take_stop(struct job *j, struct req_stop *st)
+{
+    j->stop = st->s;
+    j->stop_len = st->len;
+    j->n_stop = st->n;
+    memset(st, 0, sizeof *st);
+    return 0;
+}
+
+static void h_generate(struct rq *q)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_generate r;
+    struct api_error e;
+    int rc = req_generate_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_generate_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct session *s = idle_session(q);
+    if (!s) {
+        req_generate_free(&r);
+        return;
+    }
+    if (s->state->pos == 0) {
+        req_generate_free(&r);
+        respond_err(q->h, API_INVALID_REQUEST,
+                    "session '%s' has read no tokens yet: append some text first", s->id);
+        return;
+    }
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        req_generate_free(&r);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->gen_max = r.max_tokens;
+    j->sp = r.sp;
+    j->seed = r.has_seed ? r.seed : random_seed();
+    take_stop(j, &r.stop);
+    j->commit = r.commit;
+    j->ignore_eos = r.ignore_eos;
+    j->gen_details = r.logprobs;
+    j->top_k = r.top_logprobs;
+    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    j->stream = r.stream ? STREAM_SESSION : STREAM_NONE;
+    q->want_details = r.logprobs;
+    req_generate_free(&r);
+    submit(q, j);
+    if (j->stream) {
+        q->streaming = 1;
+        http_respond_stream(q->h, 200, "text/event-stream", pull);
+    }
+}
+
+static void done_generate(struct rq *q, struct job *j)
+{
+    struct vocab_view v = vocab(q->a);
+    struct gen_view g = {
+        .text = j->out_text.p,
+        .text_len = j->out_text.n,
+        .ids = j->out_ids.v,
+        .n_ids = j->out_ids.n,
+        .finish_reason = j->finish,
+        .position = j->position,
+        .seed = j->seed,
+        .committed = j->commit,
+        .d = q->want_details ? &j->out_rows : NULL,
+    };
+    respond_json(q->h, 200, resp_generate(&g, &v));
+}
+
+static void h_completions(struct rq *q)
+{
+    struct app *a = q->a;
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_completion r;
+    struct api_error e;
+    int rc = req_completion_parse(o, &a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_completion_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        req_completion_free(&r);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    /* the echoed prompt: the text as sent, or the ids' pieces */
+    struct outbuf echo = {0};
+    int oom = 0;
+    if (r.echo) {
+        if (r.prompt.text)
+            oom = outbuf_put(&echo, r.prompt.text, r.prompt.text_len) != 0;
+        for (size_t i = 0; !oom && r.prompt.tokens && i < r.prompt.n_tokens; i++) {
+            size_t len;
+            const char *p = codec_piece(a->codec, r.prompt.tokens[i], &len);
+            oom = outbuf_put(&echo, p, len) != 0;
+        }
+    }
+    unsigned char rnd[12];
+    char idbuf[40] = "cmpl-";
+    if (random_bytes(rnd, sizeof rnd) == 0)
+        for (size_t i = 0; i < sizeof rnd; i++)
+            snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
+    j->cmpl_id = rc_strdup(idbuf);
+    j->model_name = rc_strdup(a->model_name);
+    if (oom || !j->cmpl_id || !j->model_name) {
+        outbuf_free(&echo);
+        req_completion_free(&r);
+        job_free(j);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    take_input(j, &r.prompt);
+    j->created = (int64_t)time(NULL);
+    j->include_usage = r.include_usage;
+    j->score = r.echo && r.logprobs >= 0;
+    j->want_details = j->score;
+    j->top_k = r.logprobs > 0 ? r.logprobs : 0;
+    j->detail_limit = (size_t)a->cfg->detail_limit;
+    j->gen_max = r.max_tokens;
+    j->sp = r.sp;
+    j->seed = r.has_seed ? r.seed : random_seed();
+    take_stop(j, &r.stop);
+    j->gen_details = r.logprobs >= 0;
+    j->stream = r.stream ? STREAM_OPENAI : STREAM_NONE;
+    q->cmpl_logprobs = r.logprobs;
+    q->cmpl_echo = r.echo;
+    if (j->stream) {
+        j->echo = echo.p;
+        j->echo_len = echo.n;
+    } else {
+        q->echo = echo.p;
+        q->echo_len = echo.n;
+    }
+    req_completion_free(&r);
+    if (tmp_state(q, j) != 0) {
+        job_free(j);
+        return;
+    }
+    submit(q, j);
+    if (j->stream) {
+        q->streaming = 1;
+        http_respond_stream(q->h, 200, "text/event-stream", pull);
+    }
+}
+
+static void done_completions(struct rq *q, struct job *j)
+{
+    struct vocab_view v = vocab(q->a);
+    struct outbuf text = {0};
+    struct tok_details all;
+    tok_details_init(&all, j->top_k);
+    int oom = outbuf_put(&text, q->echo ? q->echo : "", q->echo_len) ||
+              outbuf_put(&text, j->out_text.p ? j->out_text.p : "", j->out_text.n);
+    if (q->cmpl_logprobs >= 0) {
+        /* echo: the prompt's rows first (the first has no logprob) */
+        const struct tok_details *parts[2] = {q->cmpl_echo ? &j->in_rows : NULL, &j->out_rows};
+        for (int p = 0; p < 2 && !oom; p++)
+            for (size_t i = 0; parts[p] && i < parts[p]->n && !oom; i++)
+                oom = tok_details_push(&all, parts[p]->pos[i], parts[p]->id[i], parts[p]->lp[i],
+                                       parts[p]->top_id + i * (size_t)parts[p]->k,
+                                       parts[p]->top_lp + i * (size_t)parts[p]->k) != 0;
+    }
+    json_t *o = NULL;
+    if (!oom) {
+        struct completion_view cv = {
+            .id = j->cmpl_id,
+            .created = j->created,
+            .model = j->model_name,
+            .text = text.p,
+            .text_len = text.n,
+            .finish_reason = !strcmp(j->finish, "eos") ? "stop" : j->finish,
+            .d = q->cmpl_logprobs >= 0 ? &all : NULL,
+            .text_offset0 = q->cmpl_echo ? 0 : q->echo_len,
+            .prompt_tokens = j->n_input,
+            .completion_tokens = (int64_t)j->out_ids.n,
+            .with_usage = 1,
+        };
+        o = resp_completion(&cv, &v);
+    }
+    tok_details_free(&all);
+    outbuf_free(&text);
+    respond_json(q->h, 200, o);
+}
+
+static void h_sessions_post(struct rq *q)
+{
+    struct app *a = q->a;
+    struct api_error e;
+    struct session *src = NULL, *s;
+    struct req_session_create r = {0};
+    size_t snap_len = 0;
+    char *snap = NULL;
+    if (q->binary) {
+        snap = http_take_body(q->h, &snap_len);
+    } else {
+        json_t *o = NULL;
+        size_t n;
+        http_body(q->h, &n);
+        if (n) { /* an empty body means {} */
+            if (!(o = body_json(q)))
+                return;
+            int rc = req_session_create_parse(o, &a->lim, &r, &e);
+            json_decref(o);
+            if (rc) {
+                http_respond_error(q->h, &e);
+                return;
+            }
+        }
+        if (r.snapshot) {
+            req_session_create_free(&r);
+            respond_err(q->h, API_NOT_IMPLEMENTED,
+                        "server-side snapshots are off: start the server with --snapshot-dir");
+            return;
+        }
+        if (r.fork_of) {
+            snprintf(q->id, sizeof q->id, "%.32s", r.fork_of);
+            src = sessions_get(a->sessions, r.fork_of, q->owner);
+            if (!src) {
+                respond_err(q->h, API_NOT_FOUND, "no session '%.40s' to fork", r.fork_of);
+                req_session_create_free(&r);
+                return;
+            }
+            if (src->busy) {
+                respond_err(q->h, API_SESSION_BUSY, "session '%s' is busy; fork it when idle",
+                            src->id);
+                req_session_create_free(&r);
+                return;
+            }
+        }
+        req_session_create_free(&r);
+    }
+    if (sessions_new(a->sessions, q->owner, now_ms(a), &s, &e) != 0) {
+        rc_free(snap);
+        if (api_err_status(e.kind) == 503)
+            http_add_header(q->h, "Retry-After", "5");
+        http_respond_error(q->h, &e);
+        return;
+    }
+    a->metrics.sessions_created++;
+    if (!src && !snap) {
+        http_add_header(q->h, "Location", s->id);
+        respond_json(q->h, 201, session_json(a, s));
+        return;
+    }
+    struct job *j = job_new(src ? JOB_COPY : JOB_LOAD);
+    if (!j) {
+        rc_free(snap);
+        sessions_delete(a->sessions, s);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    if (src) {
+        src->last_used_ms = now_ms(a);
+        j->src = src->state;
+        j->sess_b = src;
+    } else {
+        j->snap = (uint8_t *)snap;
+        j->snap_len = snap_len;
+        j->fingerprint = a->fingerprint;
+    }
+    submit(q, j);
+}
+
+static void done_session_create(struct rq *q, struct job *j)
+{
+    struct app *a = q->a;
+    struct session *s = j->sess_a;
+    if (j->rc) {
+        /* the new session never existed as far as the client knows */
+        sessions_delete(a->sessions, s);
+        http_respond_error(q->h, &j->err);
+        return;
+    }
+    s->pos = s->state->pos;
+    http_add_header(q->h, "Location", s->id);
+    respond_json(q->h, 201, session_json(a, s));
+}
+
+static void h_sessions_list(struct rq *q)
+{
+    json_t *o = json_object(), *data = json_array();
+    int bad = !o || !data;
+    for (struct session *s = sessions_first(q->a->sessions); s && !bad; s = sessions_next(s))
+        if (s->owner == q->owner)
+            bad |= json_array_append_new(data, session_json(q->a, s)) != 0;
+    if (!bad)
+        bad |= json_object_set_new(o, "object", json_string("list")) != 0 ||
+               json_object_set_new(o, "data", data) != 0;
+    else
+        json_decref(data);
+    if (bad) {
+        json_decref(o);
+        o = NULL;
+    }
+    respond_json(q->h, 200, o);
+}
+
+static void h_session(struct rq *q)
+{
+    struct session *s = sessions_get(q->a->sessions, q->id, q->owner);
+    if (!s) {
+        respond_err(q->h, API_NOT_FOUND, "no session '%.40s'", q->id);
+        return;
+    }
+    if (q->method == M_GET) {
+        respond_json(q->h, 200, session_json(q->a, s));
+        return;
+    }
+    /* DELETE: a running job is cancelled; the state goes when it ends */
+    if (s->busy)
+        sched_cancel(q->a->sched, s->busy);
+    sessions_delete(q->a->sessions, s);
+    q->a->metrics.sessions_deleted++;
+    respond_json(q->h, 200, json_pack("{s:s,s:b}", "id", q->id, "deleted", 1));
+}
+
+static void h_state_get(struct rq *q)
+{
+    struct session *s = idle_session(q);
+    if (!s)
+        return;
+    struct job *j = job_new(JOB_SAVE);
+    if (!j) {
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->fingerprint = q->a->fingerprint;
+    submit(q, j);
+}
+
+static void h_state_put(struct rq *q)
+{
+    struct session *s = idle_session(q);
+    if (!s)
+        return;
+    struct job *j = job_new(JOB_LOAD);
+    if (!j) {
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    j->snap = (uint8_t *)http_take_body(q->h, &j->snap_len);
+    j->state = s->state;
+    j->sess_a = s;
+    j->fingerprint = q->a->fingerprint;
+    submit(q, j);
+}
+
+static void done_state(struct rq *q, struct job *j)
+{
+    if (j->rc) {
+        http_respond_error(q->h, &j->err);
+        return;
+    }
+    if (j->kind == JOB_SAVE) {
+        char *b = (char *)j->snap_out;
+        j->snap_out = NULL;
+        http_add_header(q->h, "Content-Disposition", "attachment; filename=\"session.snap\"");
+        http_respond(q->h, 200, "application/octet-stream", b, j->snap_out_len);
+        return;
+    }
+    struct session *s = j->sess_a;
+    s->pos = s->state->pos;
+    respond_json(q->h, 200, session_json(q->a, s));
+}
+
+/* ---- streamed text/plain append ------------------------------------------------ */
+
+static int start_text_append(struct rq *q)
+{
+    struct app *a = q->a;
+    struct req_score r;
+    struct api_error e;
+    if (req_score_query(http_query(q->h, "logprobs"), http_query(q->h, "top_logprobs"), &a->lim,
+                        &r, &e) != 0) {
+        http_respond_error(q->h, &e);
+        return -1;
+    }
+    struct session *s = idle_session(q);
+    if (!s)
+        return -1;
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return -1;
+    }
+    j->streamed = 1;
+    score_job(q, j, &r);
+    j->state = s->state;
+    j->sess_a = s;
+    q->text_upload = 1;
+    submit(q, j);
+    return 0;
+}
+
+static size_t on_data(void *ud, struct http_req *h, const char *data, size_t n)
+{
+    struct rq *q = http_data(h);
+    if (!q || !q->job)
+        return n;
+    size_t have = sched_feed(q->a->sched, q->job, data, n, 0);
+    if (have >= q->a->cfg->upload_buffer_bytes) {
+        /* backpressure: the compute thread wakes us when it has taken it */
+        q->upload_paused = 1;
+        http_pause_upload(h);
+    }
+    return n;
+}
+
+/* ---- dispatch ---------------------------------------------------------------------- */
+
+static int match_route(const char *path, char *id, size_t idlen)
+{
+    static const struct {
+        const char *p;
+        int r;
+    } fixed[] = {
+        {"/health", R_HEALTH},         {"/metrics", R_METRICS},
+        {"/v1/models", R_MODELS},      {"/v1/tokenize", R_TOKENIZE},
+        {"/v1/detokenize", R_DETOKENIZE}, {"/v1/score", R_SCORE},
+        {"/v1/completions", R_COMPLETIONS}, {"/v1/sessions", R_SESSIONS},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (!strcmp(path, fixed[i].p))
+            return fixed[i].r;
+    static const char pre[] = "/v1/sessions/";
+    if (strncmp(path, pre, sizeof pre - 1) != 0)
+        return -1;
+    const char *p = path + sizeof pre - 1, *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : strlen(p);
+    if (n == 0 || n >= idlen)
+        return -1;
+    memcpy(id, p, n);
+    id[n] = 0;
+    if (!slash)
+        return R_SESSION;
+    if (!strcmp(slash, "/append"))
+        return R_APPEND;
+    if (!strcmp(slash, "/generate"))
+        return R_GENERATE;
+    if (!strcmp(slash, "/state"))
+        return R_STATE;
+    return -1;
+}
+
+static int method_bit(const char *m)
+{
+    if (!strcmp(m, "GET") || !strcmp(m, "HEAD"))
+        return M_GET;
+    if (!strcmp(m, "POST"))
+        return M_POST;
+    if (!strcmp(m, "PUT"))
+        return M_PUT;
+    if (!strcmp(m, "DELETE"))
+        return M_DELETE;
+    return 0;
+}
+
+/* Constant-time in the presented key: every configured key is compared
+ * over its full length whatever the input, so timing reveals neither
+ * which key nor how much of one matched. */
+static int auth_owner(struct app *a, struct http_req *h, uint64_t *owner)
+{
+    const struct config *c = a->cfg;
+    *owner = 0;
+    if (c->n_api_keys == 0)
+        return 0;
+    const char *v = http_header(h, "Authorization");
+    if (!v || strncasecmp(v, "Bearer ", 7) != 0)
+        return -1;
+    const char *k = v + 7;
+    size_t kl = strlen(k);
+    int found = -1;
+    for (int i = 0; i < c->n_api_keys; i++) {
+        const char *want = c->api_keys[i];
+        size_t wl = strlen(want);
+        unsigned diff = (unsigned)(kl != wl);
+        for (size_t b = 0; b < wl; b++)
+            diff |= (unsigned char)want[b] ^ (unsigned char)(b < kl ? k[b] : 0);
+        if (diff == 0 && found < 0)
+            found = i;
+    }
+    if (found < 0)
+        return -1;
+    *owner = a->key_owner[found];
+    return 0;
+}
+
+static int content_type_is(struct http_req *h, const char *want)
+{
+    const char *ct = http_header(h, "Content-Type");
+    if (!ct)
+        return 0;
+    size_t n = strlen(want);
+    return !strncasecmp(ct, want, n) && (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
+}
+
+static int on_headers(void *ud, struct http_req *h)
+{
+    struct app *a = ud;
+    struct rq *q = rc_calloc(1, sizeof *q);
+    if (!q) {
+        respond_err(h, API_OUT_OF_MEMORY, "out of memory");
+        return HTTP_BODY_NONE;
+    }
+    q->a = a;
+    q->h = h;
+    q->cmpl_logprobs = -1;
+    http_set_data(h, q);
+    q->route = match_route(http_path(h), q->id, sizeof q->id);
+    q->method = method_bit(http_method(h));
+    if (q->route >= 0)
+        http_set_route(h, route_names[q->route]);
+    if (q->route == R_HEALTH && q->method == M_GET)
+        return HTTP_BODY_NONE;
+    int public = q->route == R_METRICS && a->cfg->metrics_public;
+    if (!public && auth_owner(a, h, &q->owner) != 0) {
+        a->metrics.rejected_auth++;
+        http_add_header(h, "WWW-Authenticate", "Bearer");
+        respond_err(h, API_AUTHENTICATION, "missing or invalid API key (Authorization: Bearer KEY)");
+        return HTTP_BODY_NONE;
+    }
+    if (q->route < 0) {
+        char esc[96];
+        const char *p = http_path(h);
+        respond_err(h, API_NOT_FOUND, "no route %s", log_escape(esc, sizeof esc, p, strlen(p)));
+        return HTTP_BODY_NONE;
+    }
+    if (!(route_methods[q->route] & q->method)) {
+        char allow[64] = "";
+        static const char *names[] = {"GET", "POST", "PUT", "DELETE"};
+        for (int i = 0; i < 4; i++)
+            if (route_methods[q->route] & (1 << i))
+                snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s",
+                         allow[0] ? ", " : "", names[i]);
+        http_add_header(h, "Allow", allow);
+        respond_err(h, API_METHOD_NOT_ALLOWED, "%s does not take %.10s", route_names[q->route],
+                    http_method(h));
+        return HTTP_BODY_NONE;
+    }
+    if (q->route == R_METRICS)
+        return HTTP_BODY_NONE;
+    if (a->state != APP_READY) {
+        http_add_header(h, "Retry-After", "5");
+        if (a->state == APP_DRAINING)
+            http_add_header(h, "Connection", "close");
+        respond_err(h, API_UNAVAILABLE, "%s",
+                    a->state == APP_LOADING ? "the model is still loading"
+                    : a->state == APP_DRAINING ? "the server is shutting down"
+                                               : "the model failed to load");
+        return HTTP_BODY_NONE;
+    }
+    if (q->method == M_GET || q->method == M_DELETE)
+        return HTTP_BODY_NONE;
+    /* snapshot bodies: exactly one size for this model */
+    if ((q->route == R_STATE && q->method == M_PUT) ||
+        (q->route == R_SESSIONS && content_type_is(h, "application/octet-stream"))) {
+        int64_t cl = http_content_length(h);
+        if (cl >= 0 && (uint64_t)cl != a->snap_bytes) {
+            respond_err(h, API_INVALID_SNAPSHOT,
+                        "a snapshot for this model is exactly %zu bytes, the body has %" PRId64
+                        " (truncated, padded or for another model)",
+                        a->snap_bytes, cl);
+            return HTTP_BODY_NONE;
+        }
+        q->binary = 1;
+        http_set_body_cap(h, a->snap_bytes);
+        return HTTP_BODY_BUFFER;
+    }
+    if (q->route == R_APPEND && content_type_is(h, "text/plain")) {
+        if (start_text_append(q) != 0)
+            return HTTP_BODY_NONE;
+        http_set_log_note(h, "text-stream");
+        return HTTP_BODY_STREAM;
+    }
+    if (http_header(h, "Content-Type") && !content_type_is(h, "application/json")) {
+        respond_err(h, API_UNSUPPORTED_MEDIA, "send application/json%s",
+                    q->route == R_APPEND ? " or text/plain" : "");
+        return HTTP_BODY_NONE;
+    }
+    return HTTP_BODY_BUFFER;
+}
+
+static void on_request(void *ud, struct http_req *h)
+{
+    struct rq *q = http_data(h);
+    if (!q)
+        return;
+    switch (q->route) {
+    case R_HEALTH: h_health(q); break;
+    case R_METRICS: h_metrics(q); break;
+    case R_MODELS: h_models(q); break;
+    case R_TOKENIZE: h_tokenize(q); break;
+    case R_DETOKENIZE: h_detokenize(q); break;
+    case R_SCORE: h_score(q, 0); break;
+    case R_COMPLETIONS: h_completions(q); break;
+    case R_SESSIONS:
+        if (q->method == M_POST)
+            h_sessions_post(q);
+        else
+            h_sessions_list(q);
+        break;
+    case R_SESSION: h_session(q); break;
+    case R_APPEND:
+        if (q->text_upload)
+            sched_feed(q->a->sched, q->job, NULL, 0, 1);
+        else
+            h_score(q, 1);
+        break;
+    case R_GENERATE: h_generate(q); break;
+    case R_STATE:
+        if (q->method == M_GET)
+            h_state_get(q);
+        else
+            h_state_put(q);
+        break;
+    }
+}
+
+static void finish_job(struct rq *q, struct job *j)
+{
+    if (j->rc && j->rc != RC_ECANCELED) {
+        switch (j->kind) {
+        case JOB_COPY:
+        case JOB_LOAD:
+            if (q->route == R_SESSIONS) {
+                done_session_create(q, j);
+                return;
+            }
+            break;
+        }
+        http_respond_error(q->h, &j->err);
+        return;
+    }
+    if (j->rc == RC_ECANCELED) {
+        if (q->route == R_SESSIONS && j->sess_a)
+            sessions_delete(q->a->sessions, j->sess_a);
+        if (q->a->state == APP_DRAINING)
+            respond_err(q->h, API_UNAVAILABLE, "cancelled: the server is shutting down");
+        else
+            respond_err(q->h, API_NOT_FOUND, "cancelled: the session was deleted meanwhile");
+        return;
+    }
+    switch (q->route) {
+    case R_TOKENIZE: done_tokenize(q, j); break;
+    case R_SCORE:
+    case R_APPEND: done_score(q, j); break;
+    case R_GENERATE: done_generate(q, j); break;
+    case R_COMPLETIONS: done_completions(q, j); break;
+    case R_SESSIONS: done_session_create(q, j); break;
+    case R_STATE: done_state(q, j); break;
+    default: respond_err(q->h, API_INTERNAL, "no handler for a finished job"); break;
+    }
+}
+
+void routes_on_job_event(struct app *a, struct job *j)
+{
+    struct rq *q = j->owner;
+    if (!j->done) {
+        if (q && q->streaming)
+            http_wake(q->h);
+        if (q && q->upload_paused && sched_inbox(a->sched, j) < a->cfg->upload_buffer_bytes) {
+            q->upload_paused = 0;
+            http_wake(q->h);
+        }
+        return;
+    }
+    if (!q) {
+        job_release(a, j); /* its request is gone */
+        app_check_drained(a);
+        return;
+    }
+    if (q->streaming) {
+        if (j->rc) {
+            /* the stream already said 200: end it with an error event */
+            struct api_error e = j->err;
+            if (j->rc == RC_ECANCELED && a->state == APP_DRAINING)
+                api_error_set(&e, API_UNAVAILABLE, "cancelled: the server is shutting down");
+            json_t *o = json_pack("{s:s,s:{s:s,s:s,s:i}}", "type", "error", "error", "type",
+                                  api_err_type(e.kind), "message", e.message, "code",
+                                  api_err_status(e.kind));
+            if (o) {
+                sse_put_json(&j->outbox, o); /* the job is the loop's now */
+                json_decref(o);
+            }
+        }
+        q->done_seen = 1;
+        /* release the sessions now; the job lives until the stream ends */
+        if (j->sess_a) {
+            sessions_release(a->sessions, j->sess_a, now_ms(a));
+            j->sess_a = NULL;
+        }
+        http_wake(q->h);
+        return;
+    }
+    if (q->upload_paused) {
+        q->upload_paused = 0;
+        http_wake(q->h);
+    }
+    finish_job(q, j);
+    rq_unlink(q);
+    q->job = NULL;
+    job_release(a, j);
+}
+
+void routes_cancel_all(struct app *a)
+{
+    for (struct rq *q = a->rqs; q; q = q->next)
+        if (q->job && !q->job->done)
+            sched_cancel(a->sched, q->job);
+}
+
+static void on_done(void *ud, struct http_req *h, int completed)
+{
+    struct app *a = ud;
+    struct rq *q = http_data(h);
+    if (q) {
+        double secs = (double)(uv_now(a->loop) - http_started_ms(h)) / 1000;
+        metrics_request(&a->metrics, q->route, http_status(h), secs, completed);
+        if (q->job) {
+            rq_unlink(q);
+            q->job->owner = NULL;
+            if (q->job->done)
+                job_release(a, q->job);
+            else
+                sched_cancel(a->sched, q->job); /* released at its done event */
+        }
+        rc_free(q->echo);
+        rc_free(q);
+    }
+    app_check_drained(a);
+}
+
+const struct http_app routes_app = {
+    .ud = NULL,
+    .on_headers = on_headers,
+    .on_data = on_data,
+    .on_request = on_request,
+    .on_done = on_done,
+};

@@ -1,0 +1,1103 @@
+#include "sched.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "alloc.h"
+#include "blas.h"
+#include "errors.h"
+#include "forward.h"
+#include "model.h"
+#include "snapshot.h"
+#include "state.h"
+#include "utf8.h"
+
+/* Rows of logits computed per lm_head call (bounds the logits scratch:
+ * LOGIT_ROWS x n_vocab floats, 12.9 MB for a 50k vocabulary). */
+#define LOGIT_ROWS 64
+
+enum { PH_START = 0, PH_INPUT, PH_GEN, PH_FINISHED };
+
+struct job_run {
+    int phase;
+    const int32_t *ids;     /* input ids: job->ids, or pending.v */
+    size_t n_ids, off;      /* ids[off..n_ids) not read yet */
+    struct idvec pending;   /* ids encoded from text / streamed bytes */
+    struct codec_enc *enc;  /* streamed input */
+    struct outbuf taken;    /* streamed bytes taken from the inbox this tick */
+    int took_final;         /* the inbox was closed when taken */
+    int input_eof;          /* no more input will come */
+    struct mstate *gs;      /* state generation advances */
+    struct mstate *copy;    /* owned, when !commit */
+    struct sampler_rng rng;
+    size_t emitted;         /* bytes of out_text already streamed */
+    size_t echo_sent;
+    struct outbuf stage;    /* stream bytes made this tick */
+    int finished_now;       /* finished during this tick */
+    int inbox_event;        /* the inbox was drained this tick */
+    /* this tick */
+    int seg;                /* segment index, -1 */
+    int n;                  /* tokens in the segment */
+    int had_last;           /* state had a prediction before the segment */
+    int32_t tok;            /* decode token */
+};
+
+struct sched {
+    struct sched_opts o;
+    char *model_dir;
+    void (*notify)(void *);
+    void *notify_ud;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started;
+    int stop;
+    int status;             /* 0 loading, 1 ready, -1 failed */
+    char error[512];
+    struct job *incoming;   /* submitted, not yet seen (LIFO, reversed on admit) */
+    struct job *active;     /* compute's list (order = admission) */
+    struct job *events;     /* news for the loop */
+    int rotate;             /* round-robin start */
+    struct sched_stats stats;
+    /* compute-only after load */
+    struct model *m;
+    struct codec *codec;
+    struct fwd *f;
+    struct sampler_scratch *ss;
+    int d_model, n_vocab, vocab;
+    float *logits;          /* LOGIT_ROWS x n_vocab */
+    float *rows;            /* LOGIT_ROWS x d_model gathered rows */
+    float *hidden;          /* batch_tokens x d_model */
+    float *prev;            /* batch_tokens x d_model: last rows before the run */
+    struct fwd_seg *segs;   /* batch_tokens */
+    struct job **ready;     /* scratch list */
+    size_t ready_cap;
+    int32_t *top_ids;
+    float *top_lps;
+};
+
+/* ---- jobs ---------------------------------------------------------------- */
+
+struct job *job_new(int kind)
+{
+    struct job *j = rc_calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    j->commit = 1;
+    score_stats_init(&j->stats);
+    return j;
+}
+
+static void run_free(struct job_run *r)
+{
+    if (!r)
+        return;
+    idvec_free(&r->pending);
+    codec_enc_free(r->enc);
+    outbuf_free(&r->taken);
+    outbuf_free(&r->stage);
+    state_free(r->copy);
+    rc_free(r);
+}
+
+void job_free(struct job *j)
+{
+    if (!j)
+        return;
+    rc_free(j->text);
+    rc_free(j->ids);
+    for (int i = 0; i < j->n_stop; i++)
+        rc_free(j->stop[i]);
+    rc_free(j->stop);
+    rc_free(j->stop_len);
+    rc_free(j->cmpl_id);
+    rc_free(j->model_name);
+    rc_free(j->echo);
+    rc_free(j->snap);
+    tok_details_free(&j->in_rows);
+    idvec_free(&j->out_ids);
+    outbuf_free(&j->out_text);
+    tok_details_free(&j->out_rows);
+    rc_free(j->snap_out);
+    outbuf_free(&j->inbox);
+    outbuf_free(&j->outbox);
+    run_free(j->run);
+    rc_free(j);
+}
+
+/* ---- loop-side API --------------------------------------------------------- */
+
+void sched_submit(struct sched *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    j->next = s->incoming;
+    s->incoming = j;
+    atomic_fetch_add(&s->stats.queued, 1);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+size_t sched_feed(struct sched *s, struct job *j, const char *bytes, size_t n, int final)
+{
+    pthread_mutex_lock(&s->mu);
+    if (n && outbuf_put(&j->inbox, bytes, n) != 0 && !j->cancel) {
+        /* No memory for the upload: the job fails rather than silently
+         * losing text. */
+        j->cancel = 2;
+    }
+    if (final)
+        j->inbox_closed = 1;
+    size_t have = j->inbox.n;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return have;
+}
+
+void sched_cancel(struct sched *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    if (!j->cancel)
+        j->cancel = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+size_t sched_pull(struct sched *s, struct job *j, char *buf, size_t max, int *done)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = j->outbox.n < max ? j->outbox.n : max;
+    int was_full = j->outbox.n >= s->o.stream_buffer;
+    memcpy(buf, j->outbox.p, n);
+    memmove(j->outbox.p, j->outbox.p + n, j->outbox.n - n);
+    j->outbox.n -= n;
+    *done = j->done && j->outbox.n == 0;
+    if (was_full && j->outbox.n < s->o.stream_buffer)
+        pthread_cond_signal(&s->cv); /* a paused generation may go on */
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+size_t sched_inbox(struct sched *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = j->inbox.n;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+struct job *sched_take_events(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct job *list = s->events, *rev = NULL;
+    s->events = NULL;
+    for (struct job *j = list; j;) {
+        struct job *nx = j->ev_next;
+        j->queued_event = 0;
+        j->ev_next = rev;
+        rev = j;
+        j = nx;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rev; /* oldest first */
+}
+
+int sched_status(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int st = s->status;
+    pthread_mutex_unlock(&s->mu);
+    return st;
+}
+
+const char *sched_error(struct sched *s) { return s->error; }
+const struct model *sched_model(struct sched *s) { return s->m; }
+const struct codec *sched_codec(struct sched *s) { return s->codec; }
+const struct sched_stats *sched_stats(struct sched *s) { return &s->stats; }
+
+/* ---- compute side: helpers ---------------------------------------------- */
+
+/* Under the lock. */
+static void post_event(struct sched *s, struct job *j)
+{
+    if (j->queued_event)
+        return;
+    j->queued_event = 1;
+    j->ev_next = s->events;
+    s->events = j;
+}
+
+static void fail(struct job *j, int rc, int kind, const char *msg)
+{
+    if (j->rc)
+        return;
+    j->rc = rc;
+    api_error_set(&j->err, kind, "%s", msg);
+}
+
+static void finish(struct job *j, const char *reason)
+{
+    struct job_run *r = j->run;
+    if (!j->finish)
+        j->finish = reason;
+    if (r) {
+        r->phase = PH_FINISHED;
+        r->finished_now = 1;
+    }
+}
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+/* k best of x[0..n) (ties: lower id), highest first. */
+static void top_ids(const float *x, int n, int k, int32_t *ids)
+{
+    float best[64];
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        float v = isfinite(x[i]) ? x[i] : -INFINITY;
+        if (have == k && !(v > best[k - 1]))
+            continue;
+        int p = have < k ? have++ : k - 1;
+        while (p > 0 && v > best[p - 1]) {
+            best[p] = best[p - 1];
+            ids[p] = ids[p - 1];
+            p--;
+        }
+        best[p] = v;
+        ids[p] = i;
+    }
+}
+
+/* Log-probabilities of row `logits` (n_vocab wide): lse over all rows the
+ * model has, alternatives among real ids only. */
+static float row_logprob(struct sched *s, const float *logits, int32_t id, int k, int32_t *tids,
+                         float *tlps)
+{
+    double lse = score_logsumexp(logits, s->n_vocab);
+    if (k > 0) {
+        top_ids(logits, s->vocab, k, tids);
+        for (int i = 0; i < k; i++)
+            tlps[i] = (float)((double)logits[tids[i]] - lse);
+    }
+    return (float)((double)logits[id] - lse);
+}
+
+/* ---- streaming output ------------------------------------------------------ */
+
+static int stage_json(struct job *j, json_t *o)
+{
+    if (!o)
+        return RC_ENOMEM;
+    int rc = sse_put_json(&j->run->stage, o);
+    json_decref(o);
+    return rc;
+}
+
+static const char *codec_piece_cb(const void *ctx, int32_t id, size_t *len)
+{
+    return codec_piece(ctx, id, len);
+}
+
+/* One OpenAI chunk with text delta and (optionally) the token's logprobs. */
+static int stage_openai(struct sched *s, struct job *j, const char *delta, size_t dlen,
+                        const struct tok_details *d, size_t text_off, const char *finish_reason)
+{
+    struct vocab_view v = {codec_piece_cb, s->codec};
+    struct completion_view cv = {
+        .id = j->cmpl_id, .created = j->created, .model = j->model_name, .text = delta,
+        .text_len = dlen, .finish_reason = finish_reason, .d = d, .text_offset0 = text_off};
+    return stage_json(j, resp_completion(&cv, &v));
+}
+
+static int stage_token_event(struct sched *s, struct job *j, int32_t id, const char *delta,
+                             size_t dlen, size_t row)
+{
+    struct job_run *r = j->run;
+    if (j->stream == STREAM_OPENAI) {
+        struct tok_details one;
+        const struct tok_details *d = NULL;
+        if (j->gen_details && row < j->out_rows.n) {
+            /* a one-row view of the row just added */
+            one = j->out_rows;
+            one.n = 1;
+            one.pos += row;
+            one.id += row;
+            one.lp += row;
+            one.top_id += row * (size_t)one.k;
+            one.top_lp += row * (size_t)one.k;
+            d = &one;
+        }
+        return stage_openai(s, j, delta, dlen, d, j->echo_len + r->emitted - dlen, NULL);
+    }
+    json_t *o = json_object();
+    if (!o)
+        return RC_ENOMEM;
+    struct vocab_view v = {codec_piece_cb, s->codec};
+    json_t *tok = NULL;
+    if (j->gen_details && row < j->out_rows.n)
+        tok = resp_token(&j->out_rows, row, &v);
+    else {
+        tok = json_object();
+        if (tok)
+            json_object_set_new(tok, "id", json_integer(id));
+    }
+    char *san = rc_malloc(utf8_sanitized_len(delta, dlen) + 1);
+    if (!tok || !san) {
+        json_decref(tok);
+        rc_free(san);
+        json_decref(o);
+        return RC_ENOMEM;
+    }
+    size_t sl = utf8_sanitize(delta, dlen, san, utf8_sanitized_len(delta, dlen) + 1);
+    json_object_set_new(o, "type", json_string("token"));
+    json_object_set_new(o, "token", tok);
+    json_object_set_new(o, "text", json_stringn(san, sl));
+    json_object_set_new(o, "position", json_integer(r->gs->pos));
+    rc_free(san);
+    return stage_json(j, o);
+}
+
+static int stage_final(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    int rc = 0;
+    /* what was held back (a partial stop match or character) goes now */
+    size_t rest = j->out_text.n - r->emitted;
+    const char *tail = j->out_text.p ? j->out_text.p + r->emitted : "";
+    if (j->stream == STREAM_OPENAI) {
+        if (rest)
+            rc = stage_openai(s, j, tail, rest, NULL, j->echo_len + r->emitted, NULL);
+        r->emitted += rest;
+        if (!rc)
+            rc = stage_openai(s, j, "", 0, NULL, 0, j->finish);
+        if (!rc && j->include_usage) {
+            json_t *o = json_object();
+            json_t *u = json_object();
+            if (!o || !u) {
+                json_decref(o);
+                json_decref(u);
+                return RC_ENOMEM;
+            }
+            json_object_set_new(o, "id", json_string(j->cmpl_id));
+            json_object_set_new(o, "object", json_string("text_completion"));
+            json_object_set_new(o, "created", json_integer(j->created));
+            json_object_set_new(o, "model", json_string(j->model_name));
+            json_object_set_new(o, "choices", json_array());
+            json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
+            json_object_set_new(u, "completion_tokens", json_integer((json_int_t)j->out_ids.n));
+            json_object_set_new(u, "total_tokens",
+                                json_integer(j->n_input + (json_int_t)j->out_ids.n));
+            json_object_set_new(o, "usage", u);
+            rc = stage_json(j, o);
+        }
+        if (!rc)
+            rc = sse_put_done(&r->stage);
+        return rc;
+    }
+    json_t *o = json_object();
+    if (!o)
+        return RC_ENOMEM;
+    if (rest) {
+        size_t need = utf8_sanitized_len(tail, rest);
+        char *san = rc_malloc(need + 1);
+        if (!san) {
+            json_decref(o);
+            return RC_ENOMEM;
+        }
+        utf8_sanitize(tail, rest, san, need + 1);
+        json_object_set_new(o, "text", json_stringn(san, need));
+        rc_free(san);
+        r->emitted += rest;
+    }
+    json_object_set_new(o, "type", json_string("done"));
+    json_object_set_new(o, "finish_reason", json_string(j->finish));
+    json_object_set_new(o, "n_tokens", json_integer((json_int_t)j->out_ids.n));
+    json_object_set_new(o, "position", json_integer(j->commit ? r->gs->pos : j->state->pos));
+    json_object_set_new(o, "seed", json_integer((json_int_t)(j->seed & INT64_MAX)));
+    json_object_set_new(o, "committed", json_boolean(j->commit));
+    return stage_json(j, o);
+}
+
+/* After new bytes in out_text: look for a stop sequence, and work out how
+ * much can be streamed (not a possible stop prefix, no split character). */
+static size_t stop_scan(struct job *j, int *stopped)
+{
+    struct job_run *r = j->run;
+    const char *t = j->out_text.p;
+    size_t n = j->out_text.n;
+    *stopped = 0;
+    size_t cut = n;
+    for (int i = 0; i < j->n_stop; i++) {
+        size_t L = j->stop_len[i];
+        if (n < L)
+            continue;
+        /* matches can only start at or after `emitted` (see docs) */
+        for (size_t p = r->emitted; p + L <= n && p < cut; p++)
+            if (!memcmp(t + p, j->stop[i], L)) {
+                cut = p;
+                break;
+            }
+    }
+    if (cut < n) {
+        j->out_text.n = cut;
+        *stopped = 1;
+        return cut;
+    }
+    size_t hold = 0;
+    for (int i = 0; i < j->n_stop; i++) {
+        size_t L = j->stop_len[i];
+        for (size_t k = L - 1; k > hold; k--)
+            if (k <= n - r->emitted && !memcmp(t + n - k, j->stop[i], k)) {
+                hold = k;
+                break;
+            }
+    }
+    size_t to = n - hold;
+    return r->emitted + utf8_complete_prefix(t + r->emitted, to - r->emitted);
+}
+
+/* ---- compute side: one job's phases ------------------------------------- */
+
+static int start_run(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    r->seg = -1;
+    if (j->streamed) {
+        if (codec_enc_create(s->codec, &r->enc) != 0)
+            return RC_ENOMEM;
+    } else if (j->text) {
+        if (codec_encode(s->codec, j->text, j->text_len, &r->pending) != 0)
+            return RC_ENOMEM;
+        r->ids = r->pending.v;
+        r->n_ids = r->pending.n;
+        r->input_eof = 1;
+    } else {
+        r->ids = j->ids;
+        r->n_ids = j->n_ids;
+        r->input_eof = 1;
+    }
+    if (j->want_details && tok_details_init(&j->in_rows, j->top_k) != 0)
+        return RC_ENOMEM;
+    if (j->gen_details && tok_details_init(&j->out_rows, j->top_k) != 0)
+        return RC_ENOMEM;
+    r->phase = PH_INPUT;
+    return 0;
+}
+
+/* Streamed bytes taken this tick -> ids. */
+static int encode_taken(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    if (!j->streamed || (r->taken.n == 0 && !r->took_final) || r->input_eof)
+        return 0;
+    /* compact what has been read so the vector does not grow forever */
+    if (r->off == r->pending.n)
+        r->pending.n = r->off = 0;
+    if (codec_enc_feed(r->enc, r->taken.p ? r->taken.p : "", r->taken.n, r->took_final,
+                       &r->pending) != 0)
+        return RC_ENOMEM;
+    r->taken.n = 0;
+    r->ids = r->pending.v;
+    r->n_ids = r->pending.n;
+    if (r->took_final)
+        r->input_eof = 1;
+    return 0;
+}
+
+static int begin_gen(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    if (!j->state->has_last) {
+        fail(j, RC_EINVAL, API_INVALID_REQUEST,
+             "nothing to continue from: the session has read no tokens yet");
+        return RC_EINVAL;
+    }
+    if (j->commit)
+        r->gs = j->state;
+    else {
+        if (state_create(s->m, &r->copy) != 0 || state_copy(r->copy, j->state) != 0)
+            return RC_ENOMEM;
+        r->gs = r->copy;
+    }
+    sampler_seed(&r->rng, j->seed);
+    r->phase = PH_GEN;
+    if (j->stream == STREAM_OPENAI && j->echo_len) {
+        /* the prompt goes first, as its own chunk */
+        if (stage_openai(s, j, j->echo, j->echo_len, NULL, 0, NULL) != 0)
+            return RC_ENOMEM;
+    }
+    return 0;
+}
+
+/* ---- special jobs ------------------------------------------------------------ */
+
+static void run_special(struct sched *s, struct job *j)
+{
+    char err[384];
+    int rc = 0;
+    switch (j->kind) {
+    case JOB_SAVE:
+        rc = snapshot_encode(j->state, j->fingerprint, &j->snap_out, &j->snap_out_len, err,
+                             sizeof err);
+        if (rc)
+            fail(j, rc, api_err_from_rc(rc) == API_OUT_OF_MEMORY ? API_OUT_OF_MEMORY : API_INTERNAL,
+                 err);
+        break;
+    case JOB_LOAD:
+        rc = snapshot_decode(j->state, j->fingerprint, j->snap, j->snap_len, err, sizeof err);
+        if (rc)
+            fail(j, rc, rc == RC_EMISMATCH ? API_SNAPSHOT_MISMATCH
+                        : rc == RC_ENOMEM  ? API_OUT_OF_MEMORY
+                                           : API_INVALID_SNAPSHOT,
+                 err);
+        break;
+    case JOB_COPY:
+        rc = state_copy(j->state, j->src);
+        if (rc)
+            fail(j, rc, API_INTERNAL, "copying the state failed");
+        break;
+    case JOB_TOKENIZE:
+        rc = codec_encode(s->codec, j->text ? j->text : "", j->text_len, &j->out_ids);
+        if (rc)
+            fail(j, rc, API_OUT_OF_MEMORY, "out of memory tokenising");
+        break;
+    }
+    j->position = j->state ? j->state->pos : 0;
+    finish(j, rc ? "error" : "done");
+}
+
+/* ---- the tick ----------------------------------------------------------------- */
+
+/* Score the rows of one input segment; targets are its tokens. */
+static int score_segment(struct sched *s, struct job *j, const float *hid, const float *prev)
+{
+    struct job_run *r = j->run;
+    const int32_t *tok = r->ids + r->off - r->n;
+    int64_t pos0 = j->state->pos - r->n; /* position of tok[0] */
+    int first = r->had_last ? 0 : 1;      /* tok[0] has no prediction from zero */
+    int k = j->want_details ? j->top_k : 0;
+    if (!r->had_last && j->want_details && j->in_rows.n < j->detail_limit &&
+        tok_details_push(&j->in_rows, pos0, tok[0], NAN, NULL, NULL) != 0)
+        return RC_ENOMEM;
+    for (int t0 = first; t0 < r->n; t0 += LOGIT_ROWS) {
+        int nr = r->n - t0 < LOGIT_ROWS ? r->n - t0 : LOGIT_ROWS;
+        for (int i = 0; i < nr; i++) {
+            int t = t0 + i; /* predicting tok[t] from the row of tok[t-1] */
+            const float *src = t == 0 ? prev : hid + (size_t)(t - 1) * (size_t)s->d_model;
+            memcpy(s->rows + (size_t)i * (size_t)s->d_model, src, sizeof(float) * (size_t)s->d_model);
+        }
+        fwd_logits(s->f, s->rows, nr, s->logits);
+        for (int i = 0; i < nr; i++) {
+            int t = t0 + i;
+            const float *lg = s->logits + (size_t)i * (size_t)s->n_vocab;
+            int keep = j->want_details && j->in_rows.n < j->detail_limit;
+            float lp = row_logprob(s, lg, tok[t], keep ? k : 0, s->top_ids, s->top_lps);
+            score_stats_add(&j->stats, pos0 + t - 1, lp);
+            if (keep) {
+                if (tok_details_push(&j->in_rows, pos0 + t, tok[t], lp, s->top_ids, s->top_lps))
+                    return RC_ENOMEM;
+            } else if (j->want_details)
+                j->in_truncated = 1;
+        }
+    }
+    return 0;
+}
+
+/* Sample the next token of each decoding job from its last row. */
+static int decode_sample(struct sched *s, struct job **dec, int nd)
+{
+    for (int b0 = 0; b0 < nd; b0 += LOGIT_ROWS) {
+        int nr = nd - b0 < LOGIT_ROWS ? nd - b0 : LOGIT_ROWS;
+        for (int i = 0; i < nr; i++)
+            memcpy(s->rows + (size_t)i * (size_t)s->d_model, dec[b0 + i]->run->gs->last,
+                   sizeof(float) * (size_t)s->d_model);
+        fwd_logits(s->f, s->rows, nr, s->logits);
+        for (int i = 0; i < nr; i++) {
+            struct job *j = dec[b0 + i];
+            struct job_run *r = j->run;
+            const float *lg = s->logits + (size_t)i * (size_t)s->n_vocab;
+            int32_t id = sampler_pick(&j->sp, &r->rng, lg, s->vocab, s->ss);
+            r->tok = id;
+            if (j->gen_details) {
+                float lp = row_logprob(s, lg, id, j->top_k, s->top_ids, s->top_lps);
+                if (j->out_rows.n < j->detail_limit &&
+                    tok_details_push(&j->out_rows, r->gs->pos, id, lp, s->top_ids, s->top_lps))
+                    return RC_ENOMEM;
+            }
+        }
+    }
+    return 0;
+}
+
+/* After the run: the decode token was read; record it, stream it, stop? */
+static int decode_after(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    size_t plen;
+    const char *piece = codec_piece(s->codec, r->tok, &plen);
+    if (idvec_push(&j->out_ids, r->tok) || outbuf_put(&j->out_text, piece, plen))
+        return RC_ENOMEM;
+    int stopped;
+    size_t to = stop_scan(j, &stopped);
+    if (stopped)
+        finish(j, "stop");
+    else if ((int)j->out_ids.n >= j->gen_max)
+        finish(j, "length");
+    if (j->stream) {
+        size_t row = j->out_rows.n ? j->out_rows.n - 1 : 0;
+        size_t from = r->emitted;
+        if (r->phase == PH_FINISHED)
+            to = from; /* the final event carries the rest */
+        r->emitted = to;
+        if (stage_token_event(s, j, r->tok, j->out_text.p + from, to - from, row))
+            return RC_ENOMEM;
+    }
+    return 0;
+}
+
+static void tick(struct sched *s, struct job **ready, int nready)
+{
+    int budget = s->o.batch_tokens, nseg = 0, nd = 0;
+    struct job **dec = s->ready + nready; /* scratch after the ready list */
+    double t0 = now_us();
+
+    /* phase transitions and special jobs first */
+    for (int i = 0; i < nready; i++) {
+        struct job *j = ready[i];
+        struct job_run *r = j->run;
+        r->seg = -1;
+        r->finished_now = 0;
+        if (j->cancel) {
+            if (j->cancel == 2)
+                fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
+            else
+                fail(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
+            finish(j, "cancelled");
+            continue;
+        }
+        if (j->kind != JOB_RUN) {
+            run_special(s, j);
+            continue;
+        }
+        int rc = 0;
+        if (r->phase == PH_START)
+            rc = start_run(s, j);
+        if (!rc)
+            rc = encode_taken(s, j);
+        if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
+            j->position = j->state->pos;
+            if (j->gen_max > 0)
+                rc = begin_gen(s, j);
+            else
+                finish(j, "done");
+        }
+        if (rc) {
+            if (!j->rc)
+                fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
+                     rc == RC_ENOMEM ? "out of memory" : "internal error");
+            finish(j, "error");
+        }
+    }
+    /* decode rows first (latency), then prefill chunks */
+    for (int i = 0; i < nready && budget > 0; i++) {
+        struct job *j = ready[i];
+        if (j->kind == JOB_RUN && j->run->phase == PH_GEN) {
+            dec[nd++] = j;
+            budget--;
+        }
+    }
+    if (nd && decode_sample(s, dec, nd) != 0) {
+        for (int i = 0; i < nd; i++) {
+            fail(dec[i], RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+            finish(dec[i], "error");
+        }
+        nd = 0;
+    }
+    size_t hoff = 0;
+    for (int i = 0; i < nd; i++) {
+        struct job *j = dec[i];
+        struct job_run *r = j->run;
+        if (!j->ignore_eos && r->tok == codec_eos(s->codec)) {
+            /* The end token is not read into the state, nor reported. */
+            if (j->gen_details && j->out_rows.n && j->out_rows.id[j->out_rows.n - 1] == r->tok)
+                j->out_rows.n--;
+            finish(j, "eos");
+            continue;
+        }
+        r->seg = nseg;
+        r->n = 1;
+        s->segs[nseg++] = (struct fwd_seg){.state = r->gs, .tokens = &r->tok, .n = 1};
+    }
+    for (int i = 0; i < nready && budget > 0; i++) {
+        struct job *j = ready[i];
+        struct job_run *r = j->run;
+        if (j->kind != JOB_RUN || r->phase != PH_INPUT || r->off == r->n_ids)
+            continue;
+        int n = (int)(r->n_ids - r->off);
+        if (n > s->o.prefill_chunk)
+            n = s->o.prefill_chunk;
+        if (n > budget)
+            n = budget;
+        r->seg = nseg;
+        r->n = n;
+        r->had_last = j->state->has_last;
+        struct fwd_seg *sg = &s->segs[nseg++];
+        *sg = (struct fwd_seg){.state = j->state, .tokens = r->ids + r->off, .n = n};
+        if (j->score) {
+            sg->hidden = s->hidden + hoff * (size_t)s->d_model;
+            hoff += (size_t)n;
+            if (r->had_last)
+                memcpy(s->prev + (size_t)r->seg * (size_t)s->d_model, j->state->last,
+                       sizeof(float) * (size_t)s->d_model);
+        }
+        r->off += (size_t)n;
+        budget -= n;
+    }
+    if (nseg > 0) {
+        char err[256];
+        int rc = fwd_run(s->f, s->segs, nseg, err, sizeof err);
+        if (rc != 0) {
+            /* Ids are checked before batching, so this is a bug: fail
+             * every job of the batch rather than guess. */
+            for (int i = 0; i < nready; i++)
+                if (ready[i]->run && ready[i]->run->seg >= 0) {
+                    fail(ready[i], rc, API_INTERNAL, err);
+                    finish(ready[i], "error");
+                }
+        } else {
+            long long in = 0, out = 0;
+            for (int i = 0; i < nready; i++) {
+                struct job *j = ready[i];
+                struct job_run *r = j->run;
+                if (!r || r->seg < 0)
+                    continue;
+                int rc2 = 0;
+                if (r->phase == PH_INPUT) {
+                    in += r->n;
+                    j->n_input += r->n;
+                    j->position = j->state->pos;
+                    if (j->score)
+                        rc2 = score_segment(s, j, s->segs[r->seg].hidden,
+                                            s->prev + (size_t)r->seg * (size_t)s->d_model);
+                } else if (r->phase == PH_GEN) {
+                    out++;
+                    rc2 = decode_after(s, j);
+                }
+                if (rc2) {
+                    fail(j, rc2, API_OUT_OF_MEMORY, "out of memory");
+                    finish(j, "error");
+                }
+            }
+            atomic_fetch_add(&s->stats.tokens_in, in);
+            atomic_fetch_add(&s->stats.tokens_out, out);
+            atomic_fetch_add(&s->stats.batch_rows, nseg);
+        }
+    }
+    /* wrap up what finished */
+    for (int i = 0; i < nready; i++) {
+        struct job *j = ready[i];
+        struct job_run *r = j->run;
+        if (!r || !r->finished_now)
+            continue;
+        if (j->kind == JOB_RUN && r->gs)
+            j->position = j->commit ? r->gs->pos : j->state->pos;
+        else if (j->kind == JOB_RUN)
+            j->position = j->state->pos;
+        if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc) {
+            if (stage_final(s, j) != 0)
+                fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+        }
+        if (r->copy) {
+            state_free(r->copy);
+            r->copy = NULL;
+            r->gs = j->state; /* position reads stay valid */
+        }
+    }
+    atomic_fetch_add(&s->stats.ticks, 1);
+    atomic_fetch_add(&s->stats.busy_us, (long long)(now_us() - t0));
+}
+
+/* ---- the thread --------------------------------------------------------------- */
+
+/* Under the lock: is j worth a tick now? */
+static int is_ready(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    if (j->cancel || j->kind != JOB_RUN || r->phase == PH_START)
+        return 1;
+    if (r->phase == PH_INPUT)
+        return r->off < r->n_ids || j->inbox.n > 0 || (j->inbox_closed && !r->input_eof) ||
+               (r->input_eof && r->off == r->n_ids);
+    if (r->phase == PH_GEN)
+        return j->outbox.n < s->o.stream_buffer;
+    return 0;
+}
+
+static int load(struct sched *s)
+{
+    char err[512];
+    int rc;
+    if (s->o.threads > 0)
+        blas_set_threads(s->o.threads);
+    if ((rc = model_load(s->model_dir, &s->m, err, sizeof err)) != 0) {
+        snprintf(s->error, sizeof s->error, "%s", err);
+        return rc;
+    }
+    const struct model_config *c = model_config(s->m);
+    s->d_model = c->d_model;
+    s->n_vocab = c->n_vocab;
+    s->vocab = c->vocab_size;
+    if ((rc = codec_load(s->model_dir, c->vocab_size, &s->codec, err, sizeof err)) != 0) {
+        snprintf(s->error, sizeof s->error, "%s", err);
+        return rc;
+    }
+    size_t bt = (size_t)s->o.batch_tokens, dm = (size_t)s->d_model;
+    if ((rc = fwd_create(s->m, s->o.batch_tokens, &s->f)) != 0 ||
+        (rc = sampler_scratch_create(s->vocab, &s->ss)) != 0) {
+        snprintf(s->error, sizeof s->error, "out of memory for the compute scratch");
+        return rc ? rc : RC_ENOMEM;
+    }
+    s->logits = rc_aligned_alloc(sizeof(float) * LOGIT_ROWS * (size_t)s->n_vocab);
+    s->rows = rc_aligned_alloc(sizeof(float) * LOGIT_ROWS * dm);
+    s->hidden = rc_aligned_alloc(sizeof(float) * bt * dm);
+    s->prev = rc_aligned_alloc(sizeof(float) * bt * dm);
+    s->segs = rc_calloc(bt, sizeof *s->segs);
+    s->top_ids = rc_calloc(64, sizeof *s->top_ids);
+    s->top_lps = rc_calloc(64, sizeof *s->top_lps);
+    if (!s->logits || !s->rows || !s->hidden || !s->prev || !s->segs || !s->top_ids ||
+        !s->top_lps) {
+        snprintf(s->error, sizeof s->error, "out of memory for the compute scratch");
+        return RC_ENOMEM;
+    }
+    return 0;
+}
+
+static void *thread_main(void *arg)
+{
+    struct sched *s = arg;
+    int rc = load(s);
+    pthread_mutex_lock(&s->mu);
+    s->status = rc == 0 ? 1 : -1;
+    pthread_mutex_unlock(&s->mu);
+    s->notify(s->notify_ud);
+
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int nready = 0;
+        for (;;) {
+            /* admit, oldest first */
+            struct job *in = s->incoming, *rev = NULL;
+            s->incoming = NULL;
+            while (in) {
+                struct job *nx = in->next;
+                in->next = rev;
+                rev = in;
+                in = nx;
+            }
+            struct job **tail = &s->active;
+            while (*tail)
+                tail = &(*tail)->next;
+            for (struct job *j = rev; j;) {
+                struct job *nx = j->next;
+                j->next = NULL;
+                if (!j->run)
+                    j->run = rc_calloc(1, sizeof *j->run);
+                if (!j->run || s->status != 1) {
+                    /* cannot even track it: finish at once */
+                    fail(j, s->status != 1 ? RC_EIO : RC_ENOMEM,
+                         s->status != 1 ? API_UNAVAILABLE : API_OUT_OF_MEMORY,
+                         s->status != 1 ? "the model is not loaded" : "out of memory");
+                    j->finish = "error";
+                    j->done = 1;
+                    atomic_fetch_sub(&s->stats.queued, 1);
+                    post_event(s, j);
+                } else {
+                    *tail = j;
+                    tail = &j->next;
+                }
+                j = nx;
+            }
+            if (s->stop)
+                break;
+            /* count and collect ready jobs, round-robin from `rotate` */
+            size_t nact = 0;
+            for (struct job *j = s->active; j; j = j->next)
+                nact++;
+            if (nact * 2 > s->ready_cap) {
+                size_t nc = nact * 2 + 16;
+                struct job **nr = rc_realloc(s->ready, nc * sizeof *nr);
+                if (nr) {
+                    s->ready = nr;
+                    s->ready_cap = nc;
+                }
+            }
+            nready = 0;
+            if (nact && s->ready_cap >= nact * 2) {
+                size_t start = (size_t)s->rotate % nact, i = 0;
+                struct job **all = s->ready + nact; /* temporary */
+                for (struct job *j = s->active; j; j = j->next)
+                    all[i++] = j;
+                for (size_t k = 0; k < nact; k++) {
+                    struct job *j = all[(start + k) % nact];
+                    if (is_ready(s, j))
+                        s->ready[nready++] = j;
+                }
+                s->rotate++;
+            }
+            if (nready)
+                break;
+            pthread_cond_wait(&s->cv, &s->mu);
+        }
+        if (s->stop) {
+            for (struct job *j = s->active; j;) {
+                struct job *nx = j->next;
+                fail(j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down");
+                if (!j->finish)
+                    j->finish = "cancelled";
+                if (j->run && j->run->copy) {
+                    state_free(j->run->copy);
+                    j->run->copy = NULL;
+                }
+                j->done = 1;
+                j->next = NULL;
+                atomic_fetch_sub(&s->stats.queued, 1);
+                post_event(s, j);
+                j = nx;
+            }
+            s->active = NULL;
+            pthread_mutex_unlock(&s->mu);
+            s->notify(s->notify_ud);
+            break;
+        }
+        /* take streamed input while holding the lock */
+        for (int i = 0; i < nready; i++) {
+            struct job *j = s->ready[i];
+            struct job_run *r = j->run;
+            if (j->kind != JOB_RUN || !j->streamed || r->input_eof)
+                continue;
+            /* only refill when little is left, so ids stay bounded */
+            if (r->n_ids - r->off > (size_t)s->o.prefill_chunk)
+                continue;
+            if (j->inbox.n) {
+                if (outbuf_put(&r->taken, j->inbox.p, j->inbox.n) != 0) {
+                    j->cancel = 2;
+                    continue;
+                }
+                r->inbox_event = 1;
+                j->inbox.n = 0;
+            }
+            if (j->inbox_closed)
+                r->took_final = 1;
+        }
+        pthread_mutex_unlock(&s->mu);
+
+        /* ready[] is stable: only this thread changes the active list */
+        tick(s, s->ready, nready);
+
+        pthread_mutex_lock(&s->mu);
+        int any = 0;
+        struct job **pp = &s->active;
+        while (*pp) {
+            struct job *j = *pp;
+            struct job_run *r = j->run;
+            if (r->stage.n) {
+                if (outbuf_put(&j->outbox, r->stage.p, r->stage.n) != 0) {
+                    fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+                    finish(j, "error");
+                }
+                r->stage.n = 0;
+                post_event(s, j);
+                any = 1;
+            }
+            if (r->inbox_event) {
+                r->inbox_event = 0;
+                post_event(s, j);
+                any = 1;
+            }
+            if (r->phase == PH_FINISHED) {
+                *pp = j->next;
+                j->next = NULL;
+                j->done = 1;
+                atomic_fetch_sub(&s->stats.queued, 1);
+                post_event(s, j);
+                any = 1;
+                continue;
+            }
+            pp = &j->next;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (any)
+            s->notify(s->notify_ud);
+    }
+    return NULL;
+}
+
+int sched_create(const struct sched_opts *o, void (*notify)(void *), void *notify_ud,
+                 struct sched **out)
+{
+    struct sched *s = rc_calloc(1, sizeof *s);
+    if (!s)
+        return RC_ENOMEM;
+    s->o = *o;
+    s->model_dir = rc_strdup(o->model_dir);
+    s->notify = notify;
+    s->notify_ud = notify_ud;
+    if (!s->model_dir) {
+        rc_free(s);
+        return RC_ENOMEM;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    if (pthread_create(&s->th, NULL, thread_main, s) != 0) {
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv);
+        rc_free(s->model_dir);
+        rc_free(s);
+        return RC_EIO;
+    }
+    s->started = 1;
+    *out = s;
+    return 0;
+}
+
+void sched_stop(struct sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->started)
+        pthread_join(s->th, NULL);
+    s->started = 0;
+}
+
+void sched_free(struct sched *s)
+{
+    if (!s)
+        return;
+    sched_stop(s);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    fwd_free(s->f);
+    sampler_scratch_free(s->ss);
+    codec_free(s->codec);
+    model_free(s->m);
+    rc_free(s->logits);
+    rc_free(s->rows);
+    rc_free(s->hidden);
+    rc_free(s->prev);
+    rc_free(s->segs);
+    rc_free(s->ready);
+    rc_free(s->top_ids);
+    rc_free(s->top_lps);
+    rc_free(s->model_dir);
+    rc_free(s);
+}

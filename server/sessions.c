@@ -1,0 +1,234 @@
+#include "sessions.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/time.h>
+
+#include "alloc.h"
+#include "errors.h"
+#include "state.h"
+
+#define NBUCKETS 4096
+
+struct sessions {
+    const struct model *m;
+    struct sessions_opts o;
+    size_t state_size;          /* state_bytes(m) */
+    size_t n;                   /* linked sessions */
+    size_t n_states;            /* states alive (linked or unlinked-busy) + reserved */
+    struct session *buckets[NBUCKETS];
+    struct session *head, *tail;
+};
+
+int sessions_create(const struct model *m, const struct sessions_opts *o, struct sessions **out)
+{
+    struct sessions *t = rc_calloc(1, sizeof *t);
+    if (!t)
+        return RC_ENOMEM;
+    t->m = m;
+    t->o = *o;
+    t->state_size = state_bytes(m);
+    *out = t;
+    return 0;
+}
+
+static unsigned bucket_of(const char *id)
+{
+    unsigned h = 0;
+    for (int i = 0; i < 8; i++) /* ids are random hex: any 8 digits hash well */
+        h = h * 16 + (unsigned)(id[i] <= '9' ? id[i] - '0' : id[i] - 'a' + 10);
+    return h % NBUCKETS;
+}
+
+static void session_destroy(struct sessions *t, struct session *s)
+{
+    state_free(s->state);
+    if (s->state)
+        t->n_states--;
+    rc_free(s);
+}
+
+void sessions_free(struct sessions *t)
+{
+    if (!t)
+        return;
+    for (struct session *s = t->head, *nx; s; s = nx) {
+        nx = s->next;
+        session_destroy(t, s);
+    }
+    rc_free(t);
+}
+
+static int budget_ok(const struct sessions *t)
+{
+    size_t need;
+    if (__builtin_mul_overflow(t->n_states + 1, t->state_size, &need))
+        return 0;
+    return need <= t->o.mem_budget;
+}
+
+static double unix_now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + (double)tv.tv_usec * 1e-6;
+}
+
+int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct session **out,
+                 struct api_error *e)
+{
+    *out = NULL;
+    if (t->n >= t->o.max_sessions) {
+        api_error_set(e, API_UNAVAILABLE, "session limit reached (%zu sessions, --max-sessions)",
+                      t->o.max_sessions);
+        return RC_ERANGE;
+    }
+    size_t mine = 0;
+    for (struct session *s = t->head; s; s = s->next)
+        mine += s->owner == owner;
+    if (mine >= t->o.max_per_owner) {
+        api_error_set(e, API_TOO_MANY_SESSIONS,
+                      "this key holds %zu sessions, the limit (--max-sessions-per-key)", mine);
+        return RC_ERANGE;
+    }
+    if (!budget_ok(t)) {
+        api_error_set(e, API_UNAVAILABLE,
+                      "state memory budget spent (%zu states of %zu bytes, --state-memory)",
+                      t->n_states, t->state_size);
+        return RC_ERANGE;
+    }
+    struct session *s = rc_calloc(1, sizeof *s);
+    if (!s || state_create(t->m, &s->state) != 0) {
+        rc_free(s);
+        api_error_set(e, API_OUT_OF_MEMORY, "out of memory for a new session's state");
+        return RC_ENOMEM;
+    }
+    t->n_states++;
+    unsigned char rnd[SESSION_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof rnd) {
+        ssize_t r = getrandom(rnd + got, sizeof rnd - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            session_destroy(t, s);
+            api_error_set(e, API_INTERNAL, "no randomness for a session id");
+            return RC_EIO;
+        }
+        got += (size_t)r;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        s->id[2 * i] = hex[rnd[i] >> 4];
+        s->id[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    s->id[SESSION_ID_LEN] = 0;
+    s->owner = owner;
+    s->created = unix_now();
+    s->last_used_ms = now_ms;
+    unsigned b = bucket_of(s->id);
+    s->hnext = t->buckets[b];
+    t->buckets[b] = s;
+    s->prev = t->tail;
+    if (t->tail)
+        t->tail->next = s;
+    else
+        t->head = s;
+    t->tail = s;
+    t->n++;
+    *out = s;
+    return 0;
+}
+
+static int valid_id(const char *id)
+{
+    size_t n = 0;
+    for (; id[n]; n++)
+        if (n >= SESSION_ID_LEN || !((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'f')))
+            return 0;
+    return n == SESSION_ID_LEN;
+}
+
+struct session *sessions_get(struct sessions *t, const char *id, uint64_t owner)
+{
+    if (!valid_id(id))
+        return NULL;
+    for (struct session *s = t->buckets[bucket_of(id)]; s; s = s->hnext)
+        if (!strcmp(s->id, id))
+            return s->owner == owner ? s : NULL;
+    return NULL;
+}
+
+static void unlink_session(struct sessions *t, struct session *s)
+{
+    struct session **pp = &t->buckets[bucket_of(s->id)];
+    while (*pp && *pp != s)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = s->hnext;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        t->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        t->tail = s->prev;
+    s->prev = s->next = s->hnext = NULL;
+    s->unlinked = 1;
+    t->n--;
+}
+
+void sessions_delete(struct sessions *t, struct session *s)
+{
+    if (s->unlinked)
+        return;
+    unlink_session(t, s);
+    if (!s->busy)
+        session_destroy(t, s);
+}
+
+void sessions_release(struct sessions *t, struct session *s, uint64_t now_ms)
+{
+    s->busy = NULL;
+    if (s->unlinked) {
+        session_destroy(t, s);
+        return;
+    }
+    s->pos = s->state->pos;
+    s->last_used_ms = now_ms;
+}
+
+size_t sessions_expire(struct sessions *t, uint64_t now_ms)
+{
+    size_t n = 0;
+    for (struct session *s = t->head, *nx; s; s = nx) {
+        nx = s->next;
+        if (!s->busy && now_ms - s->last_used_ms > t->o.ttl_ms) {
+            sessions_delete(t, s);
+            n++;
+        }
+    }
+    return n;
+}
+
+size_t sessions_count(const struct sessions *t) { return t->n; }
+size_t sessions_state_bytes(const struct sessions *t) { return t->n_states * t->state_size; }
+size_t sessions_state_size(const struct sessions *t) { return t->state_size; }
+uint64_t sessions_ttl_ms(const struct sessions *t) { return t->o.ttl_ms; }
+
+int sessions_reserve(struct sessions *t, struct api_error *e)
+{
+    if (!budget_ok(t)) {
+        api_error_set(e, API_UNAVAILABLE, "state memory budget spent (--state-memory)");
+        return RC_ERANGE;
+    }
+    t->n_states++;
+    return 0;
+}
+
+void sessions_unreserve(struct sessions *t) { t->n_states--; }
+
+struct session *sessions_first(struct sessions *t) { return t->head; }
+struct session *sessions_next(struct session *s) { return s->next; }
