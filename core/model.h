@@ -52,7 +52,11 @@ struct model_config {
     int nheads;         /* d_inner / headdim */
     int ngroups;        /* B/C groups; heads per group = nheads / ngroups */
     float dt_min, dt_max; /* clamp of softplus(dt + dt_bias); (0, inf) = none */
-    int rmsnorm_gated;  /* 1: gated RMSNorm before out_proj (mamba_ssm default) */
+    int rmsnorm_gated;  /* 1: gated RMSNorm before out_proj (mamba_ssm default);
+                           0: y * silu(z) with no norm */
+    int norm_before_gate; /* gated norm order: 0 = norm(y * silu(z)) (default),
+                             1 = norm(y) * silu(z) */
+    int d_has_hdim;     /* D has d_inner entries instead of nheads */
     /* Mamba-1 */
     int dt_rank;
     /* both */
