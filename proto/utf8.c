@@ -68,6 +68,16 @@ size_t utf8_complete_prefix(const char *s, size_t n)
     return n;
 }
 
+/* Bytes of the longest prefix of s[0..n) that is a valid-so-far start of
+ * a sequence (the "maximal subpart"), at least 1. */
+static size_t maximal_subpart(const unsigned char *s, size_t n)
+{
+    for (size_t k = 2; k <= 4 && k <= n; k++)
+        if (utf8_seq_len(s, k) != -1)
+            return k - 1;
+    return n < 4 ? n : 1;
+}
+
 static size_t sanitize(const char *s, size_t n, char *out, size_t cap)
 {
     static const char repl[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
@@ -82,13 +92,12 @@ static size_t sanitize(const char *s, size_t n, char *out, size_t cap)
             take = (size_t)l;
             i += (size_t)l;
         } else {
+            /* One U+FFFD per maximal subpart, as the WHATWG decoder and
+             * Python's errors="replace" do: the same text comes out whether
+             * the bytes are sanitised whole or in complete-prefix pieces. */
             src = repl;
             take = 3;
-            /* Skip the bad lead byte and any continuation bytes after it,
-             * so one broken character yields one U+FFFD. */
-            i++;
-            while (i < n && p[i] >= 0x80 && p[i] < 0xC0)
-                i++;
+            i += maximal_subpart(p + i, n - i);
         }
         if (out) {
             if (o + take + 1 > cap)

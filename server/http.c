@@ -427,7 +427,7 @@ void *http_data(const struct http_req *r) { return r->data; }
 void http_set_body_cap(struct http_req *r, size_t cap) { r->cap = cap; }
 void http_set_route(struct http_req *r, const char *route) { r->route = route; }
 void http_set_log_note(struct http_req *r, const char *note) { r->note = note; }
-uint64_t http_started_ms(const struct http_req *r) { return r->t0; }
+uint64_t http_started_ns(const struct http_req *r) { return r->t0; }
 int http_status(const struct http_req *r) { return r->has_resp ? r->status : 0; }
 int http_port(const struct http *h) { return h->port; }
 int http_in_flight(const struct http *h) { return h->in_flight; }
@@ -479,7 +479,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->method = rc_strdup(method);
         r->path = rc_strdup(url);
         r->cap = h->max_body;
-        r->t0 = uv_now(h->loop);
+        r->t0 = uv_hrtime();
         *con_cls = r;
         h->in_flight++;
         if (!r->method || !r->path)
@@ -578,7 +578,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         char meth[24];
         log_escape(meth, sizeof meth, r->method ? r->method : "", r->method ? strlen(r->method) : 0);
         log_msg("%s \"%s\" %d %zu %.1fms %s%s%s", meth, path, r->has_resp ? r->status : 0, r->sent,
-                (double)(uv_now(h->loop) - r->t0), how, r->note ? " " : "",
+                (double)(uv_hrtime() - r->t0) * 1e-6, how, r->note ? " " : "",
                 r->note ? r->note : "");
     }
     if (h->app.on_done)
@@ -632,12 +632,13 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
     h->app = *app;
     h->max_body = o->max_body;
     h->d = MHD_start_daemon(
-        flags, (uint16_t)o->port, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR, &ss,
+        flags, (uint16_t)o->port, NULL, NULL, on_access, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        h, MHD_OPTION_SOCK_ADDR, &ss,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_LIMIT,
         o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        o->header_bytes, MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, h, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        o->header_bytes, MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     if (!h->d) {
         rc_free(h);
         return rc_fail(err, errlen, RC_EIO, "cannot listen on %s:%d (address in use or not allowed)",

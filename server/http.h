@@ -130,8 +130,8 @@ int http_respond_stream(struct http_req *r, int status, const char *content_type
 void http_pause_upload(struct http_req *r);
 /* Data to pull, an upload to continue, or a response ready: resume. */
 void http_wake(struct http_req *r);
-/* The time the request started (uv_now ms) and the bytes sent so far. */
-uint64_t http_started_ms(const struct http_req *r);
+/* When the request started (uv_hrtime ns). */
+uint64_t http_started_ns(const struct http_req *r);
 /* Status of the response given so far (0: none yet). */
 int http_status(const struct http_req *r);
 

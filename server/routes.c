@@ -217,7 +217,8 @@ static int tmp_state(struct rq *q, struct job *j)
     return 0;
 }
 
-static json_t *session_json(struct app *a, struct session *s)
+/* self: the job of the request answering (its own hold is not "busy"). */
+static json_t *session_json(struct app *a, struct session *s, const struct job *self)
 {
     uint64_t idle = now_ms(a) - s->last_used_ms, ttl = sessions_ttl_ms(a->sessions);
     struct session_view v = {
@@ -226,7 +227,7 @@ static json_t *session_json(struct app *a, struct session *s)
         .state_bytes = sessions_state_size(a->sessions),
         .created = s->created,
         .expires_in = s->busy ? (double)ttl / 1000 : (double)(ttl > idle ? ttl - idle : 0) / 1000,
-        .busy = s->busy != NULL,
+        .busy = s->busy != NULL && s->busy != self,
         .spilled = 0,
     };
     /* last_used in unix seconds: now minus idle time */
@@ -777,7 +778,7 @@ static void h_sessions_post(struct rq *q)
     a->metrics.sessions_created++;
     if (!src && !snap) {
         http_add_header(q->h, "Location", s->id);
-        respond_json(q->h, 201, session_json(a, s));
+        respond_json(q->h, 201, session_json(a, s, q->job));
         return;
     }
     struct job *j = job_new(src ? JOB_COPY : JOB_LOAD);
@@ -813,7 +814,7 @@ static void done_session_create(struct rq *q, struct job *j)
     }
     s->pos = s->state->pos;
     http_add_header(q->h, "Location", s->id);
-    respond_json(q->h, 201, session_json(a, s));
+    respond_json(q->h, 201, session_json(a, s, q->job));
 }
 
 static void h_sessions_list(struct rq *q)
@@ -822,7 +823,7 @@ static void h_sessions_list(struct rq *q)
     int bad = !o || !data;
     for (struct session *s = sessions_first(q->a->sessions); s && !bad; s = sessions_next(s))
         if (s->owner == q->owner)
-            bad |= json_array_append_new(data, session_json(q->a, s)) != 0;
+            bad |= json_array_append_new(data, session_json(q->a, s, q->job)) != 0;
     if (!bad)
         bad |= json_object_set_new(o, "object", json_string("list")) != 0 ||
                json_object_set_new(o, "data", data) != 0;
@@ -843,7 +844,7 @@ static void h_session(struct rq *q)
         return;
     }
     if (q->method == M_GET) {
-        respond_json(q->h, 200, session_json(q->a, s));
+        respond_json(q->h, 200, session_json(q->a, s, q->job));
         return;
     }
     /* DELETE: a running job is cancelled; the state goes when it ends */
@@ -902,7 +903,7 @@ static void done_state(struct rq *q, struct job *j)
     }
     struct session *s = j->sess_a;
     s->pos = s->state->pos;
-    respond_json(q->h, 200, session_json(q->a, s));
+    respond_json(q->h, 200, session_json(q->a, s, q->job));
 }
 
 /* ---- streamed text/plain append ------------------------------------------------ */
@@ -1114,7 +1115,9 @@ static int on_headers(void *ud, struct http_req *h)
         http_set_log_note(h, "text-stream");
         return HTTP_BODY_STREAM;
     }
-    if (http_header(h, "Content-Type") && !content_type_is(h, "application/json")) {
+    if (content_type_is(h, "multipart/form-data")) {
+        /* Any other type is read as JSON (curl -d sends a form type);
+         * multipart would only ever fail to parse, so say why. */
         respond_err(h, API_UNSUPPORTED_MEDIA, "send application/json%s",
                     q->route == R_APPEND ? " or text/plain" : "");
         return HTTP_BODY_NONE;
@@ -1256,7 +1259,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
     struct app *a = ud;
     struct rq *q = http_data(h);
     if (q) {
-        double secs = (double)(uv_now(a->loop) - http_started_ms(h)) / 1000;
+        double secs = (double)(uv_hrtime() - http_started_ns(h)) * 1e-9;
         metrics_request(&a->metrics, q->route, http_status(h), secs, completed);
         if (q->job) {
             rq_unlink(q);

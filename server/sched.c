@@ -655,7 +655,7 @@ static int decode_after(struct sched *s, struct job *j)
         size_t row = j->out_rows.n ? j->out_rows.n - 1 : 0;
         size_t from = r->emitted;
         if (r->phase == PH_FINISHED)
-            to = from; /* the final event carries the rest */
+            to = j->out_text.n; /* nothing more will come: all of it now */
         r->emitted = to;
         if (stage_token_event(s, j, r->tok, j->out_text.p + from, to - from, row))
             return RC_ENOMEM;

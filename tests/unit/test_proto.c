@@ -359,6 +359,29 @@ static void test_utf8(void **u)
     assert_int_equal(n, 1 + 3 + 1 + 3);
     assert_memory_equal(out, "a\xef\xbf\xbdz\xef\xbf\xbd", n);
     assert_true(utf8_valid(out, n));
+    /* one U+FFFD per maximal subpart: two stray continuation bytes are
+     * two, a lead with one good continuation then a break is one */
+    n = utf8_sanitize("\x80\x80", 2, out, sizeof out);
+    assert_int_equal(n, 6);
+    n = utf8_sanitize("\xe2\x82(", 3, out, sizeof out);
+    assert_int_equal(n, 4);
+    /* streaming: sanitising complete-prefix pieces equals the whole */
+    unsigned char rnd[4096];
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        rnd[i] = (unsigned char)(x % 5 == 0 ? 'a' : x >> 24);
+    }
+    static char whole[16384], pieces[16384];
+    size_t wn = utf8_sanitize((char *)rnd, sizeof rnd, whole, sizeof whole), pn = 0, done = 0;
+    for (size_t end = 1; end <= sizeof rnd; end += 1 + (end % 3)) {
+        size_t cut = done + utf8_complete_prefix((char *)rnd + done, end - done);
+        pn += utf8_sanitize((char *)rnd + done, cut - done, pieces + pn, sizeof pieces - pn);
+        done = cut;
+    }
+    pn += utf8_sanitize((char *)rnd + done, sizeof rnd - done, pieces + pn, sizeof pieces - pn);
+    assert_int_equal(pn, wn);
+    assert_memory_equal(pieces, whole, wn);
 }
 
 static const char *piece(const void *ctx, int32_t id, size_t *len)
