@@ -452,13 +452,14 @@ void req_detokenize_free(struct req_detokenize *r)
 int req_save_parse(const json_t *o, const struct proto_limits *lim, struct req_save *r,
                    struct api_error *e)
 {
-    static const char *const keys[] = {"name", NULL};
+    static const char *const keys[] = {"name", "overwrite", NULL};
     const char *s;
     size_t n;
     int rc;
     memset(r, 0, sizeof *r);
     if ((rc = pj_check_keys(o, keys, e)) || (rc = pj_str(o, "name", 1, 4096, &s, &n, e)) ||
-        (rc = req_snapshot_name_check(s, n, e)))
+        (rc = req_snapshot_name_check(s, n, e)) ||
+        (rc = pj_bool(o, "overwrite", 0, &r->overwrite, e)))
         return rc;
     return copy_str(s, n, &r->name, e);
 }

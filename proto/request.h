@@ -99,6 +99,7 @@ struct req_detokenize {
 
 struct req_save {
     char *name;
+    int overwrite;
 };
 
 int req_session_create_parse(const json_t *o, const struct proto_limits *lim,

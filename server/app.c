@@ -61,6 +61,8 @@ static void app_stop(struct app *a)
     sessions_free(a->sessions);
     a->sessions = NULL;
     uv_close((uv_handle_t *)&a->async, close_cb);
+    /* file work still queued finishes on its own; the store it uses is
+     * freed after the loop ends (cmd_serve) */
 }
 
 void app_check_drained(struct app *a)
@@ -231,6 +233,12 @@ int cmd_serve(int argc, char **argv)
     uv_signal_init(&loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
 
+    if (cfg.snapshot_dir &&
+        (rc = store_open(cfg.snapshot_dir, &a.snapshots, err, sizeof err)) != 0) {
+        log_msg("--snapshot-dir: %s", err);
+        a.exit_code = 1;
+        goto out_early;
+    }
     struct http_app app = routes_app;
     app.ud = &a;
     struct http_opts ho = {
@@ -270,6 +278,7 @@ int cmd_serve(int argc, char **argv)
             a.model_name);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    store_free(a.snapshots);
     config_free(&cfg);
     return a.exit_code;
 
@@ -281,6 +290,7 @@ out_early:
     uv_close((uv_handle_t *)&a.sigint, close_cb);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    store_free(a.snapshots);
     config_free(&cfg);
     return a.exit_code;
 }

@@ -15,6 +15,7 @@
 #include "request.h"
 #include "sched.h"
 #include "sessions.h"
+#include "store.h"
 
 struct model;
 struct model_config;
@@ -28,6 +29,7 @@ struct app {
     struct http *http;
     struct sched *sched;
     struct sessions *sessions;       /* once the model is loaded */
+    struct store *snapshots;         /* --snapshot-dir, or NULL */
     struct metrics metrics;
     uv_async_t async;                /* compute -> loop events */
     uv_signal_t sigterm, sigint;

@@ -40,6 +40,9 @@ enum route {
     R_APPEND,
     R_GENERATE,
     R_STATE,
+    R_SAVE,
+    R_SNAPSHOTS,
+    R_SNAPSHOT,
     N_ROUTES
 };
 
@@ -47,7 +50,8 @@ const char *const route_names[] = {
     "/health",     "/metrics",  "/v1/models",        "/v1/tokenize",
     "/v1/detokenize", "/v1/score", "/v1/completions", "/v1/sessions",
     "/v1/sessions/{id}", "/v1/sessions/{id}/append", "/v1/sessions/{id}/generate",
-    "/v1/sessions/{id}/state",
+    "/v1/sessions/{id}/state", "/v1/sessions/{id}/save", "/v1/snapshots",
+    "/v1/snapshots/{name}",
 };
 const int n_route_names = N_ROUTES;
 
@@ -58,7 +62,8 @@ static const int route_methods[N_ROUTES] = {
     [R_TOKENIZE] = M_POST,       [R_DETOKENIZE] = M_POST,   [R_SCORE] = M_POST,
     [R_COMPLETIONS] = M_POST,    [R_SESSIONS] = M_GET | M_POST,
     [R_SESSION] = M_GET | M_DELETE, [R_APPEND] = M_POST,    [R_GENERATE] = M_POST,
-    [R_STATE] = M_GET | M_PUT,
+    [R_STATE] = M_GET | M_PUT,   [R_SAVE] = M_POST,         [R_SNAPSHOTS] = M_GET,
+    [R_SNAPSHOT] = M_GET | M_DELETE,
 };
 
 /* Per-request context (http_data). */
@@ -69,7 +74,10 @@ struct rq {
     int method;                /* M_* */
     uint64_t owner;
     char id[SESSION_ID_LEN + 1];
+    char name[160];            /* snapshot name (R_SNAPSHOT path, save, restore) */
     struct job *job;           /* running or done, until released */
+    struct fsop *fsop;         /* file work in flight for it, or NULL */
+    int overwrite;
     int streaming;             /* the response pulls from job->outbox */
     int stream_done;           /* the pull returned the end */
     int done_seen;             /* the job's done event was handled */
@@ -283,6 +291,119 @@ static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
         return HTTP_PULL_END;
     }
     return HTTP_PULL_NONE;
+}
+
+/* ---- file work (named snapshots) -------------------------------------------
+ * Disk I/O runs on libuv's worker pool; the request waits suspended. If
+ * the request goes away first, the op finishes and only frees itself. */
+
+enum { FS_WRITE = 1, FS_READ, FS_REMOVE, FS_LIST };
+
+struct fsop {
+    uv_work_t w;
+    struct app *a;
+    struct store *st;
+    struct rq *q;              /* NULL once the request is gone */
+    int kind;
+    char file[200];            /* on-disk name */
+    uint8_t *buf;              /* write: owned; read: result, owned */
+    size_t len, max;
+    int overwrite;
+    int64_t position;
+    int rc;
+    char err[384];
+    struct store_entry *list;
+    size_t n;
+    const char *prefix;        /* owner prefix for listing */
+    char pre[24];
+};
+
+/* Snapshots belong to the key that wrote them: on disk, "<name>" when
+ * auth is off, "k<owner>.<name>" otherwise. */
+static void snap_file(const struct rq *q, const char *name, char *out, size_t n)
+{
+    if (q->owner)
+        snprintf(out, n, "k%016llx.%s", (unsigned long long)q->owner, name);
+    else
+        snprintf(out, n, "%s", name);
+}
+
+static void fs_work(uv_work_t *w)
+{
+    struct fsop *f = w->data;
+    switch (f->kind) {
+    case FS_WRITE:
+        f->rc = store_write(f->st, f->file, f->buf, f->len, f->overwrite, f->err, sizeof f->err);
+        break;
+    case FS_READ:
+        f->rc = store_read(f->st, f->file, f->max, &f->buf, &f->len, f->err, sizeof f->err);
+        break;
+    case FS_REMOVE:
+        f->rc = store_remove(f->st, f->file, f->err, sizeof f->err);
+        break;
+    case FS_LIST:
+        f->rc = store_list(f->st, &f->list, &f->n, f->err, sizeof f->err);
+        break;
+    }
+}
+
+static void fs_done(struct rq *q, struct fsop *f);
+
+static void fs_after(uv_work_t *w, int status)
+{
+    struct fsop *f = w->data;
+    struct rq *q = f->q;
+    if (q) {
+        q->fsop = NULL;
+        if (status == UV_ECANCELED) {
+            f->rc = RC_ECANCELED;
+            snprintf(f->err, sizeof f->err, "cancelled");
+        }
+        fs_done(q, f);
+    }
+    rc_free(f->buf);
+    rc_free(f->list);
+    rc_free(f);
+}
+
+static int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
+{
+    struct fsop *f = rc_calloc(1, sizeof *f);
+    if (!f) {
+        rc_free(buf);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return -1;
+    }
+    f->a = q->a;
+    f->st = q->a->snapshots;
+    f->q = q;
+    f->kind = kind;
+    f->buf = buf;
+    f->len = len;
+    f->max = q->a->snap_bytes;
+    f->overwrite = q->overwrite;
+    if (name)
+        snap_file(q, name, f->file, sizeof f->file);
+    if (q->owner)
+        snprintf(f->pre, sizeof f->pre, "k%016llx.", (unsigned long long)q->owner);
+    f->w.data = f;
+    if (uv_queue_work(q->a->loop, &f->w, fs_work, fs_after) != 0) {
+        rc_free(f->buf);
+        rc_free(f);
+        respond_err(q->h, API_INTERNAL, "cannot queue file work");
+        return -1;
+    }
+    q->fsop = f;
+    return 0;
+}
+
+static int snapshots_on(struct rq *q)
+{
+    if (q->a->snapshots)
+        return 1;
+    respond_err(q->h, API_NOT_IMPLEMENTED,
+                "server-side snapshots are off: start the server with --snapshot-dir");
+    return 0;
 }
 
 /* ---- route handlers ------------------------------------------------------------ */
@@ -746,9 +867,10 @@ static void h_sessions_post(struct rq *q)
             }
         }
         if (r.snapshot) {
+            snprintf(q->name, sizeof q->name, "%s", r.snapshot);
             req_session_create_free(&r);
-            respond_err(q->h, API_NOT_IMPLEMENTED,
-                        "server-side snapshots are off: start the server with --snapshot-dir");
+            if (snapshots_on(q))
+                fs_start(q, FS_READ, q->name, NULL, 0);
             return;
         }
         if (r.fork_of) {
@@ -799,6 +921,35 @@ static void h_sessions_post(struct rq *q)
         j->snap_len = snap_len;
         j->fingerprint = a->fingerprint;
     }
+    submit(q, j);
+}
+
+/* A new session read from snapshot bytes (owned by the callee). */
+static void create_from_snapshot(struct rq *q, uint8_t *snap, size_t len)
+{
+    struct app *a = q->a;
+    struct api_error e;
+    struct session *s;
+    if (sessions_new(a->sessions, q->owner, now_ms(a), &s, &e) != 0) {
+        rc_free(snap);
+        if (api_err_status(e.kind) == 503)
+            http_add_header(q->h, "Retry-After", "5");
+        http_respond_error(q->h, &e);
+        return;
+    }
+    a->metrics.sessions_created++;
+    struct job *j = job_new(JOB_LOAD);
+    if (!j) {
+        rc_free(snap);
+        sessions_delete(a->sessions, s);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->snap = snap;
+    j->snap_len = len;
+    j->fingerprint = a->fingerprint;
     submit(q, j);
 }
 
@@ -906,6 +1057,118 @@ static void done_state(struct rq *q, struct job *j)
     respond_json(q->h, 200, session_json(q->a, s, q->job));
 }
 
+
+static void h_save(struct rq *q)
+{
+    if (!snapshots_on(q))
+        return;
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_save r;
+    struct api_error e;
+    int rc = req_save_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_save_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    snprintf(q->name, sizeof q->name, "%s", r.name);
+    q->overwrite = r.overwrite;
+    req_save_free(&r);
+    struct session *s = idle_session(q);
+    if (!s)
+        return;
+    struct job *j = job_new(JOB_SAVE);
+    if (!j) {
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->fingerprint = q->a->fingerprint;
+    submit(q, j);
+}
+
+static void h_snapshots(struct rq *q)
+{
+    if (snapshots_on(q))
+        fs_start(q, FS_LIST, NULL, NULL, 0);
+}
+
+static void h_snapshot(struct rq *q)
+{
+    struct api_error e;
+    if (!snapshots_on(q))
+        return;
+    if (req_snapshot_name_check(q->name, strlen(q->name), &e) != 0) {
+        http_respond_error(q->h, &e);
+        return;
+    }
+    fs_start(q, q->method == M_DELETE ? FS_REMOVE : FS_READ, q->name, NULL, 0);
+}
+
+static void fs_done(struct rq *q, struct fsop *f)
+{
+    if (f->rc) {
+        int kind = f->rc == RC_EINVAL     ? API_NOT_FOUND
+                   : f->rc == RC_EMISMATCH ? API_CONFLICT
+                   : f->rc == RC_ERANGE    ? API_INVALID_SNAPSHOT
+                   : f->rc == RC_ENOMEM    ? API_OUT_OF_MEMORY
+                   : f->kind == FS_WRITE   ? API_SNAPSHOT_WRITE
+                                           : API_INTERNAL;
+        const char *m = f->err;
+        if (f->rc == RC_EMISMATCH)
+            m = "a snapshot of that name exists (send \"overwrite\": true to replace it)";
+        respond_err(q->h, kind, "%s", m);
+        return;
+    }
+    switch (f->kind) {
+    case FS_WRITE:
+        respond_json(q->h, 201, json_pack("{s:s,s:I,s:I}", "name", q->name, "bytes",
+                                          (json_int_t)f->len, "position",
+                                          (json_int_t)f->position));
+        return;
+    case FS_READ:
+        if (q->route == R_SNAPSHOT) {
+            http_add_header(q->h, "Content-Disposition", "attachment");
+            http_respond(q->h, 200, "application/octet-stream", (char *)f->buf, f->len);
+        } else
+            create_from_snapshot(q, f->buf, f->len);
+        f->buf = NULL; /* handed on */
+        return;
+    case FS_REMOVE:
+        respond_json(q->h, 200, json_pack("{s:s,s:b}", "name", q->name, "deleted", 1));
+        return;
+    case FS_LIST: {
+        json_t *o = json_object(), *data = json_array();
+        int bad = !o || !data;
+        size_t pl = strlen(f->pre);
+        for (size_t i = 0; i < f->n && !bad; i++) {
+            const char *nm = f->list[i].name;
+            if (pl ? strncmp(nm, f->pre, pl) != 0 : nm[0] == 'k' && strchr(nm, '.') == nm + 17)
+                continue; /* another key's */
+            json_t *x = json_pack("{s:s,s:I,s:I}", "name", nm + pl, "bytes",
+                                  (json_int_t)f->list[i].bytes, "created",
+                                  (json_int_t)f->list[i].mtime);
+            bad |= !x || json_array_append_new(data, x) != 0;
+        }
+        if (!bad)
+            bad |= json_object_set_new(o, "object", json_string("list")) != 0 ||
+                   json_object_set_new(o, "data", data) != 0;
+        else
+            json_decref(data);
+        if (bad) {
+            json_decref(o);
+            o = NULL;
+        }
+        respond_json(q->h, 200, o);
+        return;
+    }
+    }
+}
+
 /* ---- streamed text/plain append ------------------------------------------------ */
 
 static int start_text_append(struct rq *q)
@@ -951,7 +1214,7 @@ static size_t on_data(void *ud, struct http_req *h, const char *data, size_t n)
 
 /* ---- dispatch ---------------------------------------------------------------------- */
 
-static int match_route(const char *path, char *id, size_t idlen)
+static int match_route(const char *path, char *id, size_t idlen, char *name, size_t nlen)
 {
     static const struct {
         const char *p;
@@ -965,6 +1228,16 @@ static int match_route(const char *path, char *id, size_t idlen)
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (!strcmp(path, fixed[i].p))
             return fixed[i].r;
+    static const char snaps[] = "/v1/snapshots/";
+    if (!strcmp(path, "/v1/snapshots"))
+        return R_SNAPSHOTS;
+    if (!strncmp(path, snaps, sizeof snaps - 1)) {
+        size_t n = strlen(path + sizeof snaps - 1);
+        if (n == 0 || n >= nlen)
+            return n ? R_SNAPSHOT : -1; /* too long: the name check rejects it */
+        memcpy(name, path + sizeof snaps - 1, n + 1);
+        return R_SNAPSHOT;
+    }
     static const char pre[] = "/v1/sessions/";
     if (strncmp(path, pre, sizeof pre - 1) != 0)
         return -1;
@@ -982,6 +1255,8 @@ static int match_route(const char *path, char *id, size_t idlen)
         return R_GENERATE;
     if (!strcmp(slash, "/state"))
         return R_STATE;
+    if (!strcmp(slash, "/save"))
+        return R_SAVE;
     return -1;
 }
 
@@ -1049,7 +1324,9 @@ static int on_headers(void *ud, struct http_req *h)
     q->h = h;
     q->cmpl_logprobs = -1;
     http_set_data(h, q);
-    q->route = match_route(http_path(h), q->id, sizeof q->id);
+    q->route = match_route(http_path(h), q->id, sizeof q->id, q->name, sizeof q->name);
+    if (q->route == R_SNAPSHOT && !q->name[0])
+        memset(q->name, 'x', sizeof q->name - 1); /* over-long: fails the name check */
     q->method = method_bit(http_method(h));
     if (q->route >= 0)
         http_set_route(h, route_names[q->route]);
@@ -1158,6 +1435,9 @@ static void on_request(void *ud, struct http_req *h)
         else
             h_state_put(q);
         break;
+    case R_SAVE: h_save(q); break;
+    case R_SNAPSHOTS: h_snapshots(q); break;
+    case R_SNAPSHOT: h_snapshot(q); break;
     }
 }
 
@@ -1186,6 +1466,13 @@ static void finish_job(struct rq *q, struct job *j)
         return;
     }
     switch (q->route) {
+    case R_SAVE: {
+        uint8_t *b = j->snap_out;
+        j->snap_out = NULL;
+        if (fs_start(q, FS_WRITE, q->name, b, j->snap_out_len) == 0)
+            q->fsop->position = j->position;
+        break;
+    }
     case R_TOKENIZE: done_tokenize(q, j); break;
     case R_SCORE:
     case R_APPEND: done_score(q, j); break;
@@ -1269,6 +1556,8 @@ static void on_done(void *ud, struct http_req *h, int completed)
             else
                 sched_cancel(a->sched, q->job); /* released at its done event */
         }
+        if (q->fsop)
+            q->fsop->q = NULL; /* it finishes on its own */
         rc_free(q->echo);
         rc_free(q);
     }

@@ -741,11 +741,19 @@ static void tick(struct sched *s, struct job **ready, int nready)
         struct job_run *r = j->run;
         if (j->kind != JOB_RUN || r->phase != PH_INPUT || r->off == r->n_ids)
             continue;
+        /* A stream's chunks depend only on its own tokens: always whole
+         * prefill_chunk pieces (the last one excepted), never cut by the
+         * tick's budget or by how the upload happened to arrive. The
+         * engine rounds differently for different chunkings, so this is
+         * what makes a streamed upload score exactly like the same text
+         * sent at once. */
         int n = (int)(r->n_ids - r->off);
         if (n > s->o.prefill_chunk)
             n = s->o.prefill_chunk;
+        else if (!r->input_eof && n < s->o.prefill_chunk)
+            continue; /* wait for a whole chunk */
         if (n > budget)
-            n = budget;
+            continue; /* next tick, whole */
         r->seg = nseg;
         r->n = n;
         r->had_last = j->state->has_last;
@@ -833,9 +841,14 @@ static int is_ready(struct sched *s, struct job *j)
     struct job_run *r = j->run;
     if (j->cancel || j->kind != JOB_RUN || r->phase == PH_START)
         return 1;
-    if (r->phase == PH_INPUT)
-        return r->off < r->n_ids || j->inbox.n > 0 || (j->inbox_closed && !r->input_eof) ||
-               (r->input_eof && r->off == r->n_ids);
+    if (r->phase == PH_INPUT) {
+        size_t left = r->n_ids - r->off;
+        if (r->input_eof)
+            return 1;
+        /* streamed: a whole chunk to read, or bytes to take */
+        return left >= (size_t)s->o.prefill_chunk ||
+               (left < (size_t)s->o.prefill_chunk && (j->inbox.n > 0 || j->inbox_closed));
+    }
     if (r->phase == PH_GEN)
         return j->outbox.n < s->o.stream_buffer;
     return 0;
@@ -983,8 +996,8 @@ static void *thread_main(void *arg)
             struct job_run *r = j->run;
             if (j->kind != JOB_RUN || !j->streamed || r->input_eof)
                 continue;
-            /* only refill when little is left, so ids stay bounded */
-            if (r->n_ids - r->off > (size_t)s->o.prefill_chunk)
+            /* only refill below a chunk, so ids stay bounded */
+            if (r->n_ids - r->off >= (size_t)s->o.prefill_chunk)
                 continue;
             if (j->inbox.n) {
                 if (outbuf_put(&r->taken, j->inbox.p, j->inbox.n) != 0) {
@@ -1047,6 +1060,8 @@ int sched_create(const struct sched_opts *o, void (*notify)(void *), void *notif
     if (!s)
         return RC_ENOMEM;
     s->o = *o;
+    if (s->o.prefill_chunk > s->o.batch_tokens)
+        s->o.prefill_chunk = s->o.batch_tokens; /* a chunk must fit a tick */
     s->model_dir = rc_strdup(o->model_dir);
     s->notify = notify;
     s->notify_ud = notify_ud;

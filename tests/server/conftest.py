@@ -38,6 +38,10 @@ class Server:
             pytest.skip(f"recurd binary not found at {BIN} (set RECURD_BIN)")
         e = dict(os.environ)
         e.pop("RECURD_API_KEY", None)
+        # The machine running the tests is shared and loaded: one thread
+        # per library keeps a tiny model's per-tick latency low and steady.
+        e.setdefault("OMP_NUM_THREADS", "1")
+        e.setdefault("OPENBLAS_NUM_THREADS", "1")
         e.update(env or {})
         self.cmd = [BIN, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                     *map(str, args)]
