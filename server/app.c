@@ -46,6 +46,7 @@ static void app_stop(struct app *a)
     uv_close((uv_handle_t *)&a->sigint, close_cb);
     uv_close((uv_handle_t *)&a->ttl_timer, close_cb);
     uv_close((uv_handle_t *)&a->drain_timer, close_cb);
+    uv_close((uv_handle_t *)&a->stop_timer, close_cb);
     /* connections first (their requests release their jobs), then the
      * compute thread, then whatever it finished on the way out */
     http_free(a->http);
@@ -65,13 +66,17 @@ static void app_stop(struct app *a)
      * freed after the loop ends (cmd_serve) */
 }
 
+static void on_stop_timer(uv_timer_t *t) { app_stop(t->data); }
+
 void app_check_drained(struct app *a)
 {
     if (a->state != APP_DRAINING || a->stopping || !a->http)
         return;
-    if (http_in_flight(a->http) == 0 && atomic_load(&sched_stats(a->sched)->queued) == 0) {
+    if (http_in_flight(a->http) == 0 && atomic_load(&sched_stats(a->sched)->queued) == 0 &&
+        !uv_is_active((uv_handle_t *)&a->stop_timer)) {
         log_msg("drained: exiting");
-        app_stop(a);
+        /* often called from inside an HTTP callback: stop from the loop */
+        uv_timer_start(&a->stop_timer, on_stop_timer, 0, 0);
     }
 }
 
@@ -149,12 +154,14 @@ static void on_drain_timeout(uv_timer_t *t)
     struct app *a = t->data;
     if (!a->drain_cancelled) {
         log_msg("drain timeout: cancelling %d in-flight request(s)", http_in_flight(a->http));
+        http_log_in_flight(a->http);
         a->drain_cancelled = 1;
         routes_cancel_all(a);
         uv_timer_start(&a->drain_timer, on_drain_timeout, DRAIN_GRACE_MS, 0);
         return;
     }
     log_msg("drain grace over: closing the remaining connections");
+    http_log_in_flight(a->http);
     app_stop(a);
 }
 
@@ -229,6 +236,8 @@ int cmd_serve(int argc, char **argv)
     a.ttl_timer.data = &a;
     uv_timer_init(&loop, &a.drain_timer);
     a.drain_timer.data = &a;
+    uv_timer_init(&loop, &a.stop_timer);
+    a.stop_timer.data = &a;
     uv_signal_init(&loop, &a.sigterm);
     uv_signal_init(&loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
@@ -286,6 +295,7 @@ out_early:
     uv_close((uv_handle_t *)&a.async, close_cb);
     uv_close((uv_handle_t *)&a.ttl_timer, close_cb);
     uv_close((uv_handle_t *)&a.drain_timer, close_cb);
+    uv_close((uv_handle_t *)&a.stop_timer, close_cb);
     uv_close((uv_handle_t *)&a.sigterm, close_cb);
     uv_close((uv_handle_t *)&a.sigint, close_cb);
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -34,6 +34,7 @@ struct app {
     uv_async_t async;                /* compute -> loop events */
     uv_signal_t sigterm, sigint;
     uv_timer_t ttl_timer, drain_timer;
+    uv_timer_t stop_timer;           /* runs app_stop outside any callback */
     int state;                       /* enum app_state */
     int drain_cancelled;             /* drain timeout hit: work was cancelled */
     int stopping;                    /* teardown started */

@@ -35,6 +35,7 @@ struct http {
     int quiesced;
     struct http_req *susp;   /* suspended requests (doubly linked) */
     int n_susp;
+    struct http_req *all;    /* every request in flight (doubly linked) */
 };
 
 struct http_req {
@@ -67,7 +68,8 @@ struct http_req {
     int body_done;           /* final access-handler call seen */
     uint64_t t0;
     size_t sent;
-    struct http_req *prev, *next;
+    struct http_req *prev, *next;     /* suspended list */
+    struct http_req *aprev, *anext;   /* all list */
 };
 
 static void http_rearm(struct http *h);
@@ -430,6 +432,18 @@ void http_set_log_note(struct http_req *r, const char *note) { r->note = note; }
 uint64_t http_started_ns(const struct http_req *r) { return r->t0; }
 int http_status(const struct http_req *r) { return r->has_resp ? r->status : 0; }
 int http_port(const struct http *h) { return h->port; }
+
+void http_log_in_flight(const struct http *h)
+{
+    for (const struct http_req *r = h->all; r; r = r->anext) {
+        char path[128];
+        log_escape(path, sizeof path, r->path ? r->path : "", r->path ? strlen(r->path) : 0);
+        log_msg("  in flight: %s \"%s\" %.1fs%s%s%s%s", r->method ? r->method : "?", path,
+                (double)(uv_hrtime() - r->t0) * 1e-9, r->suspended ? " suspended" : "",
+                r->has_resp ? " answered" : "", r->queued ? " queued" : "",
+                r->lingering ? " lingering" : "");
+    }
+}
 int http_in_flight(const struct http *h) { return h->in_flight; }
 
 /* ---- MHD callbacks ------------------------------------------------------- */
@@ -482,6 +496,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->t0 = uv_hrtime();
         *con_cls = r;
         h->in_flight++;
+        r->anext = h->all;
+        if (h->all)
+            h->all->aprev = r;
+        h->all = r;
         if (!r->method || !r->path)
             return MHD_NO;
         int mode = h->app.on_headers(h->app.ud, r);
@@ -581,6 +599,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                 (double)(uv_hrtime() - r->t0) * 1e-6, how, r->note ? " " : "",
                 r->note ? r->note : "");
     }
+    /* not in flight any more when the app hears of it (a drain may end) */
+    h->in_flight--;
+    if (r->aprev)
+        r->aprev->anext = r->anext;
+    else
+        h->all = r->anext;
+    if (r->anext)
+        r->anext->aprev = r->aprev;
     if (h->app.on_done)
         h->app.on_done(h->app.ud, r, ok);
     rc_free(r->method);
@@ -592,7 +618,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         rc_free(r->hval[i]);
     }
     rc_free(r);
-    h->in_flight--;
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)

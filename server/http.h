@@ -91,8 +91,9 @@ void http_free(struct http *h);
 int http_port(const struct http *h);
 /* Stop accepting new connections; in-flight requests continue. */
 void http_quiesce(struct http *h);
-/* Requests started and not yet done. */
+/* Requests started and not yet done; and one log line for each. */
 int http_in_flight(const struct http *h);
+void http_log_in_flight(const struct http *h);
 /* Run MHD now (after resuming connections from outside MHD callbacks;
  * http_wake and late responses do it themselves). */
 void http_run(struct http *h);

@@ -243,6 +243,7 @@ class Control:
         assert requests.get(self.c.s.url("/health"), timeout=5).status_code == 200
         assert self._next() == self.golden, "control session's output changed"
         assert self.c.state(self.sid) == self.state, "control session's state changed"
+        self.c.ok(self.c.req("DELETE", f"/v1/sessions/{self.sid}"))
 
 
 @pytest.fixture

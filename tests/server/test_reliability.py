@@ -1,0 +1,724 @@
+"""RELIABILITY.md rows B1-B9, L4, X1, X3, S1-S5 against the real binary.
+
+Each test that abuses the server also runs the control session check
+(conftest.Control): after the abuse the process is alive, /health is 200
+and an unrelated session still produces its golden continuation from an
+unchanged state."""
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import time
+
+import pytest
+import requests
+
+from conftest import Client, Control, Server, error_of, make_model, sse_events
+
+TEXT = "A session with some history, so that its state is not all zeros."
+
+
+# ---- raw HTTP helpers ---------------------------------------------------------
+
+def raw_conn(srv, timeout=10):
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
+    return s
+
+
+def read_response(s, limit=1 << 20, timeout=10):
+    """Read until the peer closes or a full response with Content-Length
+    arrived; returns (status, headers, body)."""
+    s.settimeout(timeout)
+    buf = b""
+    try:
+        while len(buf) < limit:
+            if b"\r\n\r\n" in buf:
+                head, body = buf.split(b"\r\n\r\n", 1)
+                m = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+                if m and len(body) >= int(m[0].split(b":")[1]):
+                    break
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    if not buf:
+        return None, None, None
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    return status, lines[1:], body
+
+
+def post_raw(srv, path, body, ctype="application/json", extra=b""):
+    s = raw_conn(srv)
+    s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: " +
+              ctype.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" +
+              extra + b"\r\n" + body)
+    r = read_response(s)
+    s.close()
+    return r
+
+
+# ---- B1 / B2 / B4 ----------------------------------------------------------------
+
+MALFORMED = [
+    b'{"prompt": "x", "max_tokens":',                 # truncated
+    b'{"prompt": "x"} trailing',                       # trailing garbage
+    b'[1 2]',
+    b'[1, 2]',                                         # non-object root
+    b'"just a string"',
+    b'{"prompt": "\xff\xfe"}',                         # invalid UTF-8
+    b'{"prompt": "\xc0\xaf"}',                         # overlong
+    b'{"prompt": "a\\u0000b"}',                        # NUL
+    b'{"prompt": "x", "prompt": "y"}',                 # duplicate keys
+    b'{"prompt": "x", "max_tokens": 1e999}',
+    b'{"prompt": "x", "max_tokens": 9223372036854775808}',  # 2^63
+    b'{"prompt": "x", "seed": -9223372036854775809}',
+    b'{"a":' + b'[' * 10000 + b']' * 10000 + b'}',     # depth 10 000
+    b'{"' + b'k' * (1 << 20) + b'": 1}',               # 1 MB key
+    b'',
+]
+
+
+def test_b1_malformed_json(srv, control):
+    for body in MALFORMED:
+        st, _, resp = post_raw(srv, "/v1/completions", body)
+        assert st == 400, (body[:60], st, resp[:200])
+        e = json.loads(resp)["error"]
+        assert e["type"] == "invalid_request" and e["code"] == 400, e
+        assert len(e["message"]) < 400
+    # -0 is a valid integer (0): accepted where 0 is in range
+    c = control.c
+    r = c.post("/v1/completions", data=b'{"prompt":"x","max_tokens":1,"top_k":-0}',
+               headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+B2 = [
+    ("/v1/completions", {"prompt": "x", "max_tokens": "10"}, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
+    ("/v1/completions", {"prompt": "x", "top_p": 2}, "top_p"),
+    ("/v1/completions", {"prompt": None}, "prompt"),
+    ("/v1/completions", {"prompt": "x", "n": 3}, "'n'"),
+    ("/v1/completions", {"prompt": "x", "bogus": 1}, "unknown field 'bogus'"),
+    ("/v1/completions", {"prompt": "x", "stop": [1]}, "stop[0]"),
+    ("/v1/completions", {"prompt": "x", "logprobs": "yes"}, "logprobs"),
+    ("/v1/score", {}, "'text' or 'tokens'"),
+    ("/v1/score", {"text": None, "tokens": None}, "required"),
+    ("/v1/score", {"text": 5}, "'text'"),
+    ("/v1/tokenize", {"text": ["a"]}, "'text'"),
+    ("/v1/detokenize", {"tokens": None}, "'tokens'"),
+    ("/v1/sessions", {"fork_of": 7}, "fork_of"),
+]
+
+
+def test_b2_wrong_types(srv, control):
+    c = control.c
+    for path, body, field in B2:
+        e = error_of(c.post(path, body), 400)
+        assert field in e["message"], (path, body, e)
+    sid = c.session(TEXT)
+    for body, field in [({"max_tokens": "10"}, "max_tokens"), ({"top_k": 1.5}, "top_k"),
+                        ({"commit": None, "stream": "no"}, "stream"),
+                        ({"temperature": None, "top_p": None, "max_tokens": 0}, "max_tokens")]:
+        e = error_of(c.post(f"/v1/sessions/{sid}/generate", body), 400)
+        assert field in e["message"], e
+    # optional fields given as null mean "default"
+    g = c.generate(sid, max_tokens=None, temperature=None, seed=None, stop=None, commit=False)
+    assert g["n_tokens"] == 16
+
+
+def test_b4_token_ids(srv, control):
+    c = control.c
+    sid = c.session(TEXT)
+    before = c.state(sid)
+    cases = [([1, -1], "tokens[1] = -1"), ([256], "tokens[0] = 256"),
+             ([0, 2 ** 31], "tokens[1]"), ([0, 2 ** 40], "tokens[1]"),
+             ([1.5], "tokens[0] must be an integer"), (["7"], "tokens[0] must be an integer"),
+             ([], "must not be empty"), ([0] * 1048577, "more than the limit")]
+    for toks, needle in cases:
+        for path in (f"/v1/sessions/{sid}/append", "/v1/score", "/v1/detokenize"):
+            e = error_of(c.post(path, {"tokens": toks}), 400)
+            assert needle in e["message"], (path, e)
+        if toks != ["7"]:  # for OpenAI, ["7"] is a list of one text prompt
+            e = error_of(c.post("/v1/completions", {"prompt": toks}), 400)
+    assert c.state(sid) == before, "a rejected request touched the session"
+
+
+# ---- B3 / S2: size limits ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(models):
+    s = Server(models["a"], "--max-body-bytes", 4096, "--header-bytes", 8192,
+               "--max-json-depth", 8, "--max-text-bytes", 1000, "--max-input-tokens", 100,
+               "--max-gen-tokens", 50, "--max-sessions-per-key", 3, "--max-stop", 2,
+               "--connection-timeout", 2)
+    yield s
+    assert s.stop() == 0
+
+
+def test_b3_content_length_over_cap(small):
+    s = raw_conn(small)
+    s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 1000000\r\n\r\n")
+    t = time.time()
+    st, _, body = read_response(s)
+    assert st == 413 and time.time() - t < 5  # before any of the body was sent
+    assert json.loads(body)["error"]["type"] == "payload_too_large"
+    s.close()
+    Control(Client(small)).check()
+
+
+def test_b3_chunked_over_cap(small):
+    s = raw_conn(small)
+    s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    sent = 0
+    chunk = b"400\r\n" + b" " * 1024 + b"\r\n"
+    try:
+        for _ in range(200):  # up to 200 KB, 50x the cap
+            s.sendall(chunk)
+            sent += 1024
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    st, _, body = read_response(s)
+    s.close()
+    # the 413 is written as soon as the cap is crossed, then the rest is
+    # discarded for a bounded time before closing
+    assert st == 413, (st, body)
+    assert json.loads(body)["error"]["type"] == "payload_too_large"
+    Control(Client(small)).check()
+
+
+def test_b3_broken_length(small):
+    # Content-Length shorter than the body: the first 5 bytes are the body
+    # (not JSON: 400), the rest is not a request (400 from the HTTP layer)
+    s = raw_conn(small)
+    s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 5\r\n\r\n{\"text\": \"abc\"}")
+    st, _, _ = read_response(s)
+    assert st == 400
+    s.close()
+    # Content-Length longer than what comes, then the client gives up
+    s = raw_conn(small)
+    s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100\r\n\r\n{\"text\"")
+    s.shutdown(socket.SHUT_WR)
+    t = time.time()
+    st, _, _ = read_response(s)
+    assert st in (None, 400)  # never a 2xx on a short body
+    assert time.time() - t < 5  # closed by --connection-timeout at the latest
+    s.close()
+    # a Content-Length that is not a number
+    s = raw_conn(small)
+    s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n{}")
+    st, _, _ = read_response(s)
+    assert st == 400
+    s.close()
+    Control(Client(small)).check()
+
+
+def test_b3_header_block_too_large(small):
+    s = raw_conn(small)
+    s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    st, _, _ = read_response(s)
+    assert st in (413, 431), st
+    s.close()
+    Control(Client(small)).check()
+
+
+def test_s2_limits(small):
+    c = Client(small)
+    error_of(c.post("/v1/score", {"text": "x" * 1001}), 400)             # string length
+    error_of(c.post("/v1/score", {"tokens": [1] * 101}), 400)            # array length
+    e = error_of(c.post("/v1/score", {"text": "a", "x": [[[[[[[[[1]]]]]]]]]}), 400)
+    assert "nested deeper than 8" in e["message"]                        # JSON depth
+    error_of(c.post("/v1/completions", {"prompt": "a", "max_tokens": 51}), 400)
+    error_of(c.post("/v1/completions", {"prompt": "a", "stop": ["a", "b", "c"]}), 400)
+    r = c.post("/v1/score", data="x" * 5000, headers={"Content-Type": "application/json"})
+    error_of(r, 413, "payload_too_large")                                # body
+    # sessions per key: the 4th is refused with 429
+    ids = [c.session() for _ in range(3)]
+    error_of(c.post("/v1/sessions", {}), 429, "too_many_sessions")
+    for sid in ids:
+        c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
+    Control(c).check()
+
+
+# ---- B5: unicode ------------------------------------------------------------------------
+
+def test_b5_unicode(srv, control):
+    c = control.c
+    for bad in (b'{"text": "\\ud800"}', b'{"text": "\\udc00x"}', b'{"text": "a\\u0000"}',
+                b'{"text": "\xed\xa0\x80"}', b'{"text": "\xf8\x88\x80\x80\x80"}'):
+        st, _, _ = post_raw(srv, "/v1/tokenize", bad)
+        assert st == 400, bad
+    for s in ["\ufffd", "\ufeffBOM first", "עִבְרִית RTL \u202e", "🙂👍🏽🏳️‍🌈", "東京タワー", "e\u0301"]:
+        t = c.ok(c.post("/v1/tokenize", {"text": s}))
+        assert c.ok(c.post("/v1/detokenize", {"tokens": t["tokens"]}))["text"] == s
+        sid = c.session(s)
+        assert c.info(sid)["position"] == len(s.encode())
+    # invalid bytes streamed as text/plain are just bytes (byte-level codec)
+    sid = c.session()
+    r = requests.post(srv.url(f"/v1/sessions/{sid}/append"), data=b"ok \xc0\xaf \xff end",
+                      headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200 and r.json()["n_tokens"] == 11
+    # every SSE event of a long random generation is valid UTF-8 (the tiny
+    # model emits arbitrary bytes; partial characters are held back)
+    r = c.post(f"/v1/sessions/{sid}/generate", {"max_tokens": 400, "temperature": 1.5,
+                                                "seed": 1, "stream": True, "commit": False},
+               stream=True)
+    ev = sse_events(r)  # decodes each event strictly
+    g = c.generate(sid, max_tokens=400, temperature=1.5, seed=1, commit=False)
+    assert "".join(e.get("text", "") for e in ev) == g["text"]
+    assert g["text"] == bytes(g["tokens"]).decode("utf-8", "replace")
+    r = c.post("/v1/completions", {"prompt": "x", "max_tokens": 200, "temperature": 1.5,
+                                   "seed": 2, "stream": True}, stream=True)
+    sse_events(r)
+
+
+# ---- B6 / B7 / B9: snapshots ----------------------------------------------------------
+
+def put_state(c, sid, data):
+    return c.req("PUT", f"/v1/sessions/{sid}/state", data=data,
+                 headers={"Content-Type": "application/octet-stream"})
+
+
+def test_b6_truncated_snapshot(srv, control):
+    c = control.c
+    n_before = len(c.ok(c.get("/v1/sessions"))["data"])
+    src = c.session(TEXT)
+    snap = c.state(src)
+    tgt = c.session("the target's own history")
+    before = c.state(tgt)
+    n = len(snap)
+    rnd = random.Random(6)
+    cuts = sorted(set(list(range(0, 64)) + list(range(n - 64, n)) +
+                  [rnd.randrange(n) for _ in range(60)]))
+    for cut in cuts:
+        e = error_of(put_state(c, tgt, snap[:cut]), 422, "invalid_snapshot")
+        r = c.post("/v1/sessions", data=snap[:cut],
+                   headers={"Content-Type": "application/octet-stream"})
+        error_of(r, 422, "invalid_snapshot")
+    # truncated but sent chunked (no Content-Length to reject early)
+    r = requests.put(srv.url(f"/v1/sessions/{tgt}/state"), data=iter([snap[:100], snap[100:n - 9]]),
+                     headers={"Content-Type": "application/octet-stream"})
+    error_of(r, 422, "invalid_snapshot")
+    assert c.state(tgt) == before, "a rejected snapshot changed the target"
+    n_sessions = len(c.ok(c.get("/v1/sessions"))["data"])
+    assert n_sessions == n_before + 2  # src, tgt: no half-created sessions
+
+
+def test_b7_corrupt_snapshot(srv, control):
+    c = control.c
+    snap = bytearray(c.state(c.session(TEXT)))
+    tgt = c.session("target")
+    before = c.state(tgt)
+    rnd = random.Random(7)
+    bad = []
+    for _ in range(60):
+        b = bytearray(snap)
+        for _ in range(rnd.choice((1, 2))):
+            i = rnd.randrange(len(b))
+            b[i] ^= 1 << rnd.randrange(8)
+        bad.append(bytes(b))
+    b = bytearray(snap); b[20:28] = struct.pack("<Q", 0xFFFFFFF0); bad.append(bytes(b))
+    b = bytearray(snap); b[0:8] = b"NOTASNAP"; bad.append(bytes(b))
+    b = bytearray(snap); b[8:12] = struct.pack("<I", 2); bad.append(bytes(b))   # future version
+    b = bytearray(snap); b[-8:] = bytes(8); bad.append(bytes(b))                 # checksum
+    for data in bad:
+        e = error_of(put_state(c, tgt, data), 422, "invalid_snapshot")
+    assert c.state(tgt) == before
+    # the intact one still works
+    c.ok(put_state(c, tgt, bytes(snap)))
+    assert c.state(tgt) == bytes(snap)
+
+
+def test_b9_wrong_model(srv, models):
+    other = Server(models["b"])
+    try:
+        ca, cb = Client(srv), Client(other)
+        ctl = Control(cb)
+        snap_a = ca.state(ca.session(TEXT))
+        tgt = cb.session("model b's session")
+        before = cb.state(tgt)
+        e = error_of(put_state(cb, tgt, snap_a), 409, "snapshot_model_mismatch")
+        assert "another model" in e["message"]
+        r = cb.post("/v1/sessions", data=snap_a,
+                    headers={"Content-Type": "application/octet-stream"})
+        error_of(r, 409, "snapshot_model_mismatch")
+        assert cb.state(tgt) == before
+        assert len(cb.ok(cb.get("/v1/sessions"))["data"]) == 2  # control + tgt
+        ctl.check()
+    finally:
+        assert other.stop() == 0
+
+
+# ---- B8: malicious model files ---------------------------------------------------------
+
+def write_bad_model(d, mutate):
+    good = os.path.join(d, "good")
+    if not os.path.exists(good):
+        make_model(good, seed=3)
+    bad = os.path.join(d, "bad")
+    os.makedirs(bad, exist_ok=True)
+    with open(os.path.join(good, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(good, "model.safetensors"), "rb") as f:
+        st = f.read()
+    n = struct.unpack("<Q", st[:8])[0]
+    hdr = json.loads(st[8:8 + n])
+    data = st[8 + n:]
+    cfg, hdr, data, raw = mutate(cfg, hdr, data)
+    if raw is None:
+        hj = json.dumps(hdr).encode()
+        raw = struct.pack("<Q", len(hj)) + hj + data
+    with open(os.path.join(bad, "model.safetensors"), "wb") as f:
+        f.write(raw)
+    with open(os.path.join(bad, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return bad
+
+
+def _shape(name, shape):
+    def m(cfg, hdr, data):
+        hdr[name]["shape"] = shape
+        return cfg, hdr, data, None
+    return m
+
+
+def _raw(b):
+    return lambda cfg, hdr, data: (cfg, hdr, data, b)
+
+
+def _hdr(fn):
+    def m(cfg, hdr, data):
+        fn(hdr)
+        return cfg, hdr, data, None
+    return m
+
+
+B8 = {
+    "header len 0": _raw(struct.pack("<Q", 0)),
+    "shorter than 8 bytes": _raw(b"\x01\x02"),
+    "header len past the file": _raw(struct.pack("<Q", 1 << 40) + b"{}"),
+    "not JSON": _raw(struct.pack("<Q", 4) + b"nope"),
+    "missing tensor": _hdr(lambda h: h.pop("backbone.norm_f.weight")),
+    "unknown dtype": _hdr(lambda h: h["backbone.norm_f.weight"].update(dtype="F7")),
+    "offsets out of file": _hdr(lambda h: h["backbone.norm_f.weight"].update(
+        data_offsets=[0, 1 << 30])),
+    "shape against config": _shape("backbone.norm_f.weight", [65]),
+    "shape product overflow": _shape("backbone.norm_f.weight", [2 ** 62, 2 ** 62]),
+    "config n_layer": lambda cfg, hdr, data: (dict(cfg, n_layer=3), hdr, data, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(B8))
+def test_b8_malicious_model(tmp_path, case):
+    d = write_bad_model(str(tmp_path), B8[case])
+    s = Server(d, wait_ready=False)
+    rc = s.p.wait(20)
+    s._t.join(5)
+    assert rc != 0, f"{case}: the server started"
+    lines = [l for l in s.log() if "cannot load the model" in l]
+    assert len(lines) == 1, s.log()
+    assert "\n" not in lines[0]
+
+
+# ---- S1: auth ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def authed(models, tmp_path_factory):
+    snaps = tmp_path_factory.mktemp("snaps")
+    s = Server(models["a"], "--api-key", "key-alpha-123,key-beta-456", "--snapshot-dir", snaps)
+    s.snapdir = str(snaps)
+    yield s
+    assert s.stop() == 0
+    text = "\n".join(s.log())
+    assert "key-alpha-123" not in text and "key-beta-456" not in text, "a key was logged"
+
+
+def test_s1_auth(authed):
+    url = authed.url("/v1/models")
+    for h in ({}, {"Authorization": "Basic key-alpha-123"},
+              {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer key-alpha-123 "},
+              {"Authorization": "Bearer key-alpha-12"}, {"Authorization": "Bearer key-alpha-1234"},
+              {"Authorization": "Bearer " + "k" * 6000}, {"Authorization": "Bearer"}):
+        r = requests.get(url, headers=h)
+        e = error_of(r, 401, "authentication_error")
+        assert r.headers.get("WWW-Authenticate") == "Bearer"
+    # unknown routes do not leak their existence before auth
+    error_of(requests.get(authed.url("/v1/nothing")), 401)
+    assert requests.get(authed.url("/health")).status_code == 200  # public
+    error_of(requests.get(authed.url("/metrics")), 401)
+    for k in ("key-alpha-123", "key-beta-456"):
+        assert requests.get(url, headers={"Authorization": f"Bearer {k}"}).status_code == 200
+        assert requests.get(url, headers={"Authorization": f"bearer {k}"}).status_code == 200
+    Control(Client(authed, "key-alpha-123")).check()
+
+
+# ---- S3: snapshot names -------------------------------------------------------------------
+
+S3_NAMES = ["../x", "/etc/passwd", "a/b", "..", ".", "", "a" * 256, "a\x00b", "ctl\x01",
+            "\u2215etc", "\uff0e\uff0e", "trail.", "trail ", ".hidden", "x.tmp", "a\\b",
+            "\x1b[31mred"]
+
+
+def test_s3_snapshot_names(authed, tmp_path):
+    c = Client(authed, "key-alpha-123")
+    ctl = Control(c)
+    sid = c.session(TEXT)
+    parent = os.path.dirname(authed.snapdir)
+    before_parent = sorted(os.listdir(parent))
+    for name in S3_NAMES:
+        # NUL cannot even get through the JSON parser (invalid_request)
+        want = "invalid_request" if "\x00" in name else "invalid_snapshot_name"
+        e = error_of(c.post(f"/v1/sessions/{sid}/save", {"name": name}), 400, want)
+        error_of(c.post("/v1/sessions", {"snapshot": name}), 400, want)
+    for path_name in ("..%2Fx", "a%00b", "%2e%2e", "a%2Fb", "x" * 300):
+        r = c.req("DELETE", "/v1/snapshots/" + path_name)
+        assert r.status_code in (400, 404), (path_name, r.status_code)
+    assert sorted(os.listdir(parent)) == before_parent, "a file appeared outside the dir"
+    assert os.listdir(authed.snapdir) == []
+    # a good name works, lands inside the dir, and restores
+    r = c.ok(c.post(f"/v1/sessions/{sid}/save", {"name": "good-1.v2"}), 201)
+    files = os.listdir(authed.snapdir)
+    assert len(files) == 1 and files[0].endswith(".good-1.v2")
+    error_of(c.post(f"/v1/sessions/{sid}/save", {"name": "good-1.v2"}), 409)
+    c.ok(c.post(f"/v1/sessions/{sid}/save", {"name": "good-1.v2", "overwrite": True}), 201)
+    new = c.ok(c.post("/v1/sessions", {"snapshot": "good-1.v2"}), 201)["id"]
+    assert c.state(new) == c.state(sid)
+    # a symlink planted in the dir is never followed
+    outside = tmp_path / "outside"
+    outside.write_bytes(c.state(sid))
+    link = os.path.join(authed.snapdir, files[0].split(".", 1)[0] + ".planted")
+    os.symlink(str(outside), link)
+    error_of(c.post("/v1/sessions", {"snapshot": "planted"}), 404)
+    c.ok(c.post(f"/v1/sessions/{sid}/save", {"name": "planted", "overwrite": True}), 201)
+    assert not os.path.islink(link) and outside.read_bytes() == c.state(sid)
+    c.ok(c.req("DELETE", "/v1/snapshots/planted"))
+    c.ok(c.req("DELETE", "/v1/snapshots/good-1.v2"))
+    error_of(c.req("DELETE", "/v1/snapshots/good-1.v2"), 404)
+    ctl.check()
+
+
+# ---- S4: isolation --------------------------------------------------------------------------
+
+def test_s4_isolation(authed):
+    a = Client(authed, "key-alpha-123")
+    b = Client(authed, "key-beta-456")
+    ctl = Control(a)
+    sid = a.session(TEXT)
+    before = a.state(sid)
+    a.ok(a.post(f"/v1/sessions/{sid}/save", {"name": "alphas"}), 201)
+    for method, path, body in [
+            ("GET", f"/v1/sessions/{sid}", None), ("DELETE", f"/v1/sessions/{sid}", None),
+            ("POST", f"/v1/sessions/{sid}/append", {"text": "x"}),
+            ("POST", f"/v1/sessions/{sid}/generate", {"max_tokens": 2}),
+            ("GET", f"/v1/sessions/{sid}/state", None),
+            ("POST", f"/v1/sessions/{sid}/save", {"name": "stolen"}),
+            ("POST", "/v1/sessions", {"fork_of": sid}),
+            ("POST", "/v1/sessions", {"snapshot": "alphas"}),
+            ("DELETE", "/v1/snapshots/alphas", None), ("GET", "/v1/snapshots/alphas", None)]:
+        r = b.req(method, path, data=json.dumps(body) if body else None,
+                  headers={"Content-Type": "application/json"})
+        error_of(r, 404, "not_found")
+    r = b.req("PUT", f"/v1/sessions/{sid}/state", data=before,
+              headers={"Content-Type": "application/octet-stream"})
+    error_of(r, 404)
+    assert sid not in [s["id"] for s in b.ok(b.get("/v1/sessions"))["data"]]
+    assert "alphas" not in [s["name"] for s in b.ok(b.get("/v1/snapshots"))["data"]]
+    assert "alphas" in [s["name"] for s in a.ok(a.get("/v1/snapshots"))["data"]]
+    assert a.state(sid) == before
+    ids = {b.session() for _ in range(3)}
+    assert len(ids) == 3 and all(len(i) == 32 for i in ids)
+    for i in ids:
+        b.ok(b.req("DELETE", f"/v1/sessions/{i}"))
+    a.ok(a.req("DELETE", "/v1/snapshots/alphas"))
+    ctl.check()
+
+
+# ---- S5: a reused slot starts clean -----------------------------------------------------------
+
+def test_s5_state_hygiene(srv, control):
+    c = control.c
+    fresh = c.state(c.session())
+    for _ in range(3):
+        sid = c.session(TEXT * 5)
+        c.generate(sid, max_tokens=20)
+        c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
+    sid = c.session()
+    assert c.state(sid) == fresh, "a new session's state is not the zero state"
+    c.append(sid, "same start")
+    other = Server(srv.cmd[3])  # a process that never held any session
+    try:
+        o = Client(other)
+        osid = o.session("same start")
+        assert c.generate(sid, max_tokens=16, temperature=0)["tokens"] == \
+            o.generate(osid, max_tokens=16, temperature=0)["tokens"]
+        assert c.state(sid) == o.state(osid)
+    finally:
+        assert other.stop() == 0
+
+
+# ---- X1: clients that go away ------------------------------------------------------------------
+
+def stream_request(srv, sid, max_tokens, rcvbuf=None):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", srv.port))
+    body = json.dumps({"max_tokens": max_tokens, "stream": True, "temperature": 0}).encode()
+    s.sendall(f"POST /v1/sessions/{sid}/generate HTTP/1.1\r\nHost: x\r\n"
+              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+              + body)
+    return s
+
+
+def wait_idle(c, sid, timeout=5):
+    end = time.time() + timeout
+    while time.time() < end:
+        info = c.info(sid)
+        if not info["busy"]:
+            return info
+        time.sleep(0.02)
+    raise AssertionError(f"session {sid} still busy after {timeout}s")
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "half-close"])
+def test_x1_disconnect_mid_stream(srv, control, how):
+    c = control.c
+    sid = c.session(TEXT)
+    start = c.info(sid)["position"]
+    s = stream_request(srv, sid, 100000)
+    got = b""
+    while got.count(b"data: ") < 5:
+        got += s.recv(4096)
+    if how == "reset":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    elif how == "half-close":
+        s.shutdown(socket.SHUT_WR)
+    else:
+        s.close()
+    t = time.time()
+    info = wait_idle(c, sid)
+    assert time.time() - t < 2, "cancellation took longer than a poll interval or so"
+    generated = info["position"] - start
+    assert 5 <= generated < 100000
+    # consistent: the state is exactly "history + the generated tokens"
+    time.sleep(0.1)
+    assert c.info(sid)["position"] == info["position"]
+    if how == "half-close":
+        s.close()
+    c.generate(sid, max_tokens=2)  # usable again
+
+
+def test_x1_disconnect_while_waiting(srv, control):
+    """A long non-streamed append whose client leaves: the suspended
+    connection is noticed and the work cancelled."""
+    c = control.c
+    sid = c.session()
+    body = json.dumps({"text": "x" * 3_000_000}).encode()
+    s = raw_conn(srv)
+    s.sendall(b"POST /v1/sessions/" + sid.encode() + b"/append HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/json\r\nContent-Length: " +
+              str(len(body)).encode() + b"\r\n\r\n" + body)
+    time.sleep(0.3)
+    assert c.info(sid)["busy"]
+    s.close()
+    info = wait_idle(c, sid)
+    assert info["position"] < 3_000_000
+    m = c.get("/metrics").text
+    assert "recurd_client_gone_total 0" not in m
+
+
+# ---- L4: slow readers ----------------------------------------------------------------------
+
+def test_l4_reader_that_never_reads(models):
+    srv = Server(models["a"], "--stream-buffer-bytes", 4096)
+    try:
+        c = Client(srv)
+        ctl = Control(c)
+        sid = c.session(TEXT)
+        s = stream_request(srv, sid, 100000, rcvbuf=4096)
+        time.sleep(1.0)
+        p1 = c.info(sid)["position"]
+        time.sleep(0.5)
+        p2 = c.info(sid)["position"]
+        assert p1 == p2, "generation kept going for a reader that never reads"
+        assert p1 < 100000
+        # others are unaffected: a full request round-trips quickly
+        t = time.time()
+        ctl.check()
+        assert time.time() - t < 2
+        s.close()
+        wait_idle(c, sid)
+    finally:
+        assert srv.stop() == 0
+
+
+# ---- X3: SIGTERM --------------------------------------------------------------------------
+
+def test_x3_sigterm_drains_then_cancels(models):
+    srv = Server(models["a"], "--drain-timeout", "1")
+    c = Client(srv)
+    sid = c.session(TEXT)
+    short = c.session(TEXT)
+    r = requests.post(srv.url(f"/v1/sessions/{sid}/generate"),
+                      json={"max_tokens": 100000, "stream": True}, stream=True, timeout=30)
+    it = r.iter_content(chunk_size=None)
+    buf = next(it)
+    keep = requests.Session()
+    assert keep.get(srv.url("/health")).status_code == 200
+    t0 = time.time()
+    srv.p.send_signal(signal.SIGTERM)
+    assert srv.wait_log("SIGTERM: draining")
+    # no new connections
+    with pytest.raises(requests.ConnectionError):
+        requests.get(srv.url("/health"), timeout=2)
+    # the open stream goes on until the drain timeout, then ends with an error event
+    for chunk in it:
+        buf += chunk
+    events = [json.loads(e[6:]) for e in buf.decode().split("\n\n") if e.startswith("data: {")]
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == 503
+    assert time.time() - t0 >= 0.9
+    assert srv.p.wait(10) == 0
+
+
+def test_x3_inflight_request_finishes(models):
+    srv = Server(models["a"], "--drain-timeout", "5")
+    c = Client(srv)
+    sid = c.session(TEXT)
+    r = requests.post(srv.url(f"/v1/sessions/{sid}/generate"),
+                      json={"max_tokens": 3000, "stream": True, "temperature": 0},
+                      stream=True, timeout=30)
+    it = r.iter_content(chunk_size=None)
+    buf = next(it)
+    srv.p.send_signal(signal.SIGTERM)
+    for chunk in it:
+        buf += chunk
+    events = [json.loads(e[6:]) for e in buf.decode().split("\n\n") if e.startswith("data: {")]
+    assert events[-1]["type"] == "done" and events[-1]["n_tokens"] == 3000
+    assert srv.p.wait(10) == 0
+
+
+def test_x3_second_signal_exits_at_once(models):
+    srv = Server(models["a"], "--drain-timeout", "30")
+    c = Client(srv)
+    sid = c.session(TEXT)
+    r = requests.post(srv.url(f"/v1/sessions/{sid}/generate"),
+                      json={"max_tokens": 100000, "stream": True}, stream=True, timeout=30)
+    next(r.iter_content(chunk_size=None))
+    srv.p.send_signal(signal.SIGTERM)
+    assert srv.wait_log("SIGTERM: draining")
+    t = time.time()
+    srv.p.send_signal(signal.SIGINT)
+    rc = srv.p.wait(5)
+    assert rc != 0 and time.time() - t < 2
+    r.close()
