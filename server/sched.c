@@ -171,9 +171,11 @@ size_t sched_pull(struct sched *s, struct job *j, char *buf, size_t max, int *do
     pthread_mutex_lock(&s->mu);
     size_t n = j->outbox.n < max ? j->outbox.n : max;
     int was_full = j->outbox.n >= s->o.stream_buffer;
-    memcpy(buf, j->outbox.p, n);
-    memmove(j->outbox.p, j->outbox.p + n, j->outbox.n - n);
-    j->outbox.n -= n;
+    if (n) {
+        memcpy(buf, j->outbox.p, n);
+        memmove(j->outbox.p, j->outbox.p + n, j->outbox.n - n);
+        j->outbox.n -= n;
+    }
     *done = j->done && j->outbox.n == 0;
     if (was_full && j->outbox.n < s->o.stream_buffer)
         pthread_cond_signal(&s->cv); /* a paused generation may go on */
