@@ -553,14 +553,21 @@ static void run_special(struct sched *s, struct job *j)
             fail(j, rc, api_err_from_rc(rc) == API_OUT_OF_MEMORY ? API_OUT_OF_MEMORY : API_INTERNAL,
                  err);
         break;
-    case JOB_LOAD:
-        rc = snapshot_decode(j->state, j->fingerprint, j->snap, j->snap_len, err, sizeof err);
+    case JOB_LOAD: {
+        /* Only the envelope's fingerprint says "another model" (409); a
+         * payload that does not fit this model behind a matching
+         * fingerprint is a damaged or forged file (422). */
+        struct snapshot_info info;
+        rc = snapshot_check(j->snap, j->snap_len, j->fingerprint, &info, err, sizeof err);
+        if (rc) {
+            fail(j, rc, rc == RC_EMISMATCH ? API_SNAPSHOT_MISMATCH : API_INVALID_SNAPSHOT, err);
+            break;
+        }
+        rc = state_deserialize(j->state, info.payload, (size_t)info.payload_len, err, sizeof err);
         if (rc)
-            fail(j, rc, rc == RC_EMISMATCH ? API_SNAPSHOT_MISMATCH
-                        : rc == RC_ENOMEM  ? API_OUT_OF_MEMORY
-                                           : API_INVALID_SNAPSHOT,
-                 err);
+            fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INVALID_SNAPSHOT, err);
         break;
+    }
     case JOB_COPY:
         rc = state_copy(j->state, j->src);
         if (rc)
