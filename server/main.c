@@ -5,8 +5,11 @@
  *   recurd bench [--model DIR | --random NAME | --config FILE] [--json]
  *   recurd version
  */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "alloc.h"
 
 #include "blas.h"
 #include "cli.h"
@@ -30,6 +33,7 @@ static const struct {
 } commands[] = {
     {"score", cmd_score, "per-token log-probs and perplexity by position"},
     {"bench", cmd_bench, "prefill/decode throughput against the sgemm peak"},
+    {"soak", cmd_soak, "stream N tokens through one session: memory stays constant"},
     {"version", cmd_version, "version and the BLAS kernels in use"},
 };
 
@@ -43,6 +47,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     blas_ensure_fast_kernels(argv);
+    json_set_alloc_funcs(rc_malloc, rc_free); /* one allocation path (STYLE.md #6) */
     if (argc < 2) {
         usage(stderr);
         return 2;
