@@ -18,11 +18,21 @@
 #define RECUR_VERSION "0.1.0"
 #endif
 
+/* --check-blas: exit 1 if OpenBLAS runs kernels weaker than this CPU's
+ * (the re-exec in blas_ensure_fast_kernels did not take). */
 static int cmd_version(int argc, char **argv)
 {
     char blas[256];
     blas_describe(blas, sizeof blas);
     printf("recurd %s\n%s\n", RECUR_VERSION, blas);
+    if (argc > 1 && !strcmp(argv[1], "--check-blas")) {
+        int have = blas_core_isa(blas_corename()), cpu = blas_cpu_isa();
+        if (have != ISA_UNKNOWN && have < cpu && blas_coretype_for(cpu)) {
+            fprintf(stderr, "recurd: OpenBLAS runs %s kernels; this CPU runs better ones\n",
+                    blas_corename());
+            return 1;
+        }
+    }
     return 0;
 }
 
