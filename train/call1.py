@@ -67,6 +67,8 @@ def parse(argv):
     ap.add_argument("--ckpt-every", type=float, default=120)
     ap.add_argument("--long-eval-tokens", type=int, default=262144)
     ap.add_argument("--long-eval-books", type=int, default=12)
+    ap.add_argument("--long-eval-min-left", type=float, default=40,
+                    help="skip the base model's long evaluation with less time left")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--device", default="auto")
@@ -140,7 +142,7 @@ def main(argv=None):
 
     budget = a.deadline - since_start() - a.reserve
     log(f"pre-training budget {budget:.0f}s (deadline {a.deadline:.0f}s, now {since_start():.0f}s)")
-    if budget < 10:
+    if budget < 5:
         sys.exit("FATAL: no time left for training")
     ta = TrainArgs(lr=a.lr, warmup=a.warmup, min_lr_ratio=a.min_lr_ratio, wd=a.wd,
                    budget_s=budget, max_steps=a.max_steps, log_every=a.log_every,
@@ -162,7 +164,7 @@ def main(argv=None):
 
     # long-context preview on the evaluation books (zero-start base model)
     left = a.deadline - since_start()
-    if os.path.isdir(a.eval_books) and left > 40 and "steps" in hist:
+    if os.path.isdir(a.eval_books) and left > a.long_eval_min_left and "steps" in hist:
         try:
             books = load_eval_books(a.eval_books, tok, a.long_eval_books, log)
             if books:

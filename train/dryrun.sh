@@ -17,7 +17,7 @@ cp "$SRC"/*.py "$SRC"/*.sh "$ROOT/train/"
 cd "$ROOT"
 TINY="--d-model 64 --n-layer 2 --d-state 16 --headdim 16 --chunk 16"
 OUT="$ROOT/out1" bash train/device_call1.sh $MOCK $TINY --ctx 32 --batch 8 --n-val 3 \
-    --deadline "${DRY_DEADLINE1:-25}" --reserve 12 --log-every 25 --eval-every 100 --ckpt-every 5 \
+    --deadline "${DRY_DEADLINE1:-25}" --reserve 6 --long-eval-min-left 0 --log-every 25 --eval-every 100 --ckpt-every 5 \
     --val-windows 16 --warmup 20 --long-eval-tokens 2048 --tok-bytes 1e5 --vocab 512
 ls -l out1
 "$PYTHON" train/pack.py unpack --from out1 --name call1 --to .data/call1

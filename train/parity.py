@@ -2,7 +2,7 @@
 
 Both load the exported (bf16) state-spaces checkpoint; transformers gets the weights
 renamed to its naming (backbone.embeddings.weight, tied lm_head) and a Mamba2Config
-built from ours, and runs on the CPU in float64 (its SSD path computes in float32),
+built from ours (chunk_size 64 keeps its naive SSD's intermediates small), and runs on the CPU in float64 (its SSD path computes in float32),
 so neither TF32 nor a GPU kernel choice blurs the reference. Ours runs in float32 on
 the CPU, as the C engine does.
 
@@ -42,7 +42,7 @@ def hf_model(model_dir, vocab_rows, cfg):
         num_heads=cfg.nheads, n_groups=cfg.ngroups, conv_kernel=cfg.d_conv,
         use_bias=cfg.proj_bias, use_conv_bias=cfg.conv_bias, tie_word_embeddings=True,
         layer_norm_epsilon=cfg.norm_eps, rms_norm=True, residual_in_fp32=True,
-        time_step_limit=tuple(cfg.dt_limit), chunk_size=256,
+        time_step_limit=tuple(cfg.dt_limit), chunk_size=64,
         bos_token_id=0, eos_token_id=0, pad_token_id=0)
     model = transformers.Mamba2ForCausalLM(hcfg)
     sd = stio.load(os.path.join(model_dir, "model.safetensors"))

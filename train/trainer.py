@@ -48,7 +48,8 @@ class TrainArgs:
     amp: str = "auto"             # auto (bf16 on cuda) | bf16 | off
     compile: bool = False
     seed: int = 1234
-    calib_steps: int = 30         # steps timed to fix the step count under a budget
+    calib_from: int = 20          # steps [calib_from, calib_steps) are timed to fix the step
+    calib_steps: int = 100        # count under a budget (after CUDA warm-up, before warmup ends)
 
 
 def make_optimizer(model, a, device):
@@ -169,6 +170,7 @@ def train(model, sampler, val_windows, a: TrainArgs, device, log=print, ckpt_fn=
     last_ckpt = t0
     total = a.max_steps if a.max_steps else 10 ** 9
     step, tokens = 0, 0
+    t_cal = t0
     loss_acc = torch.zeros((), device=device)
     n_acc, t_int, tok_int = 0, time.time(), 0
     good_state = None
@@ -178,9 +180,11 @@ def train(model, sampler, val_windows, a: TrainArgs, device, log=print, ckpt_fn=
         if elapsed > a.budget_s:
             stop_reason = "budget"
             break
+        if a.max_steps == 0 and step == a.calib_from:
+            t_cal = time.time()
         if a.max_steps == 0 and step == a.calib_steps:
-            rate = step / max(1e-6, elapsed)
-            total = step + int((a.budget_s - elapsed) * rate * 0.97)
+            rate = (a.calib_steps - a.calib_from) / max(1e-6, time.time() - t_cal)
+            total = step + int((a.budget_s - elapsed) * rate * 0.98)
             log(f"[{tag}] {rate:.2f} steps/s after {step} steps: planning {total} steps "
                 f"({total * B * T / 1e6:.0f}M tokens) in {a.budget_s:.0f}s")
         progress = max(step / max(1, total), elapsed / a.budget_s)
