@@ -15,6 +15,7 @@ Inputs: --call1 (call 1's unpacked output), --data (a corpus file; .data/post.tx
 import argparse
 import copy
 import glob
+import json
 import math
 import os
 import shutil
@@ -57,6 +58,9 @@ def parse(argv):
     ap.add_argument("--long-eval-tokens", type=int, default=262144)
     ap.add_argument("--long-eval-books", type=int, default=12)
     ap.add_argument("--parity-tokens", type=int, default=512)
+    ap.add_argument("--effrem-T", default="256,1024,4096")
+    ap.add_argument("--effrem-points", type=int, default=16)
+    ap.add_argument("--effrem-books", type=int, default=4)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=4321)
@@ -218,6 +222,27 @@ def main(argv=None):
         except Exception:
             warn(f"parity {name} failed: " + traceback.format_exc())
 
+    # ------------------------------------- Effective Remembrance (PyTorch preview)
+    effrem = {}
+    if eval_books and a.deadline - since_start() > 25:
+        try:
+            t = time.time()
+            Ts = [int(x) for x in a.effrem_T.split(",") if x]
+            for name in ("base", "sp"):
+                if name not in models:
+                    continue
+                curves = [longeval.effrem(models[name], ids, Ts, a.effrem_points)
+                          for ids in eval_books[:a.effrem_books]]
+                effrem[name] = {str(T): [(c[T][k][0], sum(cv[T][k][1] for cv in curves) / len(curves))
+                                         for k in range(len(c[T]))]
+                                for c in curves[:1] for T in c}
+            common.write_json(os.path.join(res, "effrem.json"), effrem)
+            log(f"effective remembrance ({time.time() - t:.0f}s): "
+                + json.dumps({n: {T: [round(v, 4) for _, v in pts] for T, pts in e.items()}
+                              for n, e in effrem.items()}))
+        except Exception:
+            warn("effective remembrance failed: " + traceback.format_exc())
+
     # ------------------------------------------------------------------ report
     report = ["# Call 2 report", "", f"versions: {vers}", "",
               "| model | init state | steps | val loss | val ppl |", "|---|---|---|---|---|",
@@ -229,6 +254,12 @@ def main(argv=None):
     if long:
         report += ["", "Perplexity by position (PyTorch fp32, evaluation books, mean over books):",
                    "", longeval.format_table(long, ctx)]
+    if effrem:
+        report += ["", f"Effective Remembrance (PyTorch, mean over {a.effrem_books} evaluation "
+                   "books; TV at t = k*T/points):", ""]
+        for name, e in effrem.items():
+            for T, pts in e.items():
+                report.append(f"- {name} T={T}: " + ", ".join(f"t={t}: {v:.3f}" for t, v in pts))
     report += ["", "Warnings: " + ("; ".join(w.splitlines()[0] for w in summary["warnings"]) or "none")]
     with open(os.path.join(res, "report.md"), "w") as f:
         f.write("\n".join(report) + "\n")

@@ -31,9 +31,10 @@ class Log:
 
 def versions():
     v = {"python": platform.python_version(), "torch": torch.__version__}
+    from importlib import metadata
     for mod in ("numpy", "tokenizers", "transformers", "safetensors"):
-        try:
-            v[mod] = __import__(mod).__version__
+        try:  # metadata, not import: importing transformers costs seconds of device time
+            v[mod] = metadata.version(mod)
         except Exception:  # noqa: BLE001 - absent locally; recorded as such
             v[mod] = None
     if torch.cuda.is_available():

@@ -24,7 +24,7 @@ ls -l out1
 "$PYTHON" train/corpus.py subset --src .data/train.txt.xz --out .data/post.txt.xz --max-bytes 1.5e5 --n-val 3
 OUT="$ROOT/out2" bash train/device_call2.sh $MOCK --post-steps 30 --post-warmup 5 \
     --deadline "${DRY_DEADLINE2:-60}" --reserve 15 --log-every 10 --long-eval-tokens 2048 \
-    --parity-tokens 96
+    --parity-tokens 96 --effrem-T 64,256 --effrem-points 4 --effrem-books 2
 ls -l out2
 "$PYTHON" train/pack.py unpack --from out2 --name call2 --to repo
 echo "DRY RUN OK: $ROOT"

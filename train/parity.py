@@ -81,7 +81,6 @@ def mock_logits(model_dir, ids):
 def run(model_dir, ids, fixture_dir, repo_rel_model, mock=False, positions=None, text=None,
         log=print):
     """Compare, write the fixture, return a summary dict."""
-    torch.set_grad_enabled(False)
     ours = checkpoint.load_dir(model_dir, dtype=torch.float32)
     cfg = ours.cfg
     lg_ours, _ = ours(torch.tensor([ids], dtype=torch.long))

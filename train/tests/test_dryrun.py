@@ -53,6 +53,8 @@ def check_outputs(root, mock):
     assert not summ["warnings"], summ["warnings"]
     long = json.load(open(os.path.join(repo, "train", "results", "longeval.json")))
     assert set(long) == {"base", "sp", "fitted", "tbtt", "zero"}
+    eff = json.load(open(os.path.join(repo, "train", "results", "effrem.json")))
+    assert set(eff) == {"base", "sp"} and eff["sp"]["256"][0] == [0, 0.0]
 
 
 def test_dry_run_mock(tmp_path):
