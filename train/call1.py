@@ -128,16 +128,18 @@ def main(argv=None):
             "tokenizer_sha256": checkpoint.sha256_file(os.path.join(stage, "tokenizer.json"))}
     jsonl = open(os.path.join(stage, "train_log.jsonl"), "w")
 
-    def save(m, info):
+    def save(m, h):
+        """h: the trainer's history so far (steps, tokens, seconds, log, ...)."""
         t = time.time()
         d = os.path.join(stage, "base")
-        sha = checkpoint.save_state_spaces(m, d, torch.bfloat16, {"step": info["step"]})
-        meta["base"] = {"sha256": sha, **info}
+        sha = checkpoint.save_state_spaces(m, d, torch.bfloat16, {"step": h["steps"]})
+        meta["pretrain"] = h
+        meta["base"] = {"sha256": sha, "step": h["steps"], "tokens": h["tokens"]}
         common.write_json(os.path.join(stage, "meta.json"), meta)
         jsonl.flush()
         man = pack.pack(stage, out, "call1")
         shutil.copyfile(os.path.join(stage, "call1.log"), os.path.join(out, "call1.log"))
-        log(f"checkpoint at step {info['step']} packed: {man['tar_bytes'] / 1e6:.1f} MB in "
+        log(f"checkpoint at step {h['steps']} packed: {man['tar_bytes'] / 1e6:.1f} MB in "
             f"{len(man['parts'])} parts ({time.time() - t:.1f}s)")
 
     budget = a.deadline - since_start() - a.reserve
@@ -160,7 +162,7 @@ def main(argv=None):
     hist["val_windows"] = a.val_windows
     meta["pretrain"] = hist
     if "steps" in hist:
-        save(model, {"step": hist["steps"], "tokens": hist["tokens"]})
+        save(model, hist)
 
     # long-context preview on the evaluation books (zero-start base model)
     left = a.deadline - since_start()
@@ -169,13 +171,14 @@ def main(argv=None):
             books = load_eval_books(a.eval_books, tok, a.long_eval_books, log)
             if books:
                 t = time.time()
-                rows = longeval.position_ppl(model.float(), books, a.long_eval_tokens)
+                rows = longeval.position_ppl(model.float(), books, a.long_eval_tokens,
+                                             stop_at=time.time() + a.deadline - since_start() - 15)
                 meta["longeval_base"] = rows
                 common.write_json(os.path.join(stage, "longeval_base.json"), rows)
                 log("perplexity by position (PyTorch, fp32), base model, "
                     f"{len(books)} books ({time.time() - t:.0f}s):\n"
                     + longeval.format_table({"base": rows}, a.ctx))
-                save(model, {"step": hist["steps"], "tokens": hist["tokens"]})
+                save(model, hist)
         except Exception:
             log("long evaluation failed (not fatal):\n" + traceback.format_exc())
     else:

@@ -114,7 +114,7 @@ def main(argv=None):
     ta_eval = TrainArgs()
     base_val = evaluate(base, val_w, batch, ta_eval, dev)
     log(f"base: {n_params:,} params, val loss {base_val:.4f} here vs "
-        f"{meta1['pretrain'].get('final_val_loss')} in call 1 (fp32 master weights there)")
+        f"{meta1.get('pretrain', {}).get('final_val_loss')} in call 1 (fp32 master weights there)")
     eval_books = []
     if os.path.isdir(a.eval_books):
         eval_books = load_eval_books(a.eval_books, tok, a.long_eval_books, log)
@@ -125,7 +125,8 @@ def main(argv=None):
         if not eval_books:
             return None
         t = time.time()
-        rows = longeval.position_ppl(model, eval_books, a.long_eval_tokens)
+        rows = longeval.position_ppl(model, eval_books, a.long_eval_tokens,
+                                     stop_at=time.time() + a.deadline - since_start() - 30)
         long[name] = rows
         common.write_json(os.path.join(res, "longeval.json"), long)
         log(f"long eval {name} ({time.time() - t:.0f}s):\n"
@@ -246,7 +247,7 @@ def main(argv=None):
     # ------------------------------------------------------------------ report
     report = ["# Call 2 report", "", f"versions: {vers}", "",
               "| model | init state | steps | val loss | val ppl |", "|---|---|---|---|---|",
-              f"| base | zero | {meta1['pretrain'].get('steps')} | {base_val:.4f} | "
+              f"| base | zero | {meta1.get('pretrain', {}).get('steps')} | {base_val:.4f} | "
               f"{math.exp(base_val):.2f} |"]
     for v, h in post_hist.items():
         vl = h.get("final_val_loss")
@@ -285,7 +286,9 @@ def main(argv=None):
 
 def export_all(a, stage, models, post_hist, long, meta1, data, tok, tok_path, cfg, n_params,
                ctx, log, samples_md):
-    pre = dict(meta1["pretrain"])
+    pre = dict(meta1.get("pretrain", {}))
+    for k in ("steps", "tokens", "seconds"):
+        pre.setdefault(k, 0)
     pre.update({k: meta1["args"][k] for k in ("ctx", "batch", "lr", "warmup", "min_lr_ratio",
                                               "wd", "seed")})
     pre.update(beta1=pre.get("args", {}).get("beta1", 0.9), beta2=pre.get("args", {}).get("beta2", 0.95),

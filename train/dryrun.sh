@@ -16,9 +16,13 @@ cp "$SRC"/*.py "$SRC"/*.sh "$ROOT/train/"
 "$PYTHON" -c "import sys; sys.path.insert(0, '$SRC/tests'); import dry_data; dry_data.make('$ROOT')"
 cd "$ROOT"
 TINY="--d-model 64 --n-layer 2 --d-state 16 --headdim 16 --chunk 16"
-OUT="$ROOT/out1" bash train/device_call1.sh $MOCK $TINY --ctx 32 --batch 8 --n-val 3 \
+# DRY_KILL1=N: SIGKILL call 1 after N seconds (a run cut short must still hand over a model)
+KILL1=()
+[ -n "${DRY_KILL1:-}" ] && KILL1=(timeout -s KILL "$DRY_KILL1")
+OUT="$ROOT/out1" "${KILL1[@]}" bash train/device_call1.sh $MOCK $TINY --ctx 32 --batch 8 --n-val 3 \
     --deadline "${DRY_DEADLINE1:-25}" --reserve 6 --long-eval-min-left 0 --log-every 25 --eval-every 100 --ckpt-every 5 \
-    --val-windows 16 --warmup 20 --long-eval-tokens 2048 --tok-bytes 1e5 --vocab 512
+    --val-windows 16 --warmup 20 --long-eval-tokens 2048 --tok-bytes 1e5 --vocab 512 \
+    || [ -n "${DRY_KILL1:-}" ]
 ls -l out1
 "$PYTHON" train/pack.py unpack --from out1 --name call1 --to .data/call1
 "$PYTHON" train/corpus.py subset --src .data/train.txt.xz --out .data/post.txt.xz --max-bytes 1.5e5 --n-val 3

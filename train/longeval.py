@@ -93,9 +93,15 @@ def aggregate(per_book):
     return rows
 
 
-def position_ppl(model, books_ids, max_tokens=262144, seg=8192):
-    """books_ids: list of int arrays. Scores the first max_tokens tokens of each book."""
-    per_book = [bucket_stats(token_logprobs(model, ids[:max_tokens], seg=seg)) for ids in books_ids]
+def position_ppl(model, books_ids, max_tokens=262144, seg=8192, stop_at=None):
+    """books_ids: list of int arrays. Scores the first max_tokens tokens of each book;
+    stops early (fewer books, see each row's "books") once time.time() passes stop_at."""
+    import time
+    per_book = []
+    for ids in books_ids:
+        if stop_at is not None and per_book and time.time() > stop_at:
+            break
+        per_book.append(bucket_stats(token_logprobs(model, ids[:max_tokens], seg=seg)))
     return aggregate(per_book)
 
 

@@ -255,7 +255,8 @@ def train(model, sampler, val_windows, a: TrainArgs, device, log=print, ckpt_fn=
         if ckpt_fn is not None and time.time() - last_ckpt > a.ckpt_every_s:
             good_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             hist["good_step"] = step
-            ckpt_fn(model, {"step": step, "tokens": tokens})
+            hist.update(steps=step, tokens=tokens, seconds=time.time() - t0, stop_reason="running")
+            ckpt_fn(model, hist)
             last_ckpt = time.time()
     hist.update(steps=step, tokens=tokens, seconds=time.time() - t0, stop_reason=stop_reason,
                 planned_steps=total if total < 10 ** 9 else step)

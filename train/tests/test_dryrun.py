@@ -15,8 +15,8 @@ import stio
 
 
 def run_dry(tmp_path, env_extra):
-    env = dict(os.environ, PYTHON=sys.executable, DRY_DEADLINE1="18", DRY_DEADLINE2="45",
-               **env_extra)
+    env = dict(os.environ, PYTHON=sys.executable, DRY_DEADLINE1="18", DRY_DEADLINE2="45")
+    env.update(env_extra)
     r = subprocess.run(["bash", os.path.join(TRAIN, "dryrun.sh"), str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
@@ -67,3 +67,13 @@ def test_dry_run_hf_paths_with_stubs(tmp_path):
     out = run_dry(tmp_path, {"DRY_MOCK": "", "PYTHONPATH": stubs})
     assert "tokenizers 0.0-stub" in out and "transformers 0.0-stub" in out
     check_outputs(str(tmp_path), mock=False)
+
+
+def test_dry_run_call1_killed(tmp_path):
+    """Call 1 SIGKILLed mid-training: its last periodic checkpoint is enough for call 2."""
+    out = run_dry(tmp_path, {"DRY_KILL1": "12", "DRY_DEADLINE1": "60"})
+    summ1 = os.path.join(str(tmp_path), "out1", "summary.json")
+    assert not os.path.exists(summ1)          # it really died before finishing
+    meta = json.load(open(os.path.join(str(tmp_path), ".data", "call1", "meta.json")))
+    assert meta["pretrain"]["stop_reason"] == "running" and meta["pretrain"]["steps"] > 0
+    check_outputs(str(tmp_path), mock=True)

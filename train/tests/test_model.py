@@ -217,3 +217,15 @@ def test_matches_transformers_prng_130m(tmp_path):
     assert torch.allclose(lg[0, :, :want.shape[1]], want, atol=2e-4, rtol=1e-4), \
         (lg[0, :, :want.shape[1]] - want).abs().max()
     assert torch.allclose(st[0][1][0], ref["ssm.0"].double(), atol=2e-4, rtol=1e-4)
+
+
+def test_causal():
+    cfg = ModelConfig(**dict(CFGS[0], chunk_size=16))
+    m = perturbed(cfg, seed=11, dtype=torch.float32)
+    ids = torch.randint(0, cfg.vocab_size, (1, 40), generator=torch.Generator().manual_seed(4))
+    a, _ = m(ids)
+    ids2 = ids.clone()
+    ids2[0, 23] = (ids2[0, 23] + 1) % cfg.vocab_size
+    b, _ = m(ids2)
+    assert torch.equal(a[:, :23], b[:, :23])
+    assert not torch.allclose(a[:, 23:], b[:, 23:])
