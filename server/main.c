@@ -28,6 +28,8 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
+    {"score", cmd_score, "per-token log-probs and perplexity by position"},
+    {"bench", cmd_bench, "prefill/decode throughput against the sgemm peak"},
     {"version", cmd_version, "version and the BLAS kernels in use"},
 };
 
