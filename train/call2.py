@@ -7,6 +7,8 @@ check parity against HF transformers, sample continuations. Output ($OUT):
       models/recur-base/   the same for the base model
       tests/fixtures/parity/recur-sp/, .../recur-base/   reference.safetensors/json, README.md
       train/results/       report.md, longeval.json, post_log.jsonl, samples.md, call2.log
+      data/dev_eval_ids/   the evaluation books as uint16 token ids (derived from shared
+                           data: keep under .data/, never commit)
   call2.log, summary.json                  readable without unpacking
 
 Inputs: --call1 (call 1's unpacked output), --data (a corpus file; .data/post.txt.xz from
@@ -119,6 +121,12 @@ def main(argv=None):
     if os.path.isdir(a.eval_books):
         eval_books = load_eval_books(a.eval_books, tok, a.long_eval_books, log)
     a.n_eval_books_used = len(eval_books)
+    if eval_books:  # HF-tokenized evaluation books: `eval_books.py --ids`, and a check of
+        d = os.path.join(stage, "data", "dev_eval_ids")  # recurd's own tokenizer
+        os.makedirs(d, exist_ok=True)
+        names = sorted(glob.glob(os.path.join(a.eval_books, "*.txt.xz")))[:a.long_eval_books]
+        for fn, ids in zip(names, eval_books):
+            ids.astype("<u2").tofile(os.path.join(d, os.path.basename(fn)[:-len(".txt.xz")] + ".u16"))
     long = {}
 
     def long_eval(name, model):

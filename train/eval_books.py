@@ -34,8 +34,8 @@ import svgplot
 LAST = (131072, 262144)
 
 
-def score_book(recurd, model, path, extra):
-    cmd = [recurd, "score", "--model", model, "--text", path, "--json"] + extra
+def score_book(recurd, model, path, extra, mode="text"):
+    cmd = [recurd, "score", "--model", model, f"--{mode}", path, "--json"] + extra
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -45,6 +45,20 @@ def score_book(recurd, model, path, extra):
     buckets = [{k: b[k] for k in ("start", "end", "n", "ppl")} for b in j["buckets"] if b["n"] > 0]
     return {"n_tokens": j["n_tokens"], "ppl": j["ppl"], "buckets": buckets,
             "seconds": time.time() - t}
+
+
+def write_ids(src, dst, max_tokens=0):
+    """*.u16 (uint16 little-endian) or *.ids (whitespace) -> whitespace-separated ids."""
+    if src.endswith(".u16"):
+        import numpy as np
+        ids = np.fromfile(src, dtype="<u2").tolist()
+    else:
+        with open(src) as f:
+            ids = [int(x) for x in f.read().split()]
+    if max_tokens:
+        ids = ids[:max_tokens]
+    with open(dst, "w") as f:
+        f.write(" ".join(map(str, ids)) + "\n")
 
 
 def aggregate(per_book):
@@ -115,7 +129,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recurd", required=True, help="path to the recurd binary")
     ap.add_argument("--models", required=True, help="comma-separated model dirs")
-    ap.add_argument("--books", required=True, help="dir with *.txt.xz (dev_eval)")
+    ap.add_argument("--books", help="dir with *.txt.xz (dev_eval): scored with --text")
+    ap.add_argument("--ids", help="instead of --books: dir with *.u16 (uint16 LE token ids, as "
+                    "call 2 writes under data/dev_eval_ids/) or *.ids (whitespace-separated), "
+                    "scored with `recurd score --tokens`")
+    ap.add_argument("--max-tokens", type=int, default=0, help="with --ids: keep the first N")
     ap.add_argument("--ctx", type=int, default=256, help="training context of the models")
     ap.add_argument("--md", default="docs/length_generalisation.md")
     ap.add_argument("--svg", default="docs/ppl_by_position.svg")
@@ -126,9 +144,14 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=1.05)
     a = ap.parse_args(argv)
     models = [m for m in a.models.split(",") if m]
-    books = sorted(glob.glob(os.path.join(a.books, "*.txt.xz")))
+    if bool(a.books) == bool(a.ids):
+        sys.exit("give exactly one of --books and --ids")
+    if a.books:
+        books = sorted(glob.glob(os.path.join(a.books, "*.txt.xz")))
+    else:
+        books = sorted(glob.glob(os.path.join(a.ids, "*.u16")) + glob.glob(os.path.join(a.ids, "*.ids")))
     if not books:
-        sys.exit(f"no *.txt.xz in {a.books}")
+        sys.exit(f"no books in {a.books or a.ids}")
     for m in models:
         if not os.path.exists(os.path.join(m, "config.json")):
             sys.exit(f"not a model dir: {m}")
@@ -139,18 +162,24 @@ def main(argv=None):
     extra = shlex.split(a.extra)
     with tempfile.TemporaryDirectory(prefix="recur_books_") as tmp:
         texts = {}
+        mode = "text" if a.books else "tokens"
         for b in books:
-            name = os.path.basename(b)[:-len(".xz")]
-            p = os.path.join(tmp, name)
-            with lzma.open(b, "rb") as f, open(p, "wb") as g:
-                g.write(f.read())
+            if a.books:
+                name = os.path.basename(b)[:-len(".xz")]
+                p = os.path.join(tmp, name)
+                with lzma.open(b, "rb") as f, open(p, "wb") as g:
+                    g.write(f.read())
+            else:
+                name = os.path.basename(b) + (f"@{a.max_tokens}" if a.max_tokens else "")
+                p = os.path.join(tmp, os.path.basename(b) + ".txt")
+                write_ids(b, p, a.max_tokens)
             texts[name] = p
         for m in models:
             for name, p in texts.items():
                 key = f"{m}|{name}"
                 if key in cache:
                     continue
-                res = score_book(a.recurd, m, p, extra)
+                res = score_book(a.recurd, m, p, extra, mode)
                 cache[key] = res
                 print(f"{m} {name}: {res['n_tokens']} tokens, ppl {res['ppl']:.3f} "
                       f"({res['seconds']:.0f}s)", flush=True)
@@ -166,7 +195,7 @@ def main(argv=None):
         targets[label] = check_targets(agg[label], a.ctx, a.tol)
     tbl = table_md(agg, a.ctx)
     lines = ["# Length generalisation: perplexity by position", "",
-             f"`recurd score --text` on the {len(books)} evaluation books (`dev_eval`, never "
+             f"`recurd score --{'text' if a.books else 'tokens'}` on the {len(books)} evaluation books (`dev_eval`, never "
              "trained on), each scored from the zero state to its end; a prediction made after "
              "position p falls in [0,1) if p = 0, else [2^k, 2^(k+1)). \"mean\" = mean over books "
              "of each book's perplexity in the bucket; \"pooled\" = over all predictions. "
@@ -193,7 +222,7 @@ def main(argv=None):
         with open(a.json, "w") as f:
             json.dump({"aggregate": agg, "targets": targets}, f, indent=1)
     if a.update_cards:
-        section = ("Through the C engine (`recurd score --text`, "
+        section = (f"Through the C engine (`recurd score --{'text' if a.books else 'tokens'}`, "
                    f"{len(books)} evaluation books, `train/eval_books.py`):\n\n" + tbl + "\n\n"
                    + "\n".join(ln for ln in lines if ln.startswith("- ")))
         for m in models:

@@ -106,3 +106,47 @@ def test_eval_effrem_end_to_end(tmp_path):
     off = ((50_000 % 3) + (60_001 % 3) + (70_002 % 3)) / 3 * 0.01
     assert f"| 0 | 0.000 | {0.3 + off:.4f} | {0.03 + off:.4f} |" in text
     assert svg.read_text().count("<polyline") == 4
+
+
+def _recurd():
+    p = os.environ.get("RECURD") or os.path.join(os.path.dirname(TRAIN), "build", "server", "recurd")
+    if not os.access(p, os.X_OK):
+        pytest.skip(f"no recurd binary at {p} (build the engine, or set RECURD)")
+    return p
+
+
+def test_eval_books_ids_against_engine(tmp_path):
+    """The real C engine scores a checkpoint exported by checkpoint.py; eval_books.py's
+    aggregate must equal longeval.py's on the same ids and weights."""
+    import numpy as np
+    import torch
+    import checkpoint
+    import corpus
+    import longeval
+    from model import Mamba2LM, ModelConfig
+    recurd = _recurd()
+    cfg = ModelConfig(d_model=64, n_layer=2, vocab_size=300, d_state=16, headdim=16, chunk_size=16)
+    m = Mamba2LM(cfg).init_weights(3)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    d = str(tmp_path / "recur-x")
+    checkpoint.save_state_spaces(m, d)
+    corpus.ByteTokenizer.write(os.path.join(d, "tokenizer.json"))
+    ids_dir = tmp_path / "ids"
+    ids_dir.mkdir()
+    rng = np.random.default_rng(0)
+    books = [rng.integers(0, 300, n).astype("<u2") for n in (3000, 4100)]
+    for i, b in enumerate(books):
+        b.tofile(str(ids_dir / f"book{i:02d}.u16"))
+    assert eval_books.main(["--recurd", recurd, "--models", d, "--ids", str(ids_dir), "--ctx", "256",
+                            "--md", str(tmp_path / "t.md"), "--svg", str(tmp_path / "p.svg"),
+                            "--json", str(tmp_path / "agg.json")]) == 0
+    agg = json.load(open(tmp_path / "agg.json"))["aggregate"]["recur-x"]
+    mb = checkpoint.load_dir(d)   # the bf16 weights the engine read, in float32
+    want = longeval.aggregate([longeval.bucket_stats(longeval.token_logprobs(mb, b)) for b in books])
+    assert [(r["start"], r["end"]) for r in agg] == [(r["start"], r["end"]) for r in want]
+    for g, w in zip(agg, want):
+        assert g["n"] == w["n"]
+        assert g["ppl_mean"] == pytest.approx(w["ppl_mean"], rel=1e-4)
+        assert g["ppl_pooled"] == pytest.approx(w["ppl_pooled"], rel=1e-4)
