@@ -209,11 +209,11 @@ def test_matches_transformers_prng_130m(tmp_path):
         meta = json.load(f)
     subprocess.run([sys.executable, os.path.join(FIX, "prng_model.py"), "--preset", "m2_130m",
                     "--out", str(tmp_path)], check=True, capture_output=True)
-    d = tmp_path / "m2_130m"   # prng_model.py writes OUT/<preset>/ (older versions: OUT/)
-    if not d.is_dir():
-        d = tmp_path
-    assert checkpoint.sha256_file(str(d / "model.safetensors")) == meta["model_sha256"]
-    m = checkpoint.load_dir(str(d), dtype=torch.float64)
+    md = tmp_path / "m2_130m"   # prng_model.py writes OUT/<preset>/ (older versions: OUT/)
+    if not md.is_dir():
+        md = tmp_path
+    assert checkpoint.sha256_file(str(md / "model.safetensors")) == meta["model_sha256"]
+    m = checkpoint.load_dir(str(md), dtype=torch.float64)
     ref = stio.load(os.path.join(d, "reference.safetensors"))
     lg, st = m(ref["input_ids"].long()[None])
     want = ref["logits"].double()
