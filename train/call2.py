@@ -6,6 +6,7 @@ check parity against HF transformers, sample continuations. Output ($OUT):
       models/recur-sp/     config.json, model.safetensors (bf16), tokenizer.json, README.md
       models/recur-base/   the same for the base model
       tests/fixtures/parity/recur-sp/, .../recur-base/   reference.safetensors/json, README.md
+      tests/fixtures/tokenizer/recur-sp/                 cases.json (HF ids of tricky strings)
       train/results/       report.md, longeval.json, post_log.jsonl, samples.md, call2.log
       data/dev_eval_ids/   the evaluation books as uint16 token ids (derived from shared
                            data: keep under .data/, never commit)
@@ -145,6 +146,14 @@ def main(argv=None):
         long_eval("base", base)
     except Exception:
         warn("long eval of base failed: " + traceback.format_exc())
+
+    try:
+        n = parity.tokenizer_fixture(tok, tok_path, os.path.join(stage, "tests", "fixtures",
+                                                                  "tokenizer", "recur-sp"), mock,
+                                     extra_texts=[sample.PROMPT])
+        log(f"tokenizer fixture: {n} cases ({tok.kind})")
+    except Exception:
+        warn("tokenizer fixture failed: " + traceback.format_exc())
 
     # ------------------------------------------------------------ post-training
     jsonl = open(os.path.join(res, "post_log.jsonl"), "w")

@@ -43,6 +43,10 @@ def check_outputs(root, mock):
         assert ref["max_abs_full_logprob_diff_model_py"] < 1e-3
         t = stio.load(os.path.join(fx, "reference.safetensors"))
         assert t["logprobs"].shape[0] == t["input_ids"].shape[0] - 1 == 95
+    tf = json.load(open(os.path.join(repo, "tests", "fixtures", "tokenizer", "recur-sp", "cases.json")))
+    assert tf["mock"] is mock and len(tf["cases"]) > 20
+    assert all(c["decoded"] == __import__("unicodedata").normalize("NFC", c["text"])
+               for c in tf["cases"] if "<|endoftext|>" not in c["text"])
     assert "Continuation 3" in open(os.path.join(repo, "models", "recur-sp", "README.md")).read()
     # the two shipped models differ (post-training changed the weights)
     a = stio.load(os.path.join(repo, "models", "recur-sp", "model.safetensors"))
