@@ -26,9 +26,11 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "blas.h"
 #include "errors.h"
 #include "kernels.h"
 #include "model_impl.h"
+#include "pool.h"
 #include "state.h"
 
 struct seg_meta {
@@ -49,6 +51,8 @@ struct fwd {
     float *xdbl;           /* max x (dt_rank + 2 d_state), Mamba-1 only */
     struct seg_meta *meta; /* max segments (<= max tokens) */
     struct mstate **seen;  /* duplicate-state check scratch */
+    struct pool *pool;     /* scan/conv workers (this thread + nproc-1) */
+    int layer, nseg;       /* the layer the pool's work items belong to */
     void *block;           /* the one allocation behind the float buffers */
 };
 
@@ -56,6 +60,7 @@ void fwd_free(struct fwd *f)
 {
     if (!f)
         return;
+    pool_free(f->pool);
     rc_free(f->block);
     rc_free(f->meta);
     rc_free(f->seen);
@@ -89,7 +94,9 @@ int fwd_create(const struct model *m, int max_tokens, struct fwd **out)
     f->block = rc_aligned_alloc(total * sizeof(float));
     f->meta = rc_calloc(T, sizeof *f->meta);
     f->seen = rc_calloc(T, sizeof *f->seen);
-    if (!f->block || !f->meta || !f->seen) {
+    f->pool = pool_create(0);
+    blas_set_threads(1);
+    if (!f->block || !f->meta || !f->seen || !f->pool) {
         fwd_free(f);
         return RC_ENOMEM;
     }
@@ -102,17 +109,39 @@ int fwd_create(const struct model *m, int max_tokens, struct fwd **out)
     return 0;
 }
 
-/* out (rows x n, row stride ldo) (+)= x (rows x k, stride ldx) . w^T, with w
- * (n x k) row-major as PyTorch stores Linear weights. One row is a GEMV:
- * OpenBLAS's sgemm with M = 1 is several times slower. */
-static void linear(float *out, int ldo, const float *x, int ldx, const float *w, int rows, int n,
-                   int k, float beta)
+struct linear_job {
+    float *out;
+    const float *x, *w;
+    int ldo, ldx, rows, n, k, parts;
+    float beta;
+};
+
+static void linear_part(void *ctx, int i)
 {
-    if (rows == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.0f, w, k, x, 1, beta, out, 1);
+    const struct linear_job *j = ctx;
+    /* Split the output features into parts, each a multiple of 16 wide. */
+    int per = ((j->n + j->parts - 1) / j->parts + 15) & ~15;
+    int n0 = i * per, n1 = n0 + per < j->n ? n0 + per : j->n;
+    if (n0 >= n1)
+        return;
+    if (j->rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n1 - n0, j->k, 1.0f, j->w + (size_t)n0 * j->k,
+                    j->k, j->x, 1, j->beta, j->out + n0, 1);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.0f, x, ldx, w, k,
-                    beta, out, ldo);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->rows, n1 - n0, j->k, 1.0f, j->x,
+                    j->ldx, j->w + (size_t)n0 * j->k, j->k, j->beta, j->out + n0, j->ldo);
+}
+
+/* out (rows x n, row stride ldo) (+)= x (rows x k, stride ldx) . w^T, with w
+ * (n x k) row-major as PyTorch stores Linear weights. The output features
+ * are split over the pool's threads, each calling single-threaded OpenBLAS
+ * (its own threading spins in sched_yield between our loops). One row is a
+ * GEMV: OpenBLAS's sgemm with M = 1 is several times slower. */
+static void linear(struct fwd *f, float *out, int ldo, const float *x, int ldx, const float *w,
+                   int rows, int n, int k, float beta)
+{
+    struct linear_job j = {out, x, w, ldo, ldx, rows, n, k, pool_threads(f->pool), beta};
+    pool_run(f->pool, j.parts, linear_part, &j);
 }
 
 static void add_bias(float *out, int ldo, const float *b, int rows, int n)
@@ -165,70 +194,81 @@ static int validate(struct fwd *f, const struct fwd_seg *segs, int nseg, int *to
     return 0;
 }
 
+/* Work item it of a Mamba-2 layer: (segment it / nheads, head it % nheads). */
+static void m2_scan_item(void *ctx, int it)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const int DI = c->d_inner, CD = c->conv_dim, NS = c->d_state, P = c->headdim;
+    const int H = c->nheads, G = c->ngroups, h = it % H, g = h / (H / G);
+    const struct seg_meta *sm = &f->meta[it / H];
+    const size_t off = (size_t)sm->off;
+    const float *xb = f->xbc + off * CD;
+    f->k->m2_scan(sm->s->ssm + (size_t)f->layer * sm->s->ssm_per_layer + (size_t)h * P * NS,
+                  xb + (size_t)h * P, CD, xb + DI + (size_t)g * NS,
+                  xb + DI + (size_t)G * NS + (size_t)g * NS, CD, f->dt + off * H + h, H, L->A[h],
+                  L->D + (c->d_has_hdim ? (size_t)h * P : (size_t)h), c->d_has_hdim ? 1 : 0,
+                  f->y + off * DI + (size_t)h * P, DI, sm->n, P, NS);
+}
+
+/* Work item i: the causal conv of segment i (input starts `in_off` floats
+ * into each in_proj row). */
+static void conv_item(void *ctx, int i)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const struct seg_meta *sm = &f->meta[i];
+    const int in_off = c->arch == MODEL_MAMBA2 ? c->d_inner : 0;
+    f->k->conv_silu(f->xbc + (size_t)sm->off * c->conv_dim,
+                    f->proj + (size_t)sm->off * c->d_in_proj + in_off, c->d_in_proj,
+                    sm->s->conv + (size_t)f->layer * sm->s->conv_per_layer, L->conv_wt, L->conv_b,
+                    sm->n, c->conv_dim, c->d_conv);
+}
+
 static void mamba2_mixer(struct fwd *f, int l, int N, int nseg)
 {
     const struct model_config *c = &f->m->cfg;
     const struct layer *L = &f->m->layers[l];
-    const struct kernels *k = f->k;
-    const int DI = c->d_inner, CD = c->conv_dim, NS = c->d_state, P = c->headdim;
-    const int H = c->nheads, G = c->ngroups, IP = c->d_in_proj;
-    const int hpg = H / G;
-
-    for (int i = 0; i < nseg; i++) {
-        const struct seg_meta *sm = &f->meta[i];
-        k->conv_silu(f->xbc + (size_t)sm->off * CD, f->proj + (size_t)sm->off * IP + DI, IP,
-                     sm->s->conv + (size_t)l * sm->s->conv_per_layer, L->conv_wt, L->conv_b,
-                     sm->n, CD, c->d_conv);
-    }
-    k->softplus_rows(f->dt, H, f->proj + DI + CD, IP, L->dt_bias, N, H, c->dt_min, c->dt_max);
-
-    const int items = nseg * H;
-#pragma omp parallel for schedule(dynamic, 1) if (items > 1)
-    for (int it = 0; it < items; it++) {
-        const struct seg_meta *sm = &f->meta[it / H];
-        const int h = it % H, g = h / hpg;
-        const size_t off = (size_t)sm->off;
-        const float *xb = f->xbc + off * CD;
-        k->m2_scan(sm->s->ssm + (size_t)l * sm->s->ssm_per_layer + (size_t)h * P * NS,
-                   xb + (size_t)h * P, CD, xb + DI + (size_t)g * NS,
-                   xb + DI + (size_t)G * NS + (size_t)g * NS, CD, f->dt + off * H + h, H,
-                   L->A[h], L->D + (c->d_has_hdim ? (size_t)h * P : (size_t)h),
-                   c->d_has_hdim ? 1 : 0, f->y + off * DI + (size_t)h * P, DI, sm->n, P, NS);
-    }
+    const int DI = c->d_inner, H = c->nheads, IP = c->d_in_proj;
+    pool_run(f->pool, nseg, conv_item, f);
+    f->k->softplus_rows(f->dt, H, f->proj + DI + c->conv_dim, IP, L->dt_bias, N, H, c->dt_min,
+                        c->dt_max);
+    pool_run(f->pool, nseg * H, m2_scan_item, f);
     int mode = !c->rmsnorm_gated ? 2 : c->norm_before_gate ? 1 : 0;
-    k->gate_norm_rows(f->y, f->proj, IP, L->gnorm, N, DI, DI / G, c->norm_eps, mode);
+    f->k->gate_norm_rows(f->y, f->proj, IP, L->gnorm, N, DI, DI / c->ngroups, c->norm_eps, mode);
+}
+
+enum { M1_CHUNK = 128 }; /* channels per Mamba-1 scan work item */
+
+/* Work item it of a Mamba-1 layer: (segment, block of M1_CHUNK channels). */
+static void m1_scan_item(void *ctx, int it)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const int DI = c->d_inner, NS = c->d_state, R = c->dt_rank, IP = c->d_in_proj;
+    const int XW = R + 2 * NS, chunks = (DI + M1_CHUNK - 1) / M1_CHUNK;
+    const struct seg_meta *sm = &f->meta[it / chunks];
+    const int c0 = (it % chunks) * M1_CHUNK, c1 = c0 + M1_CHUNK < DI ? c0 + M1_CHUNK : DI;
+    const size_t off = (size_t)sm->off;
+    const float *xd = f->xdbl + off * XW;
+    f->k->m1_scan(sm->s->ssm + (size_t)f->layer * sm->s->ssm_per_layer, f->xbc + off * DI, DI,
+                  f->dt + off * DI, DI, xd + R, xd + R + NS, XW, L->A1, L->D,
+                  f->proj + off * IP + DI, IP, f->y + off * DI, DI, sm->n, c0, c1, NS);
 }
 
 static void mamba1_mixer(struct fwd *f, int l, int N, int nseg)
 {
     const struct model_config *c = &f->m->cfg;
     const struct layer *L = &f->m->layers[l];
-    const struct kernels *k = f->k;
-    const int DI = c->d_inner, NS = c->d_state, R = c->dt_rank, IP = c->d_in_proj;
-    const int XW = R + 2 * NS;
-
-    for (int i = 0; i < nseg; i++) {
-        const struct seg_meta *sm = &f->meta[i];
-        k->conv_silu(f->xbc + (size_t)sm->off * DI, f->proj + (size_t)sm->off * IP, IP,
-                     sm->s->conv + (size_t)l * sm->s->conv_per_layer, L->conv_wt, L->conv_b,
-                     sm->n, DI, c->d_conv);
-    }
-    linear(f->xdbl, XW, f->xbc, DI, L->x_proj, N, XW, DI, 0.0f);
-    linear(f->dt, DI, f->xdbl, XW, L->dt_proj, N, DI, R, 0.0f);
-    k->softplus_rows(f->dt, DI, f->dt, DI, L->dt_proj_b, N, DI, 0.0f, __builtin_inff());
-
-    enum { CHUNK = 128 };
-    const int chunks = (DI + CHUNK - 1) / CHUNK, items = nseg * chunks;
-#pragma omp parallel for schedule(dynamic, 1) if (items > 1)
-    for (int it = 0; it < items; it++) {
-        const struct seg_meta *sm = &f->meta[it / chunks];
-        const int c0 = (it % chunks) * CHUNK, c1 = c0 + CHUNK < DI ? c0 + CHUNK : DI;
-        const size_t off = (size_t)sm->off;
-        const float *xd = f->xdbl + off * XW;
-        k->m1_scan(sm->s->ssm + (size_t)l * sm->s->ssm_per_layer, f->xbc + off * DI, DI,
-                   f->dt + off * DI, DI, xd + R, xd + R + NS, XW, L->A1, L->D,
-                   f->proj + off * IP + DI, IP, f->y + off * DI, DI, sm->n, c0, c1, NS);
-    }
+    const int DI = c->d_inner, R = c->dt_rank, XW = R + 2 * c->d_state;
+    pool_run(f->pool, nseg, conv_item, f);
+    linear(f, f->xdbl, XW, f->xbc, DI, L->x_proj, N, XW, DI, 0.0f);
+    linear(f, f->dt, DI, f->xdbl, XW, L->dt_proj, N, DI, R, 0.0f);
+    f->k->softplus_rows(f->dt, DI, f->dt, DI, L->dt_proj_b, N, DI, 0.0f, __builtin_inff());
+    pool_run(f->pool, nseg * ((DI + M1_CHUNK - 1) / M1_CHUNK), m1_scan_item, f);
 }
 
 int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t errlen)
@@ -251,14 +291,15 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
 
     for (int l = 0; l < c->n_layer; l++) {
         const struct layer *L = &m->layers[l];
+        f->layer = l;
         f->k->rmsnorm_rows(f->xn, f->resid, L->norm, N, D, c->norm_eps);
-        linear(f->proj, c->d_in_proj, f->xn, D, L->in_proj, N, c->d_in_proj, D, 0.0f);
+        linear(f, f->proj, c->d_in_proj, f->xn, D, L->in_proj, N, c->d_in_proj, D, 0.0f);
         add_bias(f->proj, c->d_in_proj, L->in_proj_b, N, c->d_in_proj);
         if (c->arch == MODEL_MAMBA2)
             mamba2_mixer(f, l, N, nseg);
         else
             mamba1_mixer(f, l, N, nseg);
-        linear(f->resid, D, f->y, c->d_inner, L->out_proj, N, D, c->d_inner, 1.0f);
+        linear(f, f->resid, D, f->y, c->d_inner, L->out_proj, N, D, c->d_inner, 1.0f);
         add_bias(f->resid, D, L->out_proj_b, N, D);
     }
 
@@ -278,7 +319,7 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
 void fwd_logits(struct fwd *f, const float *hidden, int n, float *logits)
 {
     const struct model_config *c = &f->m->cfg;
-    linear(logits, c->n_vocab, hidden, c->d_model, f->m->lm_head, n, c->n_vocab, c->d_model,
+    linear(f, logits, c->n_vocab, hidden, c->d_model, f->m->lm_head, n, c->n_vocab, c->d_model,
            0.0f);
 }
 

@@ -498,6 +498,18 @@ static void count_params(struct model *m, const struct wspec *s, int ns)
     }
 }
 
+int model_config_read(const char *path, struct model_config *cfg, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_small_file(path, &text, &len, err, errlen);
+    if (rc)
+        return rc;
+    rc = config_parse(text, len, path, cfg, err, errlen);
+    rc_free(text);
+    return rc;
+}
+
 int model_load(const char *dir, struct model **out, char *err, size_t errlen)
 {
     char path[4096], *text = NULL;

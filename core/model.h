@@ -82,6 +82,9 @@ int model_create_random(const struct model_config *cfg, uint64_t seed, struct mo
  * d_in_proj, n_vocab if 0, ...) and validate it. */
 int model_config_complete(struct model_config *cfg, char *err, size_t errlen);
 
+/* Read and validate a config.json (either naming) without loading weights. */
+int model_config_read(const char *path, struct model_config *cfg, char *err, size_t errlen);
+
 /* Named shapes: "mamba2-130m", "mamba2-370m", "mamba-130m" (real dims). */
 int model_config_named(const char *name, struct model_config *cfg);
 

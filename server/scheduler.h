@@ -1,5 +1,5 @@
 /*
- * sched.h — the compute thread: it owns the model, the forward scratch and
+ * scheduler.h — the compute thread: it owns the model, the forward scratch and
  * the sampler scratch, and runs every job with continuous batching.
  *
  * Each tick takes, from every ready job, either a prefill chunk (up to
@@ -28,8 +28,8 @@
  * once per token; batch composition changes which rows share a matrix
  * product, not the sampler's draws.
  */
-#ifndef RECUR_SCHED_H
-#define RECUR_SCHED_H
+#ifndef RECUR_SCHEDULER_H
+#define RECUR_SCHEDULER_H
 
 #include <stdatomic.h>
 #include <stddef.h>
