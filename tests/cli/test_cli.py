@@ -149,3 +149,17 @@ def test_version_reports_adequate_blas_kernels():
     # CPU runs (DESIGN.md); --check-blas fails if that did not work.
     p = run("version", "--check-blas")
     assert "OpenBLAS core=" in p.stdout
+
+
+@pytest.mark.parametrize("name", ["recur-sp", "recur-base"])
+def test_shipped_models_score_like_transformers(name):
+    """recurd score on the shipped bf16 checkpoints vs transformers' Mamba2ForCausalLM
+    on the same weights (tests/fixtures/parity, made by train/parity.py)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    ref = read_safetensors(os.path.join(FIX, "..", "parity", name, "reference.safetensors"))
+    ids = " ".join(map(str, ref["input_ids"]))
+    out = json.loads(run("score", "--model", os.path.join(root, "models", name), "--tokens", "-",
+                         "--json", input=ids).stdout)
+    got = np.array(out["token_logprobs"])
+    assert got.shape == ref["logprobs"].shape
+    assert np.max(np.abs(got - ref["logprobs"])) < 1e-4

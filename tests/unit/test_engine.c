@@ -25,6 +25,9 @@
 #include "safetensors.h"
 #include "state.h"
 
+#ifndef RECUR_MODELS
+#define RECUR_MODELS "models"
+#endif
 #ifndef PRNG_MODELS
 #define PRNG_MODELS "."
 #endif
@@ -311,6 +314,55 @@ static void sharded_loads(void **u)
     model_free(m);
 }
 
+/* The shipped checkpoints (models/recur-*, bf16) against transformers'
+ * Mamba2ForCausalLM on the same weights (tests/fixtures/parity, made by
+ * train/parity.py): full next-token distributions at the listed positions. */
+static void check_shipped(const char *name)
+{
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/%s", RECUR_MODELS, name);
+    snprintf(path, sizeof path, "%s/parity/%s/reference.safetensors", RECUR_FIXTURES, name);
+    struct model *m = NULL;
+    struct st_file *r;
+    if (model_load(dir, &m, err, sizeof err))
+        fail_msg("%s: %s", dir, err);
+    assert_int_equal(st_open(path, &r, err, sizeof err), 0);
+    const struct st_tensor *ids = st_find(r, "input_ids"), *pos = st_find(r, "positions");
+    assert_non_null(ids);
+    assert_non_null(pos);
+    int T = (int)ids->shape[0], np = (int)pos->shape[0], V = model_config(m)->n_vocab;
+    int32_t *tok = malloc((size_t)T * 4), *p = malloc((size_t)np * 4);
+    memcpy(tok, ids->data, (size_t)T * 4);
+    memcpy(p, pos->data, (size_t)np * 4);
+    float *ref = tensor_f32(r, "logits", NULL);
+    struct fwd *f;
+    struct mstate *s;
+    assert_int_equal(fwd_create(m, 128, &f), 0);
+    assert_int_equal(state_create(m, &s), 0);
+    float *lg = malloc((size_t)V * sizeof(float));
+    double worst = 0;
+    int done = 0;
+    for (int i = 0; i < np; i++) {
+        /* read up to and including ids[p[i]], then compare the next-token logits */
+        assert_true(p[i] >= done - 1 && p[i] < T);
+        assert_int_equal(fwd_prefill(f, s, tok + done, (size_t)(p[i] + 1 - done), err, sizeof err), 0);
+        done = p[i] + 1;
+        fwd_logits(f, s->last, 1, lg);
+        double e = rel_err(lg, ref + (size_t)i * V, (size_t)V, 1e-6);
+        if (!(e <= TOL_REF))
+            fail_msg("%s: logits after position %d differ by %.3g", name, p[i], e);
+        worst = e > worst ? e : worst;
+    }
+    printf("  %-10s %d positions, logits rel err %.2e\n", name, np, worst);
+    free(tok), free(p), free(ref), free(lg);
+    state_free(s);
+    fwd_free(f);
+    st_close(r);
+    model_free(m);
+}
+static void shipped_sp(void **u) { check_shipped("recur-sp"); }
+static void shipped_base(void **u) { check_shipped("recur-base"); }
+
 static int report(void **u)
 {
     printf("worst logits error vs transformers: %.2e; worst state error: %.2e\n",
@@ -325,6 +377,8 @@ int main(void)
         FIXTURES(REG) cmocka_unit_test(namings_m2),
         cmocka_unit_test(namings_m1),
         cmocka_unit_test(sharded_loads),
+        cmocka_unit_test(shipped_sp),
+        cmocka_unit_test(shipped_base),
     };
     return cmocka_run_group_tests(tests, NULL, report);
 }
