@@ -133,11 +133,17 @@ void pool_run(struct pool *p, int n, pool_fn fn, void *ctx)
             fn(ctx, i);
         return;
     }
+    /* Close the previous generation first: a worker that loaded its last
+     * claim word could otherwise see the new `items` before the new
+     * generation is published, win its compare-and-swap on the old word,
+     * and run an item of this job that will be claimed again. */
+    uint32_t old = (uint32_t)(atomic_load(&p->claim) >> 32);
+    atomic_store_explicit(&p->claim, (uint64_t)old << 32 | UINT32_MAX, memory_order_release);
     p->fn = fn;
     p->ctx = ctx;
     atomic_store(&p->items, n);
     atomic_store(&p->finished, 0);
-    uint32_t gen = (uint32_t)(atomic_load(&p->claim) >> 32) + 1;
+    uint32_t gen = old + 1;
     pthread_mutex_lock(&p->mu);
     atomic_store_explicit(&p->claim, (uint64_t)gen << 32, memory_order_release);
     pthread_cond_broadcast(&p->wake);
