@@ -27,6 +27,7 @@
 #include "log.h"
 #include "model.h"
 #include "snapshot.h"
+#include "spill.h"
 #include "state.h"
 
 /* After the drain timeout has cancelled everything, give streams this
@@ -35,10 +36,17 @@
 
 static void close_cb(uv_handle_t *h) { (void)h; }
 
+static void on_stop_timer(uv_timer_t *t);
+
 static void app_stop(struct app *a)
 {
     if (a->stopping)
         return;
+    if (a->io_ops > 0) {
+        /* spill/restore work holds sessions: stop once it is back */
+        uv_timer_start(&a->stop_timer, on_stop_timer, 20, 0);
+        return;
+    }
     a->stopping = 1;
     uv_signal_stop(&a->sigterm);
     uv_signal_stop(&a->sigint);
@@ -57,10 +65,13 @@ static void app_stop(struct app *a)
         j->owner = NULL;
         routes_on_job_event(a, j);
     }
-    sched_free(a->sched);
-    a->sched = NULL;
+    /* the states belong to the model the scheduler owns: they go first */
+    spill_persist_all(a);
+    a->keep_files = 1;
     sessions_free(a->sessions);
     a->sessions = NULL;
+    sched_free(a->sched);
+    a->sched = NULL;
     uv_close((uv_handle_t *)&a->async, close_cb);
     /* file work still queued finishes on its own; the store it uses is
      * freed after the loop ends (cmd_serve) */
@@ -73,6 +84,7 @@ void app_check_drained(struct app *a)
     if (a->state != APP_DRAINING || a->stopping || !a->http)
         return;
     if (http_in_flight(a->http) == 0 && atomic_load(&sched_stats(a->sched)->queued) == 0 &&
+        a->io_ops == 0 &&
         !uv_is_active((uv_handle_t *)&a->stop_timer)) {
         log_msg("drained: exiting");
         /* often called from inside an HTTP callback: stop from the loop */
@@ -93,6 +105,8 @@ static void model_ready(struct app *a)
         .max_per_owner = (size_t)a->cfg->max_sessions_per_key,
         .mem_budget = a->cfg->state_memory,
         .ttl_ms = (uint64_t)(a->cfg->session_ttl * 1000),
+        .on_drop_spilled = spill_drop_file,
+        .ud = a,
     };
     if (sessions_create(a->m, &so, &a->sessions) != 0) {
         log_msg("out of memory creating the session table");
@@ -101,6 +115,7 @@ static void model_ready(struct app *a)
         app_stop(a);
         return;
     }
+    spill_load_index(a);
     a->state = APP_READY;
     char fp[17];
     hex64(a->fingerprint, fp);
@@ -248,6 +263,11 @@ int cmd_serve(int argc, char **argv)
         a.exit_code = 1;
         goto out_early;
     }
+    if (cfg.state_dir && (rc = store_open(cfg.state_dir, &a.states, err, sizeof err)) != 0) {
+        log_msg("--state-dir: %s", err);
+        a.exit_code = 1;
+        goto out_early;
+    }
     struct http_app app = routes_app;
     app.ud = &a;
     struct http_opts ho = {
@@ -288,6 +308,7 @@ int cmd_serve(int argc, char **argv)
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     store_free(a.snapshots);
+    store_free(a.states);
     config_free(&cfg);
     return a.exit_code;
 
@@ -301,6 +322,7 @@ out_early:
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     store_free(a.snapshots);
+    store_free(a.states);
     config_free(&cfg);
     return a.exit_code;
 }

@@ -30,6 +30,10 @@ struct app {
     struct sched *sched;
     struct sessions *sessions;       /* once the model is loaded */
     struct store *snapshots;         /* --snapshot-dir, or NULL */
+    struct store *states;            /* --state-dir, or NULL */
+    int io_ops;                      /* spill/restore/remove work in flight */
+    int spilling;                    /* spills in flight */
+    int keep_files;                  /* shutting down: spilled files stay */
     struct metrics metrics;
     uv_async_t async;                /* compute -> loop events */
     uv_signal_t sigterm, sigint;
@@ -60,6 +64,9 @@ extern const int n_route_names;
 void routes_on_job_event(struct app *a, struct job *j);
 /* Cancel every running job (drain timeout). */
 void routes_cancel_all(struct app *a);
+/* Requests that waited for a session's state (spill.c): go on, or fail. */
+enum { ROUTES_OK = 0, ROUTES_GONE, ROUTES_FAILED };
+void routes_session_ready(struct app *a, void *waiters, int status, const char *why);
 
 /* app.c */
 /* Called after every request and job completes: finish a drain? */

@@ -62,7 +62,7 @@ static const struct opt opts[] = {
      "sessions in the table (live or spilled)"},
     {"--max-sessions-per-key", "RECURD_MAX_SESSIONS_PER_KEY", T_LONG, O(max_sessions_per_key),
      "1024", 1, 1e7, "sessions one API key may hold (429 beyond)"},
-    {"--state-memory", "RECURD_STATE_MEMORY", T_SIZE, O(state_memory), "4G", 1 * MiB, 4096 * GiB,
+    {"--state-memory", "RECURD_STATE_MEMORY", T_SIZE, O(state_memory), "4G", 4096, 4096 * GiB,
      "bytes of recurrent state kept in memory; beyond it idle sessions spill to --state-dir, or new ones get 503"},
     {"--session-ttl", "RECURD_SESSION_TTL", T_SECS, O(session_ttl), "3600", 1, 1e9,
      "idle seconds before a session is deleted"},

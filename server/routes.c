@@ -24,6 +24,7 @@
 #include "log.h"
 #include "model.h"
 #include "response.h"
+#include "spill.h"
 #include "state.h"
 #include "utf8.h"
 
@@ -91,6 +92,9 @@ struct rq {
     char *echo;                /* echoed prompt text (non-stream), owned */
     size_t echo_len;
     struct rq *prev, *next;    /* app's list of requests with a job */
+    struct session *waiting;   /* waiting for this session's state to be back */
+    struct rq *wprev, *wnext;  /* its waiters list */
+    int text_pending;          /* text/plain append waiting to start */
 };
 
 /* ---- small helpers --------------------------------------------------------- */
@@ -192,6 +196,7 @@ static void job_release(struct app *a, struct job *j)
             sessions_unreserve(a->sessions);
     }
     job_free(j);
+    spill_check(a);
 }
 
 /* Submit j for q; the sessions in j->sess_a/b are marked busy. */
@@ -231,12 +236,12 @@ static json_t *session_json(struct app *a, struct session *s, const struct job *
     uint64_t idle = now_ms(a) - s->last_used_ms, ttl = sessions_ttl_ms(a->sessions);
     struct session_view v = {
         .id = s->id,
-        .position = s->busy ? s->pos : s->state->pos,
+        .position = s->busy || !s->state ? s->pos : s->state->pos,
         .state_bytes = sessions_state_size(a->sessions),
         .created = s->created,
         .expires_in = s->busy ? (double)ttl / 1000 : (double)(ttl > idle ? ttl - idle : 0) / 1000,
-        .busy = s->busy != NULL && s->busy != self,
-        .spilled = 0,
+        .busy = (s->busy != NULL && s->busy != self) || s->io,
+        .spilled = s->spilled,
     };
     /* last_used in unix seconds: now minus idle time */
     struct timespec ts;
@@ -259,13 +264,51 @@ static json_t *body_json(struct rq *q)
     return o;
 }
 
-/* The session named by the path, idle, owned by the caller; or an error
- * response and NULL. */
+/* Park q until s's state is in memory (restoring it if it is on disk);
+ * routes_session_ready() takes it from there. */
+static void wait_for(struct rq *q, struct session *s)
+{
+    q->waiting = s;
+    q->wprev = NULL;
+    q->wnext = s->waiters;
+    if (q->wnext)
+        q->wnext->wprev = q;
+    s->waiters = q;
+    if (s->spilled && !s->io && spill_restore(q->a, s) != 0) {
+        s->waiters = q->wnext;
+        if (q->wnext)
+            q->wnext->wprev = NULL;
+        q->waiting = NULL;
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory bringing the session back");
+    }
+}
+
+static void wait_cancel(struct rq *q)
+{
+    struct session *s = q->waiting;
+    if (!s)
+        return;
+    if (q->wprev)
+        q->wprev->wnext = q->wnext;
+    else
+        s->waiters = q->wnext;
+    if (q->wnext)
+        q->wnext->wprev = q->wprev;
+    q->waiting = NULL;
+}
+
+/* The session named by the path, idle, owned by the caller, state in
+ * memory. Otherwise NULL, and either an error response was sent or the
+ * request waits for the state to come back from disk. */
 static struct session *idle_session(struct rq *q)
 {
     struct session *s = sessions_get(q->a->sessions, q->id, q->owner);
     if (!s) {
         respond_err(q->h, API_NOT_FOUND, "no session '%.40s'", q->id);
+        return NULL;
+    }
+    if (!s->busy && (s->spilled || s->io)) {
+        wait_for(q, s);
         return NULL;
     }
     if (s->busy) {
@@ -887,6 +930,11 @@ static void h_sessions_post(struct rq *q)
                 req_session_create_free(&r);
                 return;
             }
+            if (src->spilled || src->io) {
+                req_session_create_free(&r);
+                wait_for(q, src); /* then this runs again */
+                return;
+            }
         }
         req_session_create_free(&r);
     }
@@ -898,6 +946,7 @@ static void h_sessions_post(struct rq *q)
         return;
     }
     a->metrics.sessions_created++;
+    spill_check(a);
     if (!src && !snap) {
         http_add_header(q->h, "Location", s->id);
         respond_json(q->h, 201, session_json(a, s, q->job));
@@ -1182,8 +1231,14 @@ static int start_text_append(struct rq *q)
         return -1;
     }
     struct session *s = idle_session(q);
-    if (!s)
+    if (!s) {
+        if (q->waiting) {
+            q->text_pending = 1; /* the upload waits, paused, for the state */
+            return 0;
+        }
         return -1;
+    }
+    q->text_pending = 0;
     struct job *j = job_new(JOB_RUN);
     if (!j) {
         respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
@@ -1201,6 +1256,10 @@ static int start_text_append(struct rq *q)
 static size_t on_data(void *ud, struct http_req *h, const char *data, size_t n)
 {
     struct rq *q = http_data(h);
+    if (q && q->text_pending) {
+        http_pause_upload(h); /* nothing taken until the state is back */
+        return 0;
+    }
     if (!q || !q->job)
         return n;
     size_t have = sched_feed(q->a->sched, q->job, data, n, 0);
@@ -1534,6 +1593,26 @@ void routes_on_job_event(struct app *a, struct job *j)
     job_release(a, j);
 }
 
+void routes_session_ready(struct app *a, void *waiters, int status, const char *why)
+{
+    struct rq *q = waiters, *nx;
+    for (; q; q = nx) {
+        nx = q->wnext;
+        q->waiting = NULL;
+        q->wprev = q->wnext = NULL;
+        if (status == ROUTES_GONE)
+            respond_err(q->h, API_NOT_FOUND, "the session was deleted");
+        else if (status == ROUTES_FAILED)
+            respond_err(q->h, API_INTERNAL, "the session's state could not be read back: %s",
+                        why ? why : "unknown error");
+        else if (q->text_pending) {
+            if (start_text_append(q) == 0 && !q->text_pending)
+                http_wake(q->h);
+        } else
+            on_request(a, q->h); /* the body is still there: run it again */
+    }
+}
+
 void routes_cancel_all(struct app *a)
 {
     for (struct rq *q = a->rqs; q; q = q->next)
@@ -1558,6 +1637,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
         }
         if (q->fsop)
             q->fsop->q = NULL; /* it finishes on its own */
+        wait_cancel(q);
         rc_free(q->echo);
         rc_free(q);
     }

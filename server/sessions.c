@@ -43,6 +43,8 @@ static unsigned bucket_of(const char *id)
 
 static void session_destroy(struct sessions *t, struct session *s)
 {
+    if (s->spilled && t->o.on_drop_spilled)
+        t->o.on_drop_spilled(t->o.ud, s);
     state_free(s->state);
     if (s->state)
         t->n_states--;
@@ -73,6 +75,20 @@ static double unix_now(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (double)tv.tv_sec + (double)tv.tv_usec * 1e-6;
+}
+
+static void link_session(struct sessions *t, struct session *s)
+{
+    unsigned b = bucket_of(s->id);
+    s->hnext = t->buckets[b];
+    t->buckets[b] = s;
+    s->prev = t->tail;
+    if (t->tail)
+        t->tail->next = s;
+    else
+        t->head = s;
+    t->tail = s;
+    t->n++;
 }
 
 int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct session **out,
@@ -127,17 +143,31 @@ int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct ses
     s->owner = owner;
     s->created = unix_now();
     s->last_used_ms = now_ms;
-    unsigned b = bucket_of(s->id);
-    s->hnext = t->buckets[b];
-    t->buckets[b] = s;
-    s->prev = t->tail;
-    if (t->tail)
-        t->tail->next = s;
-    else
-        t->head = s;
-    t->tail = s;
-    t->n++;
+    link_session(t, s);
     *out = s;
+    return 0;
+}
+
+static int valid_id(const char *id);
+
+int sessions_add_spilled(struct sessions *t, const char *id, uint64_t owner, double created,
+                         int64_t pos, uint64_t now_ms)
+{
+    if (!valid_id(id) || t->n >= t->o.max_sessions)
+        return RC_EINVAL;
+    for (struct session *x = t->buckets[bucket_of(id)]; x; x = x->hnext)
+        if (!strcmp(x->id, id))
+            return RC_EINVAL;
+    struct session *s = rc_calloc(1, sizeof *s);
+    if (!s)
+        return RC_ENOMEM;
+    memcpy(s->id, id, SESSION_ID_LEN + 1);
+    s->owner = owner;
+    s->created = created;
+    s->pos = pos;
+    s->last_used_ms = now_ms;
+    s->spilled = 1;
+    link_session(t, s);
     return 0;
 }
 
@@ -185,7 +215,7 @@ void sessions_delete(struct sessions *t, struct session *s)
     if (s->unlinked)
         return;
     unlink_session(t, s);
-    if (!s->busy)
+    if (!s->busy && !s->io)
         session_destroy(t, s);
 }
 
@@ -196,8 +226,74 @@ void sessions_release(struct sessions *t, struct session *s, uint64_t now_ms)
         session_destroy(t, s);
         return;
     }
-    s->pos = s->state->pos;
+    if (s->state)
+        s->pos = s->state->pos;
     s->last_used_ms = now_ms;
+}
+
+/* Spill above 90% of the budget, down to 75%: hysteresis, so a steady
+ * load does not spill and restore the same session over and over. */
+int sessions_over_high_water(const struct sessions *t)
+{
+    return (double)(t->n_states * t->state_size) > 0.9 * (double)t->o.mem_budget;
+}
+
+int sessions_under_low_water(const struct sessions *t)
+{
+    return (double)(t->n_states * t->state_size) <= 0.75 * (double)t->o.mem_budget;
+}
+
+struct session *sessions_pick_spill(struct sessions *t)
+{
+    struct session *best = NULL;
+    for (struct session *s = t->head; s; s = s->next)
+        if (s->state && !s->busy && !s->io && !s->spilled &&
+            (!best || s->last_used_ms < best->last_used_ms))
+            best = s;
+    return best;
+}
+
+int sessions_restore_state(struct sessions *t, struct mstate **out)
+{
+    /* Coming back may overshoot the budget; the spiller then makes room
+     * by writing out others. Refusing would strand the session. */
+    if (state_create(t->m, out) != 0)
+        return RC_ENOMEM;
+    t->n_states++;
+    return 0;
+}
+
+void sessions_spilled(struct sessions *t, struct session *s)
+{
+    state_free(s->state);
+    s->state = NULL;
+    t->n_states--;
+    s->spilled = 1;
+    s->io = 0;
+    if (s->unlinked)
+        session_destroy(t, s);
+}
+
+void sessions_restored(struct sessions *t, struct session *s, struct mstate *st, uint64_t now_ms)
+{
+    s->state = st;
+    s->spilled = 0;
+    s->io = 0;
+    s->pos = st->pos;
+    s->last_used_ms = now_ms;
+    if (s->unlinked)
+        session_destroy(t, s); /* no file any more: the restore removed it */
+}
+
+void sessions_io_failed(struct sessions *t, struct session *s, struct mstate *st)
+{
+    if (st) {
+        state_free(st);
+        t->n_states--;
+    }
+    s->io = 0;
+    if (s->unlinked)
+        session_destroy(t, s);
 }
 
 size_t sessions_expire(struct sessions *t, uint64_t now_ms)
@@ -205,7 +301,7 @@ size_t sessions_expire(struct sessions *t, uint64_t now_ms)
     size_t n = 0;
     for (struct session *s = t->head, *nx; s; s = nx) {
         nx = s->next;
-        if (!s->busy && now_ms - s->last_used_ms > t->o.ttl_ms) {
+        if (!s->busy && !s->io && now_ms - s->last_used_ms > t->o.ttl_ms) {
             sessions_delete(t, s);
             n++;
         }

@@ -14,7 +14,12 @@
  * same 404 as for an id that does not exist.
  *
  * Limits: max sessions (503), max per owner (429), and a memory budget on
- * the bytes of live states (503 when a new state would exceed it).
+ * the bytes of states in memory (503 when a new state would exceed it).
+ *
+ * Spilling (--state-dir): an idle session's state may be written to disk
+ * and freed (`spilled`); it comes back when a request needs it. While a
+ * spill or a restore runs (`io`) the session is not idle either. The file
+ * work itself is the caller's (app.c); the table only keeps the books.
  */
 #ifndef RECUR_SESSIONS_H
 #define RECUR_SESSIONS_H
@@ -38,6 +43,9 @@ struct session {
     double created;           /* unix seconds */
     uint64_t last_used_ms;    /* loop clock (uv_now) */
     struct job *busy;         /* job running on it, or NULL */
+    int io;                   /* a spill or restore of its state is running */
+    int spilled;              /* the state is on disk (state == NULL) */
+    void *waiters;            /* requests waiting for the state to be back */
     int unlinked;             /* deleted while busy: freed on release */
     struct session *hnext;    /* hash chain */
     struct session *prev, *next; /* all sessions, oldest first */
@@ -50,6 +58,10 @@ struct sessions_opts {
     size_t max_per_owner;
     size_t mem_budget;        /* bytes of states */
     uint64_t ttl_ms;
+    /* called when a session whose state is on disk is destroyed (the
+     * caller removes the file); may be NULL */
+    void (*on_drop_spilled)(void *ud, const struct session *s);
+    void *ud;
 };
 
 int sessions_create(const struct model *m, const struct sessions_opts *o, struct sessions **out);
@@ -65,10 +77,26 @@ int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct ses
 /* The session with this id owned by owner, or NULL. */
 struct session *sessions_get(struct sessions *t, const char *id, uint64_t owner);
 
-/* Delete: unlinks at once; frees now, or at release if busy. */
+/* Delete: unlinks at once; frees now, or at release if busy / in io. */
 void sessions_delete(struct sessions *t, struct session *s);
 /* The job on s has ended: s is idle again (or freed if unlinked). */
 void sessions_release(struct sessions *t, struct session *s, uint64_t now_ms);
+
+/* Spilling. pick: the least recently used idle session with its state in
+ * memory (NULL if none). spilled: its state was written out; the state is
+ * freed. restored: a state read back (allocated with
+ * sessions_restore_state) is attached. io_failed: the spill/restore did
+ * not happen. Each ends the io; an unlinked session is freed. */
+int sessions_over_high_water(const struct sessions *t);
+int sessions_under_low_water(const struct sessions *t);
+struct session *sessions_pick_spill(struct sessions *t);
+int sessions_restore_state(struct sessions *t, struct mstate **out);
+void sessions_spilled(struct sessions *t, struct session *s);
+void sessions_restored(struct sessions *t, struct session *s, struct mstate *st, uint64_t now_ms);
+void sessions_io_failed(struct sessions *t, struct session *s, struct mstate *st);
+/* Register a session found on disk at start-up (spilled, idle). */
+int sessions_add_spilled(struct sessions *t, const char *id, uint64_t owner, double created,
+                         int64_t pos, uint64_t now_ms);
 
 /* Delete idle sessions unused for longer than the TTL; returns how many. */
 size_t sessions_expire(struct sessions *t, uint64_t now_ms);

@@ -159,6 +159,30 @@ int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, siz
     return 0;
 }
 
+int store_read_head(struct store *s, const char *name, void *buf, size_t n, size_t *got,
+                    char *err, size_t errlen)
+{
+    *got = 0;
+    int fd = openat(s->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return rc_fail(err, errlen, RC_EINVAL, "no file '%s'", name);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return rc_fail(err, errlen, RC_EINVAL, "'%s' is not a regular file", name);
+    }
+    while (*got < n) {
+        ssize_t r = read(fd, (char *)buf + *got, n - *got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        *got += (size_t)r;
+    }
+    close(fd);
+    return 0;
+}
+
 int store_remove(struct store *s, const char *name, char *err, size_t errlen)
 {
     if (unlinkat(s->dirfd, name, 0) != 0) {

@@ -43,6 +43,11 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
 int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, size_t *len,
                char *err, size_t errlen);
 
+/* Read the first n bytes of `name` into buf (fewer if the file is
+ * shorter: *got says how many). Same errors as store_read. */
+int store_read_head(struct store *s, const char *name, void *buf, size_t n, size_t *got,
+                    char *err, size_t errlen);
+
 /* Remove `name`: 0, RC_EINVAL (no such file), RC_EIO. */
 int store_remove(struct store *s, const char *name, char *err, size_t errlen);
 
