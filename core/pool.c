@@ -9,12 +9,20 @@
 
 #define SPIN_ITERS 20000 /* ~10-50 us of polling before sleeping */
 
-/* A job is published by writing fn/ctx/items, then storing `claim` =
- * (generation << 32 | 0). Items are claimed by compare-and-swap on `claim`,
- * which also checks the generation: a thread still looping on an earlier
- * job can never take (or skip) an item of the next one. fn and ctx are read
- * only after a successful claim, when they cannot change: the job cannot
- * finish, and the caller cannot publish the next, before that item is done. */
+/* A job is published by writing fn/ctx/base, then storing one 64-bit word
+ * `claim` = generation | item count | next index. Items are claimed by
+ * compare-and-swap on that word, so the bounds check and the generation
+ * check read the same job: a thread still looping on an earlier job can
+ * never take (or skip) an item of the next one. (An earlier version read the
+ * count from a separate field and could pair the old index with the new
+ * count, running one item twice; test_core's pool test caught it.) fn, ctx
+ * and base are read only after a successful claim, when they cannot change:
+ * the job cannot finish, and the caller cannot publish the next, before
+ * that item is done. */
+#define IDX_BITS 22
+#define IDX_MASK ((UINT64_C(1) << IDX_BITS) - 1)
+#define GEN_SHIFT (2 * IDX_BITS)
+#define WORD(gen, items, idx) ((uint64_t)(gen) << GEN_SHIFT | (uint64_t)(items) << IDX_BITS | (idx))
 struct pool {
     int n;                   /* threads including the caller */
     pthread_t *tids;
@@ -22,8 +30,8 @@ struct pool {
     pthread_cond_t wake, done;
     pool_fn fn;
     void *ctx;
-    atomic_int items;
-    _Atomic uint64_t claim;  /* generation << 32 | next item */
+    int base;                /* index of the job's first item (jobs over IDX_MASK items are split) */
+    _Atomic uint64_t claim;  /* generation | items | next item, see WORD */
     atomic_int finished;     /* items of the current job completed */
     int stop;                /* under mu */
 };
@@ -32,15 +40,14 @@ static void work(struct pool *p, uint32_t gen)
 {
     for (;;) {
         uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
-        if ((uint32_t)(c >> 32) != gen ||
-            (uint32_t)c >= (uint32_t)atomic_load_explicit(&p->items, memory_order_relaxed))
+        uint64_t items = (c >> IDX_BITS) & IDX_MASK, idx = c & IDX_MASK;
+        if ((uint32_t)(c >> GEN_SHIFT) != gen || idx >= items)
             return;
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
-        int items = atomic_load_explicit(&p->items, memory_order_relaxed);
-        p->fn(p->ctx, (int)(uint32_t)c);
-        if (atomic_fetch_add_explicit(&p->finished, 1, memory_order_acq_rel) + 1 == items) {
+        p->fn(p->ctx, p->base + (int)idx);
+        if (atomic_fetch_add_explicit(&p->finished, 1, memory_order_acq_rel) + 1 == (int)items) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done);
             pthread_mutex_unlock(&p->mu);
@@ -55,13 +62,13 @@ static void *worker(void *arg)
     for (;;) {
         uint32_t g;
         int spins = 0;
-        while ((g = (uint32_t)(atomic_load_explicit(&p->claim, memory_order_acquire) >> 32)) ==
-                   seen &&
+        while ((g = (uint32_t)(atomic_load_explicit(&p->claim, memory_order_acquire) >>
+                               GEN_SHIFT)) == seen &&
                spins < SPIN_ITERS)
             spins++;
         if (g == seen) {
             pthread_mutex_lock(&p->mu);
-            while ((g = (uint32_t)(atomic_load(&p->claim) >> 32)) == seen && !p->stop)
+            while ((g = (uint32_t)(atomic_load(&p->claim) >> GEN_SHIFT)) == seen && !p->stop)
                 pthread_cond_wait(&p->wake, &p->mu);
             int stop = p->stop;
             pthread_mutex_unlock(&p->mu);
@@ -124,28 +131,17 @@ void pool_free(struct pool *p)
 
 int pool_threads(const struct pool *p) { return p->n; }
 
-void pool_run(struct pool *p, int n, pool_fn fn, void *ctx)
+/* One job of at most IDX_MASK items starting at base. */
+static void run_job(struct pool *p, int base, int n, pool_fn fn, void *ctx)
 {
-    if (n <= 0)
-        return;
-    if (p->n == 1 || n == 1) {
-        for (int i = 0; i < n; i++)
-            fn(ctx, i);
-        return;
-    }
-    /* Close the previous generation first: a worker that loaded its last
-     * claim word could otherwise see the new `items` before the new
-     * generation is published, win its compare-and-swap on the old word,
-     * and run an item of this job that will be claimed again. */
-    uint32_t old = (uint32_t)(atomic_load(&p->claim) >> 32);
-    atomic_store_explicit(&p->claim, (uint64_t)old << 32 | UINT32_MAX, memory_order_release);
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store(&p->items, n);
+    p->base = base;
     atomic_store(&p->finished, 0);
-    uint32_t gen = old + 1;
+    uint32_t gen = (uint32_t)(atomic_load(&p->claim) >> GEN_SHIFT) + 1;
+    gen &= (1u << (64 - GEN_SHIFT)) - 1;
     pthread_mutex_lock(&p->mu);
-    atomic_store_explicit(&p->claim, (uint64_t)gen << 32, memory_order_release);
+    atomic_store_explicit(&p->claim, WORD(gen, (uint64_t)n, 0), memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     work(p, gen);
@@ -157,5 +153,20 @@ void pool_run(struct pool *p, int n, pool_fn fn, void *ctx)
         while (atomic_load(&p->finished) < n)
             pthread_cond_wait(&p->done, &p->mu);
         pthread_mutex_unlock(&p->mu);
+    }
+}
+
+void pool_run(struct pool *p, int n, pool_fn fn, void *ctx)
+{
+    if (n <= 0)
+        return;
+    if (p->n == 1 || n == 1) {
+        for (int i = 0; i < n; i++)
+            fn(ctx, i);
+        return;
+    }
+    for (int base = 0; base < n; base += (int)IDX_MASK) {
+        int m = n - base < (int)IDX_MASK ? n - base : (int)IDX_MASK;
+        run_job(p, base, m, fn, ctx);
     }
 }

@@ -14,6 +14,7 @@
 int cmd_score(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_soak(int argc, char **argv);
+int cmd_effrem(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 
 /* Shared helpers (util.c). */

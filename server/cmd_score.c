@@ -24,13 +24,14 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: recurd score --model DIR --tokens FILE [--json] [--chunk N]\n"
-            "                    [--max-details N] [--progress]\n"
+            "                    [--max-details N] [--max-tokens N] [--progress]\n"
             "  --tokens FILE     whitespace-separated token ids ('-' for stdin)\n"
             "  --json            one JSON object: n_tokens, n_scored, nll, ppl,\n"
             "                    token_logprobs (omitted above --max-details), buckets\n"
             "  --chunk N         tokens per forward pass (default 256)\n"
             "  --max-details N   per-token log-probs listed up to N scored tokens\n"
             "                    (default 1000000)\n"
+            "  --max-tokens N    score only the first N tokens of the input\n"
             "  --progress        progress lines on stderr (default: when stderr is a tty)\n");
 }
 
@@ -79,10 +80,11 @@ int cmd_score(int argc, char **argv)
         {"model", required_argument, 0, 'm'},  {"tokens", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},         {"chunk", required_argument, 0, 'c'},
         {"max-details", required_argument, 0, 'd'}, {"progress", no_argument, 0, 'p'},
+        {"max-tokens", required_argument, 0, 'n'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *model_dir = NULL, *tokens_path = NULL;
     int json = 0, progress = isatty(2);
-    long chunk = 256, max_details = 1000000;
+    long chunk = 256, max_details = 1000000, max_tokens = 0;
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -100,6 +102,12 @@ int cmd_score(int argc, char **argv)
         case 'd':
             if (parse_long_opt(optarg, 0, 1L << 40, &max_details)) {
                 fprintf(stderr, "recurd score: --max-details must be a non-negative integer\n");
+                return 2;
+            }
+            break;
+        case 'n':
+            if (parse_long_opt(optarg, 1, 1L << 40, &max_tokens)) {
+                fprintf(stderr, "recurd score: --max-tokens must be a positive integer\n");
                 return 2;
             }
             break;
@@ -134,6 +142,8 @@ int cmd_score(int argc, char **argv)
     }
     rc_free(text);
     text = NULL;
+    if (max_tokens && n > (size_t)max_tokens)
+        n = (size_t)max_tokens;
     if (n == 0) {
         fprintf(stderr, "recurd score: %s: no tokens\n", tokens_path);
         goto out;

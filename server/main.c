@@ -46,6 +46,7 @@ static const struct {
     {"serve", cmd_serve, "the HTTP server (recurd serve --help)"},
     {"score", cmd_score, "per-token log-probs and perplexity by position"},
     {"bench", cmd_bench, "prefill/decode throughput against the sgemm peak"},
+    {"effrem", cmd_effrem, "Effective Remembrance curve (TV distance with/without the prefix)"},
     {"soak", cmd_soak, "stream N tokens through one session: memory stays constant"},
     {"version", cmd_version, "version and the BLAS kernels in use"},
 };
