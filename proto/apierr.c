@@ -8,7 +8,7 @@
 #include "alloc.h"
 #include "errors.h"
 #include "jsonin.h"
-#include "utf8.h"
+#include "u8.h"
 
 static const struct {
     int status;
@@ -83,7 +83,7 @@ char *api_error_body(const struct api_error *e, size_t *len)
      * fixed buffer: make it valid UTF-8 so the body is valid JSON. */
     char msg[sizeof e->message];
     size_t n = strnlen(e->message, sizeof e->message - 1);
-    utf8_sanitize(e->message, n, msg, sizeof msg);
+    u8_sanitize(e->message, n, msg, sizeof msg);
     json_t *o = json_pack("{s:{s:s, s:s, s:i}}", "error", "type", api_err_type(e->kind),
                           "message", msg, "code", api_err_status(e->kind));
     if (!o)

@@ -7,7 +7,7 @@
 #include "alloc.h"
 #include "errors.h"
 #include "jsonin.h"
-#include "utf8.h"
+#include "u8.h"
 
 int tok_details_init(struct tok_details *d, int k)
 {
@@ -96,13 +96,13 @@ void hex64(uint64_t x, char out[17]) { snprintf(out, 17, "%016llx", (unsigned lo
 /* A JSON string of arbitrary bytes: valid UTF-8 kept, the rest U+FFFD. */
 static json_t *text_value(const char *s, size_t n)
 {
-    if (utf8_valid(s, n))
+    if (u8_valid(s, n))
         return json_stringn(s, n);
-    size_t need = utf8_sanitized_len(s, n);
+    size_t need = u8_sanitized_len(s, n);
     char *buf = rc_malloc(need + 1);
     if (!buf)
         return NULL;
-    utf8_sanitize(s, n, buf, need + 1);
+    u8_sanitize(s, n, buf, need + 1);
     json_t *v = json_stringn(buf, need);
     rc_free(buf);
     return v;
@@ -133,7 +133,7 @@ static int add_piece(json_t *o, const struct vocab_view *v, int32_t id)
     const char *p = v->piece(v->ctx, id, &len);
     if (put(o, "text", text_value(p, len)))
         return RC_ENOMEM;
-    if (!utf8_valid(p, len)) {
+    if (!u8_valid(p, len)) {
         json_t *a = json_array();
         if (!a)
             return RC_ENOMEM;
@@ -279,11 +279,11 @@ static json_t *openai_logprobs(const struct tok_details *d, size_t off0,
         for (int j = 0; j < d->k; j++) {
             size_t at = i * (size_t)d->k + (size_t)j, tl;
             const char *tp = v->piece(v->ctx, d->top_id[at], &tl);
-            size_t need = utf8_sanitized_len(tp, tl);
+            size_t need = u8_sanitized_len(tp, tl);
             char key[256];
             if (need >= sizeof key)
                 continue;
-            utf8_sanitize(tp, tl, key, sizeof key);
+            u8_sanitize(tp, tl, key, sizeof key);
             /* Two ids with the same text share a key: keep the first. */
             if (!json_object_get(t, key) && put(t, key, num_or_null(d->top_lp[at])))
                 goto oom;

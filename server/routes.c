@@ -26,7 +26,7 @@
 #include "response.h"
 #include "spill.h"
 #include "state.h"
-#include "utf8.h"
+#include "u8.h"
 
 enum route {
     R_HEALTH,
@@ -598,16 +598,16 @@ static void h_detokenize(struct rq *q)
     req_detokenize_free(&r);
     json_t *res = NULL;
     if (!rc) {
-        size_t need = utf8_sanitized_len(b.p ? b.p : "", b.n);
+        size_t need = u8_sanitized_len(b.p ? b.p : "", b.n);
         char *s = rc_malloc(need + 1);
         if (s) {
-            utf8_sanitize(b.p ? b.p : "", b.n, s, need + 1);
+            u8_sanitize(b.p ? b.p : "", b.n, s, need + 1);
             res = json_object();
             if (res && json_object_set_new(res, "text", json_stringn(s, need))) {
                 json_decref(res);
                 res = NULL;
             }
-            if (res && !utf8_valid(b.p ? b.p : "", b.n))
+            if (res && !u8_valid(b.p ? b.p : "", b.n))
                 json_object_set_new(res, "valid_utf8", json_false());
             rc_free(s);
         }

@@ -13,7 +13,7 @@
 #include "model.h"
 #include "snapshot.h"
 #include "state.h"
-#include "utf8.h"
+#include "u8.h"
 
 /* Rows of logits computed per lm_head call (bounds the logits scratch:
  * LOGIT_ROWS x n_vocab floats, 12.9 MB for a 50k vocabulary). */
@@ -351,14 +351,14 @@ static int stage_token_event(struct sched *s, struct job *j, int32_t id, const c
         if (tok)
             json_object_set_new(tok, "id", json_integer(id));
     }
-    char *san = rc_malloc(utf8_sanitized_len(delta, dlen) + 1);
+    char *san = rc_malloc(u8_sanitized_len(delta, dlen) + 1);
     if (!tok || !san) {
         json_decref(tok);
         rc_free(san);
         json_decref(o);
         return RC_ENOMEM;
     }
-    size_t sl = utf8_sanitize(delta, dlen, san, utf8_sanitized_len(delta, dlen) + 1);
+    size_t sl = u8_sanitize(delta, dlen, san, u8_sanitized_len(delta, dlen) + 1);
     json_object_set_new(o, "type", json_string("token"));
     json_object_set_new(o, "token", tok);
     json_object_set_new(o, "text", json_stringn(san, sl));
@@ -408,13 +408,13 @@ static int stage_final(struct sched *s, struct job *j)
     if (!o)
         return RC_ENOMEM;
     if (rest) {
-        size_t need = utf8_sanitized_len(tail, rest);
+        size_t need = u8_sanitized_len(tail, rest);
         char *san = rc_malloc(need + 1);
         if (!san) {
             json_decref(o);
             return RC_ENOMEM;
         }
-        utf8_sanitize(tail, rest, san, need + 1);
+        u8_sanitize(tail, rest, san, need + 1);
         json_object_set_new(o, "text", json_stringn(san, need));
         rc_free(san);
         r->emitted += rest;
@@ -463,7 +463,7 @@ static size_t stop_scan(struct job *j, int *stopped)
             }
     }
     size_t to = n - hold;
-    return r->emitted + utf8_complete_prefix(t + r->emitted, to - r->emitted);
+    return r->emitted + u8_complete_prefix(t + r->emitted, to - r->emitted);
 }
 
 /* ---- compute side: one job's phases ------------------------------------- */

@@ -15,7 +15,7 @@
 #include "jsonin.h"
 #include "request.h"
 #include "response.h"
-#include "utf8.h"
+#include "u8.h"
 
 static const struct proto_limits LIM = {
     .max_depth = 32,
@@ -342,28 +342,28 @@ static void test_error_body(void **u)
 
 static void test_utf8(void **u)
 {
-    assert_true(utf8_valid("h\xc3\xa9llo \xf0\x9f\x98\x80", 11));
-    assert_false(utf8_valid("\xc0\x80", 2));         /* overlong NUL */
-    assert_false(utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
-    assert_false(utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    assert_false(utf8_valid("\xe2\x82", 2));         /* incomplete */
+    assert_true(u8_valid("h\xc3\xa9llo \xf0\x9f\x98\x80", 11));
+    assert_false(u8_valid("\xc0\x80", 2));         /* overlong NUL */
+    assert_false(u8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(u8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    assert_false(u8_valid("\xe2\x82", 2));         /* incomplete */
     /* an emoji cut after 1..3 bytes is held back */
     const char *smile = "ab\xf0\x9f\x98\x80";
     for (size_t cut = 3; cut < 6; cut++)
-        assert_int_equal(utf8_complete_prefix(smile, cut), 2);
-    assert_int_equal(utf8_complete_prefix(smile, 6), 6);
+        assert_int_equal(u8_complete_prefix(smile, cut), 2);
+    assert_int_equal(u8_complete_prefix(smile, 6), 6);
     /* an invalid byte is not held back (it will never complete) */
-    assert_int_equal(utf8_complete_prefix("a\xff", 2), 2);
+    assert_int_equal(u8_complete_prefix("a\xff", 2), 2);
     char out[32];
-    size_t n = utf8_sanitize("a\xffz\xe2\x82", 5, out, sizeof out);
+    size_t n = u8_sanitize("a\xffz\xe2\x82", 5, out, sizeof out);
     assert_int_equal(n, 1 + 3 + 1 + 3);
     assert_memory_equal(out, "a\xef\xbf\xbdz\xef\xbf\xbd", n);
-    assert_true(utf8_valid(out, n));
+    assert_true(u8_valid(out, n));
     /* one U+FFFD per maximal subpart: two stray continuation bytes are
      * two, a lead with one good continuation then a break is one */
-    n = utf8_sanitize("\x80\x80", 2, out, sizeof out);
+    n = u8_sanitize("\x80\x80", 2, out, sizeof out);
     assert_int_equal(n, 6);
-    n = utf8_sanitize("\xe2\x82(", 3, out, sizeof out);
+    n = u8_sanitize("\xe2\x82(", 3, out, sizeof out);
     assert_int_equal(n, 4);
     /* streaming: sanitising complete-prefix pieces equals the whole */
     unsigned char rnd[4096];
@@ -373,13 +373,13 @@ static void test_utf8(void **u)
         rnd[i] = (unsigned char)(x % 5 == 0 ? 'a' : x >> 24);
     }
     static char whole[16384], pieces[16384];
-    size_t wn = utf8_sanitize((char *)rnd, sizeof rnd, whole, sizeof whole), pn = 0, done = 0;
+    size_t wn = u8_sanitize((char *)rnd, sizeof rnd, whole, sizeof whole), pn = 0, done = 0;
     for (size_t end = 1; end <= sizeof rnd; end += 1 + (end % 3)) {
-        size_t cut = done + utf8_complete_prefix((char *)rnd + done, end - done);
-        pn += utf8_sanitize((char *)rnd + done, cut - done, pieces + pn, sizeof pieces - pn);
+        size_t cut = done + u8_complete_prefix((char *)rnd + done, end - done);
+        pn += u8_sanitize((char *)rnd + done, cut - done, pieces + pn, sizeof pieces - pn);
         done = cut;
     }
-    pn += utf8_sanitize((char *)rnd + done, sizeof rnd - done, pieces + pn, sizeof pieces - pn);
+    pn += u8_sanitize((char *)rnd + done, sizeof rnd - done, pieces + pn, sizeof pieces - pn);
     assert_int_equal(pn, wn);
     assert_memory_equal(pieces, whole, wn);
 }

@@ -1,8 +1,8 @@
-#include "utf8.h"
+#include "u8.h"
 
 #include <string.h>
 
-int utf8_seq_len(const unsigned char *s, size_t n)
+int u8_seq_len(const unsigned char *s, size_t n)
 {
     if (n == 0)
         return -1;
@@ -37,7 +37,7 @@ int utf8_seq_len(const unsigned char *s, size_t n)
     return len;
 }
 
-int utf8_valid(const char *s, size_t n)
+int u8_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
@@ -46,7 +46,7 @@ int utf8_valid(const char *s, size_t n)
             i++;
             continue;
         }
-        int l = utf8_seq_len(p + i, n - i);
+        int l = u8_seq_len(p + i, n - i);
         if (l <= 0)
             return 0;
         i += (size_t)l;
@@ -54,7 +54,7 @@ int utf8_valid(const char *s, size_t n)
     return 1;
 }
 
-size_t utf8_complete_prefix(const char *s, size_t n)
+size_t u8_complete_prefix(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
     /* Only the last 3 bytes can start an incomplete sequence. */
@@ -62,7 +62,7 @@ size_t utf8_complete_prefix(const char *s, size_t n)
     for (size_t i = start; i < n; i++) {
         if (p[i] >= 0x80 && p[i] < 0xC0)
             continue; /* a continuation byte cannot start a sequence */
-        if (utf8_seq_len(p + i, n - i) == -1)
+        if (u8_seq_len(p + i, n - i) == -1)
             return i;
     }
     return n;
@@ -73,7 +73,7 @@ size_t utf8_complete_prefix(const char *s, size_t n)
 static size_t maximal_subpart(const unsigned char *s, size_t n)
 {
     for (size_t k = 2; k <= 4 && k <= n; k++)
-        if (utf8_seq_len(s, k) != -1)
+        if (u8_seq_len(s, k) != -1)
             return k - 1;
     return n < 4 ? n : 1;
 }
@@ -84,7 +84,7 @@ static size_t sanitize(const char *s, size_t n, char *out, size_t cap)
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0, o = 0;
     while (i < n) {
-        int l = utf8_seq_len(p + i, n - i);
+        int l = u8_seq_len(p + i, n - i);
         const char *src;
         size_t take;
         if (l > 0) {
@@ -111,9 +111,9 @@ static size_t sanitize(const char *s, size_t n, char *out, size_t cap)
     return o;
 }
 
-size_t utf8_sanitize(const char *s, size_t n, char *out, size_t cap)
+size_t u8_sanitize(const char *s, size_t n, char *out, size_t cap)
 {
     return sanitize(s, n, out, cap);
 }
 
-size_t utf8_sanitized_len(const char *s, size_t n) { return sanitize(s, n, NULL, 0); }
+size_t u8_sanitized_len(const char *s, size_t n) { return sanitize(s, n, NULL, 0); }
