@@ -3,6 +3,8 @@
  *
  *   recurd score --model DIR --tokens FILE [--json] [--chunk N]
  *   recurd bench [--model DIR | --random NAME | --config FILE] [--json]
+ *   recurd tokenize --tokenizer FILE|DIR [--json]   (text on stdin -> ids)
+ *   recurd detokenize --tokenizer FILE|DIR           (ids on stdin -> text)
  *   recurd version
  */
 #include <stdio.h>
@@ -28,6 +30,8 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
+    {"tokenize", cmd_tokenize, "text on stdin -> token ids (tokenizer.json)"},
+    {"detokenize", cmd_detokenize, "token ids on stdin -> text"},
     {"version", cmd_version, "version and the BLAS kernels in use"},
 };
 
