@@ -5,6 +5,8 @@
  *   recurd bench [--model DIR | --random NAME | --config FILE] [--json]
  *   recurd serve --model DIR [--host H] [--port P] ...   (the HTTP server)
  *   recurd soak ...
+ *   recurd tokenize --tokenizer FILE|DIR [--json]   (text on stdin -> ids)
+ *   recurd detokenize --tokenizer FILE|DIR           (ids on stdin -> text)
  *   recurd version
  */
 #include <jansson.h>
@@ -48,6 +50,8 @@ static const struct {
     {"bench", cmd_bench, "prefill/decode throughput against the sgemm peak"},
     {"effrem", cmd_effrem, "Effective Remembrance curve (TV distance with/without the prefix)"},
     {"soak", cmd_soak, "stream N tokens through one session: memory stays constant"},
+    {"tokenize", cmd_tokenize, "text on stdin -> token ids (tokenizer.json)"},
+    {"detokenize", cmd_detokenize, "token ids on stdin -> text"},
     {"version", cmd_version, "version and the BLAS kernels in use"},
 };
 

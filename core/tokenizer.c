@@ -1,0 +1,844 @@
+/*
+ * tokenizer.c — encoding (one-shot and streaming) and decoding.
+ *
+ * The encoder is the reference's pipeline, run as a chain of stages that each hold
+ * back only what more text could still change:
+ *
+ *   bytes ─► UTF-8 repair ─► [1] added tokens (normalized=false) on the raw text
+ *     (holds ≤ 3 bytes)        (holds a possible token prefix)
+ *       ─► [2] normaliser, per segment between added tokens
+ *          (holds the text after the last normalisation boundary)
+ *         ─► [3] added tokens (normalized=true) on the normalised segment
+ *           ─► [4] pre-tokenizer on the piece between added tokens: step 0's regex
+ *              runs with PCRE2_PARTIAL_HARD, so a match that touches the end of the
+ *              buffer (or whose lookahead would) is not trusted yet; pieces that a
+ *              split behaviour could still extend are held too; the rest of the steps
+ *              and BPE run on complete pieces only.
+ *
+ * A stage's output for the text it releases is the output of the whole-text run
+ * because everything it releases is, by construction, independent of later text;
+ * the streaming tests check this on every golden text at thousands of split points.
+ * tokenizer_encode() is the same chain fed everything at once, with no caps.
+ */
+#include "tokenizer.h"
+
+#include <string.h>
+
+#include "alloc.h"
+#include "errors.h"
+#include "tokenizer_impl.h"
+#include "utf8.h"
+
+/* Stage pumping is amortised: a pump rescans held text, so it runs only once the
+ * input since the last pump is at least as large as what is held (and PUMP_MIN). */
+#define PUMP_MIN 4096
+
+struct match_stage {
+    tok_bytes_t buf;
+    size_t start_offset; /* text before this was released (or is inside a token) */
+    size_t scan;         /* the trie search resumes here */
+    int32_t prev_cp;     /* the character before buf[0] in this sentence, -1: none */
+};
+
+struct leaf_rec {
+    size_t w_off;        /* offset in the window, SIZE_MAX if not a slice of it */
+    size_t len;
+    size_t ids_start, ids_end;
+};
+
+struct tok_encoder {
+    const tokenizer_t *tok;
+    unsigned flags;
+    size_t cap;            /* max_pending */
+    int finished, failed;
+    uint8_t u8[4];         /* an incomplete UTF-8 character carried over */
+    size_t u8_n;
+    struct match_stage s1; /* raw text, added tokens with normalized = false */
+    tok_bytes_t nin;       /* raw text of the current segment, not yet normalised */
+    struct match_stage s3; /* normalised text, added tokens with normalized = true */
+    tok_bytes_t piece;     /* the current piece for the pre-tokenizer */
+    size_t piece_ctx;      /* bytes of left context at the front of piece */
+    int piece_fresh;       /* nothing of this piece seen yet (prefix space pending) */
+    int piece_cont;        /* resumes after a window cut: no prefix space for it */
+    size_t since_pump;     /* bytes fed since the last pump */
+    tok_ids_t ids;         /* output */
+    /* scratch */
+    pt_ranges_t ranges, pieces;
+    pt_ranges_t lr[PT_MAX_STEPS], lp[PT_MAX_STEPS];
+    tok_bytes_t lvl[PT_MAX_STEPS];
+    norm_work_t nw;
+    pretok_work_t pw;
+    int pw_ready;
+    bpe_work_t bw;
+    bpe_cache_t cache;
+    /* window mode (a pre-token longer than cap) */
+    int collect;
+    const uint8_t *win;
+    size_t win_len;
+    tok_ids_t wids;
+    struct leaf_rec *leaves;
+    size_t n_leaves, cap_leaves;
+    char *err;
+    size_t errlen;
+};
+
+/* ---- small helpers -------------------------------------------------------------- */
+
+static int32_t cp_at(const uint8_t *s, size_t i)
+{
+    uint32_t c;
+    utf8_decode(s + i, &c);
+    return (int32_t)c;
+}
+
+static int32_t cp_before(const uint8_t *s, size_t i) { return cp_at(s, utf8_prev(s, i)); }
+
+static int enc_nomem(tok_encoder_t *e) { return rc_fail(e->err, e->errlen, RC_ENOMEM, "out of memory"); }
+
+static int out_id(tok_encoder_t *e, int32_t id)
+{
+    return tok_ids_push(&e->ids, id) ? enc_nomem(e) : 0;
+}
+
+/* ---- BPE leaves and pre-tokenizer steps -------------------------------------------- */
+
+static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
+{
+    const tokenizer_t *tok = e->tok;
+    tok_ids_t *dst = e->collect ? &e->wids : &e->ids;
+    size_t start = dst->n;
+    int rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, dst);
+    if (rc == RC_EFORMAT)
+        return rc_fail(e->err, e->errlen, rc,
+                       "a byte has no token and the unk_token is not in the vocab");
+    if (rc)
+        return enc_nomem(e);
+    if (e->collect) {
+        if (e->n_leaves == e->cap_leaves) {
+            size_t cap = e->cap_leaves ? e->cap_leaves * 2 : 64;
+            struct leaf_rec *l = rc_realloc(e->leaves, cap * sizeof *l);
+            if (!l)
+                return enc_nomem(e);
+            e->leaves = l;
+            e->cap_leaves = cap;
+        }
+        int slice = s >= e->win && s + n <= e->win + e->win_len;
+        e->leaves[e->n_leaves++] =
+            (struct leaf_rec){slice ? (size_t)(s - e->win) : SIZE_MAX, n, start, dst->n};
+    }
+    return 0;
+}
+
+/* Apply pre-tokenizer steps k.. to a complete piece, then BPE. no_prefix: this piece
+ * continues one cut by the window logic, so ByteLevel adds no prefix space to it. */
+static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int no_prefix)
+{
+    const pretok_t *pre = &e->tok->pre;
+    if (n == 0)
+        return 0;
+    if (k == pre->n)
+        return leaf(e, s, n);
+    const pt_step_t *st = &pre->step[k];
+    if (st->kind == PT_BYTELEVEL) {
+        if (st->add_prefix_space && !no_prefix && s[0] != ' ') {
+            tok_bytes_t *b = &e->lvl[k];
+            b->n = 0;
+            if (tok_bytes_append(b, " ", 1) || tok_bytes_append(b, s, n))
+                return enc_nomem(e);
+            s = b->p;
+            n = b->n;
+        }
+        if (!st->use_regex)
+            return steps_from(e, k + 1, s, n, 0);
+    }
+    pt_ranges_t *r = &e->lr[k], *p = &e->lp[k];
+    size_t certain, consumed = 0;
+    r->n = 0;
+    p->n = 0;
+    int rc = pretok_scan(st, &e->pw, s, 0, 0, n, 1, r, &certain, e->err, e->errlen);
+    if (rc)
+        return rc;
+    int behavior = st->kind == PT_SPLIT ? st->behavior : SB_ISOLATED;
+    if (pretok_fold(r->r, r->n, behavior, st->kind == PT_SPLIT && st->invert, 0, p, &consumed))
+        return enc_nomem(e);
+    /* p->r may move if a deeper level reuses... it does not: each level owns lp[k]. */
+    for (size_t i = 0; i < p->n; i++) {
+        rc = steps_from(e, k + 1, s + p->r[i].start, p->r[i].end - p->r[i].start, 0);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- stage 4: the piece between added tokens ---------------------------------------- */
+
+static void piece_reset(tok_encoder_t *e)
+{
+    e->piece.n = 0;
+    e->piece_ctx = 0;
+    e->piece_fresh = 1;
+    e->piece_cont = 0;
+}
+
+static int s4_text(tok_encoder_t *e, const uint8_t *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (e->piece_fresh) {
+        const pt_step_t *st = &e->tok->pre.step[0];
+        e->piece_fresh = 0;
+        if (st->kind == PT_BYTELEVEL && st->add_prefix_space && s[0] != ' ' &&
+            tok_bytes_append(&e->piece, " ", 1))
+            return enc_nomem(e);
+    }
+    return tok_bytes_append(&e->piece, s, n) ? enc_nomem(e) : 0;
+}
+
+/* Emit a complete step-0 sub-piece. */
+static int subpiece(tok_encoder_t *e, const uint8_t *s, size_t n)
+{
+    int cont = e->piece_cont;
+    e->piece_cont = 0;
+    return steps_from(e, 1, s, n, cont);
+}
+
+/* Drop piece bytes before `upto`, keeping the left context the step-0 pattern may
+ * look at (at least one character: ^ and \A must not match at a cut). */
+static void piece_trim(tok_encoder_t *e, size_t upto)
+{
+    const pt_step_t *st = &e->tok->pre.step[0];
+    uint32_t lb = st->lookbehind > 0 ? st->lookbehind : 1;
+    size_t keep = upto;
+    for (uint32_t i = 0; i < lb && keep > 0; i++)
+        keep = utf8_prev(e->piece.p, keep);
+    tok_bytes_drop_front(&e->piece, keep);
+    e->piece_ctx = upto - keep;
+}
+
+/* A held pre-token longer than the cap: encode a window of cap bytes, commit the
+ * tokens before the last token boundary in its first half, keep the rest. */
+static int s4_window(tok_encoder_t *e)
+{
+    const uint8_t *P = e->piece.p;
+    size_t start = e->piece_ctx, len = e->cap;
+    if (len > e->piece.n - start)
+        len = e->piece.n - start;
+    while (len > 0 && start + len < e->piece.n && (P[start + len] & 0xC0) == 0x80)
+        len--; /* end the window on a character boundary */
+    e->collect = 1;
+    e->win = P + start;
+    e->win_len = len;
+    e->wids.n = 0;
+    e->n_leaves = 0;
+    int cont = e->piece_cont;
+    e->piece_cont = 0;
+    int rc = steps_from(e, 1, P + start, len, cont);
+    e->collect = 0;
+    if (rc)
+        return rc;
+    /* Candidate cuts: token boundaries inside leaves that are slices of the window
+     * and whose tokens spell them exactly. */
+    size_t half = len / 2, best = 0, best_ids = 0, first = SIZE_MAX, first_ids = 0;
+    for (size_t li = 0; li < e->n_leaves; li++) {
+        const struct leaf_rec *L = &e->leaves[li];
+        if (L->w_off == SIZE_MAX)
+            continue;
+        size_t off = L->w_off, sum = 0;
+        for (size_t j = L->ids_start; j < L->ids_end; j++) {
+            int32_t id = e->wids.v[j];
+            sum += e->tok->piece_off[id + 1] - e->tok->piece_off[id];
+        }
+        if (sum != L->len)
+            continue;
+        for (size_t j = L->ids_start; j <= L->ids_end; j++) {
+            if (off > 0 && off < len) {
+                if (off <= half && off > best) {
+                    best = off;
+                    best_ids = j;
+                }
+                if (off > half && off < first) {
+                    first = off;
+                    first_ids = j;
+                }
+            }
+            if (j < L->ids_end) {
+                int32_t id = e->wids.v[j];
+                off += e->tok->piece_off[id + 1] - e->tok->piece_off[id];
+            }
+        }
+    }
+    size_t cut = best, n_ids = best_ids;
+    if (cut == 0) {
+        cut = first != SIZE_MAX ? first : len;
+        n_ids = first != SIZE_MAX ? first_ids : e->wids.n;
+    }
+    if (tok_ids_reserve(&e->ids, n_ids))
+        return enc_nomem(e);
+    memcpy(e->ids.v + e->ids.n, e->wids.v, n_ids * sizeof *e->ids.v);
+    e->ids.n += n_ids;
+    piece_trim(e, start + cut);
+    e->piece_cont = 1;
+    return 0;
+}
+
+static int s4_process(tok_encoder_t *e, int final)
+{
+    const tokenizer_t *tok = e->tok;
+    const pt_step_t *st = &tok->pre.step[0];
+    int rc = 0;
+    if (e->piece.n > e->piece_ctx) {
+        if (!tok->first_split) {
+            /* ByteLevel without its regex first: the whole piece is one pre-token. */
+            if (final)
+                rc = subpiece(e, e->piece.p + e->piece_ctx, e->piece.n - e->piece_ctx);
+        } else {
+            size_t certain, consumed = e->piece_ctx;
+            e->ranges.n = 0;
+            e->pieces.n = 0;
+            rc = pretok_scan(st, &e->pw, e->piece.p, 0, e->piece_ctx, e->piece.n, final,
+                             &e->ranges, &certain, e->err, e->errlen);
+            if (!rc && pretok_fold(e->ranges.r, e->ranges.n,
+                                   st->kind == PT_SPLIT ? st->behavior : SB_ISOLATED,
+                                   st->kind == PT_SPLIT && st->invert, !final, &e->pieces,
+                                   &consumed))
+                rc = enc_nomem(e);
+            for (size_t i = 0; !rc && i < e->pieces.n; i++)
+                rc = subpiece(e, e->piece.p + e->pieces.r[i].start,
+                              e->pieces.r[i].end - e->pieces.r[i].start);
+            if (!rc && !final)
+                piece_trim(e, consumed);
+        }
+    }
+    if (rc)
+        return rc;
+    if (final) {
+        piece_reset(e);
+        return 0;
+    }
+    while (e->piece.n - e->piece_ctx > e->cap)
+        if ((rc = s4_window(e)))
+            return rc;
+    return 0;
+}
+
+static int s4_end(tok_encoder_t *e) { return s4_process(e, 1); }
+
+/* ---- stages 1 and 3: added tokens ---------------------------------------------------- */
+
+static void stage_reset(struct match_stage *st)
+{
+    st->buf.n = 0;
+    st->start_offset = st->scan = 0;
+    st->prev_cp = -1;
+}
+
+typedef int (*text_fn)(tok_encoder_t *, const uint8_t *, size_t);
+typedef int (*token_fn)(tok_encoder_t *, int32_t);
+
+/* The reference's AddedVocabulary::find_matches over st->buf, incrementally.
+ * final: the sentence ends at the end of the buffer. force: release everything as if
+ * it did, but keep the sentence going (only when the held text passed the cap). */
+static int match_run(tok_encoder_t *e, const tok_matcher_t *m, struct match_stage *st,
+                     int final, int force, text_fn text, token_fn token)
+{
+    const tokenizer_t *tok = e->tok;
+    const uint8_t *b = st->buf.p;
+    size_t n = st->buf.n, hold = n;
+    int fin = final || force;
+    int rc;
+    for (;;) {
+        size_t ms = 0, me = 0;
+        int32_t v = -1;
+        int r = trie_find(&m->trie, b, n, st->scan, fin, &ms, &me, &v);
+        if (r == TRIE_LIVE) {
+            hold = ms;
+            break;
+        }
+        if (r == TRIE_NONE)
+            break;
+        const tok_added_t *a = &tok->added[v];
+        if ((e->flags & TOK_ENCODE_NO_SPECIAL) && (a->flags & ADDF_SPECIAL)) {
+            st->scan = me;
+            continue;
+        }
+        if (a->flags & ADDF_SINGLE_WORD) {
+            if (me == n && !fin) {
+                hold = ms;
+                break;
+            }
+            int32_t before = ms > 0 ? cp_before(b, ms) : st->prev_cp;
+            int start_ok = before < 0 || !pretok_is_word((uint32_t)before);
+            int stop_ok = me == n || !pretok_is_word((uint32_t)cp_at(b, me));
+            if (!start_ok || !stop_ok) {
+                st->scan = me;
+                continue;
+            }
+        }
+        size_t start = ms, stop = me;
+        if (a->flags & ADDF_LSTRIP) {
+            size_t ws = ms;
+            while (ws > 0 && pretok_is_space((uint32_t)cp_before(b, ws)))
+                ws = utf8_prev(b, ws);
+            start = ws > st->start_offset ? ws : st->start_offset;
+        }
+        if (a->flags & ADDF_RSTRIP) {
+            while (stop < n && pretok_is_space((uint32_t)cp_at(b, stop))) {
+                uint32_t c;
+                stop += (size_t)utf8_decode(b + stop, &c);
+            }
+            if (stop == n && !fin) {
+                hold = ms;
+                break;
+            }
+        }
+        if (st->start_offset < start && (rc = text(e, b + st->start_offset, start - st->start_offset)))
+            return rc;
+        if ((rc = token(e, a->id)))
+            return rc;
+        st->start_offset = stop;
+        st->scan = me;
+    }
+    if (final) {
+        if (st->start_offset < n && (rc = text(e, b + st->start_offset, n - st->start_offset)))
+            return rc;
+        stage_reset(st);
+        return 0;
+    }
+    /* A later lstrip token could claim whitespace that ends the released text. */
+    if (m->any_lstrip && !force)
+        while (hold > st->start_offset && pretok_is_space((uint32_t)cp_before(b, hold)))
+            hold = utf8_prev(b, hold);
+    if (hold > st->start_offset) {
+        if ((rc = text(e, b + st->start_offset, hold - st->start_offset)))
+            return rc;
+        st->start_offset = hold;
+    }
+    size_t keep = st->start_offset < st->scan ? st->start_offset : st->scan;
+    if (keep > n)
+        keep = n;
+    if (keep > 0) {
+        st->prev_cp = cp_before(b, keep);
+        tok_bytes_drop_front(&st->buf, keep);
+        st->start_offset -= keep;
+        st->scan -= keep;
+    }
+    return 0;
+}
+
+static int s3_token(tok_encoder_t *e, int32_t id)
+{
+    int rc = s4_end(e);
+    return rc ? rc : out_id(e, id);
+}
+
+/* Stage 2: normalise the raw segment text into stage 3's buffer. */
+static int s2_flush(tok_encoder_t *e, int final)
+{
+    size_t p = final ? e->nin.n : norm_stable_len(&e->tok->norm, e->nin.p, e->nin.n);
+    if (!final && p == 0 && e->nin.n > e->cap)
+        p = utf8_prev(e->nin.p, e->nin.n); /* an endless run of combining marks */
+    if (p == 0)
+        return 0;
+    int rc = norm_append(&e->tok->norm, &e->nw, e->nin.p, p, &e->s3.buf);
+    if (rc)
+        return rc == RC_ENOMEM ? enc_nomem(e) : rc_fail(e->err, e->errlen, rc, "normaliser failed");
+    tok_bytes_drop_front(&e->nin, p);
+    return 0;
+}
+
+static int s3_run(tok_encoder_t *e, int final)
+{
+    const tok_matcher_t *m = &e->tok->norm_match;
+    int rc = match_run(e, m, &e->s3, final, 0, s4_text, s3_token);
+    if (!rc && !final && e->s3.buf.n > e->cap)
+        rc = match_run(e, m, &e->s3, 0, 1, s4_text, s3_token);
+    return rc;
+}
+
+static int s1_text(tok_encoder_t *e, const uint8_t *s, size_t n)
+{
+    return tok_bytes_append(&e->nin, s, n) ? enc_nomem(e) : 0;
+}
+
+/* A raw-text added token ends the segment: flush stages 2-4, then emit it. */
+static int s1_token(tok_encoder_t *e, int32_t id)
+{
+    int rc = s2_flush(e, 1);
+    if (!rc)
+        rc = s3_run(e, 1);
+    if (!rc)
+        rc = s4_end(e);
+    return rc ? rc : out_id(e, id);
+}
+
+static int pump(tok_encoder_t *e, int final)
+{
+    const tok_matcher_t *m = &e->tok->raw_match;
+    int rc = match_run(e, m, &e->s1, final, 0, s1_text, s1_token);
+    if (!rc && !final && e->s1.buf.n > e->cap)
+        rc = match_run(e, m, &e->s1, 0, 1, s1_text, s1_token);
+    if (!rc)
+        rc = s2_flush(e, final);
+    if (!rc)
+        rc = s3_run(e, final);
+    if (!rc)
+        rc = final ? s4_end(e) : s4_process(e, 0);
+    e->since_pump = 0;
+    return rc;
+}
+
+/* ---- encoder API ---------------------------------------------------------------------- */
+
+int tok_encoder_create(const tokenizer_t *tok, const tok_encoder_opts_t *opts,
+                       tok_encoder_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    tok_encoder_t *e = rc_calloc(1, sizeof *e);
+    if (!e)
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    e->tok = tok;
+    e->flags = opts ? opts->flags : 0;
+    e->cap = opts && opts->max_pending ? opts->max_pending : TOK_ENCODER_DEFAULT_MAX_PENDING;
+    if (e->cap < 256)
+        e->cap = 256; /* windows must hold several tokens */
+    stage_reset(&e->s1);
+    stage_reset(&e->s3);
+    piece_reset(e);
+    if (tok->kind == TOK_KIND_BPE) {
+        if (pretok_work_init(&e->pw, &tok->pre)) {
+            tok_encoder_free(e);
+            return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+        }
+        e->pw_ready = 1;
+    }
+    *out = e;
+    return 0;
+}
+
+void tok_encoder_reset(tok_encoder_t *e)
+{
+    e->finished = e->failed = 0;
+    e->u8_n = 0;
+    stage_reset(&e->s1);
+    stage_reset(&e->s3);
+    e->nin.n = 0;
+    piece_reset(e);
+    e->ids.n = 0;
+    e->since_pump = 0;
+}
+
+static int repair_into(tok_encoder_t *e, const uint8_t *s, size_t n, int final, size_t *used)
+{
+    if (tok_bytes_reserve(&e->s1.buf, n * 3 + 3))
+        return enc_nomem(e);
+    e->s1.buf.n += utf8_repair(s, n, final, e->s1.buf.p + e->s1.buf.n, used);
+    return 0;
+}
+
+static int feed_bytes(tok_encoder_t *e, const uint8_t *s, size_t n)
+{
+    size_t used;
+    if (e->tok->kind == TOK_KIND_BYTES) {
+        if (tok_ids_reserve(&e->ids, n))
+            return enc_nomem(e);
+        for (size_t i = 0; i < n; i++)
+            e->ids.v[e->ids.n++] = s[i];
+        return 0;
+    }
+    if (e->u8_n) {
+        uint8_t t[8];
+        size_t k = n < 3 ? n : 3;
+        memcpy(t, e->u8, e->u8_n);
+        memcpy(t + e->u8_n, s, k);
+        size_t m = e->u8_n + k;
+        if (repair_into(e, t, m, 0, &used))
+            return RC_ENOMEM;
+        if (used < e->u8_n) { /* still incomplete */
+            memcpy(e->u8, t, m);
+            e->u8_n = m;
+            return 0;
+        }
+        s += used - e->u8_n;
+        n -= used - e->u8_n;
+        e->u8_n = 0;
+    }
+    if (repair_into(e, s, n, 0, &used))
+        return RC_ENOMEM;
+    memcpy(e->u8, s + used, n - used);
+    e->u8_n = n - used;
+    e->since_pump += n;
+    return 0;
+}
+
+int tok_encoder_feed(tok_encoder_t *e, const void *bytes, size_t len, char *err, size_t errlen)
+{
+    e->err = err;
+    e->errlen = errlen;
+    if (e->failed)
+        return rc_fail(err, errlen, RC_EINVAL, "encoder failed earlier; reset it");
+    if (e->finished)
+        return rc_fail(err, errlen, RC_EINVAL, "encoder finished; reset it first");
+    int rc = feed_bytes(e, bytes, len);
+    if (!rc && e->tok->kind == TOK_KIND_BPE) {
+        size_t held = tok_encoder_pending_bytes(e);
+        if (e->since_pump >= PUMP_MIN && e->since_pump * 2 >= held)
+            rc = pump(e, 0);
+    }
+    if (rc)
+        e->failed = 1;
+    return rc;
+}
+
+int tok_encoder_finish(tok_encoder_t *e, char *err, size_t errlen)
+{
+    e->err = err;
+    e->errlen = errlen;
+    if (e->failed)
+        return rc_fail(err, errlen, RC_EINVAL, "encoder failed earlier; reset it");
+    if (e->finished)
+        return 0;
+    int rc = 0;
+    if (e->tok->kind == TOK_KIND_BPE) {
+        if (e->u8_n) {
+            size_t used;
+            rc = repair_into(e, e->u8, e->u8_n, 1, &used);
+            e->u8_n = 0;
+        }
+        if (!rc)
+            rc = pump(e, 1);
+    }
+    if (rc)
+        e->failed = 1;
+    else
+        e->finished = 1;
+    return rc;
+}
+
+const int32_t *tok_encoder_ids(const tok_encoder_t *e, size_t *n)
+{
+    *n = e->ids.n;
+    return e->ids.v;
+}
+
+void tok_encoder_take(tok_encoder_t *e, size_t n)
+{
+    if (n >= e->ids.n) {
+        e->ids.n = 0;
+        return;
+    }
+    memmove(e->ids.v, e->ids.v + n, (e->ids.n - n) * sizeof *e->ids.v);
+    e->ids.n -= n;
+}
+
+size_t tok_encoder_pending_bytes(const tok_encoder_t *e)
+{
+    return e->u8_n + e->s1.buf.n + e->nin.n + e->s3.buf.n + (e->piece.n - e->piece_ctx);
+}
+
+void tok_encoder_free(tok_encoder_t *e)
+{
+    if (!e)
+        return;
+    tok_bytes_free(&e->s1.buf);
+    tok_bytes_free(&e->nin);
+    tok_bytes_free(&e->s3.buf);
+    tok_bytes_free(&e->piece);
+    tok_ids_free(&e->ids);
+    tok_ids_free(&e->wids);
+    pt_ranges_free(&e->ranges);
+    pt_ranges_free(&e->pieces);
+    for (int i = 0; i < PT_MAX_STEPS; i++) {
+        pt_ranges_free(&e->lr[i]);
+        pt_ranges_free(&e->lp[i]);
+        tok_bytes_free(&e->lvl[i]);
+    }
+    norm_work_free(&e->nw);
+    if (e->pw_ready)
+        pretok_work_free(&e->pw);
+    bpe_work_free(&e->bw);
+    bpe_cache_free(&e->cache);
+    rc_free(e->leaves);
+    rc_free(e);
+}
+
+int tokenizer_encode(const tokenizer_t *tok, const char *text, size_t len, unsigned flags,
+                     int32_t **ids, size_t *n_ids, char *err, size_t errlen)
+{
+    *ids = NULL;
+    *n_ids = 0;
+    tok_encoder_t *e;
+    tok_encoder_opts_t o = {flags, SIZE_MAX};
+    int rc = tok_encoder_create(tok, &o, &e, err, errlen);
+    if (rc)
+        return rc;
+    e->err = err;
+    e->errlen = errlen;
+    rc = feed_bytes(e, (const uint8_t *)text, len);
+    if (!rc)
+        rc = tok_encoder_finish(e, err, errlen);
+    if (!rc) {
+        *ids = e->ids.v;
+        *n_ids = e->ids.n;
+        e->ids.v = NULL;
+        e->ids.n = e->ids.cap = 0;
+    }
+    tok_encoder_free(e);
+    return rc;
+}
+
+/* ---- decoding ------------------------------------------------------------------------- */
+
+static int check_id(const tokenizer_t *tok, int32_t id)
+{
+    return id >= 0 && id < tok->n_ids;
+}
+
+int tokenizer_decode(const tokenizer_t *tok, const int32_t *ids, size_t n, unsigned flags,
+                     char **text, size_t *len, char *err, size_t errlen)
+{
+    *text = NULL;
+    *len = 0;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!check_id(tok, ids[i]))
+            return rc_fail(err, errlen, RC_EINVAL, "id %zu (%ld) is not in [0, %d)", i,
+                           (long)ids[i], (int)tok->n_ids);
+        if ((flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[ids[i]] & TOKF_SPECIAL))
+            continue;
+        total += tok->piece_off[ids[i] + 1] - tok->piece_off[ids[i]];
+    }
+    uint8_t *raw = rc_malloc(total ? total : 1);
+    size_t cap;
+    if (!raw || __builtin_mul_overflow(total, 3, &cap)) {
+        rc_free(raw);
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    }
+    uint8_t *out = rc_malloc(cap + 1);
+    if (!out) {
+        rc_free(raw);
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if ((flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[ids[i]] & TOKF_SPECIAL))
+            continue;
+        uint32_t a = tok->piece_off[ids[i]], b = tok->piece_off[ids[i] + 1];
+        memcpy(raw + o, tok->piece_pool + a, b - a);
+        o += b - a;
+    }
+    size_t used;
+    size_t m = utf8_repair(raw, total, 1, out, &used);
+    rc_free(raw);
+    out[m] = 0;
+    *text = (char *)out;
+    *len = m;
+    return 0;
+}
+
+struct tok_decoder {
+    const tokenizer_t *tok;
+    unsigned flags;
+    uint8_t pend[4];
+    size_t pend_n;
+    tok_bytes_t in, out;
+};
+
+int tok_decoder_create(const tokenizer_t *tok, unsigned flags, tok_decoder_t **out, char *err,
+                       size_t errlen)
+{
+    *out = rc_calloc(1, sizeof **out);
+    if (!*out)
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    (*out)->tok = tok;
+    (*out)->flags = flags;
+    return 0;
+}
+
+int tok_decoder_feed(tok_decoder_t *d, int32_t id, const char **text, size_t *len, char *err,
+                     size_t errlen)
+{
+    const tokenizer_t *tok = d->tok;
+    *text = "";
+    *len = 0;
+    if (!check_id(tok, id))
+        return rc_fail(err, errlen, RC_EINVAL, "id %ld is not in [0, %d)", (long)id,
+                       (int)tok->n_ids);
+    if ((d->flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[id] & TOKF_SPECIAL))
+        return 0;
+    uint32_t a = tok->piece_off[id], b = tok->piece_off[id + 1];
+    d->in.n = 0;
+    d->out.n = 0;
+    if (tok_bytes_append(&d->in, d->pend, d->pend_n) ||
+        tok_bytes_append(&d->in, tok->piece_pool + a, b - a) ||
+        tok_bytes_reserve(&d->out, d->in.n * 3 + 1))
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    size_t used;
+    d->out.n = utf8_repair(d->in.p, d->in.n, 0, d->out.p, &used);
+    d->pend_n = d->in.n - used;
+    memcpy(d->pend, d->in.p + used, d->pend_n);
+    d->out.p[d->out.n] = 0;
+    *text = (const char *)d->out.p;
+    *len = d->out.n;
+    return 0;
+}
+
+int tok_decoder_flush(tok_decoder_t *d, const char **text, size_t *len)
+{
+    *text = "";
+    *len = 0;
+    if (d->pend_n == 0)
+        return 0;
+    if (tok_bytes_reserve(&d->out, 16))
+        return RC_ENOMEM;
+    size_t used;
+    d->out.n = utf8_repair(d->pend, d->pend_n, 1, d->out.p, &used);
+    d->out.p[d->out.n] = 0;
+    d->pend_n = 0;
+    *text = (const char *)d->out.p;
+    *len = d->out.n;
+    return 0;
+}
+
+void tok_decoder_free(tok_decoder_t *d)
+{
+    if (!d)
+        return;
+    tok_bytes_free(&d->in);
+    tok_bytes_free(&d->out);
+    rc_free(d);
+}
+
+/* ---- facts ------------------------------------------------------------------------------ */
+
+int32_t tokenizer_vocab_size(const tokenizer_t *tok) { return tok->n_ids; }
+
+int32_t tokenizer_eos_id(const tokenizer_t *tok) { return tok->eos_id; }
+
+int tokenizer_token_bytes(const tokenizer_t *tok, int32_t id, const char **bytes, size_t *len)
+{
+    if (!check_id(tok, id))
+        return RC_EINVAL;
+    *bytes = (const char *)tok->piece_pool + tok->piece_off[id];
+    *len = tok->piece_off[id + 1] - tok->piece_off[id];
+    return 0;
+}
+
+int tokenizer_is_special(const tokenizer_t *tok, int32_t id)
+{
+    return check_id(tok, id) && (tok->id_flags[id] & TOKF_SPECIAL) ? 1 : 0;
+}
+
+int32_t tokenizer_find_token(const tokenizer_t *tok, const char *s, size_t n)
+{
+    if (tok->kind == TOK_KIND_BYTES)
+        return n == 1 ? (uint8_t)s[0] : -1;
+    for (size_t i = 0; i < tok->n_added; i++) {
+        int32_t id = tok->added[i].id;
+        uint32_t a = tok->piece_off[id], b = tok->piece_off[id + 1];
+        if (b - a == n && !memcmp(tok->piece_pool + a, s, n))
+            return id;
+    }
+    return n ? bpe_find_word(&tok->bpe, (const uint8_t *)s, n) : -1;
+}
+
+const char *tokenizer_describe(const tokenizer_t *tok) { return tok->desc; }

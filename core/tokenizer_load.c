@@ -1,0 +1,926 @@
+/*
+ * tokenizer_load.c — tokenizer.json -> tokenizer_t.
+ *
+ * Follows the reference's deserialisation (tokenizers 0.23: tokenizer/serialization.rs,
+ * models/bpe/serialization.rs, added_vocabulary.rs) and checks what it checks, plus what
+ * a server must not trust: sizes are capped, ids must be unique and in range, merges
+ * must name vocab entries, and every component we would not run like the reference is
+ * refused by name instead of being approximated.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "alloc.h"
+#include "errors.h"
+#include "tokenizer_impl.h"
+#include "utf8.h"
+
+#define MAX_JSON_DEPTH_STEPS 16
+
+/* ---- the byte-level alphabet (GPT-2's bytes_to_unicode) ------------------------ */
+
+/* Byte b is shown as code point byte_cp(b); printable Latin-1 bytes stand for
+ * themselves, the other 68 take 256, 257, ... in byte order. */
+static void byte_alphabet(uint32_t cp_of[256], int16_t byte_of[324])
+{
+    for (int i = 0; i < 324; i++)
+        byte_of[i] = -1;
+    int n = 0;
+    for (int b = 0; b < 256; b++) {
+        int keep = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+        cp_of[b] = keep ? (uint32_t)b : (uint32_t)(256 + n++);
+        byte_of[cp_of[b]] = (int16_t)b;
+    }
+}
+
+struct loader {
+    json_t *root, *vocab;
+    tokenizer_t *tok;
+    char *err;
+    size_t errlen;
+    uint32_t cp_of[256];
+    int16_t byte_of[324];
+    tok_bytes_t scratch;
+    int32_t n_vocab_entries;
+};
+
+/* The bytes a token string stands for: all characters in the byte alphabet -> those
+ * bytes; otherwise its UTF-8 as is (the reference's ByteLevel decoder does the same,
+ * per token). Appends to out; returns 1 if the string was byte-level. */
+static int token_bytes(const struct loader *L, const char *s, size_t n, tok_bytes_t *out,
+                       int *nomem)
+{
+    size_t start = out->n;
+    *nomem = 0;
+    if (tok_bytes_reserve(out, n)) {
+        *nomem = 1;
+        return 0;
+    }
+    size_t i = 0;
+    while (i < n) {
+        uint32_t c;
+        int k = utf8_decode((const uint8_t *)s + i, &c);
+        if (c >= 324 || L->byte_of[c] < 0) {
+            out->n = start;
+            memcpy(out->p + out->n, s, n);
+            out->n += n;
+            return 0;
+        }
+        out->p[out->n++] = (uint8_t)L->byte_of[c];
+        i += (size_t)k;
+    }
+    return 1;
+}
+
+static int fail(struct loader *L, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(struct loader *L, int code, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return rc_fail(L->err, L->errlen, code, "tokenizer.json: %s", buf);
+}
+
+static int nomem(struct loader *L) { return rc_fail(L->err, L->errlen, RC_ENOMEM, "out of memory"); }
+
+/* Short, printable rendering of a JSON string for error messages. */
+static const char *clip(const char *s, char buf[48])
+{
+    size_t i = 0;
+    for (; s[i] && i < 40; i++)
+        buf[i] = (s[i] >= 0x20 && s[i] < 0x7F) ? s[i] : '?';
+    buf[i] = 0;
+    if (s[i])
+        strcpy(buf + i, "...");
+    return buf;
+}
+
+static const char *type_of(json_t *o)
+{
+    json_t *t = json_is_object(o) ? json_object_get(o, "type") : NULL;
+    return json_is_string(t) ? json_string_value(t) : NULL;
+}
+
+/* Optional boolean: absent or null -> dflt. */
+static int get_bool(struct loader *L, json_t *o, const char *key, int dflt, int *out,
+                    const char *where)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!json_is_boolean(v))
+        return fail(L, RC_EFORMAT, "%s: \"%s\" is not a boolean", where, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* Vocab id of a string, -1 if absent. */
+static int32_t vocab_id(const struct loader *L, const char *s, size_t n)
+{
+    json_t *v = json_object_getn(L->vocab, s, n);
+    return v ? (int32_t)json_integer_value(v) : -1;
+}
+
+/* ---- normaliser ------------------------------------------------------------------- */
+
+static int parse_norm(struct loader *L, json_t *j, int depth)
+{
+    norm_t *nm = &L->tok->norm;
+    if (!j || json_is_null(j))
+        return 0;
+    const char *t = type_of(j);
+    if (!t)
+        return fail(L, RC_EFORMAT, "normalizer has no \"type\"");
+    if (depth > MAX_JSON_DEPTH_STEPS)
+        return fail(L, RC_ERANGE, "normalizer nested too deeply");
+    int form = !strcmp(t, "NFC") ? NORM_NFC : !strcmp(t, "NFKC") ? NORM_NFKC
+             : !strcmp(t, "NFD") ? NORM_NFD : !strcmp(t, "NFKD") ? NORM_NFKD : 0;
+    if (form) {
+        if (nm->n == NORM_MAX_STEPS)
+            return fail(L, RC_ERANGE, "more than 8 normalizers");
+        nm->form[nm->n++] = (uint8_t)form;
+        nm->compat |= form == NORM_NFKC || form == NORM_NFKD;
+        nm->compose |= form == NORM_NFC || form == NORM_NFKC;
+        return 0;
+    }
+    if (!strcmp(t, "Sequence")) {
+        json_t *arr = json_object_get(j, "normalizers");
+        if (!json_is_array(arr))
+            return fail(L, RC_EFORMAT, "normalizer Sequence without a \"normalizers\" array");
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            int rc = parse_norm(L, json_array_get(arr, i), depth + 1);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    char b[48];
+    return fail(L, RC_EUNSUPPORTED,
+                "normalizer '%s' is not supported (NFC, NFKC, NFD, NFKD, Sequence)", clip(t, b));
+}
+
+/* ---- pre-tokenizer ------------------------------------------------------------------ */
+
+static int parse_pre(struct loader *L, json_t *j, int depth)
+{
+    pretok_t *pre = &L->tok->pre;
+    const char *t = type_of(j);
+    char b[48];
+    if (!t)
+        return fail(L, RC_EFORMAT, "pre_tokenizer has no \"type\"");
+    if (depth > MAX_JSON_DEPTH_STEPS)
+        return fail(L, RC_ERANGE, "pre_tokenizer nested too deeply");
+    if (!strcmp(t, "Sequence")) {
+        json_t *arr = json_object_get(j, "pretokenizers");
+        if (!json_is_array(arr))
+            return fail(L, RC_EFORMAT, "pre_tokenizer Sequence without \"pretokenizers\"");
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            int rc = parse_pre(L, json_array_get(arr, i), depth + 1);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    if (pre->n == PT_MAX_STEPS)
+        return fail(L, RC_ERANGE, "more than 8 pre-tokenizer steps");
+    if (pre->n > 0 && pre->step[pre->n - 1].kind == PT_BYTELEVEL)
+        return fail(L, RC_EUNSUPPORTED,
+                    "pre_tokenizer '%s' after ByteLevel is not supported (it would see "
+                    "byte-level characters)", clip(t, b));
+    pt_step_t *st = &pre->step[pre->n];
+    memset(st, 0, sizeof *st);
+    int rc;
+    if (!strcmp(t, "ByteLevel")) {
+        json_t *aps = json_object_get(j, "add_prefix_space");
+        if (!json_is_boolean(aps))
+            return fail(L, RC_EFORMAT, "ByteLevel pre_tokenizer: \"add_prefix_space\" missing "
+                        "or not a boolean");
+        st->kind = PT_BYTELEVEL;
+        st->add_prefix_space = json_is_true(aps);
+        if ((rc = get_bool(L, j, "use_regex", 1, &st->use_regex, "ByteLevel pre_tokenizer")))
+            return rc;
+        if (st->use_regex &&
+            (rc = pretok_regex_compile(pre, PRETOK_GPT2_PATTERN, strlen(PRETOK_GPT2_PATTERN), 0,
+                                       st, L->err, L->errlen)))
+            return rc;
+        pre->n++;
+        return 0;
+    }
+    if (!strcmp(t, "Split")) {
+        json_t *pat = json_object_get(j, "pattern");
+        json_t *beh = json_object_get(j, "behavior");
+        json_t *ps = json_is_object(pat) ? json_object_get(pat, "Regex") : NULL;
+        int literal = 0;
+        if (!ps && json_is_object(pat)) {
+            ps = json_object_get(pat, "String");
+            literal = 1;
+        }
+        if (!json_is_string(ps) || json_object_size(pat) != 1)
+            return fail(L, RC_EFORMAT, "Split: \"pattern\" must be {\"Regex\": ...} or "
+                        "{\"String\": ...}");
+        const char *bv = json_is_string(beh) ? json_string_value(beh) : "";
+        st->kind = PT_SPLIT;
+        st->behavior = !strcmp(bv, "Removed") ? SB_REMOVED : !strcmp(bv, "Isolated") ? SB_ISOLATED
+                     : !strcmp(bv, "MergedWithPrevious") ? SB_MERGED_PREV
+                     : !strcmp(bv, "MergedWithNext") ? SB_MERGED_NEXT
+                     : !strcmp(bv, "Contiguous") ? SB_CONTIGUOUS : 0;
+        if (!st->behavior)
+            return fail(L, RC_EFORMAT, "Split: unknown \"behavior\" '%s'", clip(bv, b));
+        if ((rc = get_bool(L, j, "invert", 0, &st->invert, "Split")))
+            return rc;
+        size_t plen = json_string_length(ps);
+        if (plen > 65536)
+            return fail(L, RC_ERANGE, "Split pattern longer than 64 KiB");
+        if ((rc = pretok_regex_compile(pre, json_string_value(ps), plen, literal, st, L->err,
+                                       L->errlen)))
+            return rc;
+        pre->n++;
+        return 0;
+    }
+    return fail(L, RC_EUNSUPPORTED,
+                "pre_tokenizer '%s' is not supported (ByteLevel, Split, Sequence)", clip(t, b));
+}
+
+/* ---- post-processor and decoder --------------------------------------------------- */
+
+static int check_post(struct loader *L, json_t *j, int depth)
+{
+    char b[48];
+    if (!j || json_is_null(j))
+        return 0;
+    const char *t = type_of(j);
+    if (!t)
+        return fail(L, RC_EFORMAT, "post_processor has no \"type\"");
+    if (depth > MAX_JSON_DEPTH_STEPS)
+        return fail(L, RC_ERANGE, "post_processor nested too deeply");
+    if (!strcmp(t, "ByteLevel"))
+        return 0; /* it only trims offsets */
+    if (!strcmp(t, "Sequence")) {
+        json_t *arr = json_object_get(j, "processors");
+        if (!json_is_array(arr))
+            return fail(L, RC_EFORMAT, "post_processor Sequence without \"processors\"");
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            int rc = check_post(L, json_array_get(arr, i), depth + 1);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    if (!strcmp(t, "TemplateProcessing")) {
+        /* Only the template that is the sequence itself: [$A]. */
+        json_t *single = json_object_get(j, "single");
+        json_t *e0 = json_array_get(single, 0);
+        json_t *seq = json_is_object(e0) ? json_object_get(e0, "Sequence") : NULL;
+        json_t *sid = json_is_object(seq) ? json_object_get(seq, "id") : NULL;
+        if (json_array_size(single) == 1 && json_is_string(sid) &&
+            !strcmp(json_string_value(sid), "A"))
+            return 0;
+        return fail(L, RC_EUNSUPPORTED,
+                    "post_processor TemplateProcessing adds tokens around the text: not "
+                    "supported (recurd encodes the text alone)");
+    }
+    return fail(L, RC_EUNSUPPORTED,
+                "post_processor '%s' is not supported (ByteLevel, TemplateProcessing of $A "
+                "alone, Sequence)", clip(t, b));
+}
+
+static int check_decoder(struct loader *L, json_t *j, int depth)
+{
+    char b[48];
+    if (!j || json_is_null(j))
+        return fail(L, RC_EUNSUPPORTED, "no decoder: only the ByteLevel decoder is supported");
+    const char *t = type_of(j);
+    if (!t)
+        return fail(L, RC_EFORMAT, "decoder has no \"type\"");
+    if (!strcmp(t, "ByteLevel"))
+        return 0;
+    if (!strcmp(t, "Sequence") && depth < MAX_JSON_DEPTH_STEPS) {
+        json_t *arr = json_object_get(j, "decoders");
+        if (json_is_array(arr) && json_array_size(arr) == 1)
+            return check_decoder(L, json_array_get(arr, 0), depth + 1);
+    }
+    return fail(L, RC_EUNSUPPORTED, "decoder '%s' is not supported (ByteLevel)", clip(t, b));
+}
+
+/* ---- added tokens -------------------------------------------------------------------- */
+
+struct added_in {
+    const char *content;
+    size_t len;
+    int32_t id;
+    int special, normalized, lstrip, rstrip, single_word;
+    int owned; /* content was replaced by an rc_malloc'ed normalised copy */
+};
+
+static int same_props(const struct added_in *a, const struct added_in *b)
+{
+    return a->len == b->len && !memcmp(a->content, b->content, a->len) &&
+           a->special == b->special && a->normalized == b->normalized &&
+           a->lstrip == b->lstrip && a->rstrip == b->rstrip && a->single_word == b->single_word;
+}
+
+/* Parse added_tokens and assign ids as the reference does: a content already known
+ * (added before, or in the model vocab) keeps its id, a new one takes the next id
+ * after the vocab. The file's "id" must agree. Result in *out (rc_free), indexed by
+ * slot; by_id maps id -> slot. */
+static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
+{
+    json_t *arr = json_object_get(L->root, "added_tokens");
+    *out = NULL;
+    *n_out = 0;
+    if (!arr || json_is_null(arr))
+        return 0;
+    if (!json_is_array(arr))
+        return fail(L, RC_EFORMAT, "\"added_tokens\" is not an array");
+    size_t n = json_array_size(arr);
+    if (n > 1 << 20)
+        return fail(L, RC_ERANGE, "more than 2^20 added tokens");
+    struct added_in *v = rc_calloc(n ? n : 1, sizeof *v);
+    json_t *map = json_object(); /* content -> slot */
+    if (!v || !map) {
+        rc_free(v);
+        json_decref(map);
+        return nomem(L);
+    }
+    int64_t next_id = L->n_vocab_entries;
+    size_t cnt = 0;
+    int rc = 0;
+    char idb[32];
+    for (size_t i = 0; i < n && !rc; i++) {
+        json_t *o = json_array_get(arr, i);
+        json_t *c = json_object_get(o, "content"), *id = json_object_get(o, "id");
+        snprintf(idb, sizeof idb, "%zu", i);
+        if (!json_is_object(o) || !json_is_string(c) || !json_is_integer(id)) {
+            rc = fail(L, RC_EFORMAT, "added_tokens[%s] needs a string \"content\" and an "
+                      "integer \"id\"", idb);
+            break;
+        }
+        struct added_in a = {json_string_value(c), json_string_length(c), 0, 0, 0, 0, 0, 0, 0};
+        json_int_t fid = json_integer_value(id);
+        if ((rc = get_bool(L, o, "special", 0, &a.special, "added token")) ||
+            (rc = get_bool(L, o, "normalized", !a.special, &a.normalized, "added token")) ||
+            (rc = get_bool(L, o, "lstrip", 0, &a.lstrip, "added token")) ||
+            (rc = get_bool(L, o, "rstrip", 0, &a.rstrip, "added token")) ||
+            (rc = get_bool(L, o, "single_word", 0, &a.single_word, "added token")))
+            break;
+        if (a.len == 0)
+            continue; /* the reference ignores empty tokens */
+        if (a.len > TOKENIZER_MAX_TOKEN_BYTES) {
+            rc = fail(L, RC_ERANGE, "added_tokens[%s] is longer than 4096 bytes", idb);
+            break;
+        }
+        json_t *slot = json_object_getn(map, a.content, a.len);
+        if (slot && same_props(&v[json_integer_value(slot)], &a))
+            continue;
+        int64_t nid;
+        if (slot)
+            nid = v[json_integer_value(slot)].id;
+        else if ((nid = vocab_id(L, a.content, a.len)) < 0)
+            nid = next_id++;
+        if (fid != nid || nid >= TOKENIZER_MAX_IDS) {
+            char b[48], msg[64];
+            snprintf(msg, sizeof msg, "%lld, the reference gives it %lld", (long long)fid,
+                     (long long)nid);
+            rc = fail(L, RC_EFORMAT, "added token '%s' has id %s", clip(a.content, b), msg);
+            break;
+        }
+        a.id = (int32_t)nid;
+        if (slot) {
+            v[json_integer_value(slot)] = a; /* the later properties win */
+        } else {
+            v[cnt] = a;
+            json_t *num = json_integer((json_int_t)cnt);
+            if (!num || json_object_setn_new(map, a.content, a.len, num)) {
+                rc = nomem(L);
+                break;
+            }
+            cnt++;
+        }
+    }
+    json_decref(map);
+    if (rc) {
+        rc_free(v);
+        return rc;
+    }
+    *out = v;
+    *n_out = cnt;
+    return 0;
+}
+
+/* ---- the model -------------------------------------------------------------------------- */
+
+static int parse_merges(struct loader *L, json_t *merges, tok_bytes_t *cat)
+{
+    tokenizer_t *tok = L->tok;
+    size_t n = json_array_size(merges);
+    if (n > TOKENIZER_MAX_MERGES)
+        return fail(L, RC_ERANGE, "more than 2^23 merges");
+    int kind = 0; /* 1 strings, 2 pairs */
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(merges, i);
+        int k = json_is_string(m) ? 1 : json_is_array(m) ? 2 : 0;
+        if (!k || (kind && k != kind))
+            return fail(L, RC_EFORMAT, "merges must be all \"a b\" strings or all [\"a\", \"b\"] "
+                        "pairs");
+        kind = k;
+    }
+    if (bpe_init(&tok->bpe, n))
+        return nomem(L);
+    uint32_t rank = 0;
+    char idx[32];
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(merges, i);
+        const char *a, *b;
+        size_t al, bl;
+        snprintf(idx, sizeof idx, "%zu", i);
+        if (kind == 1) {
+            const char *s = json_string_value(m);
+            size_t len = json_string_length(m);
+            if (len >= 8 && !memcmp(s, "#version", 8))
+                continue; /* header line of merges.txt */
+            const char *sp = memchr(s, ' ', len);
+            if (!sp || memchr(sp + 1, ' ', len - (size_t)(sp + 1 - s)))
+                return fail(L, RC_EFORMAT, "merges[%s] is not two tokens separated by one "
+                            "space", idx);
+            a = s;
+            al = (size_t)(sp - s);
+            b = sp + 1;
+            bl = len - al - 1;
+        } else {
+            json_t *x = json_array_get(m, 0), *y = json_array_get(m, 1);
+            if (json_array_size(m) != 2 || !json_is_string(x) || !json_is_string(y))
+                return fail(L, RC_EFORMAT, "merges[%s] is not a pair of strings", idx);
+            a = json_string_value(x);
+            al = json_string_length(x);
+            b = json_string_value(y);
+            bl = json_string_length(y);
+        }
+        int32_t ia = vocab_id(L, a, al), ib = vocab_id(L, b, bl);
+        cat->n = 0;
+        if (tok_bytes_append(cat, a, al) || tok_bytes_append(cat, b, bl))
+            return nomem(L);
+        int32_t in = vocab_id(L, (const char *)cat->p, cat->n);
+        if (ia < 0 || ib < 0 || in < 0) {
+            char cb[48];
+            if (ia < 0 || ib < 0) {
+                cat->n = 0;
+                if (tok_bytes_append(cat, ia < 0 ? a : b, ia < 0 ? al : bl))
+                    return nomem(L);
+            }
+            if (tok_bytes_append(cat, "", 1))
+                return nomem(L);
+            return fail(L, RC_EFORMAT, "merges[%s] names a token that is not in the vocab: "
+                        "'%s'", idx, clip((const char *)cat->p, cb));
+        }
+        int rc = bpe_add_merge(&tok->bpe, ia, ib, rank++, in);
+        if (rc)
+            return rc == RC_ENOMEM ? nomem(L) : fail(L, rc, "merge table full");
+    }
+    tok->n_merges = rank;
+    return 0;
+}
+
+static int parse_model_opts(struct loader *L, json_t *model)
+{
+    tokenizer_t *tok = L->tok;
+    json_t *v;
+    char b[48];
+    v = json_object_get(model, "dropout");
+    if (v && !json_is_null(v)) {
+        if (!json_is_number(v))
+            return fail(L, RC_EFORMAT, "BPE dropout is not a number");
+        if (json_number_value(v) != 0.0)
+            return fail(L, RC_EUNSUPPORTED, "BPE dropout is not supported (random merges)");
+    }
+    const char *keys[2] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    for (int i = 0; i < 2; i++) {
+        v = json_object_get(model, keys[i]);
+        if (v && !json_is_null(v) && !json_is_string(v))
+            return fail(L, RC_EFORMAT, "BPE %s is not a string", keys[i]);
+        if (json_is_string(v) && json_string_length(v) > 0)
+            return fail(L, RC_EUNSUPPORTED, "BPE %s '%s' is not supported", keys[i],
+                        clip(json_string_value(v), b));
+    }
+    int byte_fallback = 0, rc;
+    if ((rc = get_bool(L, model, "fuse_unk", 0, &tok->bpe.fuse_unk, "BPE")) ||
+        (rc = get_bool(L, model, "byte_fallback", 0, &byte_fallback, "BPE")) ||
+        (rc = get_bool(L, model, "ignore_merges", 0, &tok->bpe.ignore_merges, "BPE")))
+        return rc;
+    v = json_object_get(model, "unk_token");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v))
+            return fail(L, RC_EFORMAT, "BPE unk_token is not a string");
+        tok->bpe.unk_id = vocab_id(L, json_string_value(v), json_string_length(v));
+        tok->bpe.unk_missing = tok->bpe.unk_id < 0;
+    }
+    /* Initial symbols of each byte. */
+    bpe_t *bp = &tok->bpe;
+    unsigned off = 0;
+    for (int x = 0; x < 256; x++) {
+        uint8_t ch[4];
+        int k = utf8_encode(L->cp_of[x], ch);
+        bp->byte_sym_off[x] = (uint16_t)off;
+        int32_t id = vocab_id(L, (const char *)ch, (size_t)k);
+        if (id >= 0) {
+            bp->byte_kind[x] = BPE_BYTE_VOCAB;
+            bp->byte_sym_ids[off++] = id;
+            continue;
+        }
+        if (byte_fallback) {
+            int32_t ids[4];
+            int ok = 1;
+            for (int j = 0; j < k && ok; j++) {
+                char name[8];
+                snprintf(name, sizeof name, "<0x%02X>", ch[j]);
+                ids[j] = vocab_id(L, name, strlen(name));
+                ok = ids[j] >= 0;
+            }
+            if (ok) {
+                bp->byte_kind[x] = BPE_BYTE_FALLBACK;
+                for (int j = 0; j < k; j++)
+                    bp->byte_sym_ids[off++] = ids[j];
+                continue;
+            }
+        }
+        bp->byte_kind[x] = BPE_BYTE_NONE;
+    }
+    bp->byte_sym_off[256] = (uint16_t)off;
+    return 0;
+}
+
+/* ---- assembly ---------------------------------------------------------------------------- */
+
+static int build(struct loader *L)
+{
+    tokenizer_t *tok = L->tok;
+    json_t *root = L->root;
+    char b[48];
+    int rc;
+    if (!json_is_object(root))
+        return fail(L, RC_EFORMAT, "the top level is not an object");
+    json_t *ver = json_object_get(root, "version");
+    if (ver && !(json_is_string(ver) && !strcmp(json_string_value(ver), "1.0")))
+        return fail(L, RC_EUNSUPPORTED, "unknown \"version\" (only \"1.0\")");
+    json_t *model = json_object_get(root, "model");
+    if (!json_is_object(model))
+        return fail(L, RC_EFORMAT, "no \"model\" object");
+    const char *mt = type_of(model);
+    if (mt && strcmp(mt, "BPE"))
+        return fail(L, RC_EUNSUPPORTED, "model '%s' is not supported (BPE only)", clip(mt, b));
+    L->vocab = json_object_get(model, "vocab");
+    json_t *merges = json_object_get(model, "merges");
+    if (!json_is_object(L->vocab) || !json_is_array(merges))
+        return fail(L, RC_EFORMAT, "BPE model needs a \"vocab\" object and a \"merges\" array");
+
+    /* Vocab: ids unique, in range. */
+    size_t nv = json_object_size(L->vocab);
+    if (nv > TOKENIZER_MAX_IDS)
+        return fail(L, RC_ERANGE, "vocab has more than 2^22 entries");
+    L->n_vocab_entries = (int32_t)nv;
+    const char *key;
+    size_t klen;
+    json_t *val;
+    int64_t max_id = -1;
+    json_object_keylen_foreach(L->vocab, key, klen, val)
+    {
+        if (!json_is_integer(val) || json_integer_value(val) < 0 ||
+            json_integer_value(val) >= TOKENIZER_MAX_IDS)
+            return fail(L, json_is_integer(val) ? RC_ERANGE : RC_EFORMAT,
+                        "vocab entry '%s': id is not an integer in [0, 2^22)", clip(key, b));
+        if (klen > 2 * TOKENIZER_MAX_TOKEN_BYTES)
+            return fail(L, RC_ERANGE, "vocab entry '%s' is too long", clip(key, b));
+        if (json_integer_value(val) > max_id)
+            max_id = json_integer_value(val);
+    }
+
+    /* Components, so an unsupported one is reported before the heavy work. */
+    if ((rc = parse_norm(L, json_object_get(root, "normalizer"), 0)))
+        return rc;
+    json_t *pre = json_object_get(root, "pre_tokenizer");
+    if (!pre || json_is_null(pre))
+        return fail(L, RC_EUNSUPPORTED, "no pre_tokenizer: only byte-level BPE (a ByteLevel "
+                    "pre-tokenizer) is supported");
+    if ((rc = parse_pre(L, pre, 0)))
+        return rc;
+    if (tok->pre.n == 0 || tok->pre.step[tok->pre.n - 1].kind != PT_BYTELEVEL)
+        return fail(L, RC_EUNSUPPORTED, "pre_tokenizer has no ByteLevel step: only byte-level "
+                    "BPE is supported");
+    tok->first_split = tok->pre.step[0].kind == PT_SPLIT || tok->pre.step[0].use_regex;
+    if ((rc = check_post(L, json_object_get(root, "post_processor"), 0)) ||
+        (rc = check_decoder(L, json_object_get(root, "decoder"), 0)))
+        return rc;
+
+    struct added_in *add = NULL;
+    size_t n_add = 0;
+    if ((rc = parse_added(L, &add, &n_add)))
+        return rc;
+    for (size_t i = 0; i < n_add; i++)
+        if (add[i].id > max_id)
+            max_id = add[i].id;
+    if (max_id < 0) {
+        rc_free(add);
+        return fail(L, RC_EFORMAT, "empty vocab");
+    }
+    tok->n_ids = (int32_t)(max_id + 1);
+
+    /* Per id: what it decodes to, and flags. Vocab first, added tokens override (the
+     * reference looks up added tokens first). */
+    int32_t *slot_of = rc_malloc((size_t)tok->n_ids * sizeof *slot_of);
+    const char **str = rc_calloc((size_t)tok->n_ids, sizeof *str);
+    size_t *slen = rc_calloc((size_t)tok->n_ids, sizeof *slen);
+    tok->id_flags = rc_calloc((size_t)tok->n_ids, 1);
+    tok->piece_off = rc_malloc(((size_t)tok->n_ids + 1) * sizeof *tok->piece_off);
+    tok->added = rc_calloc(n_add ? n_add : 1, sizeof *tok->added);
+    tok_bytes_t pool = {0}, normed = {0};
+    norm_work_t nw = {0};
+    json_t *special = json_object();
+    if (!slot_of || !str || !slen || !tok->id_flags || !tok->piece_off || !tok->added ||
+        !special) {
+        rc = nomem(L);
+        goto out;
+    }
+    for (int32_t i = 0; i < tok->n_ids; i++)
+        slot_of[i] = -1;
+    json_object_keylen_foreach(L->vocab, key, klen, val)
+    {
+        int32_t id = (int32_t)json_integer_value(val);
+        if (str[id]) {
+            char b2[48];
+            rc = fail(L, RC_EFORMAT, "vocab entries '%s' and '%s' share one id", clip(str[id], b),
+                      clip(key, b2));
+            goto out;
+        }
+        str[id] = key;
+        slen[id] = klen;
+        tok->id_flags[id] = TOKF_PRESENT;
+    }
+    trie_init(&tok->raw_match.trie);
+    trie_init(&tok->norm_match.trie);
+    for (size_t i = 0; i < n_add; i++) {
+        struct added_in *a = &add[i];
+        tok_added_t *t = &tok->added[i];
+        t->id = a->id;
+        t->flags = (uint8_t)((a->special ? ADDF_SPECIAL : 0) | (a->lstrip ? ADDF_LSTRIP : 0) |
+                             (a->rstrip ? ADDF_RSTRIP : 0) | (a->single_word ? ADDF_SINGLE_WORD : 0));
+        slot_of[a->id] = (int32_t)i;
+        tok->id_flags[a->id] |= TOKF_PRESENT | TOKF_ADDED;
+        if (a->special &&
+            json_object_setn_new(special, a->content, a->len, json_true()))
+            goto oom;
+        /* The pattern, and the string the decoder sees: the normalised content for
+         * normalized tokens (the reference's normalized_cache), else the content. */
+        const uint8_t *pat = (const uint8_t *)a->content;
+        size_t plen = a->len;
+        if (a->normalized && tok->norm.n) {
+            normed.n = 0;
+            if (!utf8_valid(pat, plen) ||
+                norm_append(&tok->norm, &nw, pat, plen, &normed))
+                goto oom;
+            pat = normed.p;
+            plen = normed.n;
+            char *copy = rc_malloc(plen + 1);
+            if (!copy)
+                goto oom;
+            memcpy(copy, pat, plen);
+            copy[plen] = 0;
+            a->content = copy;
+            a->len = plen;
+            a->owned = 1;
+        }
+        tok_matcher_t *m = a->normalized ? &tok->norm_match : &tok->raw_match;
+        rc = trie_add(&m->trie, pat, plen, (int32_t)i);
+        if (rc == RC_EFORMAT) {
+            rc = fail(L, RC_EFORMAT, "two added tokens match the same text '%s'", clip(a->content, b));
+            goto out;
+        }
+        if (rc)
+            goto oom;
+        m->any_lstrip |= a->lstrip;
+        m->any_rstrip |= a->rstrip;
+        m->any_single_word |= a->single_word;
+        str[a->id] = a->content;
+        slen[a->id] = a->len;
+    }
+    tok->n_added = n_add;
+
+    /* Decode bytes and the bytes -> id table. */
+    if (bpe_words_init(&tok->bpe, nv))
+        goto oom;
+    for (int32_t id = 0; id < tok->n_ids; id++) {
+        tok->piece_off[id] = (uint32_t)pool.n;
+        if (!str[id])
+            continue;
+        int nm;
+        size_t before = pool.n;
+        int bytelevel = token_bytes(L, str[id], slen[id], &pool, &nm);
+        if (nm)
+            goto oom;
+        if (pool.n > UINT32_MAX) {
+            rc = fail(L, RC_ERANGE, "vocab strings too large");
+            goto out;
+        }
+        if (pool.n - before > tok->max_piece)
+            tok->max_piece = pool.n - before;
+        if (json_object_getn(special, str[id], slen[id]))
+            tok->id_flags[id] |= TOKF_SPECIAL;
+        if (bytelevel && slot_of[id] < 0 && pool.n > before) {
+            int wrc = bpe_add_word(&tok->bpe, pool.p + before, pool.n - before, id);
+            if (wrc)
+                goto oom;
+        }
+    }
+    tok->piece_off[tok->n_ids] = (uint32_t)pool.n;
+    tok->piece_pool = pool.p;
+    pool.p = NULL;
+
+    tok->eos_id = -1;
+    {
+        json_t *eos = NULL;
+        for (size_t i = 0; i < n_add && tok->eos_id < 0; i++)
+            if (add[i].len == 13 && !memcmp(add[i].content, "<|endoftext|>", 13))
+                tok->eos_id = add[i].id;
+        if (tok->eos_id < 0 && (eos = json_object_get(L->vocab, "<|endoftext|>")))
+            tok->eos_id = (int32_t)json_integer_value(eos);
+    }
+
+    if ((rc = parse_model_opts(L, model)))
+        goto out;
+    {
+        tok_bytes_t cat = {0};
+        rc = parse_merges(L, merges, &cat);
+        tok_bytes_free(&cat);
+        if (rc)
+            goto out;
+    }
+    snprintf(tok->desc, sizeof tok->desc,
+             "BPE %d ids, %zu merges, %s%s, %s%s, %zu added tokens", (int)tok->n_ids,
+             tok->n_merges, tok->norm.n == 0 ? "no normaliser" : tok->norm.compat ? "NFK" : "NF",
+             tok->norm.n == 0 ? "" : tok->norm.compose ? "C" : "D",
+             tok->pre.step[0].kind == PT_SPLIT ? "Split+" : "",
+             "ByteLevel", tok->n_added);
+    rc = 0;
+    goto out;
+oom:
+    rc = nomem(L);
+out:
+    for (size_t i = 0; i < n_add; i++)
+        if (add[i].owned)
+            rc_free((void *)add[i].content);
+    rc_free(add);
+    rc_free(slot_of);
+    rc_free(str);
+    rc_free(slen);
+    tok_bytes_free(&pool);
+    tok_bytes_free(&normed);
+    norm_work_free(&nw);
+    json_decref(special);
+    return rc;
+}
+
+tokenizer_t *tokenizer_alloc(int kind)
+{
+    tokenizer_t *tok = rc_calloc(1, sizeof *tok);
+    if (tok) {
+        tok->kind = kind;
+        tok->eos_id = -1;
+        tok->bpe.unk_id = -1;
+        trie_init(&tok->raw_match.trie);
+        trie_init(&tok->norm_match.trie);
+    }
+    return tok;
+}
+
+int tokenizer_load_json(const char *json, size_t len, tokenizer_t **out, char *err,
+                        size_t errlen)
+{
+    *out = NULL;
+    if (len > TOKENIZER_MAX_FILE_BYTES)
+        return rc_fail(err, errlen, RC_ERANGE, "tokenizer.json larger than %zu bytes",
+                       TOKENIZER_MAX_FILE_BYTES);
+    json_error_t je;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return rc_fail(err, errlen, RC_EFORMAT, "tokenizer.json: %s (line %d, column %d)",
+                       je.text, je.line, je.column);
+    struct loader L = {0};
+    L.root = root;
+    L.err = err;
+    L.errlen = errlen;
+    byte_alphabet(L.cp_of, L.byte_of);
+    L.tok = tokenizer_alloc(TOK_KIND_BPE);
+    int rc = L.tok ? build(&L) : nomem(&L);
+    json_decref(root);
+    if (rc) {
+        tokenizer_free(L.tok);
+        return rc;
+    }
+    *out = L.tok;
+    return 0;
+}
+
+int tokenizer_load_file(const char *path, tokenizer_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return rc_fail(err, errlen, RC_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return rc_fail(err, errlen, RC_EIO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > TOKENIZER_MAX_FILE_BYTES) {
+        fclose(f);
+        return rc_fail(err, errlen, RC_ERANGE, "%s: larger than %zu bytes", path,
+                       TOKENIZER_MAX_FILE_BYTES);
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = rc_malloc(n ? n : 1);
+    if (!buf) {
+        fclose(f);
+        return rc_fail(err, errlen, RC_ENOMEM, "%s: out of memory", path);
+    }
+    size_t got = fread(buf, 1, n, f);
+    fclose(f);
+    if (got != n) {
+        rc_free(buf);
+        return rc_fail(err, errlen, RC_EIO, "%s: short read", path);
+    }
+    int rc = tokenizer_load_json(buf, n, out, err, errlen);
+    rc_free(buf);
+    if (rc && err && errlen) {
+        /* Say which file. */
+        char tmp[512];
+        snprintf(tmp, sizeof tmp, "%s: %s", path, err);
+        snprintf(err, errlen, "%s", tmp);
+    }
+    return rc;
+}
+
+int tokenizer_create_bytes(tokenizer_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    tokenizer_t *tok = tokenizer_alloc(TOK_KIND_BYTES);
+    if (!tok)
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    tok->n_ids = 256;
+    tok->piece_off = rc_malloc(257 * sizeof *tok->piece_off);
+    tok->piece_pool = rc_malloc(256);
+    tok->id_flags = rc_malloc(256);
+    if (!tok->piece_off || !tok->piece_pool || !tok->id_flags) {
+        tokenizer_free(tok);
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < 256; i++) {
+        tok->piece_off[i] = (uint32_t)i;
+        tok->piece_pool[i] = (uint8_t)i;
+        tok->id_flags[i] = TOKF_PRESENT;
+    }
+    tok->piece_off[256] = 256;
+    tok->max_piece = 1;
+    snprintf(tok->desc, sizeof tok->desc, "bytes (no tokenizer.json): 256 ids, id = byte");
+    *out = tok;
+    return 0;
+}
+
+int tokenizer_load_dir(const char *dir, tokenizer_t **out, int *fallback, char *err,
+                       size_t errlen)
+{
+    char path[4096];
+    *out = NULL;
+    if (fallback)
+        *fallback = 0;
+    if ((size_t)snprintf(path, sizeof path, "%s/tokenizer.json", dir) >= sizeof path)
+        return rc_fail(err, errlen, RC_EINVAL, "model directory path too long");
+    struct stat st;
+    if (stat(path, &st) != 0 && errno == ENOENT) {
+        if (fallback)
+            *fallback = 1;
+        return tokenizer_create_bytes(out, err, errlen);
+    }
+    return tokenizer_load_file(path, out, err, errlen);
+}
+
+void tokenizer_free(tokenizer_t *tok)
+{
+    if (!tok)
+        return;
+    rc_free(tok->piece_off);
+    rc_free(tok->piece_pool);
+    rc_free(tok->id_flags);
+    rc_free(tok->added);
+    trie_free(&tok->raw_match.trie);
+    trie_free(&tok->norm_match.trie);
+    pretok_free(&tok->pre);
+    bpe_free(&tok->bpe);
+    rc_free(tok);
+}
