@@ -2,19 +2,19 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "alloc.h"
 #include "errors.h"
+#include "tokenizer.h"
 
 struct codec {
-    int kind_bpe;
-    int vocab_size;
-    char bytes[256]; /* byte-level: piece of id b is bytes[b] */
+    tokenizer_t *tok;
+    int fallback;      /* byte-level: no tokenizer.json */
 };
 
 struct codec_enc {
-    const struct codec *c;
+    tok_encoder_t *e;
+    int finished;
 };
 
 int idvec_push(struct idvec *iv, int32_t id)
@@ -31,57 +31,94 @@ int idvec_push(struct idvec *iv, int32_t id)
     return 0;
 }
 
+static int idvec_append(struct idvec *iv, const int32_t *ids, size_t n)
+{
+    if (iv->n + n > iv->cap) {
+        size_t nc = iv->cap ? iv->cap : 256;
+        while (nc < iv->n + n)
+            nc *= 2;
+        int32_t *nv = rc_realloc(iv->v, nc * sizeof *nv);
+        if (!nv)
+            return RC_ENOMEM;
+        iv->v = nv;
+        iv->cap = nc;
+    }
+    if (n)
+        memcpy(iv->v + iv->n, ids, n * sizeof *ids);
+    iv->n += n;
+    return 0;
+}
+
 void idvec_free(struct idvec *iv)
 {
     rc_free(iv->v);
     memset(iv, 0, sizeof *iv);
 }
 
-int codec_load(const char *model_dir, int vocab_size, struct codec **out, char *err,
-               size_t errlen)
+int codec_load(const char *model_dir, int vocab_size, int n_rows, struct codec **out,
+               char *err, size_t errlen)
 {
-    char path[4096];
-    struct stat st;
-    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
-    if (stat(path, &st) == 0)
-        return rc_fail(err, errlen, RC_EUNSUPPORTED,
-                       "%s: tokenizer.json support needs core/tokenizer (not merged yet)", path);
-    if (vocab_size < 256)
-        return rc_fail(err, errlen, RC_EUNSUPPORTED,
-                       "%s: no tokenizer.json, and the byte-level fallback needs a vocabulary "
-                       "of at least 256 ids (the model has %d)", model_dir, vocab_size);
     struct codec *c = rc_calloc(1, sizeof *c);
     if (!c)
         return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-    c->vocab_size = vocab_size;
-    for (int i = 0; i < 256; i++)
-        c->bytes[i] = (char)i;
+    char e[384];
+    int rc = tokenizer_load_dir(model_dir, &c->tok, &c->fallback, e, sizeof e);
+    if (rc) {
+        rc_free(c);
+        return rc_fail(err, errlen, rc, "%s/tokenizer.json: %s", model_dir, e);
+    }
+    int32_t ids = tokenizer_vocab_size(c->tok);
+    if (c->fallback && vocab_size < 256) {
+        codec_free(c);
+        return rc_fail(err, errlen, RC_EUNSUPPORTED,
+                       "%s: no tokenizer.json, and the byte-level fallback needs a vocabulary "
+                       "of at least 256 ids (the model has %d)", model_dir, vocab_size);
+    }
+    if (ids > n_rows) {
+        /* an id the tokenizer can produce would have no embedding row */
+        codec_free(c);
+        return rc_fail(err, errlen, RC_EMISMATCH,
+                       "%s/tokenizer.json has %d ids, the model only %d embedding rows",
+                       model_dir, (int)ids, n_rows);
+    }
     *out = c;
     return 0;
 }
 
-void codec_free(struct codec *c) { rc_free(c); }
+void codec_free(struct codec *c)
+{
+    if (!c)
+        return;
+    tokenizer_free(c->tok);
+    rc_free(c);
+}
 
-const char *codec_kind(const struct codec *c) { return c->kind_bpe ? "bpe" : "byte"; }
+const char *codec_kind(const struct codec *c) { return c->fallback ? "byte" : "bpe"; }
 
-int32_t codec_eos(const struct codec *c) { return -1; }
+const char *codec_describe(const struct codec *c) { return tokenizer_describe(c->tok); }
+
+int32_t codec_eos(const struct codec *c) { return tokenizer_eos_id(c->tok); }
 
 const char *codec_piece(const struct codec *c, int32_t id, size_t *len)
 {
-    if (id >= 0 && id < 256) {
-        *len = 1;
-        return &c->bytes[id];
+    const char *b;
+    if (tokenizer_token_bytes(c->tok, id, &b, len) != 0) {
+        *len = 0; /* a model row the tokenizer has no token for */
+        return "";
     }
-    *len = 0; /* ids past the byte range have no text in the fallback */
-    return "";
+    return b;
 }
 
 int codec_encode(const struct codec *c, const char *text, size_t len, struct idvec *out)
 {
-    for (size_t i = 0; i < len; i++)
-        if (idvec_push(out, (unsigned char)text[i]) != 0)
-            return RC_ENOMEM;
-    return 0;
+    int32_t *ids;
+    size_t n;
+    int rc = tokenizer_encode(c->tok, text, len, 0, &ids, &n, NULL, 0);
+    if (rc)
+        return rc;
+    rc = idvec_append(out, ids, n);
+    rc_free(ids);
+    return rc;
 }
 
 int codec_enc_create(const struct codec *c, struct codec_enc **out)
@@ -89,15 +126,41 @@ int codec_enc_create(const struct codec *c, struct codec_enc **out)
     struct codec_enc *e = rc_calloc(1, sizeof *e);
     if (!e)
         return RC_ENOMEM;
-    e->c = c;
+    int rc = tok_encoder_create(c->tok, NULL, &e->e, NULL, 0);
+    if (rc) {
+        rc_free(e);
+        return rc;
+    }
     *out = e;
     return 0;
 }
 
-void codec_enc_free(struct codec_enc *e) { rc_free(e); }
+void codec_enc_free(struct codec_enc *e)
+{
+    if (!e)
+        return;
+    tok_encoder_free(e->e);
+    rc_free(e);
+}
 
 int codec_enc_feed(struct codec_enc *e, const char *bytes, size_t n, int final,
                    struct idvec *out)
 {
-    return codec_encode(e->c, bytes, n, out);
+    int rc = 0;
+    if (n)
+        rc = tok_encoder_feed(e->e, bytes, n, NULL, 0);
+    if (!rc && final && !e->finished) {
+        rc = tok_encoder_finish(e->e, NULL, 0);
+        e->finished = 1;
+    }
+    if (rc)
+        return rc;
+    size_t k;
+    const int32_t *ids = tok_encoder_ids(e->e, &k);
+    if ((rc = idvec_append(out, ids, k)) != 0)
+        return rc;
+    tok_encoder_take(e->e, k);
+    return 0;
 }
+
+size_t codec_enc_pending(const struct codec_enc *e) { return tok_encoder_pending_bytes(e->e); }

@@ -2,9 +2,8 @@
  * codec.h — text <-> token ids for the server, whatever the model ships.
  *
  * A model directory with tokenizer.json gets its byte-level BPE tokenizer
- * (core/tokenizer.h, once that module lands); one without gets the
- * byte-level fallback: id b is byte b (the model's vocabulary must have at
- * least 256 ids). Either way a token's text is a string of bytes (possibly
+ * (core/tokenizer.h); one without gets the byte-level fallback: id b is
+ * byte b (the model's vocabulary must have at least 256 ids). Either way a token's text is a string of bytes (possibly
  * part of a UTF-8 character), and decoding a sequence is the concatenation
  * of its tokens' bytes; the server holds back incomplete characters itself
  * (proto/u8.h).
@@ -24,13 +23,16 @@
 struct codec;
 struct codec_enc;
 
-/* Load the codec for a model directory. vocab_size is the model's. */
-int codec_load(const char *model_dir, int vocab_size, struct codec **out, char *err,
-               size_t errlen);
+/* Load the codec for a model directory. vocab_size and n_rows are the
+ * model's (ids a tokenizer may produce, embedding rows): a tokenizer with
+ * ids beyond the rows is refused (RC_EMISMATCH). */
+int codec_load(const char *model_dir, int vocab_size, int n_rows, struct codec **out,
+               char *err, size_t errlen);
 void codec_free(struct codec *c);
 
-/* "bpe" or "byte". */
+/* "bpe" or "byte", and one line describing the tokenizer. */
 const char *codec_kind(const struct codec *c);
+const char *codec_describe(const struct codec *c);
 /* End-of-text id, or -1 when the codec has none. */
 int32_t codec_eos(const struct codec *c);
 /* Bytes of one id (not NUL-terminated); id must be valid. */
@@ -52,5 +54,7 @@ int codec_enc_create(const struct codec *c, struct codec_enc **out);
 void codec_enc_free(struct codec_enc *e);
 int codec_enc_feed(struct codec_enc *e, const char *bytes, size_t n, int final,
                    struct idvec *out);
+/* Bytes held back (an incomplete pre-token). */
+size_t codec_enc_pending(const struct codec_enc *e);
 
 #endif

@@ -877,7 +877,8 @@ static int load(struct sched *s)
     s->d_model = c->d_model;
     s->n_vocab = c->n_vocab;
     s->vocab = c->vocab_size;
-    if ((rc = codec_load(s->model_dir, c->vocab_size, &s->codec, err, sizeof err)) != 0) {
+    if ((rc = codec_load(s->model_dir, c->vocab_size, c->n_vocab, &s->codec, err, sizeof err)) !=
+        0) {
         snprintf(s->error, sizeof s->error, "%s", err);
         return rc;
     }
