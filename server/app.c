@@ -200,9 +200,9 @@ static void on_signal(uv_signal_t *s, int signum)
 
 int cmd_serve(int argc, char **argv)
 {
-    struct config cfg;
+    struct options cfg;
     char err[512];
-    int rc = config_load(&cfg, argc, argv, NULL, stdout, err, sizeof err);
+    int rc = options_load(&cfg, argc, argv, NULL, stdout, err, sizeof err);
     if (rc == 1)
         return 0;
     if (rc < 0) {
@@ -309,7 +309,7 @@ int cmd_serve(int argc, char **argv)
     uv_loop_close(&loop);
     store_free(a.snapshots);
     store_free(a.states);
-    config_free(&cfg);
+    options_free(&cfg);
     return a.exit_code;
 
 out_early:
@@ -323,6 +323,6 @@ out_early:
     uv_loop_close(&loop);
     store_free(a.snapshots);
     store_free(a.states);
-    config_free(&cfg);
+    options_free(&cfg);
     return a.exit_code;
 }

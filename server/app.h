@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 #include "http.h"
 #include "metrics.h"
 #include "request.h"
@@ -24,7 +24,7 @@ struct codec;
 enum app_state { APP_LOADING = 0, APP_READY, APP_DRAINING, APP_FAILED };
 
 struct app {
-    const struct config *cfg;
+    const struct options *cfg;
     uv_loop_t *loop;
     struct http *http;
     struct sched *sched;
@@ -43,7 +43,7 @@ struct app {
     int drain_cancelled;             /* drain timeout hit: work was cancelled */
     int stopping;                    /* teardown started */
     int exit_code;
-    uint64_t key_owner[CONFIG_MAX_KEYS]; /* owner id of each API key */
+    uint64_t key_owner[OPTIONS_MAX_KEYS]; /* owner id of each API key */
     struct proto_limits lim;
     /* the model, once loaded (immutable) */
     const struct model *m;

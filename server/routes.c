@@ -1337,7 +1337,7 @@ static int method_bit(const char *m)
  * which key nor how much of one matched. */
 static int auth_owner(struct app *a, struct http_req *h, uint64_t *owner)
 {
-    const struct config *c = a->cfg;
+    const struct options *c = a->cfg;
     *owner = 0;
     if (c->n_api_keys == 0)
         return 0;

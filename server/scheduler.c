@@ -500,9 +500,13 @@ static int encode_taken(struct sched *s, struct job *j)
     struct job_run *r = j->run;
     if (!j->streamed || (r->taken.n == 0 && !r->took_final) || r->input_eof)
         return 0;
-    /* compact what has been read so the vector does not grow forever */
-    if (r->off == r->pending.n)
-        r->pending.n = r->off = 0;
+    /* drop what has been read, so a stream of any length keeps at most a
+     * chunk plus one refill of ids here */
+    if (r->off > 0) {
+        memmove(r->pending.v, r->pending.v + r->off, (r->pending.n - r->off) * sizeof(int32_t));
+        r->pending.n -= r->off;
+        r->off = 0;
+    }
     if (codec_enc_feed(r->enc, r->taken.p ? r->taken.p : "", r->taken.n, r->took_final,
                        &r->pending) != 0)
         return RC_ENOMEM;

@@ -1,4 +1,4 @@
-#include "config.h"
+#include "options.h"
 
 #include <errno.h>
 #include <math.h>
@@ -17,13 +17,13 @@ struct opt {
     const char *flag;   /* "--port" */
     const char *env;    /* "RECURD_PORT" */
     int type;
-    size_t off;         /* offsetof(struct config, field) */
+    size_t off;         /* offsetof(struct options, field) */
     const char *def;    /* default, parsed like user input; NULL = unset */
     double lo, hi;      /* numeric bounds (inclusive) */
     const char *help;   /* what it is, and why the default */
 };
 
-#define O(f) offsetof(struct config, f)
+#define O(f) offsetof(struct options, f)
 #define KiB 1024.0
 #define MiB (1024.0 * 1024)
 #define GiB (1024.0 * 1024 * 1024)
@@ -97,7 +97,7 @@ static const struct opt opts[] = {
 
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
-int config_parse_size(const char *s, size_t *out)
+int options_parse_size(const char *s, size_t *out)
 {
     char *end;
     errno = 0;
@@ -124,7 +124,7 @@ int config_parse_size(const char *s, size_t *out)
     return 0;
 }
 
-static int set_opt(struct config *c, const struct opt *o, const char *val, char *err,
+static int set_opt(struct options *c, const struct opt *o, const char *val, char *err,
                    size_t errlen)
 {
     char *base = (char *)c;
@@ -146,9 +146,9 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, char 
             const char *comma = strchr(p, ',');
             size_t n = comma ? (size_t)(comma - p) : strlen(p);
             if (n > 0) {
-                if (c->n_api_keys == CONFIG_MAX_KEYS)
+                if (c->n_api_keys == OPTIONS_MAX_KEYS)
                     return rc_fail(err, errlen, RC_ERANGE, "%s: more than %d keys", o->flag,
-                                   CONFIG_MAX_KEYS);
+                                   OPTIONS_MAX_KEYS);
                 if (n > 512)
                     return rc_fail(err, errlen, RC_EINVAL, "%s: a key is longer than 512 bytes",
                                    o->flag);
@@ -188,7 +188,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, char 
     }
     case T_SIZE: {
         size_t v;
-        if (config_parse_size(val, &v) != 0 || v < o->lo || v > o->hi)
+        if (options_parse_size(val, &v) != 0 || v < o->lo || v > o->hi)
             return rc_fail(err, errlen, RC_EINVAL, "%s: expected a size in [%.0f, %.0f] bytes (K/M/G suffixes), got '%s'",
                            o->flag, o->lo, o->hi, val);
         *(size_t *)(base + o->off) = v;
@@ -208,7 +208,7 @@ static int set_opt(struct config *c, const struct opt *o, const char *val, char 
     return RC_EINVAL;
 }
 
-static void clear_keys(struct config *c)
+static void clear_keys(struct options *c)
 {
     for (int i = 0; i < c->n_api_keys; i++) {
         /* keys are secrets: do not leave them in freed memory */
@@ -232,7 +232,7 @@ static void print_help(FILE *f)
     }
 }
 
-void config_print_markdown(FILE *f)
+void options_print_markdown(FILE *f)
 {
     fprintf(f, "| option | environment | default | what and why |\n|---|---|---|---|\n");
     for (size_t i = 0; i < N_OPTS; i++) {
@@ -251,7 +251,7 @@ static const char *env_get(char **env, const char *name)
     return NULL;
 }
 
-int config_load(struct config *c, int argc, char **argv, char **env, FILE *out, char *err,
+int options_load(struct options *c, int argc, char **argv, char **env, FILE *out, char *err,
                 size_t errlen)
 {
     int rc;
@@ -271,12 +271,12 @@ int config_load(struct config *c, int argc, char **argv, char **env, FILE *out, 
         const char *arg = argv[a];
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
             print_help(out);
-            config_free(c);
+            options_free(c);
             return 1;
         }
         if (!strcmp(arg, "--help-markdown")) {
-            config_print_markdown(out);
-            config_free(c);
+            options_print_markdown(out);
+            options_free(c);
             return 1;
         }
         const struct opt *o = NULL;
@@ -315,11 +315,11 @@ int config_load(struct config *c, int argc, char **argv, char **env, FILE *out, 
     }
     return 0;
 fail:
-    config_free(c);
+    options_free(c);
     return rc;
 }
 
-void config_free(struct config *c)
+void options_free(struct options *c)
 {
     if (!c)
         return;

@@ -1,28 +1,28 @@
 /*
- * config.h — every option of `recurd serve`: its flag, its environment
+ * options.h — every option of `recurd serve`: its flag, its environment
  * variable, its default and the one-line reason for that default.
  *
- * One table (config.c) drives parsing, --help and the options table in
+ * One table (options.c) drives parsing, --help and the options table in
  * docs/server.md (`recurd serve --help-markdown` prints it; a test checks
  * the doc matches). Precedence: default < environment < command line.
  * Sizes accept K/M/G suffixes (powers of 1024); times are seconds.
  */
-#ifndef RECUR_CONFIG_H
-#define RECUR_CONFIG_H
+#ifndef RECUR_OPTIONS_H
+#define RECUR_OPTIONS_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#define CONFIG_MAX_KEYS 16
+#define OPTIONS_MAX_KEYS 16
 
-struct config {
+struct options {
     /* where */
     char *model_dir;        /* required */
     char *host;             /* listen address (numeric IPv4/IPv6) */
     long port;              /* 0 = any free port (printed at start-up) */
     /* auth */
-    char *api_keys[CONFIG_MAX_KEYS]; /* Bearer keys; none = no auth */
+    char *api_keys[OPTIONS_MAX_KEYS]; /* Bearer keys; none = no auth */
     int n_api_keys;
     int metrics_public;     /* /metrics without a key */
     /* request limits */
@@ -62,14 +62,14 @@ struct config {
  * environment), then argv (argv[0] is the subcommand name). Returns 0, 1
  * when --help/--help-markdown was printed to out, or a negative rc_status
  * with err naming the option. */
-int config_load(struct config *c, int argc, char **argv, char **env, FILE *out, char *err,
+int options_load(struct options *c, int argc, char **argv, char **env, FILE *out, char *err,
                 size_t errlen);
-void config_free(struct config *c);
+void options_free(struct options *c);
 
 /* Print the options as a Markdown table (docs/server.md). */
-void config_print_markdown(FILE *f);
+void options_print_markdown(FILE *f);
 
 /* Parse "16M"-style sizes and plain numbers: 0 or -1. */
-int config_parse_size(const char *s, size_t *out);
+int options_parse_size(const char *s, size_t *out);
 
 #endif
