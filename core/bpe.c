@@ -457,6 +457,8 @@ int bpe_encode_cached(const bpe_t *b, bpe_work_t *w, bpe_cache_t *c, const uint8
         const struct bpe_cache_ent *e = cache_find(c, h, word, n);
         if (e) {
             c->hits++;
+            if (e->n_ids == 0)
+                return 0;
             if (tok_ids_reserve(out, e->n_ids))
                 return RC_ENOMEM;
             memcpy(out->v + out->n, c->ids + e->ids_off, e->n_ids * sizeof *out->v);
@@ -467,7 +469,7 @@ int bpe_encode_cached(const bpe_t *b, bpe_work_t *w, bpe_cache_t *c, const uint8
     c->misses++;
     size_t start = out->n;
     int rc = bpe_encode_word(b, w, word, n, out);
-    if (rc == 0)
+    if (rc == 0 && out->n > start)
         cache_insert(c, h, word, n, out->v + start, out->n - start);
     return rc;
 }

@@ -326,8 +326,10 @@ static int s4_window(tok_encoder_t *e)
     }
     if (tok_ids_reserve(&e->ids, n_ids))
         return enc_nomem(e);
-    memcpy(e->ids.v + e->ids.n, e->wids.v, n_ids * sizeof *e->ids.v);
-    e->ids.n += n_ids;
+    if (n_ids) {
+        memcpy(e->ids.v + e->ids.n, e->wids.v, n_ids * sizeof *e->ids.v);
+        e->ids.n += n_ids;
+    }
     piece_trim(e, start + cut);
     /* Cut inside a step-0 piece: its rest must not get a prefix space. */
     e->piece_cont = !sub;
@@ -594,6 +596,8 @@ static int repair_into(tok_encoder_t *e, const uint8_t *s, size_t n, int final, 
 static int feed_bytes(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     size_t used;
+    if (n == 0)
+        return 0;
     if (e->tok->kind == TOK_KIND_BYTES) {
         if (tok_ids_reserve(&e->ids, n))
             return enc_nomem(e);
@@ -634,6 +638,8 @@ int tok_encoder_feed(tok_encoder_t *e, const void *bytes, size_t len, char *err,
         return rc_fail(err, errlen, RC_EINVAL, "encoder failed earlier; reset it");
     if (e->finished)
         return rc_fail(err, errlen, RC_EINVAL, "encoder finished; reset it first");
+    if (len == 0)
+        return 0;
     int rc = feed_bytes(e, bytes, len);
     if (!rc && e->tok->kind == TOK_KIND_BPE) {
         size_t held = tok_encoder_pending_bytes(e);
@@ -779,7 +785,8 @@ int tokenizer_decode(const tokenizer_t *tok, const int32_t *ids, size_t n, unsig
         if ((flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[ids[i]] & TOKF_SPECIAL))
             continue;
         uint32_t a = tok->piece_off[ids[i]], b = tok->piece_off[ids[i] + 1];
-        memcpy(raw + o, tok->piece_pool + a, b - a);
+        if (b > a)
+            memcpy(raw + o, tok->piece_pool + a, b - a);
         o += b - a;
     }
     size_t used;
@@ -831,7 +838,8 @@ int tok_decoder_feed(tok_decoder_t *d, int32_t id, const char **text, size_t *le
     size_t used;
     d->out.n = utf8_repair(d->in.p, d->in.n, 0, d->out.p, &used);
     d->pend_n = d->in.n - used;
-    memcpy(d->pend, d->in.p + used, d->pend_n);
+    if (d->pend_n)
+        memcpy(d->pend, d->in.p + used, d->pend_n);
     d->out.p[d->out.n] = 0;
     *text = (const char *)d->out.p;
     *len = d->out.n;
@@ -886,6 +894,8 @@ int tokenizer_is_special(const tokenizer_t *tok, int32_t id)
 
 int32_t tokenizer_find_token(const tokenizer_t *tok, const char *s, size_t n)
 {
+    if (n == 0)
+        return -1;
     if (tok->kind == TOK_KIND_BYTES)
         return n == 1 ? (uint8_t)s[0] : -1;
     for (size_t i = 0; i < tok->n_added; i++) {
@@ -894,7 +904,7 @@ int32_t tokenizer_find_token(const tokenizer_t *tok, const char *s, size_t n)
         if (b - a == n && !memcmp(tok->piece_pool + a, s, n))
             return id;
     }
-    return n ? bpe_find_word(&tok->bpe, (const uint8_t *)s, n) : -1;
+    return bpe_find_word(&tok->bpe, (const uint8_t *)s, n);
 }
 
 const char *tokenizer_describe(const tokenizer_t *tok) { return tok->desc; }

@@ -66,7 +66,8 @@ static int token_bytes(const struct loader *L, const char *s, size_t n, tok_byte
         int k = utf8_decode((const uint8_t *)s + i, &c);
         if (c >= 324 || L->byte_of[c] < 0) {
             out->n = start;
-            memcpy(out->p + out->n, s, n);
+            if (n)
+                memcpy(out->p + out->n, s, n);
             out->n += n;
             return 0;
         }

@@ -140,6 +140,11 @@ static void test_decode_errors_and_holes(void **unused)
     assert_int_equal(tokenizer_decode(g, half, 2, 0, &txt, &len, err, sizeof err), 0);
     assert_string_equal(txt, "Hello\xEF\xBF\xBD");
     rc_free(txt);
+    int32_t *none;
+    size_t nn;
+    assert_int_equal(tokenizer_encode(g, NULL, 0, 0, &none, &nn, err, sizeof err), 0);
+    assert_int_equal(nn, 0);
+    rc_free(none);
     assert_int_equal(tokenizer_decode(g, NULL, 0, 0, &txt, &len, err, sizeof err), 0);
     assert_int_equal(len, 0);
     assert_string_equal(txt, "");

@@ -294,7 +294,8 @@ int tl_encode_stream(const tokenizer_t *tok, const uint8_t *text, size_t len,
                 cap *= 2;
             out = rc_realloc(out, cap * sizeof *out);
         }
-        memcpy(out + cnt, got, k * sizeof *got);
+        if (k)
+            memcpy(out + cnt, got, k * sizeof *got);
         cnt += k;
         tok_encoder_take(e, k);
         if (off >= len && m == 0)
