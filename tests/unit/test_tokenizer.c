@@ -271,6 +271,37 @@ static void test_roundtrip_cl100k(void **unused) { roundtrip("cl100k"); }
 static void test_roundtrip_neox(void **unused) { roundtrip("neox"); }
 static void test_roundtrip_nfkc(void **unused) { roundtrip("gpt2_nfkc"); }
 
+/* The short-word merge path and the reference's queue give the same ids (the queue
+ * is forced by marking the merge table ambiguous). */
+static void short_vs_queue(const char *name)
+{
+    tokenizer_t *tok = load_or_skip(name);
+    assert_int_equal(tok->bpe.ambiguous, 0); /* real vocabularies are not */
+    char **texts = tl_text_names();
+    for (size_t i = 0; texts[i]; i++) {
+        char path[512], err[256];
+        uint8_t *s;
+        size_t n, na, nb;
+        int32_t *a, *b;
+        snprintf(path, sizeof path, TL_DIR "/texts/%s", texts[i]);
+        assert_int_equal(tl_read(path, &s, &n), 0);
+        tok->bpe.ambiguous = 0;
+        assert_int_equal(tokenizer_encode(tok, (const char *)s, n, 0, &a, &na, err, sizeof err), 0);
+        tok->bpe.ambiguous = 1;
+        assert_int_equal(tokenizer_encode(tok, (const char *)s, n, 0, &b, &nb, err, sizeof err), 0);
+        assert_int_equal(na, nb);
+        assert_memory_equal(a, b, na * sizeof *a);
+        rc_free(a);
+        rc_free(b);
+        rc_free(s);
+    }
+    tl_free_names(texts);
+    tokenizer_free(tok);
+}
+
+static void test_short_path_gpt2(void **unused) { short_vs_queue("gpt2"); }
+static void test_short_path_cl100k(void **unused) { short_vs_queue("cl100k"); }
+
 /* Every variant of variants.json loads. */
 static void test_variants_load(void **unused)
 {
@@ -309,6 +340,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_roundtrip_neox),
         cmocka_unit_test(test_roundtrip_nfkc),
         cmocka_unit_test(test_variants_load),
+        cmocka_unit_test(test_short_path_gpt2),
+        cmocka_unit_test(test_short_path_cl100k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
