@@ -33,6 +33,7 @@
 /* Stage pumping is amortised: a pump rescans held text, so it runs only once the
  * input since the last pump is at least as large as what is held (and PUMP_MIN). */
 #define PUMP_MIN 4096
+#define ONESHOT_CHUNK ((size_t)64 << 10)
 
 struct match_stage {
     tok_bytes_t buf;
@@ -733,9 +734,11 @@ int tokenizer_encode(const tokenizer_t *tok, const char *text, size_t len, unsig
     int rc = tok_encoder_create(tok, &o, &e, err, errlen);
     if (rc)
         return rc;
-    e->err = err;
-    e->errlen = errlen;
-    rc = feed_bytes(e, (const uint8_t *)text, len);
+    /* Stage by stage over cache-sized chunks: the same ids as one piece (no cap), but
+     * each stage's buffer stays small. */
+    for (size_t off = 0; !rc && off < len; off += ONESHOT_CHUNK)
+        rc = tok_encoder_feed(e, text + off, len - off < ONESHOT_CHUNK ? len - off : ONESHOT_CHUNK,
+                              err, errlen);
     if (!rc)
         rc = tok_encoder_finish(e, err, errlen);
     if (!rc) {
