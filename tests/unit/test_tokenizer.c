@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -302,6 +303,56 @@ static void short_vs_queue(const char *name)
 static void test_short_path_gpt2(void **unused) { short_vs_queue("gpt2"); }
 static void test_short_path_cl100k(void **unused) { short_vs_queue("cl100k"); }
 
+/* One tokenizer, several threads encoding at once (each with its own encoder), the
+ * same ids as one thread. */
+struct thr {
+    const tokenizer_t *tok;
+    const uint8_t *text;
+    size_t len;
+    int32_t *ids;
+    size_t n;
+    int rc;
+};
+
+static void *thr_main(void *arg)
+{
+    struct thr *t = arg;
+    char err[256];
+    for (int rep = 0; rep < 3 && !t->rc; rep++) {
+        rc_free(t->ids);
+        t->rc = tokenizer_encode(t->tok, (const char *)t->text, t->len, 0, &t->ids, &t->n, err,
+                                 sizeof err);
+    }
+    return NULL;
+}
+
+static void test_threads_share_tokenizer(void **unused)
+{
+    tokenizer_t *tok = load_or_skip("gpt2");
+    uint8_t *s;
+    size_t n, k;
+    int32_t *want;
+    char err[256];
+    assert_int_equal(tl_read(TL_DIR "/texts/multilingual.txt.gz", &s, &n), 0);
+    assert_int_equal(tokenizer_encode(tok, (const char *)s, n, 0, &want, &k, err, sizeof err), 0);
+    struct thr t[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        t[i] = (struct thr){tok, s, n, NULL, 0, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, thr_main, &t[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(t[i].rc, 0);
+        assert_int_equal(t[i].n, k);
+        assert_memory_equal(t[i].ids, want, k * sizeof *want);
+        rc_free(t[i].ids);
+    }
+    rc_free(want);
+    rc_free(s);
+    tokenizer_free(tok);
+}
+
 /* Every variant of variants.json loads. */
 static void test_variants_load(void **unused)
 {
@@ -342,6 +393,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_variants_load),
         cmocka_unit_test(test_short_path_gpt2),
         cmocka_unit_test(test_short_path_cl100k),
+        cmocka_unit_test(test_threads_share_tokenizer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
