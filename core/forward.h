@@ -40,6 +40,7 @@ struct fwd_seg {
 int fwd_create(const struct model *m, int max_tokens, struct fwd **out);
 void fwd_free(struct fwd *f);
 int fwd_max_tokens(const struct fwd *f);
+const struct model *fwd_model(const struct fwd *f);
 
 /* Run a batch. Sum of n over segments must be <= max_tokens, and no state
  * may appear twice. Token ids are all checked before anything is touched:

@@ -52,7 +52,11 @@ struct model_config {
     int nheads;         /* d_inner / headdim */
     int ngroups;        /* B/C groups; heads per group = nheads / ngroups */
     float dt_min, dt_max; /* clamp of softplus(dt + dt_bias); (0, inf) = none */
-    int rmsnorm_gated;  /* 1: gated RMSNorm before out_proj (mamba_ssm default) */
+    int rmsnorm_gated;  /* 1: gated RMSNorm before out_proj (mamba_ssm default);
+                           0: y * silu(z) with no norm */
+    int norm_before_gate; /* gated norm order: 0 = norm(y * silu(z)) (default),
+                             1 = norm(y) * silu(z) */
+    int d_has_hdim;     /* D has d_inner entries instead of nheads */
     /* Mamba-1 */
     int dt_rank;
     /* both */
@@ -77,6 +81,9 @@ int model_create_random(const struct model_config *cfg, uint64_t seed, struct mo
 /* Fill derived fields of a partly-filled config (d_inner, nheads, conv_dim,
  * d_in_proj, n_vocab if 0, ...) and validate it. */
 int model_config_complete(struct model_config *cfg, char *err, size_t errlen);
+
+/* Read and validate a config.json (either naming) without loading weights. */
+int model_config_read(const char *path, struct model_config *cfg, char *err, size_t errlen);
 
 /* Named shapes: "mamba2-130m", "mamba2-370m", "mamba-130m" (real dims). */
 int model_config_named(const char *name, struct model_config *cfg);

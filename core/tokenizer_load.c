@@ -812,6 +812,8 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer_t **out, char *e
                        TOKENIZER_MAX_FILE_BYTES);
     json_error_t je;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root && json_error_code(&je) == json_error_out_of_memory)
+        return rc_fail(err, errlen, RC_ENOMEM, "tokenizer.json: out of memory");
     if (!root)
         return rc_fail(err, errlen, RC_EFORMAT, "tokenizer.json: %s (line %d, column %d)",
                        je.text, je.line, je.column);

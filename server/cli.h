@@ -13,6 +13,8 @@
 
 int cmd_score(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_soak(int argc, char **argv);
+int cmd_effrem(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 

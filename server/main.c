@@ -7,8 +7,11 @@
  *   recurd detokenize --tokenizer FILE|DIR           (ids on stdin -> text)
  *   recurd version
  */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "alloc.h"
 
 #include "blas.h"
 #include "cli.h"
@@ -17,11 +20,21 @@
 #define RECUR_VERSION "0.1.0"
 #endif
 
+/* --check-blas: exit 1 if OpenBLAS runs kernels weaker than this CPU's
+ * (the re-exec in blas_ensure_fast_kernels did not take). */
 static int cmd_version(int argc, char **argv)
 {
     char blas[256];
     blas_describe(blas, sizeof blas);
     printf("recurd %s\n%s\n", RECUR_VERSION, blas);
+    if (argc > 1 && !strcmp(argv[1], "--check-blas")) {
+        int have = blas_core_isa(blas_corename()), cpu = blas_cpu_isa();
+        if (have != ISA_UNKNOWN && have < cpu && blas_coretype_for(cpu)) {
+            fprintf(stderr, "recurd: OpenBLAS runs %s kernels; this CPU runs better ones\n",
+                    blas_corename());
+            return 1;
+        }
+    }
     return 0;
 }
 
@@ -30,6 +43,10 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
+    {"score", cmd_score, "per-token log-probs and perplexity by position"},
+    {"bench", cmd_bench, "prefill/decode throughput against the sgemm peak"},
+    {"effrem", cmd_effrem, "Effective Remembrance curve (TV distance with/without the prefix)"},
+    {"soak", cmd_soak, "stream N tokens through one session: memory stays constant"},
     {"tokenize", cmd_tokenize, "text on stdin -> token ids (tokenizer.json)"},
     {"detokenize", cmd_detokenize, "token ids on stdin -> text"},
     {"version", cmd_version, "version and the BLAS kernels in use"},
@@ -45,6 +62,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     blas_ensure_fast_kernels(argv);
+    json_set_alloc_funcs(rc_malloc, rc_free); /* one allocation path (STYLE.md #6) */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -1,0 +1,339 @@
+/*
+ * forward.c — the model's forward pass over a ragged batch.
+ *
+ * Per layer, over all N tokens of the batch at once:
+ *   xn   = RMSNorm(resid)                          N x d_model
+ *   proj = xn in_proj^T                            N x d_in_proj   (one GEMM)
+ * Mamba-2 (proj row = [z | xBC | dt]):
+ *   xbc  = SiLU(causal conv(xBC)), per segment from its conv state
+ *   dt   = clamp(softplus(dt + dt_bias))           N x nheads
+ *   y    = scan, per (segment, head) from its SSM state
+ *   y    = RMSNorm_group(y * SiLU(z)) * w
+ * Mamba-1 (proj row = [x | z]):
+ *   xbc  = SiLU(causal conv(x))
+ *   xdbl = xbc x_proj^T = [dt_low | B | C]         (one GEMM)
+ *   dt   = softplus(dt_low dt_proj^T + dt_proj_b)  (one GEMM)
+ *   y    = scan(...) * SiLU(z)
+ * then
+ *   resid += y out_proj^T                          (one GEMM, beta = 1)
+ * and finally RMSNorm(resid, norm_f): the rows handed back and each
+ * segment's last row kept in its state.
+ */
+#include "forward.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "blas.h"
+#include "errors.h"
+#include "kernels.h"
+#include "model_impl.h"
+#include "pool.h"
+#include "state.h"
+
+struct seg_meta {
+    int off, n;         /* rows [off, off + n) of the batch */
+    struct mstate *s;
+};
+
+struct fwd {
+    const struct model *m;
+    const struct kernels *k;
+    int max_tokens;
+    float *resid;          /* max x d_model */
+    float *xn;             /* max x d_model */
+    float *proj;           /* max x d_in_proj */
+    float *xbc;            /* max x conv_dim */
+    float *dt;             /* max x (M2: nheads, M1: d_inner) */
+    float *y;              /* max x d_inner */
+    float *xdbl;           /* max x (dt_rank + 2 d_state), Mamba-1 only */
+    struct seg_meta *meta; /* max segments (<= max tokens) */
+    struct mstate **seen;  /* duplicate-state check scratch */
+    struct pool *pool;     /* scan/conv workers (this thread + nproc-1) */
+    int layer, nseg;       /* the layer the pool's work items belong to */
+    void *block;           /* the one allocation behind the float buffers */
+};
+
+void fwd_free(struct fwd *f)
+{
+    if (!f)
+        return;
+    pool_free(f->pool);
+    rc_free(f->block);
+    rc_free(f->meta);
+    rc_free(f->seen);
+    rc_free(f);
+}
+
+int fwd_max_tokens(const struct fwd *f) { return f->max_tokens; }
+const struct model *fwd_model(const struct fwd *f) { return f->m; }
+
+int fwd_create(const struct model *m, int max_tokens, struct fwd **out)
+{
+    const struct model_config *c = &m->cfg;
+    if (max_tokens < 1 || max_tokens > (1 << 20))
+        return RC_EINVAL;
+    struct fwd *f = rc_calloc(1, sizeof *f);
+    if (!f)
+        return RC_ENOMEM;
+    f->m = m;
+    f->k = kernels_get();
+    f->max_tokens = max_tokens;
+    size_t T = (size_t)max_tokens;
+    size_t dtw = c->arch == MODEL_MAMBA2 ? (size_t)c->nheads : (size_t)c->d_inner;
+    size_t xdw = c->arch == MODEL_MAMBA1 ? (size_t)(c->dt_rank + 2 * c->d_state) : 0;
+    /* Each buffer padded to a 64-byte boundary. */
+    size_t widths[] = {(size_t)c->d_model, (size_t)c->d_model, (size_t)c->d_in_proj,
+                       (size_t)c->conv_dim, dtw, (size_t)c->d_inner, xdw};
+    float **bufs[] = {&f->resid, &f->xn, &f->proj, &f->xbc, &f->dt, &f->y, &f->xdbl};
+    size_t total = 0;
+    for (int i = 0; i < 7; i++)
+        total += (T * widths[i] + 15) & ~(size_t)15;
+    f->block = rc_aligned_alloc(total * sizeof(float));
+    f->meta = rc_calloc(T, sizeof *f->meta);
+    f->seen = rc_calloc(T, sizeof *f->seen);
+    f->pool = pool_create(0);
+    blas_set_threads(1);
+    if (!f->block || !f->meta || !f->seen || !f->pool) {
+        fwd_free(f);
+        return RC_ENOMEM;
+    }
+    float *p = f->block;
+    for (int i = 0; i < 7; i++) {
+        *bufs[i] = p;
+        p += (T * widths[i] + 15) & ~(size_t)15;
+    }
+    *out = f;
+    return 0;
+}
+
+struct linear_job {
+    float *out;
+    const float *x, *w;
+    int ldo, ldx, rows, n, k, parts;
+    float beta;
+};
+
+static void linear_part(void *ctx, int i)
+{
+    const struct linear_job *j = ctx;
+    /* Split the output features into parts, each a multiple of 16 wide. */
+    int per = ((j->n + j->parts - 1) / j->parts + 15) & ~15;
+    int n0 = i * per, n1 = n0 + per < j->n ? n0 + per : j->n;
+    if (n0 >= n1)
+        return;
+    if (j->rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n1 - n0, j->k, 1.0f, j->w + (size_t)n0 * j->k,
+                    j->k, j->x, 1, j->beta, j->out + n0, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->rows, n1 - n0, j->k, 1.0f, j->x,
+                    j->ldx, j->w + (size_t)n0 * j->k, j->k, j->beta, j->out + n0, j->ldo);
+}
+
+/* out (rows x n, row stride ldo) (+)= x (rows x k, stride ldx) . w^T, with w
+ * (n x k) row-major as PyTorch stores Linear weights. The output features
+ * are split over the pool's threads, each calling single-threaded OpenBLAS
+ * (its own threading spins in sched_yield between our loops). One row is a
+ * GEMV: OpenBLAS's sgemm with M = 1 is several times slower. */
+static void linear(struct fwd *f, float *out, int ldo, const float *x, int ldx, const float *w,
+                   int rows, int n, int k, float beta)
+{
+    struct linear_job j = {out, x, w, ldo, ldx, rows, n, k, pool_threads(f->pool), beta};
+    pool_run(f->pool, j.parts, linear_part, &j);
+}
+
+static void add_bias(float *out, int ldo, const float *b, int rows, int n)
+{
+    if (!b)
+        return;
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < n; i++)
+            out[(size_t)r * ldo + i] += b[i];
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+    return (x > y) - (x < y);
+}
+
+/* Everything is checked before any state is touched. */
+static int validate(struct fwd *f, const struct fwd_seg *segs, int nseg, int *total, char *err,
+                    size_t errlen)
+{
+    const struct model_config *c = &f->m->cfg;
+    if (nseg < 1 || nseg > f->max_tokens)
+        return rc_fail(err, errlen, RC_EINVAL, "batch of %d segments (1..%d)", nseg,
+                       f->max_tokens);
+    long sum = 0;
+    for (int i = 0; i < nseg; i++) {
+        const struct fwd_seg *s = &segs[i];
+        if (!s->state || s->state->model != f->m)
+            return rc_fail(err, errlen, RC_EINVAL, "segment %d: state of another model", i);
+        if (s->n < 1 || !s->tokens)
+            return rc_fail(err, errlen, RC_EINVAL, "segment %d: %d tokens", i, s->n);
+        sum += s->n;
+        if (sum > f->max_tokens)
+            return rc_fail(err, errlen, RC_ERANGE, "batch over %d tokens", f->max_tokens);
+        for (int j = 0; j < s->n; j++)
+            if (s->tokens[j] < 0 || s->tokens[j] >= c->n_vocab)
+                return rc_fail(err, errlen, RC_EINVAL,
+                               "segment %d: token %d is %d, outside the vocabulary [0, %d)", i,
+                               j, s->tokens[j], c->n_vocab);
+        if (s->state->pos > INT64_MAX - s->n)
+            return rc_fail(err, errlen, RC_ERANGE, "segment %d: position overflow", i);
+        f->seen[i] = s->state;
+    }
+    qsort(f->seen, (size_t)nseg, sizeof *f->seen, cmp_ptr);
+    for (int i = 1; i < nseg; i++)
+        if (f->seen[i] == f->seen[i - 1])
+            return rc_fail(err, errlen, RC_EINVAL, "one state appears in two segments");
+    *total = (int)sum;
+    return 0;
+}
+
+/* Work item it of a Mamba-2 layer: (segment it / nheads, head it % nheads). */
+static void m2_scan_item(void *ctx, int it)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const int DI = c->d_inner, CD = c->conv_dim, NS = c->d_state, P = c->headdim;
+    const int H = c->nheads, G = c->ngroups, h = it % H, g = h / (H / G);
+    const struct seg_meta *sm = &f->meta[it / H];
+    const size_t off = (size_t)sm->off;
+    const float *xb = f->xbc + off * CD;
+    f->k->m2_scan(sm->s->ssm + (size_t)f->layer * sm->s->ssm_per_layer + (size_t)h * P * NS,
+                  xb + (size_t)h * P, CD, xb + DI + (size_t)g * NS,
+                  xb + DI + (size_t)G * NS + (size_t)g * NS, CD, f->dt + off * H + h, H, L->A[h],
+                  L->D + (c->d_has_hdim ? (size_t)h * P : (size_t)h), c->d_has_hdim ? 1 : 0,
+                  f->y + off * DI + (size_t)h * P, DI, sm->n, P, NS);
+}
+
+/* Work item i: the causal conv of segment i (input starts `in_off` floats
+ * into each in_proj row). */
+static void conv_item(void *ctx, int i)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const struct seg_meta *sm = &f->meta[i];
+    const int in_off = c->arch == MODEL_MAMBA2 ? c->d_inner : 0;
+    f->k->conv_silu(f->xbc + (size_t)sm->off * c->conv_dim,
+                    f->proj + (size_t)sm->off * c->d_in_proj + in_off, c->d_in_proj,
+                    sm->s->conv + (size_t)f->layer * sm->s->conv_per_layer, L->conv_wt, L->conv_b,
+                    sm->n, c->conv_dim, c->d_conv);
+}
+
+static void mamba2_mixer(struct fwd *f, int l, int N, int nseg)
+{
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[l];
+    const int DI = c->d_inner, H = c->nheads, IP = c->d_in_proj;
+    pool_run(f->pool, nseg, conv_item, f);
+    f->k->softplus_rows(f->dt, H, f->proj + DI + c->conv_dim, IP, L->dt_bias, N, H, c->dt_min,
+                        c->dt_max);
+    pool_run(f->pool, nseg * H, m2_scan_item, f);
+    int mode = !c->rmsnorm_gated ? 2 : c->norm_before_gate ? 1 : 0;
+    f->k->gate_norm_rows(f->y, f->proj, IP, L->gnorm, N, DI, DI / c->ngroups, c->norm_eps, mode);
+}
+
+enum { M1_CHUNK = 128 }; /* channels per Mamba-1 scan work item */
+
+/* Work item it of a Mamba-1 layer: (segment, block of M1_CHUNK channels). */
+static void m1_scan_item(void *ctx, int it)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const int DI = c->d_inner, NS = c->d_state, R = c->dt_rank, IP = c->d_in_proj;
+    const int XW = R + 2 * NS, chunks = (DI + M1_CHUNK - 1) / M1_CHUNK;
+    const struct seg_meta *sm = &f->meta[it / chunks];
+    const int c0 = (it % chunks) * M1_CHUNK, c1 = c0 + M1_CHUNK < DI ? c0 + M1_CHUNK : DI;
+    const size_t off = (size_t)sm->off;
+    const float *xd = f->xdbl + off * XW;
+    f->k->m1_scan(sm->s->ssm + (size_t)f->layer * sm->s->ssm_per_layer, f->xbc + off * DI, DI,
+                  f->dt + off * DI, DI, xd + R, xd + R + NS, XW, L->A1, L->D,
+                  f->proj + off * IP + DI, IP, f->y + off * DI, DI, sm->n, c0, c1, NS);
+}
+
+static void mamba1_mixer(struct fwd *f, int l, int N, int nseg)
+{
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[l];
+    const int DI = c->d_inner, R = c->dt_rank, XW = R + 2 * c->d_state;
+    pool_run(f->pool, nseg, conv_item, f);
+    linear(f, f->xdbl, XW, f->xbc, DI, L->x_proj, N, XW, DI, 0.0f);
+    linear(f, f->dt, DI, f->xdbl, XW, L->dt_proj, N, DI, R, 0.0f);
+    f->k->softplus_rows(f->dt, DI, f->dt, DI, L->dt_proj_b, N, DI, 0.0f, __builtin_inff());
+    pool_run(f->pool, nseg * ((DI + M1_CHUNK - 1) / M1_CHUNK), m1_scan_item, f);
+}
+
+int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t errlen)
+{
+    const struct model *m = f->m;
+    const struct model_config *c = &m->cfg;
+    const int D = c->d_model;
+    int N = 0, rc;
+    if ((rc = validate(f, segs, nseg, &N, err, errlen)))
+        return rc;
+
+    int off = 0;
+    for (int i = 0; i < nseg; i++) {
+        f->meta[i] = (struct seg_meta){off, segs[i].n, segs[i].state};
+        for (int j = 0; j < segs[i].n; j++)
+            memcpy(f->resid + (size_t)(off + j) * D, m->embed + (size_t)segs[i].tokens[j] * D,
+                   (size_t)D * sizeof(float));
+        off += segs[i].n;
+    }
+
+    for (int l = 0; l < c->n_layer; l++) {
+        const struct layer *L = &m->layers[l];
+        f->layer = l;
+        f->k->rmsnorm_rows(f->xn, f->resid, L->norm, N, D, c->norm_eps);
+        linear(f, f->proj, c->d_in_proj, f->xn, D, L->in_proj, N, c->d_in_proj, D, 0.0f);
+        add_bias(f->proj, c->d_in_proj, L->in_proj_b, N, c->d_in_proj);
+        if (c->arch == MODEL_MAMBA2)
+            mamba2_mixer(f, l, N, nseg);
+        else
+            mamba1_mixer(f, l, N, nseg);
+        linear(f, f->resid, D, f->y, c->d_inner, L->out_proj, N, D, c->d_inner, 1.0f);
+        add_bias(f->resid, D, L->out_proj_b, N, D);
+    }
+
+    f->k->rmsnorm_rows(f->xn, f->resid, m->norm_f, N, D, c->norm_eps);
+    for (int i = 0; i < nseg; i++) {
+        const struct seg_meta *sm = &f->meta[i];
+        const float *rows = f->xn + (size_t)sm->off * D;
+        if (segs[i].hidden)
+            memcpy(segs[i].hidden, rows, (size_t)sm->n * D * sizeof(float));
+        memcpy(sm->s->last, rows + (size_t)(sm->n - 1) * D, (size_t)D * sizeof(float));
+        sm->s->has_last = 1;
+        sm->s->pos += sm->n;
+    }
+    return 0;
+}
+
+void fwd_logits(struct fwd *f, const float *hidden, int n, float *logits)
+{
+    const struct model_config *c = &f->m->cfg;
+    linear(f, logits, c->n_vocab, hidden, c->d_model, f->m->lm_head, n, c->n_vocab, c->d_model,
+           0.0f);
+}
+
+int fwd_prefill(struct fwd *f, struct mstate *s, const int32_t *tokens, size_t n, char *err,
+                size_t errlen)
+{
+    while (n > 0) {
+        int len = n > (size_t)f->max_tokens ? f->max_tokens : (int)n;
+        struct fwd_seg seg = {.state = s, .tokens = tokens, .n = len};
+        int rc = fwd_run(f, &seg, 1, err, errlen);
+        if (rc)
+            return rc;
+        tokens += len;
+        n -= (size_t)len;
+    }
+    return 0;
+}

@@ -1,0 +1,52 @@
+/*
+ * model_impl.h — the inside of struct model, for core/ only (forward.c,
+ * state.c). Everyone else uses the accessors in model.h.
+ */
+#ifndef RECUR_MODEL_IMPL_H
+#define RECUR_MODEL_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+struct st_file;
+
+/* One block's weights, fp32. Pointers may point into a mapped file (fp32
+ * checkpoints) or into the model's arena (converted or derived). NULL marks
+ * a weight the configuration does not have (biases). */
+struct layer {
+    const float *norm;       /* (d_model) pre-norm of the block */
+    const float *in_proj;    /* (d_in_proj, d_model) */
+    const float *in_proj_b;  /* (d_in_proj) or NULL */
+    const float *conv_wt;    /* (d_conv, conv_dim): conv1d weight transposed, tap-major */
+    const float *conv_b;     /* (conv_dim) or NULL */
+    const float *out_proj;   /* (d_model, d_inner) */
+    const float *out_proj_b; /* (d_model) or NULL */
+    const float *D;          /* M2: (nheads) or (d_inner) if d_has_hdim; M1: (d_inner) */
+    /* Mamba-2 */
+    const float *dt_bias;    /* (nheads) */
+    const float *A;          /* (nheads) = -exp(A_log), derived */
+    const float *gnorm;      /* (d_inner) gated-norm weight, or NULL if !rmsnorm_gated */
+    /* Mamba-1 */
+    const float *x_proj;     /* (dt_rank + 2*d_state, d_inner) */
+    const float *dt_proj;    /* (d_inner, dt_rank) */
+    const float *dt_proj_b;  /* (d_inner) */
+    const float *A1;         /* (d_inner, d_state) = -exp(A_log), derived */
+};
+
+struct model {
+    struct model_config cfg;
+    const float *embed;      /* (n_vocab, d_model) */
+    const float *lm_head;    /* (n_vocab, d_model); == embed when tied */
+    const float *norm_f;     /* (d_model) */
+    struct layer *layers;    /* n_layer */
+    float *arena;            /* converted and derived weights (owned) */
+    struct st_file **files;  /* mapped shards (owned) */
+    int nfiles;
+    uint64_t fingerprint;
+    size_t n_params;         /* parameters as stored (tied lm_head counted once) */
+    size_t n_params_embed;   /* embedding (+ untied lm_head) */
+};
+
+#endif

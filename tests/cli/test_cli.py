@@ -1,0 +1,165 @@
+"""Black-box tests of the recurd command line (score, bench, soak, version).
+
+Run by CTest with RECURD=<path to the binary>; also `RECURD=build/server/recurd
+python3 -m pytest tests/cli`.
+"""
+import json
+import os
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+RECURD = os.environ.get("RECURD", "build/server/recurd")
+FIX = os.path.join(os.path.dirname(__file__), "..", "fixtures", "engine")
+
+
+def run(*args, input=None, check=True):
+    p = subprocess.run([RECURD, *args], input=input, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"recurd {' '.join(args)} exited {p.returncode}: {p.stderr}")
+    return p
+
+
+def read_safetensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    hdr = json.loads(b[8:8 + n])
+    out = {}
+    for k, v in hdr.items():
+        if k == "__metadata__":
+            continue
+        s, e = v["data_offsets"]
+        dt = {"F32": np.float32, "I32": np.int32}[v["dtype"]]
+        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], dtype=dt).reshape(v["shape"])
+    return out
+
+
+def log_softmax(x):
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("name", ["m2_small", "m2_groups", "m1_odd"])
+def test_score_json_matches_transformers(tmp_path, name):
+    ref = read_safetensors(os.path.join(FIX, name, "reference.safetensors"))
+    ids = ref["input_ids"]
+    f = tmp_path / "ids.txt"
+    f.write_text(" ".join(map(str, ids)) + "\n")
+    out = json.loads(run("score", "--model", os.path.join(FIX, name), "--tokens", str(f),
+                         "--json", "--chunk", "7").stdout)
+    want = log_softmax(ref["logits"])[np.arange(len(ids) - 1), ids[1:]]
+    got = np.array(out["token_logprobs"])
+    assert out["n_tokens"] == len(ids) and out["n_scored"] == len(ids) - 1
+    assert np.max(np.abs(got - want)) < 1e-4
+    assert abs(out["nll"] + want.sum()) < 1e-3 * len(ids)
+    assert abs(out["ppl"] - np.exp(-want.mean())) < 1e-3 * out["ppl"]
+    # buckets: [0,1) holds the prediction of token 1; counts add up
+    b = out["buckets"]
+    assert b[0]["start"] == 0 and b[0]["end"] == 1 and b[0]["n"] == 1
+    assert b[1]["start"] == 1 and b[1]["end"] == 2
+    assert sum(x["n"] for x in b) == len(ids) - 1
+    for x in b:
+        lo, hi = x["start"], min(x["end"], len(ids) - 1)
+        assert abs(x["ppl"] - np.exp(-want[lo:hi].mean())) < 1e-3 * x["ppl"]
+
+
+def test_score_text_output_and_stdin():
+    ids = "1 2 3 4 5 6 7 8 9 10"
+    p = run("score", "--model", os.path.join(FIX, "m2_small"), "--tokens", "-", input=ids)
+    lines = [l for l in p.stdout.splitlines() if not l.startswith("#")]
+    assert len(lines) == 9
+    pos, tok, lp = lines[0].split()
+    assert (pos, tok) == ("1", "2") and float(lp) < 0
+    assert "# n_tokens 10 scored 9" in p.stdout
+    assert "# [0, 1) 1" in p.stdout
+
+
+def test_score_max_details_omits_list(tmp_path):
+    f = tmp_path / "ids.txt"
+    f.write_text(" ".join(str(i % 90) for i in range(300)))
+    out = json.loads(run("score", "--model", os.path.join(FIX, "m2_small"), "--tokens", str(f),
+                         "--json", "--max-details", "100").stdout)
+    assert "token_logprobs" not in out and out["n_scored"] == 299
+    assert sum(b["n"] for b in out["buckets"]) == 299
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("1 2 96", "token 2 ('96') is not an id in [0, 96)"),
+    ("1 -3 2", "token 1 ('-3')"),
+    ("1 2 x", "token 2 ('x')"),
+    ("1 2.5", "token 1 ('2.5')"),
+    ("99999999999999999999", "token 0"),
+    ("", "no tokens"),
+])
+def test_score_bad_ids(tmp_path, text, needle):
+    f = tmp_path / "ids.txt"
+    f.write_text(text)
+    p = run("score", "--model", os.path.join(FIX, "m2_small"), "--tokens", str(f), check=False)
+    assert p.returncode == 1
+    assert needle in p.stderr, p.stderr
+    assert p.stdout == ""
+
+
+def test_score_bad_model_dirs(tmp_path):
+    p = run("score", "--model", str(tmp_path), "--tokens", "-", input="1 2", check=False)
+    assert p.returncode == 1 and "config.json" in p.stderr
+    (tmp_path / "config.json").write_text('{"d_model": 64, "n_layer": 1, "vocab_size": 10,'
+                                          ' "ssm_cfg": {"layer": "Mamba2"}}')
+    p = run("score", "--model", str(tmp_path), "--tokens", "-", input="1 2", check=False)
+    assert p.returncode == 1 and "no model.safetensors" in p.stderr
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    p = run("score", "--model", str(tmp_path), "--tokens", "-", input="1 2", check=False)
+    assert p.returncode == 1 and "model.safetensors" in p.stderr and "past the end" in p.stderr
+
+
+def test_usage_errors():
+    assert run("score", check=False).returncode == 2
+    assert run("score", "--model", "x", "--tokens", "y", "--chunk", "0", check=False).returncode == 2
+    assert run("bench", "--random", "x", "--model", "y", check=False).returncode == 2
+    assert run("no-such-command", check=False).returncode == 2
+    assert run("--help").stdout.startswith("usage: recurd")
+
+
+def test_bench_json_quick():
+    out = json.loads(run("bench", "--model", os.path.join(FIX, "m1_small"), "--quick",
+                         "--seconds", "0.2", "--json").stdout)
+    names = [r["test"] for r in out["results"]]
+    assert names == ["prefill c=256", "decode b=1", "decode b=32"]
+    assert out["sgemm_peak_gflops"] > 0 and out["state_bytes"] > 0
+    assert all(r["tok_s"] > 0 for r in out["results"])
+    bad = run("bench", "--random", "mamba9", check=False)
+    assert bad.returncode == 1 and "unknown shape" in bad.stderr
+
+
+def test_soak_constant_memory():
+    p = run("soak", "--model", os.path.join(FIX, "m2_small"), "--tokens", "30000",
+            "--window", "2048")
+    rows = [l.split() for l in p.stdout.splitlines() if l.strip() and l.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [1024, 10240, 30000]
+    assert len({r[2] for r in rows}) == 1  # allocator bytes live: identical
+    assert len({r[3] for r in rows}) == 1  # state bytes: identical
+    assert "ok: constant memory" in p.stdout
+
+
+def test_version_reports_adequate_blas_kernels():
+    # recurd re-executes itself when OpenBLAS picked kernels weaker than the
+    # CPU runs (DESIGN.md); --check-blas fails if that did not work.
+    p = run("version", "--check-blas")
+    assert "OpenBLAS core=" in p.stdout
+
+
+@pytest.mark.parametrize("name", ["recur-sp", "recur-base"])
+def test_shipped_models_score_like_transformers(name):
+    """recurd score on the shipped bf16 checkpoints vs transformers' Mamba2ForCausalLM
+    on the same weights (tests/fixtures/parity, made by train/parity.py)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    ref = read_safetensors(os.path.join(FIX, "..", "parity", name, "reference.safetensors"))
+    ids = " ".join(map(str, ref["input_ids"]))
+    out = json.loads(run("score", "--model", os.path.join(root, "models", name), "--tokens", "-",
+                         "--json", input=ids).stdout)
+    got = np.array(out["token_logprobs"])
+    assert got.shape == ref["logprobs"].shape
+    assert np.max(np.abs(got - ref["logprobs"])) < 1e-4
