@@ -97,6 +97,25 @@ int bpe_add_merge(bpe_t *b, int32_t a, int32_t c, uint32_t rank, int32_t new_id)
     return 0;
 }
 
+int bpe_check_ambiguous(bpe_t *b, size_t n_ids)
+{
+    uint8_t *seen = rc_calloc(n_ids ? n_ids : 1, 1);
+    if (!seen)
+        return RC_ENOMEM;
+    b->ambiguous = 0;
+    for (size_t i = 0; i <= b->mask && !b->ambiguous; i++) {
+        if (b->keys[i] == UINT64_MAX)
+            continue;
+        uint32_t id = (uint32_t)b->vals[i];
+        if (id < n_ids) {
+            b->ambiguous = seen[id];
+            seen[id] = 1;
+        }
+    }
+    rc_free(seen);
+    return 0;
+}
+
 /* ---- whole-word table (ignore_merges) ------------------------------------ */
 
 static uint64_t word_hash(const uint8_t *s, size_t n)
@@ -249,6 +268,48 @@ static int work_reserve(bpe_work_t *w, size_t n)
     return 0;
 }
 
+/* Short words: keep each adjacent pair's rank in an array and merge the lowest
+ * (leftmost among equals) until none is left. The same merges in the same order as
+ * the queue below whenever no two pairs make the same token (the queue only differs
+ * by applying a stale entry, which needs such a pair), with O(n) lookups and no heap. */
+#define SHORT_WORD 48
+
+static int merge_short(const bpe_t *b, const struct bpe_sym *sym, size_t ns, tok_ids_t *out)
+{
+    int32_t id[SHORT_WORD], nid[SHORT_WORD];
+    uint32_t rk[SHORT_WORD];
+    size_t n = ns;
+    for (size_t i = 0; i < n; i++)
+        id[i] = sym[i].c;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (!bpe_lookup(b, id[i], id[i + 1], &rk[i], &nid[i]))
+            rk[i] = UINT32_MAX;
+    while (n > 1) {
+        size_t best = 0;
+        for (size_t i = 1; i + 1 < n; i++)
+            if (rk[i] < rk[best])
+                best = i;
+        if (rk[best] == UINT32_MAX)
+            break;
+        id[best] = nid[best];
+        n--;
+        for (size_t i = best + 1; i < n; i++) {
+            id[i] = id[i + 1];
+            rk[i] = rk[i + 1];
+            nid[i] = nid[i + 1];
+        }
+        if (best > 0 && !bpe_lookup(b, id[best - 1], id[best], &rk[best - 1], &nid[best - 1]))
+            rk[best - 1] = UINT32_MAX;
+        if (best + 1 < n && !bpe_lookup(b, id[best], id[best + 1], &rk[best], &nid[best]))
+            rk[best] = UINT32_MAX;
+    }
+    if (tok_ids_reserve(out, n))
+        return RC_ENOMEM;
+    memcpy(out->v + out->n, id, n * sizeof *id);
+    out->n += n;
+    return 0;
+}
+
 static inline void sym_add(struct bpe_sym *sym, size_t *n, int32_t c)
 {
     size_t i = (*n)++;
@@ -300,6 +361,8 @@ int bpe_encode_word(const bpe_t *b, bpe_work_t *w, const uint8_t *word, size_t n
         sym_add(sym, &ns, b->unk_id);
     if (ns == 0)
         return 0;
+    if (ns <= SHORT_WORD && !b->ambiguous)
+        return merge_short(b, sym, ns, out);
 
     struct bpe_cand *heap = w->heap;
     size_t nh = 0;
@@ -457,6 +520,8 @@ int bpe_encode_cached(const bpe_t *b, bpe_work_t *w, bpe_cache_t *c, const uint8
         const struct bpe_cache_ent *e = cache_find(c, h, word, n);
         if (e) {
             c->hits++;
+            if (e->n_ids == 0)
+                return 0;
             if (tok_ids_reserve(out, e->n_ids))
                 return RC_ENOMEM;
             memcpy(out->v + out->n, c->ids + e->ids_off, e->n_ids * sizeof *out->v);
@@ -467,7 +532,7 @@ int bpe_encode_cached(const bpe_t *b, bpe_work_t *w, bpe_cache_t *c, const uint8
     c->misses++;
     size_t start = out->n;
     int rc = bpe_encode_word(b, w, word, n, out);
-    if (rc == 0)
+    if (rc == 0 && out->n > start)
         cache_insert(c, h, word, n, out->v + start, out->n - start);
     return rc;
 }

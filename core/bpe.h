@@ -50,6 +50,10 @@ typedef struct {
     uint64_t *vals; /* (rank << 32 | new_id) */
     size_t mask;
     size_t count;
+    /* Two different pairs merge into the same token. Then the reference's queue can
+     * apply a stale entry (its staleness test compares new ids only), and only the
+     * queue reproduces that; otherwise short words take an equivalent faster path. */
+    int ambiguous;
     /* Initial symbols of each byte: byte_sym_ids[byte_sym_off[b] .. byte_sym_off[b+1]).
      * One id normally; the <0xXX> ids of the byte's character under byte_fallback;
      * none when the byte has no symbol (then unk or dropped). */
@@ -77,6 +81,8 @@ void bpe_free(bpe_t *b);
 /* Insert or overwrite (later ranks win, like the reference). Capacity was reserved by
  * bpe_init; returns RC_ERANGE if more merges than reserved are added. */
 int bpe_add_merge(bpe_t *b, int32_t a, int32_t c, uint32_t rank, int32_t new_id);
+/* Set b->ambiguous after the last merge was added (n_ids: max id + 1). 0 or RC_ENOMEM. */
+int bpe_check_ambiguous(bpe_t *b, size_t n_ids);
 /* 1 and *rank, *new_id set if (a, c) merges. */
 static inline int bpe_lookup(const bpe_t *b, int32_t a, int32_t c, uint32_t *rank,
                              int32_t *new_id)

@@ -532,8 +532,8 @@ int pretok_regex_compile(pretok_t *pt, const char *pattern, size_t len, int lite
         tok_bytes_free(&src);
         return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
     }
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C |
-                    (literal ? PCRE2_LITERAL : PCRE2_MULTILINE);
+    uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL
+                                         : PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C | PCRE2_MULTILINE);
     int ecode;
     PCRE2_SIZE eoff;
     pcre2_code *re = pcre2_compile(src.p ? src.p : (const uint8_t *)"", src.n, opts, &ecode,
@@ -543,7 +543,7 @@ int pretok_regex_compile(pretok_t *pt, const char *pattern, size_t len, int lite
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ecode, msg, sizeof msg);
-        if (ecode == PCRE2_ERROR_NOMEMORY)
+        if (ecode == PCRE2_ERROR_NOMEMORY || ecode == PCRE2_ERROR_HEAP_FAILED)
             return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
         return rc_fail(err, errlen, RC_EFORMAT, "regex '%.*s' does not compile: %s",
                        (int)(len > 80 ? 80 : len), pattern, (const char *)msg);

@@ -22,6 +22,7 @@
  */
 #include "tokenizer.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -32,6 +33,7 @@
 /* Stage pumping is amortised: a pump rescans held text, so it runs only once the
  * input since the last pump is at least as large as what is held (and PUMP_MIN). */
 #define PUMP_MIN 4096
+#define ONESHOT_CHUNK ((size_t)64 << 10)
 
 struct match_stage {
     tok_bytes_t buf;
@@ -44,6 +46,9 @@ struct leaf_rec {
     size_t w_off;        /* offset in the window, SIZE_MAX if not a slice of it */
     size_t len;
     size_t ids_start, ids_end;
+    int sub_start;       /* first leaf of a step-0 piece */
+    int prefix;          /* 1: the leaf starts with a ByteLevel prefix space that is
+                          * not in the window (w_off is where its text starts) */
 };
 
 struct tok_encoder {
@@ -78,6 +83,10 @@ struct tok_encoder {
     tok_ids_t wids;
     struct leaf_rec *leaves;
     size_t n_leaves, cap_leaves;
+    int leaf_sub_start;    /* the next leaf starts a step-0 piece */
+    const uint8_t *pfx_src, *pfx_buf; /* the piece a prefix space was added to, and
+                                       * the copy (" " + piece) the leaves come from */
+    size_t pfx_len;
     char *err;
     size_t errlen;
 };
@@ -122,9 +131,17 @@ static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
             e->leaves = l;
             e->cap_leaves = cap;
         }
-        int slice = s >= e->win && s + n <= e->win + e->win_len;
-        e->leaves[e->n_leaves++] =
-            (struct leaf_rec){slice ? (size_t)(s - e->win) : SIZE_MAX, n, start, dst->n};
+        const uint8_t *real = s;
+        int prefix = 0;
+        if (e->pfx_buf && s >= e->pfx_buf && s + n <= e->pfx_buf + e->pfx_len) {
+            prefix = s == e->pfx_buf;
+            real = e->pfx_src + (s - e->pfx_buf) - (prefix ? 0 : 1);
+        }
+        int slice = real >= e->win && real + (n - (size_t)prefix) <= e->win + e->win_len;
+        e->leaves[e->n_leaves++] = (struct leaf_rec){
+            slice ? (size_t)(real - e->win) : SIZE_MAX, n, start, dst->n, e->leaf_sub_start,
+            prefix};
+        e->leaf_sub_start = 0;
     }
     return 0;
 }
@@ -145,6 +162,9 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
             b->n = 0;
             if (tok_bytes_append(b, " ", 1) || tok_bytes_append(b, s, n))
                 return enc_nomem(e);
+            e->pfx_src = s;
+            e->pfx_buf = b->p;
+            e->pfx_len = b->n;
             s = b->p;
             n = b->n;
         }
@@ -215,10 +235,14 @@ static void piece_trim(tok_encoder_t *e, size_t upto)
     e->piece_ctx = upto - keep;
 }
 
-/* A held pre-token longer than the cap: encode a window of cap bytes, commit the
- * tokens before the last token boundary in its first half, keep the rest. */
+/* Held text longer than the cap (one pre-token that keeps growing, in practice):
+ * encode a window of cap bytes as if the text ended there, commit the tokens before
+ * the last token boundary in its first half, keep the rest. See tokenizer.h for
+ * when this is exact. */
 static int s4_window(tok_encoder_t *e)
 {
+    const tokenizer_t *tok = e->tok;
+    const pt_step_t *st0 = &tok->pre.step[0];
     const uint8_t *P = e->piece.p;
     size_t start = e->piece_ctx, len = e->cap;
     if (len > e->piece.n - start)
@@ -230,54 +254,86 @@ static int s4_window(tok_encoder_t *e)
     e->win_len = len;
     e->wids.n = 0;
     e->n_leaves = 0;
-    int cont = e->piece_cont;
+    int cont = e->piece_cont, rc = 0;
     e->piece_cont = 0;
-    int rc = steps_from(e, 1, P + start, len, cont);
+    if (!tok->first_split) {
+        e->leaf_sub_start = 1;
+        rc = steps_from(e, 1, P + start, len, cont);
+    } else {
+        /* The window may hold several step-0 pieces (held by a split behaviour). */
+        size_t certain, consumed = start;
+        e->ranges.n = 0;
+        e->pieces.n = 0;
+        rc = pretok_scan(st0, &e->pw, P, 0, start, start + len, 1, &e->ranges, &certain, e->err,
+                         e->errlen);
+        if (!rc && pretok_fold(e->ranges.r, e->ranges.n,
+                               st0->kind == PT_SPLIT ? st0->behavior : SB_ISOLATED,
+                               st0->kind == PT_SPLIT && st0->invert, 0, &e->pieces, &consumed))
+            rc = enc_nomem(e);
+        for (size_t i = 0; !rc && i < e->pieces.n; i++) {
+            e->leaf_sub_start = 1;
+            rc = steps_from(e, 1, P + e->pieces.r[i].start, e->pieces.r[i].end - e->pieces.r[i].start,
+                            i == 0 && cont && e->pieces.r[i].start == start);
+        }
+    }
     e->collect = 0;
+    e->pfx_buf = NULL;
     if (rc)
         return rc;
     /* Candidate cuts: token boundaries inside leaves that are slices of the window
      * and whose tokens spell them exactly. */
     size_t half = len / 2, best = 0, best_ids = 0, first = SIZE_MAX, first_ids = 0;
+    int best_sub = 0, first_sub = 0;
     for (size_t li = 0; li < e->n_leaves; li++) {
         const struct leaf_rec *L = &e->leaves[li];
         if (L->w_off == SIZE_MAX)
             continue;
-        size_t off = L->w_off, sum = 0;
+        size_t sum = 0;
+        ptrdiff_t off = (ptrdiff_t)L->w_off - L->prefix;
         for (size_t j = L->ids_start; j < L->ids_end; j++) {
             int32_t id = e->wids.v[j];
-            sum += e->tok->piece_off[id + 1] - e->tok->piece_off[id];
+            sum += tok->piece_off[id + 1] - tok->piece_off[id];
         }
         if (sum != L->len)
             continue;
         for (size_t j = L->ids_start; j <= L->ids_end; j++) {
-            if (off > 0 && off < len) {
-                if (off <= half && off > best) {
-                    best = off;
+            int sub = j == L->ids_start && L->sub_start;
+            /* The leaf's start is where its text starts, prefix space or not. */
+            ptrdiff_t at = j == L->ids_start ? (ptrdiff_t)L->w_off : off;
+            if (at > 0 && (size_t)at < len) {
+                if ((size_t)at <= half && (size_t)at > best) {
+                    best = (size_t)at;
                     best_ids = j;
+                    best_sub = sub;
                 }
-                if (off > half && off < first) {
-                    first = off;
+                if ((size_t)at > half && (size_t)at < first) {
+                    first = (size_t)at;
                     first_ids = j;
+                    first_sub = sub;
                 }
             }
             if (j < L->ids_end) {
                 int32_t id = e->wids.v[j];
-                off += e->tok->piece_off[id + 1] - e->tok->piece_off[id];
+                off += tok->piece_off[id + 1] - tok->piece_off[id];
             }
         }
     }
     size_t cut = best, n_ids = best_ids;
+    int sub = best_sub;
     if (cut == 0) {
         cut = first != SIZE_MAX ? first : len;
         n_ids = first != SIZE_MAX ? first_ids : e->wids.n;
+        sub = first != SIZE_MAX ? first_sub : 0;
     }
     if (tok_ids_reserve(&e->ids, n_ids))
         return enc_nomem(e);
-    memcpy(e->ids.v + e->ids.n, e->wids.v, n_ids * sizeof *e->ids.v);
-    e->ids.n += n_ids;
+    if (n_ids) {
+        memcpy(e->ids.v + e->ids.n, e->wids.v, n_ids * sizeof *e->ids.v);
+        e->ids.n += n_ids;
+    }
     piece_trim(e, start + cut);
-    e->piece_cont = 1;
+    /* Cut inside a step-0 piece: its rest must not get a prefix space. */
+    e->piece_cont = !sub;
     return 0;
 }
 
@@ -350,12 +406,15 @@ static int match_run(tok_encoder_t *e, const tok_matcher_t *m, struct match_stag
         size_t ms = 0, me = 0;
         int32_t v = -1;
         int r = trie_find(&m->trie, b, n, st->scan, fin, &ms, &me, &v);
+        /* Nothing can start before ms (TRIE_LIVE) or before n (TRIE_NONE). */
         if (r == TRIE_LIVE) {
-            hold = ms;
+            hold = st->scan = ms;
             break;
         }
-        if (r == TRIE_NONE)
+        if (r == TRIE_NONE) {
+            st->scan = n;
             break;
+        }
         const tok_added_t *a = &tok->added[v];
         if ((e->flags & TOK_ENCODE_NO_SPECIAL) && (a->flags & ADDF_SPECIAL)) {
             st->scan = me;
@@ -538,6 +597,8 @@ static int repair_into(tok_encoder_t *e, const uint8_t *s, size_t n, int final, 
 static int feed_bytes(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     size_t used;
+    if (n == 0)
+        return 0;
     if (e->tok->kind == TOK_KIND_BYTES) {
         if (tok_ids_reserve(&e->ids, n))
             return enc_nomem(e);
@@ -578,6 +639,8 @@ int tok_encoder_feed(tok_encoder_t *e, const void *bytes, size_t len, char *err,
         return rc_fail(err, errlen, RC_EINVAL, "encoder failed earlier; reset it");
     if (e->finished)
         return rc_fail(err, errlen, RC_EINVAL, "encoder finished; reset it first");
+    if (len == 0)
+        return 0;
     int rc = feed_bytes(e, bytes, len);
     if (!rc && e->tok->kind == TOK_KIND_BPE) {
         size_t held = tok_encoder_pending_bytes(e);
@@ -671,9 +734,11 @@ int tokenizer_encode(const tokenizer_t *tok, const char *text, size_t len, unsig
     int rc = tok_encoder_create(tok, &o, &e, err, errlen);
     if (rc)
         return rc;
-    e->err = err;
-    e->errlen = errlen;
-    rc = feed_bytes(e, (const uint8_t *)text, len);
+    /* Stage by stage over cache-sized chunks: the same ids as one piece (no cap), but
+     * each stage's buffer stays small. */
+    for (size_t off = 0; !rc && off < len; off += ONESHOT_CHUNK)
+        rc = tok_encoder_feed(e, text + off, len - off < ONESHOT_CHUNK ? len - off : ONESHOT_CHUNK,
+                              err, errlen);
     if (!rc)
         rc = tok_encoder_finish(e, err, errlen);
     if (!rc) {
@@ -723,7 +788,8 @@ int tokenizer_decode(const tokenizer_t *tok, const int32_t *ids, size_t n, unsig
         if ((flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[ids[i]] & TOKF_SPECIAL))
             continue;
         uint32_t a = tok->piece_off[ids[i]], b = tok->piece_off[ids[i] + 1];
-        memcpy(raw + o, tok->piece_pool + a, b - a);
+        if (b > a)
+            memcpy(raw + o, tok->piece_pool + a, b - a);
         o += b - a;
     }
     size_t used;
@@ -775,7 +841,8 @@ int tok_decoder_feed(tok_decoder_t *d, int32_t id, const char **text, size_t *le
     size_t used;
     d->out.n = utf8_repair(d->in.p, d->in.n, 0, d->out.p, &used);
     d->pend_n = d->in.n - used;
-    memcpy(d->pend, d->in.p + used, d->pend_n);
+    if (d->pend_n)
+        memcpy(d->pend, d->in.p + used, d->pend_n);
     d->out.p[d->out.n] = 0;
     *text = (const char *)d->out.p;
     *len = d->out.n;
@@ -830,6 +897,8 @@ int tokenizer_is_special(const tokenizer_t *tok, int32_t id)
 
 int32_t tokenizer_find_token(const tokenizer_t *tok, const char *s, size_t n)
 {
+    if (n == 0)
+        return -1;
     if (tok->kind == TOK_KIND_BYTES)
         return n == 1 ? (uint8_t)s[0] : -1;
     for (size_t i = 0; i < tok->n_added; i++) {
@@ -838,7 +907,7 @@ int32_t tokenizer_find_token(const tokenizer_t *tok, const char *s, size_t n)
         if (b - a == n && !memcmp(tok->piece_pool + a, s, n))
             return id;
     }
-    return n ? bpe_find_word(&tok->bpe, (const uint8_t *)s, n) : -1;
+    return bpe_find_word(&tok->bpe, (const uint8_t *)s, n);
 }
 
 const char *tokenizer_describe(const tokenizer_t *tok) { return tok->desc; }

@@ -66,7 +66,8 @@ static int token_bytes(const struct loader *L, const char *s, size_t n, tok_byte
         int k = utf8_decode((const uint8_t *)s + i, &c);
         if (c >= 324 || L->byte_of[c] < 0) {
             out->n = start;
-            memcpy(out->p + out->n, s, n);
+            if (n)
+                memcpy(out->p + out->n, s, n);
             out->n += n;
             return 0;
         }
@@ -319,6 +320,7 @@ struct added_in {
     int32_t id;
     int special, normalized, lstrip, rstrip, single_word;
     int owned; /* content was replaced by an rc_malloc'ed normalised copy */
+    int ever_special; /* the reference never forgets that a content was special */
 };
 
 static int same_props(const struct added_in *a, const struct added_in *b)
@@ -364,7 +366,7 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
                       "integer \"id\"", idb);
             break;
         }
-        struct added_in a = {json_string_value(c), json_string_length(c), 0, 0, 0, 0, 0, 0, 0};
+        struct added_in a = {.content = json_string_value(c), .len = json_string_length(c)};
         json_int_t fid = json_integer_value(id);
         if ((rc = get_bool(L, o, "special", 0, &a.special, "added token")) ||
             (rc = get_bool(L, o, "normalized", !a.special, &a.normalized, "added token")) ||
@@ -395,8 +397,10 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
         }
         a.id = (int32_t)nid;
         if (slot) {
+            a.ever_special = a.special || v[json_integer_value(slot)].ever_special;
             v[json_integer_value(slot)] = a; /* the later properties win */
         } else {
+            a.ever_special = a.special;
             v[cnt] = a;
             json_t *num = json_integer((json_int_t)cnt);
             if (!num || json_object_setn_new(map, a.content, a.len, num)) {
@@ -486,7 +490,7 @@ static int parse_merges(struct loader *L, json_t *merges, tok_bytes_t *cat)
             return rc == RC_ENOMEM ? nomem(L) : fail(L, rc, "merge table full");
     }
     tok->n_merges = rank;
-    return 0;
+    return bpe_check_ambiguous(&tok->bpe, (size_t)tok->n_ids) ? nomem(L) : 0;
 }
 
 static int parse_model_opts(struct loader *L, json_t *model)
@@ -673,7 +677,7 @@ static int build(struct loader *L)
                              (a->rstrip ? ADDF_RSTRIP : 0) | (a->single_word ? ADDF_SINGLE_WORD : 0));
         slot_of[a->id] = (int32_t)i;
         tok->id_flags[a->id] |= TOKF_PRESENT | TOKF_ADDED;
-        if (a->special &&
+        if (a->ever_special &&
             json_object_setn_new(special, a->content, a->len, json_true()))
             goto oom;
         /* The pattern, and the string the decoder sees: the normalised content for
@@ -762,8 +766,8 @@ static int build(struct loader *L)
             goto out;
     }
     snprintf(tok->desc, sizeof tok->desc,
-             "BPE %d ids, %zu merges, %s%s, %s%s, %zu added tokens", (int)tok->n_ids,
-             tok->n_merges, tok->norm.n == 0 ? "no normaliser" : tok->norm.compat ? "NFK" : "NF",
+             "BPE %d ids, %zu merges%s, %s%s, %s%s, %zu added tokens", (int)tok->n_ids,
+             tok->n_merges, tok->bpe.ambiguous ? " (ambiguous)" : "", tok->norm.n == 0 ? "no normaliser" : tok->norm.compat ? "NFK" : "NF",
              tok->norm.n == 0 ? "" : tok->norm.compose ? "C" : "D",
              tok->pre.step[0].kind == PT_SPLIT ? "Split+" : "",
              "ByteLevel", tok->n_added);
@@ -808,6 +812,8 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer_t **out, char *e
                        TOKENIZER_MAX_FILE_BYTES);
     json_error_t je;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root && json_error_code(&je) == json_error_out_of_memory)
+        return rc_fail(err, errlen, RC_ENOMEM, "tokenizer.json: out of memory");
     if (!root)
         return rc_fail(err, errlen, RC_EFORMAT, "tokenizer.json: %s (line %d, column %d)",
                        je.text, je.line, je.column);

@@ -24,6 +24,7 @@
 #include "forward.h"
 #include "kernels.h"
 #include "model.h"
+#include "pool.h"
 #include "score.h"
 #include "state.h"
 
@@ -42,6 +43,7 @@ static void usage(FILE *f)
 struct result {
     char name[32];
     double tokens, seconds, tok_s, gflops, ratio;
+    double mem_ratio; /* decode: tok/s over the memory roofline (0 for prefill) */
 };
 
 static uint64_t rng_state = 0x1234567;
@@ -71,6 +73,47 @@ static double sgemm_peak(int M, int N, int K)
         best = g > best ? g : best;
     }
     rc_free(a), rc_free(b), rc_free(c);
+    return best;
+}
+
+struct copy_job {
+    float *dst;
+    const float *src;
+    size_t n;
+    int parts;
+};
+
+static void copy_part(void *ctx, int i)
+{
+    struct copy_job *j = ctx;
+    size_t per = (j->n + (size_t)j->parts - 1) / (size_t)j->parts, lo = (size_t)i * per;
+    size_t hi = lo + per < j->n ? lo + per : j->n;
+    if (lo < hi)
+        memcpy(j->dst + lo, j->src + lo, (hi - lo) * sizeof(float));
+}
+
+/* Memory bandwidth as the forward pass sees it: best of a few copies of a
+ * 512 MiB buffer split over all threads (bytes read + written per second). */
+static double mem_bandwidth(void)
+{
+    size_t n = (size_t)128 << 20; /* floats: 512 MiB */
+    float *a = rc_aligned_alloc(n * 4), *b = rc_aligned_alloc(n * 4);
+    struct pool *p = pool_create(0);
+    double best = NAN;
+    if (a && b && p) {
+        for (size_t i = 0; i < n; i++)
+            a[i] = (float)(i & 1023), b[i] = 0;
+        struct copy_job j = {b, a, n, pool_threads(p)};
+        best = 0;
+        for (int r = 0; r < 4; r++) {
+            double t0 = now_sec();
+            pool_run(p, j.parts, copy_part, &j);
+            double g = 2.0 * n * 4 / (now_sec() - t0) / 1e9;
+            best = g > best ? g : best;
+        }
+    }
+    pool_free(p);
+    rc_free(a), rc_free(b);
     return best;
 }
 
@@ -225,6 +268,7 @@ int cmd_bench(int argc, char **argv)
     const int *pc = quick ? prefill_quick : prefill_full, *dc = quick ? decode_quick : decode_full;
     int npc = quick ? 1 : 4, ndc = quick ? 2 : 3;
     struct result res[12];
+    memset(res, 0, sizeof res);
     double lo = 0, hi = 0;
     int nr = 0;
     /* The machine may be shared and its load may drift during the run: the
@@ -254,6 +298,16 @@ int cmd_bench(int argc, char **argv)
     for (int i = 1; i < np; i++)
         lo = peaks[i] < lo ? peaks[i] : lo, hi = peaks[i] > hi ? peaks[i] : hi;
 
+    /* Decode streams every weight once per step and every session's state
+     * in and out once per token: the memory roofline for b sessions is
+     * bandwidth / ((weights + b * 2 * state) / b) tokens per second. */
+    double bw = mem_bandwidth();
+    double wbytes = (double)model_n_params(m) * 4, sbytes_d = (double)state_bytes(m);
+    for (int i = 0; i < nr; i++) {
+        int b;
+        if (sscanf(res[i].name, "decode b=%d", &b) == 1)
+            res[i].mem_ratio = res[i].tok_s / (bw * 1e9 / ((wbytes + b * 2.0 * sbytes_d) / b));
+    }
     double dec1 = 0, dec32 = 0;
     for (int i = 0; i < nr; i++) {
         if (!strcmp(res[i].name, "decode b=1"))
@@ -266,16 +320,17 @@ int cmd_bench(int argc, char **argv)
         json_t *a = json_array();
         for (int i = 0; i < nr; i++)
             json_array_append_new(
-                a, json_pack("{ss sf sf sf sf sf}", "test", res[i].name, "tokens", res[i].tokens,
-                             "seconds", res[i].seconds, "tok_s", res[i].tok_s, "gflops",
-                             res[i].gflops, "of_sgemm_peak", res[i].ratio));
+                a, json_pack("{ss sf sf sf sf sf sf}", "test", res[i].name, "tokens",
+                             res[i].tokens, "seconds", res[i].seconds, "tok_s", res[i].tok_s,
+                             "gflops", res[i].gflops, "of_sgemm_peak", res[i].ratio,
+                             "of_memory_roofline", res[i].mem_ratio));
         json_t *out = json_pack(
-            "{ss ss ss sI sI sf sf sf sf sf sf sI sI so sf}", "model", label, "blas", blas, "kernels",
+            "{ss ss ss sI sI sf sf sf sf sf sf sf sI sI so sf}", "model", label, "blas", blas, "kernels",
             kernels_get()->name, "params", (json_int_t)model_n_params(m), "params_nonembed",
             (json_int_t)model_n_params_nonembed(m), "flops_per_token_prefill",
             model_flops_per_token(m, 0), "flops_per_token_with_head",
             model_flops_per_token(m, 1), "sgemm_peak_gflops", peak, "sgemm_peak_min", lo,
-            "sgemm_peak_max", hi, "sgemm_model_shape_gflops",
+            "sgemm_peak_max", hi, "memory_gb_s", bw, "sgemm_model_shape_gflops",
             peak_shape, "state_bytes", (json_int_t)sbytes, "peak_rss_bytes", (json_int_t)rss,
             "results", a, "decode_b32_over_b1", dec1 > 0 ? dec32 / dec1 : 0.0);
         char *d = json_dumps(out, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
@@ -294,15 +349,20 @@ int cmd_bench(int argc, char **argv)
         printf("sgemm peak %.1f GFLOP/s (1024^3; %.1f..%.1f over the run); at in_proj shape "
                "256x%dx%d: %.1f GFLOP/s\n",
                peak, lo, hi, c->d_in_proj, c->d_model, peak_shape);
+        printf("memory bandwidth %.1f GB/s (read + write)\n", bw);
         printf("state: %zu bytes per session (%.2f MiB); peak RSS %.1f MiB\n\n", sbytes,
                sbytes / 1048576.0, rss / 1048576.0);
-        printf("| %-14s | %10s | %10s | %9s | %13s |\n", "test", "tokens", "tok/s", "GFLOP/s",
-               "of sgemm peak");
-        printf("|%s|%s|%s|%s|%s|\n", "----------------", "------------", "------------",
-               "-----------", "---------------");
-        for (int i = 0; i < nr; i++)
-            printf("| %-14s | %10.0f | %10.1f | %9.1f | %12.1f%% |\n", res[i].name,
-                   res[i].tokens, res[i].tok_s, res[i].gflops, 100 * res[i].ratio);
+        printf("| %-14s | %10s | %10s | %9s | %13s | %15s |\n", "test", "tokens", "tok/s",
+               "GFLOP/s", "of sgemm peak", "of mem roofline");
+        printf("|%s|%s|%s|%s|%s|%s|\n", "----------------", "------------", "------------",
+               "-----------", "---------------", "-----------------");
+        for (int i = 0; i < nr; i++) {
+            char mr[32] = "";
+            if (res[i].mem_ratio > 0)
+                snprintf(mr, sizeof mr, "%.1f%%", 100 * res[i].mem_ratio);
+            printf("| %-14s | %10.0f | %10.1f | %9.1f | %12.1f%% | %15s |\n", res[i].name,
+                   res[i].tokens, res[i].tok_s, res[i].gflops, 100 * res[i].ratio, mr);
+        }
         if (dec1 > 0 && dec32 > 0)
             printf("\ndecode b=32 aggregate / b=1: %.1fx\n", dec32 / dec1);
     }
