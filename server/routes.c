@@ -1044,6 +1044,8 @@ static void h_session(struct rq *q)
         return;
     }
     if (q->method == M_GET) {
+        if (!s->busy)
+            s->last_used_ms = now_ms(q->a); /* asking about it is using it */
         respond_json(q->h, 200, session_json(q->a, s, q->job));
         return;
     }

@@ -679,9 +679,11 @@ def test_x3_sigterm_drains_then_cancels(models):
     t0 = time.time()
     srv.p.send_signal(signal.SIGTERM)
     assert srv.wait_log("SIGTERM: draining")
-    # no new connections
+    # no new connections; an open keep-alive connection hears 503
     with pytest.raises(requests.ConnectionError):
         requests.get(srv.url("/health"), timeout=2)
+    h = keep.get(srv.url("/health"), timeout=5)
+    assert h.status_code == 503 and h.json() == {"status": "draining"}
     # the open stream goes on until the drain timeout, then ends with an error event
     for chunk in it:
         buf += chunk
@@ -722,3 +724,36 @@ def test_x3_second_signal_exits_at_once(models):
     rc = srv.p.wait(5)
     assert rc != 0 and time.time() - t < 2
     r.close()
+
+
+# ---- S7: log injection; idle TTL ------------------------------------------------------------
+
+def test_s7_log_lines_escaped(models):
+    srv = Server(models["a"])
+    try:
+        s = raw_conn(srv)
+        s.sendall(b"GET /v1/x%0d%0aFAKE%20LINE%1b[31m HTTP/1.1\r\nHost: x\r\n\r\n")
+        st, _, _ = read_response(s)
+        s.close()
+        assert st == 404
+        assert srv.wait_log(r"GET \"/v1/x\\x0d\\x0aFAKE LINE\\x1b\[31m\" 404")
+        assert not any(l.startswith("FAKE") for l in srv.log())
+        assert not any("\x1b" in l for l in srv.log())
+    finally:
+        assert srv.stop() == 0
+
+
+def test_idle_sessions_expire(models):
+    srv = Server(models["a"], "--session-ttl", "1")
+    try:
+        c = Client(srv)
+        idle, used = c.session("x"), c.session("y")
+        t = time.time()
+        while time.time() - t < 2.5:
+            c.info(used)  # each request keeps it alive
+            time.sleep(0.2)
+        error_of(c.get(f"/v1/sessions/{idle}"), 404)
+        assert c.info(used)["position"] == 1
+        assert "recurd_sessions_expired_total 1" in c.get("/metrics").text
+    finally:
+        assert srv.stop() == 0
