@@ -38,6 +38,13 @@ int read_file_all(const char *path, size_t max_bytes, char **out, size_t *len, c
 int parse_token_ids(const char *text, int n_vocab, int32_t **ids, size_t *n, char *err,
                     size_t errlen);
 
+/* The ids a subcommand works on: whitespace-separated ids from tokens_path,
+ * or the text in text_path (UTF-8; '-' for stdin) encoded with model_dir's
+ * tokenizer.json (byte ids if the directory has none). Exactly one of the
+ * two paths is non-NULL. Every id is checked against n_vocab. */
+int load_input_ids(const char *model_dir, int n_vocab, const char *tokens_path,
+                   const char *text_path, int32_t **ids, size_t *n, char *err, size_t errlen);
+
 /* Strict integer option parsing: whole string, in [lo, hi]. */
 int parse_long_opt(const char *s, long lo, long hi, long *out);
 

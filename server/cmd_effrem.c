@@ -25,11 +25,10 @@
 #include "state.h"
 
 #define MAX_T 64
-#define MAX_INPUT_BYTES ((size_t)1 << 32)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: recurd effrem --model DIR --tokens FILE [--T 256,1024,4096]\n"
+    fprintf(f, "usage: recurd effrem --model DIR (--tokens FILE | --text FILE) [--T 256,1024,4096]\n"
                "                     [--points 16] [--windows 1] [--json]\n"
                "  --T LIST      context lengths T (comma-separated)\n"
                "  --points P    t = k*T/P for k = 0..P-1\n"
@@ -66,10 +65,11 @@ int cmd_effrem(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, 't'},
+        {"text", required_argument, 0, 'x'},
         {"T", required_argument, 0, 'T'},     {"points", required_argument, 0, 'p'},
         {"windows", required_argument, 0, 'w'}, {"json", no_argument, 0, 'j'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
-    const char *dir = NULL, *tokens_path = NULL, *Tlist = "256,1024,4096";
+    const char *dir = NULL, *tokens_path = NULL, *text_path = NULL, *Tlist = "256,1024,4096";
     long points = 16, windows = 1;
     int json = 0, o;
     optind = 1;
@@ -77,6 +77,7 @@ int cmd_effrem(int argc, char **argv)
         switch (o) {
         case 'm': dir = optarg; break;
         case 't': tokens_path = optarg; break;
+        case 'x': text_path = optarg; break;
         case 'T': Tlist = optarg; break;
         case 'j': json = 1; break;
         case 'p':
@@ -91,7 +92,7 @@ int cmd_effrem(int argc, char **argv)
         default: goto bad;
         }
     }
-    if (!dir || !tokens_path || optind != argc)
+    if (!dir || !!tokens_path + !!text_path != 1 || optind != argc)
         goto bad;
     long Ts[MAX_T];
     int nT = 0;
@@ -110,9 +111,8 @@ int cmd_effrem(int argc, char **argv)
     struct model *m = NULL;
     struct fwd *f = NULL;
     struct mstate *s = NULL;
-    char *text = NULL;
     int32_t *ids = NULL;
-    size_t n = 0, len;
+    size_t n = 0;
     float *lg = NULL;
     double *pfull = NULL, *pcut = NULL, *tv = NULL;
     int status = 1, rc;
@@ -121,9 +121,8 @@ int cmd_effrem(int argc, char **argv)
         goto out;
     }
     const int V = model_config(m)->n_vocab;
-    if ((rc = read_file_all(tokens_path, MAX_INPUT_BYTES, &text, &len, err, sizeof err)) ||
-        (rc = parse_token_ids(text, V, &ids, &n, err, sizeof err))) {
-        fprintf(stderr, "recurd effrem: %s: %s\n", tokens_path, err);
+    if ((rc = load_input_ids(dir, V, tokens_path, text_path, &ids, &n, err, sizeof err))) {
+        fprintf(stderr, "recurd effrem: %s\n", err);
         goto out;
     }
     long Tmax = 0;
@@ -190,7 +189,7 @@ int cmd_effrem(int argc, char **argv)
 fail:
     fprintf(stderr, "recurd effrem: %s\n", err);
 out:
-    rc_free(text), rc_free(ids), rc_free(lg), rc_free(pfull), rc_free(pcut), rc_free(tv);
+    rc_free(ids), rc_free(lg), rc_free(pfull), rc_free(pcut), rc_free(tv);
     state_free(s);
     fwd_free(f);
     model_free(m);

@@ -18,14 +18,15 @@
 #include "score.h"
 #include "state.h"
 
-#define MAX_INPUT_BYTES ((size_t)1 << 32) /* 4 GiB of ids text */
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: recurd score --model DIR --tokens FILE [--json] [--chunk N]\n"
+            "usage: recurd score --model DIR (--tokens FILE | --text FILE) [--json] [--chunk N]\n"
             "                    [--max-details N] [--max-tokens N] [--progress]\n"
             "  --tokens FILE     whitespace-separated token ids ('-' for stdin)\n"
+            "  --text FILE       UTF-8 text ('-' for stdin), encoded with DIR/tokenizer.json\n"
+            "                    (byte ids if DIR has none)\n"
             "  --json            one JSON object: n_tokens, n_scored, nll, ppl,\n"
             "                    token_logprobs (omitted above --max-details), buckets\n"
             "  --chunk N         tokens per forward pass (default 256)\n"
@@ -78,11 +79,12 @@ int cmd_score(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},  {"tokens", required_argument, 0, 't'},
+        {"text", required_argument, 0, 'x'},
         {"json", no_argument, 0, 'j'},         {"chunk", required_argument, 0, 'c'},
         {"max-details", required_argument, 0, 'd'}, {"progress", no_argument, 0, 'p'},
         {"max-tokens", required_argument, 0, 'n'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    const char *model_dir = NULL, *tokens_path = NULL;
+    const char *model_dir = NULL, *tokens_path = NULL, *text_path = NULL;
     int json = 0, progress = isatty(2);
     long chunk = 256, max_details = 1000000, max_tokens = 0;
     int o;
@@ -91,6 +93,7 @@ int cmd_score(int argc, char **argv)
         switch (o) {
         case 'm': model_dir = optarg; break;
         case 't': tokens_path = optarg; break;
+        case 'x': text_path = optarg; break;
         case 'j': json = 1; break;
         case 'p': progress = 1; break;
         case 'c':
@@ -115,7 +118,7 @@ int cmd_score(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (!model_dir || !tokens_path || optind != argc) {
+    if (!model_dir || !!tokens_path + !!text_path != 1 || optind != argc) {
         usage(stderr);
         return 2;
     }
@@ -125,9 +128,8 @@ int cmd_score(int argc, char **argv)
     struct fwd *f = NULL;
     struct scorer *sc = NULL;
     struct mstate *s = NULL;
-    char *text = NULL;
     int32_t *ids = NULL;
-    size_t n = 0, len;
+    size_t n = 0;
     int rc, status = 1;
     struct collect col = {0};
     if ((rc = model_load(model_dir, &m, err, sizeof err))) {
@@ -135,17 +137,15 @@ int cmd_score(int argc, char **argv)
         goto out;
     }
     const struct model_config *c = model_config(m);
-    if ((rc = read_file_all(tokens_path, MAX_INPUT_BYTES, &text, &len, err, sizeof err)) ||
-        (rc = parse_token_ids(text, c->n_vocab, &ids, &n, err, sizeof err))) {
-        fprintf(stderr, "recurd score: %s: %s\n", tokens_path, err);
+    if ((rc = load_input_ids(model_dir, c->n_vocab, tokens_path, text_path, &ids, &n, err,
+                             sizeof err))) {
+        fprintf(stderr, "recurd score: %s\n", err);
         goto out;
     }
-    rc_free(text);
-    text = NULL;
     if (max_tokens && n > (size_t)max_tokens)
         n = (size_t)max_tokens;
     if (n == 0) {
-        fprintf(stderr, "recurd score: %s: no tokens\n", tokens_path);
+        fprintf(stderr, "recurd score: %s: no tokens\n", tokens_path ? tokens_path : text_path);
         goto out;
     }
     if (fwd_create(m, (int)chunk, &f) || scorer_create(f, 0, &sc) || state_create(m, &s)) {
@@ -205,7 +205,6 @@ int cmd_score(int argc, char **argv)
     status = fflush(stdout) == 0 ? 0 : 1;
 out:
     rc_free(col.lp);
-    rc_free(text);
     rc_free(ids);
     state_free(s);
     scorer_free(sc);

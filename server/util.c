@@ -9,6 +9,7 @@
 #include "alloc.h"
 #include "cli.h"
 #include "errors.h"
+#include "tokenizer.h"
 
 double now_sec(void)
 {
@@ -147,5 +148,42 @@ int parse_long_opt(const char *s, long lo, long hi, long *out)
     if (errno || end == s || *end || v < lo || v > hi)
         return -1;
     *out = v;
+    return 0;
+}
+
+#define MAX_INPUT_BYTES ((size_t)1 << 32)
+
+int load_input_ids(const char *model_dir, int n_vocab, const char *tokens_path,
+                   const char *text_path, int32_t **ids, size_t *n, char *err, size_t errlen)
+{
+    char *text = NULL, e2[768];
+    size_t len;
+    int rc;
+    if (tokens_path) {
+        if ((rc = read_file_all(tokens_path, MAX_INPUT_BYTES, &text, &len, e2, sizeof e2)) ||
+            (rc = parse_token_ids(text, n_vocab, ids, n, e2, sizeof e2)))
+            rc_fail(err, errlen, rc, "%s: %s", tokens_path, e2);
+        rc_free(text);
+        return rc;
+    }
+    tokenizer_t *tok = NULL;
+    int fallback = 0;
+    if ((rc = tokenizer_load_dir(model_dir, &tok, &fallback, err, errlen)))
+        return rc;
+    if ((rc = read_file_all(text_path, MAX_INPUT_BYTES, &text, &len, err, errlen)) == 0)
+        rc = tokenizer_encode(tok, text, len, 0, ids, n, err, errlen);
+    rc_free(text);
+    tokenizer_free(tok);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < *n; i++)
+        if ((*ids)[i] >= n_vocab) {
+            int32_t bad = (*ids)[i];
+            rc_free(*ids);
+            *ids = NULL;
+            return rc_fail(err, errlen, RC_EINVAL,
+                           "%s: the tokenizer gave id %d (token %zu), beyond the model's %d rows",
+                           text_path, bad, i, n_vocab);
+        }
     return 0;
 }

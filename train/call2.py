@@ -318,7 +318,7 @@ def export_all(a, stage, models, post_hist, long, meta1, data, tok, tok_path, cf
     if ev_cols:
         evals = ("Device-side check in PyTorch (float32, no TF32), mean over the "
                  f"{a.n_eval_books_used} evaluation books (dev_eval) of each book's perplexity in "
-                 "the bucket, first {a.long_eval_tokens} "
+                 f"the bucket, first {a.long_eval_tokens} "
                  "tokens of each book, state carried across 8192-token segments:\n\n"
                  + longeval.format_table(ev_cols, ctx))
     post = None

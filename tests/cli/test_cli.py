@@ -163,3 +163,40 @@ def test_shipped_models_score_like_transformers(name):
     got = np.array(out["token_logprobs"])
     assert got.shape == ref["logprobs"].shape
     assert np.max(np.abs(got - ref["logprobs"])) < 1e-4
+
+
+SHARED = os.environ.get("RECUR_SHARED", os.path.join(os.path.dirname(__file__), "..", "..", "..",
+                                                     "shared"))
+
+
+def test_text_scoring_uses_the_model_tokenizer(tmp_path):
+    """score --text == score --tokens of `recurd tokenize` output."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    model = os.path.join(root, "models", "recur-sp")
+    text = tmp_path / "t.txt"
+    text.write_text("It was late in the autumn of the year when the coach from London set "
+                    "down a young man at the door of the old inn.\n" * 20)
+    ids = run("tokenize", "--tokenizer", model, input=text.read_text()).stdout
+    a = json.loads(run("score", "--model", model, "--text", str(text), "--json").stdout)
+    b = json.loads(run("score", "--model", model, "--tokens", "-", "--json", input=ids).stdout)
+    assert a["n_tokens"] == len(ids.split()) and a["token_logprobs"] == b["token_logprobs"]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "gutenberg", "dev_eval")),
+                    reason="../shared/data/gutenberg/dev_eval is absent")
+def test_dev_eval_books_tokenize_like_hf():
+    """Our tokenizer on the 12 held-out books (4.7M tokens) gives exactly the ids HF
+    tokenizers gave on the GPU machine (hashes in tests/fixtures/tokenizer/recur-sp)."""
+    import hashlib
+    import lzma
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    ref = json.load(open(os.path.join(FIX, "..", "tokenizer", "recur-sp", "dev_eval_ids.json")))
+    for name, want in sorted(ref["books"].items()):
+        text = lzma.open(os.path.join(SHARED, "data", "gutenberg", "dev_eval", name)).read()
+        p = subprocess.run([RECURD, "tokenize", "--tokenizer",
+                            os.path.join(root, "models", "recur-sp")], input=text,
+                           capture_output=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        ids = np.array(p.stdout.split(), dtype=np.int64)
+        assert len(ids) == want["n_ids"], name
+        assert hashlib.sha256(ids.astype("<u2").tobytes()).hexdigest() == want["sha256_u16le"], name

@@ -80,6 +80,50 @@ static void test_neox_known(void **unused)
     tokenizer_free(tok);
 }
 
+/* Our own model's tokenizer against the ids HF tokenizers 0.23.2 gave when it was
+ * trained (tests/fixtures/tokenizer/recur-sp/cases.json, from train/). */
+static void test_recur_sp_reference(void **unused)
+{
+    tokenizer_t *tok = load_or_skip("recur");
+    uint8_t *d;
+    size_t n;
+    assert_int_equal(tl_read(TL_DIR "/recur-sp/cases.json", &d, &n), 0);
+    json_t *doc = json_loadb((const char *)d, n, JSON_ALLOW_NUL, NULL);
+    rc_free(d);
+    assert_non_null(doc);
+    assert_false(json_is_true(json_object_get(doc, "mock")));
+    size_t i, bad = 0;
+    json_t *c;
+    json_array_foreach(json_object_get(doc, "cases"), i, c)
+    {
+        json_t *text = json_object_get(c, "text"), *want = json_object_get(c, "ids");
+        int32_t *ids;
+        size_t k;
+        char err[256], *txt;
+        size_t tl;
+        assert_int_equal(tokenizer_encode(tok, json_string_value(text), json_string_length(text), 0,
+                                          &ids, &k, err, sizeof err), 0);
+        int same = k == json_array_size(want);
+        for (size_t j = 0; same && j < k; j++)
+            same = ids[j] == json_integer_value(json_array_get(want, j));
+        assert_int_equal(tokenizer_decode(tok, ids, k, 0, &txt, &tl, err, sizeof err), 0);
+        json_t *dec = json_object_get(c, "decoded");
+        if (dec && (tl != json_string_length(dec) || memcmp(txt, json_string_value(dec), tl)))
+            same = 0;
+        if (!same) {
+            print_message("case %zu differs: %.100s\n", i, json_string_value(text));
+            bad++;
+        }
+        rc_free(txt);
+        rc_free(ids);
+    }
+    print_message("%zu cases from %s\n", i, json_string_value(json_object_get(doc, "reference")));
+    assert_true(i >= 10);
+    assert_int_equal(bad, 0);
+    json_decref(doc);
+    tokenizer_free(tok);
+}
+
 /* GPT-2 and cl100k reference ids (OpenAI's published encodings). */
 static void test_gpt2_cl100k_known(void **unused)
 {
@@ -271,6 +315,7 @@ static void test_roundtrip_gpt2(void **unused) { roundtrip("gpt2"); }
 static void test_roundtrip_cl100k(void **unused) { roundtrip("cl100k"); }
 static void test_roundtrip_neox(void **unused) { roundtrip("neox"); }
 static void test_roundtrip_nfkc(void **unused) { roundtrip("gpt2_nfkc"); }
+static void test_roundtrip_recur(void **unused) { roundtrip("recur"); }
 
 /* The short-word merge path and the reference's queue give the same ids (the queue
  * is forced by marking the merge table ambiguous). */
@@ -383,6 +428,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_neox_known),
         cmocka_unit_test(test_gpt2_cl100k_known),
+        cmocka_unit_test(test_recur_sp_reference),
         cmocka_unit_test(test_no_special_flag),
         cmocka_unit_test(test_decode_errors_and_holes),
         cmocka_unit_test(test_bytes_fallback),
@@ -390,6 +436,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_roundtrip_cl100k),
         cmocka_unit_test(test_roundtrip_neox),
         cmocka_unit_test(test_roundtrip_nfkc),
+        cmocka_unit_test(test_roundtrip_recur),
         cmocka_unit_test(test_variants_load),
         cmocka_unit_test(test_short_path_gpt2),
         cmocka_unit_test(test_short_path_cl100k),

@@ -243,6 +243,7 @@ static void golden_file(const char *file, const char *tok_name)
 static void test_goldens_neox(void **unused) { golden_file("goldens-neox.json.gz", "neox"); }
 static void test_goldens_gpt2(void **unused) { golden_file("goldens-gpt2.json.gz", "gpt2"); }
 static void test_goldens_cl100k(void **unused) { golden_file("goldens-cl100k.json.gz", "cl100k"); }
+static void test_goldens_recur(void **unused) { golden_file("goldens-recur.json.gz", "recur"); }
 static void test_goldens_cl100k_tiktoken(void **unused)
 {
     golden_file("goldens-cl100k-tiktoken.json.gz", "cl100k");
@@ -286,6 +287,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_goldens_gpt2),
         cmocka_unit_test(test_goldens_cl100k),
         cmocka_unit_test(test_goldens_neox),
+        cmocka_unit_test(test_goldens_recur),
         cmocka_unit_test(test_goldens_variants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

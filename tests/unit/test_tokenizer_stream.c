@@ -90,6 +90,7 @@ static void stream_all_texts(const char *name, int byte_by_byte)
 static void test_stream_neox(void **unused) { stream_all_texts("neox", 1); }
 static void test_stream_gpt2(void **unused) { stream_all_texts("gpt2", 1); }
 static void test_stream_cl100k(void **unused) { stream_all_texts("cl100k", 0); }
+static void test_stream_recur(void **unused) { stream_all_texts("recur", 0); }
 
 /* Every variant on a mixed text: the split behaviours, invert, prefix space, added
  * token flags, normalisers, all streamed. */
@@ -321,6 +322,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stream_gpt2),
         cmocka_unit_test(test_stream_cl100k),
         cmocka_unit_test(test_stream_neox),
+        cmocka_unit_test(test_stream_recur),
         cmocka_unit_test(test_stream_variants),
         cmocka_unit_test(test_random_words_small_cap),
         cmocka_unit_test(test_long_runs),

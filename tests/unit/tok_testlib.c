@@ -55,6 +55,8 @@ char *tl_base_json(const char *name, size_t *len, char *why, size_t whylen)
     char path[1024];
     if (!strcmp(name, "neox"))
         snprintf(path, sizeof path, "%s/tokenizers/gpt-neox-20b/tokenizer.json", RECUR_SHARED);
+    else if (!strcmp(name, "recur"))
+        snprintf(path, sizeof path, "%s/recur-sp/tokenizer.json", RECUR_MODELS);
     else
         snprintf(path, sizeof path, "%s/%s/tokenizer.json.gz", TL_DIR, name);
     uint8_t *d;
@@ -128,7 +130,8 @@ tokenizer_t *tl_load(const char *name, int *rc, char *why, size_t whylen)
     *rc = 0;
     json_t *all = NULL, *v = NULL;
     const char *base = name;
-    if (strcmp(name, "neox") && strcmp(name, "gpt2") && strcmp(name, "cl100k")) {
+    if (strcmp(name, "neox") && strcmp(name, "gpt2") && strcmp(name, "cl100k") &&
+        strcmp(name, "recur")) {
         all = variants_json();
         v = all ? find_variant(all, name) : NULL;
         if (!v) {

@@ -18,8 +18,8 @@
  * 0 or -1 (and *data NULL). */
 int tl_read(const char *path, uint8_t **data, size_t *len);
 
-/* tokenizer.json text of a base tokenizer: "gpt2", "cl100k" (fixtures) or "neox"
- * (RECUR_SHARED). NULL when absent, with the reason in why. rc_free the result. */
+/* tokenizer.json text of a base tokenizer: "gpt2", "cl100k" (fixtures), "neox"
+ * (RECUR_SHARED) or "recur" (models/recur-sp, our own model's). NULL when absent, with the reason in why. rc_free the result. */
 char *tl_base_json(const char *name, size_t *len, char *why, size_t whylen);
 
 /* Load a base tokenizer, or a variant "name" from variants.json (its base with its
