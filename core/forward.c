@@ -21,12 +21,10 @@
  */
 #include "forward.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
-#include "blas.h"
 #include "errors.h"
 #include "kernels.h"
 #include "model_impl.h"
@@ -95,7 +93,6 @@ int fwd_create(const struct model *m, int max_tokens, struct fwd **out)
     f->meta = rc_calloc(T, sizeof *f->meta);
     f->seen = rc_calloc(T, sizeof *f->seen);
     f->pool = pool_create(0);
-    blas_set_threads(1);
     if (!f->block || !f->meta || !f->seen || !f->pool) {
         fwd_free(f);
         return RC_ENOMEM;
@@ -110,38 +107,29 @@ int fwd_create(const struct model *m, int max_tokens, struct fwd **out)
 }
 
 struct linear_job {
+    const struct kernels *k;
     float *out;
     const float *x, *w;
-    int ldo, ldx, rows, n, k, parts;
-    float beta;
+    int ldo, ldx, rows, n, kdim, accumulate;
 };
 
-static void linear_part(void *ctx, int i)
+static void linear_panel(void *ctx, int p)
 {
     const struct linear_job *j = ctx;
-    /* Split the output features into parts, each a multiple of 16 wide. */
-    int per = ((j->n + j->parts - 1) / j->parts + 15) & ~15;
-    int n0 = i * per, n1 = n0 + per < j->n ? n0 + per : j->n;
-    if (n0 >= n1)
-        return;
-    if (j->rows == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n1 - n0, j->k, 1.0f, j->w + (size_t)n0 * j->k,
-                    j->k, j->x, 1, j->beta, j->out + n0, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->rows, n1 - n0, j->k, 1.0f, j->x,
-                    j->ldx, j->w + (size_t)n0 * j->k, j->k, j->beta, j->out + n0, j->ldo);
+    int c0 = p * GEMM_NR, ncols = j->n - c0 < GEMM_NR ? j->n - c0 : GEMM_NR;
+    j->k->gemm_panel(j->out + c0, j->ldo, j->x, j->ldx, j->w + (size_t)p * j->kdim * GEMM_NR,
+                     j->rows, j->kdim, ncols, j->accumulate);
 }
 
-/* out (rows x n, row stride ldo) (+)= x (rows x k, stride ldx) . w^T, with w
- * (n x k) row-major as PyTorch stores Linear weights. The output features
- * are split over the pool's threads, each calling single-threaded OpenBLAS
- * (its own threading spins in sched_yield between our loops). One row is a
- * GEMV: OpenBLAS's sgemm with M = 1 is several times slower. */
+/* out (rows x n, row stride ldo) = x (rows x k, row stride ldx) . W^T, or
+ * += when accumulate; W (n x k) packed in panels (kernels.h). Panels are
+ * spread over the pool; each output element is computed the same way
+ * whatever the batch, so rows do not depend on each other. */
 static void linear(struct fwd *f, float *out, int ldo, const float *x, int ldx, const float *w,
-                   int rows, int n, int k, float beta)
+                   int rows, int n, int k, int accumulate)
 {
-    struct linear_job j = {out, x, w, ldo, ldx, rows, n, k, pool_threads(f->pool), beta};
-    pool_run(f->pool, j.parts, linear_part, &j);
+    struct linear_job j = {f->k, out, x, w, ldo, ldx, rows, n, k, accumulate};
+    pool_run(f->pool, (n + GEMM_NR - 1) / GEMM_NR, linear_panel, &j);
 }
 
 static void add_bias(float *out, int ldo, const float *b, int rows, int n)
@@ -265,8 +253,8 @@ static void mamba1_mixer(struct fwd *f, int l, int N, int nseg)
     const struct layer *L = &f->m->layers[l];
     const int DI = c->d_inner, R = c->dt_rank, XW = R + 2 * c->d_state;
     pool_run(f->pool, nseg, conv_item, f);
-    linear(f, f->xdbl, XW, f->xbc, DI, L->x_proj, N, XW, DI, 0.0f);
-    linear(f, f->dt, DI, f->xdbl, XW, L->dt_proj, N, DI, R, 0.0f);
+    linear(f, f->xdbl, XW, f->xbc, DI, L->x_proj, N, XW, DI, 0);
+    linear(f, f->dt, DI, f->xdbl, XW, L->dt_proj, N, DI, R, 0);
     f->k->softplus_rows(f->dt, DI, f->dt, DI, L->dt_proj_b, N, DI, 0.0f, __builtin_inff());
     pool_run(f->pool, nseg * ((DI + M1_CHUNK - 1) / M1_CHUNK), m1_scan_item, f);
 }
@@ -284,8 +272,7 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
     for (int i = 0; i < nseg; i++) {
         f->meta[i] = (struct seg_meta){off, segs[i].n, segs[i].state};
         for (int j = 0; j < segs[i].n; j++)
-            memcpy(f->resid + (size_t)(off + j) * D, m->embed + (size_t)segs[i].tokens[j] * D,
-                   (size_t)D * sizeof(float));
+            model_embed_row(m, segs[i].tokens[j], f->resid + (size_t)(off + j) * D);
         off += segs[i].n;
     }
 
@@ -293,13 +280,13 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
         const struct layer *L = &m->layers[l];
         f->layer = l;
         f->k->rmsnorm_rows(f->xn, f->resid, L->norm, N, D, c->norm_eps);
-        linear(f, f->proj, c->d_in_proj, f->xn, D, L->in_proj, N, c->d_in_proj, D, 0.0f);
+        linear(f, f->proj, c->d_in_proj, f->xn, D, L->in_proj, N, c->d_in_proj, D, 0);
         add_bias(f->proj, c->d_in_proj, L->in_proj_b, N, c->d_in_proj);
         if (c->arch == MODEL_MAMBA2)
             mamba2_mixer(f, l, N, nseg);
         else
             mamba1_mixer(f, l, N, nseg);
-        linear(f, f->resid, D, f->y, c->d_inner, L->out_proj, N, D, c->d_inner, 1.0f);
+        linear(f, f->resid, D, f->y, c->d_inner, L->out_proj, N, D, c->d_inner, 1);
         add_bias(f->resid, D, L->out_proj_b, N, D);
     }
 
@@ -319,8 +306,7 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
 void fwd_logits(struct fwd *f, const float *hidden, int n, float *logits)
 {
     const struct model_config *c = &f->m->cfg;
-    linear(f, logits, c->n_vocab, hidden, c->d_model, f->m->lm_head, n, c->n_vocab, c->d_model,
-           0.0f);
+    linear(f, logits, c->n_vocab, hidden, c->d_model, f->m->lm_head, n, c->n_vocab, c->d_model, 0);
 }
 
 int fwd_prefill(struct fwd *f, struct mstate *s, const int32_t *tokens, size_t n, char *err,

@@ -15,8 +15,25 @@
 
 #include <stddef.h>
 
+/* Projection weights are stored as column panels of GEMM_NR output features:
+ * W (n x k, row-major as PyTorch stores Linear weights) becomes
+ * ceil(n / GEMM_NR) panels, each k x GEMM_NR floats (feature j of panel p at
+ * [kk * GEMM_NR + j] is W[p * GEMM_NR + j][kk]); the last panel is padded
+ * with zeros. */
+#define GEMM_NR 16
+
 struct kernels {
     const char *name; /* "avx512", "avx2", "generic" */
+
+    /* One panel of a projection: C (M x ncols, row stride ldc) = X (M x k,
+     * row stride ldx) . panel (k x GEMM_NR), or C += ... when accumulate.
+     * ncols <= GEMM_NR of the panel's columns are real. Every output element
+     * is one running sum over kk = 0..k-1 in order (starting from C when
+     * accumulating): the same arithmetic whatever M, the row's place in X or
+     * the split of panels over threads. So a session's numbers do not depend
+     * on what else is in the batch. */
+    void (*gemm_panel)(float *C, int ldc, const float *X, int ldx, const float *panel, int M,
+                       int k, int ncols, int accumulate);
 
     /* out[r] = x[r] / rms(x[r]) * w, rows x n (out may equal x). */
     void (*rmsnorm_rows)(float *out, const float *x, const float *w, int rows, int n, float eps);

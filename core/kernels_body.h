@@ -40,6 +40,55 @@ static inline float K(fexp)(float x)
 
 static inline float K(silu)(float x) { return x / (1.0f + K(fexp)(-x)); }
 
+#define GEMM_MR 6   /* rows per register tile: 6 x 16 accumulators */
+#define GEMM_KC 256 /* k per block: the panel block (16 KiB) stays in L1 */
+
+/* mr rows x GEMM_NR columns over kk in [k0, k1), starting from C (load) or
+ * zero. Inlined with a constant mr, so a remainder tile does only its rows'
+ * work, with the same per-element sequence of multiply-adds as a full one. */
+static inline __attribute__((always_inline)) void K(gemm_tile)(float *C, int ldc,
+                                                               const float *X, int ldx,
+                                                               const float *panel, const int mr,
+                                                               int k0, int k1, int ncols,
+                                                               int load)
+{
+    float acc[GEMM_MR][GEMM_NR];
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < GEMM_NR; j++)
+            acc[r][j] = load && j < ncols ? C[(size_t)r * ldc + j] : 0.0f;
+    for (int kk = k0; kk < k1; kk++) {
+        const float *restrict w = panel + (size_t)kk * GEMM_NR;
+        for (int r = 0; r < mr; r++) {
+            const float xv = X[(size_t)r * ldx + kk];
+#pragma omp simd
+            for (int j = 0; j < GEMM_NR; j++)
+                acc[r][j] += xv * w[j];
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        memcpy(C + (size_t)r * ldc, acc[r], (size_t)ncols * sizeof(float));
+}
+
+static void K(gemm_panel)(float *C, int ldc, const float *X, int ldx, const float *panel, int M,
+                          int k, int ncols, int accumulate)
+{
+    for (int k0 = 0; k0 < k; k0 += GEMM_KC) {
+        const int k1 = k0 + GEMM_KC < k ? k0 + GEMM_KC : k, load = k0 > 0 || accumulate;
+        for (int i0 = 0; i0 < M; i0 += GEMM_MR) {
+            float *c = C + (size_t)i0 * ldc;
+            const float *x = X + (size_t)i0 * ldx;
+            switch (M - i0 < GEMM_MR ? M - i0 : GEMM_MR) {
+            case 6: K(gemm_tile)(c, ldc, x, ldx, panel, 6, k0, k1, ncols, load); break;
+            case 5: K(gemm_tile)(c, ldc, x, ldx, panel, 5, k0, k1, ncols, load); break;
+            case 4: K(gemm_tile)(c, ldc, x, ldx, panel, 4, k0, k1, ncols, load); break;
+            case 3: K(gemm_tile)(c, ldc, x, ldx, panel, 3, k0, k1, ncols, load); break;
+            case 2: K(gemm_tile)(c, ldc, x, ldx, panel, 2, k0, k1, ncols, load); break;
+            default: K(gemm_tile)(c, ldc, x, ldx, panel, 1, k0, k1, ncols, load); break;
+            }
+        }
+    }
+}
+
 static void K(rmsnorm_rows)(float *out, const float *x, const float *w, int rows, int n,
                             float eps)
 {
@@ -235,6 +284,7 @@ static void K(softplus_rows)(float *y, int ys, const float *x, int xs, const flo
 
 const struct kernels KCAT(kernels_, KSFX) = {
     .name = KNAME,
+    .gemm_panel = K(gemm_panel),
     .rmsnorm_rows = K(rmsnorm_rows),
     .gate_norm_rows = K(gate_norm_rows),
     .conv_silu = K(conv_silu),

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack: no allocation to fail */
 #include <xxhash.h>
 
 #include <jansson.h>
@@ -19,6 +20,7 @@
 #include "alloc.h"
 #include "config.h"
 #include "errors.h"
+#include "kernels.h"
 #include "model_impl.h"
 #include "safetensors.h"
 
@@ -27,6 +29,7 @@
 
 enum wkind {
     W_PLAIN,   /* used as stored */
+    W_PACK,    /* projection (n, k) -> GEMM_NR-column panels (kernels.h) */
     W_CONV,    /* (conv_dim, 1, d_conv) -> tap-major (d_conv, conv_dim) */
     W_NEG_EXP, /* A_log -> A = -exp(A_log) */
 };
@@ -43,7 +46,6 @@ struct wspec {
     const float **dst;
     /* filled while loading */
     const struct st_tensor *t;
-    int in_place;
 };
 
 /* Append one spec. */
@@ -69,13 +71,19 @@ static int weight_specs(struct model *m, struct wspec *s)
     int n = 0;
     char nm[96];
     int64_t D = c->d_model, DI = c->d_inner, N = c->d_state;
-    spec(s, &n, "backbone.embedding.weight", W_PLAIN, I_EMBED, 1, &m->embed, 2, c->n_vocab, D,
-         0);
+    /* Tied: the embedding is the lm_head, stored packed; rows are gathered
+     * from the panels for the input lookup. Untied: plain rows. */
+    if (c->tie_embeddings)
+        spec(s, &n, "backbone.embedding.weight", W_PACK, I_EMBED, 1, &m->lm_head, 2, c->n_vocab,
+             D, 0);
+    else
+        spec(s, &n, "backbone.embedding.weight", W_PLAIN, I_EMBED, 1, &m->embed, 2, c->n_vocab,
+             D, 0);
     for (int i = 0; i < c->n_layer; i++) {
         struct layer *L = &m->layers[i];
 #define NAME(suffix) (snprintf(nm, sizeof nm, "backbone.layers.%d.%s", i, suffix), nm)
         spec(s, &n, NAME("norm.weight"), W_PLAIN, I_ONE, 1, &L->norm, 1, D, 0, 0);
-        spec(s, &n, NAME("mixer.in_proj.weight"), W_PLAIN, I_PROJ, (int)D, &L->in_proj, 2,
+        spec(s, &n, NAME("mixer.in_proj.weight"), W_PACK, I_PROJ, (int)D, &L->in_proj, 2,
              c->d_in_proj, D, 0);
         if (c->proj_bias)
             spec(s, &n, NAME("mixer.in_proj.bias"), W_PLAIN, I_BIAS, 1, &L->in_proj_b, 1,
@@ -95,16 +103,16 @@ static int weight_specs(struct model *m, struct wspec *s)
                 spec(s, &n, NAME("mixer.norm.weight"), W_PLAIN, I_ONE, 1, &L->gnorm, 1, DI, 0,
                      0);
         } else {
-            spec(s, &n, NAME("mixer.x_proj.weight"), W_PLAIN, I_PROJ, (int)DI, &L->x_proj, 2,
+            spec(s, &n, NAME("mixer.x_proj.weight"), W_PACK, I_PROJ, (int)DI, &L->x_proj, 2,
                  c->dt_rank + 2 * N, DI, 0);
-            spec(s, &n, NAME("mixer.dt_proj.weight"), W_PLAIN, I_PROJ, c->dt_rank, &L->dt_proj,
+            spec(s, &n, NAME("mixer.dt_proj.weight"), W_PACK, I_PROJ, c->dt_rank, &L->dt_proj,
                  2, DI, c->dt_rank, 0);
             spec(s, &n, NAME("mixer.dt_proj.bias"), W_PLAIN, I_DTBIAS, 1, &L->dt_proj_b, 1, DI,
                  0, 0);
             spec(s, &n, NAME("mixer.A_log"), W_NEG_EXP, I_ALOG, 1, &L->A1, 2, DI, N, 0);
             spec(s, &n, NAME("mixer.D"), W_PLAIN, I_D, 1, &L->D, 1, DI, 0, 0);
         }
-        spec(s, &n, NAME("mixer.out_proj.weight"), W_PLAIN, I_PROJ, (int)DI, &L->out_proj, 2, D,
+        spec(s, &n, NAME("mixer.out_proj.weight"), W_PACK, I_PROJ, (int)DI, &L->out_proj, 2, D,
              DI, 0);
         if (c->proj_bias)
             spec(s, &n, NAME("mixer.out_proj.bias"), W_PLAIN, I_BIAS, 1, &L->out_proj_b, 1, D, 0,
@@ -113,7 +121,7 @@ static int weight_specs(struct model *m, struct wspec *s)
     }
     spec(s, &n, "backbone.norm_f.weight", W_PLAIN, I_ONE, 1, &m->norm_f, 1, D, 0, 0);
     if (!c->tie_embeddings)
-        spec(s, &n, "lm_head.weight", W_PLAIN, I_PROJ, (int)D, &m->lm_head, 2, c->n_vocab, D, 0);
+        spec(s, &n, "lm_head.weight", W_PACK, I_PROJ, (int)D, &m->lm_head, 2, c->n_vocab, D, 0);
     return n;
 }
 
@@ -125,8 +133,17 @@ static size_t spec_nelem(const struct wspec *w)
     return n;
 }
 
-/* Floats reserved per arena slot: rounded up to 16 (64 bytes). */
-static size_t slot(size_t n) { return (n + 15) & ~(size_t)15; }
+/* Floats reserved in the arena for a weight: packed projections have their
+ * rows padded to a multiple of GEMM_NR; every slot is rounded up to 16
+ * floats (64 bytes). */
+static size_t slot_of(const struct wspec *w)
+{
+    size_t n = 1;
+    for (int i = 0; i < w->ndim; i++)
+        n *= (size_t)(i == 0 && w->kind == W_PACK ? (w->shape[0] + GEMM_NR - 1) / GEMM_NR * GEMM_NR
+                                                  : w->shape[i]);
+    return (n + 15) & ~(size_t)15;
+}
 
 void model_free(struct model *m)
 {
@@ -163,6 +180,15 @@ static void derive(const struct model *m, const struct wspec *w, const float *sr
         for (int c = 0; c < C; c++)
             for (int k = 0; k < K; k++)
                 dst[(size_t)k * C + c] = src[(size_t)c * K + k];
+    } else if (w->kind == W_PACK) {
+        size_t rows = (size_t)w->shape[0], k = (size_t)w->shape[1];
+        size_t panels = (rows + GEMM_NR - 1) / GEMM_NR;
+        for (size_t p = 0; p < panels; p++)
+            for (size_t kk = 0; kk < k; kk++)
+                for (size_t j = 0; j < GEMM_NR; j++) {
+                    size_t r = p * GEMM_NR + j;
+                    dst[(p * k + kk) * GEMM_NR + j] = r < rows ? src[r * k + kk] : 0.0f;
+                }
     } else if (w->kind == W_NEG_EXP) {
         for (size_t i = 0; i < n; i++)
             dst[i] = -expf(src[i]);
@@ -171,16 +197,13 @@ static void derive(const struct model *m, const struct wspec *w, const float *sr
     }
 }
 
-/* Hash the model identity: config fields that change the function, then
- * every weight by canonical name, shape and fp32 value. */
-static uint64_t fingerprint(const struct model *m, const struct wspec *s, int ns,
-                            const float *const *values)
+/* The model identity: an XXH3-64 over the config fields that change the
+ * function, then every weight (in spec order) by canonical name, shape and
+ * fp32 value as stored, before any packing. fp_begin, fp_add per weight,
+ * XXH3_64bits_digest. */
+static void fp_begin(XXH3_state_t *st, const struct model_config *c)
 {
-    XXH3_state_t *st = XXH3_createState();
-    if (!st)
-        return 0;
     XXH3_64bits_reset(st);
-    const struct model_config *c = &m->cfg;
     int32_t ints[] = {c->arch,     c->d_model,  c->n_layer, c->n_vocab,      c->d_inner,
                       c->d_state,  c->d_conv,   c->headdim, c->ngroups,      c->dt_rank,
                       c->conv_bias, c->proj_bias, c->rmsnorm_gated, c->norm_before_gate,
@@ -189,14 +212,13 @@ static uint64_t fingerprint(const struct model *m, const struct wspec *s, int ns
     XXH3_64bits_update(st, "recurd-model-v1", 15);
     XXH3_64bits_update(st, ints, sizeof ints);
     XXH3_64bits_update(st, floats, sizeof floats);
-    for (int i = 0; i < ns; i++) {
-        XXH3_64bits_update(st, s[i].name, strlen(s[i].name) + 1);
-        XXH3_64bits_update(st, s[i].shape, sizeof s[i].shape);
-        XXH3_64bits_update(st, values[i], spec_nelem(&s[i]) * sizeof(float));
-    }
-    uint64_t h = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-    return h;
+}
+
+static void fp_add(XXH3_state_t *st, const struct wspec *w, const float *values)
+{
+    XXH3_64bits_update(st, w->name, strlen(w->name) + 1);
+    XXH3_64bits_update(st, w->shape, sizeof w->shape);
+    XXH3_64bits_update(st, values, spec_nelem(w) * sizeof(float));
 }
 
 /* ------------------------------------------------------------ loading */
@@ -406,9 +428,7 @@ static int bind_specs(struct model *m, struct wspec *s, int ns, char *err, size_
             return rc_fail(err, errlen, RC_EUNSUPPORTED,
                            "%s: tensor '%s' has dtype %s (F32, F16 or BF16 supported)",
                            file_of(m, t), t->name, st_dtype_name(t->dtype));
-        w->in_place = w->kind == W_PLAIN && t->dtype == ST_F32 && ((uintptr_t)t->data % 4) == 0;
-        if (!w->in_place)
-            used += slot(spec_nelem(w));
+        used += slot_of(w);
     }
     /* Every tensor in the files must be one we use: a stray tensor means a
      * model this config does not describe (extra MLP weights, say). A tied
@@ -444,47 +464,35 @@ static int all_finite(const float *x, size_t n)
 /* Point or convert every weight; compute derived ones; fingerprint. The
  * fingerprint hashes the values as stored (converted to fp32), so derived
  * weights keep a temporary copy of their source until it is hashed. */
+/* Convert every weight to fp32 into its arena slot (packing projections),
+ * checking values and hashing them for the fingerprint on the way. */
 static int fill_specs(struct model *m, struct wspec *s, int ns, char *err, size_t errlen)
 {
-    const float **values = rc_calloc((size_t)ns, sizeof *values);
-    float **temps = rc_calloc((size_t)ns, sizeof *temps);
-    int rc = 0;
-    if (!values || !temps) {
-        rc = rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-        goto out;
-    }
+    XXH3_state_t fp;
+    fp_begin(&fp, &m->cfg);
     size_t off = 0;
     for (int i = 0; i < ns; i++) {
         struct wspec *w = &s[i];
         size_t n = spec_nelem(w);
-        if (w->in_place) {
-            values[i] = *w->dst = w->t->data;
-        } else {
-            float *slotp = m->arena + off, *stored = slotp;
-            off += slot(n);
-            if (w->kind != W_PLAIN && !(stored = temps[i] = rc_malloc(n * sizeof(float)))) {
-                rc = rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-                goto out;
-            }
-            st_to_f32(w->t, stored);
+        float *slotp = m->arena + off, *stored = slotp;
+        off += slot_of(w);
+        if (w->kind != W_PLAIN && !(stored = rc_malloc(n * sizeof(float))))
+            return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+        st_to_f32(w->t, stored);
+        int finite = all_finite(stored, n);
+        if (finite) {
+            fp_add(&fp, w, stored);
             derive(m, w, stored, slotp);
-            values[i] = stored;
             *w->dst = slotp;
         }
-        if (!all_finite(values[i], n)) {
-            rc = rc_fail(err, errlen, RC_EFORMAT, "%s: tensor '%s' holds NaN or Inf",
-                         file_of(m, w->t), w->t->name);
-            goto out;
-        }
+        if (stored != slotp)
+            rc_free(stored);
+        if (!finite)
+            return rc_fail(err, errlen, RC_EFORMAT, "%s: tensor '%s' holds NaN or Inf",
+                           file_of(m, w->t), w->t->name);
     }
-    m->fingerprint = fingerprint(m, s, ns, values);
-    m->lm_head = m->cfg.tie_embeddings ? m->embed : m->lm_head;
-out:
-    for (int i = 0; temps && i < ns; i++)
-        rc_free(temps[i]);
-    rc_free(temps);
-    rc_free(values);
-    return rc;
+    m->fingerprint = XXH3_64bits_digest(&fp);
+    return 0;
 }
 
 static void count_params(struct model *m, const struct wspec *s, int ns)
@@ -541,6 +549,10 @@ int model_load(const char *dir, struct model **out, char *err, size_t errlen)
     }
     count_params(m, s, ns);
     rc_free(s);
+    /* Every weight now lives in the arena: unmap the files. */
+    for (int i = 0; i < m->nfiles; i++)
+        st_close(m->files[i]);
+    m->nfiles = 0;
     *out = m;
     return 0;
 }
@@ -586,47 +598,41 @@ int model_create_random(const struct model_config *cfg_in, uint64_t seed, struct
         return rc;
     struct model *m = model_alloc(&cfg);
     struct wspec *s = rc_calloc((size_t)max_specs(&cfg), sizeof *s);
-    float **values = NULL;
-    int ns = 0;
+    float *src = NULL;
     if (!m || !s)
         goto nomem;
-    ns = weight_specs(m, s);
-    size_t total = 0;
-    for (int i = 0; i < ns; i++)
-        total += slot(spec_nelem(&s[i]));
-    values = rc_calloc((size_t)ns, sizeof *values);
+    int ns = weight_specs(m, s);
+    size_t total = 0, biggest = 0;
+    for (int i = 0; i < ns; i++) {
+        total += slot_of(&s[i]);
+        biggest = spec_nelem(&s[i]) > biggest ? spec_nelem(&s[i]) : biggest;
+    }
     m->arena = rc_aligned_alloc(total * sizeof(float));
-    if (!values || !m->arena)
+    src = rc_malloc(biggest * sizeof(float));
+    if (!m->arena || !src)
         goto nomem;
+    XXH3_state_t fp;
+    fp_begin(&fp, &cfg);
     size_t off = 0;
     uint64_t rng = seed;
     for (int i = 0; i < ns; i++) {
         size_t n = spec_nelem(&s[i]);
-        float *dst = m->arena + off, *src = dst;
-        off += slot(n);
-        if (s[i].kind != W_PLAIN && !(src = rc_malloc(n * sizeof *src)))
-            goto nomem;
+        float *dst = m->arena + off;
+        off += slot_of(&s[i]);
         for (size_t j = 0; j < n; j++)
             src[j] = init_value(s[i].init, s[i].fan_in, &rng);
+        fp_add(&fp, &s[i], src);
         derive(m, &s[i], src, dst);
-        values[i] = src;
         *s[i].dst = dst;
     }
-    m->fingerprint = fingerprint(m, s, ns, (const float *const *)values);
-    m->lm_head = cfg.tie_embeddings ? m->embed : m->lm_head;
+    m->fingerprint = XXH3_64bits_digest(&fp);
     count_params(m, s, ns);
-    for (int i = 0; i < ns; i++)
-        if (s[i].kind != W_PLAIN)
-            rc_free(values[i]);
-    rc_free(values);
+    rc_free(src);
     rc_free(s);
     *out = m;
     return 0;
 nomem:
-    for (int i = 0; values && i < ns; i++)
-        if (s[i].kind != W_PLAIN)
-            rc_free(values[i]);
-    rc_free(values);
+    rc_free(src);
     rc_free(s);
     model_free(m);
     return rc_fail(err, errlen, RC_ENOMEM, "out of memory for a random model");
