@@ -28,6 +28,14 @@ static void usage(FILE *f)
                "the state stopped being finite.\n");
 }
 
+static long n_chunk(long chunk, long left) { return left < chunk ? left : chunk; }
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static int state_finite(const struct mstate *s, const struct model *m)
 {
     const float *p = s->block;
@@ -134,8 +142,46 @@ int cmd_soak(int argc, char **argv)
                 next_report *= 10;
         }
     }
-    printf("throughput: first window %.1f tok/s, last window %.1f tok/s (ratio %.3f)\n",
+    printf("throughput: first window %.1f tok/s, last window %.1f tok/s (ratio %.3f; the "
+           "machine's load may have changed in between)\n",
            first_rate, last_rate, last_rate / first_rate);
+
+    /* Position dependence measured under the same load: alternate chunks
+     * between a session at position 1024 (restored to that point before each
+     * chunk) and the long one (from `total` on), and compare the median time
+     * per chunk. */
+    struct mstate *young = NULL, *young0 = NULL;
+    enum { PAIRS = 64 };
+    double ty[PAIRS], to[PAIRS];
+    if (state_create(m, &young) == 0 && state_create(m, &young0) == 0) {
+        for (long i = 0; i < 1024; i += n_chunk(chunk, 1024 - i)) {
+            long n = n_chunk(chunk, 1024 - i);
+            for (long j = 0; j < n; j++)
+                tok[j] = (int32_t)(j % c->vocab_size);
+            fwd_prefill(f, young0, tok, (size_t)n, err, sizeof err);
+        }
+        for (int p = 0; p < PAIRS; p++) {
+            state_copy(young, young0);
+            for (long j = 0; j < chunk; j++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                tok[j] = (int32_t)((rng >> 33) % (uint64_t)c->vocab_size);
+            }
+            struct mstate *order[2] = {p & 1 ? s : young, p & 1 ? young : s};
+            for (int q = 0; q < 2; q++) {
+                double t0 = now_sec();
+                fwd_prefill(f, order[q], tok, (size_t)chunk, err, sizeof err);
+                (order[q] == s ? to : ty)[p] = now_sec() - t0;
+            }
+        }
+        qsort(ty, PAIRS, sizeof ty[0], cmp_double);
+        qsort(to, PAIRS, sizeof to[0], cmp_double);
+        printf("position dependence: median %.2f ms per %ld-token chunk at position ~%ld, "
+               "%.2f ms at ~%ld (ratio %.3f, %d interleaved pairs)\n",
+               ty[PAIRS / 2] * 1e3, chunk, 1024L, to[PAIRS / 2] * 1e3,
+               total + PAIRS * chunk / 2, to[PAIRS / 2] / ty[PAIRS / 2], PAIRS);
+    }
+    state_free(young);
+    state_free(young0);
     printf("%s\n", grew ? "FAIL: memory grew" : nonfinite ? "FAIL: state not finite"
                                                            : "ok: constant memory, finite state");
     rc_free(tok);
