@@ -151,8 +151,8 @@ int cmd_soak(int argc, char **argv)
      * chunk) and the long one (from `total` on), and compare the median time
      * per chunk. */
     struct mstate *young = NULL, *young0 = NULL;
-    enum { PAIRS = 64 };
-    double ty[PAIRS], to[PAIRS];
+    enum { PAIRS = 200 };
+    double ty[PAIRS], to[PAIRS], ratio[PAIRS];
     if (state_create(m, &young) == 0 && state_create(m, &young0) == 0) {
         for (long i = 0; i < 1024; i += n_chunk(chunk, 1024 - i)) {
             long n = n_chunk(chunk, 1024 - i);
@@ -172,13 +172,16 @@ int cmd_soak(int argc, char **argv)
                 fwd_prefill(f, order[q], tok, (size_t)chunk, err, sizeof err);
                 (order[q] == s ? to : ty)[p] = now_sec() - t0;
             }
+            ratio[p] = to[p] / ty[p];
         }
         qsort(ty, PAIRS, sizeof ty[0], cmp_double);
         qsort(to, PAIRS, sizeof to[0], cmp_double);
-        printf("position dependence: median %.2f ms per %ld-token chunk at position ~%ld, "
-               "%.2f ms at ~%ld (ratio %.3f, %d interleaved pairs)\n",
-               ty[PAIRS / 2] * 1e3, chunk, 1024L, to[PAIRS / 2] * 1e3,
-               total + PAIRS * chunk / 2, to[PAIRS / 2] / ty[PAIRS / 2], PAIRS);
+        qsort(ratio, PAIRS, sizeof ratio[0], cmp_double);
+        printf("position dependence: median %.2f ms per %ld-token chunk at position 1024, "
+               "%.2f ms at %ld+; per-pair time ratio (late/early) median %.3f, quartiles "
+               "%.3f..%.3f (%d interleaved pairs)\n",
+               ty[PAIRS / 2] * 1e3, chunk, to[PAIRS / 2] * 1e3, total, ratio[PAIRS / 2],
+               ratio[PAIRS / 4], ratio[3 * PAIRS / 4], PAIRS);
     }
     state_free(young);
     state_free(young0);
