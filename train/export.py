@@ -12,15 +12,13 @@ import math
 import os
 import shutil
 
-import torch
-
-import checkpoint
-
 EVAL_BEGIN = "<!-- recurd-eval:begin -->"
 EVAL_END = "<!-- recurd-eval:end -->"
 
 
 def export_dir(model, d, tokenizer_path, card, dtype="bf16", metadata=None):
+    import checkpoint  # torch is needed only to export, not to edit cards
+
     os.makedirs(d, exist_ok=True)
     sha = checkpoint.save_state_spaces(model, d, checkpoint.DTYPES[dtype], metadata)
     shutil.copyfile(tokenizer_path, os.path.join(d, "tokenizer.json"))
