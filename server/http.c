@@ -113,6 +113,20 @@ static void suspend(struct http_req *r)
         uv_timer_start(&r->h->peek, peek_cb, HTTP_POLL_MS, HTTP_POLL_MS);
 }
 
+static void timer_cb(uv_timer_t *t);
+
+/* MHD must run soon, but not from inside the caller: an MHD run may
+ * complete requests and so free what the caller still holds (a job on the
+ * event list being walked, the request it is answering). Within a run,
+ * run again before returning; otherwise on the loop's next turn. */
+static void run_soon(struct http *h)
+{
+    if (h->in_run)
+        h->run_again = 1;
+    else
+        uv_timer_start(&h->timer, timer_cb, 0, 0);
+}
+
 static void resume(struct http_req *r)
 {
     if (!r->suspended)
@@ -120,7 +134,7 @@ static void resume(struct http_req *r)
     susp_del(r);
     r->suspended = 0;
     MHD_resume_connection(r->conn);
-    http_run(r->h);
+    run_soon(r->h);
 }
 
 static int conn_fd(const struct http_req *r)

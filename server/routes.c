@@ -1548,7 +1548,7 @@ static void finish_job(struct rq *q, struct job *j)
 void routes_on_job_event(struct app *a, struct job *j)
 {
     struct rq *q = j->owner;
-    if (!j->done) {
+    if (!j->final_seen) {
         if (q && q->streaming)
             http_wake(q->h);
         if (q && q->upload_paused && sched_inbox(a->sched, j) < a->cfg->upload_buffer_bytes) {
@@ -1618,7 +1618,7 @@ void routes_session_ready(struct app *a, void *waiters, int status, const char *
 void routes_cancel_all(struct app *a)
 {
     for (struct rq *q = a->rqs; q; q = q->next)
-        if (q->job && !q->job->done)
+        if (q->job && !q->job->final_seen)
             sched_cancel(a->sched, q->job);
 }
 
@@ -1632,7 +1632,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
         if (q->job) {
             rq_unlink(q);
             q->job->owner = NULL;
-            if (q->job->done)
+            if (q->job->final_seen)
                 job_release(a, q->job);
             else
                 sched_cancel(a->sched, q->job); /* released at its done event */

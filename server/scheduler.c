@@ -199,7 +199,9 @@ struct job *sched_take_events(struct sched *s)
     for (struct job *j = list; j;) {
         struct job *nx = j->ev_next;
         j->queued_event = 0;
-        j->ev_next = rev;
+        j->ev_next = NULL;
+        j->final_seen = j->done; /* under the lock: done and its event go together */
+        j->taken_next = rev;
         rev = j;
         j = nx;
     }

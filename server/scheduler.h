@@ -124,6 +124,14 @@ struct job {
     struct job *next;         /* scheduler's lists */
 
     /* ---- loop-private ---- */
+    struct job *taken_next;   /* the loop's list from sched_take_events: not
+                               * ev_next, which the compute thread rewrites
+                               * when it posts the job again */
+    int final_seen;           /* the loop has taken the done event (set by
+                               * sched_take_events); the loop must test this,
+                               * never `done`: a job may be done and its final
+                               * event still queued, and a job on the event
+                               * list must not be freed */
     void *owner;              /* the HTTP request waiting on it, or NULL */
     void *sess_a, *sess_b;    /* sessions it keeps busy (struct session) */
     struct mstate *tmp;       /* temporary state of a stateless request (owned) */
@@ -176,7 +184,8 @@ void sched_cancel(struct sched *s, struct job *j);
 size_t sched_pull(struct sched *s, struct job *j, char *buf, size_t max, int *done);
 /* Bytes waiting in j's inbox. */
 size_t sched_inbox(struct sched *s, struct job *j);
-/* The jobs with news since the last call, as a list through ev_next. */
+/* The jobs with news since the last call, as a list through taken_next
+ * (oldest first); a taken job may be posted again meanwhile. */
 struct job *sched_take_events(struct sched *s);
 
 /* Counters for /metrics (monotonic, read without the lock). */

@@ -757,3 +757,68 @@ def test_idle_sessions_expire(models):
         assert "recurd_sessions_expired_total 1" in c.get("/metrics").text
     finally:
         assert srv.stop() == 0
+
+
+# ---- churn: requests that finish, leave and delete each other, all at once --------------------
+
+def test_x5_churn(srv, control):
+    """Many clients at once: appends that finish, streams dropped after a few
+    events, deletes of sessions that are generating, forks. Jobs finish on
+    the compute thread while their requests complete or vanish on the loop;
+    the regression this guards was the loop answering one finished job
+    (which ran MHD, which completed other requests and freed their jobs)
+    while still walking the list of finished jobs. Under ASan a use after
+    free aborts the server; without it the server must stay consistent."""
+    import threading
+    c = control.c
+    errors = []
+    stop = time.time() + 6
+
+    def worker(k):
+        rnd = random.Random(k)
+        cl = Client(srv)
+        op = None
+        try:
+            while time.time() < stop:
+                sid = cl.session(TEXT)  # generation needs some history
+                op = rnd.randrange(4)
+                if op == 0:
+                    r = cl.post(f"/v1/sessions/{sid}/append", json={"text": TEXT * rnd.randint(1, 4)})
+                    assert r.status_code == 200, r.text
+                elif op == 1:
+                    s = stream_request(srv, sid, 1000)
+                    got, want = b"", rnd.randint(1, 3)
+                    # a short generation may end (end of text) before `want` events
+                    while got.count(b"data: ") < want and not got.endswith(b"0\r\n\r\n"):
+                        assert not got.startswith(b"HTTP/1.1 4"), got[:300]
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        got += chunk
+                    s.close()
+                elif op == 2:
+                    s = stream_request(srv, sid, 1000)
+                    time.sleep(rnd.random() * 0.02)
+                    r = cl.req("DELETE", f"/v1/sessions/{sid}")
+                    assert r.status_code in (200, 204), r.text
+                    s.close()
+                    continue
+                else:
+                    r = cl.post("/v1/sessions", json={"fork_of": sid})
+                    assert r.status_code == 201, r.text
+                    cl.req("DELETE", f"/v1/sessions/{r.json()['id']}")
+                wait_idle(cl, sid)
+                cl.req("DELETE", f"/v1/sessions/{sid}")
+        except Exception as e:  # reported below; a thread cannot fail the test itself
+            errors.append(f"worker {k} op {op}: {e!r}")
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(12)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors[:5]
+    assert srv.alive(), srv.log()[-2000:]
+    # every job was given back: no session is left busy, no request in flight
+    for s in c.get("/v1/sessions").json()["data"]:
+        assert not s.get("busy"), s
