@@ -14,7 +14,10 @@ bucket means are compared to a relative 1e-9.
 import io
 import math
 import random
+import time
 import tracemalloc
+
+import pytest
 
 import recur_client
 from recur_client import combine_scores
@@ -153,3 +156,27 @@ def test_empty_upload(client):
     r = client.append_file(s, io.BytesIO(b""))
     assert (r.n_tokens, r.n_scored, r.position, r.nll) == (0, 0, 0, None)
     assert isinstance(r, recur_client.ScoreResult)
+
+
+def test_callback_exception_propagates_and_closes(client):
+    """An exception from the progress callback (or the chunks' iterable)
+    reaches the caller, and no socket is left open (the autouse check)."""
+    s = client.create_session()
+
+    def boom(sent, total):
+        raise KeyError("stop here")
+
+    with pytest.raises(KeyError):
+        client.append_file(s, io.BytesIO(b"abc" * 1000), chunk_size=100, progress=boom)
+
+    def chunks():
+        yield b"abc"
+        raise ValueError("bad source")
+
+    with pytest.raises(ValueError):
+        client.append_stream(s, chunks())
+    # the server drops the unfinished upload; what reached it may have been read
+    end = time.time() + 10
+    while client.get_session(s).busy and time.time() < end:
+        time.sleep(0.05)
+    assert client.append(s, "x").n_tokens == 1

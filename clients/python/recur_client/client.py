@@ -374,6 +374,9 @@ class Client:
             # The server may have answered (an error) and closed before
             # taking the whole body: read that answer if it is there.
             sent_err = e
+        except BaseException:
+            conn.close()  # an exception from the body's iterable or a callback
+            raise
         try:
             resp = conn.getresponse()
         except socket.timeout as e:
@@ -454,7 +457,7 @@ class Client:
         ConnectionError) after ``timeout`` seconds."""
         import time
         end = time.monotonic() + timeout
-        last: Optional[BaseException] = None
+        last: BaseException = errors.ServerUnavailable("server not ready")
         while True:
             try:
                 st = self.health()
@@ -465,7 +468,6 @@ class Client:
             except (errors.ConnectionError, errors.Timeout) as e:
                 last = e
             if time.monotonic() >= end:
-                assert last is not None
                 raise last
             time.sleep(interval)
 
