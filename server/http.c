@@ -35,6 +35,7 @@ struct http {
     int quiesced;
     struct http_req *susp;   /* suspended requests (doubly linked) */
     int n_susp;
+    int n_upload;            /* streamed uploads waiting for body bytes */
     struct http_req *all;    /* every request in flight (doubly linked) */
 };
 
@@ -66,6 +67,7 @@ struct http_req {
     uint64_t linger_until;
     size_t linger_read;
     int body_done;           /* final access-handler call seen */
+    int upload;              /* counted in n_upload */
     uint64_t t0;
     size_t sent;
     struct http_req *prev, *next;     /* suspended list */
@@ -102,6 +104,12 @@ static void susp_del(struct http_req *r)
 
 static void peek_cb(uv_timer_t *t);
 
+static void peek_start(struct http *h)
+{
+    if (!uv_is_active((uv_handle_t *)&h->peek))
+        uv_timer_start(&h->peek, peek_cb, HTTP_POLL_MS, HTTP_POLL_MS);
+}
+
 static void suspend(struct http_req *r)
 {
     if (r->suspended)
@@ -109,8 +117,15 @@ static void suspend(struct http_req *r)
     MHD_suspend_connection(r->conn);
     r->suspended = 1;
     susp_add(r);
-    if (!uv_is_active((uv_handle_t *)&r->h->peek))
-        uv_timer_start(&r->h->peek, peek_cb, HTTP_POLL_MS, HTTP_POLL_MS);
+    peek_start(r->h);
+}
+
+static void upload_end(struct http_req *r)
+{
+    if (r->upload) {
+        r->upload = 0;
+        r->h->n_upload--;
+    }
 }
 
 static void timer_cb(uv_timer_t *t);
@@ -198,8 +213,21 @@ static void peek_cb(uv_timer_t *t)
             any = 1;
         }
     }
+    /* A streamed upload waiting for body bytes is not suspended, and MHD
+     * (edge-triggered epoll) can miss the client's FIN when it came with
+     * the last bytes read: the request would wait for the connection
+     * timeout, holding its session. Shutting the socket down here wakes
+     * MHD, which then reads the end and closes the request. */
+    for (r = h->n_upload ? h->all : NULL; r; r = r->anext)
+        if (r->upload && !r->suspended && !r->gone && client_gone(r)) {
+            int fd = conn_fd(r);
+            r->gone = 1;
+            if (fd >= 0)
+                shutdown(fd, SHUT_RDWR);
+            any = 1;
+        }
     h->in_run = 0;
-    if (!h->susp)
+    if (!h->susp && !h->n_upload)
         uv_timer_stop(&h->peek);
     if (any || h->run_again)
         http_run(h);
@@ -522,6 +550,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             int64_t cl = http_content_length(r);
             if (mode == HTTP_BODY_BUFFER && cl >= 0 && (uint64_t)cl > r->cap)
                 too_large(r, r->cap);
+            if (mode == HTTP_BODY_STREAM) {
+                r->upload = 1;
+                h->n_upload++;
+                peek_start(h);
+            }
         }
         if (r->has_resp)
             return queue(r);
@@ -575,6 +608,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     r->body_done = 1;
+    upload_end(r);
     if (!r->requested) {
         r->requested = 1;
         h->app.on_request(h->app.ud, r);
@@ -594,6 +628,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
+    upload_end(r);
     if (r->suspended) {
         susp_del(r);
         r->suspended = 0;

@@ -804,7 +804,7 @@ static void h_completions(struct rq *q)
         for (size_t i = 0; i < sizeof rnd; i++)
             snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
     j->cmpl_id = rc_strdup(idbuf);
-    j->model_name = rc_strdup(a->model_name);
+    j->model_name = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
     if (oom || !j->cmpl_id || !j->model_name) {
         outbuf_free(&echo);
         req_completion_free(&r);

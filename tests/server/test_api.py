@@ -221,6 +221,7 @@ def test_completions_openai_shape(c):
                                         "max_tokens": 5, "temperature": 0, "logprobs": 2,
                                         "echo": True}))
     assert r["object"] == "text_completion" and r["id"].startswith("cmpl-")
+    assert r["model"] == "whatever"  # echoed as sent (it was the served model's name)
     ch = r["choices"][0]
     assert ch["text"].startswith("Once upon") and ch["finish_reason"] == "length"
     lp = ch["logprobs"]
@@ -240,6 +241,8 @@ def test_completions_openai_shape(c):
                 stream=True)
     ev = sse_events(st)
     assert ev[-1] == "[DONE]"
+    # no model sent: the served model's name (its directory's)
+    assert all(e["model"] == c.ok(c.get("/v1/models"))["data"][0]["id"] for e in ev[:-1])
     assert ev[-2]["usage"]["completion_tokens"] == 5 and ev[-2]["choices"] == []
     text = "".join(e["choices"][0]["text"] for e in ev[:-2])
     assert "Once upon" + text == ch["text"]

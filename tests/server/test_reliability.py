@@ -638,6 +638,49 @@ def test_x1_disconnect_while_waiting(srv, control):
     assert "recurd_client_gone_total 0" not in m
 
 
+@pytest.mark.parametrize("sent", ["headers", "headers+chunk", "headers,chunk"])
+@pytest.mark.parametrize("how", ["close", "reset", "half-close"])
+def test_x1_disconnect_mid_upload(srv, control, sent, how):
+    """A streamed text/plain append whose client leaves before the body
+    ends, even right after the headers (the end of the connection may
+    arrive with the last bytes read): the upload is cancelled and the
+    session freed, not held until --connection-timeout."""
+    c = control.c
+    sid = c.session()
+    s = raw_conn(srv)
+    head = (b"POST /v1/sessions/" + sid.encode() + b"/append HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"64\r\n" + b"a" * 100 + b"\r\n"
+    if sent == "headers":
+        s.sendall(head)
+    elif sent == "headers+chunk":
+        s.sendall(head + chunk)
+    else:
+        s.sendall(head)
+        time.sleep(0.2)
+        s.sendall(chunk)
+        time.sleep(0.2)
+    if how == "reset":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    elif how == "half-close":
+        s.shutdown(socket.SHUT_WR)
+    else:
+        s.close()
+    # the session is free again within a poll interval or so (the server
+    # may not even have started the upload when the first append comes)
+    end = time.time() + 2
+    while True:
+        r = c.post(f"/v1/sessions/{sid}/append", {"text": "usable again"})
+        if r.status_code != 409 or time.time() > end:
+            break
+        time.sleep(0.02)
+    assert r.status_code == 200, "the session is still held by the dead upload: " + r.text
+    assert c.info(sid)["position"] <= 100 + len("usable again")
+    if how == "half-close":
+        s.close()
+
+
 # ---- L4: slow readers ----------------------------------------------------------------------
 
 def test_l4_reader_that_never_reads(models):

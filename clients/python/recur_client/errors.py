@@ -1,0 +1,186 @@
+"""Typed errors for recurd's error responses.
+
+The server answers errors as ``{"error": {"type", "message", "code"}}``
+(docs/server.md, "Requests, limits and errors"). Each error type maps to
+one exception class here; a status without a known type maps by status.
+Every exception carries ``status`` (HTTP status, None when no response
+came), ``type`` (the server's error type, None if the body had none),
+``message`` and ``retry_after`` (seconds, from a Retry-After header).
+"""
+from typing import Any, Dict, Optional
+
+import builtins
+
+
+class RecurError(Exception):
+    """Base class of every error this client raises for a failed request."""
+
+    def __init__(self, message: str, status: Optional[int] = None,
+                 type: Optional[str] = None, body: Any = None,
+                 retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.body = body
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        head = []
+        if self.status is not None:
+            head.append(str(self.status))
+        if self.type:
+            head.append(self.type)
+        return ("%s: %s" % (" ".join(head), self.message)) if head else self.message
+
+
+class BadRequest(RecurError):
+    """400: malformed or invalid request (``invalid_request``)."""
+
+
+class InvalidToken(BadRequest):
+    """400 ``invalid_token``: a token id outside the vocabulary."""
+
+
+class InvalidSnapshotName(BadRequest):
+    """400 ``invalid_snapshot_name``."""
+
+
+class Unauthorized(RecurError):
+    """401 ``authentication_error``: no or wrong API key."""
+
+
+class NotFound(RecurError):
+    """404 ``not_found``: no such route, session or snapshot (or not yours)."""
+
+
+class MethodNotAllowed(RecurError):
+    """405 ``method_not_allowed``."""
+
+
+class Conflict(RecurError):
+    """409: a conflict (``conflict``: a named snapshot exists)."""
+
+
+class SessionBusy(Conflict):
+    """409 ``session_busy``: the session is running another request."""
+
+
+class SnapshotModelMismatch(Conflict):
+    """409 ``snapshot_model_mismatch``: a snapshot made by another model."""
+
+
+class PayloadTooLarge(RecurError):
+    """413 ``payload_too_large``."""
+
+
+class UnsupportedMediaType(RecurError):
+    """415 ``unsupported_media_type``."""
+
+
+class InvalidSnapshot(RecurError):
+    """422 ``invalid_snapshot``: truncated, padded or damaged snapshot bytes."""
+
+
+class Overloaded(RecurError):
+    """A limit was reached; the request may succeed later (see ``retry_after``).
+    Base of TooManyRequests (429) and ServerUnavailable (503)."""
+
+
+class TooManyRequests(Overloaded):
+    """429 ``too_many_sessions``: the API key holds its maximum of sessions."""
+
+
+class ServerUnavailable(Overloaded):
+    """503 ``unavailable``: loading, draining, or a session/memory limit."""
+
+
+class OutOfMemory(ServerUnavailable):
+    """503 ``out_of_memory``: an allocation failed on the server."""
+
+
+class InternalServerError(RecurError):
+    """500 ``internal_error``."""
+
+
+class NotEnabled(RecurError):
+    """501 ``not_enabled``: named snapshots without ``--snapshot-dir``."""
+
+
+class SnapshotWriteFailed(RecurError):
+    """507 ``snapshot_write_failed``: the server could not write the file."""
+
+
+class ConnectionError(RecurError, builtins.ConnectionError):
+    """No usable answer: the server is down, refused or dropped the connection.
+    Also an instance of the built-in ConnectionError."""
+
+
+class Timeout(RecurError, builtins.TimeoutError):
+    """The server did not answer within the client's timeout."""
+
+
+class ProtocolError(RecurError):
+    """The server answered something this client cannot read."""
+
+
+BY_TYPE = {
+    "invalid_request": BadRequest,
+    "invalid_token": InvalidToken,
+    "invalid_snapshot_name": InvalidSnapshotName,
+    "authentication_error": Unauthorized,
+    "not_found": NotFound,
+    "method_not_allowed": MethodNotAllowed,
+    "session_busy": SessionBusy,
+    "snapshot_model_mismatch": SnapshotModelMismatch,
+    "conflict": Conflict,
+    "payload_too_large": PayloadTooLarge,
+    "unsupported_media_type": UnsupportedMediaType,
+    "invalid_snapshot": InvalidSnapshot,
+    "too_many_sessions": TooManyRequests,
+    "internal_error": InternalServerError,
+    "not_enabled": NotEnabled,
+    "unavailable": ServerUnavailable,
+    "out_of_memory": OutOfMemory,
+    "snapshot_write_failed": SnapshotWriteFailed,
+}
+
+BY_STATUS = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    405: MethodNotAllowed,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidSnapshot,
+    429: TooManyRequests,
+    500: InternalServerError,
+    501: NotEnabled,
+    503: ServerUnavailable,
+    507: SnapshotWriteFailed,
+}
+
+
+def error_class(status: Optional[int], etype: Optional[str]) -> "builtins.type":
+    """The exception class for an HTTP status and server error type."""
+    if etype in BY_TYPE:
+        return BY_TYPE[etype]
+    if status in BY_STATUS:
+        return BY_STATUS[status]
+    return RecurError
+
+
+def from_error_object(err: Dict[str, Any], status: Optional[int] = None,
+                      retry_after: Optional[float] = None) -> RecurError:
+    """An exception from a parsed ``{"type", "message", "code"}`` object
+    (an error response's ``error`` member, or a stream's error event)."""
+    etype = err.get("type") if isinstance(err.get("type"), str) else None
+    code = err.get("code")
+    if status is None and isinstance(code, int):
+        status = code
+    msg = err.get("message")
+    if not isinstance(msg, str):
+        msg = "error %s" % (etype or status)
+    cls = error_class(status, etype)
+    return cls(msg, status=status, type=etype, body=err, retry_after=retry_after)
