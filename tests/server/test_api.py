@@ -276,6 +276,8 @@ def test_metrics(c):
         assert name in t, name
     tok = [l for l in t.splitlines() if l.startswith('recurd_tokens_total{kind="input"}')]
     assert int(tok[0].split()[-1]) >= len(TEXT.encode())
+    rss = [l for l in t.splitlines() if l.startswith("process_resident_memory_bytes ")]
+    assert len(rss) == 1 and int(rss[0].split()[1]) > 1 << 20, rss
 
 
 def test_method_and_route_errors(c):
