@@ -1,0 +1,2 @@
+#include "recur.h"
+int cmd_eval(int argc, char **argv) { return EX_USAGE; }
