@@ -34,8 +34,8 @@ int argp_next(struct argp *a)
             a->inline_val = eq + 1;
         return 1;
     }
-    if (a->arg[0] == '-' && a->arg[1] == 'h' && !a->arg[2])
-        return 1;
+    if (a->arg[0] == '-' && a->arg[1] && a->arg[1] != '-' && !a->arg[2])
+        return 1; /* -h, -n, -m */
     return 0;
 }
 
