@@ -22,15 +22,15 @@ struct sse {
 static void on_event(struct sse *e, const char *data, size_t n)
 {
     json_error_t je;
-    json_t *j = json_loadb(data, n, 0, &je);
+    json_t *j = json_loadb(data, n, JSON_ALLOW_NUL, &je);
     const char *type = j ? json_string_value(json_object_get(j, "type")) : NULL;
     if (!type) {
         msg("generate: a stream event is not JSON: %.80s", data);
         e->failed = 1;
     } else if (!strcmp(type, "token")) {
-        const char *t = json_string_value(json_object_get(j, "text"));
-        if (t) {
-            fputs(t, stdout);
+        json_t *t = json_object_get(j, "text");
+        if (json_is_string(t)) { /* may hold U+0000: write its length */
+            fwrite(json_string_value(t), 1, json_string_length(t), stdout);
             fflush(stdout);
         }
         if (!e->n_tokens++)

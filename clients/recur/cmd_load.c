@@ -135,7 +135,7 @@ static json_t *load_call(struct cfg *cfg, CURL *h, struct req *q, const char *wh
         note_error(cfg, "%s: HTTP %ld %.200s", what, r.status, r.body.p ? r.body.p : "");
     } else {
         json_error_t je;
-        j = json_loadb(r.body.p ? r.body.p : "{}", r.body.p ? r.body.n : 2, 0, &je);
+        j = json_loadb(r.body.p ? r.body.p : "{}", r.body.p ? r.body.n : 2, JSON_ALLOW_NUL, &je);
         if (!j)
             note_error(cfg, "%s: reply is not JSON", what);
     }

@@ -205,7 +205,7 @@ static int snapshot_load(const struct conn *c, const char *file)
     fclose(f);
     if (rc == EX_OK) {
         json_error_t je;
-        json_t *j = json_loadb(r.body.p ? r.body.p : "", r.body.n, 0, &je);
+        json_t *j = json_loadb(r.body.p ? r.body.p : "", r.body.n, JSON_ALLOW_NUL, &je);
         const char *id = json_string_value(json_object_get(j, "id"));
         if (id) {
             printf("%s\n", id);

@@ -313,7 +313,7 @@ int cmd_stream(int argc, char **argv)
         json_t *j = NULL;
         if (rc == EX_OK) {
             json_error_t je;
-            j = json_loadb(resp.body.p ? resp.body.p : "", resp.body.n, 0, &je);
+            j = json_loadb(resp.body.p ? resp.body.p : "", resp.body.n, JSON_ALLOW_NUL, &je);
             if (!j || score_add(&g.tot, j)) {
                 msg("stream: the append reply lacks its totals");
                 rc = EX_SERVER;

@@ -266,7 +266,7 @@ int http_check(const struct resp *r, const char *what)
     if (r->status >= 200 && r->status < 300)
         return EX_OK;
     json_error_t je;
-    json_t *j = r->body.n ? json_loadb(r->body.p, r->body.n, 0, &je) : NULL;
+    json_t *j = r->body.n ? json_loadb(r->body.p, r->body.n, JSON_ALLOW_NUL, &je) : NULL;
     json_t *e = j ? json_object_get(j, "error") : NULL;
     const char *type = e ? json_string_value(json_object_get(e, "type")) : NULL;
     const char *m = e ? json_string_value(json_object_get(e, "message")) : NULL;
@@ -305,7 +305,7 @@ int call_json(const struct conn *c, const char *method, const char *path, json_t
         rc = http_check(&r, what);
         if (rc == EX_OK && r.body.n) {
             json_error_t je;
-            *out = json_loadb(r.body.p, r.body.n, 0, &je);
+            *out = json_loadb(r.body.p, r.body.n, JSON_ALLOW_NUL, &je);
             if (!*out) {
                 msg("%s: the server's reply is not JSON: %s", what, je.text);
                 rc = EX_SERVER;

@@ -300,3 +300,65 @@ def test_load_text_doc_and_duration_cap(srv, tmp_path):
     assert r.returncode == 4
     r = recur("load", "-n", 0, "--generators", 0, url=srv.base)
     assert r.returncode == 2
+
+
+# ---- eval ----
+
+def test_eval_table_svg_json(srv, c, tmp_path):
+    a = write_doc(tmp_path, lines=30, name="a.txt")
+    b = tmp_path / "b.txt"
+    b.write_text("Another file with different words in it.\n" * 12)
+    svg, out = tmp_path / "plot.svg", tmp_path / "eval.json"
+    r = recur("eval", a, b, "--svg", svg, "--json", out, url=srv.base)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "| position | a.txt | b.txt | mean |"
+    rows = {l.split("|")[1].strip(): [x.strip() for x in l.split("|")[2:-1]] for l in lines[2:]}
+    assert "[0, 1)" in rows and "[256, 512)" in rows and "all" in rows
+    j = json.loads(out.read_text())
+    # every file's buckets are the server's, and its total is one append of the file
+    want = c.append(c.session(), a.read_text())
+    fa = j["files"][0]
+    assert fa["n_tokens"] == want["n_tokens"] and math.isclose(fa["nll_sum"], want["nll_sum"])
+    assert [(x["start"], x["n"]) for x in fa["buckets"]] == \
+        [(x["start"], x["n"]) for x in want["buckets"]]
+    assert float(rows["all"][0]) == pytest.approx(want["ppl"], rel=1e-3)
+    # the mean is token-weighted
+    fb = j["files"][1]
+    for m in j["mean"]:
+        ba = [x for x in fa["buckets"] if x["start"] == m["start"]]
+        bb = [x for x in fb["buckets"] if x["start"] == m["start"]]
+        n = sum(x["n"] for x in ba + bb)
+        assert m["ppl"] == pytest.approx(math.exp(sum(x["n"] * x["nll"] for x in ba + bb) / n))
+    import xml.etree.ElementTree as ET
+    root = ET.parse(svg).getroot()
+    lines_ = [e for e in root.iter() if e.tag.endswith("polyline")]
+    assert len(lines_) == 3  # two files and the mean
+    texts = [e.text for e in root.iter() if e.tag.endswith("text")]
+    assert "a.txt" in texts and "b.txt" in texts and "mean" in texts
+
+
+def test_eval_effrem_bounds(srv, tmp_path):
+    doc = write_doc(tmp_path, lines=20)
+    out = tmp_path / "e.json"
+    r = recur("eval", doc, "--effrem", "--T", "64,256", "--points", 4, "--json", out,
+              url=srv.base, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "top-20" in r.stdout and "bounds" in r.stdout
+    e = json.loads(out.read_text())["effrem"]
+    assert [cv["T"] for cv in e["curves"]] == [64, 256]
+    for cv in e["curves"]:
+        ts = [p["t"] for p in cv["points"]]
+        assert ts == [k * cv["T"] // 4 for k in range(4)]
+        assert cv["points"][0]["tv_lower"] == cv["points"][0]["tv_upper"] == 0
+        for p in cv["points"]:
+            assert 0 <= p["tv_lower"] <= p["tv_upper"] <= 1
+
+
+def test_eval_errors(srv, tmp_path):
+    r = recur("eval", tmp_path / "nope.txt", url=srv.base)
+    assert r.returncode == 4 and "nope.txt" in r.stderr
+    r = recur("eval", url=srv.base)
+    assert r.returncode == 2
+    r = recur("eval", write_doc(tmp_path, 1), "--T", "0", "--effrem", url=srv.base)
+    assert r.returncode == 2
