@@ -375,7 +375,8 @@ static int sample_metrics(struct cfg *cfg, CURL *h, double t0, struct sample *s)
 
 static json_t *lat_json(struct dvec *d)
 {
-    qsort(d->v, d->n, sizeof *d->v, cmp_d);
+    if (d->n)
+        qsort(d->v, d->n, sizeof *d->v, cmp_d);
     return json_pack("{s:f, s:f, s:f, s:I}", "p50", d->n ? pct(d, 50) : 0.0, "p90",
                      d->n ? pct(d, 90) : 0.0, "p99", d->n ? pct(d, 99) : 0.0, "n",
                      (json_int_t)d->n);

@@ -56,7 +56,7 @@ def test_stream_new_session_plain_progress(srv, c, tmp_path):
 
 
 def stream_json(*args, url):
-    r = recur("stream", *args, "--json", "--progress", "none", url=url)
+    r = recur("stream", *args, "--json", "--progress", "none", url=url, timeout=600)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -78,14 +78,15 @@ def test_stream_segments_keep_bpe_tokenisation(tmp_path):
     if not os.path.exists(os.path.join(SP_MODEL, "model.safetensors")):
         pytest.skip("models/recur-sp not present")
     src = "/usr/share/common-licenses/GPL-3"
-    text = open(src).read()[:9000] if os.path.exists(src) else TEXT * 40
+    # short: under the sanitizer build the 11M-parameter model is slow
+    text = open(src).read()[:3000] if os.path.exists(src) else TEXT * 15
     doc = tmp_path / "bpe.txt"
     doc.write_text(text)
     s = Server(SP_MODEL)
     try:
         c = Client(s)
         one = stream_json(doc, "--segment-bytes", "0", url=s.base)
-        seg = stream_json(doc, "--segment-bytes", "1K", url=s.base)
+        seg = stream_json(doc, "--segment-bytes", "400", url=s.base)
         assert seg["segments"] >= 5
         assert one["n_tokens"] == seg["n_tokens"] < len(text.encode())
         assert math.isclose(one["nll_sum"], seg["nll_sum"], rel_tol=1e-12)
