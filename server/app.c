@@ -61,7 +61,7 @@ static void app_stop(struct app *a)
     a->http = NULL;
     sched_stop(a->sched);
     for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
-        nx = j->ev_next;
+        nx = j->ev_taken_next;
         j->owner = NULL;
         routes_on_job_event(a, j);
     }
@@ -145,7 +145,7 @@ static void on_async(uv_async_t *h)
         }
     }
     for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
-        nx = j->ev_next;
+        nx = j->ev_taken_next;
         routes_on_job_event(a, j);
         if (a->stopping)
             return;

@@ -195,6 +195,7 @@ static void job_release(struct app *a, struct job *j)
         if (j->reserved)
             sessions_unreserve(a->sessions);
     }
+    sched_forget_events(a->sched, j); /* posted again after the event that ended it */
     job_free(j);
     spill_check(a);
 }

@@ -199,12 +199,28 @@ struct job *sched_take_events(struct sched *s)
     for (struct job *j = list; j;) {
         struct job *nx = j->ev_next;
         j->queued_event = 0;
-        j->ev_next = rev;
+        j->ev_next = NULL;
+        j->ev_taken_next = rev;
         rev = j;
         j = nx;
     }
     pthread_mutex_unlock(&s->mu);
     return rev; /* oldest first */
+}
+
+void sched_forget_events(struct sched *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    if (j->queued_event) {
+        for (struct job **p = &s->events; *p; p = &(*p)->ev_next)
+            if (*p == j) {
+                *p = j->ev_next;
+                break;
+            }
+        j->queued_event = 0;
+        j->ev_next = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 int sched_status(struct sched *s)

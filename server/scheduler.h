@@ -120,7 +120,8 @@ struct job {
     int cancel;
     int done;
     int queued_event;         /* on the event list */
-    struct job *ev_next;
+    struct job *ev_next;      /* next on the event list (under the lock) */
+    struct job *ev_taken_next; /* loop only: next in a list sched_take_events returned */
     struct job *next;         /* scheduler's lists */
 
     /* ---- loop-private ---- */
@@ -176,8 +177,13 @@ void sched_cancel(struct sched *s, struct job *j);
 size_t sched_pull(struct sched *s, struct job *j, char *buf, size_t max, int *done);
 /* Bytes waiting in j's inbox. */
 size_t sched_inbox(struct sched *s, struct job *j);
-/* The jobs with news since the last call, as a list through ev_next. */
+/* The jobs with news since the last call, oldest first, as a list through
+ * ev_taken_next (which the compute thread never touches: it may post a job
+ * again, through ev_next, while the loop walks this list). */
 struct job *sched_take_events(struct sched *s);
+/* Take j off the pending event list, if it is on it: call before freeing a
+ * job whose done event was seen (it may have been posted again meanwhile). */
+void sched_forget_events(struct sched *s, struct job *j);
 
 /* Counters for /metrics (monotonic, read without the lock). */
 struct sched_stats {
