@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "errors.h"
 
@@ -29,6 +30,19 @@ void metrics_request(struct metrics *m, int route, int status, double seconds, i
     m->lat_sum[r] += seconds;
     if (!completed)
         m->client_gone++;
+}
+
+int64_t metrics_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages_total, pages_rss, page = sysconf(_SC_PAGESIZE);
+    int64_t out = -1;
+    if (!f)
+        return -1;
+    if (fscanf(f, "%ld %ld", &pages_total, &pages_rss) == 2 && pages_rss >= 0 && page > 0)
+        out = (int64_t)pages_rss * page;
+    fclose(f);
+    return out;
 }
 
 static int pf(struct outbuf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -118,6 +132,10 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
       g->busy_seconds);
     P("# HELP recurd_alloc_bytes Bytes live through the allocator.\n"
       "# TYPE recurd_alloc_bytes gauge\nrecurd_alloc_bytes %lld\n", (long long)g->alloc_live_bytes);
+    if (g->rss_bytes >= 0)
+        P("# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+          "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
+          (long long)g->rss_bytes);
 #undef P
     return rc;
 }

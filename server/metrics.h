@@ -36,12 +36,16 @@ struct metrics_gauges {
     int64_t tokens_in, tokens_out, ticks, batch_rows;
     double busy_seconds;
     int64_t alloc_live_bytes;
+    int64_t rss_bytes;      /* resident set size of the process, -1 if unknown */
     int ready, draining;
 };
 
 void metrics_init(struct metrics *m, const char *const *routes, int n_routes);
 /* route < 0: not a known route (counted under "other"). */
 void metrics_request(struct metrics *m, int route, int status, double seconds, int completed);
+/* Resident set size of this process from /proc/self/statm, bytes; -1 if
+ * it cannot be read. */
+int64_t metrics_rss_bytes(void);
 /* Append the exposition text to out; 0 or RC_ENOMEM. */
 int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *out);
 

@@ -480,6 +480,7 @@ static void h_metrics(struct rq *q)
     g.batch_rows = atomic_load(&ss->batch_rows);
     g.busy_seconds = (double)atomic_load(&ss->busy_us) * 1e-6;
     g.alloc_live_bytes = (int64_t)rc_alloc_live_bytes();
+    g.rss_bytes = metrics_rss_bytes();
     struct outbuf o = {0};
     if (metrics_render(&a->metrics, &g, &o) != 0) {
         outbuf_free(&o);
