@@ -14,7 +14,7 @@ WORKDIR /src
 COPY scripts/install-deps scripts/install-deps
 RUN scripts/install-deps && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cmake -S . -B build -G Ninja && ninja -C build recurd
+RUN cmake -S . -B build -G Ninja && ninja -C build recurd recur_cli
 
 FROM debian:12-slim
 RUN apt-get update \
@@ -24,6 +24,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/recurd --create-home recurd
 COPY --from=build /src/build/server/recurd /usr/local/bin/recurd
+# the client (libcurl comes with curl): docker exec <ctr> recur sessions
+COPY --from=build /src/build/clients/recur /usr/local/bin/recur
 COPY models/recur-sp /opt/recurd/models/recur-sp
 USER recurd
 WORKDIR /var/lib/recurd
