@@ -614,6 +614,17 @@ int cmd_load(int argc, char **argv)
         rss_max = s->rss > rss_max ? s->rss : rss_max;
         st_max = s->state > st_max ? s->state : st_max;
     }
+    /* flatness after warm-up: samples from 10% of the run on (the first
+     * sessions' states, buffers and the allocator's arenas come first) */
+    long long w_min = -1, w_max = -1;
+    for (size_t i = 0; i < n_samples; i++) {
+        struct sample *s = &samples[i];
+        if (s->t < 0.1 * wall || s->rss < 0)
+            continue;
+        w_min = w_min < 0 || s->rss < w_min ? s->rss : w_min;
+        w_max = s->rss > w_max ? s->rss : w_max;
+    }
+    double w_growth = w_min > 0 ? 100.0 * (double)(w_max - w_min) / (double)w_min : -1;
     json_t *jl_s = lat_json(&sreq), *jt_s = lat_json(&stok);
     json_t *jl_g = lat_json(&greq), *jt_g = lat_json(&gtok);
     json_t *samp = json_array(), *errs = json_array();
@@ -629,7 +640,7 @@ int cmd_load(int argc, char **argv)
         " s:{s:I, s:I, s:f, s:f, s:o, s:o},"
         " s:{s:I, s:I, s:f, s:f, s:o, s:o},"
         " s:I, s:o,"
-        " s:{s:I, s:I, s:I, s:I, s:I, s:o}}",
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:o}}",
         "model", model, "url", cfg.c.url, "state_bytes_per_session", (json_int_t)state_bytes,
         "sessions", cfg.n, "tokens_per_session", (json_int_t)cfg.m, "generators", cfg.g,
         "gen_tokens", (json_int_t)cfg.gen_tokens, "source",
@@ -642,8 +653,10 @@ int cmd_load(int argc, char **argv)
         "errors", (json_int_t)cfg.errors, "error_samples", errs,
         "memory", "rss_first", (json_int_t)(n_samples ? samples[0].rss : -1), "rss_last",
         (json_int_t)(n_samples ? samples[n_samples - 1].rss : -1), "rss_min",
-        (json_int_t)rss_min, "rss_max", (json_int_t)rss_max, "state_bytes_max",
-        (json_int_t)st_max, "samples", samp);
+        (json_int_t)rss_min, "rss_max", (json_int_t)rss_max, "rss_after_warmup_min",
+        (json_int_t)w_min, "rss_after_warmup_max", (json_int_t)w_max,
+        "rss_after_warmup_growth_pct", w_growth, "state_bytes_max", (json_int_t)st_max,
+        "samples", samp);
     rc = EX_OK;
     if (!rep) {
         msg("load: out of memory");
@@ -675,6 +688,13 @@ int cmd_load(int argc, char **argv)
                wall, ptok, preq, gtokn, gr, cfg.errors,
                all_done ? "" : " (not every session streamed its tokens)", r1, r2, r3, r4,
                n_samples);
+        if (w_min > 0) {
+            char wa[32], wb[32];
+            fmt_bytes(wa, sizeof wa, (double)w_min);
+            fmt_bytes(wb, sizeof wb, (double)w_max);
+            printf("server RSS after warm-up (t >= 10%% of the run): %s .. %s, %+.2f%%\n", wa, wb,
+                   w_growth);
+        }
         for (int i = 0; i < cfg.n_first; i++)
             msg("load: error: %s", cfg.first_errors[i]);
         if (json_path) {

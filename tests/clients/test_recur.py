@@ -279,6 +279,12 @@ def test_load_small(srv, c, tmp_path):
     m = j["memory"]
     assert m["samples"] and m["rss_max"] >= m["rss_min"] > 1 << 20
     assert all(s["rss_bytes"] > 0 and s["state_bytes"] >= 0 for s in m["samples"])
+    late = [s["rss_bytes"] for s in m["samples"] if s["t"] >= 0.1 * j["wall_s"]]
+    if late:  # the warm-up summary is the samples' own min, max and growth
+        assert m["rss_after_warmup_min"] == min(late)
+        assert m["rss_after_warmup_max"] == max(late)
+        assert abs(m["rss_after_warmup_growth_pct"] -
+                   100 * (max(late) - min(late)) / min(late)) < 1e-6
     # (a run this short may end between two samples: no bound on the peak)
     assert m["state_bytes_max"] >= 0 and j["state_bytes_per_session"] > 0
     assert "| prefill (append) |" in r.stdout and "| decode (generate) |" in r.stdout
