@@ -87,6 +87,8 @@ void fmt_duration(char *out, size_t cap, double s)
 void conn_init(struct conn *c)
 {
     const char *u = getenv("RECUR_URL");
+    if (!u || !*u)
+        u = getenv("RECURD_URL"); /* what clients/demo.sh and the Python client read */
     c->url = u && *u ? u : "http://127.0.0.1:8080";
     const char *k = getenv("RECUR_API_KEY");
     if (!k || !*k)

@@ -24,7 +24,7 @@ def recur(*args, url=None, key=None, timeout=120, stdin=None, env=None):
     if not os.path.exists(RECUR):
         pytest.skip(f"recur binary not found at {RECUR} (set RECUR_BIN)")
     e = dict(os.environ)
-    for k in ("RECUR_URL", "RECUR_API_KEY", "RECURD_API_KEY"):
+    for k in ("RECUR_URL", "RECURD_URL", "RECUR_API_KEY", "RECURD_API_KEY"):
         e.pop(k, None)
     e.update(env or {})
     cmd = [RECUR, *map(str, args)]

@@ -135,6 +135,11 @@ def test_server_down_message(tmp_path):
 def test_url_from_environment(srv):
     r = recur("sessions", env={"RECUR_URL": srv.base})
     assert r.returncode == 0, r.stderr
+    r = recur("sessions", env={"RECURD_URL": srv.base})  # the demo's and Python client's name
+    assert r.returncode == 0, r.stderr
+    # RECUR_URL wins: a dead RECURD_URL beside it is not used
+    r = recur("sessions", env={"RECUR_URL": srv.base, "RECURD_URL": "http://127.0.0.1:9"})
+    assert r.returncode == 0, r.stderr
 
 
 # ---- generate ----
