@@ -6,6 +6,8 @@
 #endif
 #define KSFX _avx512
 #define KNAME "avx512"
+#define GEMM_KC 4096 /* all of k in one block (see kernels_body.h) */
+#define GEMM_MR 12   /* 12 x 16 accumulators: 12 zmm registers */
 #include "kernels_body.h"
 #if defined(__clang__)
 #pragma clang attribute pop

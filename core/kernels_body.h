@@ -40,8 +40,21 @@ static inline float K(fexp)(float x)
 
 static inline float K(silu)(float x) { return x / (1.0f + K(fexp)(-x)); }
 
-#define GEMM_MR 6   /* rows per register tile: 6 x 16 accumulators */
-#define GEMM_KC 256 /* k per block: the panel block (16 KiB) stays in L1 */
+/* The tile shape is per kernel set; it changes which rows are computed
+ * together and where partial sums pass through C (an exact float store and
+ * load), never an element's sequence of multiply-adds, so each set stays
+ * batch-invariant. AVX2/generic: 6 rows (12 ymm accumulators), k in blocks
+ * of 256 (the panel block stays in L1). AVX-512 (kernels_avx512.c): 12 rows
+ * (12 zmm accumulators; 6 leave the two FMA pipes waiting on latency) and
+ * all of k in one block (re-reading and re-writing C between blocks cost
+ * more than streaming the panel from L2): measured +10 % prefill. */
+#ifndef GEMM_MR
+#define GEMM_MR 6
+#endif
+#ifndef GEMM_KC
+#define GEMM_KC 256
+#endif
+_Static_assert(GEMM_MR == 6 || GEMM_MR == 12, "gemm_panel has remainder cases for 6 or 12 rows");
 
 /* mr rows x GEMM_NR columns over kk in [k0, k1), starting from C (load) or
  * zero. Inlined with a constant mr, so a remainder tile does only its rows'
@@ -78,6 +91,14 @@ static void K(gemm_panel)(float *C, int ldc, const float *X, int ldx, const floa
             float *c = C + (size_t)i0 * ldc;
             const float *x = X + (size_t)i0 * ldx;
             switch (M - i0 < GEMM_MR ? M - i0 : GEMM_MR) {
+#if GEMM_MR > 6
+            case 12: K(gemm_tile)(c, ldc, x, ldx, panel, 12, k0, k1, ncols, load); break;
+            case 11: K(gemm_tile)(c, ldc, x, ldx, panel, 11, k0, k1, ncols, load); break;
+            case 10: K(gemm_tile)(c, ldc, x, ldx, panel, 10, k0, k1, ncols, load); break;
+            case 9: K(gemm_tile)(c, ldc, x, ldx, panel, 9, k0, k1, ncols, load); break;
+            case 8: K(gemm_tile)(c, ldc, x, ldx, panel, 8, k0, k1, ncols, load); break;
+            case 7: K(gemm_tile)(c, ldc, x, ldx, panel, 7, k0, k1, ncols, load); break;
+#endif
             case 6: K(gemm_tile)(c, ldc, x, ldx, panel, 6, k0, k1, ncols, load); break;
             case 5: K(gemm_tile)(c, ldc, x, ldx, panel, 5, k0, k1, ncols, load); break;
             case 4: K(gemm_tile)(c, ldc, x, ldx, panel, 4, k0, k1, ncols, load); break;
