@@ -37,6 +37,7 @@ struct job_run {
     size_t echo_sent;
     struct outbuf stage;    /* stream bytes made this tick */
     int finished_now;       /* finished during this tick */
+    int cancel;             /* j->cancel as of this tick (copied under the lock) */
     int inbox_event;        /* the inbox was drained this tick */
     /* this tick */
     int seg;                /* segment index, -1 */
@@ -690,8 +691,8 @@ static void tick(struct sched *s, struct job **ready, int nready)
         struct job_run *r = j->run;
         r->seg = -1;
         r->finished_now = 0;
-        if (j->cancel) {
-            if (j->cancel == 2)
+        if (r->cancel) {
+            if (r->cancel == 2)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
             else
                 fail(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
@@ -1026,6 +1027,9 @@ static void *thread_main(void *arg)
             if (j->inbox_closed)
                 r->took_final = 1;
         }
+        /* the tick reads cancellation from its own copy: j->cancel is shared */
+        for (int i = 0; i < nready; i++)
+            s->ready[i]->run->cancel = s->ready[i]->cancel;
         pthread_mutex_unlock(&s->mu);
 
         /* ready[] is stable: only this thread changes the active list */
