@@ -70,6 +70,11 @@ const struct model *fwd_model(const struct fwd *f) { return f->m; }
 
 int fwd_create(const struct model *m, int max_tokens, struct fwd **out)
 {
+    return fwd_create_threads(m, max_tokens, 0, out);
+}
+
+int fwd_create_threads(const struct model *m, int max_tokens, int threads, struct fwd **out)
+{
     const struct model_config *c = &m->cfg;
     if (max_tokens < 1 || max_tokens > (1 << 20))
         return RC_EINVAL;
@@ -92,7 +97,7 @@ int fwd_create(const struct model *m, int max_tokens, struct fwd **out)
     f->block = rc_aligned_alloc(total * sizeof(float));
     f->meta = rc_calloc(T, sizeof *f->meta);
     f->seen = rc_calloc(T, sizeof *f->seen);
-    f->pool = pool_create(0);
+    f->pool = pool_create(threads);
     if (!f->block || !f->meta || !f->seen || !f->pool) {
         fwd_free(f);
         return RC_ENOMEM;

@@ -38,6 +38,9 @@ struct fwd_seg {
 };
 
 int fwd_create(const struct model *m, int max_tokens, struct fwd **out);
+/* The same with a pool of `threads` compute threads (the caller included);
+ * 0 = one per online core. fwd_create uses 0. */
+int fwd_create_threads(const struct model *m, int max_tokens, int threads, struct fwd **out);
 void fwd_free(struct fwd *f);
 int fwd_max_tokens(const struct fwd *f);
 const struct model *fwd_model(const struct fwd *f);

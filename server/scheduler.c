@@ -7,7 +7,6 @@
 #include <time.h>
 
 #include "alloc.h"
-#include "blas.h"
 #include "errors.h"
 #include "forward.h"
 #include "model.h"
@@ -874,8 +873,6 @@ static int load(struct sched *s)
 {
     char err[512];
     int rc;
-    if (s->o.threads > 0)
-        blas_set_threads(s->o.threads);
     if ((rc = model_load(s->model_dir, &s->m, err, sizeof err)) != 0) {
         snprintf(s->error, sizeof s->error, "%s", err);
         return rc;
@@ -890,7 +887,7 @@ static int load(struct sched *s)
         return rc;
     }
     size_t bt = (size_t)s->o.batch_tokens, dm = (size_t)s->d_model;
-    if ((rc = fwd_create(s->m, s->o.batch_tokens, &s->f)) != 0 ||
+    if ((rc = fwd_create_threads(s->m, s->o.batch_tokens, (int)s->o.threads, &s->f)) != 0 ||
         (rc = sampler_scratch_create(s->vocab, &s->ss)) != 0) {
         snprintf(s->error, sizeof s->error, "out of memory for the compute scratch");
         return rc ? rc : RC_ENOMEM;

@@ -150,7 +150,7 @@ struct sched_opts {
     const char *model_dir;
     int prefill_chunk;        /* tokens per session per tick */
     int batch_tokens;         /* tokens per tick */
-    int threads;              /* BLAS threads, 0 = leave as is */
+    int threads;              /* compute threads (the forward pass's pool), 0 = one per core */
     size_t stream_buffer;     /* outbox bytes above which generation pauses */
     size_t upload_low;        /* inbox bytes below which the upload resumes */
 };

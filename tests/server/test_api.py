@@ -3,6 +3,7 @@ promises: restore-then-continue equals never-snapshotted, fork
 independence, commit:false, streaming equals non-streaming, chunked text
 equals JSON text."""
 import json
+import os
 import math
 import socket
 import threading
@@ -348,3 +349,29 @@ def test_concurrent_appends_and_streams_keep_the_server_alive(srv):
         assert srv.alive(), "server died"
     assert errors == []
     assert requests.get(srv.url("/health"), timeout=5).status_code == 200
+
+
+def test_threads_option_sizes_the_compute_pool(models):
+    """--threads N runs the forward pass on N threads (the compute thread
+    included): after some work, N - 1 more threads of the process have used
+    CPU time than with --threads 1 (idle library threads do not count)."""
+    from conftest import Server
+
+    def busy_threads(n):
+        s = Server(models["a"], "--threads", n)
+        try:
+            c = Client(s)
+            sid = c.session()
+            for _ in range(4):
+                c.append(sid, "Some text for the pool to chew on. " * 3000)
+            busy = 0
+            for t in os.listdir(f"/proc/{s.p.pid}/task"):
+                with open(f"/proc/{s.p.pid}/task/{t}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                busy += int(fields[11]) + int(fields[12]) > 0  # utime + stime, ticks
+            return busy
+        finally:
+            s.stop()
+
+    one, four = busy_threads(1), busy_threads(4)
+    assert four - one == 3, (one, four)
