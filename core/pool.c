@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -58,6 +59,7 @@ static void work(struct pool *p, uint32_t gen)
 static void *worker(void *arg)
 {
     struct pool *p = arg;
+    prctl(PR_SET_NAME, "recur-pool", 0, 0, 0); /* for top -H, /proc, tests */
     uint32_t seen = 0;
     for (;;) {
         uint32_t g;

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -910,6 +911,7 @@ static int load(struct sched *s)
 static void *thread_main(void *arg)
 {
     struct sched *s = arg;
+    prctl(PR_SET_NAME, "recurd-compute", 0, 0, 0);
     int rc = load(s);
     pthread_mutex_lock(&s->mu);
     s->status = rc == 0 ? 1 : -1;
