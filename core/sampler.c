@@ -105,45 +105,35 @@ static int cand_cmp(const void *pa, const void *pb)
     return cand_before(a, b) ? -1 : cand_before(b, a) ? 1 : 0;
 }
 
+/* Restore the heap order of c[0..k) below j (root = the worst kept). */
+static void sift_down(struct cand *c, int k, int j)
+{
+    for (;;) {
+        int l = 2 * j + 1, r = l + 1, w = j;
+        if (l < k && cand_before(&c[w], &c[l]))
+            w = l;
+        if (r < k && cand_before(&c[w], &c[r]))
+            w = r;
+        if (w == j)
+            return;
+        struct cand t = c[j];
+        c[j] = c[w];
+        c[w] = t;
+        j = w;
+    }
+}
+
 /* Keep the k best of c[0..n) in c[0..k) (any order): a min-heap of the
  * best seen so far, O(n log k). */
 static void keep_top_k(struct cand *c, int n, int k)
 {
-    /* heap root = the worst of the kept */
-    for (int i = k / 2 - 1; i >= 0; i--) {
-        int j = i;
-        for (;;) {
-            int l = 2 * j + 1, r = l + 1, w = j;
-            if (l < k && cand_before(&c[w], &c[l]))
-                w = l;
-            if (r < k && cand_before(&c[w], &c[r]))
-                w = r;
-            if (w == j)
-                break;
-            struct cand t = c[j];
-            c[j] = c[w];
-            c[w] = t;
-            j = w;
-        }
-    }
+    for (int i = k / 2 - 1; i >= 0; i--)
+        sift_down(c, k, i);
     for (int i = k; i < n; i++) {
         if (!cand_before(&c[i], &c[0]))
             continue;
         c[0] = c[i];
-        int j = 0;
-        for (;;) {
-            int l = 2 * j + 1, r = l + 1, w = j;
-            if (l < k && cand_before(&c[w], &c[l]))
-                w = l;
-            if (r < k && cand_before(&c[w], &c[r]))
-                w = r;
-            if (w == j)
-                break;
-            struct cand t = c[j];
-            c[j] = c[w];
-            c[w] = t;
-            j = w;
-        }
+        sift_down(c, k, 0);
     }
 }
 

@@ -21,6 +21,7 @@
 #include "model.h"
 #include "snapshot.h"
 #include "state.h"
+#include "../unit/tiny_model.h"
 
 static struct model *g_model;
 static struct mstate *g_state;
@@ -30,24 +31,7 @@ static size_t g_ref_len;
 
 static void setup(void)
 {
-    struct model_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = MODEL_MAMBA2;
-    c.naming = NAMING_STATE_SPACES;
-    c.d_model = 16;
-    c.n_layer = 2;
-    c.vocab_size = 64;
-    c.d_state = 8;
-    c.d_conv = 4;
-    c.d_inner = 32;
-    c.headdim = 8;
-    c.ngroups = 1;
-    c.conv_bias = 1;
-    c.tie_embeddings = 1;
-    c.rmsnorm_gated = 1;
-    char err[256];
-    if (model_create_random(&c, 7, &g_model, err, sizeof err) != 0 ||
-        state_create(g_model, &g_state) != 0)
+    if (tiny_mamba2(2, 64, 8, 7, &g_model) != 0 || state_create(g_model, &g_state) != 0)
         abort(); /* the harness itself, not the input */
     /* a non-zero state, so "unchanged" means something */
     for (size_t i = 0; i < g_state->conv_per_layer * 2; i++)

@@ -12,6 +12,7 @@
 #include "model.h"
 #include "sessions.h"
 #include "state.h"
+#include "tiny_model.h"
 
 static struct model *m;
 static size_t sb;
@@ -21,23 +22,7 @@ static void on_drop(void *ud, const struct session *s) { dropped++; }
 
 static int setup(void **u)
 {
-    struct model_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = MODEL_MAMBA2;
-    c.naming = NAMING_STATE_SPACES;
-    c.d_model = 16;
-    c.n_layer = 1;
-    c.vocab_size = 32;
-    c.d_state = 4;
-    c.d_conv = 4;
-    c.d_inner = 32;
-    c.headdim = 8;
-    c.ngroups = 1;
-    c.conv_bias = 1;
-    c.tie_embeddings = 1;
-    c.rmsnorm_gated = 1;
-    char err[256];
-    if (model_create_random(&c, 3, &m, err, sizeof err))
+    if (tiny_mamba2(1, 32, 4, 3, &m))
         return -1;
     sb = state_bytes(m);
     return 0;

@@ -16,6 +16,7 @@
 #include "model.h"
 #include "snapshot.h"
 #include "state.h"
+#include "tiny_model.h"
 
 static struct model *m;
 static struct mstate *src, *dst;
@@ -23,24 +24,8 @@ static uint64_t fp;
 
 static int setup(void **u)
 {
-    struct model_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = MODEL_MAMBA2;
-    c.naming = NAMING_STATE_SPACES;
-    c.d_model = 16;
-    c.n_layer = 2;
-    c.vocab_size = 64;
-    c.d_state = 8;
-    c.d_conv = 4;
-    c.d_inner = 32;
-    c.headdim = 8;
-    c.ngroups = 1;
-    c.conv_bias = 1;
-    c.tie_embeddings = 1;
-    c.rmsnorm_gated = 1;
     char err[256];
-    if (model_create_random(&c, 11, &m, err, sizeof err) || state_create(m, &src) ||
-        state_create(m, &dst))
+    if (tiny_mamba2(2, 64, 8, 11, &m) || state_create(m, &src) || state_create(m, &dst))
         return -1;
     /* a real history in src, a different one in dst */
     struct fwd *f;
