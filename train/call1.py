@@ -47,6 +47,11 @@ def parse(argv):
     ap.add_argument("--eval-books", default=".data/dev_eval", help="optional dir of *.txt.xz")
     ap.add_argument("--out", default=os.environ.get("OUT", "out/call1"))
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--tokenizer", default="", help="use this tokenizer.json instead of learning "
+                    "one (e.g. models/recur-sp/tokenizer.json, to keep the shipped vocabulary)")
+    ap.add_argument("--dt-min", type=float, default=1e-3, help="dt init: log-uniform in "
+                    "[dt-min, dt-max] (mamba_ssm defaults 0.001, 0.1)")
+    ap.add_argument("--dt-max", type=float, default=0.1)
     ap.add_argument("--tok-bytes", type=float, default=48e6, help="text to learn BPE on")
     ap.add_argument("--n-val", type=int, default=6)
     ap.add_argument("--val-windows", type=int, default=256)
@@ -105,14 +110,17 @@ def main(argv=None):
     log(f"call1: device {dev} {vers.get('gpu', '')}; versions {vers}")
     summary = {"call": 1, "versions": vers, "status": "started"}
 
+    if a.tokenizer:
+        common.need(a.tokenizer, "tokenizer.json given by --tokenizer")
+        shutil.copyfile(a.tokenizer, os.path.join(stage, "tokenizer.json"))
     data = corpus.prepare(a.data, a.n_val, os.path.join(stage, "tokenizer.json"), a.mock_hf,
-                          learn=True, vocab_size=a.vocab, tok_bytes=a.tok_bytes,
+                          learn=not a.tokenizer, vocab_size=a.vocab, tok_bytes=a.tok_bytes,
                           max_books=a.max_books or None, log=log)
     tok = data["tok"]
     cfg = ModelConfig(d_model=a.d_model, n_layer=a.n_layer, d_state=a.d_state, headdim=a.headdim,
                       vocab_size=tok.vocab_size, chunk_size=a.chunk)
     torch.manual_seed(a.seed)
-    model = Mamba2LM(cfg).init_weights(a.seed).to(dev)
+    model = Mamba2LM(cfg).init_weights(a.seed, dt_min=a.dt_min, dt_max=a.dt_max).to(dev)
     n_params = model.n_params()
     log(f"model {cfg.to_state_spaces()} chunk {cfg.chunk_size}: {n_params:,} params "
         f"({n_params * 2 / 1e6:.1f} MB bf16)")

@@ -308,6 +308,7 @@ def export_all(a, stage, models, post_hist, long, meta1, data, tok, tok_path, cf
         pre.setdefault(k, 0)
     pre.update({k: meta1["args"][k] for k in ("ctx", "batch", "lr", "warmup", "min_lr_ratio",
                                               "wd", "seed")})
+    pre.update(dt_min=meta1["args"].get("dt_min", 1e-3), dt_max=meta1["args"].get("dt_max", 0.1))
     pre.update(beta1=pre.get("args", {}).get("beta1", 0.9), beta2=pre.get("args", {}).get("beta2", 0.95),
                clip=pre.get("args", {}).get("clip", 1.0))
     d1 = meta1["data"]

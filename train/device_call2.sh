@@ -6,6 +6,5 @@ set -euo pipefail
 : "${OUT:?OUT is not set: run this through the device tool, or export OUT=some/dir}"
 export RECUR_T0="${RECUR_T0:-$(date +%s)}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd "$(dirname "$0")/.."
-[ -f .data/call1/base/model.safetensors ] || { echo "FATAL: .data/call1 missing (unpack call 1's output and carry it)"; exit 2; }
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 exec "${PYTHON:-python3}" train/call2.py --out "$OUT" "$@"

@@ -78,7 +78,9 @@ def model_card(name, role, cfg, n_params, data, pre, post=None, evals=None, samp
           f"(~{pre['tokens'] / max(1, data['train_tokens']):.1f} epochs); AdamW (betas "
           f"{pre['beta1']}, {pre['beta2']}; weight decay {pre['wd']} on matrices), peak lr "
           f"{pre['lr']:g}, {pre['warmup']} warmup steps then cosine to {pre['min_lr_ratio']:g}x, "
-          f"clip {pre['clip']}, bf16 autocast with fp32 scan/state math; "
+          f"clip {pre['clip']}, bf16 autocast with fp32 scan/state math; dt initialised "
+          f"log-uniform in [{pre.get('dt_min', 1e-3):g}, {pre.get('dt_max', 0.1):g}] and A uniform "
+          "in [1, 16] (mamba_ssm's defaults are dt in [0.001, 0.1]); "
           f"{pre['seconds'] / 60:.1f} min on one {pre.get('gpu', 'GPU')} "
           f"({pre.get('mean_tok_per_s', 0) / 1e3:.0f}k tokens/s).", ]
     if post:

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Several pre-trainings (train/call1.py) at once on one GPU, each with its own arguments:
+#
+#   bash train/device_sweep.sh "NAME1 --ctx 64 --batch 512" "NAME2 --ctx 64 --dt-min 1e-4" ...
+#
+# Each run writes $OUT/NAME/{call1.tar.partNN, call1.manifest.json} (unpack with
+# `train/pack.py unpack --from <files_at>/NAME --name call1 --to .data/NAME`); the logs and
+# summaries of all runs are concatenated into $OUT/sweep.log, so that two runs stay within the
+# device tool's eight returned files. Common arguments: SWEEP_ARGS (e.g. "--deadline 545
+# --tokenizer .data/tokenizer.json"). A small model leaves the GPU mostly idle between
+# kernels, so runs side by side cost far less than one after the other.
+set -uo pipefail
+: "${OUT:?OUT is not set: run this through the device tool, or export OUT=some/dir}"
+export RECUR_T0="${RECUR_T0:-$(date +%s)}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+cd "$(dirname "$0")/.."
+[ -f .data/train.txt.xz ] || { echo "FATAL: .data/train.txt.xz missing (carry it)"; exit 2; }
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+names=() pids=()
+for spec in "$@"; do
+    read -r -a words <<<"$spec"
+    name=${words[0]}
+    mkdir -p "$OUT/$name"
+    # shellcheck disable=SC2086
+    "${PYTHON:-python3}" train/call1.py --out "$OUT/$name" ${SWEEP_ARGS:-} "${words[@]:1}" \
+        >"$OUT/$name.stdout" 2>&1 &
+    names+=("$name") pids+=($!)
+    echo "started $name (pid $!): ${words[*]:1} ${SWEEP_ARGS:-}"
+done
+rc=0
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || { echo "run ${names[$i]} exited with $?"; rc=1; }
+done
+for name in "${names[@]}"; do
+    { echo "==================== $name"; cat "$OUT/$name.stdout";
+      echo "---- summary.json"; cat "$OUT/$name/summary.json" 2>/dev/null; echo; } >>"$OUT/sweep.log"
+    rm -f "$OUT/$name.stdout" "$OUT/$name/call1.log" "$OUT/$name/summary.json"
+done
+grep -h -A30 "perplexity by position\|==== call 1 summary" "$OUT/sweep.log" | cut -c1-160
+exit $rc
