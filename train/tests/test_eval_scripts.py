@@ -150,3 +150,33 @@ def test_eval_books_ids_against_engine(tmp_path):
         assert g["n"] == w["n"]
         assert g["ppl_mean"] == pytest.approx(w["ppl_mean"], rel=1e-4)
         assert g["ppl_pooled"] == pytest.approx(w["ppl_pooled"], rel=1e-4)
+
+
+def test_horizons_from_weights(tmp_path, capsys):
+    """train/horizons.py: 1 / (softplus(dt_bias) * exp(A_log)) per head, from a hand-made
+    safetensors file (F32 and BF16 both)."""
+    import struct
+    import numpy as np
+    import horizons
+
+    dt = np.array([0.01, 0.1, 0.001], dtype=np.float32)
+    bias = np.log(np.expm1(dt)).astype(np.float32)             # softplus^-1
+    A_log = np.log(np.array([2.0, 1.0, 4.0], dtype=np.float32))
+    for dtype in ("F32", "BF16"):
+        tensors = {"backbone.layers.0.mixer.dt_bias": bias, "backbone.layers.0.mixer.A_log": A_log}
+        header, blob = {}, b""
+        for k, v in tensors.items():
+            raw = v.tobytes() if dtype == "F32" else (v.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+            header[k] = {"dtype": dtype, "shape": [3], "data_offsets": [len(blob), len(blob) + len(raw)]}
+            blob += raw
+        h = json.dumps(header).encode()
+        d = tmp_path / dtype
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + blob)
+        got = horizons.horizons(str(d))[0]
+        want = np.sort(1 / (dt * np.exp(A_log)))                  # 50, 10, 250
+        tol = 1e-5 if dtype == "F32" else 2e-2                    # bf16 keeps 8 bits
+        assert np.allclose(got, want, rtol=tol), (dtype, got, want)
+    assert horizons.main(["--ctx", "40", str(tmp_path / "F32")]) == 0
+    out = capsys.readouterr().out
+    assert "| F32 | 3 | 50 | 250 | 2 | 1 |" in out, out
