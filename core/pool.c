@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "pool.h"
 
 #include <pthread.h>
@@ -108,6 +109,9 @@ struct pool *pool_create(int nthreads)
                 pool_free(p);
                 return NULL;
             }
+            /* named here too, so that it never shows its creator's name
+             * before its first instruction runs */
+            pthread_setname_np(p->tids[i], "recur-pool");
             p->n++;
         }
     }

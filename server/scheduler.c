@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "scheduler.h"
 
 #include <math.h>
@@ -1097,6 +1098,7 @@ int sched_create(const struct sched_opts *o, void (*notify)(void *), void *notif
         rc_free(s);
         return RC_EIO;
     }
+    pthread_setname_np(s->th, "recurd-compute"); /* also set by itself */
     s->started = 1;
     *out = s;
     return 0;
