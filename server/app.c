@@ -55,6 +55,7 @@ static void app_stop(struct app *a)
     uv_close((uv_handle_t *)&a->ttl_timer, close_cb);
     uv_close((uv_handle_t *)&a->drain_timer, close_cb);
     uv_close((uv_handle_t *)&a->stop_timer, close_cb);
+    uv_close((uv_handle_t *)&a->spill_timer, close_cb);
     /* connections first (their requests release their jobs), then the
      * compute thread, then whatever it finished on the way out */
     http_free(a->http);
@@ -212,6 +213,9 @@ int cmd_serve(int argc, char **argv)
     proto_init();
     uv_replace_allocator(rc_malloc, rc_realloc, rc_calloc, rc_free);
     signal(SIGPIPE, SIG_IGN);
+    /* a file-size limit (ulimit -f, systemd LimitFSIZE) must fail the write
+     * (EFBIG, answered like a full disk) rather than kill the server */
+    signal(SIGXFSZ, SIG_IGN);
     log_set_requests(!cfg.quiet);
 
     struct app a;
@@ -253,6 +257,8 @@ int cmd_serve(int argc, char **argv)
     a.drain_timer.data = &a;
     uv_timer_init(&loop, &a.stop_timer);
     a.stop_timer.data = &a;
+    uv_timer_init(&loop, &a.spill_timer);
+    a.spill_timer.data = &a;
     uv_signal_init(&loop, &a.sigterm);
     uv_signal_init(&loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
@@ -315,6 +321,7 @@ int cmd_serve(int argc, char **argv)
 out_early:
     uv_close((uv_handle_t *)&a.async, close_cb);
     uv_close((uv_handle_t *)&a.ttl_timer, close_cb);
+    uv_close((uv_handle_t *)&a.spill_timer, close_cb);
     uv_close((uv_handle_t *)&a.drain_timer, close_cb);
     uv_close((uv_handle_t *)&a.stop_timer, close_cb);
     uv_close((uv_handle_t *)&a.sigterm, close_cb);

@@ -33,6 +33,9 @@ struct app {
     struct store *states;            /* --state-dir, or NULL */
     int io_ops;                      /* spill/restore/remove work in flight */
     int spilling;                    /* spills in flight */
+    uv_timer_t spill_timer;          /* retries spilling after a failed write */
+    uint64_t spill_retry_at;         /* loop ms before which no spill starts */
+    uint32_t spill_backoff_ms;       /* 0 after a success; doubles per failure */
     int keep_files;                  /* shutting down: spilled files stay */
     struct metrics metrics;
     uv_async_t async;                /* compute -> loop events */

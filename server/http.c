@@ -20,6 +20,22 @@
 #define LINGER_MS 2000
 #define LINGER_BYTES (8u << 20)
 #define MAX_HEADERS 8
+/* Slowloris: a request's headers must be complete within the connection
+ * timeout of the connection opening (or of its previous response ending),
+ * however slowly they trickle in. Checked every HDR_TICK_MS; a connection
+ * is cut HDR_EARLY_MS before MHD's own idle timeout would close it, so an
+ * idle connection is always counted once, here. */
+#define HDR_TICK_MS 200
+#define HDR_EARLY_MS 500
+
+/* One per open connection (MHD_OPTION_NOTIFY_CONNECTION). */
+struct http_conn {
+    struct MHD_Connection *conn;
+    uint64_t since;          /* loop ms: opened, or its last request ended */
+    int in_request;          /* headers complete, request not yet ended */
+    int cut;                 /* shut down for taking too long */
+    struct http_conn *prev, *next;
+};
 
 struct http {
     uv_loop_t *loop;
@@ -37,6 +53,10 @@ struct http {
     int n_susp;
     int n_upload;            /* streamed uploads waiting for body bytes */
     struct http_req *all;    /* every request in flight (doubly linked) */
+    struct http_conn *conns; /* every open connection (doubly linked) */
+    uv_timer_t hdr;          /* header deadline check */
+    uint64_t hdr_deadline_ms;
+    uint64_t header_timeouts, request_timeouts;
 };
 
 struct http_req {
@@ -488,6 +508,12 @@ void http_log_in_flight(const struct http *h)
 }
 int http_in_flight(const struct http *h) { return h->in_flight; }
 
+void http_timeouts(const struct http *h, uint64_t *header, uint64_t *request)
+{
+    *header = h->header_timeouts;
+    *request = h->request_timeouts;
+}
+
 /* ---- MHD callbacks ------------------------------------------------------- */
 
 static void too_large(struct http_req *r, size_t cap)
@@ -520,6 +546,65 @@ static int append_body(struct http_req *r, const char *data, size_t n)
     return 0;
 }
 
+static struct http_conn *conn_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct http *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct http_conn *c = rc_calloc(1, sizeof *c);
+        *socket_context = c;
+        if (!c)
+            return; /* untracked: MHD's idle timeout still applies */
+        c->conn = conn;
+        c->since = uv_now(h->loop);
+        c->next = h->conns;
+        if (h->conns)
+            h->conns->prev = c;
+        h->conns = c;
+        return;
+    }
+    struct http_conn *c = *socket_context;
+    if (!c)
+        return;
+    *socket_context = NULL;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    rc_free(c);
+}
+
+static void hdr_cb(uv_timer_t *t)
+{
+    struct http *h = t->data;
+    uint64_t now = uv_now(h->loop);
+    int cut = 0;
+    for (struct http_conn *c = h->conns; c; c = c->next) {
+        if (c->in_request || c->cut || now - c->since < h->hdr_deadline_ms)
+            continue;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci)
+            continue;
+        /* MHD sees the end of the stream and closes it on its next run */
+        shutdown(ci->connect_fd, SHUT_RDWR);
+        c->cut = 1;
+        h->header_timeouts++;
+        cut++;
+    }
+    if (cut)
+        http_run(h);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_size, void **con_cls)
@@ -536,6 +621,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->path = rc_strdup(url);
         r->cap = h->max_body;
         r->t0 = uv_hrtime();
+        struct http_conn *hc = conn_of(conn);
+        if (hc)
+            hc->in_request = 1;
         *con_cls = r;
         h->in_flight++;
         r->anext = h->all;
@@ -628,6 +716,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
+    struct http_conn *hc = conn_of(conn);
+    if (hc) { /* the next request's headers are timed from now */
+        hc->in_request = 0;
+        hc->since = uv_now(h->loop);
+    }
+    if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
+        h->request_timeouts++;
     upload_end(r);
     if (r->suspended) {
         susp_del(r);
@@ -708,7 +803,8 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
     h->d = MHD_start_daemon(
         flags, (uint16_t)o->port, NULL, NULL, on_access, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         h, MHD_OPTION_SOCK_ADDR, &ss,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, h, MHD_OPTION_CONNECTION_LIMIT,
         o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         o->header_bytes, MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
@@ -731,6 +827,13 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
     h->timer.data = h;
     uv_timer_init(loop, &h->peek);
     h->peek.data = h;
+    uv_timer_init(loop, &h->hdr);
+    h->hdr.data = h;
+    if (o->timeout_s > 0) {
+        uint64_t ms = (uint64_t)o->timeout_s * 1000;
+        h->hdr_deadline_ms = ms > 2 * HDR_EARLY_MS ? ms - HDR_EARLY_MS : ms / 2;
+        uv_timer_start(&h->hdr, hdr_cb, HDR_TICK_MS, HDR_TICK_MS);
+    }
     uv_poll_start(&h->poll, UV_READABLE, poll_cb);
     http_rearm(h);
     *out = h;
@@ -773,8 +876,9 @@ void http_free(struct http *h)
     uv_poll_stop(&h->poll);
     /* The handles live in h: it is freed when the last one has closed
      * (the caller keeps running the loop). in_run counts them down. */
-    h->in_run = 3;
+    h->in_run = 4;
     uv_close((uv_handle_t *)&h->poll, handle_closed);
     uv_close((uv_handle_t *)&h->timer, handle_closed);
     uv_close((uv_handle_t *)&h->peek, handle_closed);
+    uv_close((uv_handle_t *)&h->hdr, handle_closed);
 }

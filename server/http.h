@@ -93,6 +93,10 @@ int http_port(const struct http *h);
 void http_quiesce(struct http *h);
 /* Requests started and not yet done; and one log line for each. */
 int http_in_flight(const struct http *h);
+/* Connections cut because no complete request head arrived within the
+ * connection timeout (slowloris, idle), and requests MHD ended on its idle
+ * timeout (a body that stopped coming). */
+void http_timeouts(const struct http *h, uint64_t *header, uint64_t *request);
 void http_log_in_flight(const struct http *h);
 /* Run MHD now (after resuming connections from outside MHD callbacks;
  * http_wake and late responses do it themselves). */

@@ -111,6 +111,18 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
     P("# HELP recurd_sessions_expired_total Sessions deleted by the idle TTL.\n"
       "# TYPE recurd_sessions_expired_total counter\nrecurd_sessions_expired_total %llu\n",
       (unsigned long long)m->sessions_expired);
+    P("# HELP recurd_spill_failures_total Writes of idle sessions' states to --state-dir that "
+      "failed (the session stays in memory; spilling pauses, backing off up to 30 s).\n"
+      "# TYPE recurd_spill_failures_total counter\nrecurd_spill_failures_total %llu\n",
+      (unsigned long long)m->spill_failures);
+    P("# HELP recurd_connections_header_timeout_total Connections closed because no complete "
+      "request head arrived within --connection-timeout (idle or trickling clients).\n"
+      "# TYPE recurd_connections_header_timeout_total counter\n"
+      "recurd_connections_header_timeout_total %llu\n", (unsigned long long)g->header_timeouts);
+    P("# HELP recurd_requests_timed_out_total Requests ended by --connection-timeout (no bytes "
+      "from the client for that long).\n"
+      "# TYPE recurd_requests_timed_out_total counter\nrecurd_requests_timed_out_total %llu\n",
+      (unsigned long long)g->request_timeouts);
     P("# HELP recurd_state_bytes Bytes of recurrent state held in memory.\n"
       "# TYPE recurd_state_bytes gauge\nrecurd_state_bytes %lld\n", (long long)g->state_bytes);
     P("# HELP recurd_queue_depth Jobs submitted to the compute thread and not finished.\n"

@@ -24,6 +24,7 @@ struct metrics {
     double lat_sum[METRICS_MAX_ROUTES];
     uint64_t client_gone;      /* requests ended by the client going away */
     uint64_t sessions_created, sessions_deleted, sessions_expired;
+    uint64_t spill_failures;   /* idle-session state writes that failed */
     uint64_t rejected_auth;
 };
 
@@ -37,6 +38,7 @@ struct metrics_gauges {
     double busy_seconds;
     int64_t alloc_live_bytes;
     int64_t rss_bytes;      /* resident set size of the process, -1 if unknown */
+    uint64_t header_timeouts, request_timeouts;
     int ready, draining;
 };
 

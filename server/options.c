@@ -76,7 +76,7 @@ static const struct opt opts[] = {
      O(max_connections_per_ip), "128", 1, 65536,
      "open connections from one address, so one client cannot take them all"},
     {"--connection-timeout", "RECURD_CONNECTION_TIMEOUT", T_SECS, O(connection_timeout), "60", 1,
-     86400, "idle seconds before a connection is closed (slow or stalled clients)"},
+     86400, "idle seconds before a connection is closed; also the most a request's headers may take, however they trickle (slowloris)"},
     {"--header-bytes", "RECURD_HEADER_BYTES", T_SIZE, O(header_bytes), "32K", 4096, 16 * MiB,
      "memory for one connection's request line and headers (larger gets 431/413)"},
     {"--stream-buffer-bytes", "RECURD_STREAM_BUFFER_BYTES", T_SIZE, O(stream_buffer_bytes), "1M",

@@ -474,6 +474,7 @@ static void h_metrics(struct rq *q)
     }
     g.queue_depth = atomic_load(&ss->queued);
     g.in_flight = http_in_flight(a->http);
+    http_timeouts(a->http, &g.header_timeouts, &g.request_timeouts);
     g.tokens_in = atomic_load(&ss->tokens_in);
     g.tokens_out = atomic_load(&ss->tokens_out);
     g.ticks = atomic_load(&ss->ticks);

@@ -12,6 +12,9 @@
 #include "snapshot.h"
 #include "state.h"
 
+#define SPILL_BACKOFF_MIN_MS 250u
+#define SPILL_BACKOFF_MAX_MS 30000u
+
 struct spillop {
     uv_work_t w;
     struct app *a;
@@ -75,11 +78,24 @@ static void after(uv_work_t *w, int status)
     char esc[400];
     if (!op->restore) {
         a->spilling--;
-        if (op->rc == 0)
+        if (op->rc == 0) {
             sessions_spilled(a->sessions, s);
-        else {
-            log_msg("spilling session %s failed: %s", s->id,
-                    log_escape(esc, sizeof esc, op->err, strlen(op->err)));
+            a->spill_backoff_ms = 0;
+        } else {
+            /* a full or failing disk: the session stays in memory, and
+             * spilling pauses (250 ms, doubling to 30 s) instead of
+             * retrying at once, which would spin on the same write */
+            if (op->rc != RC_ECANCELED) {
+                uint32_t b = a->spill_backoff_ms;
+                a->spill_backoff_ms = b == 0 ? SPILL_BACKOFF_MIN_MS
+                                    : b >= SPILL_BACKOFF_MAX_MS / 2 ? SPILL_BACKOFF_MAX_MS
+                                                                    : 2 * b;
+                a->spill_retry_at = uv_now(a->loop) + a->spill_backoff_ms;
+                a->metrics.spill_failures++;
+            }
+            log_msg("spilling session %s failed: %s (spilling paused for %u ms)", s->id,
+                    log_escape(esc, sizeof esc, op->err, strlen(op->err)),
+                    (unsigned)a->spill_backoff_ms);
             sessions_io_failed(a->sessions, s, NULL);
         }
         if (gone)
@@ -140,10 +156,18 @@ static int queue(struct spillop *op)
     return 0;
 }
 
+static void on_spill_timer(uv_timer_t *t) { spill_check(t->data); }
+
 void spill_check(struct app *a)
 {
     if (!a->states || !a->sessions || a->stopping)
         return;
+    uint64_t now = uv_now(a->loop);
+    if (now < a->spill_retry_at) { /* backing off after a failed write */
+        if (!uv_is_active((uv_handle_t *)&a->spill_timer))
+            uv_timer_start(&a->spill_timer, on_spill_timer, a->spill_retry_at - now, 0);
+        return;
+    }
     while (sessions_over_high_water(a->sessions) && !sessions_under_low_water(a->sessions)) {
         /* stop once the spills in flight will bring it under low water */
         size_t size = sessions_state_size(a->sessions);

@@ -111,6 +111,12 @@ class Server:
     def alive(self):
         return self.p.poll() is None
 
+    def cpu_seconds(self):
+        """User + system CPU time the server has used so far (/proc/PID/stat)."""
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.p.poll() is None:
             self.p.send_signal(sig)

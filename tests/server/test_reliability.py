@@ -1,4 +1,4 @@
-"""RELIABILITY.md rows B1-B9, L4, X1, X3, S1-S5 against the real binary.
+"""RELIABILITY.md rows B1-B9, L4, L5, X1, X2, X3, S1-S5 against the real binary.
 
 Each test that abuses the server also runs the control session check
 (conftest.Control): after the abuse the process is alive, /health is 200
@@ -865,3 +865,238 @@ def test_x5_churn(srv, control):
     # every job was given back: no session is left busy, no request in flight
     for s in c.get("/v1/sessions").json()["data"]:
         assert not s.get("busy"), s
+
+
+# ---- X2: disk full / I/O error on writes ---------------------------------------
+# The server's own writes are made to fail by lowering its RLIMIT_FSIZE from the
+# outside (prlimit(2): no root, no special filesystem): write(2) then fails with
+# EFBIG past the limit, as it fails with ENOSPC on a full disk, and the process
+# gets SIGXFSZ, whose default action would kill it. Raising the limit again makes
+# the failure transient.
+
+def set_fsize(srv, limit):
+    import resource
+    hard = resource.prlimit(srv.p.pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(srv.p.pid, resource.RLIMIT_FSIZE, (limit, hard))
+
+
+def test_x2_snapshot_write_fails(models, tmp_path):
+    import resource
+    d = tmp_path / "snaps"
+    srv = Server(models["a"], "--snapshot-dir", d)
+    try:
+        c = Client(srv)
+        ctl = Control(c)
+        sid = c.session(TEXT)
+        c.ok(c.post(f"/v1/sessions/{sid}/save", {"name": "keep"}), 201)
+        before = (d / "keep").read_bytes()
+        c.append(sid, " and then some more text, so that the state differs")
+        set_fsize(srv, 1024)                                    # persistent failure
+        for _ in range(3):
+            r = c.post(f"/v1/sessions/{sid}/save", {"name": "keep", "overwrite": True})
+            e = error_of(r, 507, "snapshot_write_failed")
+            assert "keep" in e["message"], e
+            r = c.post(f"/v1/sessions/{sid}/save", {"name": "other"})
+            error_of(r, 507, "snapshot_write_failed")
+        assert (d / "keep").read_bytes() == before, "previous snapshot changed"
+        assert sorted(os.listdir(d)) == ["keep"], "temp files left behind"
+        assert srv.alive()
+        # the session that could not be saved is intact and still usable
+        pos = c.info(sid)["position"]
+        assert c.generate(sid, max_tokens=4, temperature=0, commit=False)["tokens"]
+        assert c.info(sid)["position"] == pos
+        # the old snapshot still restores
+        r = c.post("/v1/sessions", {"snapshot": "keep"})
+        assert r.status_code == 201, r.text
+        set_fsize(srv, resource.RLIM_INFINITY)                   # transient: it clears
+        c.ok(c.post(f"/v1/sessions/{sid}/save", {"name": "keep", "overwrite": True}), 201)
+        assert (d / "keep").read_bytes() != before
+        assert sorted(os.listdir(d)) == ["keep"]
+        ctl.check()
+    finally:
+        assert srv.stop() == 0
+
+
+STATE_BYTES = 20480  # one state of the test model (test_statedir.STATE)
+
+
+def test_x2_spill_write_fails(models, tmp_path):
+    """Idle sessions cannot spill: they stay in memory, nothing is lost, the
+    server does not spin retrying (bounded log lines and CPU), and spilling
+    resumes once writes work again."""
+    import resource
+    d = tmp_path / "states"
+    srv = Server(models["a"], "--state-dir", d, "--state-memory", 4 * STATE_BYTES)
+    ref = Server(models["a"])
+    try:
+        c, r = Client(srv), Client(ref)
+        set_fsize(srv, 1024)
+        texts = [f"session {i} remembers its own text: " + "xyz" * i for i in range(3)]
+        ids = [c.session(t) for t in texts]
+        rids = [r.session(t) for t in texts]
+        # a fourth and fifth state push memory over the high-water mark:
+        # spills are tried and fail
+        more = []
+        for i in range(2):
+            resp = c.post("/v1/sessions", {})
+            if resp.status_code == 201:
+                more.append(resp.json()["id"])
+            else:
+                error_of(resp, 503)
+        assert srv.wait_log("spilling session .* failed", timeout=10), "no spill was tried"
+        cpu0 = srv.cpu_seconds()
+        n0 = sum("spilling session" in l for l in srv.log())
+        time.sleep(2.0)
+        n1 = sum("spilling session" in l for l in srv.log())
+        cpu1 = srv.cpu_seconds()
+        assert n1 - n0 <= 4, f"{n1 - n0} failed spills logged in 2 s: retrying without pause"
+        assert cpu1 - cpu0 < 0.5, f"{cpu1 - cpu0:.2f} s of CPU in 2 idle seconds"
+        assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+        m = c.get("/metrics").text
+        fails = int([l for l in m.splitlines()
+                     if l.startswith("recurd_spill_failures_total ")][0].split()[1])
+        assert fails >= 1
+        # nothing was lost: every session continues like one that never left memory
+        for sid, rid in zip(ids, rids):
+            assert c.append(sid, " more") == r.append(rid, " more")
+            assert c.state(sid) == r.state(rid)
+        # writes work again: the idle sessions spill
+        set_fsize(srv, resource.RLIM_INFINITY)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            listed = c.ok(c.get("/v1/sessions"))["data"]
+            if any(s["spilled"] for s in listed):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("spilling never resumed after the disk recovered")
+        for sid, rid in zip(ids, rids):
+            assert c.generate(sid, max_tokens=6, temperature=0)["tokens"] == \
+                r.generate(rid, max_tokens=6, temperature=0)["tokens"]
+    finally:
+        assert srv.stop() == 0
+        assert ref.stop() == 0
+
+
+# ---- L5: slowloris ---------------------------------------------------------------
+
+def metric(srv, name):
+    m = requests.get(srv.url("/metrics"), timeout=5).text
+    return int(float([l for l in m.splitlines() if l.startswith(name + " ")][0].split()[1]))
+
+
+def trickle_until_closed(s, data, every, limit):
+    """Send data one byte per `every` seconds; return the seconds until the
+    server closed the connection (None if it never did within `limit`)."""
+    t0 = time.time()
+    for i in range(len(data)):
+        try:
+            s.sendall(data[i:i + 1])
+            s.settimeout(every)
+            try:
+                if s.recv(4096) == b"":
+                    return time.time() - t0
+            except socket.timeout:
+                pass
+        except (BrokenPipeError, ConnectionResetError):
+            return time.time() - t0
+        if time.time() - t0 > limit:
+            return None
+    return None
+
+
+def test_l5_slowloris_headers(small):
+    """Headers trickled one byte every 0.5 s (each byte well inside the 2 s
+    idle timeout) are cut off --connection-timeout after the connection
+    opened, counted in /metrics; other clients are served meanwhile."""
+    before = metric(small, "recurd_connections_header_timeout_total")
+    ctl = Control(Client(small))
+    conns = [raw_conn(small) for _ in range(3)]
+    head = (b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + b"X-Pad: " + b"a" * 200 + b"\r\n\r\n")
+    import threading
+    took = [None] * len(conns)
+
+    def run(i):
+        took[i] = trickle_until_closed(conns[i], head, 0.5, 12)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(conns))]
+    for t in ts:
+        t.start()
+    time.sleep(1.0)
+    ctl.check()                      # served while the slow clients hang on
+    for t in ts:
+        t.join(20)
+    for c in conns:
+        c.close()
+    assert all(t is not None and 1.5 <= t <= 5.0 for t in took), took
+    assert metric(small, "recurd_connections_header_timeout_total") - before == len(conns)
+
+
+def test_l5_idle_keepalive_and_slow_body_stay_bounded(small):
+    """A connection that sends nothing is closed by the idle timeout (2 s),
+    and so is a JSON body that stops halfway; both counted."""
+    before = metric(small, "recurd_connections_header_timeout_total")
+    s = raw_conn(small)
+    t0 = time.time()
+    s.settimeout(10)
+    assert s.recv(4096) == b""
+    assert 1.5 <= time.time() - t0 <= 5.0
+    s.close()
+    assert metric(small, "recurd_connections_header_timeout_total") - before == 1
+    r0 = metric(small, "recurd_requests_timed_out_total")
+    s = raw_conn(small)
+    s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100\r\n\r\n{\"text\": ")
+    st, _, _ = read_response(s, timeout=10)
+    assert st in (None, 408)
+    s.close()
+    deadline = time.time() + 5
+    while metric(small, "recurd_requests_timed_out_total") == r0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert metric(small, "recurd_requests_timed_out_total") == r0 + 1
+    Control(Client(small)).check()
+
+
+# ---- L1: per-IP connection cap -----------------------------------------------------
+
+def test_l1_per_ip_connection_cap(models):
+    """With --max-connections-per-ip 4, four idle connections from 127.0.0.1
+    hold the address's share: a fifth is closed without being served, and a
+    request goes through again once one of the four is gone. /health from
+    another address family is not needed: the cap is per address."""
+    srv = Server(models["a"], "--max-connections-per-ip", 4, "--connection-timeout", 30)
+    try:
+        time.sleep(0.3)  # the readiness checks' connections are gone
+        held = []
+        for _ in range(4):  # each one served once (keep-alive): accepted, counted
+            h = raw_conn(srv)
+            h.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            st, _, _ = read_response(h)
+            assert st == 200
+            held.append(h)
+        s = raw_conn(srv)
+        s.settimeout(5)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = s.recv(4096)
+        except (ConnectionResetError, BrokenPipeError):
+            got = b""
+        assert got == b"", f"fifth connection was served: {got[:80]!r}"
+        s.close()
+        held.pop().close()
+        deadline = time.time() + 5
+        while True:
+            try:
+                r = requests.get(srv.url("/health"), timeout=5, headers={"Connection": "close"})
+                break
+            except requests.ConnectionError:
+                assert time.time() < deadline, "never served again after a slot freed"
+                time.sleep(0.1)
+        assert r.status_code == 200
+        for h in held:
+            h.close()
+        time.sleep(0.5)  # the server sees the closes on its next loop turn
+        Control(Client(srv)).check()
+    finally:
+        assert srv.stop() == 0
