@@ -9,10 +9,7 @@
 #   PRE_ARGS="--ctx 256 --batch 128 --dt-min 1e-4 --dt-max 1e-2" PRE_DEADLINE=370 \
 #       bash train/device_onecall.sh --variants sp,zero --deadline 520
 set -euo pipefail
-: "${OUT:?OUT is not set: run this through the device tool, or export OUT=some/dir}"
-export RECUR_T0="${RECUR_T0:-$(date +%s)}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-cd "$(dirname "$0")/.."
-[ -f .data/train.txt.xz ] || { echo "FATAL: .data/train.txt.xz missing (carry it)"; exit 2; }
+. "$(dirname "$0")/device_env.sh" corpus
 PY="${PYTHON:-python3}"
 tok=()
 [ -f .data/tokenizer.json ] && tok=(--tokenizer .data/tokenizer.json)

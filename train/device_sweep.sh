@@ -10,11 +10,7 @@
 # --tokenizer .data/tokenizer.json"). A small model leaves the GPU mostly idle between
 # kernels, so runs side by side cost far less than one after the other.
 set -uo pipefail
-: "${OUT:?OUT is not set: run this through the device tool, or export OUT=some/dir}"
-export RECUR_T0="${RECUR_T0:-$(date +%s)}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-cd "$(dirname "$0")/.."
-[ -f .data/train.txt.xz ] || { echo "FATAL: .data/train.txt.xz missing (carry it)"; exit 2; }
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+. "$(dirname "$0")/device_env.sh" corpus
 names=() pids=()
 for spec in "$@"; do
     read -r -a words <<<"$spec"
