@@ -1,4 +1,4 @@
-"""RELIABILITY.md rows B1-B9, L4, L5, X1, X2, X3, S1-S5 against the real binary.
+"""RELIABILITY.md rows B1-B9, L1, L4, L5, X1, X2, X3, X7, S1-S5 against the real binary.
 
 Each test that abuses the server also runs the control session check
 (conftest.Control): after the abuse the process is alive, /health is 200
@@ -1104,3 +1104,53 @@ def test_l1_per_ip_connection_cap(models):
         Control(Client(srv)).check()
     finally:
         assert srv.stop() == 0
+
+
+# ---- X7: kill -9 during snapshot saves ---------------------------------------------
+
+def test_x7_kill9_during_saves(models, tmp_path):
+    """SIGKILL while a client overwrites the same named snapshot as fast as it
+    can: the file under the name is always a whole snapshot (it restores), and
+    the temp files a killed write leaves are removed when the server starts
+    again (one is planted too, so that part cannot pass by luck)."""
+    import threading
+    d = tmp_path / "snaps"
+    rng = random.Random(7)
+    for round_ in range(4):
+        srv = Server(models["a"], "--snapshot-dir", d)
+        c = Client(srv)
+        sid = c.session(TEXT + " round %d" % round_)
+        stop = threading.Event()
+        saved = [0]
+
+        def saver():
+            s = requests.Session()
+            while not stop.is_set():
+                try:
+                    r = s.post(srv.url(f"/v1/sessions/{sid}/save"),
+                               json={"name": "k", "overwrite": True}, timeout=5)
+                except requests.RequestException:
+                    return
+                if r.status_code == 201:
+                    saved[0] += 1
+
+        ts = [threading.Thread(target=saver) for _ in range(3)]
+        for t in ts:
+            t.start()
+        time.sleep(0.05 + rng.random() * 0.3)
+        srv.p.kill()
+        srv.p.wait(5)
+        stop.set()
+        for t in ts:
+            t.join(10)
+        assert saved[0] > 0
+        (d / f"planted.{round_:016x}.tmp").write_bytes(b"half a snapshot")
+        srv2 = Server(models["a"], "--snapshot-dir", d)
+        try:
+            assert not [f for f in os.listdir(d) if f.endswith(".tmp")], os.listdir(d)
+            assert sorted(os.listdir(d)) == ["k"]
+            c2 = Client(srv2)
+            r = c2.post("/v1/sessions", {"snapshot": "k"})
+            assert r.status_code == 201, r.text        # a whole, valid snapshot
+        finally:
+            assert srv2.stop() == 0
