@@ -12,6 +12,13 @@ static atomic_long g_countdown;   /* > 0: failing when it reaches 0 */
 static atomic_int g_persistent;
 static atomic_int g_failing;      /* persistent failure latched */
 static atomic_long g_injected;
+static _Thread_local unsigned long t_failed; /* failures seen by this thread */
+
+static void *failed(void)
+{
+    t_failed++;
+    return NULL;
+}
 
 /* Decide whether this allocation is one the test wants to fail. */
 static int inject_failure(void)
@@ -48,27 +55,29 @@ static void *account(void *p)
 void *rc_malloc(size_t n)
 {
     if (inject_failure() || over_cap(n))
-        return NULL;
-    return account(malloc(n ? n : 1));
+        return failed();
+    void *p = malloc(n ? n : 1);
+    return p ? account(p) : failed();
 }
 
 void *rc_calloc(size_t count, size_t size)
 {
     size_t n;
     if (__builtin_mul_overflow(count, size, &n))
-        return NULL;
+        return failed();
     if (inject_failure() || over_cap(n))
-        return NULL;
-    return account(calloc(n ? n : 1, 1));
+        return failed();
+    void *p = calloc(n ? n : 1, 1);
+    return p ? account(p) : failed();
 }
 
 void *rc_aligned_alloc(size_t n)
 {
     void *p = NULL;
     if (inject_failure() || over_cap(n))
-        return NULL;
+        return failed();
     if (posix_memalign(&p, 64, n ? n : 1) != 0)
-        return NULL;
+        return failed();
     return account(p);
 }
 
@@ -78,10 +87,10 @@ void *rc_realloc(void *p, size_t n)
         return rc_malloc(n);
     size_t old = malloc_usable_size(p);
     if (inject_failure() || (n > old && over_cap(n - old)))
-        return NULL;
+        return failed();
     void *q = realloc(p, n ? n : 1);
     if (!q)
-        return NULL;
+        return failed();
     atomic_fetch_sub_explicit(&g_live, old, memory_order_relaxed);
     return account(q);
 }
@@ -107,6 +116,8 @@ char *rc_strndup(const char *s, size_t n)
 char *rc_strdup(const char *s) { return rc_strndup(s, strlen(s)); }
 
 size_t rc_alloc_live_bytes(void) { return atomic_load(&g_live); }
+
+unsigned long rc_alloc_failures_here(void) { return t_failed; }
 
 void rc_alloc_set_cap(size_t bytes) { atomic_store(&g_cap, bytes); }
 

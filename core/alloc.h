@@ -25,6 +25,12 @@ void rc_free(void *p);
 char *rc_strdup(const char *s);
 char *rc_strndup(const char *s, size_t n);
 
+/* Allocations that failed on the calling thread so far (injected, over the
+ * cap, or refused by the system): a library that reports an allocation
+ * failure as something else (jansson's lexer does) can be told apart by
+ * comparing this before and after the call. */
+unsigned long rc_alloc_failures_here(void);
+
 /* Bytes currently live through this allocator (usable sizes). */
 size_t rc_alloc_live_bytes(void);
 

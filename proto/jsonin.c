@@ -61,9 +61,20 @@ int pj_parse(const char *buf, size_t len, int max_depth, json_t **out, struct ap
         return RC_EINVAL;
     }
     json_error_t je;
+    unsigned long failures = rc_alloc_failures_here();
     json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    if (root && rc_alloc_failures_here() != failures) {
+        /* jansson's lexer ignores a failed append to its token buffer and
+         * goes on without that byte: a "successful" parse may have lost
+         * text. Any allocation failure during the parse fails the request. */
+        json_decref(root);
+        root = NULL;
+    }
     if (!root) {
-        if (json_error_code(&je) == json_error_out_of_memory) {
+        /* jansson reports some allocation failures as syntax errors (its
+         * lexer's string buffer) or not at all: ask the allocator */
+        if (json_error_code(&je) == json_error_out_of_memory ||
+            rc_alloc_failures_here() != failures) {
             api_error_set(e, API_OUT_OF_MEMORY, "out of memory parsing the request");
             return RC_ENOMEM;
         }
