@@ -922,6 +922,7 @@ static void *thread_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->mu);
         int nready = 0;
+        int posted = 0; /* jobs finished at admission: the loop must hear of them */
         for (;;) {
             /* admit, oldest first */
             struct job *in = s->incoming, *rev = NULL;
@@ -949,6 +950,7 @@ static void *thread_main(void *arg)
                     j->done = 1;
                     atomic_fetch_sub(&s->stats.queued, 1);
                     post_event(s, j);
+                    posted = 1;
                 } else {
                     *tail = j;
                     tail = &j->next;
@@ -970,7 +972,33 @@ static void *thread_main(void *arg)
                 }
             }
             nready = 0;
-            if (nact && s->ready_cap >= nact * 2) {
+            if (nact && s->ready_cap < nact * 2) {
+                /* no memory to schedule them all: the jobs that do not fit
+                 * end now with out_of_memory rather than wait unseen */
+                size_t fit = s->ready_cap / 2, k = 0;
+                struct job **pp = &s->active;
+                while (*pp) {
+                    struct job *j = *pp;
+                    if (k++ < fit) {
+                        pp = &j->next;
+                        continue;
+                    }
+                    *pp = j->next;
+                    j->next = NULL;
+                    fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+                    j->finish = "error";
+                    j->done = 1;
+                    if (j->run && j->run->copy) {
+                        state_free(j->run->copy);
+                        j->run->copy = NULL;
+                    }
+                    atomic_fetch_sub(&s->stats.queued, 1);
+                    post_event(s, j);
+                    posted = 1;
+                }
+                nact = fit;
+            }
+            if (nact) {
                 size_t start = (size_t)s->rotate % nact, i = 0;
                 struct job **all = s->ready + nact; /* temporary */
                 for (struct job *j = s->active; j; j = j->next)
@@ -984,6 +1012,13 @@ static void *thread_main(void *arg)
             }
             if (nready)
                 break;
+            if (posted) {
+                posted = 0;
+                pthread_mutex_unlock(&s->mu);
+                s->notify(s->notify_ud);
+                pthread_mutex_lock(&s->mu);
+                continue;
+            }
             pthread_cond_wait(&s->cv, &s->mu);
         }
         if (s->stop) {
