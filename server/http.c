@@ -76,6 +76,8 @@ struct http_req {
     char *resp;
     size_t resp_len;
     http_pull_fn pull;
+    char small[256];         /* http_respond_small's body (no allocation) */
+    int small_resp;
     char *hname[MAX_HEADERS], *hval[MAX_HEADERS];
     int nh;
     /* lifecycle */
@@ -311,6 +313,8 @@ static enum MHD_Result queue(struct http_req *r)
     struct MHD_Response *resp;
     if (r->pull)
         resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, reader_cb, r, NULL);
+    else if (r->small_resp)
+        resp = MHD_create_response_from_buffer(r->resp_len, r->small, MHD_RESPMEM_MUST_COPY);
     else {
         resp = MHD_create_response_from_buffer_with_free_callback(r->resp_len, r->resp, free_cb);
         if (resp)
@@ -367,7 +371,8 @@ static void respond_mid_body(struct http_req *r)
         /* Best effort: a small response fits the fresh socket buffer. */
         ssize_t w = send(fd, head, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w == n && r->resp_len)
-            w = send(fd, r->resp, r->resp_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            w = send(fd, r->small_resp ? r->small : r->resp, r->resp_len,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
         shutdown(fd, SHUT_WR);
     }
@@ -403,6 +408,17 @@ int http_respond(struct http_req *r, int status, const char *content_type, char 
     return set_resp(r, status, content_type, body, len, NULL);
 }
 
+int http_respond_small(struct http_req *r, int status, const char *content_type,
+                       const char *text)
+{
+    size_t n = strlen(text);
+    if (r->has_resp || n >= sizeof r->small)
+        return RC_EINVAL;
+    memcpy(r->small, text, n + 1);
+    r->small_resp = 1;
+    return set_resp(r, status, content_type, NULL, n, NULL);
+}
+
 int http_respond_stream(struct http_req *r, int status, const char *content_type,
                         http_pull_fn pull)
 {
@@ -416,11 +432,7 @@ int http_respond_error(struct http_req *r, const struct api_error *e)
     if (!body) {
         static const char oom[] =
             "{\"error\":{\"type\":\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}";
-        body = rc_strdup(oom);
-        len = body ? sizeof oom - 1 : 0;
-        if (!body)
-            return set_resp(r, 503, NULL, NULL, 0, NULL);
-        return set_resp(r, 503, "application/json", body, len, NULL);
+        return http_respond_small(r, 503, "application/json", oom);
     }
     return set_resp(r, api_err_status(e->kind), "application/json", body, len, NULL);
 }
@@ -605,20 +617,52 @@ static void hdr_cb(uv_timer_t *t)
         http_run(h);
 }
 
+/* A request whose own record could not be allocated is answered 503 from
+ * static memory; this sentinel then stands for it (its body is discarded). */
+static struct http_req oom_req;
+
+static enum MHD_Result oom_answer(struct MHD_Connection *conn, void **con_cls)
+{
+    static const char body[] =
+        "{\"error\":{\"type\":\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}\n";
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(sizeof body - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "Retry-After", "1");
+    enum MHD_Result ok = MHD_queue_response(conn, 503, resp);
+    MHD_destroy_response(resp);
+    if (ok == MHD_YES) {
+        struct http_conn *hc = conn_of(conn);
+        if (hc)
+            hc->in_request = 1;
+        *con_cls = &oom_req;
+    }
+    return ok;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_size, void **con_cls)
 {
     struct http *h = cls;
     struct http_req *r = *con_cls;
+    if (r == &oom_req) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
     if (!r) {
         r = rc_calloc(1, sizeof *r);
+        if (r && (!(r->method = rc_strdup(method)) || !(r->path = rc_strdup(url)))) {
+            rc_free(r->method);
+            rc_free(r);
+            r = NULL;
+        }
         if (!r)
-            return MHD_NO;
+            return oom_answer(conn, con_cls);
         r->h = h;
         r->conn = conn;
-        r->method = rc_strdup(method);
-        r->path = rc_strdup(url);
         r->cap = h->max_body;
         r->t0 = uv_hrtime();
         struct http_conn *hc = conn_of(conn);
@@ -630,8 +674,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (h->all)
             h->all->aprev = r;
         h->all = r;
-        if (!r->method || !r->path)
-            return MHD_NO;
         int mode = h->app.on_headers(h->app.ud, r);
         if (!r->has_resp) {
             r->mode = mode;
@@ -666,14 +708,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         }
         if (r->mode == HTTP_BODY_BUFFER) {
             int rc = append_body(r, upload_data, *upload_size);
-            if (rc == RC_ERANGE) {
-                too_large(r, r->cap);
+            if (rc != 0) { /* too large, or no memory for the body: answer now */
+                if (rc == RC_ERANGE)
+                    too_large(r, r->cap);
+                else {
+                    struct api_error e;
+                    api_error_set(&e, API_OUT_OF_MEMORY, "out of memory for the request body");
+                    http_respond_error(r, &e);
+                }
                 respond_mid_body(r);
                 suspend(r);
                 return MHD_YES;
             }
-            if (rc != 0)
-                return MHD_NO;
             *upload_size = 0;
         } else if (r->mode == HTTP_BODY_STREAM) {
             size_t used = h->app.on_data(h->app.ud, r, upload_data, *upload_size);
@@ -721,6 +767,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         hc->in_request = 0;
         hc->since = uv_now(h->loop);
     }
+    if (r == &oom_req)
+        return;
     if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
         h->request_timeouts++;
     upload_end(r);

@@ -123,6 +123,10 @@ void http_set_log_note(struct http_req *r, const char *note); /* static string *
  * (also on failure). Returns 0, or RC_EINVAL if r already has one. */
 int http_respond(struct http_req *r, int status, const char *content_type, char *body,
                  size_t len);
+/* A short body (< 256 bytes) kept in the request itself: for answers that
+ * must go out when nothing more can be allocated (a change already made). */
+int http_respond_small(struct http_req *r, int status, const char *content_type,
+                       const char *text);
 int http_respond_error(struct http_req *r, const struct api_error *e);
 /* Adds a header to the response (copied; before http_respond*). */
 int http_add_header(struct http_req *r, const char *name, const char *value);

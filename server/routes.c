@@ -685,7 +685,25 @@ static void done_score(struct rq *q, struct job *j)
         .d = q->want_details ? &j->in_rows : NULL,
         .truncated = j->in_truncated,
     };
-    respond_json(q->h, 200, resp_score(&sv, &v));
+    json_t *o = resp_score(&sv, &v);
+    size_t n;
+    char *s = o ? pj_dump(o, &n) : NULL;
+    json_decref(o);
+    if (s) {
+        http_respond(q->h, 200, "application/json", s, n);
+        return;
+    }
+    if (q->route != R_APPEND) {
+        respond_json(q->h, 200, NULL); /* 503: nothing was changed */
+        return;
+    }
+    /* the text is in the session already: say so, in the little we can */
+    char small[200];
+    snprintf(small, sizeof small,
+             "{\"position\":%" PRId64 ",\"n_tokens\":%d,\"note\":\"appended; out of memory "
+             "for the rest of the response\"}",
+             (int64_t)j->position, (int)j->n_input);
+    http_respond_small(q->h, 200, "application/json", small);
 }
 
 /* Copy stop sequences into the job. */
