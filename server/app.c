@@ -52,6 +52,8 @@ static void app_stop(struct app *a)
     uv_signal_stop(&a->sigint);
     uv_close((uv_handle_t *)&a->sigterm, close_cb);
     uv_close((uv_handle_t *)&a->sigint, close_cb);
+    uv_signal_stop(&a->sigusr2);
+    uv_close((uv_handle_t *)&a->sigusr2, close_cb);
     uv_close((uv_handle_t *)&a->ttl_timer, close_cb);
     uv_close((uv_handle_t *)&a->drain_timer, close_cb);
     uv_close((uv_handle_t *)&a->stop_timer, close_cb);
@@ -181,6 +183,38 @@ static void on_drain_timeout(uv_timer_t *t)
     app_stop(a);
 }
 
+/* Test builds (RECUR_FAULT_INJECTION): SIGUSR2 reads "N P" from the file
+ * $RECURD_FAULT_FILE and makes the Nth allocation from now fail (every one
+ * after it too if P is 1); N = 0 turns injection off and logs how many
+ * allocations failed on purpose. Nothing here allocates through rc_*. */
+static void on_fault_signal(uv_signal_t *s, int signum)
+{
+#ifdef RECUR_FAULT_INJECTION
+    const char *path = getenv("RECURD_FAULT_FILE");
+    char buf[64] = "";
+    FILE *f = path ? fopen(path, "r") : NULL;
+    long n = 0;
+    int persistent = 0;
+    if (f) {
+        if (fgets(buf, sizeof buf, f))
+            sscanf(buf, "%ld %d", &n, &persistent);
+        fclose(f);
+    }
+    if (n > 0) {
+        (void)rc_alloc_injected(); /* count from zero */
+        rc_alloc_fail_after(n, persistent);
+        log_msg("fault injection: allocation %ld from now fails%s", n,
+                persistent ? ", and every one after it" : "");
+    } else {
+        long k = rc_alloc_injected();
+        rc_alloc_fail_after(0, 0);
+        log_msg("fault injection off: %ld allocations failed on purpose", k);
+    }
+#endif
+    (void)s;
+    (void)signum;
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct app *a = s->data;
@@ -261,6 +295,7 @@ int cmd_serve(int argc, char **argv)
     a.spill_timer.data = &a;
     uv_signal_init(&loop, &a.sigterm);
     uv_signal_init(&loop, &a.sigint);
+    uv_signal_init(&loop, &a.sigusr2);
     a.sigterm.data = a.sigint.data = &a;
 
     if (cfg.snapshot_dir &&
@@ -306,6 +341,11 @@ int cmd_serve(int argc, char **argv)
     }
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
     uv_signal_start(&a.sigint, on_signal, SIGINT);
+#ifdef RECUR_FAULT_INJECTION
+    uv_signal_start(&a.sigusr2, on_fault_signal, SIGUSR2);
+#else
+    (void)on_fault_signal;
+#endif
     double ttl = cfg.session_ttl / 4;
     uint64_t every = (uint64_t)((ttl < 1 ? 1 : ttl > 10 ? 10 : ttl) * 1000);
     uv_timer_start(&a.ttl_timer, on_ttl, every, every);
@@ -326,6 +366,7 @@ out_early:
     uv_close((uv_handle_t *)&a.stop_timer, close_cb);
     uv_close((uv_handle_t *)&a.sigterm, close_cb);
     uv_close((uv_handle_t *)&a.sigint, close_cb);
+    uv_close((uv_handle_t *)&a.sigusr2, close_cb);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     store_free(a.snapshots);

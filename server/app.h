@@ -40,6 +40,7 @@ struct app {
     struct metrics metrics;
     uv_async_t async;                /* compute -> loop events */
     uv_signal_t sigterm, sigint;
+    uv_signal_t sigusr2;             /* fault-injection builds: arm allocation failures */
     uv_timer_t ttl_timer, drain_timer;
     uv_timer_t stop_timer;           /* runs app_stop outside any callback */
     int state;                       /* enum app_state */

@@ -29,6 +29,9 @@ static int cmd_version(int argc, char **argv)
     char blas[256];
     blas_describe(blas, sizeof blas);
     printf("recurd %s\n%s\n", RECUR_VERSION, blas);
+#ifdef RECUR_FAULT_INJECTION
+    printf("fault injection: SIGUSR2 (test build)\n");
+#endif
     if (argc > 1 && !strcmp(argv[1], "--check-blas")) {
         int have = blas_core_isa(blas_corename()), cpu = blas_cpu_isa();
         if (have != ISA_UNKNOWN && have < cpu && blas_coretype_for(cpu)) {

@@ -1,4 +1,4 @@
-"""RELIABILITY.md rows B1-B9, L1, L4, L5, X1, X2, X3, X7, S1-S5 against the real binary.
+"""RELIABILITY.md rows B1-B9, L1, L4, L5, X1-X4, X7, S1-S5 against the real binary.
 
 Each test that abuses the server also runs the control session check
 (conftest.Control): after the abuse the process is alive, /health is 200
@@ -10,6 +10,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
@@ -1154,3 +1155,101 @@ def test_x7_kill9_during_saves(models, tmp_path):
             assert r.status_code == 201, r.text        # a whole, valid snapshot
         finally:
             assert srv2.stop() == 0
+
+
+# ---- X4: allocation failures, Nth allocation of a request (SQLite-style) -----------
+
+def fault_build():
+    from conftest import BIN
+    if not os.path.exists(BIN):
+        return False
+    out = subprocess.run([BIN, "version"], capture_output=True, text=True).stdout
+    return "fault injection" in out
+
+
+class Faults:
+    """Arms the server's allocation countdown (fault-injection builds only)."""
+
+    def __init__(self, srv, path):
+        self.srv, self.path, self.n = srv, path, 0
+
+    def _send(self, line, expect):
+        with open(self.path, "w") as f:
+            f.write(line)
+        before = len(self.srv.log())
+        self.srv.p.send_signal(signal.SIGUSR2)
+        end = time.time() + 10
+        while time.time() < end:
+            for l in self.srv.log()[before:]:
+                if expect in l:
+                    return l
+            time.sleep(0.005)
+        raise AssertionError(f"no '{expect}' in the log")
+
+    def arm(self, n, persistent):
+        self._send(f"{n} {int(persistent)}\n", "fault injection: allocation")
+
+    def off(self):
+        l = self._send("0 0\n", "fault injection off")
+        return int(l.split("off: ")[1].split()[0])
+
+
+@pytest.mark.skipif(not fault_build(),
+                    reason="needs a -DRECUR_FAULT_INJECTION=ON binary (scripts/test --sanitize builds one)")
+@pytest.mark.parametrize("persistent", [False, True])
+def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent):
+    """For N = 1, 2, ...: the Nth allocation from the start of a request fails
+    (and, persistent, every one after it). Each request must end in its normal
+    answer or a 503 out_of_memory — never a crash or a hang — with the
+    session's state unchanged when it failed, and the same request must then
+    succeed with injection off. The sweep ends when a request needs fewer than
+    N allocations. Run against the ASan build, leaks fail the run at exit."""
+    srv = Server(models["a"], env={"RECURD_FAULT_FILE": str(tmp_path / "fault")})
+    try:
+        c = Client(srv)
+        ctl = Control(c)
+        faults = Faults(srv, tmp_path / "fault")
+        ref = c.session(TEXT)
+        after_append = None
+        failed = {"append": 0, "generate": 0, "score": 0}
+        for kind in ("append", "generate", "score"):
+            n = 0
+            while True:
+                n += 1
+                assert n < 5000, "sweep did not end"
+                sid = c.session(TEXT)
+                before = c.state(sid)
+                faults.arm(n, persistent)
+                if kind == "append":
+                    r = c.post(f"/v1/sessions/{sid}/append", {"text": " and a little more"})
+                elif kind == "generate":
+                    r = c.post(f"/v1/sessions/{sid}/generate",
+                               {"max_tokens": 4, "temperature": 0, "commit": False})
+                else:
+                    r = c.post("/v1/score", {"text": TEXT})
+                injected = faults.off()
+                assert srv.alive(), f"died at allocation {n} of {kind}"
+                if r.status_code != 200:
+                    e = error_of(r, 503, "out_of_memory")
+                    assert injected > 0, (kind, n, e)
+                    failed[kind] += 1
+                    assert c.state(sid) == before, f"{kind} failed at {n} but changed the state"
+                # with injection off the same request succeeds, as it would have
+                if kind == "append":
+                    if r.status_code != 200:
+                        c.append(sid, " and a little more")
+                    if after_append is None:
+                        c.append(ref, " and a little more")
+                        after_append = c.state(ref)
+                    assert c.state(sid) == after_append
+                elif kind == "generate":
+                    c.generate(sid, max_tokens=4, temperature=0, commit=False)
+                else:
+                    c.ok(c.post("/v1/score", {"text": TEXT}))
+                c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
+                if injected == 0:
+                    break                      # the request needs fewer than n allocations
+        assert all(v > 0 for v in failed.values()), failed
+        ctl.check()
+    finally:
+        assert srv.stop() == 0
