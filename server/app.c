@@ -187,9 +187,9 @@ static void on_drain_timeout(uv_timer_t *t)
  * $RECURD_FAULT_FILE and makes the Nth allocation from now fail (every one
  * after it too if P is 1); N = 0 turns injection off and logs how many
  * allocations failed on purpose. Nothing here allocates through rc_*. */
+#ifdef RECUR_FAULT_INJECTION
 static void on_fault_signal(uv_signal_t *s, int signum)
 {
-#ifdef RECUR_FAULT_INJECTION
     const char *path = getenv("RECURD_FAULT_FILE");
     char buf[64] = "";
     FILE *f = path ? fopen(path, "r") : NULL;
@@ -210,10 +210,10 @@ static void on_fault_signal(uv_signal_t *s, int signum)
         rc_alloc_fail_after(0, 0);
         log_msg("fault injection off: %ld allocations failed on purpose", k);
     }
-#endif
     (void)s;
     (void)signum;
 }
+#endif
 
 static void on_signal(uv_signal_t *s, int signum)
 {
@@ -343,8 +343,6 @@ int cmd_serve(int argc, char **argv)
     uv_signal_start(&a.sigint, on_signal, SIGINT);
 #ifdef RECUR_FAULT_INJECTION
     uv_signal_start(&a.sigusr2, on_fault_signal, SIGUSR2);
-#else
-    (void)on_fault_signal;
 #endif
     double ttl = cfg.session_ttl / 4;
     uint64_t every = (uint64_t)((ttl < 1 ? 1 : ttl > 10 ? 10 : ttl) * 1000);

@@ -20,6 +20,9 @@
 #define LINGER_MS 2000
 #define LINGER_BYTES (8u << 20)
 #define MAX_HEADERS 8
+/* The answer when not even an error body can be allocated. */
+static const char OOM_BODY[] =
+    "{\"error\":{\"type\":\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}";
 /* Slowloris: a request's headers must be complete within the connection
  * timeout of the connection opening (or of its previous response ending),
  * however slowly they trickle in. Checked every HDR_TICK_MS; a connection
@@ -430,9 +433,7 @@ int http_respond_error(struct http_req *r, const struct api_error *e)
     size_t len;
     char *body = api_error_body(e, &len);
     if (!body) {
-        static const char oom[] =
-            "{\"error\":{\"type\":\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}";
-        return http_respond_small(r, 503, "application/json", oom);
+        return http_respond_small(r, 503, "application/json", OOM_BODY);
     }
     return set_resp(r, api_err_status(e->kind), "application/json", body, len, NULL);
 }
@@ -623,10 +624,8 @@ static struct http_req oom_req;
 
 static enum MHD_Result oom_answer(struct MHD_Connection *conn, void **con_cls)
 {
-    static const char body[] =
-        "{\"error\":{\"type\":\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}\n";
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(sizeof body - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        sizeof OOM_BODY - 1, (void *)OOM_BODY, MHD_RESPMEM_PERSISTENT);
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", "application/json");

@@ -244,6 +244,24 @@ static void fail(struct job *j, int rc, int kind, const char *msg)
     api_error_set(&j->err, kind, "%s", msg);
 }
 
+/* End a job the compute thread will not run (lock held): its error, its
+ * copy of a state freed, and an event for the loop. */
+static void end_unrun(struct sched *s, struct job *j, int rc, int kind, const char *msg,
+                      const char *reason)
+{
+    fail(j, rc, kind, msg);
+    if (!j->finish)
+        j->finish = reason;
+    if (j->run && j->run->copy) {
+        state_free(j->run->copy);
+        j->run->copy = NULL;
+    }
+    j->done = 1;
+    j->next = NULL;
+    atomic_fetch_sub(&s->stats.queued, 1);
+    post_event(s, j);
+}
+
 static void finish(struct job *j, const char *reason)
 {
     struct job_run *r = j->run;
@@ -943,13 +961,10 @@ static void *thread_main(void *arg)
                     j->run = rc_calloc(1, sizeof *j->run);
                 if (!j->run || s->status != 1) {
                     /* cannot even track it: finish at once */
-                    fail(j, s->status != 1 ? RC_EIO : RC_ENOMEM,
-                         s->status != 1 ? API_UNAVAILABLE : API_OUT_OF_MEMORY,
-                         s->status != 1 ? "the model is not loaded" : "out of memory");
-                    j->finish = "error";
-                    j->done = 1;
-                    atomic_fetch_sub(&s->stats.queued, 1);
-                    post_event(s, j);
+                    end_unrun(s, j, s->status != 1 ? RC_EIO : RC_ENOMEM,
+                              s->status != 1 ? API_UNAVAILABLE : API_OUT_OF_MEMORY,
+                              s->status != 1 ? "the model is not loaded" : "out of memory",
+                              "error");
                     posted = 1;
                 } else {
                     *tail = j;
@@ -984,16 +999,7 @@ static void *thread_main(void *arg)
                         continue;
                     }
                     *pp = j->next;
-                    j->next = NULL;
-                    fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-                    j->finish = "error";
-                    j->done = 1;
-                    if (j->run && j->run->copy) {
-                        state_free(j->run->copy);
-                        j->run->copy = NULL;
-                    }
-                    atomic_fetch_sub(&s->stats.queued, 1);
-                    post_event(s, j);
+                    end_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
                     posted = 1;
                 }
                 nact = fit;
@@ -1024,17 +1030,8 @@ static void *thread_main(void *arg)
         if (s->stop) {
             for (struct job *j = s->active; j;) {
                 struct job *nx = j->next;
-                fail(j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down");
-                if (!j->finish)
-                    j->finish = "cancelled";
-                if (j->run && j->run->copy) {
-                    state_free(j->run->copy);
-                    j->run->copy = NULL;
-                }
-                j->done = 1;
-                j->next = NULL;
-                atomic_fetch_sub(&s->stats.queued, 1);
-                post_event(s, j);
+                end_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down",
+                          "cancelled");
                 j = nx;
             }
             s->active = NULL;

@@ -89,10 +89,13 @@ def restart_data():
 def restart_svg(path):
     import svgplot
     data = restart_data()
-    series = []
-    for i, (col, rows) in enumerate(data.items()):
+    series, runs = [], []
+    for col, rows in data.items():
+        run = col.rsplit(" ", 1)[0]          # "ctx64-longmem SP" -> "ctx64-longmem"
+        if run not in runs:
+            runs.append(run)                 # one colour per run, dashed for its SP model
         series.append({"label": col, "points": [(lo * 1.5, s / r) for lo, (s, r) in sorted(rows.items())],
-                       "color": svgplot.COLORS[[0, 0, 1, 1, 2, 3, 3][i] % len(svgplot.COLORS)],
+                       "color": svgplot.COLORS[runs.index(run) % len(svgplot.COLORS)],
                        "dash": "" if "SP" not in col else "6,3"})
     svgplot.line_plot(path, series, "Stream / restart perplexity on the same tokens (C engine, 4 books)",
                       "position (bucket middle)", "ppl(stream) / ppl(restart)", log2x=True,
