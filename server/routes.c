@@ -190,11 +190,10 @@ static void job_release(struct app *a, struct job *j)
         sessions_release(a->sessions, j->sess_a, now_ms(a));
     if (j->sess_b)
         sessions_release(a->sessions, j->sess_b, now_ms(a));
-    if (j->tmp) {
-        state_free(j->tmp);
-        if (j->reserved)
-            sessions_unreserve(a->sessions);
-    }
+    state_free(j->tmp);
+    state_free(j->gen);
+    if (j->reserved)
+        sessions_unreserve(a->sessions);
     job_free(j);
     spill_check(a);
 }
@@ -212,22 +211,47 @@ static void submit(struct rq *q, struct job *j)
     sched_submit(q->a->sched, j);
 }
 
-/* A temporary state for a stateless request, counted in the budget. */
-static int tmp_state(struct rq *q, struct job *j)
+/* A state of j's own, counted in the budget (one per job): j->tmp, the
+ * state of a stateless request, or j->gen, the state a generation
+ * advances. On failure the request is answered. */
+static int job_state(struct rq *q, struct job *j, struct mstate **out)
 {
     struct api_error e;
     if (sessions_reserve(q->a->sessions, &e) != 0) {
         http_add_header(q->h, "Retry-After", "1");
         return http_respond_error(q->h, &e), -1;
     }
-    if (state_create(q->a->m, &j->tmp) != 0) {
+    if (state_create(q->a->m, out) != 0) {
         sessions_unreserve(q->a->sessions);
         respond_err(q->h, API_OUT_OF_MEMORY, "out of memory for a temporary state");
         return -1;
     }
     j->reserved = 1;
+    return 0;
+}
+
+static int tmp_state(struct rq *q, struct job *j)
+{
+    if (job_state(q, j, &j->tmp) != 0)
+        return -1;
     j->state = j->tmp;
     return 0;
+}
+
+/* A job that changes a session's state (generate with commit, PUT state)
+ * works on j->gen; once it ended well (and, unless streamed, its answer is
+ * built) that becomes the session's state. Until then the session's state
+ * is as it was, so a failed, cancelled or abandoned request changes
+ * nothing. A swap: the old state leaves with the job. */
+static void state_commit(struct job *j)
+{
+    struct session *s = j->sess_a;
+    if (!j->gen || !j->commit || j->rc || !s)
+        return;
+    struct mstate *old = s->state;
+    s->state = j->gen;
+    j->gen = old;
+    j->state = s->state;
 }
 
 /* self: the job of the request answering (its own hold is not "busy"). */
@@ -761,6 +785,10 @@ static void h_generate(struct rq *q)
     j->stream = r.stream ? STREAM_SESSION : STREAM_NONE;
     q->want_details = r.logprobs;
     req_generate_free(&r);
+    if (job_state(q, j, &j->gen) != 0) {
+        job_free(j);
+        return;
+    }
     submit(q, j);
     if (j->stream) {
         q->streaming = 1;
@@ -782,7 +810,17 @@ static void done_generate(struct rq *q, struct job *j)
         .committed = j->commit,
         .d = q->want_details ? &j->out_rows : NULL,
     };
-    respond_json(q->h, 200, resp_generate(&g, &v));
+    json_t *o = resp_generate(&g, &v);
+    size_t n = 0;
+    char *body = o ? pj_dump(o, &n) : NULL;
+    json_decref(o);
+    if (!body) {
+        /* nothing committed: the session is as it was */
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory building the response");
+        return;
+    }
+    state_commit(j);
+    http_respond(q->h, 200, "application/json", body, n);
 }
 
 static void h_completions(struct rq *q)
@@ -1103,8 +1141,12 @@ static void h_state_put(struct rq *q)
         respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
         return;
     }
+    if (job_state(q, j, &j->gen) != 0) {
+        job_free(j);
+        return;
+    }
     j->snap = (uint8_t *)http_take_body(q->h, &j->snap_len);
-    j->state = s->state;
+    j->state = j->gen; /* read into, then committed */
     j->sess_a = s;
     j->fingerprint = q->a->fingerprint;
     submit(q, j);
@@ -1124,8 +1166,18 @@ static void done_state(struct rq *q, struct job *j)
         return;
     }
     struct session *s = j->sess_a;
-    s->pos = s->state->pos;
-    respond_json(q->h, 200, session_json(q->a, s, q->job));
+    s->pos = j->gen->pos; /* what the answer shows */
+    json_t *o = session_json(q->a, s, q->job);
+    size_t n = 0;
+    char *body = o ? pj_dump(o, &n) : NULL;
+    json_decref(o);
+    if (!body) {
+        s->pos = s->state->pos;
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory building the response");
+        return;
+    }
+    state_commit(j);
+    http_respond(q->h, 200, "application/json", body, n);
 }
 
 
@@ -1597,6 +1649,7 @@ void routes_on_job_event(struct app *a, struct job *j)
             }
         }
         q->done_seen = 1;
+        state_commit(j); /* the done event is in the outbox */
         /* release the sessions now; the job lives until the stream ends */
         if (j->sess_a) {
             sessions_release(a->sessions, j->sess_a, now_ms(a));

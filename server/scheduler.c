@@ -31,8 +31,7 @@ struct job_run {
     struct outbuf taken;    /* streamed bytes taken from the inbox this tick */
     int took_final;         /* the inbox was closed when taken */
     int input_eof;          /* no more input will come */
-    struct mstate *gs;      /* state generation advances */
-    struct mstate *copy;    /* owned, when !commit */
+    struct mstate *gs;      /* state generation advances: job->gen, else job->state */
     struct sampler_rng rng;
     size_t emitted;         /* bytes of out_text already streamed */
     size_t echo_sent;
@@ -102,7 +101,6 @@ static void run_free(struct job_run *r)
     codec_enc_free(r->enc);
     outbuf_free(&r->taken);
     outbuf_free(&r->stage);
-    state_free(r->copy);
     rc_free(r);
 }
 
@@ -244,18 +242,14 @@ static void fail(struct job *j, int rc, int kind, const char *msg)
     api_error_set(&j->err, kind, "%s", msg);
 }
 
-/* End a job the compute thread will not run (lock held): its error, its
- * copy of a state freed, and an event for the loop. */
+/* End a job the compute thread will not run (lock held): its error and
+ * an event for the loop. */
 static void end_unrun(struct sched *s, struct job *j, int rc, int kind, const char *msg,
                       const char *reason)
 {
     fail(j, rc, kind, msg);
     if (!j->finish)
         j->finish = reason;
-    if (j->run && j->run->copy) {
-        state_free(j->run->copy);
-        j->run->copy = NULL;
-    }
     j->done = 1;
     j->next = NULL;
     atomic_fetch_sub(&s->stats.queued, 1);
@@ -403,7 +397,7 @@ static int stage_final(struct sched *s, struct job *j)
         if (!rc)
             rc = stage_openai(s, j, "", 0, NULL, 0, j->finish);
         if (!rc && j->include_usage) {
-            json_t *o = json_object();
+                    json_t *o = json_object();
             json_t *u = json_object();
             if (!o || !u) {
                 json_decref(o);
@@ -548,12 +542,15 @@ static int begin_gen(struct sched *s, struct job *j)
              "nothing to continue from: the session has read no tokens yet");
         return RC_EINVAL;
     }
-    if (j->commit)
-        r->gs = j->state;
-    else {
-        if (state_create(s->m, &r->copy) != 0 || state_copy(r->copy, j->state) != 0)
-            return RC_ENOMEM;
-        r->gs = r->copy;
+    r->gs = j->state;
+    if (j->gen) {
+        /* the session's state stays as it was until the loop commits */
+        int rc = state_copy(j->gen, j->state);
+        if (rc) {
+            fail(j, rc, API_INTERNAL, "copying the state failed");
+            return rc;
+        }
+        r->gs = j->gen;
     }
     sampler_seed(&r->rng, j->seed);
     r->phase = PH_GEN;
@@ -851,17 +848,12 @@ static void tick(struct sched *s, struct job **ready, int nready)
         if (!r || !r->finished_now)
             continue;
         if (j->kind == JOB_RUN && r->gs)
-            j->position = j->commit ? r->gs->pos : j->state->pos;
+            j->position = j->commit ? r->gs->pos : j->state->pos; /* after the commit */
         else if (j->kind == JOB_RUN)
             j->position = j->state->pos;
         if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc) {
             if (stage_final(s, j) != 0)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-        }
-        if (r->copy) {
-            state_free(r->copy);
-            r->copy = NULL;
-            r->gs = j->state; /* position reads stay valid */
         }
     }
     atomic_fetch_add(&s->stats.ticks, 1);

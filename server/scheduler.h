@@ -83,7 +83,10 @@ struct job {
     char **stop;              /* owned: n_stop strings */
     size_t *stop_len;
     int n_stop;
-    int commit;               /* 0: generate on a copy, state unchanged */
+    int commit;               /* 0: the loop throws gen away; 1: it commits it */
+    struct mstate *gen;       /* when set, generation starts from a copy of
+                               * state made here and advances gen, never state
+                               * (owned, counted in the budget; see commit) */
     int ignore_eos;
     int gen_details;          /* per-token rows for generated tokens */
     int stream;               /* enum job_stream */
@@ -135,7 +138,7 @@ struct job {
     void *owner;              /* the HTTP request waiting on it, or NULL */
     void *sess_a, *sess_b;    /* sessions it keeps busy (struct session) */
     struct mstate *tmp;       /* temporary state of a stateless request (owned) */
-    int reserved;             /* tmp is counted in the state budget */
+    int reserved;             /* tmp or gen is counted in the state budget */
 
     /* ---- compute-private ---- */
     struct job_run *run;

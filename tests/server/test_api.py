@@ -141,6 +141,15 @@ def test_generate_commit_and_stream(c):
     for t in g["tokens"]:
         c.ok(c.post(f"/v1/sessions/{other}/append", {"tokens": [t]}))
     assert c.state(other) == c.state(sid)
+    # a streamed commit advances the session the same way, once its done
+    # event is out
+    third = c.session(TEXT)
+    r = c.post(f"/v1/sessions/{third}/generate",
+               {"max_tokens": 12, "temperature": 0.9, "seed": 5, "stream": True}, stream=True)
+    ev = sse_events(r)
+    assert ev[-1]["type"] == "done" and ev[-1]["committed"]
+    assert ev[-1]["position"] == len(TEXT.encode()) + 12
+    assert c.state(third) == c.state(sid)
 
 
 def test_generate_logprobs_match_scoring(c):
