@@ -371,12 +371,16 @@ int sse_put_json(struct outbuf *b, const json_t *o)
     char *s = pj_dump(o, &n);
     if (!s)
         return RC_ENOMEM;
-    /* Compact JSON has no raw newlines, so one data: line is one event. */
+    /* Compact JSON has no raw newlines, so one data: line is one event.
+     * All or nothing: a half-written event would corrupt the ones after. */
+    size_t n0 = b->n;
     int rc = outbuf_put(b, "data: ", 6);
     if (!rc)
         rc = outbuf_put(b, s, n);
     if (!rc)
         rc = outbuf_put(b, "\n\n", 2);
+    if (rc)
+        b->n = n0;
     rc_free(s);
     return rc;
 }

@@ -82,6 +82,8 @@ struct rq {
     int streaming;             /* the response pulls from job->outbox */
     int stream_done;           /* the pull returned the end */
     int done_seen;             /* the job's done event was handled */
+    int oom_event;             /* 1: the stream's error event could not be
+                                * made; the pull sends a static one (2: sent) */
     int upload_paused;
     int binary;                /* octet-stream body (snapshot) */
     int text_upload;           /* text/plain streamed append */
@@ -354,6 +356,13 @@ static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
     if (n)
         return (ssize_t)n;
     if (done && q->done_seen) {
+        static const char oom[] = "data: {\"type\":\"error\",\"error\":{\"type\":"
+                                  "\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}\n\n";
+        if (q->oom_event == 1 && max >= sizeof oom - 1) {
+            memcpy(buf, oom, sizeof oom - 1);
+            q->oom_event = 2;
+            return (ssize_t)(sizeof oom - 1);
+        }
         q->stream_done = 1;
         return HTTP_PULL_END;
     }
@@ -633,8 +642,11 @@ static void h_detokenize(struct rq *q)
                 json_decref(res);
                 res = NULL;
             }
-            if (res && !u8_valid(b.p ? b.p : "", b.n))
-                json_object_set_new(res, "valid_utf8", json_false());
+            if (res && !u8_valid(b.p ? b.p : "", b.n) &&
+                json_object_set_new(res, "valid_utf8", json_false())) {
+                json_decref(res);
+                res = NULL;
+            }
             rc_free(s);
         }
     }
@@ -943,6 +955,24 @@ static void done_completions(struct rq *q, struct job *j)
     respond_json(q->h, 200, o);
 }
 
+/* 201 for a new session, or, when the answer cannot be made, a 503 and
+ * no session: a client told "out of memory" must not own one it never
+ * heard of. */
+static void respond_created(struct rq *q, struct session *s)
+{
+    json_t *o = session_json(q->a, s, q->job);
+    size_t n = 0;
+    char *body = o ? pj_dump(o, &n) : NULL;
+    json_decref(o);
+    if (!body || http_add_header(q->h, "Location", s->id) != 0) {
+        rc_free(body);
+        sessions_delete(q->a->sessions, s);
+        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory building the response");
+        return;
+    }
+    http_respond(q->h, 201, "application/json", body, n);
+}
+
 static void h_sessions_post(struct rq *q)
 {
     struct app *a = q->a;
@@ -1006,8 +1036,7 @@ static void h_sessions_post(struct rq *q)
     a->metrics.sessions_created++;
     spill_check(a);
     if (!src && !snap) {
-        http_add_header(q->h, "Location", s->id);
-        respond_json(q->h, 201, session_json(a, s, q->job));
+        respond_created(q, s);
         return;
     }
     struct job *j = job_new(src ? JOB_COPY : JOB_LOAD);
@@ -1071,8 +1100,7 @@ static void done_session_create(struct rq *q, struct job *j)
         return;
     }
     s->pos = s->state->pos;
-    http_add_header(q->h, "Location", s->id);
-    respond_json(q->h, 201, session_json(a, s, q->job));
+    respond_created(q, s);
 }
 
 static void h_sessions_list(struct rq *q)
@@ -1247,11 +1275,16 @@ static void fs_done(struct rq *q, struct fsop *f)
         respond_err(q->h, kind, "%s", m);
         return;
     }
+    /* The file is written or removed: the answer must not be able to fail
+     * for want of memory (a 503 would invite a retry that finds a 409 or a
+     * 404). Names are [A-Za-z0-9._-]{1,128}: nothing to escape, and the
+     * body fits http_respond_small's buffer. */
+    char small[256];
     switch (f->kind) {
     case FS_WRITE:
-        respond_json(q->h, 201, json_pack("{s:s,s:I,s:I}", "name", q->name, "bytes",
-                                          (json_int_t)f->len, "position",
-                                          (json_int_t)f->position));
+        snprintf(small, sizeof small, "{\"name\":\"%s\",\"bytes\":%zu,\"position\":%" PRId64 "}",
+                 q->name, f->len, f->position);
+        http_respond_small(q->h, 201, "application/json", small);
         return;
     case FS_READ:
         if (q->route == R_SNAPSHOT) {
@@ -1262,7 +1295,8 @@ static void fs_done(struct rq *q, struct fsop *f)
         f->buf = NULL; /* handed on */
         return;
     case FS_REMOVE:
-        respond_json(q->h, 200, json_pack("{s:s,s:b}", "name", q->name, "deleted", 1));
+        snprintf(small, sizeof small, "{\"name\":\"%s\",\"deleted\":true}", q->name);
+        http_respond_small(q->h, 200, "application/json", small);
         return;
     case FS_LIST: {
         json_t *o = json_object(), *data = json_array();
@@ -1643,10 +1677,10 @@ void routes_on_job_event(struct app *a, struct job *j)
             json_t *o = json_pack("{s:s,s:{s:s,s:s,s:i}}", "type", "error", "error", "type",
                                   api_err_type(e.kind), "message", e.message, "code",
                                   api_err_status(e.kind));
-            if (o) {
-                sse_put_json(&j->outbox, o); /* the job is the loop's now */
-                json_decref(o);
-            }
+            /* the job is the loop's now */
+            if (!o || sse_put_json(&j->outbox, o) != 0)
+                q->oom_event = 1;
+            json_decref(o);
         }
         q->done_seen = 1;
         state_commit(j); /* the done event is in the outbox */

@@ -310,10 +310,16 @@ static float row_logprob(struct sched *s, const float *logits, int32_t id, int k
 
 /* ---- streaming output ------------------------------------------------------ */
 
-static int stage_json(struct job *j, json_t *o)
+/* Stage o as one event, consuming it. f0: this thread's allocation
+ * failures before o was built; any since and o may lack a member
+ * (json_object_set_new drops a NULL value and says so only in its return),
+ * so it is not sent. */
+static int stage_json(struct job *j, json_t *o, unsigned long f0)
 {
-    if (!o)
+    if (!o || rc_alloc_failures_here() != f0) {
+        json_decref(o);
         return RC_ENOMEM;
+    }
     int rc = sse_put_json(&j->run->stage, o);
     json_decref(o);
     return rc;
@@ -328,11 +334,12 @@ static const char *codec_piece_cb(const void *ctx, int32_t id, size_t *len)
 static int stage_openai(struct sched *s, struct job *j, const char *delta, size_t dlen,
                         const struct tok_details *d, size_t text_off, const char *finish_reason)
 {
+    unsigned long f0 = rc_alloc_failures_here();
     struct vocab_view v = {codec_piece_cb, s->codec};
     struct completion_view cv = {
         .id = j->cmpl_id, .created = j->created, .model = j->model_name, .text = delta,
         .text_len = dlen, .finish_reason = finish_reason, .d = d, .text_offset0 = text_off};
-    return stage_json(j, resp_completion(&cv, &v));
+    return stage_json(j, resp_completion(&cv, &v), f0);
 }
 
 static int stage_token_event(struct sched *s, struct job *j, int32_t id, const char *delta,
@@ -355,6 +362,7 @@ static int stage_token_event(struct sched *s, struct job *j, int32_t id, const c
         }
         return stage_openai(s, j, delta, dlen, d, j->echo_len + r->emitted - dlen, NULL);
     }
+    unsigned long f0 = rc_alloc_failures_here();
     json_t *o = json_object();
     if (!o)
         return RC_ENOMEM;
@@ -380,7 +388,7 @@ static int stage_token_event(struct sched *s, struct job *j, int32_t id, const c
     json_object_set_new(o, "text", json_stringn(san, sl));
     json_object_set_new(o, "position", json_integer(r->gs->pos));
     rc_free(san);
-    return stage_json(j, o);
+    return stage_json(j, o, f0);
 }
 
 static int stage_final(struct sched *s, struct job *j)
@@ -397,7 +405,8 @@ static int stage_final(struct sched *s, struct job *j)
         if (!rc)
             rc = stage_openai(s, j, "", 0, NULL, 0, j->finish);
         if (!rc && j->include_usage) {
-                    json_t *o = json_object();
+            unsigned long f0 = rc_alloc_failures_here();
+            json_t *o = json_object();
             json_t *u = json_object();
             if (!o || !u) {
                 json_decref(o);
@@ -414,12 +423,13 @@ static int stage_final(struct sched *s, struct job *j)
             json_object_set_new(u, "total_tokens",
                                 json_integer(j->n_input + (json_int_t)j->out_ids.n));
             json_object_set_new(o, "usage", u);
-            rc = stage_json(j, o);
+            rc = stage_json(j, o, f0);
         }
         if (!rc)
             rc = sse_put_done(&r->stage);
         return rc;
     }
+    unsigned long f0 = rc_alloc_failures_here();
     json_t *o = json_object();
     if (!o)
         return RC_ENOMEM;
@@ -441,7 +451,7 @@ static int stage_final(struct sched *s, struct job *j)
     json_object_set_new(o, "position", json_integer(j->commit ? r->gs->pos : j->state->pos));
     json_object_set_new(o, "seed", json_integer((json_int_t)(j->seed & INT64_MAX)));
     json_object_set_new(o, "committed", json_boolean(j->commit));
-    return stage_json(j, o);
+    return stage_json(j, o, f0);
 }
 
 /* After new bytes in out_text: look for a stop sequence, and work out how

@@ -1236,25 +1236,119 @@ class Faults:
         return int(l.split("off: ")[1].split()[0])
 
 
+MORE = " and a little more"
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def session_ids(c):
+    return {x["id"] for x in c.ok(c.get("/v1/sessions"))["data"]}
+
+
+def x4_ops(c, refs):
+    """The requests test_x4 sweeps. Each: name -> run(sid) returning
+    (response, events or None). `refs` holds what a success leaves behind,
+    made with injection off."""
+    def gen_stream(sid):
+        r = c.post(f"/v1/sessions/{sid}/generate",
+                   {"max_tokens": 4, "temperature": 0, "stream": True}, stream=True)
+        return r, (sse_events(r) if r.status_code == 200 else None)
+    return {
+        "append": lambda sid: (c.post(f"/v1/sessions/{sid}/append", {"text": MORE}), None),
+        "generate": lambda sid: (c.post(f"/v1/sessions/{sid}/generate",
+                                        {"max_tokens": 4, "temperature": 0, "commit": False}), None),
+        "generate-commit": lambda sid: (c.post(f"/v1/sessions/{sid}/generate",
+                                               {"max_tokens": 4, "temperature": 0}), None),
+        "generate-stream": gen_stream,
+        "score": lambda sid: (c.post("/v1/score", {"text": TEXT}), None),
+        "completions": lambda sid: (c.post("/v1/completions",
+                                           {"prompt": TEXT, "max_tokens": 4, "temperature": 0,
+                                            "echo": True, "logprobs": 2}), None),
+        "fork": lambda sid: (c.post("/v1/sessions", {"fork_of": sid}), None),
+        "get-state": lambda sid: (c.get(f"/v1/sessions/{sid}/state"), None),
+        "put-state": lambda sid: (c.req("PUT", f"/v1/sessions/{sid}/state",
+                                        data=refs["other"], headers=OCTET), None),
+        "create-from-bytes": lambda sid: (c.post("/v1/sessions", data=refs["other"],
+                                                 headers=OCTET), None),
+        "save": lambda sid: (c.post(f"/v1/sessions/{sid}/save", {"name": "x4"}), None),
+        "create-from-snapshot": lambda sid: (c.post("/v1/sessions", {"snapshot": "x4-base"}),
+                                             None),
+    }
+
+
+def x4_check(c, kind, sid, before, r, events, refs):
+    """After one request of `kind` on a session whose state was `before`:
+    True if it succeeded (and left what a success leaves), False if it
+    failed with out_of_memory (and left everything as it was)."""
+    if events is not None and events[-1].get("type") == "error":
+        # the stream had said 200 when the failure came
+        e = events[-1]["error"]
+        assert e["code"] == 503 and e["type"] == "out_of_memory", e
+        ok = False
+    elif r.status_code in (200, 201):
+        ok = True
+    else:
+        error_of(r, 503, "out_of_memory")
+        ok = False
+    state = c.state(sid)
+    if not ok:
+        assert state == before, f"{kind} failed but changed the state"
+        assert session_ids(c) == refs["ids"] | {sid}, f"{kind} failed but left a session"
+        if kind == "save":
+            error_of(c.get("/v1/snapshots/x4"), 404)
+        return False
+    want = {"append": refs["appended"], "generate-commit": refs["generated"],
+            "generate-stream": refs["generated"], "put-state": refs["other"]}.get(kind, before)
+    assert state == want, f"{kind} answered {r.status_code} but left the wrong state"
+    if kind in ("fork", "create-from-bytes", "create-from-snapshot"):
+        new = r.json()["id"]
+        assert c.state(new) == {"fork": before, "create-from-bytes": refs["other"],
+                                "create-from-snapshot": refs["base"]}[kind]
+        c.ok(c.req("DELETE", f"/v1/sessions/{new}"))
+    elif kind == "save":
+        assert c.get("/v1/snapshots/x4").content == before
+        c.ok(c.req("DELETE", "/v1/snapshots/x4"))
+    elif kind == "get-state":
+        assert r.content == before
+    elif kind == "generate-stream":
+        assert events[-1].get("type") == "done" and events[-1]["committed"], events[-3:]
+    return True
+
+
 @pytest.mark.skipif(not fault_build(),
                     reason="needs a -DRECUR_FAULT_INJECTION=ON binary (scripts/test --sanitize builds one)")
 @pytest.mark.parametrize("persistent", [False, True])
 def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent):
     """For N = 1, 2, ...: the Nth allocation from the start of a request fails
     (and, persistent, every one after it). Each request must end in its normal
-    answer or a 503 out_of_memory — never a crash or a hang — with the
-    session's state unchanged when it failed, and the same request must then
-    succeed with injection off. The sweep ends when a request needs fewer than
-    N allocations. Run against the ASan build, leaks fail the run at exit."""
-    srv = Server(models["a"], env={"RECURD_FAULT_FILE": str(tmp_path / "fault")})
+    answer or a 503 out_of_memory (for a stream already answered 200, an
+    error event) — never a crash or a hang — and a failed request leaves the
+    session's state as it was, no new session and no snapshot; the same
+    request must then succeed with injection off, leaving what a success
+    leaves. The sweep ends when a request needs fewer than N allocations.
+    Run against the ASan build, leaks fail the run at exit."""
+    snaps = tmp_path / "snaps"
+    srv = Server(models["a"], "--snapshot-dir", snaps,
+                 env={"RECURD_FAULT_FILE": str(tmp_path / "fault")})
     try:
         c = Client(srv)
         ctl = Control(c)
         faults = Faults(srv, tmp_path / "fault")
+        # what each request leaves when it succeeds, made with injection off
         ref = c.session(TEXT)
-        after_append = None
-        failed = {"append": 0, "generate": 0, "score": 0}
-        for kind in ("append", "generate", "score"):
+        base = c.state(ref)
+        c.append(ref, MORE)
+        refs = {"base": base, "appended": c.state(ref)}
+        ref2 = c.session(TEXT)
+        c.generate(ref2, max_tokens=4, temperature=0)
+        refs["generated"] = c.state(ref2)
+        refs["other"] = c.state(c.session("Another text, so another state."))
+        base_sid = c.session(TEXT)
+        c.ok(c.post(f"/v1/sessions/{base_sid}/save", {"name": "x4-base"}), 201)
+        refs["ids"] = session_ids(c)
+        ops = x4_ops(c, refs)
+        failed = dict.fromkeys(ops, 0)
+        swept = dict.fromkeys(ops, 0)
+        for kind, run in ops.items():
             n = 0
             while True:
                 n += 1
@@ -1262,35 +1356,21 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
                 sid = c.session(TEXT)
                 before = c.state(sid)
                 faults.arm(n, persistent)
-                if kind == "append":
-                    r = c.post(f"/v1/sessions/{sid}/append", {"text": " and a little more"})
-                elif kind == "generate":
-                    r = c.post(f"/v1/sessions/{sid}/generate",
-                               {"max_tokens": 4, "temperature": 0, "commit": False})
-                else:
-                    r = c.post("/v1/score", {"text": TEXT})
+                r, events = run(sid)
                 injected = faults.off()
                 assert srv.alive(), f"died at allocation {n} of {kind}"
-                if r.status_code != 200:
-                    e = error_of(r, 503, "out_of_memory")
-                    assert injected > 0, (kind, n, e)
+                if not x4_check(c, kind, sid, before, r, events, refs):
+                    assert injected > 0, (kind, n, r.status_code)
                     failed[kind] += 1
-                    assert c.state(sid) == before, f"{kind} failed at {n} but changed the state"
-                # with injection off the same request succeeds, as it would have
-                if kind == "append":
-                    if r.status_code != 200:
-                        c.append(sid, " and a little more")
-                    if after_append is None:
-                        c.append(ref, " and a little more")
-                        after_append = c.state(ref)
-                    assert c.state(sid) == after_append
-                elif kind == "generate":
-                    c.generate(sid, max_tokens=4, temperature=0, commit=False)
-                else:
-                    c.ok(c.post("/v1/score", {"text": TEXT}))
+                    # with injection off the same request succeeds
+                    r, events = run(sid)
+                    assert x4_check(c, kind, sid, before, r, events, refs), (kind, n)
                 c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
                 if injected == 0:
+                    swept[kind] = n - 1
                     break                      # the request needs fewer than n allocations
+        print(f"x4 persistent={persistent}: request: allocations swept / failed answers",
+              {k: (swept[k], failed[k]) for k in ops})
         assert all(v > 0 for v in failed.values()), failed
         ctl.check()
     finally:
