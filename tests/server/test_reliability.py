@@ -1107,6 +1107,47 @@ def test_l5_idle_keepalive_and_slow_body_stay_bounded(small):
 
 # ---- L1: per-IP connection cap -----------------------------------------------------
 
+def asan_process(srv):
+    with open(f"/proc/{srv.p.pid}/maps") as f:
+        return "libasan" in f.read()
+
+
+def test_l1_deleted_sessions_give_memory_back(models):
+    """Memory = base + sessions x state size, both ways: with the shipped
+    model's 3 MB states, 80 sessions raise RSS by about their states, and
+    once they are deleted RSS comes back near where it started — twice, so
+    a heap that keeps freed states (glibc's rising mmap threshold) fails."""
+    from conftest import ROOT
+    model = os.path.join(ROOT, "models", "recur-sp")
+    if not os.path.exists(os.path.join(model, "model.safetensors")):
+        pytest.skip(f"{model} is not there")
+    srv = Server(model)
+    try:
+        if asan_process(srv):
+            pytest.skip("ASan's allocator keeps freed memory in quarantine by design")
+        c = Client(srv)
+        rss = lambda: metric(srv, "process_resident_memory_bytes")
+        state = metric(srv, "recurd_state_bytes")
+        sid = c.session("warm up the scratch buffers once. " * 20)
+        c.generate(sid, max_tokens=4, temperature=0)
+        c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
+        base = rss()
+        for _ in range(2):
+            ids = [c.session(f"session {i} reads a line.") for i in range(80)]
+            for sid in ids[::4]:
+                c.generate(sid, max_tokens=2, temperature=0)
+            state = metric(srv, "recurd_state_bytes")
+            full = rss()
+            assert full - base >= 0.8 * state, (base, full, state)
+            for sid in ids:
+                c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
+            empty = rss()
+            assert empty - base < 0.15 * state, \
+                f"{(empty - base) >> 20} MiB still resident of {state >> 20} MiB of deleted states"
+    finally:
+        assert srv.stop() == 0
+
+
 def test_l1_per_ip_connection_cap(models):
     """With --max-connections-per-ip 4, four idle connections from 127.0.0.1
     hold the address's share: a fifth is closed without being served, and a
