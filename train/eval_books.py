@@ -102,6 +102,34 @@ def check_targets(rows, ctx, tol=1.05, last=LAST):
     return out
 
 
+HAND = "<!-- written by hand below; kept when this script rewrites the file -->"
+
+
+def by_book_md(per_model, ctx, tol=1.05, last=LAST):
+    """Each book's last bucket against its own bucket just below the context:
+    the targets are means over books, and the books differ."""
+    labels = list(per_model)
+    books = sorted({b for per in per_model.values() for b in per})
+    head = ["book"] + [f"{l}: [{ctx // 2}, {ctx}) / [{last[0]}, {last[1]}) / ratio" for l in labels]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    within = dict.fromkeys(labels, 0)
+    for b in books:
+        cells = [b]
+        for l in labels:
+            bk = {(x["start"], x["end"]): x for x in per_model[l].get(b, {}).get("buckets", [])}
+            ref, lb = bk.get((ctx // 2, ctx)), bk.get(tuple(last))
+            if not ref or not lb or not ref["n"] or not lb["n"]:
+                cells.append("n/a")
+                continue
+            ratio = lb["ppl"] / ref["ppl"]
+            within[l] += ratio <= tol
+            cells.append(f"{ref['ppl']:.1f} / {lb['ppl']:.1f} / {ratio:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| within " + f"{tol}x | " + " | ".join(f"{within[l]} of {len(books)} books"
+                                                       for l in labels) + " |")
+    return "\n".join(lines)
+
+
 def table_md(agg, ctx):
     names = list(agg)
     keys = sorted({(r["start"], r["end"]) for rows in agg.values() for r in rows})
@@ -187,10 +215,11 @@ def main(argv=None):
                     with open(a.cache + ".tmp", "w") as f:
                         json.dump(cache, f)
                     os.replace(a.cache + ".tmp", a.cache)
-    agg, targets = {}, {}
+    agg, targets, per_model = {}, {}, {}
     for m in models:
         label = os.path.basename(os.path.normpath(m))
         per = {k.split("|", 1)[1]: v for k, v in cache.items() if k.split("|", 1)[0] == m}
+        per_model[label] = per
         agg[label] = aggregate(per)
         targets[label] = check_targets(agg[label], a.ctx, a.tol)
     tbl = table_md(agg, a.ctx)
@@ -218,10 +247,20 @@ def main(argv=None):
                      f"({t['ref_ppl']:.2f}); worst bucket past the context {wr}"
                      f" -> {'within' if t['ok'] else 'NOT within'} {a.tol}x")
     svg_rel = os.path.relpath(a.svg, os.path.dirname(a.md) or ".")
-    lines += ["", f"![perplexity by position]({svg_rel})", ""]
+    lines += ["", f"![perplexity by position]({svg_rel})", "", "## By book", "",
+              "Perplexity of each book in the bucket just below the training context, in the "
+              "last bucket, and their ratio (the targets above compare means over books):", "",
+              by_book_md(per_model, a.ctx, a.tol), ""]
     os.makedirs(os.path.dirname(a.md) or ".", exist_ok=True)
+    # text written by hand after the marker survives a re-run
+    kept = ""
+    if os.path.exists(a.md):
+        with open(a.md) as f:
+            old = f.read()
+        if HAND in old:
+            kept = old[old.index(HAND):]
     with open(a.md, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + ("\n" + kept if kept else ""))
     os.makedirs(os.path.dirname(a.svg) or ".", exist_ok=True)
     plot(agg, a.ctx, a.svg, f"Perplexity by position, {len(books)} books")
     if a.json:
