@@ -7,7 +7,15 @@
 #include "alloc.h"
 #include "errors.h"
 
-void proto_init(void) { json_set_alloc_funcs(rc_malloc, rc_free); }
+void proto_init(void)
+{
+    json_set_alloc_funcs(rc_malloc, rc_free);
+    /* RELIABILITY S6: object keys hash with a seed drawn from /dev/urandom,
+     * so nobody can precompute a body of colliding keys. jansson would draw
+     * it lazily on the first object; drawing it here, before any thread
+     * starts, is what its documentation asks of threaded programs. */
+    json_object_seed(0);
+}
 
 /* Longest key or value quoted back in a message. */
 #define QUOTE_MAX 64

@@ -545,6 +545,26 @@ def test_s4_isolation(authed):
 
 # ---- S5: a reused slot starts clean -----------------------------------------------------------
 
+def test_s6_many_keys(srv, control):
+    """Hash flooding: a body of 200,000 distinct keys (3 MB) is parsed and
+    refused (unknown field) without stalling the server: jansson (>= 2.13,
+    required at configure time) hashes keys with a random per-process seed,
+    which proto_init draws at start-up, so colliding keys cannot be made in
+    advance. The bound is a liveness check, far above the time it takes."""
+    c = control.c
+    sid = c.session(TEXT)
+    keys = ",".join(f'"k{i:06d}x":{i}' for i in range(200000))
+    body = ('{"text":"x",' + keys + "}").encode()
+    t = time.time()
+    r = c.post(f"/v1/sessions/{sid}/append", data=body,
+               headers={"Content-Type": "application/json"})
+    took = time.time() - t
+    e = error_of(r, 400, "invalid_request")
+    assert "k000000x" in e["message"] or "unknown" in e["message"], e
+    assert took < 10, f"{took:.1f} s for 200,000 keys"
+    assert c.info(sid)["position"] == len(TEXT.encode())
+
+
 def test_s5_state_hygiene(srv, control):
     c = control.c
     fresh = c.state(c.session())
