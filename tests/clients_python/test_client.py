@@ -195,6 +195,8 @@ def test_generate_stream_close_early(client):
     end = time.time() + 10
     while client.get_session(s).busy and time.time() < end:
         time.sleep(0.05)
+    # nothing of the abandoned generation was committed
+    assert client.get_session(s).position == len(TEXT.encode())
     assert client.append(s, "x").n_tokens == 1
 
 
