@@ -1110,10 +1110,12 @@ static void h_sessions_list(struct rq *q)
     for (struct session *s = sessions_first(q->a->sessions); s && !bad; s = sessions_next(s))
         if (s->owner == q->owner)
             bad |= json_array_append_new(data, session_json(q->a, s, q->job)) != 0;
-    if (!bad)
-        bad |= json_object_set_new(o, "object", json_string("list")) != 0 ||
-               json_object_set_new(o, "data", data) != 0;
-    else
+    if (!bad) {
+        /* two statements: set_new consumes data even when it fails, and
+         * only if it is called */
+        bad |= json_object_set_new(o, "object", json_string("list")) != 0;
+        bad |= json_object_set_new(o, "data", data) != 0;
+    } else
         json_decref(data);
     if (bad) {
         json_decref(o);
@@ -1311,10 +1313,10 @@ static void fs_done(struct rq *q, struct fsop *f)
                                   (json_int_t)f->list[i].mtime);
             bad |= !x || json_array_append_new(data, x) != 0;
         }
-        if (!bad)
-            bad |= json_object_set_new(o, "object", json_string("list")) != 0 ||
-                   json_object_set_new(o, "data", data) != 0;
-        else
+        if (!bad) {
+            bad |= json_object_set_new(o, "object", json_string("list")) != 0;
+            bad |= json_object_set_new(o, "data", data) != 0; /* consumes data */
+        } else
             json_decref(data);
         if (bad) {
             json_decref(o);

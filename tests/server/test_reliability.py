@@ -1313,6 +1313,11 @@ def x4_ops(c, refs):
         r = c.post(f"/v1/sessions/{sid}/generate",
                    {"max_tokens": 4, "temperature": 0, "stream": True}, stream=True)
         return r, (sse_events(r) if r.status_code == 200 else None)
+
+    def cmpl_stream(sid):
+        r = c.post("/v1/completions", {"prompt": TEXT, "max_tokens": 4, "temperature": 0,
+                                       "stream": True, "logprobs": 1}, stream=True)
+        return r, (sse_events(r) if r.status_code == 200 else None)
     return {
         "append": lambda sid: (c.post(f"/v1/sessions/{sid}/append", {"text": MORE}), None),
         "generate": lambda sid: (c.post(f"/v1/sessions/{sid}/generate",
@@ -1333,16 +1338,33 @@ def x4_ops(c, refs):
         "save": lambda sid: (c.post(f"/v1/sessions/{sid}/save", {"name": "x4"}), None),
         "create-from-snapshot": lambda sid: (c.post("/v1/sessions", {"snapshot": "x4-base"}),
                                              None),
+        "completions-stream": cmpl_stream,
+        "tokenize": lambda sid: (c.post("/v1/tokenize", {"text": TEXT}), None),
+        "detokenize": lambda sid: (c.post("/v1/detokenize", {"tokens": refs["tokens"]}), None),
+        "list-sessions": lambda sid: (c.get("/v1/sessions"), None),
+        "info": lambda sid: (c.get(f"/v1/sessions/{sid}"), None),
+        "list-snapshots": lambda sid: (c.get("/v1/snapshots"), None),
+        "get-snapshot": lambda sid: (c.get("/v1/snapshots/x4-base"), None),
+        "delete-snapshot": lambda sid: (c.req("DELETE", "/v1/snapshots/x4-del"), None),
     }
+
+
+# what must exist before the request is sent (injection off)
+X4_SETUP = {
+    "delete-snapshot": lambda c, sid: c.ok(c.post(f"/v1/sessions/{sid}/save",
+                                                  {"name": "x4-del"}), 201),
+}
 
 
 def x4_check(c, kind, sid, before, r, events, refs):
     """After one request of `kind` on a session whose state was `before`:
     True if it succeeded (and left what a success leaves), False if it
     failed with out_of_memory (and left everything as it was)."""
-    if events is not None and events[-1].get("type") == "error":
-        # the stream had said 200 when the failure came
-        e = events[-1]["error"]
+    errors = [ev for ev in events or [] if isinstance(ev, dict) and ev.get("type") == "error"]
+    if errors:
+        # the stream had said 200 when the failure came: it ends there
+        assert errors[-1] is events[-1] or events[-1] == "[DONE]" and errors[-1] is events[-2]
+        e = errors[-1]["error"]
         assert e["code"] == 503 and e["type"] == "out_of_memory", e
         ok = False
     elif r.status_code in (200, 201):
@@ -1356,6 +1378,8 @@ def x4_check(c, kind, sid, before, r, events, refs):
         assert session_ids(c) == refs["ids"] | {sid}, f"{kind} failed but left a session"
         if kind == "save":
             error_of(c.get("/v1/snapshots/x4"), 404)
+        if kind == "delete-snapshot":
+            assert c.get("/v1/snapshots/x4-del").content == before
         return False
     want = {"append": refs["appended"], "generate-commit": refs["generated"],
             "generate-stream": refs["generated"], "put-state": refs["other"]}.get(kind, before)
@@ -1372,6 +1396,25 @@ def x4_check(c, kind, sid, before, r, events, refs):
         assert r.content == before
     elif kind == "generate-stream":
         assert events[-1].get("type") == "done" and events[-1]["committed"], events[-3:]
+    elif kind == "completions-stream":
+        assert events[-1] == "[DONE]", events[-3:]
+        assert "".join(ev["choices"][0]["text"] for ev in events[:-1]) == refs["completion"]
+    elif kind == "completions":
+        assert r.json()["choices"][0]["text"] == TEXT + refs["completion"]
+    elif kind == "tokenize":
+        assert r.json()["tokens"] == refs["tokens"]
+    elif kind == "detokenize":
+        assert r.json()["text"] == TEXT
+    elif kind == "list-sessions":
+        assert {x["id"] for x in r.json()["data"]} == refs["ids"] | {sid}
+    elif kind == "info":
+        assert r.json()["id"] == sid and r.json()["position"] == len(TEXT.encode())
+    elif kind == "list-snapshots":
+        assert "x4-base" in {x["name"] for x in r.json()["data"]}
+    elif kind == "get-snapshot":
+        assert r.content == refs["base"]
+    elif kind == "delete-snapshot":
+        error_of(c.get("/v1/snapshots/x4-del"), 404)
     return True
 
 
@@ -1406,6 +1449,9 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
         base_sid = c.session(TEXT)
         c.ok(c.post(f"/v1/sessions/{base_sid}/save", {"name": "x4-base"}), 201)
         refs["ids"] = session_ids(c)
+        refs["tokens"] = c.ok(c.post("/v1/tokenize", {"text": TEXT}))["tokens"]
+        refs["completion"] = c.ok(c.post("/v1/completions", {"prompt": TEXT, "max_tokens": 4,
+                                                             "temperature": 0}))["choices"][0]["text"]
         ops = x4_ops(c, refs)
         failed = dict.fromkeys(ops, 0)
         swept = dict.fromkeys(ops, 0)
@@ -1416,6 +1462,8 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
                 assert n < 5000, "sweep did not end"
                 sid = c.session(TEXT)
                 before = c.state(sid)
+                if kind in X4_SETUP:
+                    X4_SETUP[kind](c, sid)
                 faults.arm(n, persistent)
                 r, events = run(sid)
                 injected = faults.off()
@@ -1435,4 +1483,5 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
         assert all(v > 0 for v in failed.values()), failed
         ctl.check()
     finally:
-        assert srv.stop() == 0
+        rc = srv.stop()
+        assert rc == 0, "\n".join(srv.log()[-60:])
