@@ -28,19 +28,25 @@ static int grow(void **p, size_t n, size_t size)
     return 0;
 }
 
+int tok_details_reserve(struct tok_details *d, size_t n)
+{
+    if (n <= d->cap)
+        return 0;
+    size_t kk = (size_t)(d->k > 0 ? d->k : 1);
+    if (grow((void **)&d->pos, n, sizeof *d->pos) || grow((void **)&d->id, n, sizeof *d->id) ||
+        grow((void **)&d->lp, n, sizeof *d->lp) ||
+        grow((void **)&d->top_id, n * kk, sizeof *d->top_id) ||
+        grow((void **)&d->top_lp, n * kk, sizeof *d->top_lp))
+        return RC_ENOMEM; /* what did grow stays valid; cap is unchanged */
+    d->cap = n;
+    return 0;
+}
+
 int tok_details_push(struct tok_details *d, int64_t pos, int32_t id, float lp,
                      const int32_t *top_id, const float *top_lp)
 {
-    if (d->n == d->cap) {
-        size_t nc = d->cap ? d->cap * 2 : 64;
-        size_t kk = (size_t)(d->k > 0 ? d->k : 1);
-        if (grow((void **)&d->pos, nc, sizeof *d->pos) || grow((void **)&d->id, nc, sizeof *d->id) ||
-            grow((void **)&d->lp, nc, sizeof *d->lp) ||
-            grow((void **)&d->top_id, nc * kk, sizeof *d->top_id) ||
-            grow((void **)&d->top_lp, nc * kk, sizeof *d->top_lp))
-            return RC_ENOMEM;
-        d->cap = nc;
-    }
+    if (d->n == d->cap && tok_details_reserve(d, d->cap ? d->cap * 2 : 64) != 0)
+        return RC_ENOMEM;
     size_t i = d->n++;
     d->pos[i] = pos;
     d->id[i] = id;

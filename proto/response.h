@@ -42,6 +42,8 @@ struct tok_details {
 };
 
 int tok_details_init(struct tok_details *d, int k);
+/* Room for n rows, so that the next pushes up to n cannot fail. */
+int tok_details_reserve(struct tok_details *d, size_t n);
 /* top_id/top_lp hold d->k entries (ignored when lp is NaN). */
 int tok_details_push(struct tok_details *d, int64_t pos, int32_t id, float lp,
                      const int32_t *top_id, const float *top_lp);

@@ -1622,6 +1622,18 @@ static void finish_job(struct rq *q, struct job *j)
             }
             break;
         }
+        if (q->route == R_APPEND && j->n_input > 0) {
+            /* a streamed text whose reading failed part-way: the tokens
+             * read stay in the session (as when its client leaves), so
+             * say how far it got */
+            struct api_error e = j->err;
+            snprintf(e.message, sizeof e.message,
+                     "%.200s after reading %" PRId64 " tokens of the text; they stay in the "
+                     "session, now at position %" PRId64,
+                     j->err.message, j->n_input, (int64_t)j->position);
+            http_respond_error(q->h, &e);
+            return;
+        }
         http_respond_error(q->h, &j->err);
         return;
     }

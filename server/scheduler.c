@@ -514,6 +514,12 @@ static int start_run(struct sched *s, struct job *j)
     }
     if (j->want_details && tok_details_init(&j->in_rows, j->top_k) != 0)
         return RC_ENOMEM;
+    /* Input known in full: all the memory its scoring needs, now. Once the
+     * first chunk is read into the session nothing may fail for want of
+     * memory, or a 503 would leave the session part-way through the text. */
+    if (j->want_details && r->input_eof &&
+        tok_details_reserve(&j->in_rows, r->n_ids < j->detail_limit ? r->n_ids : j->detail_limit))
+        return RC_ENOMEM;
     if (j->gen_details && tok_details_init(&j->out_rows, j->top_k) != 0)
         return RC_ENOMEM;
     r->phase = PH_INPUT;

@@ -7,6 +7,7 @@ unchanged state."""
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -1298,11 +1299,43 @@ class Faults:
 
 
 MORE = " and a little more"
+LONG = "Forty bytes or so, in five chunks of 8."  # with --prefill-chunk 8
+# streamed with logprobs: its rows outgrow their first 64 while it is read
+LONG_STREAM = "Seventy-odd bytes, streamed in pieces; its rows outgrow their first 64."
 OCTET = {"Content-Type": "application/octet-stream"}
 
 
 def session_ids(c):
     return {x["id"] for x in c.ok(c.get("/v1/sessions"))["data"]}
+
+
+class RawResponse:
+    def __init__(self, status, body):
+        self.status_code, self.content = status, body
+        self.text = body.decode("utf-8", "replace")
+        self.headers = {"Content-Type": "application/json"}
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def chunked_text(srv, path, pieces):
+    """A chunked text/plain POST over a raw socket: the server may answer
+    (and close) before the body ends, which requests reports as a broken
+    pipe instead of the answer."""
+    s = raw_conn(srv)
+    try:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                  "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode())
+        for p in pieces:
+            s.sendall(b"%x\r\n%s\r\n" % (len(p), p))
+        s.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    st, _, body = read_response(s)
+    s.close()
+    assert st is not None, "no answer"
+    return RawResponse(st, body)
 
 
 def x4_ops(c, refs):
@@ -1338,6 +1371,14 @@ def x4_ops(c, refs):
         "save": lambda sid: (c.post(f"/v1/sessions/{sid}/save", {"name": "x4"}), None),
         "create-from-snapshot": lambda sid: (c.post("/v1/sessions", {"snapshot": "x4-base"}),
                                              None),
+        "append-stream": lambda sid: (chunked_text(c.s, f"/v1/sessions/{sid}/append",
+                                                   [MORE[:7].encode(), MORE[7:].encode()]), None),
+        "append-stream-long": lambda sid: (chunked_text(
+            c.s, f"/v1/sessions/{sid}/append?logprobs=true",
+            [LONG_STREAM[i:i + 7].encode() for i in range(0, len(LONG_STREAM), 7)]), None),
+        "append-long": lambda sid: (c.post(f"/v1/sessions/{sid}/append",
+                                           {"text": LONG, "logprobs": True}),
+                                    None),
         "completions-stream": cmpl_stream,
         "tokenize": lambda sid: (c.post("/v1/tokenize", {"text": TEXT}), None),
         "detokenize": lambda sid: (c.post("/v1/detokenize", {"tokens": refs["tokens"]}), None),
@@ -1373,6 +1414,23 @@ def x4_check(c, kind, sid, before, r, events, refs):
         error_of(r, 503, "out_of_memory")
         ok = False
     state = c.state(sid)
+    pos = c.info(sid)["position"]
+    if not ok and kind == "append-stream-long" and pos != len(TEXT.encode()):
+        # a streamed text failed part-way: what was read stays (as when its
+        # client leaves), whole prefill chunks of it, and the message says
+        # how much unless it is the static one (no memory for any other)
+        n = pos - len(TEXT.encode())
+        assert 0 < n <= len(refs["stream-ids"]), (n, r.text)  # all: failed scoring the last piece
+        m = re.search(r"after reading (\d+) tokens .* position (\d+)", r.json()["error"]["message"])
+        assert m or r.json()["error"]["message"] == "out of memory", r.text
+        assert not m or (int(m.group(1)), int(m.group(2))) == (n, pos), (n, pos, r.text)
+        twin = c.session(TEXT)
+        c.ok(c.post(f"/v1/sessions/{twin}/append", {"tokens": refs["stream-ids"][:n]}))
+        assert state == c.state(twin), "the session does not hold what it read"
+        c.ok(c.req("DELETE", f"/v1/sessions/{twin}"))
+        refs["partial"] = refs.get("partial", 0) + 1
+        refs["resume"] = n
+        return False
     if not ok:
         assert state == before, f"{kind} failed but changed the state"
         assert session_ids(c) == refs["ids"] | {sid}, f"{kind} failed but left a session"
@@ -1381,7 +1439,10 @@ def x4_check(c, kind, sid, before, r, events, refs):
         if kind == "delete-snapshot":
             assert c.get("/v1/snapshots/x4-del").content == before
         return False
-    want = {"append": refs["appended"], "generate-commit": refs["generated"],
+    want = {"append": refs["appended"], "append-stream": refs["appended"],
+            "append-stream-long": refs["appended-stream"],
+            "append-long": refs["appended-long"],
+            "generate-commit": refs["generated"],
             "generate-stream": refs["generated"], "put-state": refs["other"]}.get(kind, before)
     assert state == want, f"{kind} answered {r.status_code} but left the wrong state"
     if kind in ("fork", "create-from-bytes", "create-from-snapshot"):
@@ -1431,7 +1492,7 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
     leaves. The sweep ends when a request needs fewer than N allocations.
     Run against the ASan build, leaks fail the run at exit."""
     snaps = tmp_path / "snaps"
-    srv = Server(models["a"], "--snapshot-dir", snaps,
+    srv = Server(models["a"], "--snapshot-dir", snaps, "--prefill-chunk", 8,
                  env={"RECURD_FAULT_FILE": str(tmp_path / "fault")})
     try:
         c = Client(srv)
@@ -1448,6 +1509,13 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
         refs["other"] = c.state(c.session("Another text, so another state."))
         base_sid = c.session(TEXT)
         c.ok(c.post(f"/v1/sessions/{base_sid}/save", {"name": "x4-base"}), 201)
+        ref3 = c.session(TEXT)
+        c.append(ref3, LONG)
+        refs["appended-long"] = c.state(ref3)
+        ref4 = c.session(TEXT)
+        c.append(ref4, LONG_STREAM)
+        refs["appended-stream"] = c.state(ref4)
+        refs["stream-ids"] = c.ok(c.post("/v1/tokenize", {"text": LONG_STREAM}))["tokens"]
         refs["ids"] = session_ids(c)
         refs["tokens"] = c.ok(c.post("/v1/tokenize", {"text": TEXT}))["tokens"]
         refs["completion"] = c.ok(c.post("/v1/completions", {"prompt": TEXT, "max_tokens": 4,
@@ -1471,9 +1539,16 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
                 if not x4_check(c, kind, sid, before, r, events, refs):
                     assert injected > 0, (kind, n, r.status_code)
                     failed[kind] += 1
-                    # with injection off the same request succeeds
-                    r, events = run(sid)
-                    assert x4_check(c, kind, sid, before, r, events, refs), (kind, n)
+                    # with injection off the same request succeeds (a text
+                    # read part-way: the rest of it)
+                    if refs.pop("resume", 0):
+                        rest = refs["stream-ids"][c.info(sid)["position"] - len(TEXT.encode()):]
+                        if rest:
+                            c.ok(c.post(f"/v1/sessions/{sid}/append", {"tokens": rest}))
+                        assert c.state(sid) == refs["appended-stream"], (kind, n)
+                    else:
+                        r, events = run(sid)
+                        assert x4_check(c, kind, sid, before, r, events, refs), (kind, n)
                 c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
                 if injected == 0:
                     swept[kind] = n - 1
@@ -1481,6 +1556,8 @@ def test_x4_every_allocation_of_a_request_can_fail(models, tmp_path, persistent)
         print(f"x4 persistent={persistent}: request: allocations swept / failed answers",
               {k: (swept[k], failed[k]) for k in ops})
         assert all(v > 0 for v in failed.values()), failed
+        print(f"x4 persistent={persistent}: streamed appends failed part-way:",
+              refs.get("partial", 0))
         ctl.check()
     finally:
         rc = srv.stop()
