@@ -103,22 +103,29 @@ struct rq {
 
 static uint64_t now_ms(struct app *a) { return uv_now(a->loop); }
 
+/* o (consumed; NULL when building it failed) as compact JSON text, or
+ * NULL when out of memory. For answers that must know they can be sent
+ * before they change anything. */
+static char *json_body(json_t *o, size_t *n)
+{
+    *n = 0;
+    char *s = o ? pj_dump(o, n) : NULL;
+    json_decref(o);
+    return s;
+}
+
+static int respond_oom(struct http_req *h)
+{
+    struct api_error e;
+    api_error_set(&e, API_OUT_OF_MEMORY, "out of memory building the response");
+    return http_respond_error(h, &e);
+}
+
 static int respond_json(struct http_req *h, int status, json_t *o)
 {
-    if (!o) {
-        struct api_error e;
-        api_error_set(&e, API_OUT_OF_MEMORY, "out of memory building the response");
-        return http_respond_error(h, &e);
-    }
     size_t n;
-    char *s = pj_dump(o, &n);
-    json_decref(o);
-    if (!s) {
-        struct api_error e;
-        api_error_set(&e, API_OUT_OF_MEMORY, "out of memory building the response");
-        return http_respond_error(h, &e);
-    }
-    return http_respond(h, status, "application/json", s, n);
+    char *s = json_body(o, &n);
+    return s ? http_respond(h, status, "application/json", s, n) : respond_oom(h);
 }
 
 static int respond_err(struct http_req *h, int kind, const char *fmt, ...)
@@ -721,16 +728,14 @@ static void done_score(struct rq *q, struct job *j)
         .d = q->want_details ? &j->in_rows : NULL,
         .truncated = j->in_truncated,
     };
-    json_t *o = resp_score(&sv, &v);
     size_t n;
-    char *s = o ? pj_dump(o, &n) : NULL;
-    json_decref(o);
+    char *s = json_body(resp_score(&sv, &v), &n);
     if (s) {
         http_respond(q->h, 200, "application/json", s, n);
         return;
     }
     if (q->route != R_APPEND) {
-        respond_json(q->h, 200, NULL); /* 503: nothing was changed */
+        respond_oom(q->h); /* nothing was changed */
         return;
     }
     /* the text is in the session already: say so, in the little we can */
@@ -822,13 +827,10 @@ static void done_generate(struct rq *q, struct job *j)
         .committed = j->commit,
         .d = q->want_details ? &j->out_rows : NULL,
     };
-    json_t *o = resp_generate(&g, &v);
-    size_t n = 0;
-    char *body = o ? pj_dump(o, &n) : NULL;
-    json_decref(o);
+    size_t n;
+    char *body = json_body(resp_generate(&g, &v), &n);
     if (!body) {
-        /* nothing committed: the session is as it was */
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory building the response");
+        respond_oom(q->h); /* nothing committed: the session is as it was */
         return;
     }
     state_commit(j);
@@ -960,14 +962,12 @@ static void done_completions(struct rq *q, struct job *j)
  * heard of. */
 static void respond_created(struct rq *q, struct session *s)
 {
-    json_t *o = session_json(q->a, s, q->job);
-    size_t n = 0;
-    char *body = o ? pj_dump(o, &n) : NULL;
-    json_decref(o);
+    size_t n;
+    char *body = json_body(session_json(q->a, s, q->job), &n);
     if (!body || http_add_header(q->h, "Location", s->id) != 0) {
         rc_free(body);
         sessions_delete(q->a->sessions, s);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory building the response");
+        respond_oom(q->h);
         return;
     }
     http_respond(q->h, 201, "application/json", body, n);
@@ -1197,13 +1197,11 @@ static void done_state(struct rq *q, struct job *j)
     }
     struct session *s = j->sess_a;
     s->pos = j->gen->pos; /* what the answer shows */
-    json_t *o = session_json(q->a, s, q->job);
-    size_t n = 0;
-    char *body = o ? pj_dump(o, &n) : NULL;
-    json_decref(o);
+    size_t n;
+    char *body = json_body(session_json(q->a, s, q->job), &n);
     if (!body) {
         s->pos = s->state->pos;
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory building the response");
+        respond_oom(q->h);
         return;
     }
     state_commit(j);
