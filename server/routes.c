@@ -1621,9 +1621,10 @@ static void finish_job(struct rq *q, struct job *j)
             break;
         }
         if (q->route == R_APPEND && j->n_input > 0) {
-            /* a streamed text whose reading failed part-way: the tokens
-             * read stay in the session (as when its client leaves), so
-             * say how far it got */
+            /* reading failed part-way — only a streamed text can: a JSON
+             * append takes its memory before the first token (start_run).
+             * The tokens read stay in the session, as when the client
+             * leaves, so say how far it got */
             struct api_error e = j->err;
             snprintf(e.message, sizeof e.message,
                      "%.200s after reading %" PRId64 " tokens of the text; they stay in the "

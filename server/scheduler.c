@@ -864,7 +864,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
         if (!r || !r->finished_now)
             continue;
         if (j->kind == JOB_RUN && r->gs)
-            j->position = j->commit ? r->gs->pos : j->state->pos; /* after the commit */
+            j->position = j->commit ? r->gs->pos : j->state->pos; /* once committed */
         else if (j->kind == JOB_RUN)
             j->position = j->state->pos;
         if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc) {

@@ -84,9 +84,12 @@ struct job {
     size_t *stop_len;
     int n_stop;
     int commit;               /* 0: the loop throws gen away; 1: it commits it */
-    struct mstate *gen;       /* when set, generation starts from a copy of
-                               * state made here and advances gen, never state
-                               * (owned, counted in the budget; see commit) */
+    struct mstate *gen;       /* the job's own state (owned, counted in the
+                               * budget), swapped into the session by the loop
+                               * only if the request succeeds: a generation
+                               * copies state into it here and advances it,
+                               * never state; PUT state sets state = gen and
+                               * reads the snapshot into it */
     int ignore_eos;
     int gen_details;          /* per-token rows for generated tokens */
     int stream;               /* enum job_stream */
