@@ -90,6 +90,13 @@ void blas_ensure_fast_kernels(char **argv)
     unsetenv("OPENBLAS_CORETYPE");
 }
 
+int blas_chosen_by(void)
+{
+    if (getenv(REEXEC_GUARD) && getenv("OPENBLAS_CORETYPE"))
+        return BLAS_CHOSEN_RECURD;
+    return getenv("OPENBLAS_CORETYPE") ? BLAS_CHOSEN_USER : BLAS_CHOSEN_LIBRARY;
+}
+
 static const char *isa_name(int isa)
 {
     static const char *names[] = {"unknown", "sse", "avx", "avx2", "avx512"};
@@ -100,7 +107,13 @@ void blas_describe(char *buf, int len)
 {
     const char *core = blas_corename();
     const char *from = getenv(REEXEC_GUARD);
-    snprintf(buf, (size_t)len, "OpenBLAS core=%s (%s kernels) cpu=%s threads=%d%s%s%s", core,
-             isa_name(blas_core_isa(core)), isa_name(blas_cpu_isa()), blas_threads(),
-             from ? " (re-executed: library first chose " : "", from ? from : "", from ? ")" : "");
+    char why[128] = "";
+    int by = blas_chosen_by();
+    if (by == BLAS_CHOSEN_RECURD)
+        snprintf(why, sizeof why, " (re-executed: library first chose %.48s)", from);
+    else if (by == BLAS_CHOSEN_USER)
+        snprintf(why, sizeof why, " (OPENBLAS_CORETYPE=%.48s set by the user: respected)",
+                 getenv("OPENBLAS_CORETYPE"));
+    snprintf(buf, (size_t)len, "OpenBLAS core=%s (%s kernels) cpu=%s threads=%d%s", core,
+             isa_name(blas_core_isa(core)), isa_name(blas_cpu_isa()), blas_threads(), why);
 }

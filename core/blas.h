@@ -34,6 +34,12 @@ int blas_cpu_isa(void);
 int blas_core_isa(const char *corename);
 /* The OPENBLAS_CORETYPE to ask for on a CPU with this ISA (NULL: none). */
 const char *blas_coretype_for(int isa);
+/* Who chose the kernels: BLAS_CHOSEN_LIBRARY (OpenBLAS's own detection),
+ * BLAS_CHOSEN_RECURD (our re-exec) or BLAS_CHOSEN_USER (OPENBLAS_CORETYPE
+ * was in the environment we were started with: the user's decision, which
+ * recurd reports and never overrides or judges). */
+enum blas_chooser { BLAS_CHOSEN_LIBRARY = 0, BLAS_CHOSEN_RECURD = 1, BLAS_CHOSEN_USER = 2 };
+int blas_chosen_by(void);
 /* One line: "OpenBLAS core=Zen isa=avx2 cpu=avx2 threads=2". */
 void blas_describe(char *buf, int len);
 

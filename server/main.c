@@ -22,8 +22,11 @@
 #define RECUR_VERSION "0.1.0"
 #endif
 
-/* --check-blas: exit 1 if OpenBLAS runs kernels weaker than this CPU's
- * (the re-exec in blas_ensure_fast_kernels did not take). */
+/* --check-blas: exit 1 if OpenBLAS chose kernels weaker than this CPU's by
+ * itself and the re-exec in blas_ensure_fast_kernels did not take. Kernels
+ * the user asked for with OPENBLAS_CORETYPE are their decision (some hosts
+ * set it because older OpenBLAS builds crash on their CPU): reported, and
+ * never a failure. */
 static int cmd_version(int argc, char **argv)
 {
     char blas[256];
@@ -34,7 +37,8 @@ static int cmd_version(int argc, char **argv)
 #endif
     if (argc > 1 && !strcmp(argv[1], "--check-blas")) {
         int have = blas_core_isa(blas_corename()), cpu = blas_cpu_isa();
-        if (have != ISA_UNKNOWN && have < cpu && blas_coretype_for(cpu)) {
+        if (blas_chosen_by() != BLAS_CHOSEN_USER && have != ISA_UNKNOWN && have < cpu &&
+            blas_coretype_for(cpu)) {
             fprintf(stderr, "recurd: OpenBLAS runs %s kernels; this CPU runs better ones\n",
                     blas_corename());
             return 1;

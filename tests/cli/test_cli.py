@@ -151,6 +151,21 @@ def test_version_reports_adequate_blas_kernels():
     assert "OpenBLAS core=" in p.stdout
 
 
+def test_version_respects_the_users_openblas_coretype():
+    # Some hosts set OPENBLAS_CORETYPE because older OpenBLAS builds crash on
+    # their CPU: that is the user's decision. recurd reports it, does not
+    # re-execute over it, and --check-blas does not fail because of it, even
+    # when the kernels asked for are weaker than the CPU's (Prescott: SSE3,
+    # which every x86-64 CPU runs).
+    env = {k: v for k, v in os.environ.items() if k != "RECUR_BLAS_REEXEC"}
+    env["OPENBLAS_CORETYPE"] = "Prescott"
+    p = subprocess.run([RECURD, "version", "--check-blas"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "OPENBLAS_CORETYPE=Prescott set by the user" in p.stdout, p.stdout
+    assert "re-executed" not in p.stdout
+
+
 @pytest.mark.parametrize("name", ["recur-sp", "recur-base"])
 def test_shipped_models_score_like_transformers(name):
     """recurd score on the shipped bf16 checkpoints vs transformers' Mamba2ForCausalLM
