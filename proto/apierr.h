@@ -1,11 +1,17 @@
 /*
  * apierr.h — the error a request ends with, and its JSON body.
  *
- * Every failed request answers with an HTTP status and
- *   {"error": {"type": "<type>", "message": "<detail>", "code": <status>}}
- * (the llama.cpp / OpenAI shape). `type` is a stable machine-readable name
- * from the table in apierr.c (docs/server.md lists them); `message` is for
- * people and names the offending field, index or limit.
+ * Every failed request answers with an HTTP status and OpenAI's error object
+ *   {"error": {"message": "<detail>", "type": "<category>",
+ *              "param": "<field>" | null, "code": "<name>"}}
+ * `code` is recurd's stable machine-readable name for the error, one per
+ * kind below ("invalid_request", "session_busy", "invalid_snapshot", ...);
+ * `type` is OpenAI's coarser category for it ("invalid_request_error",
+ * "authentication_error", "not_found_error", "rate_limit_error",
+ * "not_supported_error", "server_error"), so OpenAI SDKs and dashboards read
+ * it as they read OpenAI's own; `param` names the request field at fault
+ * when there is one; `message` is for people and names the offending field,
+ * index or limit. docs/server.md lists every code.
  *
  * struct api_error is a plain value (no heap): proto/ and server/ functions
  * that can reject a request take a `struct api_error *` and fill it with
@@ -42,20 +48,39 @@ enum api_err_kind {
 struct api_error {
     int kind;          /* enum api_err_kind; API_OK when no error */
     char message[384]; /* NUL-terminated, may be truncated */
+    char param[72];    /* the field at fault, NUL-terminated; "" = none (null) */
 };
 
-/* HTTP status and type string of a kind ("invalid_request", ...). */
+/* HTTP status, code ("invalid_request", ...) and OpenAI type
+ * ("invalid_request_error", ...) of a kind. */
 int api_err_status(int kind);
+const char *api_err_code(int kind);
 const char *api_err_type(int kind);
 
-/* Fill e (if non-NULL) and return the kind's status, so handlers can
- * `return api_error_set(e, API_INVALID_REQUEST, "field '%s' ...", k);`. */
+/* Fill e (if non-NULL; param cleared) and return the kind's status, so
+ * handlers can `return api_error_set(e, API_INVALID_REQUEST, "...", k);`. */
 int api_error_set(struct api_error *e, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Name the request field at fault (after api_error_set): "max_tokens",
+ * "stop", "tokens[3]" ... Cut to fit; made valid UTF-8 in the body. */
+void api_error_param(struct api_error *e, const char *param);
 
 /* Map a librecur rc_status to the closest kind (RC_ENOMEM -> out of
  * memory, RC_EINVAL -> invalid request, ...). */
 int api_err_from_rc(int rc);
+
+/* The error object of the body for an allocation failure, as a literal, for
+ * answers made from static memory when not even that can be allocated. */
+#define API_OOM_ERROR_JSON                                                               \
+    "{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null," \
+    "\"code\":\"out_of_memory\"}"
+
+/* The error object {"message","type","param","code"} for e (a new
+ * reference), for bodies and for a stream's error event. NULL only when out
+ * of memory. */
+struct json_t;
+struct json_t *api_error_json(const struct api_error *e);
 
 /* The JSON body for e, NUL-terminated, rc_malloc'ed (rc_free it); *len
  * gets its length. NULL only when out of memory. */

@@ -25,6 +25,7 @@ void proto_init(void)
 static int bad_field(struct api_error *e, const char *key, const char *what)
 {
     api_error_set(e, API_INVALID_REQUEST, "field '%.*s' %s", QUOTE_MAX, key, what);
+    api_error_param(e, key);
     return RC_EINVAL;
 }
 
@@ -111,6 +112,7 @@ int pj_check_keys(const json_t *o, const char *const *allowed, struct api_error 
         if (!ok)
             {
             api_error_set(e, API_INVALID_REQUEST, "unknown field '%.*s'", QUOTE_MAX, k);
+            api_error_param(e, k);
             return RC_EINVAL;
         }
     }
@@ -145,6 +147,7 @@ int pj_int(const json_t *o, const char *key, int required, int64_t lo, int64_t h
     if (x < lo || x > hi) {
         api_error_set(e, API_INVALID_REQUEST, "field '%s' must be in [%" PRId64 ", %" PRId64
                       "], got %" PRId64, key, lo, hi, x);
+        api_error_param(e, key);
         return RC_EINVAL;
     }
     *out = x;
@@ -167,6 +170,7 @@ int pj_num(const json_t *o, const char *key, int required, double lo, double hi,
     if (!(x >= lo && x <= hi)) {
         api_error_set(e, API_INVALID_REQUEST, "field '%s' must be in [%g, %g], got %g", key, lo,
                       hi, x);
+        api_error_param(e, key);
         return RC_EINVAL;
     }
     *out = x;
@@ -201,6 +205,7 @@ int pj_str(const json_t *o, const char *key, int required, size_t max_len, const
     if (n > max_len) {
         api_error_set(e, API_INVALID_REQUEST, "field '%s' is longer than %zu bytes", key,
                       max_len);
+        api_error_param(e, key);
         return RC_EINVAL;
     }
     *s = json_string_value(v);
@@ -222,6 +227,7 @@ int pj_token_array(const json_t *arr, const char *field_name, int vocab, size_t 
     if (cnt > max_n) {
         api_error_set(e, API_INVALID_REQUEST, "field '%s' has %zu ids, more than the limit %zu",
                       field_name, cnt, max_n);
+        api_error_param(e, field_name);
         return RC_EINVAL;
     }
     for (size_t i = 0; i < cnt; i++) {
@@ -229,12 +235,14 @@ int pj_token_array(const json_t *arr, const char *field_name, int vocab, size_t 
         if (!json_is_integer(v)) {
             api_error_set(e, API_INVALID_TOKEN, "%s[%zu] must be an integer token id", field_name,
                           i);
+            api_error_param(e, field_name);
             return RC_EINVAL;
         }
         json_int_t x = json_integer_value(v);
         if (x < 0 || x >= vocab) {
             api_error_set(e, API_INVALID_TOKEN, "%s[%zu] = %lld is not a token id in [0, %d)",
                           field_name, i, (long long)x, vocab);
+            api_error_param(e, field_name);
             return RC_EINVAL;
         }
     }

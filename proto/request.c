@@ -1,6 +1,7 @@
 #include "request.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,10 +15,27 @@ static int oom(struct api_error *e)
     return RC_ENOMEM;
 }
 
+/* msg names its field the house way ("field 'stop' must ...", "query
+ * parameter 'top_logprobs' ..."): that name becomes the error's param. */
 static int invalid(struct api_error *e, const char *msg)
 {
     api_error_set(e, API_INVALID_REQUEST, "%s", msg);
+    static const char *const lead[] = {"field '", "query parameter '"};
+    for (size_t i = 0; i < sizeof lead / sizeof lead[0]; i++) {
+        size_t n = strlen(lead[i]);
+        const char *end = strncmp(msg, lead[i], n) ? NULL : strchr(msg + n, '\'');
+        if (end && e) {
+            snprintf(e->param, sizeof e->param, "%.*s", (int)(end - msg - n), msg + n);
+            break;
+        }
+    }
     return RC_EINVAL;
+}
+
+static int invalid_param(struct api_error *e, const char *param, int rc)
+{
+    api_error_param(e, param);
+    return rc;
 }
 
 static void input_free(struct req_input *in)
@@ -48,17 +66,17 @@ static int input_parse(const json_t *o, const struct proto_limits *lim, const ch
     if (s && t) {
         api_error_set(e, API_INVALID_REQUEST, "give either '%s' or '%s', not both", text_key,
                       tokens_key);
-        return RC_EINVAL;
+        return invalid_param(e, tokens_key, RC_EINVAL);
     }
     if (!s && !t) {
         api_error_set(e, API_INVALID_REQUEST, "field '%s' or '%s' is required", text_key,
                       tokens_key);
-        return RC_EINVAL;
+        return invalid_param(e, text_key, RC_EINVAL);
     }
     if (s) {
         if (n == 0) {
             api_error_set(e, API_INVALID_REQUEST, "field '%s' must not be empty", text_key);
-            return RC_EINVAL;
+            return invalid_param(e, text_key, RC_EINVAL);
         }
         in->text_len = n;
         return copy_str(s, n, &in->text, e);
@@ -88,7 +106,7 @@ static int stop_parse(const json_t *o, const struct proto_limits *lim, struct re
     if (cnt > (size_t)lim->max_stop) {
         api_error_set(e, API_INVALID_REQUEST, "field 'stop' has %zu entries, more than %d", cnt,
                       lim->max_stop);
-        return RC_EINVAL;
+        return invalid_param(e, "stop", RC_EINVAL);
     }
     if (cnt == 0)
         return 0;
@@ -103,14 +121,14 @@ static int stop_parse(const json_t *o, const struct proto_limits *lim, struct re
         if (!json_is_string(x)) {
             stop_free(st);
             api_error_set(e, API_INVALID_REQUEST, "stop[%zu] must be a string", i);
-            return RC_EINVAL;
+            return invalid_param(e, "stop", RC_EINVAL);
         }
         size_t n = json_string_length(x);
         if (n == 0 || n > lim->max_stop_bytes) {
             stop_free(st);
             api_error_set(e, API_INVALID_REQUEST, "stop[%zu] must be 1..%zu bytes long", i,
                           lim->max_stop_bytes);
-            return RC_EINVAL;
+            return invalid_param(e, "stop", RC_EINVAL);
         }
         st->s[i] = rc_strndup(json_string_value(x), n);
         if (!st->s[i]) {
@@ -336,7 +354,7 @@ static int prompt_parse(const json_t *o, const struct proto_limits *lim, struct 
         if (n > lim->max_text_bytes) {
             api_error_set(e, API_INVALID_REQUEST, "field 'prompt' is longer than %zu bytes",
                           lim->max_text_bytes);
-            return RC_EINVAL;
+            return invalid_param(e, "prompt", RC_EINVAL);
         }
         in->text_len = n;
         return copy_str(json_string_value(p), n, &in->text, e);
@@ -498,7 +516,7 @@ int req_snapshot_name_check(const char *name, size_t len, struct api_error *e)
     }
     if (why) {
         api_error_set(e, API_INVALID_SNAPSHOT_NAME, "snapshot name %s", why);
-        return RC_EINVAL;
+        return invalid_param(e, "name", RC_EINVAL);
     }
     return 0;
 }

@@ -21,8 +21,7 @@
 #define LINGER_BYTES (8u << 20)
 #define MAX_HEADERS 8
 /* The answer when not even an error body can be allocated. */
-static const char OOM_BODY[] =
-    "{\"error\":{\"type\":\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}";
+static const char OOM_BODY[] = "{\"error\":" API_OOM_ERROR_JSON "}";
 /* Slowloris: a request's headers must be complete within the connection
  * timeout of the connection opening (or of its previous response ending),
  * however slowly they trickle in. Checked every HDR_TICK_MS; a connection

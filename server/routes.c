@@ -363,8 +363,8 @@ static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
     if (n)
         return (ssize_t)n;
     if (done && q->done_seen) {
-        static const char oom[] = "data: {\"type\":\"error\",\"error\":{\"type\":"
-                                  "\"out_of_memory\",\"message\":\"out of memory\",\"code\":503}}\n\n";
+        static const char oom[] = "data: {\"type\":\"error\",\"error\":" API_OOM_ERROR_JSON
+                                  "}\n\n";
         if (q->oom_event == 1 && max >= sizeof oom - 1) {
             memcpy(buf, oom, sizeof oom - 1);
             q->oom_event = 2;
@@ -1687,9 +1687,7 @@ void routes_on_job_event(struct app *a, struct job *j)
             struct api_error e = j->err;
             if (j->rc == RC_ECANCELED && a->state == APP_DRAINING)
                 api_error_set(&e, API_UNAVAILABLE, "cancelled: the server is shutting down");
-            json_t *o = json_pack("{s:s,s:{s:s,s:s,s:i}}", "type", "error", "error", "type",
-                                  api_err_type(e.kind), "message", e.message, "code",
-                                  api_err_status(e.kind));
+            json_t *o = json_pack("{s:s,s:o}", "type", "error", "error", api_error_json(&e));
             /* the job is the loop's now */
             if (!o || sse_put_json(&j->outbox, o) != 0)
                 q->oom_event = 1;

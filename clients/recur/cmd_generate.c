@@ -41,8 +41,9 @@ static void on_event(struct sse *e, const char *data, size_t n)
         e->final = json_incref(j);
     } else if (!strcmp(type, "error")) {
         json_t *er = json_object_get(j, "error");
+        const char *code = json_string_value(json_object_get(er, "code"));
         msg("generate: the stream ended with an error: %s: %s",
-            json_string_value(json_object_get(er, "type")) ?: "?",
+            code ?: json_string_value(json_object_get(er, "type")) ?: "?",
             json_string_value(json_object_get(er, "message")) ?: "?");
         e->failed = 1;
     }

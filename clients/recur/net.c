@@ -270,10 +270,14 @@ int http_check(const struct resp *r, const char *what)
     json_error_t je;
     json_t *j = r->body.n ? json_loadb(r->body.p, r->body.n, JSON_ALLOW_NUL, &je) : NULL;
     json_t *e = j ? json_object_get(j, "error") : NULL;
-    const char *type = e ? json_string_value(json_object_get(e, "type")) : NULL;
+    /* recurd's error code ("session_busy"); a server from before the
+     * OpenAI error object had it under "type" */
+    const char *code = e ? json_string_value(json_object_get(e, "code")) : NULL;
+    if (!code && e)
+        code = json_string_value(json_object_get(e, "type"));
     const char *m = e ? json_string_value(json_object_get(e, "message")) : NULL;
-    if (type && m)
-        msg("%s: HTTP %ld %s: %s", what, r->status, type, m);
+    if (code && m)
+        msg("%s: HTTP %ld %s: %s", what, r->status, code, m);
     else
         msg("%s: HTTP %ld: %.200s", what, r->status, r->body.n ? r->body.p : "(no body)");
     json_decref(j);

@@ -250,7 +250,7 @@ def test_api_key(tiny):
     s = Server(tiny, "--api-key", "k1,k2")
     try:
         r = recur("sessions", url=s.base)
-        assert r.returncode == 1 and "HTTP 401 authentication_error" in r.stderr, r.stderr
+        assert r.returncode == 1 and "HTTP 401 invalid_api_key" in r.stderr, r.stderr
         r = recur("sessions", url=s.base, key="wrong")
         assert r.returncode == 1 and "401" in r.stderr
         r = recur("generate", "--max-tokens", 2, "x", url=s.base, key="k1")

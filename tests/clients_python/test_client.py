@@ -238,7 +238,7 @@ def test_named_snapshots(client):
     assert client.get_snapshot(name) == client.get_state(a)
     with pytest.raises(recur_client.Conflict) as e:
         client.save_snapshot(a, name)
-    assert e.value.status == 409 and e.value.type == "conflict"
+    assert e.value.status == 409 and e.value.code == "conflict"
     client.append(a, MORE)
     assert client.save_snapshot(a, name, overwrite=True).position == \
         len((TEXT + MORE).encode())

@@ -24,26 +24,31 @@ def doc_error_table():
     return [(int(s), t) for s, t in rows]
 
 
-def openapi_error_types():
+def openapi_error_codes():
     with open(os.path.join(ROOT, "proto", "openapi.yaml"), encoding="utf-8") as f:
         spec = f.read()
-    m = re.search(r"enum: \[(invalid_request[^\]]*)\]", spec)
-    assert m, "the Error type enum is not in proto/openapi.yaml"
+    m = re.search(r"enum: \[(invalid_request,[^\]]*)\]", spec)
+    assert m, "the Error code enum is not in proto/openapi.yaml"
     return [t.strip() for t in m.group(1).replace("\n", " ").split(",")]
 
 
-def test_every_documented_error_type_has_a_class():
+def test_every_documented_error_code_has_a_class():
     rows = doc_error_table()
-    assert sorted(t for _, t in rows) == sorted(openapi_error_types())
-    for status, etype in rows:
-        cls = errors.error_class(status, etype)
-        assert cls is errors.BY_TYPE[etype], etype
+    assert sorted(t for _, t in rows) == sorted(openapi_error_codes())
+    for status, code in rows:
+        cls = errors.error_class(status, code)
+        assert cls is errors.BY_CODE[code], code
         assert cls is not recur_client.RecurError
-        # the class for the type is the status's class or a subclass of it
-        assert issubclass(cls, errors.BY_STATUS[status]), (status, etype)
-        e = errors.from_error_object({"type": etype, "message": "m", "code": status})
-        assert isinstance(e, cls) and e.status == status and e.type == etype
-        assert str(e) == "%d %s: m" % (status, etype)
+        # the class for the code is the status's class or a subclass of it
+        assert issubclass(cls, errors.BY_STATUS[status]), (status, code)
+        e = errors.from_error_object({"message": "m", "type": "invalid_request_error",
+                                      "param": "f", "code": code}, status=status)
+        assert isinstance(e, cls) and e.status == status and e.code == code
+        assert e.type == "invalid_request_error" and e.param == "f"
+        assert str(e) == "%d %s: m" % (status, code)
+        # a server from before the OpenAI shape: {"type": name, "code": status}
+        old = errors.from_error_object({"type": code, "message": "m", "code": status})
+        assert isinstance(old, cls) and old.status == status and old.code == code
 
 
 def test_error_hierarchy():
@@ -57,7 +62,9 @@ def test_error_hierarchy():
         obj = getattr(recur_client, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, recur_client.RecurError), name
-    # unknown type: by status; unknown status: the base class
+    # unknown code: by status; unknown status: the base class
+    assert type(errors.from_error_object({"code": "new_kind"}, status=404)) is \
+        recur_client.NotFound
     assert type(errors.from_error_object({"type": "new_kind", "code": 404})) is \
         recur_client.NotFound
     e = errors.from_error_object({"message": "?"}, status=418)
@@ -81,7 +88,7 @@ def test_not_found(client):
     for call in calls:
         with pytest.raises(recur_client.NotFound) as e:
             call()
-        assert e.value.status == 404 and e.value.type == "not_found" and e.value.message
+        assert e.value.status == 404 and e.value.code == "not_found" and e.value.message
     s = client.create_session()
     client.delete_session(s)
     with pytest.raises(recur_client.NotFound):
@@ -100,7 +107,7 @@ def test_bad_request(client):
     s = client.create_session()
     with pytest.raises(recur_client.BadRequest) as e:
         client.generate(s, max_tokens=2)  # nothing read yet
-    assert e.value.type == "invalid_request" and "append" in e.value.message
+    assert e.value.code == "invalid_request" and "append" in e.value.message
     client.append(s, TEXT)
     with pytest.raises(recur_client.InvalidToken) as e:
         client.append(s, [65, 256])
@@ -134,7 +141,7 @@ def test_session_busy(client):
         with pytest.raises(recur_client.RecurError) as e:
             for _ in st:
                 pass
-        assert e.value.type == "unavailable" and "cancel" in e.value.message
+        assert e.value.code == "unavailable" and "cancel" in e.value.message
 
 
 def test_invalid_snapshots(client):
@@ -144,7 +151,7 @@ def test_invalid_snapshots(client):
     snap[len(snap) // 2] ^= 0x40
     with pytest.raises(recur_client.InvalidSnapshot) as e:
         client.restore(bytes(snap))
-    assert e.value.status == 422 and e.value.type == "invalid_snapshot"
+    assert e.value.status == 422 and e.value.code == "invalid_snapshot"
     other = client.create_session()
     client.append(other, "unchanged")
     before = client.get_state(other)
@@ -174,7 +181,7 @@ def test_unauthorized_and_keys(keyed, monkeypatch):
                  lambda: anon.generate_stream("0" * 32)):
         with pytest.raises(recur_client.Unauthorized) as e:
             call()
-        assert e.value.status == 401 and e.value.type == "authentication_error"
+        assert e.value.status == 401 and e.value.code == "invalid_api_key" and e.value.type == "authentication_error"
     with pytest.raises(recur_client.Unauthorized):
         Client(keyed.base, api_key="key-three").list_sessions()
     one = Client(keyed.base, api_key="key-one")
@@ -320,7 +327,7 @@ def test_answers_that_are_not_recurds(fake):
         fake.model()
     with pytest.raises(recur_client.ServerUnavailable) as e:
         fake.list_sessions()
-    assert e.value.retry_after == 7 and e.value.type is None and "proxy" in e.value.message
+    assert e.value.retry_after == 7 and e.value.code is None and "proxy" in e.value.message
     with pytest.raises(recur_client.RecurError) as e:
         fake.health()
     assert e.value.status == 418

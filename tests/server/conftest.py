@@ -195,14 +195,29 @@ def sse_events(resp):
     return out
 
 
-def error_of(r, status, etype=None):
+# OpenAI's category ("type") for each of recurd's error codes (proto/apierr.c).
+ERROR_CATEGORY = {
+    400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+    405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+    500: "server_error", 501: "not_supported_error", 503: "server_error", 507: "server_error",
+}
+
+
+def error_of(r, status, code=None):
+    """The error object of r, checked: the status, OpenAI's shape
+    {"message","type","param","code"}, the category that goes with the
+    status, and (if given) recurd's code."""
     assert r.status_code == status, f"want {status}, got {r.status_code}: {r.text[:300]}"
     j = r.json()
     e = j["error"]
-    assert set(e) >= {"type", "message", "code"}, j
-    assert e["code"] == status
-    if etype:
-        assert e["type"] == etype, e
+    assert set(e) == {"message", "type", "param", "code"}, j
+    assert isinstance(e["message"], str) and e["message"]
+    assert e["type"] == ERROR_CATEGORY[status], e
+    assert e["param"] is None or isinstance(e["param"], str), e
+    assert isinstance(e["code"], str), e
+    if code:
+        assert e["code"] == code, e
     return e
 
 

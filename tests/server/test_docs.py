@@ -51,19 +51,25 @@ def test_options_table_matches_binary():
         "regenerate it with recurd serve --help-markdown"
 
 
-def test_every_error_type_documented():
+def test_every_error_code_documented():
     with open(os.path.join(ROOT, "proto", "apierr.c")) as f:
-        types = set(re.findall(r'\{\d{3}, "([a-z_]+)"\}', f.read())) - {"ok"}
+        src = f.read()
+    rows = re.findall(r'\{(\d{3}), "([a-z_]+)", (T_[A-Z_]+)\}', src)
+    types = {c for _, c, _ in rows} - {"ok"}
     assert len(types) >= 15
     with open(DOC) as f:
         doc = f.read()
     with open(OPENAPI) as f:
         spec = yaml.safe_load(f)
-    enum = set(spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
-               ["type"]["enum"])
+    props = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
     for t in types:
         assert f"`{t}`" in doc, f"{t} missing from docs/server.md"
-    assert enum == types, f"openapi enum differs: {enum ^ types}"
+    assert set(props["code"]["enum"]) == types, f"openapi enum differs: {set(props['code']['enum']) ^ types}"
+    categories = dict(re.findall(r'#define (T_[A-Z_]+) "([a-z_]+)"', src))
+    used = {categories[t] for s, c, t in rows if c != "ok"}
+    assert set(props["type"]["enum"]) == used
+    for t in used:
+        assert f"`{t}`" in doc, f"{t} missing from docs/server.md"
 
 
 def test_deploy_files_agree_with_binary():

@@ -332,12 +332,44 @@ static void test_error_body(void **u)
     struct api_error pe;
     assert_int_equal(pj_parse(s, n, 8, &o, &pe), 0);
     json_t *err = json_object_get(o, "error");
-    assert_string_equal(json_string_value(json_object_get(err, "type")),
+    /* OpenAI's error object: exactly these four members */
+    assert_int_equal(json_object_size(err), 4);
+    assert_string_equal(json_string_value(json_object_get(err, "type")), "invalid_request_error");
+    assert_string_equal(json_string_value(json_object_get(err, "code")),
                         "snapshot_model_mismatch");
-    assert_int_equal(json_integer_value(json_object_get(err, "code")), 409);
+    assert_true(json_is_null(json_object_get(err, "param")));
     assert_non_null(strstr(json_string_value(json_object_get(err, "message")), "\xef\xbf\xbd"));
     json_decref(o);
     rc_free(s);
+
+    /* a field at fault is the param; a hostile one arrives cut and valid UTF-8 */
+    json_t *req = json_loads("{\"max_tokens\": -1}", 0, NULL);
+    int64_t v;
+    assert_int_not_equal(pj_int(req, "max_tokens", 0, 1, 10, 1, &v, &e), 0);
+    json_decref(req);
+    s = api_error_body(&e, &n);
+    assert_int_equal(pj_parse(s, n, 8, &o, &pe), 0);
+    err = json_object_get(o, "error");
+    assert_string_equal(json_string_value(json_object_get(err, "param")), "max_tokens");
+    assert_string_equal(json_string_value(json_object_get(err, "code")), "invalid_request");
+    json_decref(o);
+    rc_free(s);
+    char key[200];
+    memset(key, 'k', sizeof key);
+    memcpy(key + sizeof e.param - 2, "\xc3\xa9", 2); /* cut in the middle */
+    key[sizeof key - 1] = 0;
+    api_error_set(&e, API_INVALID_REQUEST, "unknown field");
+    api_error_param(&e, key);
+    s = api_error_body(&e, &n);
+    assert_int_equal(pj_parse(s, n, 8, &o, &pe), 0);
+    const char *p = json_string_value(json_object_get(json_object_get(o, "error"), "param"));
+    assert_non_null(p);
+    assert_true(strlen(p) < sizeof e.param + 3);
+    json_decref(o);
+    rc_free(s);
+    /* api_error_set clears a param left from before */
+    api_error_set(&e, API_INTERNAL, "x");
+    assert_int_equal(e.param[0], 0);
 }
 
 static void test_utf8(void **u)

@@ -100,7 +100,7 @@ def _error_from(status: int, headers: Any, body: bytes, retry_after: Optional[fl
         return errors.from_error_object(err, status=status, retry_after=retry_after)
     text = body.decode("utf-8", "replace").strip()[:300] or http.client.responses.get(status, "")
     cls = errors.error_class(status, None)
-    return cls(text or "HTTP %d" % status, status=status, type=None, body=body,
+    return cls(text or "HTTP %d" % status, status=status, code=None, body=body,
                retry_after=retry_after)
 
 
@@ -464,7 +464,7 @@ class Client:
                 if st == "ok":
                     return
                 last = errors.ServerUnavailable("server is %s" % st, status=503,
-                                                type="unavailable")
+                                                code="unavailable", type="server_error")
             except (errors.ConnectionError, errors.Timeout) as e:
                 last = e
             if time.monotonic() >= end:

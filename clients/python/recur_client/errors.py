@@ -1,11 +1,17 @@
 """Typed errors for recurd's error responses.
 
-The server answers errors as ``{"error": {"type", "message", "code"}}``
-(docs/server.md, "Requests, limits and errors"). Each error type maps to
-one exception class here; a status without a known type maps by status.
+The server answers errors with OpenAI's error object
+``{"error": {"message", "type", "param", "code"}}`` (docs/server.md,
+"Requests, limits and errors"): ``code`` is recurd's name for the error
+("session_busy", "invalid_snapshot", ...), ``type`` OpenAI's category
+("invalid_request_error", "server_error", ...). Each code maps to one
+exception class here; a status without a known code maps by status.
 Every exception carries ``status`` (HTTP status, None when no response
-came), ``type`` (the server's error type, None if the body had none),
+came), ``code`` (recurd's error code, None if the body had none), ``type``
+(the category), ``param`` (the request field at fault, or None),
 ``message`` and ``retry_after`` (seconds, from a Retry-After header).
+Bodies of servers before the OpenAI shape (``{"type": name, "code":
+status}``) are read too.
 """
 from typing import Any, Dict, Optional
 
@@ -16,12 +22,15 @@ class RecurError(Exception):
     """Base class of every error this client raises for a failed request."""
 
     def __init__(self, message: str, status: Optional[int] = None,
-                 type: Optional[str] = None, body: Any = None,
-                 retry_after: Optional[float] = None) -> None:
+                 code: Optional[str] = None, body: Any = None,
+                 retry_after: Optional[float] = None, type: Optional[str] = None,
+                 param: Optional[str] = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code
         self.type = type
+        self.param = param
         self.body = body
         self.retry_after = retry_after
 
@@ -29,8 +38,8 @@ class RecurError(Exception):
         head = []
         if self.status is not None:
             head.append(str(self.status))
-        if self.type:
-            head.append(self.type)
+        if self.code:
+            head.append(self.code)
         return ("%s: %s" % (" ".join(head), self.message)) if head else self.message
 
 
@@ -47,7 +56,7 @@ class InvalidSnapshotName(BadRequest):
 
 
 class Unauthorized(RecurError):
-    """401 ``authentication_error``: no or wrong API key."""
+    """401 ``invalid_api_key``: no or wrong API key."""
 
 
 class NotFound(RecurError):
@@ -124,11 +133,12 @@ class ProtocolError(RecurError):
     """The server answered something this client cannot read."""
 
 
-BY_TYPE = {
+BY_CODE = {
     "invalid_request": BadRequest,
     "invalid_token": InvalidToken,
     "invalid_snapshot_name": InvalidSnapshotName,
-    "authentication_error": Unauthorized,
+    "invalid_api_key": Unauthorized,
+    "authentication_error": Unauthorized,  # the name before the OpenAI shape
     "not_found": NotFound,
     "method_not_allowed": MethodNotAllowed,
     "session_busy": SessionBusy,
@@ -162,10 +172,10 @@ BY_STATUS = {
 }
 
 
-def error_class(status: Optional[int], etype: Optional[str]) -> "builtins.type":
-    """The exception class for an HTTP status and server error type."""
-    if etype in BY_TYPE:
-        return BY_TYPE[etype]
+def error_class(status: Optional[int], code: Optional[str]) -> "builtins.type":
+    """The exception class for an HTTP status and server error code."""
+    if code in BY_CODE:
+        return BY_CODE[code]
     if status in BY_STATUS:
         return BY_STATUS[status]
     return RecurError
@@ -173,14 +183,22 @@ def error_class(status: Optional[int], etype: Optional[str]) -> "builtins.type":
 
 def from_error_object(err: Dict[str, Any], status: Optional[int] = None,
                       retry_after: Optional[float] = None) -> RecurError:
-    """An exception from a parsed ``{"type", "message", "code"}`` object
-    (an error response's ``error`` member, or a stream's error event)."""
-    etype = err.get("type") if isinstance(err.get("type"), str) else None
-    code = err.get("code")
-    if status is None and isinstance(code, int):
-        status = code
-    msg = err.get("message")
-    if not isinstance(msg, str):
-        msg = "error %s" % (etype or status)
-    cls = error_class(status, etype)
-    return cls(msg, status=status, type=etype, body=err, retry_after=retry_after)
+    """An exception from a parsed ``{"message", "type", "param", "code"}``
+    object (an error response's ``error`` member, or a stream's error
+    event)."""
+    def text(k: str) -> Optional[str]:
+        v = err.get(k)
+        return v if isinstance(v, str) else None
+
+    etype, code, param = text("type"), text("code"), text("param")
+    if isinstance(err.get("code"), int) and not isinstance(err.get("code"), bool):
+        # before the OpenAI shape: "code" was the status, "type" the name
+        if status is None:
+            status = err["code"]
+        code, etype = etype, None
+    msg = text("message")
+    if msg is None:
+        msg = "error %s" % (code or status)
+    cls = error_class(status, code)
+    return cls(msg, status=status, code=code, body=err, retry_after=retry_after,
+               type=etype, param=param)
