@@ -8,7 +8,8 @@ against the spec (issue 12, item 11):
 - the body must validate against that schema: application/json as a whole,
   text/event-stream event by event (each data: line), octet-stream snapshots
   by their length (Content-Length, the model's snapshot_bytes) and magic;
-- every header the response declares as required must be there and match.
+- every header the response declares as required must be there and match;
+- a JSON request body the server accepted must match the request schema.
 
 Schemas are OpenAPI 3.0 Schema Objects, turned into JSON Schema (draft 4,
 python3-jsonschema) here: $refs inlined, `nullable` made a null type. An
@@ -44,7 +45,7 @@ SPEC_PATH = os.path.join(ROOT, "proto", "openapi.yaml")
 with open(SPEC_PATH) as _f:
     SPEC = yaml.safe_load(_f)
 
-ERROR_REF = "#/components/schemas/ErrorBody"
+ERROR_REFS = {"#/components/schemas/ErrorBody", "#/components/schemas/ApiError"}
 SNAPSHOT_MAGIC = b"RECURSNP"
 
 # (METHOD, path template, status, content type) of every answer validated.
@@ -104,7 +105,7 @@ def to_json_schema(s, depth=0):
 def validate(instance, schema_node, where):
     """Validate instance against a spec schema; the message names where, the
     failing part of the instance and the schema path."""
-    is_error = isinstance(schema_node, dict) and schema_node.get("$ref") == ERROR_REF
+    is_error = isinstance(schema_node, dict) and schema_node.get("$ref") in ERROR_REFS
     schema = to_json_schema(schema_node)
     v = jsonschema.Draft4Validator(schema)
     errs = list(v.iter_errors(instance))
@@ -198,6 +199,9 @@ def check(r, expect=None):
         body = sse_payloads(r.content)
         assert body, f"{where}: an empty stream"
         for i, ev in enumerate(body):
+            if isinstance(ev, dict) and ev.get("type") == "error":  # marked if it fails
+                validate(ev.get("error"), {"$ref": "#/components/schemas/ApiError"},
+                         f"{where} event {i} (error)")
             validate(ev, schema, f"{where} event {i}")
     elif ctype == "application/octet-stream":
         body = r.content
@@ -231,7 +235,14 @@ class Api:
             headers["Content-Type"] = ctype
         kw.setdefault("timeout", 60)
         r = self.http.request(method, self.srv.url(path), data=raw, headers=headers, **kw)
-        return check(r, expect)
+        out = check(r, expect)
+        if body is not None and r.status_code < 300:
+            # what the server accepted, the spec must accept too
+            t = template_of(urlsplit(r.request.url).path)
+            rb = resolve(SPEC["paths"][t][method.lower()]["requestBody"])
+            validate(body, rb["content"]["application/json"]["schema"],
+                     f"{method} {t} request body")
+        return out
 
     def get(self, path, expect=200, **kw):
         return self.call("GET", path, expect, **kw)
