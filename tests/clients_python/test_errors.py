@@ -25,11 +25,12 @@ def doc_error_table():
 
 
 def openapi_error_types():
+    """The spec's fine-grained error codes (ApiError.code's enum)."""
+    import yaml
     with open(os.path.join(ROOT, "proto", "openapi.yaml"), encoding="utf-8") as f:
-        spec = f.read()
-    m = re.search(r"enum: \[(invalid_request[^\]]*)\]", spec)
-    assert m, "the Error type enum is not in proto/openapi.yaml"
-    return [t.strip() for t in m.group(1).replace("\n", " ").split(",")]
+        spec = yaml.safe_load(f)
+    codes = spec["components"]["schemas"]["ApiError"]["properties"]["code"]["enum"]
+    return [t for t in codes if t is not None]
 
 
 def test_every_documented_error_type_has_a_class():
