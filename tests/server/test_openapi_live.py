@@ -228,6 +228,7 @@ class Api:
 
     def __init__(self, srv, key=None):
         self.srv = srv
+        self._snapshot_bytes = None
         self.http = requests.Session()
         if key:
             self.http.headers["Authorization"] = f"Bearer {key}"
@@ -241,6 +242,8 @@ class Api:
         kw.setdefault("timeout", 60)
         r = self.http.request(method, self.srv.url(path), data=raw, headers=headers, **kw)
         out = check(r, expect)
+        if isinstance(out, bytes):  # a snapshot: exactly the model's size
+            assert len(out) == self.snapshot_bytes(), f"{method} {path}: {len(out)} bytes"
         if body is not None and r.status_code < 300:
             # what the server accepted, the spec must accept too
             t = template_of(urlsplit(r.request.url).path)
@@ -248,6 +251,11 @@ class Api:
             validate(body, rb["content"]["application/json"]["schema"],
                      f"{method} {t} request body")
         return out
+
+    def snapshot_bytes(self):
+        if self._snapshot_bytes is None:
+            self._snapshot_bytes = self.get("/v1/models")["data"][0]["snapshot_bytes"]
+        return self._snapshot_bytes
 
     def get(self, path, expect=200, **kw):
         return self.call("GET", path, expect, **kw)
