@@ -963,8 +963,10 @@ static void done_completions(struct rq *q, struct job *j)
 static void respond_created(struct rq *q, struct session *s)
 {
     size_t n;
+    char loc[sizeof "/v1/sessions/" + sizeof s->id];
+    snprintf(loc, sizeof loc, "/v1/sessions/%s", s->id);
     char *body = json_body(session_json(q->a, s, q->job), &n);
-    if (!body || http_add_header(q->h, "Location", s->id) != 0) {
+    if (!body || http_add_header(q->h, "Location", loc) != 0) {
         rc_free(body);
         sessions_delete(q->a->sessions, s);
         respond_oom(q->h);

@@ -61,7 +61,7 @@ def test_every_error_code_documented():
         doc = f.read()
     with open(OPENAPI) as f:
         spec = yaml.safe_load(f)
-    props = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+    props = spec["components"]["schemas"]["ApiError"]["properties"]
     for t in types:
         assert f"`{t}`" in doc, f"{t} missing from docs/server.md"
     assert set(props["code"]["enum"]) == types, f"openapi enum differs: {set(props['code']['enum']) ^ types}"
