@@ -70,6 +70,18 @@ const char *blas_config(void) { return openblas_get_config(); }
 int blas_threads(void) { return openblas_get_num_threads(); }
 void blas_set_threads(int n) { openblas_set_num_threads(n); }
 
+int blas_threads_from_env(void)
+{
+    static const char *const vars[] = {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                       "OMP_NUM_THREADS"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            return 1;
+    }
+    return 0;
+}
+
 void blas_ensure_fast_kernels(char **argv)
 {
     if (getenv("OPENBLAS_CORETYPE"))

@@ -28,6 +28,10 @@ const char *blas_corename(void);
 const char *blas_config(void);
 int blas_threads(void);
 void blas_set_threads(int n);
+/* 1 when OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS is set
+ * (non-empty): OpenBLAS took its count from there, and the user's choice
+ * stands over --threads. */
+int blas_threads_from_env(void);
 
 /* Best ISA of this CPU, and the ISA a core name's kernels need. */
 int blas_cpu_isa(void);

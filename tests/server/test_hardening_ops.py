@@ -92,3 +92,77 @@ def test_cmake_install_puts_both_binaries_on_path(tmp_path):
                        timeout=30, cwd=tmp_path)
     assert h.returncode == 0 and "usage: recur" in h.stdout, h
     assert shutil.which("recur", path=env["PATH"]) == str(prefix / "bin" / "recur")
+
+
+# ---- threads ----------------------------------------------------------------
+
+def _pool_threads(pid):
+    """Names of the server's threads (from /proc), counted by name."""
+    names = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                n = f.read().strip()
+        except OSError:
+            continue
+        names[n] = names.get(n, 0) + 1
+    return names
+
+
+def _metric(text, name):
+    m = re.search(r"^" + re.escape(name) + r" (\S+)$", text, re.M)
+    assert m, f"{name} missing"
+    return float(m.group(1))
+
+
+@pytest.mark.skipif(not shutil.which("taskset"), reason="taskset (util-linux) not installed")
+def test_threads_auto_follows_affinity(models):
+    """--threads 0 under `taskset -c 0`: one compute thread (no pool
+    workers), and OpenBLAS told to use one too. Only the mask taskset sets
+    is assumed, never the host's core count."""
+    import conftest
+    real = conftest.BIN
+    wrapper = os.path.join(tempfile.mkdtemp(), "recurd-cpu0")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec taskset -c 0 {real} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    conftest.BIN = wrapper
+    try:
+        # no OPENBLAS_NUM_THREADS: recurd decides BLAS's count too
+        s = Server(models["a"], "--threads", "0",
+                   env={"OPENBLAS_NUM_THREADS": "", "OMP_NUM_THREADS": ""})
+    finally:
+        conftest.BIN = real
+    try:
+        line = next(l for l in s.log() if " loaded: " in l)
+        print("recurd says:", line)
+        assert re.search(r"\bthreads=1\b", line), line
+        assert re.search(r"\bblas_threads=1\b", line), line
+        names = _pool_threads(s.p.pid)
+        print("threads by name:", names)
+        assert names.get("recur-pool", 0) == 0, names
+        text = Client(s).get("/metrics").text
+        assert _metric(text, 'recurd_threads{kind="compute"}') == 1
+        assert _metric(text, 'recurd_threads{kind="blas"}') == 1
+    finally:
+        assert s.stop() == 0
+
+
+def test_threads_explicit_wins_and_blas_follows(models):
+    """--threads 3 is taken as asked (pool of 3 with the compute thread),
+    and OpenBLAS follows it unless OPENBLAS_NUM_THREADS says otherwise."""
+    s = Server(models["a"], "--threads", "3",
+               env={"OPENBLAS_NUM_THREADS": "", "OMP_NUM_THREADS": ""})
+    try:
+        line = next(l for l in s.log() if " loaded: " in l)
+        assert re.search(r"\bthreads=3\b", line), line
+        assert re.search(r"\bblas_threads=3\b", line), line
+        assert _pool_threads(s.p.pid).get("recur-pool", 0) == 2
+    finally:
+        assert s.stop() == 0
+    s = Server(models["a"], "--threads", "3", env={"OPENBLAS_NUM_THREADS": "1"})
+    try:
+        line = next(l for l in s.log() if " loaded: " in l)
+        assert re.search(r"\bblas_threads=1\b", line), line
+    finally:
+        assert s.stop() == 0
