@@ -392,7 +392,9 @@ static int stage_token_event(struct sched *s, struct job *j, int32_t id, const c
     json_object_set_new(o, "type", json_string("token"));
     json_object_set_new(o, "token", tok);
     json_object_set_new(o, "text", json_stringn(san, sl));
-    json_object_set_new(o, "position", json_integer(r->gs->pos));
+    /* the token's own position (docs/server.md, "Positions"): it has been
+     * read, so the state is one past it */
+    json_object_set_new(o, "position", json_integer(r->gs->pos - 1));
     rc_free(san);
     return stage_json(j, o, f0);
 }

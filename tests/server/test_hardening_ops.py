@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 import yaml
@@ -166,3 +167,217 @@ def test_threads_explicit_wins_and_blas_follows(models):
         assert re.search(r"\bblas_threads=1\b", line), line
     finally:
         assert s.stop() == 0
+
+
+# ---- metrics ----------------------------------------------------------------
+
+def _samples(text):
+    """{'name{labels}': value} of an exposition text (labels as written)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, val = line.rsplit(" ", 1)
+            out[key] = float(val)
+    return out
+
+
+def _m(c):
+    r = c.get("/metrics")
+    assert r.status_code == 200, r.text
+    return _samples(r.text)
+
+
+def _d(before, after, key):
+    return after.get(key, 0) - before.get(key, 0)
+
+
+STATE = 20480  # bytes of one state of the test model
+
+
+@pytest.fixture(scope="module")
+def msrv(models, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mstates")
+    t0 = time.time()
+    s = Server(models["a"], "--state-dir", d, "--state-memory", 4 * STATE)
+    s.t0, s.t1 = t0, time.time()
+    yield s
+    assert s.stop() == 0
+
+
+def test_metrics_build_info_and_process(msrv):
+    c = Client(msrv)
+    line = next(l for l in msrv.log() if " loaded: " in l)
+    fp = re.search(r"fingerprint=([0-9a-f]{16})", line).group(1)
+    ver = subprocess.run([BIN, "version"], capture_output=True, text=True, check=True)
+    version = ver.stdout.split()[1]
+    m = _m(c)
+    key = f'recurd_build_info{{version="{version}",model="model-a",fingerprint="{fp}"}}'
+    assert m.get(key) == 1, [k for k in m if k.startswith("recurd_build_info")]
+    # start time: between launching the process and seeing it ready (whole seconds)
+    start = m["process_start_time_seconds"]
+    assert msrv.t0 - 1 <= start <= msrv.t1 + 1, (msrv.t0, start, msrv.t1)
+    # CPU seconds: what /proc says of the process, and it grows with work
+    cpu0 = m["process_cpu_seconds_total"]
+    assert abs(cpu0 - msrv.cpu_seconds()) < 0.5
+    sid = c.session()
+    t_end = time.time() + 0.5
+    while time.time() < t_end:
+        c.append(sid, "work for the CPU counter " * 40)
+    cpu1 = _m(c)["process_cpu_seconds_total"]
+    assert cpu1 > cpu0
+    assert abs(cpu1 - msrv.cpu_seconds()) < 0.5
+
+
+def test_metrics_requests_by_method_and_exact_code(msrv):
+    c = Client(msrv)
+    a = _m(c)
+    c.get("/health")
+    c.get("/health")
+    r = c.get("/v1/sessions/sess_doesnotexist000000")
+    assert r.status_code == 404
+    r = c.req("DELETE", "/v1/sessions/sess_doesnotexist000000")
+    assert r.status_code == 404
+    sid = c.session()
+    c.ok(c.req("DELETE", f"/v1/sessions/{sid}"))
+    r = c.post(f"/v1/sessions/{sid}/append", {"text": 5})
+    assert r.status_code in (400, 404)
+    b = _m(c)
+    k = 'recurd_requests_total{route="/health",method="GET",code="200"}'
+    assert _d(a, b, k) == 2
+    sess = [x for x in b if x.startswith('recurd_requests_total{route="/v1/sessions/{id}"')]
+    assert _d(a, b, 'recurd_requests_total{route="/v1/sessions/{id}",method="GET",code="404"}') \
+        == 1, sess
+    assert _d(a, b, 'recurd_requests_total{route="/v1/sessions/{id}",method="DELETE",code="404"}') \
+        == 1, sess
+    assert _d(a, b, 'recurd_requests_total{route="/v1/sessions/{id}",method="DELETE",code="200"}') \
+        == 1, sess
+    assert _d(a, b, 'recurd_requests_total{route="/v1/sessions",method="POST",code="201"}') == 1
+    # no status classes any more
+    assert not any('status="' in x for x in b if x.startswith("recurd_requests_total"))
+
+
+def test_metrics_ttft_itl_prefill_decode(msrv):
+    c = Client(msrv)
+    sid = c.session()
+    a = _m(c)
+    # input only: prefill moves, decode and the token histograms do not
+    c.append(sid, "a long input for the prefill counter. " * 30)
+    b = _m(c)
+    assert _d(a, b, "recurd_prefill_seconds_total") > 0
+    assert _d(a, b, "recurd_decode_seconds_total") == 0
+    assert _d(a, b, "recurd_time_to_first_token_seconds_count") == 0
+    assert _d(a, b, "recurd_inter_token_seconds_count") == 0
+    # a generation of 12 tokens: one first token, 11 gaps
+    g = c.generate(sid, max_tokens=12, temperature=0, ignore_eos=True)
+    n = len(g["tokens"])
+    assert n == 12
+    d = _m(c)
+    assert _d(b, d, "recurd_decode_seconds_total") > 0
+    assert _d(b, d, "recurd_time_to_first_token_seconds_count") == 1
+    assert _d(b, d, 'recurd_time_to_first_token_seconds_bucket{le="+Inf"}') == 1
+    assert _d(b, d, "recurd_time_to_first_token_seconds_sum") > 0
+    assert _d(b, d, "recurd_inter_token_seconds_count") == n - 1
+    assert _d(b, d, "recurd_inter_token_seconds_sum") > 0
+    # cumulative buckets never decrease and end at the count
+    les = [k for k in d if k.startswith("recurd_inter_token_seconds_bucket")]
+    vals = [d[k] for k in les]
+    assert vals == sorted(vals) and vals[-1] == d["recurd_inter_token_seconds_count"]
+    # the split adds up to the compute time (ticks without tokens aside)
+    assert d["recurd_prefill_seconds_total"] + d["recurd_decode_seconds_total"] <= \
+        d["recurd_compute_seconds_total"] + 1e-5
+
+
+def test_metrics_state_budget_and_spilled(msrv):
+    c = Client(msrv)
+    m = _m(c)
+    assert m["recurd_state_memory_budget_bytes"] == 4 * STATE
+    spilled0 = m["recurd_sessions_spilled"]
+    ids = []
+    for i in range(8):
+        for _ in range(200):
+            r = c.post("/v1/sessions", {})
+            if r.status_code == 201:
+                ids.append(r.json()["id"])
+                break
+            assert r.status_code == 503
+            time.sleep(0.02)
+    end = time.time() + 5
+    while time.time() < end:
+        listed = {s["id"]: s for s in c.ok(c.get("/v1/sessions"))["data"]}
+        n = sum(1 for i in ids if listed[i]["spilled"])
+        if n >= 4:
+            break
+        time.sleep(0.05)
+    m = _m(c)
+    listed = c.ok(c.get("/v1/sessions"))["data"]
+    assert m["recurd_sessions_spilled"] == sum(1 for s in listed if s["spilled"])
+    assert m["recurd_sessions_spilled"] >= spilled0 + 4
+    for i in ids:
+        c.req("DELETE", f"/v1/sessions/{i}")
+    m = _m(c)
+    listed = c.ok(c.get("/v1/sessions"))["data"]
+    assert m["recurd_sessions_spilled"] == sum(1 for s in listed if s["spilled"])
+
+
+def test_metrics_threads_gauge(msrv):
+    m = _m(Client(msrv))
+    assert m['recurd_threads{kind="compute"}'] >= 1
+    assert m['recurd_threads{kind="blas"}'] == 1  # OPENBLAS_NUM_THREADS=1 (conftest)
+
+
+def test_metrics_promtool_clean(msrv):
+    """promtool check metrics: no lint problems, after traffic of every kind
+    above. In CI (CI=true) a missing promtool is a failure, not a skip."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool not installed (Debian package prometheus; scripts/install-deps)")
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    c = Client(msrv)
+    sid = c.session("promtool traffic")
+    c.generate(sid, max_tokens=3, temperature=0)
+    c.get("/v1/nowhere")
+    text = c.get("/metrics").text
+    p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(), \
+        p.stdout + p.stderr
+
+
+# ---- token positions --------------------------------------------------------
+
+def test_token_position_means_the_same_in_scoring_and_generation(srv):
+    """A token's `position` is its 0-based index in the session's stream
+    (the state's position before it is read); a session's `position` (append
+    result, done event, session facts) is the number of tokens read, i.e.
+    the position the next token will get. Scoring, generation details and
+    every stream event follow it."""
+    from conftest import sse_events
+    c = Client(srv)
+    sid = c.session()
+    p0 = c.append(sid, "first part. ")["position"]
+    r = c.append(sid, "second part of the text", logprobs=True)
+    toks = r["tokens"]
+    assert [t["position"] for t in toks] == list(range(p0, p0 + len(toks)))
+    assert toks[-1]["position"] == r["position"] - 1
+    p1 = r["position"]
+    # non-streamed generation with details: same numbering, continuing
+    g = c.generate(sid, max_tokens=4, temperature=0, ignore_eos=True, logprobs=True)
+    rows = g["logprobs"]
+    assert [t["position"] for t in rows] == list(range(p1, p1 + 4)), rows
+    assert g["position"] == p1 + 4
+    # streamed generation: the event's position is the token's, as in
+    # its token object; done's is the session's
+    p2 = c.info(sid)["position"]
+    assert p2 == p1 + 4
+    with c.post(f"/v1/sessions/{sid}/generate",
+                {"max_tokens": 5, "temperature": 0, "ignore_eos": True, "stream": True,
+                 "logprobs": True}, stream=True) as resp:
+        assert resp.status_code == 200
+        evs = sse_events(resp)
+    toks = [e for e in evs if isinstance(e, dict) and e.get("type") == "token"]
+    done = next(e for e in evs if isinstance(e, dict) and e.get("type") == "done")
+    assert len(toks) == 5
+    assert [e["position"] for e in toks] == list(range(p2, p2 + 5)), toks
+    assert [e["token"]["position"] for e in toks] == list(range(p2, p2 + 5))
+    assert done["position"] == p2 + 5 == c.info(sid)["position"]
