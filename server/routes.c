@@ -280,6 +280,12 @@ static json_t *session_json(struct app *a, struct session *s, const struct job *
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     v.last_used = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 - (double)idle / 1000;
+    /* created is the wall clock read at creation, idle comes from the loop's
+     * cached millisecond clock (and the wall clock may step back): without
+     * this a session listed right after it was made looked used before it
+     * existed */
+    if (v.last_used < v.created)
+        v.last_used = v.created;
     return resp_session(&v);
 }
 

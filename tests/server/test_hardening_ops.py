@@ -381,3 +381,23 @@ def test_token_position_means_the_same_in_scoring_and_generation(srv):
     assert [e["position"] for e in toks] == list(range(p2, p2 + 5)), toks
     assert [e["token"]["position"] for e in toks] == list(range(p2, p2 + 5))
     assert done["position"] == p2 + 5 == c.info(sid)["position"]
+
+
+# ---- session facts ----------------------------------------------------------
+
+def test_last_used_never_before_created(srv):
+    """created is wall-clock time at creation; last_used is derived from the
+    loop's (cached, millisecond) clock: it must never come out earlier, in
+    any of the places facts appear (create, facts, list)."""
+    c = Client(srv)
+    bad = []
+    for _ in range(100):
+        r = c.post("/v1/sessions", {})
+        assert r.status_code == 201
+        sid = r.json()["id"]
+        listed = next(x for x in c.ok(c.get("/v1/sessions"))["data"] if x["id"] == sid)
+        for f in (r.json(), listed, c.info(sid)):
+            if f["last_used"] < f["created"]:
+                bad.append((f["created"], f["last_used"]))
+        c.req("DELETE", f"/v1/sessions/{sid}")
+    assert not bad, f"{len(bad)} facts with last_used < created, e.g. {bad[:3]}"
