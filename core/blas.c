@@ -1,5 +1,7 @@
 #include "blas.h"
 
+#include "cpus.h"
+
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@ int openblas_get_num_threads(void);
 void openblas_set_num_threads(int n);
 
 #define REEXEC_GUARD "RECUR_BLAS_REEXEC"
+#define THREADS_GUARD "RECUR_BLAS_THREADS_AUTO" /* the count our re-exec set */
 
 int blas_cpu_isa(void)
 {
@@ -74,12 +77,33 @@ int blas_threads_from_env(void)
 {
     static const char *const vars[] = {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
                                        "OMP_NUM_THREADS"};
+    const char *ours = getenv(THREADS_GUARD);
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *v = getenv(vars[i]);
+        if (i == 0 && v && ours && !strcmp(v, ours))
+            continue; /* set by blas_ensure_thread_count, not by the user */
         if (v && *v)
             return 1;
     }
     return 0;
+}
+
+void blas_ensure_thread_count(char **argv)
+{
+    if (getenv(THREADS_GUARD) || blas_threads_from_env())
+        return; /* done once already, or the user chose */
+    int want = cpu_threads_auto();
+    if (blas_threads() <= want)
+        return;
+    char v[16];
+    snprintf(v, sizeof v, "%d", want);
+    setenv("OPENBLAS_NUM_THREADS", v, 1);
+    setenv(THREADS_GUARD, v, 1);
+    execv("/proc/self/exe", argv);
+    /* Still here: exec failed. The extra threads stay idle: the count used
+     * is still set (blas_set_threads) where the work starts. */
+    unsetenv("OPENBLAS_NUM_THREADS");
+    unsetenv(THREADS_GUARD);
 }
 
 void blas_ensure_fast_kernels(char **argv)
