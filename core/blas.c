@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 /* Not declared in every cblas.h flavour. */
@@ -106,8 +107,19 @@ void blas_ensure_thread_count(char **argv)
     unsetenv(THREADS_GUARD);
 }
 
+/* After a re-exec through /proc/self/exe the kernel names the process
+ * "exe" (ps, top, pgrep read that name): give it back its own. */
+static void name_after_reexec(char **argv)
+{
+    if (!argv || !argv[0] || (!getenv(REEXEC_GUARD) && !getenv(THREADS_GUARD)))
+        return;
+    const char *base = strrchr(argv[0], '/');
+    prctl(PR_SET_NAME, base ? base + 1 : argv[0], 0, 0, 0);
+}
+
 void blas_ensure_fast_kernels(char **argv)
 {
+    name_after_reexec(argv);
     if (getenv("OPENBLAS_CORETYPE"))
         return; /* the user chose; a re-exec sets it too, so no loop */
     const char *core = blas_corename();
