@@ -8,15 +8,22 @@
 # Every option is an environment variable (docs/server.md, "Options").
 # (Docker cannot run on the machine this was written on; the stages only run
 # the same commands as README.md and .ci/run.)
+#
+# Base images are pinned to a Debian point release (12.15, the release the
+# machine this was written on installs from), so a rebuild gets the same
+# system libraries until someone moves the pin on purpose. A digest
+# (debian:12.15-slim@sha256:...) pins harder; none could be fetched here
+# (no registry access), so the version tag is the pin. Keep both stages on
+# the same release: the run stage's libraries must be the ones built against.
 
-FROM debian:12 AS build
+FROM debian:12.15 AS build
 WORKDIR /src
 COPY scripts/install-deps scripts/install-deps
 RUN scripts/install-deps && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cmake -S . -B build -G Ninja && ninja -C build recurd recur_cli
 
-FROM debian:12-slim
+FROM debian:12.15-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libopenblas0-pthread libjansson4 libmicrohttpd12 libuv1 libpcre2-8-0 libutf8proc2 \

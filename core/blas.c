@@ -1,10 +1,13 @@
 #include "blas.h"
 
+#include "cpus.h"
+
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 /* Not declared in every cblas.h flavour. */
@@ -14,6 +17,7 @@ int openblas_get_num_threads(void);
 void openblas_set_num_threads(int n);
 
 #define REEXEC_GUARD "RECUR_BLAS_REEXEC"
+#define THREADS_GUARD "RECUR_BLAS_THREADS_AUTO" /* the count our re-exec set */
 
 int blas_cpu_isa(void)
 {
@@ -70,8 +74,52 @@ const char *blas_config(void) { return openblas_get_config(); }
 int blas_threads(void) { return openblas_get_num_threads(); }
 void blas_set_threads(int n) { openblas_set_num_threads(n); }
 
+int blas_threads_from_env(void)
+{
+    static const char *const vars[] = {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                       "OMP_NUM_THREADS"};
+    const char *ours = getenv(THREADS_GUARD);
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (i == 0 && v && ours && !strcmp(v, ours))
+            continue; /* set by blas_ensure_thread_count, not by the user */
+        if (v && *v)
+            return 1;
+    }
+    return 0;
+}
+
+void blas_ensure_thread_count(char **argv)
+{
+    if (getenv(THREADS_GUARD) || blas_threads_from_env())
+        return; /* done once already, or the user chose */
+    int want = cpu_threads_auto();
+    if (blas_threads() <= want)
+        return;
+    char v[16];
+    snprintf(v, sizeof v, "%d", want);
+    setenv("OPENBLAS_NUM_THREADS", v, 1);
+    setenv(THREADS_GUARD, v, 1);
+    execv("/proc/self/exe", argv);
+    /* Still here: exec failed. The extra threads stay idle: the count used
+     * is still set (blas_set_threads) where the work starts. */
+    unsetenv("OPENBLAS_NUM_THREADS");
+    unsetenv(THREADS_GUARD);
+}
+
+/* After a re-exec through /proc/self/exe the kernel names the process
+ * "exe" (ps, top, pgrep read that name): give it back its own. */
+static void name_after_reexec(char **argv)
+{
+    if (!argv || !argv[0] || (!getenv(REEXEC_GUARD) && !getenv(THREADS_GUARD)))
+        return;
+    const char *base = strrchr(argv[0], '/');
+    prctl(PR_SET_NAME, base ? base + 1 : argv[0], 0, 0, 0);
+}
+
 void blas_ensure_fast_kernels(char **argv)
 {
+    name_after_reexec(argv);
     if (getenv("OPENBLAS_CORETYPE"))
         return; /* the user chose; a re-exec sets it too, so no loop */
     const char *core = blas_corename();

@@ -28,6 +28,20 @@ const char *blas_corename(void);
 const char *blas_config(void);
 int blas_threads(void);
 void blas_set_threads(int n);
+/* 1 when OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS is set
+ * (non-empty) by the user: OpenBLAS took its count from there, and the
+ * user's choice stands over --threads. (A value set by
+ * blas_ensure_thread_count's re-exec is not the user's.) */
+int blas_threads_from_env(void);
+
+/* OpenBLAS starts its worker threads when it loads, as many as the CPUs in
+ * the affinity mask: a cgroup CPU quota is not seen, so a pod limited to 2
+ * CPUs on a 64-core node got 63 idle OpenBLAS threads before main() ran.
+ * Call in main() after blas_ensure_fast_kernels: when no *_NUM_THREADS is
+ * set and the library started more threads than cpu_threads_auto()
+ * (cpus.h) allows, re-executes once with OPENBLAS_NUM_THREADS set to that.
+ * --threads larger than it still works: blas_set_threads grows the pool. */
+void blas_ensure_thread_count(char **argv);
 
 /* Best ISA of this CPU, and the ISA a core name's kernels need. */
 int blas_cpu_isa(void);

@@ -2,6 +2,8 @@
 #include "pool.h"
 
 #include <pthread.h>
+
+#include "cpus.h"
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/prctl.h>
@@ -85,10 +87,8 @@ static void *worker(void *arg)
 
 struct pool *pool_create(int nthreads)
 {
-    if (nthreads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        nthreads = c > 0 ? (int)c : 1;
-    }
+    if (nthreads <= 0)
+        nthreads = cpu_threads_auto(); /* affinity mask and cgroup quota, not all CPUs */
     if (nthreads > 64)
         nthreads = 64;
     struct pool *p = rc_calloc(1, sizeof *p);

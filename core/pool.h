@@ -17,7 +17,7 @@
 struct pool;
 
 /* nthreads total including the caller (1 = run inline, no threads);
- * 0 = number of online CPUs. Returns NULL on failure. */
+ * 0 = cpu_threads_auto() (cpus.h: the CPUs this process may use). Returns NULL on failure. */
 struct pool *pool_create(int nthreads);
 void pool_free(struct pool *p);
 int pool_threads(const struct pool *p);

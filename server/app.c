@@ -22,6 +22,8 @@
 #include <xxhash.h>
 
 #include "alloc.h"
+#include "blas.h"
+#include "cpus.h"
 #include "app.h"
 #include "cli.h"
 #include "errors.h"
@@ -122,12 +124,25 @@ static void model_ready(struct app *a)
     }
     spill_load_index(a);
     a->state = APP_READY;
-    char fp[17];
+    char fp[17], why[160] = "";
     hex64(a->fingerprint, fp);
+    const struct sched_stats *ss = sched_stats(a->sched);
+    if (a->cfg->threads == 0) { /* say where the automatic count came from */
+        struct cpu_limits cl;
+        cpu_limits_read("/sys/fs/cgroup", "/proc/self/cgroup", &cl);
+        char q[32] = "none";
+        if (cl.quota > 0)
+            snprintf(q, sizeof q, "%.2f CPUs", cl.quota);
+        snprintf(why, sizeof why,
+                 " (auto: %d online CPUs, %d in the affinity mask, cgroup quota %s)",
+                 cl.online, cl.affinity, q);
+    }
     log_msg("model %s loaded: %s d_model=%d n_layer=%d vocab=%d state=%zu bytes "
-            "fingerprint=%s tokenizer=%s", a->model_name,
+            "fingerprint=%s tokenizer=%s threads=%d%s blas_threads=%d%s", a->model_name,
             a->mc->arch == MODEL_MAMBA2 ? "mamba2" : "mamba", a->mc->d_model, a->mc->n_layer,
-            a->mc->vocab_size, state_bytes(a->m), fp, codec_kind(a->codec));
+            a->mc->vocab_size, state_bytes(a->m), fp, codec_kind(a->codec),
+            atomic_load(&ss->threads), why, atomic_load(&ss->blas_threads),
+            blas_threads_from_env() ? " (from the environment)" : "");
 }
 
 static void on_async(uv_async_t *h)

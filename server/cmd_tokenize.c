@@ -1,16 +1,19 @@
 /*
  * recurd tokenize   --tokenizer FILE|DIR [--json] [--no-special] [--max-pending BYTES]
  * recurd tokenize   --tokenizer FILE|DIR --bench TEXTFILE [--seconds S]
- * recurd detokenize --tokenizer FILE|DIR [--skip-special]
+ * recurd detokenize --tokenizer FILE|DIR [--skip-special] [--json]
  *
  * tokenize: UTF-8 text on stdin -> ids on stdout, space separated, one line (or
  * {"ids":[...],"n_tokens":N} with --json). Input streams through the streaming
  * encoder in 64 KiB reads, so it may be any size; invalid UTF-8 becomes U+FFFD
  * (see core/tokenizer.h). detokenize: whitespace-separated ids on stdin -> text,
- * written as it is decoded (never half a character).
+ * written as it is decoded (never half a character); with --json, once at the
+ * end as {"text":"...","n_tokens":N} (the shape of POST /v1/detokenize's
+ * answer, plus the count), so a failure leaves stdout empty.
  * A DIR argument means a model directory: DIR/tokenizer.json, or the byte-level
  * fallback when the directory has none.
  */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,14 +143,17 @@ int cmd_detokenize(int argc, char **argv)
 {
     const char *path = NULL;
     unsigned flags = 0;
+    int json = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc)
             path = argv[++i];
         else if (!strcmp(argv[i], "--skip-special"))
             flags |= TOK_DECODE_SKIP_SPECIAL;
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
         else {
             fprintf(stderr, "usage: recurd detokenize --tokenizer FILE|DIR [--skip-special] "
-                            "< ids\n");
+                            "[--json] < ids\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -167,18 +173,51 @@ int cmd_detokenize(int argc, char **argv)
         rc = parse_token_ids(text, tokenizer_vocab_size(tok), &ids, &n_ids, err, sizeof err);
     if (!rc)
         rc = tok_decoder_create(tok, flags, &dec, err, sizeof err);
-    for (size_t i = 0; !rc && i < n_ids; i++) {
+    /* --json: the text gathers here (the decoder hands out whole characters
+     * only, so it stays UTF-8), printed only once all of it decoded */
+    struct {
+        char *p;
+        size_t n, cap;
+    } acc = {0};
+    for (size_t i = 0, last = 0; !rc && !last; i++) {
         const char *s;
-        rc = tok_decoder_feed(dec, ids[i], &s, &len, err, sizeof err);
-        if (!rc)
+        last = i == n_ids;
+        rc = last ? tok_decoder_flush(dec, &s, &len)
+                  : tok_decoder_feed(dec, ids[i], &s, &len, err, sizeof err);
+        if (rc && last)
+            rc_fail(err, sizeof err, rc, "%s", rc_strerror(rc));
+        if (rc || !len)
+            continue;
+        if (!json) {
             fwrite(s, 1, len, stdout);
+        } else if (acc.n + len > acc.cap) {
+            size_t cap = acc.cap ? acc.cap : 4096;
+            while (cap < acc.n + len)
+                cap *= 2;
+            char *p = rc_realloc(acc.p, cap);
+            if (!p)
+                rc = rc_fail(err, sizeof err, RC_ENOMEM, "out of memory");
+            else
+                acc.p = p, acc.cap = cap;
+        }
+        if (!rc && json) {
+            memcpy(acc.p + acc.n, s, len);
+            acc.n += len;
+        }
     }
-    if (!rc) {
-        const char *s;
-        rc = tok_decoder_flush(dec, &s, &len);
-        if (!rc)
-            fwrite(s, 1, len, stdout);
+    json_t *out = NULL;
+    if (!rc && json) {
+        out = json_pack("{s:s%,s:I}", "text", acc.p ? acc.p : "", acc.n, "n_tokens",
+                        (json_int_t)n_ids);
+        char *dump = out ? json_dumps(out, JSON_COMPACT) : NULL;
+        if (!dump)
+            rc = rc_fail(err, sizeof err, RC_ENOMEM, "out of memory (or text not UTF-8)");
+        else
+            printf("%s\n", dump);
+        rc_free(dump);
     }
+    json_decref(out);
+    rc_free(acc.p);
     if (rc)
         fprintf(stderr, "recurd: %s\n", err);
     tok_decoder_free(dec);

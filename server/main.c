@@ -72,6 +72,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     blas_ensure_fast_kernels(argv);
+    blas_ensure_thread_count(argv); /* no more OpenBLAS threads than CPUs to run them */
     json_set_alloc_funcs(rc_malloc, rc_free); /* one allocation path (STYLE.md #6) */
     if (argc < 2) {
         usage(stderr);

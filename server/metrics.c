@@ -1,15 +1,29 @@
 #include "metrics.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include "alloc.h"
+#include "app.h"
 #include "errors.h"
+
+#ifndef RECUR_VERSION
+#define RECUR_VERSION "0.1.0"
+#endif
 
 /* Request latency buckets, seconds (upper bounds). */
 static const double bounds[METRICS_NBUCKETS] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                 0.25,  0.5,   1,    2.5,   10,   60};
+
+/* Methods get their own label value; anything else is "other" (a client
+ * can send any token as a method: the label set must stay bounded). */
+static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+                                      "other"};
+enum { N_METHODS = sizeof methods / sizeof methods[0] };
 
 void metrics_init(struct metrics *m, const char *const *routes, int n_routes)
 {
@@ -18,11 +32,32 @@ void metrics_init(struct metrics *m, const char *const *routes, int n_routes)
     m->n_routes = n_routes < METRICS_MAX_ROUTES - 1 ? n_routes : METRICS_MAX_ROUTES - 1;
 }
 
-void metrics_request(struct metrics *m, int route, int status, double seconds, int completed)
+static int method_index(const char *method)
+{
+    for (int i = 0; method && i < N_METHODS - 1; i++)
+        if (!strcmp(method, methods[i]))
+            return i;
+    return N_METHODS - 1;
+}
+
+void metrics_request(struct metrics *m, int route, const char *method, int status,
+                     double seconds, int completed)
 {
     int r = route >= 0 && route < m->n_routes ? route : m->n_routes; /* last = other */
-    int cls = status >= 100 && status < 600 ? status / 100 : 0;
-    m->req[r][cls]++;
+    int meth = method_index(method);
+    int code = status >= 100 && status < 600 ? status : 0;
+    struct metrics_cell *c = NULL;
+    for (int i = 0; i < m->n_cells && !c; i++)
+        if (m->cells[i].route == r && m->cells[i].method == meth && m->cells[i].code == code)
+            c = &m->cells[i];
+    if (!c && m->n_cells < METRICS_MAX_CELLS) {
+        c = &m->cells[m->n_cells++];
+        *c = (struct metrics_cell){(uint8_t)r, (uint8_t)meth, (uint16_t)code, 0};
+    }
+    if (c)
+        c->n++;
+    else
+        m->overflow++; /* a new combination once the table is full */
     int b = 0;
     while (b < METRICS_NBUCKETS && seconds > bounds[b])
         b++;
@@ -45,6 +80,53 @@ int64_t metrics_rss_bytes(void)
     return out;
 }
 
+double metrics_cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+void metrics_gather(struct app *a, struct metrics_gauges *g, char fp[17])
+{
+    const struct sched_stats *ss = sched_stats(a->sched);
+    memset(g, 0, sizeof *g);
+    g->ready = a->state == APP_READY || a->state == APP_DRAINING;
+    g->draining = a->state == APP_DRAINING;
+    if (a->sessions) {
+        g->sessions = (int64_t)sessions_count(a->sessions);
+        g->state_bytes = (int64_t)sessions_state_bytes(a->sessions);
+        for (struct session *s = sessions_first(a->sessions); s; s = sessions_next(s))
+            g->sessions_spilled += s->spilled != 0;
+    }
+    g->state_budget = (int64_t)a->cfg->state_memory;
+    g->queue_depth = atomic_load(&ss->queued);
+    g->in_flight = http_in_flight(a->http);
+    http_timeouts(a->http, &g->header_timeouts, &g->request_timeouts);
+    g->tokens_in = atomic_load(&ss->tokens_in);
+    g->tokens_out = atomic_load(&ss->tokens_out);
+    g->ticks = atomic_load(&ss->ticks);
+    g->batch_rows = atomic_load(&ss->batch_rows);
+    g->busy_seconds = (double)atomic_load(&ss->busy_us) * 1e-6;
+    g->prefill_seconds = (double)atomic_load(&ss->prefill_us) * 1e-6;
+    g->decode_seconds = (double)atomic_load(&ss->decode_us) * 1e-6;
+    g->ttft = &ss->ttft;
+    g->itl = &ss->itl;
+    g->threads = atomic_load(&ss->threads);
+    g->blas_threads = atomic_load(&ss->blas_threads);
+    g->alloc_live_bytes = (int64_t)rc_alloc_live_bytes();
+    g->rss_bytes = metrics_rss_bytes();
+    g->cpu_seconds = metrics_cpu_seconds();
+    g->start_time = (double)a->started_unix;
+    g->model = a->model_name;
+    fp[0] = '\0';
+    if (a->m)
+        hex64(a->fingerprint, fp);
+    g->fingerprint = fp;
+}
+
 static int pf(struct outbuf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int pf(struct outbuf *o, const char *fmt, ...)
 {
@@ -58,22 +140,71 @@ static int pf(struct outbuf *o, const char *fmt, ...)
     return outbuf_put(o, line, (size_t)n);
 }
 
+/* A label value as the exposition format wants it: \\, \" and \n escaped
+ * (a model directory's name can hold any byte). Cut to fit out. */
+static const char *label_escape(const char *s, char *out, size_t len)
+{
+    size_t k = 0;
+    for (; s && *s && k + 3 < len; s++) {
+        if (*s == '\\' || *s == '"') {
+            out[k++] = '\\';
+            out[k++] = *s;
+        } else if (*s == '\n') {
+            out[k++] = '\\';
+            out[k++] = 'n';
+        } else {
+            out[k++] = *s;
+        }
+    }
+    out[k] = '\0';
+    return out;
+}
+
+static int render_hist(struct outbuf *o, const char *name, const struct sched_hist *h)
+{
+    int rc = 0;
+    uint64_t acc = 0;
+    for (int b = 0; b < SCHED_TOKEN_BUCKETS && !rc; b++) {
+        acc += (uint64_t)atomic_load(&h->bucket[b]);
+        rc = pf(o, "%s_bucket{le=\"%g\"} %llu\n", name, sched_token_bounds[b],
+                (unsigned long long)acc);
+    }
+    acc += (uint64_t)atomic_load(&h->bucket[SCHED_TOKEN_BUCKETS]);
+    if (!rc)
+        rc = pf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+                (unsigned long long)acc, name, (double)atomic_load(&h->sum_us) * 1e-6, name,
+                (unsigned long long)acc);
+    return rc;
+}
+
 int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *o)
 {
     int rc = 0;
 #define P(...) do { if (!rc) rc = pf(o, __VA_ARGS__); } while (0)
+    char model[160], fp[40];
+    P("# HELP recurd_build_info The server's version and the model it serves (value 1).\n"
+      "# TYPE recurd_build_info gauge\n"
+      "recurd_build_info{version=\"%s\",model=\"%s\",fingerprint=\"%s\"} 1\n", RECUR_VERSION,
+      label_escape(g->model, model, sizeof model), label_escape(g->fingerprint, fp, sizeof fp));
     P("# HELP recurd_up 1 when the model is loaded and the server accepts work.\n"
       "# TYPE recurd_up gauge\nrecurd_up %d\n", g->ready && !g->draining);
-    P("# HELP recurd_requests_total HTTP requests by route and status class.\n"
+    P("# HELP recurd_requests_total HTTP requests by route, method and status code "
+      "(code \"none\": no response was sent).\n"
       "# TYPE recurd_requests_total counter\n");
-    static const char *cls[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
-    for (int r = 0; r <= m->n_routes; r++) {
-        const char *name = r < m->n_routes ? m->routes[r] : "other";
-        for (int c = 0; c < 6; c++)
-            if (m->req[r][c])
-                P("recurd_requests_total{route=\"%s\",status=\"%s\"} %llu\n", name, cls[c],
-                  (unsigned long long)m->req[r][c]);
+    for (int i = 0; i < m->n_cells; i++) {
+        const struct metrics_cell *c = &m->cells[i];
+        if (!c->n)
+            continue;
+        const char *name = c->route < m->n_routes ? m->routes[c->route] : "other";
+        char code[8] = "none";
+        if (c->code)
+            snprintf(code, sizeof code, "%u", (unsigned)c->code);
+        P("recurd_requests_total{route=\"%s\",method=\"%s\",code=\"%s\"} %llu\n", name,
+          methods[c->method], code, (unsigned long long)c->n);
     }
+    if (m->overflow)
+        P("recurd_requests_total{route=\"other\",method=\"other\",code=\"other\"} %llu\n",
+          (unsigned long long)m->overflow);
     P("# HELP recurd_request_seconds Request latency (headers in to response done).\n"
       "# TYPE recurd_request_seconds histogram\n");
     for (int r = 0; r <= m->n_routes; r++) {
@@ -94,6 +225,19 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
         P("recurd_request_seconds_sum{route=\"%s\"} %.6f\n", name, m->lat_sum[r]);
         P("recurd_request_seconds_count{route=\"%s\"} %llu\n", name, (unsigned long long)total);
     }
+    if (g->ttft) {
+        P("# HELP recurd_time_to_first_token_seconds From a generation's submission to the "
+          "compute thread (its input's prefill included) to its first generated token.\n"
+          "# TYPE recurd_time_to_first_token_seconds histogram\n");
+        if (!rc)
+            rc = render_hist(o, "recurd_time_to_first_token_seconds", g->ttft);
+    }
+    if (g->itl) {
+        P("# HELP recurd_inter_token_seconds Between consecutive generated tokens of one "
+          "generation.\n# TYPE recurd_inter_token_seconds histogram\n");
+        if (!rc)
+            rc = render_hist(o, "recurd_inter_token_seconds", g->itl);
+    }
     P("# HELP recurd_client_gone_total Requests ended by the client going away.\n"
       "# TYPE recurd_client_gone_total counter\nrecurd_client_gone_total %llu\n",
       (unsigned long long)m->client_gone);
@@ -102,6 +246,9 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
       (unsigned long long)m->rejected_auth);
     P("# HELP recurd_sessions Live sessions.\n# TYPE recurd_sessions gauge\nrecurd_sessions %lld\n",
       (long long)g->sessions);
+    P("# HELP recurd_sessions_spilled Live sessions whose state is on disk (--state-dir), "
+      "not in memory.\n# TYPE recurd_sessions_spilled gauge\nrecurd_sessions_spilled %lld\n",
+      (long long)g->sessions_spilled);
     P("# HELP recurd_sessions_created_total Sessions created.\n"
       "# TYPE recurd_sessions_created_total counter\nrecurd_sessions_created_total %llu\n",
       (unsigned long long)m->sessions_created);
@@ -125,6 +272,10 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
       (unsigned long long)g->request_timeouts);
     P("# HELP recurd_state_bytes Bytes of recurrent state held in memory.\n"
       "# TYPE recurd_state_bytes gauge\nrecurd_state_bytes %lld\n", (long long)g->state_bytes);
+    P("# HELP recurd_state_memory_budget_bytes --state-memory: the most recurrent state held "
+      "in memory (idle sessions spill or requests get 503 above it).\n"
+      "# TYPE recurd_state_memory_budget_bytes gauge\nrecurd_state_memory_budget_bytes %lld\n",
+      (long long)g->state_budget);
     P("# HELP recurd_queue_depth Jobs submitted to the compute thread and not finished.\n"
       "# TYPE recurd_queue_depth gauge\nrecurd_queue_depth %lld\n", (long long)g->queue_depth);
     P("# HELP recurd_requests_in_flight HTTP requests being served.\n"
@@ -142,12 +293,32 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
     P("# HELP recurd_compute_seconds_total Time the compute thread spent computing.\n"
       "# TYPE recurd_compute_seconds_total counter\nrecurd_compute_seconds_total %.6f\n",
       g->busy_seconds);
+    P("# HELP recurd_prefill_seconds_total Compute time spent on input tokens (prefill and "
+      "scoring); a tick that mixes input and generated tokens is split by their counts.\n"
+      "# TYPE recurd_prefill_seconds_total counter\nrecurd_prefill_seconds_total %.6f\n",
+      g->prefill_seconds);
+    P("# HELP recurd_decode_seconds_total Compute time spent on generated tokens (decode and "
+      "sampling); split with prefill by token counts in mixed ticks.\n"
+      "# TYPE recurd_decode_seconds_total counter\nrecurd_decode_seconds_total %.6f\n",
+      g->decode_seconds);
+    if (g->threads > 0)
+        P("# HELP recurd_threads Threads computing the forward pass, by kind: the pool "
+          "(--threads, the compute thread included) and OpenBLAS's.\n"
+          "# TYPE recurd_threads gauge\nrecurd_threads{kind=\"compute\"} %d\n"
+          "recurd_threads{kind=\"blas\"} %d\n", g->threads, g->blas_threads);
     P("# HELP recurd_alloc_bytes Bytes live through the allocator.\n"
       "# TYPE recurd_alloc_bytes gauge\nrecurd_alloc_bytes %lld\n", (long long)g->alloc_live_bytes);
     if (g->rss_bytes >= 0)
         P("# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
           "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
           (long long)g->rss_bytes);
+    if (g->cpu_seconds >= 0)
+        P("# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+          "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
+          g->cpu_seconds);
+    P("# HELP process_start_time_seconds Start time of the process since unix epoch in "
+      "seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.0f\n",
+      g->start_time);
 #undef P
     return rc;
 }

@@ -2,6 +2,13 @@
  * metrics.h — counters and histograms for GET /metrics (Prometheus text
  * format 0.0.4). Loop-thread only; the compute thread's counters live in
  * struct sched_stats and are read here atomically.
+ *
+ * Requests are counted by route, method and exact status code. The label
+ * sets are bounded: routes are the fixed table (unknown paths count as
+ * route="other"), methods outside the list count as method="other", and
+ * at most METRICS_MAX_CELLS (route, method, code) combinations are kept;
+ * later new combinations count under route="other",method="other",
+ * code="other".
  */
 #ifndef RECUR_METRICS_H
 #define RECUR_METRICS_H
@@ -13,13 +20,24 @@
 
 #define METRICS_MAX_ROUTES 32
 #define METRICS_NBUCKETS 12
+#define METRICS_MAX_CELLS 512
+
+struct sched_hist;
+struct app;
+
+struct metrics_cell {
+    uint8_t route, method;
+    uint16_t code;   /* 0: no response */
+    uint64_t n;
+};
 
 struct metrics {
     const char *const *routes; /* route labels, n_routes of them */
     int n_routes;
-    /* per route: requests by status class (index status/100, 0 = no
-     * response), and latency histogram */
-    uint64_t req[METRICS_MAX_ROUTES][6];
+    struct metrics_cell cells[METRICS_MAX_CELLS];
+    int n_cells;
+    uint64_t overflow;         /* requests of combinations past the table */
+    /* per route latency histogram */
     uint64_t lat_bucket[METRICS_MAX_ROUTES][METRICS_NBUCKETS + 1];
     double lat_sum[METRICS_MAX_ROUTES];
     uint64_t client_gone;      /* requests ended by the client going away */
@@ -31,23 +49,38 @@ struct metrics {
 /* The gauges and compute counters sampled at render time. */
 struct metrics_gauges {
     int64_t sessions;
+    int64_t sessions_spilled;   /* sessions whose state is on disk (--state-dir) */
     int64_t state_bytes;
+    int64_t state_budget;       /* --state-memory */
     int64_t queue_depth;
     int64_t in_flight;
     int64_t tokens_in, tokens_out, ticks, batch_rows;
-    double busy_seconds;
+    double busy_seconds, prefill_seconds, decode_seconds;
+    const struct sched_hist *ttft, *itl; /* NULL: not rendered */
+    int threads, blas_threads;  /* 0: not known yet (loading) */
     int64_t alloc_live_bytes;
     int64_t rss_bytes;      /* resident set size of the process, -1 if unknown */
+    double cpu_seconds;     /* user + system CPU time of the process, -1 if unknown */
+    double start_time;      /* unix seconds the process started */
+    const char *model;      /* build info labels (NULL: empty) */
+    const char *fingerprint;
     uint64_t header_timeouts, request_timeouts;
     int ready, draining;
 };
 
 void metrics_init(struct metrics *m, const char *const *routes, int n_routes);
-/* route < 0: not a known route (counted under "other"). */
-void metrics_request(struct metrics *m, int route, int status, double seconds, int completed);
+/* route < 0: not a known route (counted under "other"); method: the
+ * request's method as received (NULL: "other"); status 0: no response. */
+void metrics_request(struct metrics *m, int route, const char *method, int status,
+                     double seconds, int completed);
 /* Resident set size of this process from /proc/self/statm, bytes; -1 if
  * it cannot be read. */
 int64_t metrics_rss_bytes(void);
+/* User + system CPU seconds of this process (getrusage); -1 on failure. */
+double metrics_cpu_seconds(void);
+/* Fill g from the server's state (sessions, scheduler, HTTP layer). fp is
+ * the caller's buffer for the fingerprint's hex (17 bytes). */
+void metrics_gather(struct app *a, struct metrics_gauges *g, char fp[17]);
 /* Append the exposition text to out; 0 or RC_ENOMEM. */
 int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *out);
 

@@ -91,7 +91,8 @@ static const struct opt opts[] = {
     {"--batch-tokens", "RECURD_BATCH_TOKENS", T_LONG, O(batch_tokens), "1024", 1, 1 << 20,
      "tokens per scheduler tick over all sessions (sizes the compute scratch)"},
     {"--threads", "RECURD_THREADS", T_LONG, O(threads), "0", 0, 1024,
-     "compute threads (the forward pass's pool, the compute thread included); 0 = one per core"},
+     "compute threads (the forward pass's pool, the compute thread included); 0 = the CPUs "
+     "this process may use (affinity mask, cgroup CPU quota)"},
     {"--quiet", "RECURD_QUIET", T_FLAG, O(quiet), "0", 0, 1, "no per-request log lines"},
 };
 

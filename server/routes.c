@@ -280,6 +280,12 @@ static json_t *session_json(struct app *a, struct session *s, const struct job *
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     v.last_used = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 - (double)idle / 1000;
+    /* created is the wall clock read at creation, idle comes from the loop's
+     * cached millisecond clock (and the wall clock may step back): without
+     * this a session listed right after it was made looked used before it
+     * existed */
+    if (v.last_used < v.created)
+        v.last_used = v.created;
     return resp_session(&v);
 }
 
@@ -504,24 +510,9 @@ static void h_health(struct rq *q)
 static void h_metrics(struct rq *q)
 {
     struct app *a = q->a;
-    struct metrics_gauges g = {0};
-    const struct sched_stats *ss = sched_stats(a->sched);
-    g.ready = a->state == APP_READY || a->state == APP_DRAINING;
-    g.draining = a->state == APP_DRAINING;
-    if (a->sessions) {
-        g.sessions = (int64_t)sessions_count(a->sessions);
-        g.state_bytes = (int64_t)sessions_state_bytes(a->sessions);
-    }
-    g.queue_depth = atomic_load(&ss->queued);
-    g.in_flight = http_in_flight(a->http);
-    http_timeouts(a->http, &g.header_timeouts, &g.request_timeouts);
-    g.tokens_in = atomic_load(&ss->tokens_in);
-    g.tokens_out = atomic_load(&ss->tokens_out);
-    g.ticks = atomic_load(&ss->ticks);
-    g.batch_rows = atomic_load(&ss->batch_rows);
-    g.busy_seconds = (double)atomic_load(&ss->busy_us) * 1e-6;
-    g.alloc_live_bytes = (int64_t)rc_alloc_live_bytes();
-    g.rss_bytes = metrics_rss_bytes();
+    struct metrics_gauges g;
+    char fp[17];
+    metrics_gather(a, &g, fp);
     struct outbuf o = {0};
     if (metrics_render(&a->metrics, &g, &o) != 0) {
         outbuf_free(&o);
@@ -1748,7 +1739,8 @@ static void on_done(void *ud, struct http_req *h, int completed)
     struct rq *q = http_data(h);
     if (q) {
         double secs = (double)(uv_hrtime() - http_started_ns(h)) * 1e-9;
-        metrics_request(&a->metrics, q->route, http_status(h), secs, completed);
+        metrics_request(&a->metrics, q->route, http_method(h), http_status(h), secs,
+                        completed);
         if (q->job) {
             rq_unlink(q);
             q->job->owner = NULL;

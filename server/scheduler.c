@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "blas.h"
+#include "cpus.h"
 #include "errors.h"
 #include "forward.h"
 #include "model.h"
@@ -44,6 +46,7 @@ struct job_run {
     int n;                  /* tokens in the segment */
     int had_last;           /* state had a prediction before the segment */
     int32_t tok;            /* decode token */
+    double last_tok_us;     /* when the last generated token came out (0: none yet) */
 };
 
 struct sched {
@@ -131,8 +134,11 @@ void job_free(struct job *j)
 
 /* ---- loop-side API --------------------------------------------------------- */
 
+static double now_us(void);
+
 void sched_submit(struct sched *s, struct job *j)
 {
+    j->submitted_us = now_us();
     pthread_mutex_lock(&s->mu);
     j->next = s->incoming;
     s->incoming = j;
@@ -386,7 +392,9 @@ static int stage_token_event(struct sched *s, struct job *j, int32_t id, const c
     json_object_set_new(o, "type", json_string("token"));
     json_object_set_new(o, "token", tok);
     json_object_set_new(o, "text", json_stringn(san, sl));
-    json_object_set_new(o, "position", json_integer(r->gs->pos));
+    /* the token's own position (docs/server.md, "Positions"): it has been
+     * read, so the state is one past it */
+    json_object_set_new(o, "position", json_integer(r->gs->pos - 1));
     rc_free(san);
     return stage_json(j, o, f0);
 }
@@ -685,6 +693,31 @@ static int decode_sample(struct sched *s, struct job **dec, int nd)
     return 0;
 }
 
+const double sched_token_bounds[SCHED_TOKEN_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+
+static void hist_observe(struct sched_hist *h, double us)
+{
+    double sec = us * 1e-6;
+    int b = 0;
+    while (b < SCHED_TOKEN_BUCKETS && sec > sched_token_bounds[b])
+        b++;
+    atomic_fetch_add(&h->bucket[b], 1);
+    atomic_fetch_add(&h->sum_us, (long long)(us > 0 ? us : 0));
+}
+
+/* A generated token came out of the forward pass at t (now_us): time to
+ * first token for the job's first, inter-token latency for the rest. */
+static void token_latency(struct sched *s, struct job *j, double t)
+{
+    struct job_run *r = j->run;
+    if (r->last_tok_us > 0)
+        hist_observe(&s->stats.itl, t - r->last_tok_us);
+    else
+        hist_observe(&s->stats.ttft, t - j->submitted_us);
+    r->last_tok_us = t;
+}
+
 /* After the run: the decode token was read; record it, stream it, stop? */
 static int decode_after(struct sched *s, struct job *j)
 {
@@ -714,6 +747,7 @@ static int decode_after(struct sched *s, struct job *j)
 static void tick(struct sched *s, struct job **ready, int nready)
 {
     int budget = s->o.batch_tokens, nseg = 0, nd = 0;
+    long long in = 0, out = 0; /* tokens read and generated this tick */
     struct job **dec = s->ready + nready; /* scratch after the ready list */
     double t0 = now_us();
 
@@ -829,7 +863,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
                     finish(ready[i], "error");
                 }
         } else {
-            long long in = 0, out = 0;
+            double t_out = now_us();
             for (int i = 0; i < nready; i++) {
                 struct job *j = ready[i];
                 struct job_run *r = j->run;
@@ -845,6 +879,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
                                             s->prev + (size_t)r->seg * (size_t)s->d_model);
                 } else if (r->phase == PH_GEN) {
                     out++;
+                    token_latency(s, j, t_out);
                     rc2 = decode_after(s, j);
                 }
                 if (rc2) {
@@ -872,8 +907,15 @@ static void tick(struct sched *s, struct job **ready, int nready)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
     }
+    long long busy = (long long)(now_us() - t0);
     atomic_fetch_add(&s->stats.ticks, 1);
-    atomic_fetch_add(&s->stats.busy_us, (long long)(now_us() - t0));
+    atomic_fetch_add(&s->stats.busy_us, busy);
+    /* one forward pass serves both kinds of rows: split it by tokens */
+    if (in + out > 0) {
+        long long dec_us = busy * out / (in + out);
+        atomic_fetch_add(&s->stats.decode_us, dec_us);
+        atomic_fetch_add(&s->stats.prefill_us, busy - dec_us);
+    }
 }
 
 /* ---- the thread --------------------------------------------------------------- */
@@ -915,7 +957,14 @@ static int load(struct sched *s)
         return rc;
     }
     size_t bt = (size_t)s->o.batch_tokens, dm = (size_t)s->d_model;
-    if ((rc = fwd_create_threads(s->m, s->o.batch_tokens, (int)s->o.threads, &s->f)) != 0 ||
+    /* OpenBLAS runs between our pool's loops on the same cores, so it gets
+     * the same count, unless its own variables were set (the user chose). */
+    int threads = s->o.threads > 0 ? (int)s->o.threads : cpu_threads_auto();
+    if (!blas_threads_from_env())
+        blas_set_threads(threads);
+    atomic_store(&s->stats.threads, threads);
+    atomic_store(&s->stats.blas_threads, blas_threads());
+    if ((rc = fwd_create_threads(s->m, s->o.batch_tokens, threads, &s->f)) != 0 ||
         (rc = sampler_scratch_create(s->vocab, &s->ss)) != 0) {
         snprintf(s->error, sizeof s->error, "out of memory for the compute scratch");
         return rc ? rc : RC_ENOMEM;

@@ -128,6 +128,7 @@ struct job {
     int queued_event;         /* on the event list */
     struct job *ev_next;
     struct job *next;         /* scheduler's lists */
+    double submitted_us;      /* sched_submit's monotonic clock: time to first token */
 
     /* ---- loop-private ---- */
     struct job *taken_next;   /* the loop's list from sched_take_events: not
@@ -194,6 +195,15 @@ size_t sched_inbox(struct sched *s, struct job *j);
  * (oldest first); a taken job may be posted again meanwhile. */
 struct job *sched_take_events(struct sched *s);
 
+/* A latency histogram the compute thread fills and /metrics reads
+ * (cumulative buckets are made at render time). */
+#define SCHED_TOKEN_BUCKETS 14
+extern const double sched_token_bounds[SCHED_TOKEN_BUCKETS]; /* upper bounds, seconds */
+struct sched_hist {
+    atomic_llong bucket[SCHED_TOKEN_BUCKETS + 1]; /* the last: above every bound */
+    atomic_llong sum_us;
+};
+
 /* Counters for /metrics (monotonic, read without the lock). */
 struct sched_stats {
     atomic_llong tokens_in;    /* input tokens read */
@@ -202,6 +212,13 @@ struct sched_stats {
     atomic_llong busy_us;      /* time spent computing */
     atomic_llong batch_rows;   /* sum over ticks of segments in the tick */
     atomic_int queued;         /* jobs submitted and not done */
+    atomic_int threads;        /* the forward pass's threads (set at load) */
+    atomic_int blas_threads;   /* OpenBLAS's thread count after load */
+    /* busy_us split by the tokens of each tick: input (prefill, scoring
+     * included) and generated (decode, sampling included) */
+    atomic_llong prefill_us, decode_us;
+    struct sched_hist ttft;    /* submit -> first generated token of a job */
+    struct sched_hist itl;     /* between a job's consecutive generated tokens */
 };
 const struct sched_stats *sched_stats(struct sched *s);
 

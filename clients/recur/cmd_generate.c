@@ -41,9 +41,10 @@ static void on_event(struct sse *e, const char *data, size_t n)
         e->final = json_incref(j);
     } else if (!strcmp(type, "error")) {
         json_t *er = json_object_get(j, "error");
-        const char *code = json_string_value(json_object_get(er, "code"));
+        /* "code" in the OpenAI-shaped error, "type" in the older one */
         msg("generate: the stream ended with an error: %s: %s",
-            code ?: json_string_value(json_object_get(er, "type")) ?: "?",
+            json_string_value(json_object_get(er, "code"))
+                ?: json_string_value(json_object_get(er, "type")) ?: "?",
             json_string_value(json_object_get(er, "message")) ?: "?");
         e->failed = 1;
     }
@@ -148,7 +149,10 @@ int cmd_generate(int argc, char **argv)
         if (a.bad)
             goto out;
     }
-    if (!prompt && !sid_arg) {
+    if ((!prompt || !*prompt) && !sid_arg) {
+        /* nothing to continue: say so, then how to call it */
+        msg("generate: %s: give the text to continue as PROMPT, or --session ID to continue "
+            "a session", prompt ? "the PROMPT is empty" : "no PROMPT and no --session");
         usage(stderr);
         goto out;
     }

@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -125,45 +126,112 @@ struct prog {
     long long size;          /* file size, -1 unknown */
     long long base;          /* bytes of finished segments */
     long long cur_ul;        /* bytes of the current one so far */
+    const struct src *src;   /* to tell "uploading" from "server computing" */
     struct score_sum tot;
     int drawn;
 };
 
-static void prog_line(struct prog *g, char *out, size_t cap, int bar)
+/* Columns of the terminal stderr is on (TIOCGWINSZ), else $COLUMNS, else
+ * 80. Asked at every redraw, so a resized window is followed. */
+static int term_columns(void)
+{
+    struct winsize ws;
+    if (ioctl(2, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col;
+    long long v;
+    const char *c = getenv("COLUMNS");
+    if (c && !parse_ll(c, 1, 10000, &v))
+        return (int)v;
+    return 80;
+}
+
+/* Append "  field" to out (len n of cap) if it fits in width columns (the
+ * fields are ASCII: one byte, one column); 0 if it did not. */
+static int add_field(char *out, size_t cap, size_t *n, int width, const char *field)
+{
+    size_t fl = strlen(field), sep = *n ? 2 : 0;
+    if (*n + sep + fl > (size_t)width || *n + sep + fl >= cap)
+        return 0;
+    snprintf(out + *n, cap - *n, "%s%s", sep ? "  " : "", field);
+    *n += sep + fl;
+    return 1;
+}
+
+/* One progress line. bar: for a terminal redraw, at most width - 1
+ * columns (a line as wide as the terminal wraps on some terminals, and a
+ * wrapped line is not erased by '\r', so every redraw would add a line);
+ * fields are dropped from the least useful end to fit, then the bar
+ * shrinks or goes. Not bar: a log line (one per segment), never cut. */
+static void prog_line(struct prog *g, char *out, size_t cap, int bar, int width)
 {
     double el = now_sec() - g->t0;
     long long done = g->base + g->cur_ul;
-    char b1[32], b2[32], eta[32], ppl[32];
+    char sent[48], toks[48], rate_s[32], ppl[32], eta[48], elapsed[32], b1[24], b2[24];
     fmt_bytes(b1, sizeof b1, (double)done);
     double ratio = g->base > 0 ? (double)g->tot.n_tokens / (double)g->base : 0;
     double tok = (double)g->tot.n_tokens + (double)g->cur_ul * ratio;
     double rate = el > 0 ? tok / el : 0;
+    /* the upload of this segment is all sent: the server is reading it */
+    int computing = g->src && (g->src->seg_end || g->src->eof) && g->cur_ul > 0;
     if (g->tot.n_scored > 0)
-        snprintf(ppl, sizeof ppl, "%.3f", exp(g->tot.nll_sum / (double)g->tot.n_scored));
+        snprintf(ppl, sizeof ppl, "ppl %.3f", exp(g->tot.nll_sum / (double)g->tot.n_scored));
     else
-        snprintf(ppl, sizeof ppl, "-");
-    int n = 0;
+        snprintf(ppl, sizeof ppl, "ppl -");
+    snprintf(toks, sizeof toks, "%s%.0f tokens", g->cur_ul && g->base ? "~" : "", tok);
+    snprintf(rate_s, sizeof rate_s, "%.0f tok/s", rate);
+    char d_el[24];
+    fmt_duration(d_el, sizeof d_el, el);
+    snprintf(elapsed, sizeof elapsed, "elapsed %s", d_el);
+    double frac = -1;
     if (g->size > 0) {
-        double frac = (double)done / (double)g->size;
+        frac = (double)done / (double)g->size;
         frac = frac > 1 ? 1 : frac;
         double bps = el > 0 ? (double)done / el : 0;
-        fmt_duration(eta, sizeof eta, bps > 0 ? (double)(g->size - done) / bps : -1);
+        char d[32];
+        fmt_duration(d, sizeof d, bps > 0 ? (double)(g->size - done) / bps : -1);
+        snprintf(eta, sizeof eta, "ETA %s", d);
         fmt_bytes(b2, sizeof b2, (double)g->size);
-        if (bar) {
-            char bars[24];
-            int w = (int)(frac * 20);
-            for (int i = 0; i < 20; i++)
-                bars[i] = i < w ? '#' : '.';
-            bars[20] = 0;
-            n = snprintf(out, cap, "[%s] %3.0f%% ", bars, frac * 100);
-        } else {
-            n = snprintf(out, cap, "%.0f%% ", frac * 100);
-        }
-        snprintf(out + n, cap - (size_t)n, "%s/%s  %s%.0f tokens  %.0f tok/s  ppl %s  ETA %s", b1,
-                 b2, g->cur_ul && g->base ? "~" : "", tok, rate, ppl, eta);
+        snprintf(sent, sizeof sent, "%s/%s", b1, b2);
     } else {
-        snprintf(out, cap, "%s  %s%.0f tokens  %.0f tok/s  ppl %s", b1,
-                 g->cur_ul && g->base ? "~" : "", tok, rate, ppl);
+        snprintf(eta, sizeof eta, "%s", "");
+        snprintf(sent, sizeof sent, "%s sent", b1);
+    }
+    if (computing)
+        snprintf(eta, sizeof eta, "%s", "server reading");
+    if (!bar) {
+        if (frac >= 0)
+            snprintf(out, cap, "%.0f%% %s  %s  %s  %s  %s  %s", frac * 100, sent, toks, rate_s,
+                     ppl, eta, elapsed);
+        else
+            snprintf(out, cap, "%s  %s  %s  %s  %s", sent, toks, rate_s, ppl, elapsed);
+        return;
+    }
+    int w = width - 1; /* never the last column */
+    char pct[8] = "";
+    if (frac >= 0)
+        snprintf(pct, sizeof pct, "%3.0f%%", frac * 100);
+    /* the numbers, most useful first */
+    char nums[256];
+    size_t nn = 0;
+    nums[0] = '\0';
+    const char *fields[] = {pct, sent, toks, rate_s, elapsed, ppl, eta};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (fields[i][0] && !add_field(nums, sizeof nums, &nn, w, fields[i]))
+            break; /* the rest goes: a steady layout, not fields that come and go */
+    /* the bar takes what is left, 10 to 30 cells, or is left out */
+    int room = w - (int)nn - 3; /* "[" "]" and a space */
+    int cells = frac < 0 ? 0 : room > 30 ? 30 : room;
+    if (cells >= 10 && cap > (size_t)cells + nn + 4) {
+        int fill_n = (int)(frac * cells);
+        size_t k = 0;
+        out[k++] = '[';
+        for (int i = 0; i < cells; i++)
+            out[k++] = i < fill_n ? '#' : '.';
+        out[k++] = ']';
+        out[k++] = ' ';
+        snprintf(out + k, cap - k, "%s", nums);
+    } else {
+        snprintf(out, cap, "%s", nums);
     }
 }
 
@@ -177,8 +245,8 @@ static int on_prog(void *ctx, curl_off_t dl, curl_off_t ul)
     if (t - g->last_draw < 0.1)
         return 0;
     g->last_draw = t;
-    char line[256];
-    prog_line(g, line, sizeof line, 1);
+    char line[512];
+    prog_line(g, line, sizeof line, 1, term_columns());
     fprintf(stderr, "\r%s\033[K", line);
     g->drawn = 1;
     return 0;
@@ -193,7 +261,10 @@ static void usage(FILE *f)
                "  --segment-bytes N one append request per ~N bytes (1M; K/M/G; 0 = one request)\n"
                "  --progress MODE   bar, plain (a line per segment) or none; default: bar on a\n"
                "                    terminal, plain otherwise\n"
-               "  --json            print the summary as JSON on stdout\n");
+               "  --json            print the summary as JSON on stdout, and only that there (a new\n"
+               "                    session's id is its \"session\"); progress: a bar when\n"
+               "                    stderr is a terminal, else none\n"
+               "The bar fits the terminal's width (or $COLUMNS).\n");
 }
 
 int cmd_stream(int argc, char **argv)
@@ -259,8 +330,10 @@ int cmd_stream(int argc, char **argv)
         return EX_LOCAL;
     }
     struct prog g = {.mode = mode, .size = -1};
+    /* --json is for programs: stdout holds the JSON alone, and stderr gets
+     * the bar on a terminal, else nothing but errors */
     if (g.mode == P_AUTO)
-        g.mode = isatty(2) ? P_BAR : P_PLAIN;
+        g.mode = isatty(2) ? P_BAR : json ? P_NONE : P_PLAIN;
     struct stat st;
     if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode))
         g.size = (long long)st.st_size;
@@ -273,11 +346,14 @@ int cmd_stream(int argc, char **argv)
         rc = session_create(&c, sid);
         if (rc)
             goto out_file;
-        printf("%s\n", sid);
-        fflush(stdout);
+        if (!json) { /* with --json the id is the summary's "session" */
+            printf("%s\n", sid);
+            fflush(stdout);
+        }
     }
     static struct src s; /* 64 KiB buffer: not on the stack */
     src_init(&s, f, file, seg);
+    g.src = &s;
     char path[160];
     snprintf(path, sizeof path, "/v1/sessions/%s/append", sid);
     CURL *h = curl_easy_init();
@@ -333,8 +409,8 @@ int cmd_stream(int argc, char **argv)
         g.base = s.sent;
         g.cur_ul = 0;
         if (g.mode == P_PLAIN) {
-            char line[256];
-            prog_line(&g, line, sizeof line, 0);
+            char line[512];
+            prog_line(&g, line, sizeof line, 0, 0);
             fprintf(stderr, "recur: %s\n", line);
         } else if (g.mode == P_BAR) {
             g.last_draw = 0;
@@ -375,10 +451,12 @@ int cmd_stream(int argc, char **argv)
         char b[32], d[32];
         fmt_bytes(b, sizeof b, (double)s.sent);
         fmt_duration(d, sizeof d, el);
-        msg("session %s: %s, %lld tokens (%lld scored) in %s (%.1f s, %d append%s), "
-            "%.0f tok/s, ppl %.4f, position %lld",
-            sid, b, g.tot.n_tokens, g.tot.n_scored, d, el, segments, segments == 1 ? "" : "s",
-            el > 0 ? (double)g.tot.n_tokens / el : 0.0, ppl, g.tot.position);
+        if (!json || g.mode == P_BAR)
+            msg("session %s: %s, %lld tokens (%lld scored) in %s (%.1f s, %d append%s), "
+                "%.0f tok/s, ppl %.4f, position %lld",
+                sid, b, g.tot.n_tokens, g.tot.n_scored, d, el, segments,
+                segments == 1 ? "" : "s", el > 0 ? (double)g.tot.n_tokens / el : 0.0, ppl,
+                g.tot.position);
     }
 out_file:
     if (f != stdin)

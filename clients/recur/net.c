@@ -270,14 +270,15 @@ int http_check(const struct resp *r, const char *what)
     json_error_t je;
     json_t *j = r->body.n ? json_loadb(r->body.p, r->body.n, JSON_ALLOW_NUL, &je) : NULL;
     json_t *e = j ? json_object_get(j, "error") : NULL;
-    /* recurd's error code ("session_busy"); a server from before the
-     * OpenAI error object had it under "type" */
-    const char *code = e ? json_string_value(json_object_get(e, "code")) : NULL;
-    if (!code && e)
-        code = json_string_value(json_object_get(e, "type"));
+    /* The fine-grained name: "code" in the OpenAI-shaped body
+     * ({"message","type","param","code"}, type a category such as
+     * not_found_error), "type" in the older one; the message stays the same */
+    const char *type = e ? json_string_value(json_object_get(e, "code")) : NULL;
+    if (!type && e)
+        type = json_string_value(json_object_get(e, "type"));
     const char *m = e ? json_string_value(json_object_get(e, "message")) : NULL;
-    if (code && m)
-        msg("%s: HTTP %ld %s: %s", what, r->status, code, m);
+    if (type && m)
+        msg("%s: HTTP %ld %s: %s", what, r->status, type, m);
     else
         msg("%s: HTTP %ld: %.200s", what, r->status, r->body.n ? r->body.p : "(no body)");
     json_decref(j);
