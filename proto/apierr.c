@@ -33,6 +33,7 @@ static const struct {
     [API_UNAVAILABLE] = {503, "unavailable"},
     [API_OUT_OF_MEMORY] = {503, "out_of_memory"},
     [API_SNAPSHOT_WRITE] = {507, "snapshot_write_failed"},
+    [API_REQUEST_TIMEOUT] = {408, "request_timeout"},
 };
 
 int api_err_status(int kind)

@@ -79,6 +79,11 @@ struct http_opts {
     unsigned timeout_s;      /* idle connection timeout */
     size_t header_bytes;     /* MHD per-connection memory */
     size_t max_body;         /* cap for HTTP_BODY_BUFFER */
+    int reuse_port;          /* SO_REUSEPORT: share the port with other processes */
+    char **cors_origins;     /* allowed Origins ("*" = any); kept, not copied */
+    int n_cors_origins;
+    uint64_t min_body_rate;  /* bytes/s a body must average after the grace; 0 = off */
+    double min_body_grace_s;
 };
 
 /* Start listening on loop. Returns 0 or RC_EIO/RC_ENOMEM with err set. */
