@@ -13,6 +13,7 @@ before its fix (see the commit messages).
 """
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -109,6 +110,40 @@ def test_accept_resumes_after_connection_limit(models):
                 break
             except requests.RequestException:
                 assert time.time() < deadline, "never accepted again after the limit"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_accept_resumes_after_the_fd_limit(models):
+    """The same through the process's file limit: accept() fails with
+    EMFILE, MHD logs "suspending accept()" and takes the listener out until
+    its next run; once the connections close, the server must accept again."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # the server inherits a limit of 32 descriptors (it needs about 15)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, hard))
+    try:
+        srv = Server(models["a"], "--connection-timeout", 30, wait_ready=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        srv.wait_health(200)
+        time.sleep(0.3)
+        nfd = len(os.listdir(f"/proc/{srv.p.pid}/fd"))
+        assert nfd < 28, nfd
+        held = [conn(srv) for _ in range(40)]
+        time.sleep(0.5)
+        assert srv.wait_log("resource limit|suspending accept", timeout=5), srv.log()[-5:]
+        for s in held:
+            s.close()
+        deadline = time.time() + 5
+        while True:
+            try:
+                r = requests.get(srv.url("/health"), timeout=1)
+                break
+            except requests.RequestException:
+                assert time.time() < deadline, "never accepted again after EMFILE"
+        assert r.status_code == 200
     finally:
         assert srv.stop() == 0
 
