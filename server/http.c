@@ -341,6 +341,7 @@ static void peek_cb(uv_timer_t *t)
                 r->queued = 1;
                 r->sent = r->resp_len;
                 r->note = "body-too-slow";
+                h->request_timeouts++;
             } else
                 body_cut_short(r);
         }
@@ -429,9 +430,12 @@ static enum MHD_Result queue(struct http_req *r)
     for (int i = 0; i < r->nh; i++)
         MHD_add_response_header(resp, r->hname[i], r->hval[i]);
     MHD_add_response_header(resp, "X-Request-Id", r->reqid);
+    /* With CORS on, every answer depends on the Origin: say so to caches,
+     * or one could serve an answer without Allow-Origin to an allowed one. */
+    if (r->h->n_cors)
+        MHD_add_response_header(resp, "Vary", "Origin");
     if (r->cors) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors);
-        MHD_add_response_header(resp, "Vary", "Origin");
         MHD_add_response_header(resp, "Access-Control-Expose-Headers", CORS_EXPOSE);
     }
     if (r->must_close)
@@ -481,9 +485,11 @@ static void write_direct(struct http_req *r)
                      "Connection: close\r\nX-Request-Id: %s\r\n",
                      r->status, reason(r->status), r->ctype ? r->ctype : "application/json",
                      r->resp_len, r->reqid);
+    if (n > 0 && (size_t)n < sizeof head && r->h->n_cors)
+        n += snprintf(head + n, sizeof head - (size_t)n, "Vary: Origin\r\n");
     if (n > 0 && (size_t)n < sizeof head && r->cors)
         n += snprintf(head + n, sizeof head - (size_t)n,
-                      "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n"
+                      "Access-Control-Allow-Origin: %s\r\n"
                       "Access-Control-Expose-Headers: " CORS_EXPOSE "\r\n", r->cors);
     for (int i = 0; i < r->nh && n > 0 && (size_t)n < sizeof head; i++)
         n += snprintf(head + n, sizeof head - (size_t)n, "%s: %s\r\n", r->hname[i], r->hval[i]);
@@ -997,8 +1003,7 @@ static enum MHD_Result preflight(struct http_req *r)
             http_add_header(r, "Access-Control-Allow-Headers", echo ? rh : CORS_HEADERS) != 0 ||
             http_add_header(r, "Access-Control-Max-Age", CORS_MAX_AGE) != 0)
             return MHD_NO;
-    } else if (http_add_header(r, "Vary", "Origin") != 0)
-        return MHD_NO;
+    }
     return queue(r);
 }
 
