@@ -29,10 +29,11 @@
  * socket is kept open and the unread body discarded, up to the request's
  * body cap, until the client has sent it all (EOF), stalls for
  * EARLY_LINGER_IDLE_MS, or EARLY_LINGER_MS have passed; at most
- * max_connections sockets at once. Closing with unread bytes would make
- * the kernel send a reset, and a client that writes its whole body before
- * reading (Python's http.client, requests) would see a broken pipe instead
- * of the answer. nginx does the same (lingering_close). */
+ * max_connections / 4 sockets at once (beyond, they close at once).
+ * Closing with unread bytes would make the kernel send a reset, and a
+ * client that writes its whole body before reading (Python's http.client,
+ * requests) would see a broken pipe instead of the answer. nginx does the
+ * same (lingering_close). */
 #define EARLY_LINGER_MS 30000
 #define EARLY_LINGER_IDLE_MS 5000
 /* X-Request-Id: a client's id is kept when it is 1..REQID_MAX characters
@@ -726,7 +727,10 @@ static void drain_tick(uv_timer_t *t)
  * and discard up to left bytes of what the client still sends. */
 static void drain_start(struct http *h, int fd, uint64_t left)
 {
-    if (h->stopping || h->n_drains >= h->max_connections)
+    /* Each one is a descriptor MHD no longer counts: a quarter of the
+     * connection limit keeps them from starving accept() of descriptors. */
+    unsigned cap = h->max_connections / 4 ? h->max_connections / 4 : 1;
+    if (h->stopping || h->n_drains >= cap)
         return;
     struct drain *d = rc_calloc(1, sizeof *d);
     if (!d)
