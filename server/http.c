@@ -915,12 +915,13 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
  * safely (request smuggling through a proxy that reads it otherwise):
  * several Content-Length lines, a Content-Length that is not only digits
  * ("5, 5", "+5", "-1"), or Content-Length together with Transfer-Encoding
- * is 400, and several Transfer-Encoding lines too; a transfer coding other
+ * is 400, and several Transfer-Encoding lines too, and Transfer-Encoding
+ * in an HTTP/1.0 request (RFC 9112 6.1); a transfer coding other
  * than exactly "chunked" is 501 (we implement no other). MHD 0.9.75 takes
  * the first Content-Length, prefers chunked over Content-Length, and reads
  * an unknown coding until the connection closes. Returns the status for a
  * bad framing, or 0; *msg says why. */
-static int framing_error(struct MHD_Connection *conn, const char **msg)
+static int framing_error(struct MHD_Connection *conn, const char *version, const char **msg)
 {
     struct hdr_count c = {0, 0};
     MHD_get_connection_values(conn, MHD_HEADER_KIND, count_header, &c);
@@ -934,6 +935,10 @@ static int framing_error(struct MHD_Connection *conn, const char **msg)
     }
     if (cl && te) {
         *msg = "both Content-Length and Transfer-Encoding";
+        return 400;
+    }
+    if (te && version && !strcmp(version, MHD_HTTP_VERSION_1_0)) {
+        *msg = "Transfer-Encoding in an HTTP/1.0 request"; /* RFC 9112 6.1: faulty framing */
         return 400;
     }
     if (cl) {
@@ -1070,7 +1075,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         set_reqid(h, r);
         r->cors = cors_origin(h, r);
         const char *why;
-        int bad = framing_error(conn, &why);
+        int bad = framing_error(conn, version, &why);
         if (bad)
             return refuse(r, bad, why);
         int64_t cl = http_content_length(r);

@@ -180,6 +180,10 @@ SMUGGLING = {
     "chunked-and-content-length": framing_case(
         b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
         b"%x\r\n" % len(TOK) + TOK + b"\r\n0\r\n\r\n" + SMUGGLED),
+    # HTTP/1.0 has no chunked coding: RFC 9112 6.1 calls it faulty framing
+    "chunked-in-http10": framing_case(b"Transfer-Encoding: chunked\r\n",
+                                      b"%x\r\n" % len(TOK) + TOK + b"\r\n0\r\n\r\n" +
+                                      SMUGGLED).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
     "two-transfer-encodings": framing_case(
         b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         b"%x\r\n" % len(TOK) + TOK + b"\r\n0\r\n\r\n" + SMUGGLED),
