@@ -853,16 +853,26 @@ static void hdr_cb(uv_timer_t *t)
     uint64_t now = uv_now(h->loop);
     int cut = 0;
     for (struct http_conn *c = h->conns; c; c = c->next) {
-        if (c->in_request || c->cut || now - c->since < h->hdr_deadline_ms)
+        if (c->in_request || c->cut)
             continue;
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (!ci)
             continue;
+        if (now - c->since < h->hdr_deadline_ms) {
+            /* Between requests, a client that has closed: MHD (edge-
+             * triggered epoll) misses a FIN that came with the last
+             * request's bytes, and would keep the connection (its slot,
+             * its descriptor) until the idle timeout. */
+            char b;
+            ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+                continue;
+        } else
+            h->header_timeouts++;
         /* MHD sees the end of the stream and closes it on its next run */
         shutdown(ci->connect_fd, SHUT_RDWR);
         c->cut = 1;
-        h->header_timeouts++;
         cut++;
     }
     if (cut)

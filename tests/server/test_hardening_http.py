@@ -14,6 +14,7 @@ before its fix (see the commit messages).
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,14 +54,9 @@ def read_until_close(s, timeout=5):
 
 
 def statuses(raw):
-    """The status codes of every response in a byte stream."""
-    out = []
-    for line in raw.split(b"\r\n"):
-        if line.startswith(b"HTTP/1."):
-            parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():
-                out.append(int(parts[1]))
-    return out
+    """The status codes of every response in a byte stream (a status line
+    may follow a body directly)."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw)]
 
 
 def head_of(raw):
@@ -335,6 +331,24 @@ def test_body_half_closed_is_answered_at_once(hsrv, case):
     s.close()
     assert closed and time.time() - t < 3, "waited for the connection timeout"
     assert statuses(raw) == [400], raw[:200]
+
+
+def test_closed_keepalive_connection_is_let_go(hsrv):
+    """Pipelined requests and the client's FIN in one go: both answered, then
+    the connection closes at once — MHD missed that FIN and kept the
+    connection (a slot of --max-connections) until the idle timeout."""
+    s = conn(hsrv)
+    # corked: the requests and the FIN leave in one segment, as from a
+    # client that writes and closes at once
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    t = time.time()
+    raw, closed = read_until_close(s, timeout=10)
+    s.close()
+    assert statuses(raw) == [200, 200], raw[:200]
+    assert closed and time.time() - t < 2, f"closed after {time.time() - t:.1f} s"
 
 
 def test_trickled_body_is_cut(models):
