@@ -42,6 +42,7 @@ static const struct {
     [API_UNAVAILABLE] = {503, "unavailable", T_SERVER},
     [API_OUT_OF_MEMORY] = {503, "out_of_memory", T_SERVER},
     [API_SNAPSHOT_WRITE] = {507, "snapshot_write_failed", T_SERVER},
+    [API_REQUEST_TIMEOUT] = {408, "request_timeout", T_REQUEST},
 };
 
 int api_err_status(int kind)

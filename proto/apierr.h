@@ -42,6 +42,7 @@ enum api_err_kind {
     API_UNAVAILABLE,        /* 503 loading, draining, server-wide capacity */
     API_OUT_OF_MEMORY,      /* 503 an allocation failed or the memory budget is spent */
     API_SNAPSHOT_WRITE,     /* 507 writing a snapshot file failed */
+    API_REQUEST_TIMEOUT,    /* 408 a request body that stopped or came too slowly */
     API_KIND_COUNT
 };
 

@@ -6,8 +6,9 @@
  * the model on the compute thread; a model that fails to load ends the
  * process with status 1 and one log line naming the reason.
  *
- * Drain (first SIGTERM or SIGINT): /health turns 503, the listening socket
- * closes (MHD_quiesce_daemon), in-flight requests get --drain-timeout
+ * Drain (first SIGTERM or SIGINT): /health turns 503 {"status":"draining"},
+ * new requests get 503 (the listener stays open so that load balancers see
+ * it), in-flight requests get --drain-timeout
  * seconds to finish; then running jobs are cancelled (streams end with an
  * error event) and the process exits 0 once the last request is done. A
  * second signal exits at once with status 1.
@@ -245,7 +246,10 @@ static void on_signal(uv_signal_t *s, int signum)
     log_msg("%s: draining (up to %.0f s), then exiting", signum == SIGTERM ? "SIGTERM" : "SIGINT",
             a->cfg->drain_timeout);
     a->state = APP_DRAINING;
-    http_quiesce(a->http);
+    /* The listener stays open: /health answers 503 "draining" on new
+     * connections too, so that a load balancer sees the drain (a refused
+     * connection reads as a crash), and other requests get 503 with
+     * Retry-After and Connection: close. It closes when the drain ends. */
     uv_timer_start(&a->drain_timer, on_drain_timeout, (uint64_t)(a->cfg->drain_timeout * 1000), 0);
     app_check_drained(a);
 }
@@ -347,6 +351,11 @@ int cmd_serve(int argc, char **argv)
         .timeout_s = (unsigned)(cfg.connection_timeout + 0.5),
         .header_bytes = cfg.header_bytes,
         .max_body = cfg.max_body_bytes,
+        .reuse_port = cfg.reuse_port,
+        .cors_origins = cfg.cors_origins,
+        .n_cors_origins = cfg.n_cors_origins,
+        .min_body_rate = cfg.min_body_rate,
+        .min_body_grace_s = cfg.min_body_rate_grace,
     };
     if ((rc = http_create(&loop, &ho, &app, &a.http, err, sizeof err)) != 0) {
         log_msg("%s", err);

@@ -2,13 +2,17 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -20,6 +24,29 @@
 #define LINGER_MS 2000
 #define LINGER_BYTES (8u << 20)
 #define MAX_HEADERS 8
+/* Lingering close after an early answer (one given before the body was
+ * read: 401, 404, 413, 422 ...): once MHD has sent it and closes, the
+ * socket is kept open and the unread body discarded, up to the request's
+ * body cap, until the client has sent it all (EOF), stalls for
+ * EARLY_LINGER_IDLE_MS, or EARLY_LINGER_MS have passed; at most
+ * max_connections / 4 sockets at once (beyond, they close at once).
+ * Closing with unread bytes would make the kernel send a reset, and a
+ * client that writes its whole body before reading (Python's http.client,
+ * requests) would see a broken pipe instead of the answer. nginx does the
+ * same (lingering_close). */
+#define EARLY_LINGER_MS 30000
+#define EARLY_LINGER_IDLE_MS 5000
+/* X-Request-Id: a client's id is kept when it is 1..REQID_MAX characters
+ * of REQID_CHARS (safe in a header and a log line); otherwise one is made. */
+#define REQID_MAX 128
+static const char REQID_CHARS[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._:+/=@";
+/* CORS preflight answers: how long a browser may cache them, and the
+ * request headers allowed when the browser does not list its own. */
+#define CORS_MAX_AGE "600"
+#define CORS_METHODS "GET, POST, PUT, DELETE, OPTIONS"
+#define CORS_HEADERS "Authorization, Content-Type, X-Request-Id"
+#define CORS_EXPOSE "X-Request-Id, Retry-After, Location, Content-Disposition, WWW-Authenticate"
 /* The answer when not even an error body can be allocated. */
 static const char OOM_BODY[] = "{\"error\":" API_OOM_ERROR_JSON "}";
 /* Slowloris: a request's headers must be complete within the connection
@@ -36,6 +63,7 @@ struct http_conn {
     uint64_t since;          /* loop ms: opened, or its last request ended */
     int in_request;          /* headers complete, request not yet ended */
     int cut;                 /* shut down for taking too long */
+    uint64_t linger;         /* body bytes to discard after the close */
     struct http_conn *prev, *next;
 };
 
@@ -51,6 +79,7 @@ struct http {
     int in_run, run_again;
     int in_flight;
     int quiesced;
+    int stopping;            /* http_free under way */
     struct http_req *susp;   /* suspended requests (doubly linked) */
     int n_susp;
     int n_upload;            /* streamed uploads waiting for body bytes */
@@ -59,6 +88,28 @@ struct http {
     uv_timer_t hdr;          /* header deadline check */
     uint64_t hdr_deadline_ms;
     uint64_t header_timeouts, request_timeouts;
+    unsigned max_connections;
+    struct drain *drains;   /* closed connections discarding a body */
+    unsigned n_drains;
+    /* CORS: allowed origins ("*": any) */
+    char **cors;
+    int n_cors;
+    /* minimum upload rate (bytes/s) after a grace period; 0 = off */
+    uint64_t min_body_rate, min_body_grace_ms;
+    uint64_t reqid_seed, reqid_next;
+};
+
+/* A connection MHD has closed, kept open to discard its unread body. */
+struct drain {
+    struct http *h;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    int fd;
+    uint64_t left;           /* bytes still accepted */
+    uint64_t until;          /* loop ms: give up */
+    uint64_t idle_until;     /* loop ms: give up unless more comes */
+    int closing;
+    struct drain *prev, *next;
 };
 
 struct http_req {
@@ -91,7 +142,14 @@ struct http_req {
     uint64_t linger_until;
     size_t linger_read;
     int body_done;           /* final access-handler call seen */
-    int upload;              /* counted in n_upload */
+    int upload;              /* counted in n_upload: body still arriving */
+    int has_body;            /* a Content-Length above 0 or a Transfer-Encoding */
+    int dead;                /* answered by the HTTP layer: the app never sees it */
+    int must_close;          /* framing error: Connection: close */
+    uint64_t rx;             /* body bytes received */
+    uint64_t t0_ms;          /* loop ms at the headers */
+    const char *cors;        /* Access-Control-Allow-Origin value, or NULL */
+    char reqid[REQID_MAX + 1];
     uint64_t t0;
     size_t sent;
     struct http_req *prev, *next;     /* suspended list */
@@ -99,6 +157,8 @@ struct http_req {
 };
 
 static void http_rearm(struct http *h);
+static void write_direct(struct http_req *r);
+static void drain_start(struct http *h, int fd, uint64_t left);
 
 /* ---- suspension --------------------------------------------------------- */
 
@@ -215,6 +275,21 @@ static int linger_step(struct http_req *r)
     }
 }
 
+/* The client ended the stream before the body did: answer 400 straight
+ * to the socket (MHD cannot queue an answer mid-body). */
+static void body_cut_short(struct http_req *r)
+{
+    struct api_error e;
+    api_error_set(&e, API_INVALID_REQUEST,
+                  "the request body ended early: the client closed its side after %" PRIu64
+                  " bytes", r->rx);
+    http_respond_error(r, &e);
+    write_direct(r);
+    r->queued = 1;
+    r->sent = r->resp_len;
+    r->note = "body-cut-short";
+}
+
 static void peek_cb(uv_timer_t *t)
 {
     struct http *h = t->data;
@@ -237,19 +312,45 @@ static void peek_cb(uv_timer_t *t)
             any = 1;
         }
     }
-    /* A streamed upload waiting for body bytes is not suspended, and MHD
+    /* A request whose body is still arriving is not suspended, and MHD
      * (edge-triggered epoll) can miss the client's FIN when it came with
      * the last bytes read: the request would wait for the connection
-     * timeout, holding its session. Shutting the socket down here wakes
-     * MHD, which then reads the end and closes the request. */
-    for (r = h->n_upload ? h->all : NULL; r; r = r->anext)
-        if (r->upload && !r->suspended && !r->gone && client_gone(r)) {
-            int fd = conn_fd(r);
-            r->gone = 1;
-            if (fd >= 0)
-                shutdown(fd, SHUT_RDWR);
-            any = 1;
+     * timeout, holding its connection (and a streamed append its session).
+     * Shutting the socket down here wakes MHD, which then reads the end
+     * and closes the request. A buffered body that ended early is answered
+     * 400 first (a client that half-closed still reads); one that trickles
+     * below --min-body-rate after its grace period is answered 408. */
+    uint64_t now = uv_now(h->loop);
+    for (r = h->n_upload ? h->all : NULL; r; r = r->anext) {
+        if (!r->upload || r->suspended || r->gone)
+            continue;
+        int ended = client_gone(r);
+        uint64_t el = now - r->t0_ms;
+        int slow = !ended && r->mode != HTTP_BODY_STREAM && h->min_body_rate &&
+                   el > h->min_body_grace_ms && r->rx < h->min_body_rate * el / 1000;
+        if (!ended && !slow)
+            continue;
+        if (r->mode != HTTP_BODY_STREAM && !r->has_resp) {
+            if (slow) {
+                struct api_error e;
+                api_error_set(&e, API_REQUEST_TIMEOUT,
+                              "the request body came slower than %" PRIu64
+                              " bytes/s (--min-body-rate)", h->min_body_rate);
+                http_respond_error(r, &e);
+                write_direct(r);
+                r->queued = 1;
+                r->sent = r->resp_len;
+                r->note = "body-too-slow";
+                h->request_timeouts++;
+            } else
+                body_cut_short(r);
         }
+        int fd = conn_fd(r);
+        r->gone = 1;
+        if (fd >= 0)
+            shutdown(fd, SHUT_RDWR);
+        any = 1;
+    }
     h->in_run = 0;
     if (!h->susp && !h->n_upload)
         uv_timer_stop(&h->peek);
@@ -328,6 +429,17 @@ static enum MHD_Result queue(struct http_req *r)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->ctype);
     for (int i = 0; i < r->nh; i++)
         MHD_add_response_header(resp, r->hname[i], r->hval[i]);
+    MHD_add_response_header(resp, "X-Request-Id", r->reqid);
+    /* With CORS on, every answer depends on the Origin: say so to caches,
+     * or one could serve an answer without Allow-Origin to an allowed one. */
+    if (r->h->n_cors)
+        MHD_add_response_header(resp, "Vary", "Origin");
+    if (r->cors) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", CORS_EXPOSE);
+    }
+    if (r->must_close)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (r->pull) {
         /* SSE through proxies: do not buffer, do not cache. */
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
@@ -350,27 +462,40 @@ static const char *reason(int status)
     case 401: return "Unauthorized";
     case 404: return "Not Found";
     case 409: return "Conflict";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
     case 413: return "Payload Too Large";
     case 422: return "Unprocessable Entity";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
     }
     return "Error";
 }
 
-/* A response while the body is still arriving: MHD cannot queue one in
- * that state, so write it to the socket ourselves, then close lingering. */
-static void respond_mid_body(struct http_req *r)
+/* Write r's (whole-buffer) response to the socket ourselves, for when
+ * MHD cannot queue one (the body is still arriving), then shut the
+ * sending side. Best effort: a small response fits the socket buffer. */
+static void write_direct(struct http_req *r)
 {
-    char head[512];
+    char head[1024];
     int fd = conn_fd(r);
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
+                     "Connection: close\r\nX-Request-Id: %s\r\n",
                      r->status, reason(r->status), r->ctype ? r->ctype : "application/json",
-                     r->resp_len);
+                     r->resp_len, r->reqid);
+    if (n > 0 && (size_t)n < sizeof head && r->h->n_cors)
+        n += snprintf(head + n, sizeof head - (size_t)n, "Vary: Origin\r\n");
+    if (n > 0 && (size_t)n < sizeof head && r->cors)
+        n += snprintf(head + n, sizeof head - (size_t)n,
+                      "Access-Control-Allow-Origin: %s\r\n"
+                      "Access-Control-Expose-Headers: " CORS_EXPOSE "\r\n", r->cors);
+    for (int i = 0; i < r->nh && n > 0 && (size_t)n < sizeof head; i++)
+        n += snprintf(head + n, sizeof head - (size_t)n, "%s: %s\r\n", r->hname[i], r->hval[i]);
+    if (n > 0 && (size_t)n < sizeof head)
+        n += snprintf(head + n, sizeof head - (size_t)n, "\r\n");
     if (fd >= 0 && n > 0 && (size_t)n < sizeof head) {
-        /* Best effort: a small response fits the fresh socket buffer. */
         ssize_t w = send(fd, head, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w == n && r->resp_len)
             w = send(fd, r->small_resp ? r->small : r->resp, r->resp_len,
@@ -378,6 +503,13 @@ static void respond_mid_body(struct http_req *r)
         (void)w;
         shutdown(fd, SHUT_WR);
     }
+}
+
+/* A response while the body is still arriving: MHD cannot queue one in
+ * that state, so write it to the socket ourselves, then close lingering. */
+static void respond_mid_body(struct http_req *r)
+{
+    write_direct(r);
     r->queued = 1;
     r->sent = r->resp_len;
     r->lingering = 1;
@@ -501,6 +633,7 @@ char *http_take_body(struct http_req *r, size_t *len)
 void http_set_data(struct http_req *r, void *data) { r->data = data; }
 void *http_data(const struct http_req *r) { return r->data; }
 void http_set_body_cap(struct http_req *r, size_t cap) { r->cap = cap; }
+size_t http_body_cap(const struct http_req *r) { return r->cap; }
 void http_set_route(struct http_req *r, const char *route) { r->route = route; }
 void http_set_log_note(struct http_req *r, const char *note) { r->note = note; }
 uint64_t http_started_ns(const struct http_req *r) { return r->t0; }
@@ -524,6 +657,109 @@ void http_timeouts(const struct http *h, uint64_t *header, uint64_t *request)
 {
     *header = h->header_timeouts;
     *request = h->request_timeouts;
+}
+
+/* ---- lingering close of early-answered connections ----------------------- */
+
+static void drain_closed(uv_handle_t *hd)
+{
+    struct drain *d = hd->data;
+    if (--d->closing == 0) {
+        close(d->fd);
+        rc_free(d);
+    }
+}
+
+static void drain_end(struct drain *d)
+{
+    if (d->closing)
+        return;
+    struct http *h = d->h;
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        h->drains = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    h->n_drains--;
+    d->closing = 2;
+    uv_poll_stop(&d->poll);
+    uv_timer_stop(&d->timer);
+    uv_close((uv_handle_t *)&d->poll, drain_closed);
+    uv_close((uv_handle_t *)&d->timer, drain_closed);
+}
+
+static void drain_read(uv_poll_t *p, int status, int events)
+{
+    struct drain *d = p->data;
+    char buf[16384];
+    (void)events;
+    if (status < 0) {
+        drain_end(d);
+        return;
+    }
+    for (;;) {
+        ssize_t n = recv(d->fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            drain_end(d); /* the client sent it all and closed, or reset */
+            return;
+        }
+        if (n < 0)
+            break;
+        if ((uint64_t)n >= d->left) {
+            drain_end(d); /* more than the body could be: stop */
+            return;
+        }
+        d->left -= (uint64_t)n;
+    }
+    d->idle_until = uv_now(d->h->loop) + EARLY_LINGER_IDLE_MS;
+}
+
+static void drain_tick(uv_timer_t *t)
+{
+    struct drain *d = t->data;
+    uint64_t now = uv_now(d->h->loop);
+    if (now >= d->until || now >= d->idle_until)
+        drain_end(d);
+}
+
+/* Keep MHD's socket fd open (a duplicate: MHD closes its own) and read
+ * and discard up to left bytes of what the client still sends. */
+static void drain_start(struct http *h, int fd, uint64_t left)
+{
+    /* Each one is a descriptor MHD no longer counts: a quarter of the
+     * connection limit keeps them from starving accept() of descriptors. */
+    unsigned cap = h->max_connections / 4 ? h->max_connections / 4 : 1;
+    if (h->stopping || h->n_drains >= cap)
+        return;
+    struct drain *d = rc_calloc(1, sizeof *d);
+    if (!d)
+        return;
+    d->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d->fd < 0) {
+        rc_free(d);
+        return;
+    }
+    shutdown(d->fd, SHUT_WR); /* the answer is out: say so */
+    if (uv_poll_init_socket(h->loop, &d->poll, d->fd) != 0) {
+        close(d->fd);
+        rc_free(d);
+        return;
+    }
+    uv_timer_init(h->loop, &d->timer);
+    d->poll.data = d->timer.data = d;
+    d->h = h;
+    d->left = left;
+    uint64_t now = uv_now(h->loop);
+    d->until = now + EARLY_LINGER_MS;
+    d->idle_until = now + EARLY_LINGER_IDLE_MS;
+    d->next = h->drains;
+    if (h->drains)
+        h->drains->prev = d;
+    h->drains = d;
+    h->n_drains++;
+    uv_poll_start(&d->poll, UV_READABLE | UV_DISCONNECT, drain_read);
+    uv_timer_start(&d->timer, drain_tick, 250, 250);
 }
 
 /* ---- MHD callbacks ------------------------------------------------------- */
@@ -582,10 +818,26 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         h->conns = c;
         return;
     }
+    /* A connection closing frees a slot: MHD took its listening socket out
+     * of epoll at --max-connections (or at the fd limit, "suspending
+     * accept()"), and puts it back only at the start of its next run, which
+     * nothing else would cause (no event, no timeout): run again now, or
+     * the server never accepts another connection. Closes happen inside
+     * MHD_run (cleanup), so this is a run-again within http_run. */
+    if (h->in_run)
+        h->run_again = 1;
+    else
+        run_soon(h);
     struct http_conn *c = *socket_context;
     if (!c)
         return;
     *socket_context = NULL;
+    if (c->linger) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci)
+            drain_start(h, ci->connect_fd, c->linger);
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -601,16 +853,26 @@ static void hdr_cb(uv_timer_t *t)
     uint64_t now = uv_now(h->loop);
     int cut = 0;
     for (struct http_conn *c = h->conns; c; c = c->next) {
-        if (c->in_request || c->cut || now - c->since < h->hdr_deadline_ms)
+        if (c->in_request || c->cut)
             continue;
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         if (!ci)
             continue;
+        if (now - c->since < h->hdr_deadline_ms) {
+            /* Between requests, a client that has closed: MHD (edge-
+             * triggered epoll) misses a FIN that came with the last
+             * request's bytes, and would keep the connection (its slot,
+             * its descriptor) until the idle timeout. */
+            char b;
+            ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+                continue;
+        } else
+            h->header_timeouts++;
         /* MHD sees the end of the stream and closes it on its next run */
         shutdown(ci->connect_fd, SHUT_RDWR);
         c->cut = 1;
-        h->header_timeouts++;
         cut++;
     }
     if (cut)
@@ -640,6 +902,151 @@ static enum MHD_Result oom_answer(struct MHD_Connection *conn, void **con_cls)
     return ok;
 }
 
+/* ---- framing, request ids, CORS --------------------------------------------- */
+
+struct hdr_count {
+    int cl, te;             /* Content-Length / Transfer-Encoding lines */
+};
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    struct hdr_count *c = cls;
+    (void)kind;
+    (void)value;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH))
+        c->cl++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        c->te++;
+    return MHD_YES;
+}
+
+/* RFC 9112 6.3: a message whose length is ambiguous cannot be framed
+ * safely (request smuggling through a proxy that reads it otherwise):
+ * several Content-Length lines, a Content-Length that is not only digits
+ * ("5, 5", "+5", "-1"), or Content-Length together with Transfer-Encoding
+ * is 400, and several Transfer-Encoding lines too, and Transfer-Encoding
+ * in an HTTP/1.0 request (RFC 9112 6.1); a transfer coding other
+ * than exactly "chunked" is 501 (we implement no other). MHD 0.9.75 takes
+ * the first Content-Length, prefers chunked over Content-Length, and reads
+ * an unknown coding until the connection closes. Returns the status for a
+ * bad framing, or 0; *msg says why. */
+static int framing_error(struct MHD_Connection *conn, const char *version, const char **msg)
+{
+    struct hdr_count c = {0, 0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_header, &c);
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    if (c.cl > 1 || c.te > 1) {
+        *msg = "more than one Content-Length or Transfer-Encoding header";
+        return 400;
+    }
+    if (cl && te) {
+        *msg = "both Content-Length and Transfer-Encoding";
+        return 400;
+    }
+    if (te && version && !strcmp(version, MHD_HTTP_VERSION_1_0)) {
+        *msg = "Transfer-Encoding in an HTTP/1.0 request"; /* RFC 9112 6.1: faulty framing */
+        return 400;
+    }
+    if (cl) {
+        size_t n = strlen(cl);
+        if (n == 0 || n > 19 || strspn(cl, "0123456789") != n) {
+            *msg = "Content-Length is not a decimal number";
+            return 400;
+        }
+    }
+    if (te && strcasecmp(te, "chunked") != 0) {
+        *msg = "the only transfer coding supported is chunked";
+        return 501;
+    }
+    return 0;
+}
+
+/* splitmix64: a well-mixed 64-bit value from a counter. */
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static void set_reqid(struct http *h, struct http_req *r)
+{
+    const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Request-Id");
+    size_t n = v ? strlen(v) : 0;
+    if (n > 0 && n <= REQID_MAX && strspn(v, REQID_CHARS) == n) {
+        memcpy(r->reqid, v, n + 1);
+        return;
+    }
+    snprintf(r->reqid, sizeof r->reqid, "%016" PRIx64, mix64(h->reqid_seed + h->reqid_next++));
+}
+
+/* The Access-Control-Allow-Origin value for this request's Origin, or
+ * NULL: the configured entry that matches it exactly, or "*". */
+static const char *cors_origin(const struct http *h, struct http_req *r)
+{
+    if (!h->n_cors)
+        return NULL;
+    const char *o = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+    if (!o)
+        return NULL;
+    for (int i = 0; i < h->n_cors; i++)
+        if (!strcmp(h->cors[i], "*") || !strcmp(h->cors[i], o))
+            return h->cors[i];
+    return NULL;
+}
+
+/* A browser's preflight (OPTIONS with Origin and Access-Control-Request-
+ * Method), answered here without the API key (browsers never send one on
+ * a preflight): 204 and, for an allowed origin, what may be sent. The
+ * requested headers are echoed when they are a plain list of header
+ * names (the API key is what guards the API, not this list). */
+static enum MHD_Result preflight(struct http_req *r)
+{
+    r->route = "preflight";
+    r->dead = 1;
+    if (http_respond(r, 204, NULL, NULL, 0) != 0)
+        return MHD_NO;
+    if (r->cors) {
+        const char *rh = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                     "Access-Control-Request-Headers");
+        static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                 "0123456789-_, ";
+        size_t n = rh ? strlen(rh) : 0;
+        int echo = n > 0 && n <= 1024 && strspn(rh, ok) == n;
+        if (http_add_header(r, "Access-Control-Allow-Methods", CORS_METHODS) != 0 ||
+            http_add_header(r, "Access-Control-Allow-Headers", echo ? rh : CORS_HEADERS) != 0 ||
+            http_add_header(r, "Access-Control-Max-Age", CORS_MAX_AGE) != 0)
+            return MHD_NO;
+    }
+    return queue(r);
+}
+
+/* Answer r from the HTTP layer, before the app sees it; the connection
+ * closes after (its body, if any, is not read). */
+static enum MHD_Result refuse(struct http_req *r, int status, const char *msg)
+{
+    struct api_error e;
+    api_error_set(&e, status == 501 ? API_NOT_IMPLEMENTED : API_INVALID_REQUEST, "%s", msg);
+    r->dead = 1;
+    r->must_close = 1;
+    r->route = "framing";
+    if (http_respond_error(r, &e) != 0)
+        return MHD_NO;
+    r->status = status;
+    if (queue(r) == MHD_YES)
+        return MHD_YES;
+    /* MHD answered the request itself already (it rejects some bad
+     * Content-Length values on its own, then still calls us): let its
+     * answer go out; the connection closes after it. */
+    r->queued = 1;
+    return MHD_YES;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_size, void **con_cls)
@@ -663,29 +1070,50 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->conn = conn;
         r->cap = h->max_body;
         r->t0 = uv_hrtime();
+        r->t0_ms = uv_now(h->loop);
         struct http_conn *hc = conn_of(conn);
-        if (hc)
+        if (hc) {
             hc->in_request = 1;
+            hc->linger = 0;
+        }
         *con_cls = r;
         h->in_flight++;
         r->anext = h->all;
         if (h->all)
             h->all->aprev = r;
         h->all = r;
+        set_reqid(h, r);
+        r->cors = cors_origin(h, r);
+        const char *why;
+        int bad = framing_error(conn, version, &why);
+        if (bad)
+            return refuse(r, bad, why);
+        int64_t cl = http_content_length(r);
+        r->has_body = cl > 0 || (cl < 0 && MHD_lookup_connection_value(
+                                               conn, MHD_HEADER_KIND,
+                                               MHD_HTTP_HEADER_TRANSFER_ENCODING));
+        if (h->n_cors && !strcmp(method, "OPTIONS") &&
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin") &&
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Method"))
+            return preflight(r);
         int mode = h->app.on_headers(h->app.ud, r);
         if (!r->has_resp) {
             r->mode = mode;
-            int64_t cl = http_content_length(r);
             if (mode == HTTP_BODY_BUFFER && cl >= 0 && (uint64_t)cl > r->cap)
                 too_large(r, r->cap);
-            if (mode == HTTP_BODY_STREAM) {
-                r->upload = 1;
-                h->n_upload++;
-                peek_start(h);
-            }
+        }
+        if (!r->has_resp && r->has_body) {
+            /* watched while it arrives: a FIN MHD misses, a trickle */
+            r->upload = 1;
+            h->n_upload++;
+            peek_start(h);
         }
         if (r->has_resp)
             return queue(r);
+        return MHD_YES;
+    }
+    if (r->dead) {
+        *upload_size = 0;
         return MHD_YES;
     }
     if (r->gone)
@@ -693,6 +1121,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (r->lingering)
         return MHD_NO; /* linger over: close */
     if (*upload_size > 0) {
+        r->rx += *upload_size;
         if (r->has_resp && !r->queued) {
             /* Answered while the body is still coming (an error
              * mid-upload): MHD cannot queue now, see respond_mid_body. */
@@ -767,6 +1196,23 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (r == &oom_req)
         return;
+    /* Answered before the body was read (401, 404, 413, 422 ...): MHD
+     * closes the connection; discard the body the client is still sending
+     * once it does, so that the answer is read rather than reset. */
+    if (hc && r->has_body && !r->body_done && !r->gone && !r->dead && r->queued) {
+        int64_t cl = http_content_length(r);
+        uint64_t left = cl >= 0 && (uint64_t)cl > r->rx ? (uint64_t)cl - r->rx : r->cap;
+        hc->linger = left < r->cap ? left : r->cap;
+        if (!hc->linger)
+            hc->linger = 1;
+    }
+    /* The client closed its side mid-body and MHD saw it: the socket is
+     * still open here, and a client that half-closed still reads. */
+    if (r->upload && !r->has_resp && !r->gone && r->mode != HTTP_BODY_STREAM &&
+        toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT) {
+        body_cut_short(r);
+        r->gone = 1;
+    }
     if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
         h->request_timeouts++;
     upload_end(r);
@@ -785,9 +1231,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                                                                                  : "error";
         char meth[24];
         log_escape(meth, sizeof meth, r->method ? r->method : "", r->method ? strlen(r->method) : 0);
-        log_msg("%s \"%s\" %d %zu %.1fms %s%s%s", meth, path, r->has_resp ? r->status : 0, r->sent,
-                (double)(uv_hrtime() - r->t0) * 1e-6, how, r->note ? " " : "",
-                r->note ? r->note : "");
+        log_msg("%s \"%s\" %d %zu %.1fms %s%s%s id=%s", meth, path, r->has_resp ? r->status : 0,
+                r->sent, (double)(uv_hrtime() - r->t0) * 1e-6, how, r->note ? " " : "",
+                r->note ? r->note : "", r->reqid);
     }
     /* not in flight any more when the app hears of it (a drain may end) */
     h->in_flight--;
@@ -822,6 +1268,21 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_msg("mhd: %s", log_escape(esc, sizeof esc, msg, len));
 }
 
+/* Why MHD could not listen: is the address taken? (MHD only logs it.) */
+static int addr_in_use(const struct sockaddr_storage *ss)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+    int busy = bind(fd, (const struct sockaddr *)ss, len) != 0 && errno == EADDRINUSE;
+    close(fd);
+    return busy;
+}
+
 int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_app *app,
                 struct http **out, char *err, size_t errlen)
 {
@@ -846,6 +1307,17 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
     h->loop = loop;
     h->app = *app;
     h->max_body = o->max_body;
+    h->max_connections = o->max_connections;
+    h->cors = o->cors_origins;
+    h->n_cors = o->n_cors_origins;
+    h->min_body_rate = o->min_body_rate;
+    h->min_body_grace_ms = (uint64_t)(o->min_body_grace_s * 1000);
+    if (getrandom(&h->reqid_seed, sizeof h->reqid_seed, GRND_NONBLOCK) != sizeof h->reqid_seed)
+        h->reqid_seed = (uint64_t)time(NULL) * 1000003u ^ (uint64_t)getpid() ^ uv_hrtime();
+    /* Not MHD_OPTION_LISTENING_ADDRESS_REUSE by default: with it (SO_REUSEPORT)
+     * a second server on a busy port starts silently and the kernel splits
+     * connections between the two, whose sessions differ. MHD's default,
+     * SO_REUSEADDR, still allows a restart over TIME_WAIT connections. */
     h->d = MHD_start_daemon(
         flags, (uint16_t)o->port, NULL, NULL, on_access, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         h, MHD_OPTION_SOCK_ADDR, &ss,
@@ -854,9 +1326,14 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
         o->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, o->max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, o->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         o->header_bytes, MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        o->reuse_port ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, (unsigned)1,
+        MHD_OPTION_END);
     if (!h->d) {
         rc_free(h);
+        if (addr_in_use(&ss))
+            return rc_fail(err, errlen, RC_EIO,
+                           "cannot listen on %s:%d: address already in use (another server? "
+                           "--reuse-port shares a port on purpose)", o->host, o->port);
         return rc_fail(err, errlen, RC_EIO, "cannot listen on %s:%d (address in use or not allowed)",
                        o->host, o->port);
     }
@@ -908,6 +1385,9 @@ void http_free(struct http *h)
 {
     if (!h)
         return;
+    h->stopping = 1;
+    while (h->drains)
+        drain_end(h->drains);
     /* Suspended connections must be resumed before the daemon stops. */
     while (h->susp) {
         struct http_req *r = h->susp;

@@ -31,6 +31,27 @@
  * a Content-Length that lied) gets a 413 written straight to the socket,
  * then a lingering close: the rest of the upload is read and discarded
  * for a bounded time so the client sees the 413 instead of a reset.
+ *
+ * Early answers (queued from on_headers, before the body): MHD sends them
+ * and closes; the closed connection's socket is then kept (a dup) and the
+ * unread body discarded up to the request's cap, so that clients that send
+ * the whole body before reading get the answer instead of a reset.
+ *
+ * Before the app sees a request, this layer answers by itself:
+ *   - ambiguous framing (several Content-Length or Transfer-Encoding lines,
+ *     both, a Content-Length that is not digits): 400 + Connection: close;
+ *     a transfer coding other than chunked: 501 (RFC 9112 6.3);
+ *   - a CORS preflight (OPTIONS + Origin + Access-Control-Request-Method)
+ *     when origins are configured: 204, without the app's auth.
+ * Every response carries X-Request-Id (the client's, when safe, or a new
+ * one) and, for an allowed Origin, Access-Control-Allow-Origin.
+ *
+ * While a body arrives it is watched every HTTP_POLL_MS: a client that
+ * half-closed gets 400 at once (buffered bodies), and a buffered body that
+ * averages less than min_body_rate after the grace gets 408.
+ *
+ * The listener: MHD takes it out of epoll at max_connections (or EMFILE)
+ * and puts it back at its next run; a closing connection runs MHD again.
  */
 #ifndef RECUR_HTTP_H
 #define RECUR_HTTP_H
@@ -79,6 +100,11 @@ struct http_opts {
     unsigned timeout_s;      /* idle connection timeout */
     size_t header_bytes;     /* MHD per-connection memory */
     size_t max_body;         /* cap for HTTP_BODY_BUFFER */
+    int reuse_port;          /* SO_REUSEPORT: share the port with other processes */
+    char **cors_origins;     /* allowed Origins ("*" = any); kept, not copied */
+    int n_cors_origins;
+    uint64_t min_body_rate;  /* bytes/s a body must average after the grace; 0 = off */
+    double min_body_grace_s;
 };
 
 /* Start listening on loop. Returns 0 or RC_EIO/RC_ENOMEM with err set. */
@@ -89,7 +115,8 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
  * keep running the loop until it has no handles left; h is freed then. */
 void http_free(struct http *h);
 int http_port(const struct http *h);
-/* Stop accepting new connections; in-flight requests continue. */
+/* Stop accepting new connections; in-flight requests continue. (The
+ * SIGTERM drain no longer uses it: /health must answer during a drain.) */
 void http_quiesce(struct http *h);
 /* Requests started and not yet done; and one log line for each. */
 int http_in_flight(const struct http *h);
@@ -115,6 +142,8 @@ char *http_take_body(struct http_req *r, size_t *len);
 void http_set_data(struct http_req *r, void *data);
 void *http_data(const struct http_req *r);
 void http_set_body_cap(struct http_req *r, size_t cap); /* override max_body (on_headers) */
+/* The body cap in force (the server's --max-body-bytes until set). */
+size_t http_body_cap(const struct http_req *r);
 /* Name for the access log line (route pattern, e.g. "/v1/sessions/{id}"). */
 void http_set_route(struct http_req *r, const char *route);
 void http_set_log_note(struct http_req *r, const char *note); /* static string */

@@ -11,7 +11,7 @@
 
 extern char **environ;
 
-enum opt_type { T_STR, T_LONG, T_SIZE, T_SECS, T_FLAG, T_KEYS };
+enum opt_type { T_STR, T_LONG, T_SIZE, T_SECS, T_FLAG, T_KEYS, T_ORIGINS };
 
 struct opt {
     const char *flag;   /* "--port" */
@@ -86,6 +86,14 @@ static const struct opt opts[] = {
      "received but unprocessed text of one streamed append; the upload pauses above it"},
     {"--drain-timeout", "RECURD_DRAIN_TIMEOUT", T_SECS, O(drain_timeout), "30", 0, 86400,
      "on SIGTERM, seconds to let in-flight requests finish before cancelling them"},
+    {"--reuse-port", "RECURD_REUSE_PORT", T_FLAG, O(reuse_port), "0", 0, 1,
+     "share the port with other processes (SO_REUSEPORT); off, so a second server on a busy port fails instead of getting half the connections"},
+    {"--min-body-rate", "RECURD_MIN_BODY_RATE", T_SIZE, O(min_body_rate), "1K", 0, 1 * GiB,
+     "bytes/s a request body must average once the grace is over (408 below); 0 = off; bounds a trickled body, which the idle timeout never cuts"},
+    {"--min-body-rate-grace", "RECURD_MIN_BODY_RATE_GRACE", T_SECS, O(min_body_rate_grace), "10",
+     0, 86400, "seconds a request body may take before --min-body-rate applies (slow starts, small bodies)"},
+    {"--cors-origin", "RECURD_CORS_ORIGIN", T_ORIGINS, O(cors_origins), NULL, 0, 0,
+     "browser origin(s) allowed to call the API (CORS), comma-separated or repeated, e.g. https://app.example; * = any; none by default"},
     {"--prefill-chunk", "RECURD_PREFILL_CHUNK", T_LONG, O(prefill_chunk), "256", 1, 65536,
      "tokens one session reads per scheduler tick; bounds others' decode latency"},
     {"--batch-tokens", "RECURD_BATCH_TOKENS", T_LONG, O(batch_tokens), "1024", 1, 1 << 20,
@@ -166,6 +174,45 @@ static int set_opt(struct options *c, const struct opt *o, const char *val, char
         }
         return 0;
     }
+    case T_ORIGINS: {
+        /* like T_KEYS: repeated flags add up, a stronger source replaces */
+        const char *p = val;
+        while (*p) {
+            const char *comma = strchr(p, ',');
+            size_t n = comma ? (size_t)(comma - p) : strlen(p);
+            while (n > 0 && *p == ' ')
+                p++, n--;
+            while (n > 0 && p[n - 1] == ' ')
+                n--;
+            if (n > 0) {
+                if (c->n_cors_origins == OPTIONS_MAX_ORIGINS)
+                    return rc_fail(err, errlen, RC_ERANGE, "%s: more than %d origins", o->flag,
+                                   OPTIONS_MAX_ORIGINS);
+                int ok = n <= 256 && (n == 1 ? *p == '*' : 1);
+                for (size_t i = 0; i < n && ok; i++)
+                    ok = (unsigned char)p[i] > ' ' && (unsigned char)p[i] < 0x7f;
+                const char *sep = ok && n > 1 ? strstr(p, "://") : NULL;
+                if (n > 1 && (!sep || sep >= p + n || sep == p ||
+                              memchr(sep + 3, '/', (size_t)(p + n - (sep + 3))) ||
+                              sep + 3 == p + n))
+                    ok = 0;
+                if (!ok)
+                    return rc_fail(err, errlen, RC_EINVAL,
+                                   "%s: '%.*s' is not an origin (scheme://host[:port], or *)",
+                                   o->flag, (int)(n > 80 ? 80 : n), p);
+                char *k = rc_strndup(p, n);
+                if (!k)
+                    return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+                c->cors_origins[c->n_cors_origins++] = k;
+            }
+            p += n;
+            while (*p == ' ')
+                p++;
+            if (*p == ',')
+                p++;
+        }
+        return 0;
+    }
     case T_FLAG: {
         int *dst = (int *)(base + o->off);
         if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes"))
@@ -222,6 +269,15 @@ static void clear_keys(struct options *c)
     c->n_api_keys = 0;
 }
 
+static void clear_origins(struct options *c)
+{
+    for (int i = 0; i < c->n_cors_origins; i++) {
+        rc_free(c->cors_origins[i]);
+        c->cors_origins[i] = NULL;
+    }
+    c->n_cors_origins = 0;
+}
+
 static void print_help(FILE *f)
 {
     fprintf(f, "usage: recurd serve --model DIR [options]\n\n"
@@ -267,7 +323,7 @@ int options_load(struct options *c, int argc, char **argv, char **env, FILE *out
         if (v && (rc = set_opt(c, &opts[i], v, err, errlen)))
             goto fail;
     }
-    int keys_from_argv = 0;
+    int keys_from_argv = 0, origins_from_argv = 0;
     for (int a = 1; a < argc; a++) {
         const char *arg = argv[a];
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -307,6 +363,10 @@ int options_load(struct options *c, int argc, char **argv, char **env, FILE *out
             clear_keys(c);
             keys_from_argv = 1;
         }
+        if (o->type == T_ORIGINS && !origins_from_argv) {
+            clear_origins(c);
+            origins_from_argv = 1;
+        }
         if ((rc = set_opt(c, o, val, err, errlen)))
             goto fail;
     }
@@ -325,6 +385,7 @@ void options_free(struct options *c)
     if (!c)
         return;
     clear_keys(c);
+    clear_origins(c);
     for (size_t i = 0; i < N_OPTS; i++)
         if (opts[i].type == T_STR) {
             char **p = (char **)((char *)c + opts[i].off);

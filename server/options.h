@@ -15,6 +15,7 @@
 #include <stdio.h>
 
 #define OPTIONS_MAX_KEYS 16
+#define OPTIONS_MAX_ORIGINS 16
 
 struct options {
     /* where */
@@ -50,6 +51,12 @@ struct options {
     size_t stream_buffer_bytes;  /* unsent output per streaming response */
     size_t upload_buffer_bytes;  /* untokenised upload per session */
     double drain_timeout;
+    int reuse_port;         /* SO_REUSEPORT: several processes on one port */
+    size_t min_body_rate;   /* bytes/s a request body must average; 0 = off */
+    double min_body_rate_grace; /* seconds before min_body_rate applies */
+    /* browsers */
+    char *cors_origins[OPTIONS_MAX_ORIGINS]; /* allowed Origins; "*" = any */
+    int n_cors_origins;
     /* compute */
     long prefill_chunk;     /* tokens per session per tick */
     long batch_tokens;      /* tokens per tick, all sessions */

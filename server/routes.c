@@ -1536,6 +1536,11 @@ static int on_headers(void *ud, struct http_req *h)
         (q->route == R_SESSIONS && content_type_is(h, "application/octet-stream"))) {
         int64_t cl = http_content_length(h);
         if (cl >= 0 && (uint64_t)cl != a->snap_bytes) {
+            /* answered before the body is read: the body the client still
+             * sends is discarded up to the route's largest legitimate size,
+             * which is the snapshot's when that is past the body cap */
+            if (a->snap_bytes > http_body_cap(h))
+                http_set_body_cap(h, a->snap_bytes);
             respond_err(h, API_INVALID_SNAPSHOT,
                         "a snapshot for this model is exactly %zu bytes, the body has %" PRId64
                         " (truncated, padded or for another model)",

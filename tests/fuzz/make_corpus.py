@@ -7,6 +7,8 @@ and checksum), then a snapshot for the target's model (Mamba-2, d_model 16,
 2 layers, d_inner 32, headdim 8, d_state 8, d_conv 4; layout in
 core/state.h and proto/SNAPSHOT.md).
 fuzz_request_json: request bodies, valid and malformed (RELIABILITY B1/B2/B4).
+fuzz_http: raw bytes of one client connection (requests, pipelines,
+smuggling attempts, bad framing, preflights), sent as is to the server.
 
 Usage: make_corpus.py [OUT_DIR]   (default: tests/fuzz/corpus)
 """
@@ -94,6 +96,53 @@ def json_corpus(out):
     return files
 
 
+def http_corpus():
+    def req(method, path, headers=b"", body=b""):
+        return (method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body)
+    json_h = b"Content-Type: application/json\r\n"
+    tok = b'{"text": "hi"}'
+    cl = b"Content-Length: %d\r\n" % len(tok)
+    smuggled = req(b"GET", b"/v1/models")
+    chunk = b"%x\r\n" % len(tok) + tok + b"\r\n0\r\n\r\n"
+    gen = b'{"prompt": "a", "max_tokens": 4, "stream": true}'
+    return {
+        "health": req(b"GET", b"/health"),
+        "models_keepalive_pipeline": req(b"GET", b"/v1/models") + req(b"GET", b"/health"),
+        "tokenize": req(b"POST", b"/v1/tokenize", json_h + cl, tok),
+        "tokenize_chunked": req(b"POST", b"/v1/tokenize",
+                                json_h + b"Transfer-Encoding: chunked\r\n", chunk),
+        "session_generate": req(b"POST", b"/v1/sessions", json_h + b"Content-Length: 2\r\n",
+                                b"{}") +
+                            req(b"POST", b"/v1/completions", json_h + b"Content-Length: %d\r\n"
+                                % len(gen), gen),
+        "smuggle_two_cl": req(b"POST", b"/v1/tokenize", json_h + cl +
+                              b"Content-Length: %d\r\n" % (len(tok) + len(smuggled)),
+                              tok + smuggled),
+        "smuggle_cl_te": req(b"POST", b"/v1/tokenize", json_h + b"Content-Length: 4\r\n"
+                             b"Transfer-Encoding: chunked\r\n", chunk + smuggled),
+        "smuggle_te_cl": req(b"POST", b"/v1/tokenize", json_h + b"Transfer-Encoding: chunked"
+                             b"\r\nContent-Length: 4\r\n", chunk + smuggled),
+        "te_gzip": req(b"POST", b"/v1/tokenize", json_h + b"Transfer-Encoding: gzip\r\n", tok),
+        "cl_list": req(b"POST", b"/v1/tokenize", json_h + b"Content-Length: 14, 14\r\n", tok),
+        "cl_plus": req(b"POST", b"/v1/tokenize", json_h + b"Content-Length: +14\r\n", tok),
+        "body_cut_short": req(b"POST", b"/v1/score", json_h + b"Content-Length: 100\r\n",
+                              b'{"text"'),
+        "chunked_cut_short": req(b"POST", b"/v1/score", json_h + b"Transfer-Encoding: chunked"
+                                 b"\r\n", b"5\r\n{\"tex"),
+        "preflight": req(b"OPTIONS", b"/v1/completions", b"Origin: https://a.example\r\n"
+                         b"Access-Control-Request-Method: POST\r\n"
+                         b"Access-Control-Request-Headers: authorization, content-type\r\n"),
+        "request_id": req(b"GET", b"/nope", b"X-Request-Id: " + b"a" * 200 + b"\r\n"
+                          b"Origin: https://a.example\r\n"),
+        "put_state_wrong_size": req(b"PUT", b"/v1/sessions/x/state",
+                                    b"Content-Type: application/octet-stream\r\n"
+                                    b"Content-Length: 4096\r\n", b"\0" * 4096),
+        "bad_request_line": b"GET /\x00 HTTP/1.1\r\n\r\n",
+        "http10_no_host": b"GET /health HTTP/1.0\r\n\r\n",
+        "garbage": bytes(range(256)),
+    }
+
+
 def write(d, files):
     os.makedirs(d, exist_ok=True)
     for name, data in files.items():
@@ -106,6 +155,7 @@ def main():
         os.path.abspath(__file__)), "corpus")
     write(os.path.join(out, "fuzz_snapshot_load"), snapshot_corpus(out))
     write(os.path.join(out, "fuzz_request_json"), json_corpus(out))
+    write(os.path.join(out, "fuzz_http"), http_corpus())
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ def sse_events(resp):
 # OpenAI's category ("type") for each of recurd's error codes (proto/apierr.c).
 ERROR_CATEGORY = {
     400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-    405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+    405: "invalid_request_error", 408: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
     415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
     500: "server_error", 501: "not_supported_error", 503: "server_error", 507: "server_error",
 }

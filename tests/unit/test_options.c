@@ -77,6 +77,11 @@ static void test_bad_values_named(void **u)
         {{"serve", "--model", "m", "--quiet=maybe"}, 4, "--quiet"},
         {{"serve", "--model", "m", "--api-key=has space"}, 4, "--api-key"},
         {{"serve", "--model", "m", "--bogus"}, 4, "unknown option '--bogus'"},
+        {{"serve", "--model", "m", "--cors-origin=https://a.example/path"}, 4, "--cors-origin"},
+        {{"serve", "--model", "m", "--cors-origin=a.example"}, 4, "--cors-origin"},
+        {{"serve", "--model", "m", "--cors-origin=https://"}, 4, "--cors-origin"},
+        {{"serve", "--model", "m", "--cors-origin=**"}, 4, "--cors-origin"},
+        {{"serve", "--model", "m", "--min-body-rate=-1"}, 4, "--min-body-rate"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = 0;
@@ -90,6 +95,33 @@ static void test_bad_values_named(void **u)
     char *argv[] = {"serve", "--model", "m"};
     assert_true(load(&c, env_bad, 3, argv, err) < 0);
     assert_non_null(strstr(err, "--max-sessions"));
+}
+
+/* --cors-origin: repeated flags add up, commas split, the command line
+ * replaces the environment; --reuse-port and the body rate parse. */
+static void test_cors_origins(void **u)
+{
+    struct options c;
+    char err[256];
+    char *env[] = {"RECURD_CORS_ORIGIN=https://env.example", NULL};
+    char *argv0[] = {"serve", "--model", "m"};
+    assert_int_equal(load(&c, env, 3, argv0, err), 0);
+    assert_int_equal(c.n_cors_origins, 1);
+    assert_string_equal(c.cors_origins[0], "https://env.example");
+    assert_int_equal(c.reuse_port, 0);
+    assert_int_equal(c.min_body_rate, 1024);
+    options_free(&c);
+    char *argv[] = {"serve", "--model", "m", "--cors-origin", "https://a.example, http://b:3000",
+                    "--cors-origin=*", "--reuse-port", "--min-body-rate=0"};
+    assert_int_equal(load(&c, env, 8, argv, err), 0);
+    assert_int_equal(c.n_cors_origins, 3);
+    assert_string_equal(c.cors_origins[0], "https://a.example");
+    assert_string_equal(c.cors_origins[1], "http://b:3000");
+    assert_string_equal(c.cors_origins[2], "*");
+    assert_int_equal(c.reuse_port, 1);
+    assert_int_equal(c.min_body_rate, 0);
+    options_free(&c);
+    assert_int_equal(c.n_cors_origins, 0);
 }
 
 static void test_help(void **u)
@@ -125,6 +157,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_bad_values_named),
+        cmocka_unit_test(test_cors_origins),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_sizes),
     };

@@ -12,7 +12,7 @@ See clients/python/README.md.
 from .client import DEFAULT_URL, Client, CompletionStream, GenerateStream
 from .errors import (BadRequest, Conflict, ConnectionError, InternalServerError,
                      InvalidSnapshot, InvalidSnapshotName, InvalidToken, MethodNotAllowed,
-                     NotEnabled, NotFound, OutOfMemory, Overloaded, PayloadTooLarge,
+                     NotEnabled, NotFound, OutOfMemory, Overloaded, PayloadTooLarge, RequestTimeout,
                      ProtocolError, RecurError, ServerUnavailable, SessionBusy,
                      SnapshotModelMismatch, SnapshotWriteFailed, Timeout, TooManyRequests,
                      Unauthorized, UnsupportedMediaType)
@@ -26,7 +26,7 @@ __all__ = [
     "Client", "GenerateStream", "CompletionStream", "DEFAULT_URL",
     "RecurError", "BadRequest", "InvalidToken", "InvalidSnapshotName", "Unauthorized",
     "NotFound", "MethodNotAllowed", "Conflict", "SessionBusy", "SnapshotModelMismatch",
-    "PayloadTooLarge", "UnsupportedMediaType", "InvalidSnapshot", "Overloaded",
+    "PayloadTooLarge", "RequestTimeout", "UnsupportedMediaType", "InvalidSnapshot", "Overloaded",
     "TooManyRequests", "ServerUnavailable", "OutOfMemory", "InternalServerError",
     "NotEnabled", "SnapshotWriteFailed", "ConnectionError", "Timeout", "ProtocolError",
     "Bucket", "Completion", "CompletionChunk", "DoneEvent", "GenerateResult", "ModelInfo",

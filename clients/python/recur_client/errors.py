@@ -83,6 +83,11 @@ class PayloadTooLarge(RecurError):
     """413 ``payload_too_large``."""
 
 
+class RequestTimeout(RecurError):
+    """408 ``request_timeout``: the request body came slower than the
+    server's ``--min-body-rate``."""
+
+
 class UnsupportedMediaType(RecurError):
     """415 ``unsupported_media_type``."""
 
@@ -145,6 +150,7 @@ BY_CODE = {
     "snapshot_model_mismatch": SnapshotModelMismatch,
     "conflict": Conflict,
     "payload_too_large": PayloadTooLarge,
+    "request_timeout": RequestTimeout,
     "unsupported_media_type": UnsupportedMediaType,
     "invalid_snapshot": InvalidSnapshot,
     "too_many_sessions": TooManyRequests,
@@ -161,6 +167,7 @@ BY_STATUS = {
     404: NotFound,
     405: MethodNotAllowed,
     409: Conflict,
+    408: RequestTimeout,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: InvalidSnapshot,
