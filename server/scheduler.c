@@ -44,6 +44,8 @@ struct job_run {
     int n;                  /* tokens in the segment */
     int had_last;           /* state had a prediction before the segment */
     int32_t tok;            /* decode token */
+    int pushed;             /* its detail row was kept */
+    int over;               /* its detail row was over the limit */
 };
 
 struct sched {
@@ -122,6 +124,12 @@ void job_free(struct job *j)
     idvec_free(&j->out_ids);
     outbuf_free(&j->out_text);
     tok_details_free(&j->out_rows);
+    for (int i = 0; j->choices && i < j->n_choices; i++) {
+        idvec_free(&j->choices[i].ids);
+        outbuf_free(&j->choices[i].text);
+        tok_details_free(&j->choices[i].rows);
+    }
+    rc_free(j->choices);
     rc_free(j->snap_out);
     outbuf_free(&j->inbox);
     outbuf_free(&j->outbox);
@@ -336,9 +344,12 @@ static int stage_openai(struct sched *s, struct job *j, const char *delta, size_
 {
     unsigned long f0 = rc_alloc_failures_here();
     struct vocab_view v = {codec_piece_cb, s->codec};
-    struct completion_view cv = {
-        .id = j->cmpl_id, .created = j->created, .model = j->model_name, .text = delta,
-        .text_len = dlen, .finish_reason = finish_reason, .d = d, .text_offset0 = text_off};
+    struct completion_choice ch = {.text = delta, .text_len = dlen,
+                                   .finish_reason = finish_reason, .d = d,
+                                   .text_offset0 = text_off};
+    struct completion_view cv = {.id = j->cmpl_id, .created = j->created, .model = j->model_name,
+                                 .system_fingerprint = j->sys_fp[0] ? j->sys_fp : NULL,
+                                 .ch = &ch, .n_ch = 1, .index0 = j->choice};
     return stage_json(j, resp_completion(&cv, &v), f0);
 }
 
@@ -403,7 +414,10 @@ static int stage_final(struct sched *s, struct job *j)
             rc = stage_openai(s, j, tail, rest, NULL, j->echo_len + r->emitted, NULL);
         r->emitted += rest;
         if (!rc)
-            rc = stage_openai(s, j, "", 0, NULL, 0, j->finish);
+            rc = stage_openai(s, j, "", 0, NULL, 0,
+                              !strcmp(j->finish, "eos") ? "stop" : j->finish);
+        if (j->choice + 1 < j->n_choices)
+            return rc; /* the usage and [DONE] come after the last choice */
         if (!rc && j->include_usage) {
             unsigned long f0 = rc_alloc_failures_here();
             json_t *o = json_object();
@@ -417,11 +431,14 @@ static int stage_final(struct sched *s, struct job *j)
             json_object_set_new(o, "object", json_string("text_completion"));
             json_object_set_new(o, "created", json_integer(j->created));
             json_object_set_new(o, "model", json_string(j->model_name));
+            if (j->sys_fp[0])
+                json_object_set_new(o, "system_fingerprint", json_string(j->sys_fp));
             json_object_set_new(o, "choices", json_array());
+            /* every choice's tokens; the prompt once (it was read once) */
+            json_int_t out = (json_int_t)j->gen_done + (json_int_t)j->out_ids.n;
             json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
-            json_object_set_new(u, "completion_tokens", json_integer((json_int_t)j->out_ids.n));
-            json_object_set_new(u, "total_tokens",
-                                json_integer(j->n_input + (json_int_t)j->out_ids.n));
+            json_object_set_new(u, "completion_tokens", json_integer(out));
+            json_object_set_new(u, "total_tokens", json_integer(j->n_input + out));
             json_object_set_new(o, "usage", u);
             rc = stage_json(j, o, f0);
         }
@@ -568,7 +585,9 @@ static int begin_gen(struct sched *s, struct job *j)
         }
         r->gs = j->gen;
     }
-    sampler_seed(&r->rng, j->seed);
+    /* choice i of n draws from seed + i: each is the single-choice answer
+     * to the same request with that seed */
+    sampler_seed(&r->rng, j->seed + (uint64_t)j->choice);
     r->phase = PH_GEN;
     if (j->stream == STREAM_OPENAI && j->echo_len) {
         /* the prompt goes first, as its own chunk */
@@ -576,6 +595,41 @@ static int begin_gen(struct sched *s, struct job *j)
             return RC_ENOMEM;
     }
     return 0;
+}
+
+/* n > 1: the choice that just ended moves to choices[choice]; the next
+ * one starts from a fresh copy of the input's state (begin_gen), so every
+ * choice answers the same prompt. After the last, the job finishes. */
+static void next_choice(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    struct choice_out *c = &j->choices[j->choice];
+    c->ids = j->out_ids;
+    c->text = j->out_text;
+    c->rows = j->out_rows;
+    c->rows_truncated = j->out_truncated;
+    c->finish = j->finish;
+    j->gen_done += (int64_t)j->out_ids.n;
+    memset(&j->out_ids, 0, sizeof j->out_ids);
+    memset(&j->out_text, 0, sizeof j->out_text);
+    memset(&j->out_rows, 0, sizeof j->out_rows);
+    j->out_truncated = 0;
+    if (j->choice + 1 >= j->n_choices)
+        return;
+    j->choice++;
+    j->finish = NULL;
+    r->emitted = 0;
+    r->phase = PH_INPUT;
+    int rc = j->gen_details ? tok_details_init(&j->out_rows, j->top_k) : 0;
+    if (!rc)
+        rc = begin_gen(s, j);
+    if (rc) {
+        fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
+             rc == RC_ENOMEM ? "out of memory" : "internal error");
+        finish(j, "error");
+        return;
+    }
+    r->finished_now = 0;
 }
 
 /* ---- special jobs ------------------------------------------------------------ */
@@ -612,11 +666,25 @@ static void run_special(struct sched *s, struct job *j)
         if (rc)
             fail(j, rc, API_INTERNAL, "copying the state failed");
         break;
-    case JOB_TOKENIZE:
+    case JOB_TOKENIZE: {
+        /* The body is written here, as bytes, not on the loop thread as a
+         * JSON tree: one node per token took GBs and blocked /health for
+         * seconds on a few MB of text. out_text is the whole answer. */
+        struct vocab_view v = {codec_piece_cb, s->codec};
+        struct tokenize_view tv = {.with_pieces = j->want_details, .limit = j->detail_limit};
         rc = codec_encode(s->codec, j->text ? j->text : "", j->text_len, &j->out_ids);
-        if (rc)
+        if (!rc) {
+            tv.ids = j->out_ids.v;
+            tv.n = j->out_ids.n;
+            rc = resp_tokenize(&j->out_text, &tv, &v);
+        }
+        idvec_free(&j->out_ids);
+        if (rc) {
+            outbuf_free(&j->out_text);
             fail(j, rc, API_OUT_OF_MEMORY, "out of memory tokenising");
+        }
         break;
+    }
     }
     j->position = j->state ? j->state->pos : 0;
     finish(j, rc ? "error" : "done");
@@ -676,9 +744,18 @@ static int decode_sample(struct sched *s, struct job **dec, int nd)
             r->tok = id;
             if (j->gen_details) {
                 float lp = row_logprob(s, lg, id, j->top_k, s->top_ids, s->top_lps);
-                if (j->out_rows.n < j->detail_limit &&
-                    tok_details_push(&j->out_rows, r->gs->pos, id, lp, s->top_ids, s->top_lps))
+                /* a stream sends each row with its token and keeps none:
+                 * no limit applies, and a stale row is never sent again */
+                if (j->stream)
+                    j->out_rows.n = 0;
+                r->pushed = r->over = 0;
+                if (!j->stream && j->in_rows.n + j->out_rows.n >= j->detail_limit)
+                    r->over = 1; /* truncated, once the token is kept (not eos) */
+                else if (tok_details_push(&j->out_rows, r->gs->pos, id, lp, s->top_ids,
+                                          s->top_lps))
                     return RC_ENOMEM;
+                else
+                    r->pushed = 1;
             }
         }
     }
@@ -693,6 +770,8 @@ static int decode_after(struct sched *s, struct job *j)
     const char *piece = codec_piece(s->codec, r->tok, &plen);
     if (idvec_push(&j->out_ids, r->tok) || outbuf_put(&j->out_text, piece, plen))
         return RC_ENOMEM;
+    if (r->over)
+        j->out_truncated = 1;
     int stopped;
     size_t to = stop_scan(j, &stopped);
     if (stopped)
@@ -775,7 +854,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
         struct job_run *r = j->run;
         if (!j->ignore_eos && r->tok == codec_eos(s->codec)) {
             /* The end token is not read into the state, nor reported. */
-            if (j->gen_details && j->out_rows.n && j->out_rows.id[j->out_rows.n - 1] == r->tok)
+            if (r->pushed)
                 j->out_rows.n--;
             finish(j, "eos");
             continue;
@@ -871,6 +950,8 @@ static void tick(struct sched *s, struct job **ready, int nready)
             if (stage_final(s, j) != 0)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
+        if (j->kind == JOB_RUN && j->n_choices > 1 && r->phase == PH_FINISHED && r->gs && !j->rc)
+            next_choice(s, j);
     }
     atomic_fetch_add(&s->stats.ticks, 1);
     atomic_fetch_add(&s->stats.busy_us, (long long)(now_us() - t0));

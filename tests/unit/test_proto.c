@@ -26,6 +26,7 @@ static const struct proto_limits LIM = {
     .max_stop = 4,
     .max_stop_bytes = 16,
     .vocab_size = 50277,
+    .max_n = 4,
 };
 
 /* Parse s; expect failure with kind and a message containing `needle`. */
@@ -273,16 +274,38 @@ static void test_completion_fields(void **u)
     assert_int_equal(req_completion_parse(o, &LIM, &c, &e), 0);
     assert_int_equal(c.prompt.n_tokens, 3);
     assert_int_equal(c.logprobs, -1);
+    assert_int_equal(c.n, 1);
     req_completion_free(&c);
     json_decref(o);
 
+    /* n up to max_n, best_of equal to it (or absent) */
+    o = J("{\"prompt\":\"a\",\"n\":4,\"best_of\":4}");
+    assert_int_equal(req_completion_parse(o, &LIM, &c, &e), 0);
+    assert_int_equal(c.n, 4);
+    req_completion_free(&c);
+    json_decref(o);
+
+    /* an empty prompt, in each of its forms, is neither text nor tokens */
+    const char *empty[] = {"{\"prompt\":\"\"}", "{\"prompt\":[]}", "{\"prompt\":[\"\"]}",
+                           "{\"prompt\":[[]]}"};
+    for (size_t i = 0; i < sizeof empty / sizeof empty[0]; i++) {
+        o = J(empty[i]);
+        if (req_completion_parse(o, &LIM, &c, &e) != 0)
+            fail_msg("%s: %s", empty[i], e.message);
+        assert_null(c.prompt.text);
+        assert_null(c.prompt.tokens);
+        req_completion_free(&c);
+        json_decref(o);
+    }
+
     const char *bad[][2] = {
-        {"{\"prompt\":\"a\",\"n\":2}", "'n'"},
+        {"{\"prompt\":\"a\",\"n\":5}", "'n'"},
+        {"{\"prompt\":\"a\",\"n\":0}", "'n'"},
         {"{\"prompt\":\"a\",\"best_of\":3}", "best_of"},
+        {"{\"prompt\":\"a\",\"n\":2,\"best_of\":3}", "best_of"},
         {"{\"prompt\":\"a\",\"presence_penalty\":0.5}", "presence_penalty"},
         {"{\"prompt\":\"a\",\"logit_bias\":{\"1\":2}}", "logit_bias"},
         {"{\"prompt\":[\"a\",\"b\"]}", "one prompt"},
-        {"{\"prompt\":\"\"}", "empty"},
         {"{}", "prompt"},
         {"{\"prompt\":\"a\",\"logprobs\":true}", "logprobs"},
         {"{\"prompt\":\"a\",\"stream_options\":{\"x\":1}}", "unknown field 'x'"},
@@ -438,8 +461,12 @@ static void test_oom_unwinds(void **u)
                 float tl = -1;
                 tok_details_push(&d, 0, 0, -0.1f, &ti, &tl);
                 struct vocab_view v = {piece, NULL};
-                struct completion_view cv = {.id = "cmpl-1", .model = "m", .text = "x",
-                                             .text_len = 1, .d = &d, .with_usage = 1};
+                struct completion_choice ch[2] = {{.text = "x", .text_len = 1, .d = &d},
+                                                  {.text = "y", .text_len = 1, .d = &d,
+                                                   .truncated = 1}};
+                struct completion_view cv = {.id = "cmpl-1", .model = "m",
+                                             .system_fingerprint = "fp_1", .ch = ch,
+                                             .n_ch = 2, .with_usage = 1};
                 json_t *r = resp_completion(&cv, &v);
                 char *dump = r ? pj_dump(r, NULL) : NULL;
                 rc_free(dump);
