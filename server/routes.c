@@ -900,9 +900,6 @@ static void h_completions(struct rq *q)
     /* the echoed prompt: the text as sent, or the ids' pieces */
     struct outbuf echo = {0};
     int oom = 0;
-    if (r.n > 1)
-        oom = !(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices));
-    j->n_choices = r.n;
     if (r.echo && !empty) {
         if (r.prompt.text)
             oom = outbuf_put(&echo, r.prompt.text, r.prompt.text_len) != 0;
@@ -919,6 +916,9 @@ static void h_completions(struct rq *q)
             snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
     j->cmpl_id = rc_strdup(idbuf);
     j->model_name = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
+    if (r.n > 1 && !(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices)))
+        oom = 1;
+    j->n_choices = r.n;
     if (oom || !j->cmpl_id || !j->model_name) {
         outbuf_free(&echo);
         req_completion_free(&r);
@@ -933,7 +933,9 @@ static void h_completions(struct rq *q)
     j->score = r.echo && r.logprobs >= 0 && !empty;
     j->want_details = j->score;
     j->top_k = r.logprobs > 0 ? r.logprobs : 0;
-    j->detail_limit = (size_t)a->cfg->detail_limit;
+    /* the limit is per response: n choices share it (each repeats the
+     * echoed prompt's rows) */
+    j->detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r.n > 1 ? r.n : 1);
     j->gen_max = r.max_tokens;
     j->sp = r.sp;
     j->seed = r.has_seed ? r.seed : random_seed();

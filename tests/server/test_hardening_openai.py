@@ -169,6 +169,12 @@ def test_completions_echo_logprobs_share_one_detail_limit(small):
                                         "logprobs": 0, "echo": True}))
     assert len(r["choices"][0]["logprobs"]["tokens"]) == 8
     assert "logprobs_truncated" not in r["choices"][0]
+    # n choices share the limit: 16 / 2 entries each
+    r = c.ok(c.post("/v1/completions", {"prompt": "0123456789", "max_tokens": 10, "n": 2,
+                                        "temperature": 0, "logprobs": 0, "echo": True}))
+    for ch in r["choices"]:
+        assert len(ch["logprobs"]["tokens"]) == 8 and ch["logprobs_truncated"] is True
+        assert ch["logprobs"]["tokens"] == list("01234567")
 
 
 # ---- item 10: OpenAI conventions -------------------------------------------------
@@ -307,3 +313,99 @@ def test_system_fingerprint_is_stable_per_build_and_model(c, models):
         assert completion(Client(again), **body)["system_fingerprint"] == a
     finally:
         assert again.stop() == 0
+
+
+# ---- the new requests under allocation failure (RELIABILITY.md X4) -------------
+
+
+def _fault_build():
+    from test_reliability import fault_build
+    return fault_build()
+
+
+@pytest.mark.skipif(not _fault_build(),
+                    reason="needs a -DRECUR_FAULT_INJECTION=ON binary (scripts/test --sanitize builds one)")
+@pytest.mark.parametrize("persistent", [False, True])
+def test_x4_new_requests_under_allocation_failure(models, tmp_path, persistent):
+    """The Nth allocation of each new kind of request fails (and, persistent,
+    every one after it): the answer is the normal one or a 503 (a stream
+    already answered 200: an error event as its last), the server lives,
+    and ASan finds no leak at exit."""
+    from test_reliability import Faults
+    srv = Server(models["a"], "--max-n", 4, "--detail-limit", 8,
+                 env={"RECURD_FAULT_FILE": str(tmp_path / "fault")})
+    try:
+        c = Client(srv)
+        faults = Faults(srv, tmp_path / "fault")
+        prompt = "Faults, one allocation at a time."
+        ref = completion(c, prompt=prompt, max_tokens=4, temperature=0)["choices"][0]["text"]
+        toks = c.ok(c.post("/v1/tokenize", {"text": prompt}))["tokens"]
+        mid = c.ok(c.get("/v1/models"))["data"][0]["id"]
+
+        def cmpl_n():
+            r = c.post("/v1/completions", {"prompt": prompt, "max_tokens": 4, "temperature": 0,
+                                           "n": 2, "echo": True, "logprobs": 1})
+            return r, None
+
+        def cmpl_n_stream():
+            r = c.post("/v1/completions", {"prompt": prompt, "max_tokens": 4, "temperature": 0,
+                                           "n": 2, "stream": True,
+                                           "stream_options": {"include_usage": True}},
+                       stream=True)
+            return r, (sse_events(r) if r.status_code == 200 else None)
+
+        def check(kind, r, events):
+            errs = [e for e in events or [] if isinstance(e, dict) and "error" in e]
+            if errs:
+                assert errs[-1] is events[-1], events[-3:]
+                assert "out of memory" in errs[-1]["error"]["message"]
+                return False
+            if r.status_code != 200:
+                error_of(r, 503)
+                return False
+            if kind == "completions-n":
+                ch = r.json()["choices"]
+                assert [x["text"] for x in ch] == [prompt + ref] * 2
+                assert all(len(x["logprobs"]["tokens"]) == 8 for x in ch)
+            elif kind == "completions-n-stream":
+                assert events[-1] == "[DONE]"
+                texts = {}
+                for e in events[:-1]:
+                    for x in e["choices"]:
+                        texts[x["index"]] = texts.get(x["index"], "") + x["text"]
+                assert texts == {0: ref, 1: ref}
+            elif kind == "tokenize-pieces":
+                b = r.json()
+                assert b["tokens"] == toks and len(b["pieces"]) == 8 and b["pieces_truncated"]
+            elif kind == "model":
+                assert r.json()["id"] == mid
+            return True
+
+        ops = {
+            "completions-n": cmpl_n,
+            "completions-n-stream": cmpl_n_stream,
+            "tokenize-pieces": lambda: (c.post("/v1/tokenize", {"text": prompt,
+                                                                "with_pieces": True}), None),
+            "model": lambda: (c.get(f"/v1/models/{mid}"), None),
+        }
+        failed = dict.fromkeys(ops, 0)
+        for kind, run in ops.items():
+            n = 0
+            while True:
+                n += 1
+                assert n < 3000, "sweep did not end"
+                faults.arm(n, persistent)
+                r, events = run()
+                injected = faults.off()
+                assert srv.alive(), f"died at allocation {n} of {kind}"
+                if not check(kind, r, events):
+                    assert injected > 0, (kind, n, r.status_code)
+                    failed[kind] += 1
+                    assert check(kind, *run()), (kind, n)  # and then it works
+                if injected == 0:
+                    break
+        assert all(v > 0 for v in failed.values()), failed
+        # nothing held: the state budget is back where it started
+        completion(c, prompt=prompt, max_tokens=1, n=4)
+    finally:
+        assert srv.stop() == 0, "\n".join(srv.log()[-20:])
