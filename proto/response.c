@@ -112,7 +112,7 @@ int outbuf_int(struct outbuf *b, int64_t x)
  * copied at once, so a long text costs one pass. */
 static int put_escaped(struct outbuf *b, const char *s, size_t n)
 {
-    static const char hexd[] = "0123456789abcdef";
+    static const char hexd[] = "0123456789ABCDEF"; /* as jansson */
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -167,7 +167,7 @@ int resp_tokenize(struct outbuf *b, const struct tokenize_view *t, const struct 
     /* Room for the ids at once (an id is at most 11 bytes with its comma),
      * so the buffer is not copied over and over while it grows. */
     size_t want;
-    if (!__builtin_mul_overflow(t->n, (size_t)12, &want) && want < SIZE_MAX - 256 &&
+    if (!__builtin_mul_overflow(t->n, (size_t)12, &want) && want < SIZE_MAX - 256 - b->n &&
         b->cap < b->n + want + 256) {
         char *np = rc_realloc(b->p, b->n + want + 256);
         if (!np)

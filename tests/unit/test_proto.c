@@ -441,6 +441,85 @@ static void test_token_json(void **u)
     tok_details_free(&d);
 }
 
+/* outbuf_json_str writes what jansson writes for the sanitised text: every
+ * single byte, and random byte strings (mostly invalid UTF-8). */
+static void test_json_str_matches_jansson(void **u)
+{
+    unsigned x = 12345;
+    for (int round = 0; round < 2000; round++) {
+        unsigned char s[24];
+        size_t n = round < 256 ? 1 : (size_t)(round % 24);
+        for (size_t i = 0; i < n; i++) {
+            x = x * 1103515245u + 12345u;
+            s[i] = round < 256 ? (unsigned char)round : (unsigned char)(x >> 16);
+        }
+        char san[128];
+        size_t sl = u8_sanitize((char *)s, n, san, sizeof san);
+        json_t *want = json_stringn(san, sl);
+        assert_non_null(want);
+        char *w = pj_dump(want, NULL);
+        json_decref(want);
+        struct outbuf b = {0};
+        assert_int_equal(outbuf_json_str(&b, (char *)s, n), 0);
+        assert_non_null(w);
+        if (strcmp(b.p, w))
+            fail_msg("round %d: %s != %s", round, b.p, w);
+        rc_free(w);
+        outbuf_free(&b);
+    }
+}
+
+static void test_tokenize_body(void **u)
+{
+    struct vocab_view v = {piece, NULL};
+    int32_t ids[] = {0, 1, 2, 3};
+    for (size_t limit = 0; limit <= 5; limit++) {
+        struct outbuf b = {0};
+        struct tokenize_view t = {.ids = ids, .n = 4, .with_pieces = 1, .limit = limit};
+        assert_int_equal(resp_tokenize(&b, &t, &v), 0);
+        json_t *o;
+        struct api_error e;
+        assert_int_equal(pj_parse(b.p, b.n, 32, &o, &e), 0);
+        assert_int_equal(json_array_size(json_object_get(o, "tokens")), 4);
+        assert_int_equal(json_integer_value(json_object_get(o, "n_tokens")), 4);
+        json_t *p = json_object_get(o, "pieces");
+        size_t want = limit < 4 ? limit : 4;
+        assert_int_equal(json_array_size(p), want);
+        assert_true(json_is_boolean(json_object_get(o, "pieces_truncated")));
+        assert_int_equal(json_is_true(json_object_get(o, "pieces_truncated")), limit < 4);
+        /* each piece as resp_token writes it (less position and logprob) */
+        struct tok_details d;
+        tok_details_init(&d, 0);
+        for (size_t i = 0; i < want; i++) {
+            assert_int_equal(tok_details_push(&d, (int64_t)i, ids[i], 0, NULL, NULL), 0);
+            json_t *t1 = resp_token(&d, i, &v);
+            json_object_del(t1, "position");
+            json_object_del(t1, "logprob");
+            assert_true(json_equal(t1, json_array_get(p, i)));
+            json_decref(t1);
+        }
+        tok_details_free(&d);
+        json_decref(o);
+        outbuf_free(&b);
+    }
+    /* every allocation failing in turn: an error, never a crash or a leak */
+    size_t base = rc_alloc_live_bytes();
+    for (long n = 1;; n++) {
+        assert_true(n < 500);
+        rc_alloc_fail_after(n, 0);
+        struct outbuf b = {0};
+        struct tokenize_view t = {.ids = ids, .n = 4, .with_pieces = 1, .limit = 3};
+        int rc = resp_tokenize(&b, &t, &v);
+        outbuf_free(&b);
+        long inj = rc_alloc_injected();
+        rc_alloc_fail_after(0, 0);
+        assert_int_equal(rc_alloc_live_bytes(), base);
+        assert_true(rc == 0 || inj > 0);
+        if (inj == 0)
+            break;
+    }
+}
+
 static void test_oom_unwinds(void **u)
 {
     /* Every allocation of a parse + validate + build fails in turn; no
@@ -501,6 +580,8 @@ int main(void)
         cmocka_unit_test(test_error_body),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_token_json),
+        cmocka_unit_test(test_json_str_matches_jansson),
+        cmocka_unit_test(test_tokenize_body),
         cmocka_unit_test(test_oom_unwinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
