@@ -409,3 +409,41 @@ def test_x4_new_requests_under_allocation_failure(models, tmp_path, persistent):
         completion(c, prompt=prompt, max_tokens=1, n=4)
     finally:
         assert srv.stop() == 0, "\n".join(srv.log()[-20:])
+
+
+def test_completions_n_stream_client_leaves_mid_choice(models):
+    """The client leaves during choice 1 of 4: the job is cancelled, both of
+    its states go back (with room for exactly two, the next n=2 runs), and
+    the server goes on."""
+    probe = Server(models["a"])
+    try:
+        sb = Client(probe).ok(Client(probe).get("/v1/models"))["data"][0]["state_bytes"]
+    finally:
+        probe.stop()
+    srv = Server(models["a"], "--state-memory", str(max(4096, 2 * sb + sb // 2)))
+    try:
+        c = Client(srv)
+        for _ in range(3):
+            r = c.post("/v1/completions", {"prompt": "leave", "max_tokens": 2000, "n": 4,
+                                           "stream": True}, stream=True)
+            assert r.status_code == 200
+            seen = set()
+            for line in r.iter_lines():
+                if line.startswith(b"data: {"):
+                    for x in json.loads(line[6:])["choices"]:
+                        seen.add(x["index"])
+                if 1 in seen:
+                    break
+            r.close()
+            # the cancelled job gives its two states back (at its done event)
+            end = time.time() + 10
+            while True:
+                r = c.post("/v1/completions", {"prompt": "x", "max_tokens": 2, "n": 2})
+                if r.status_code == 200 or time.time() > end:
+                    break
+                time.sleep(0.05)
+            assert r.status_code == 200, r.text
+            assert [x["index"] for x in r.json()["choices"]] == [0, 1]
+        assert requests.get(srv.url("/health"), timeout=5).status_code == 200
+    finally:
+        assert srv.stop() == 0, "\n".join(srv.log()[-20:])
