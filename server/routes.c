@@ -202,6 +202,10 @@ static void job_release(struct app *a, struct job *j)
         sessions_release(a->sessions, j->sess_b, now_ms(a));
     state_free(j->tmp);
     state_free(j->gen);
+    for (int i = 0; j->gens && i < j->n_choices; i++) {
+        state_free(j->gens[i]);
+        j->gens[i] = NULL;
+    }
     for (; j->reserved > 0; j->reserved--)
         sessions_unreserve(a->sessions);
     job_free(j);
@@ -916,7 +920,8 @@ static void h_completions(struct rq *q)
             snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
     j->cmpl_id = rc_strdup(idbuf);
     j->model_name = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
-    if (r.n > 1 && !(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices)))
+    if (r.n > 1 && (!(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices)) ||
+                    !(j->gens = rc_calloc((size_t)r.n, sizeof *j->gens))))
         oom = 1;
     j->n_choices = r.n;
     if (oom || !j->cmpl_id || !j->model_name) {
@@ -956,12 +961,13 @@ static void h_completions(struct rq *q)
         job_free(j);
         return;
     }
-    /* n > 1: the prompt is read once into tmp; each choice generates in
-     * gen from a copy of it (one more state, counted like tmp) */
-    if (j->n_choices > 1 && job_state(q, j, &j->gen) != 0) {
-        job_release(a, j); /* tmp and its reservation */
-        return;
-    }
+    /* n > 1: the prompt is read once into tmp; choice i generates in
+     * gens[i] from a copy of it (n more states, counted like tmp) */
+    for (int i = 0; j->n_choices > 1 && i < j->n_choices; i++)
+        if (job_state(q, j, &j->gens[i]) != 0) {
+            job_release(a, j); /* the states made so far and their reservations */
+            return;
+        }
     submit(q, j);
     if (j->stream) {
         q->streaming = 1;

@@ -46,6 +46,9 @@ struct job_run {
     int32_t tok;            /* decode token */
     int pushed;             /* its detail row was kept */
     int over;               /* its detail row was over the limit */
+    /* n > 1: one lane per choice, generating side by side */
+    struct job **lanes;
+    int n_lanes, lanes_left;
 };
 
 struct sched {
@@ -95,15 +98,34 @@ struct job *job_new(int kind)
     return j;
 }
 
+static void lane_free(struct job *l);
+
 static void run_free(struct job_run *r)
 {
     if (!r)
         return;
+    for (int i = 0; i < r->n_lanes; i++)
+        lane_free(r->lanes[i]);
+    rc_free(r->lanes);
     idvec_free(&r->pending);
     codec_enc_free(r->enc);
     outbuf_free(&r->taken);
     outbuf_free(&r->stage);
     rc_free(r);
+}
+
+/* A choice's lane (compute-private): a shallow copy of its job that
+ * borrows the job's strings, stop list, input state and detail rows, with
+ * its own run, generation state (gens[i]) and results. */
+static void lane_free(struct job *l)
+{
+    if (!l)
+        return;
+    idvec_free(&l->out_ids);
+    outbuf_free(&l->out_text);
+    tok_details_free(&l->out_rows);
+    run_free(l->run);
+    rc_free(l);
 }
 
 void job_free(struct job *j)
@@ -130,6 +152,7 @@ void job_free(struct job *j)
         tok_details_free(&j->choices[i].rows);
     }
     rc_free(j->choices);
+    rc_free(j->gens); /* the array; its states are the loop's (job_release) */
     rc_free(j->snap_out);
     outbuf_free(&j->inbox);
     outbuf_free(&j->outbox);
@@ -402,6 +425,37 @@ static int stage_token_event(struct sched *s, struct job *j, int32_t id, const c
     return stage_json(j, o, f0);
 }
 
+/* The end of an OpenAI stream: the usage chunk (include_usage; `out`
+ * tokens generated over all choices, the prompt counted once: it was read
+ * once), then [DONE]. */
+static int stage_openai_tail(struct sched *s, struct job *j, int64_t out)
+{
+    int rc = 0;
+    if (j->include_usage) {
+        unsigned long f0 = rc_alloc_failures_here();
+        json_t *o = json_object();
+        json_t *u = json_object();
+        if (!o || !u) {
+            json_decref(o);
+            json_decref(u);
+            return RC_ENOMEM;
+        }
+        json_object_set_new(o, "id", json_string(j->cmpl_id));
+        json_object_set_new(o, "object", json_string("text_completion"));
+        json_object_set_new(o, "created", json_integer(j->created));
+        json_object_set_new(o, "model", json_string(j->model_name));
+        if (j->sys_fp[0])
+            json_object_set_new(o, "system_fingerprint", json_string(j->sys_fp));
+        json_object_set_new(o, "choices", json_array());
+        json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
+        json_object_set_new(u, "completion_tokens", json_integer(out));
+        json_object_set_new(u, "total_tokens", json_integer(j->n_input + out));
+        json_object_set_new(o, "usage", u);
+        rc = stage_json(j, o, f0);
+    }
+    return rc ? rc : sse_put_done(&j->run->stage);
+}
+
 static int stage_final(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
@@ -416,35 +470,9 @@ static int stage_final(struct sched *s, struct job *j)
         if (!rc)
             rc = stage_openai(s, j, "", 0, NULL, 0,
                               !strcmp(j->finish, "eos") ? "stop" : j->finish);
-        if (j->choice + 1 < j->n_choices)
-            return rc; /* the usage and [DONE] come after the last choice */
-        if (!rc && j->include_usage) {
-            unsigned long f0 = rc_alloc_failures_here();
-            json_t *o = json_object();
-            json_t *u = json_object();
-            if (!o || !u) {
-                json_decref(o);
-                json_decref(u);
-                return RC_ENOMEM;
-            }
-            json_object_set_new(o, "id", json_string(j->cmpl_id));
-            json_object_set_new(o, "object", json_string("text_completion"));
-            json_object_set_new(o, "created", json_integer(j->created));
-            json_object_set_new(o, "model", json_string(j->model_name));
-            if (j->sys_fp[0])
-                json_object_set_new(o, "system_fingerprint", json_string(j->sys_fp));
-            json_object_set_new(o, "choices", json_array());
-            /* every choice's tokens; the prompt once (it was read once) */
-            json_int_t out = (json_int_t)j->gen_done + (json_int_t)j->out_ids.n;
-            json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
-            json_object_set_new(u, "completion_tokens", json_integer(out));
-            json_object_set_new(u, "total_tokens", json_integer(j->n_input + out));
-            json_object_set_new(o, "usage", u);
-            rc = stage_json(j, o, f0);
-        }
-        if (!rc)
-            rc = sse_put_done(&r->stage);
-        return rc;
+        if (j->n_choices > 1)
+            return rc; /* a lane: its job sends usage and [DONE] after the last */
+        return rc ? rc : stage_openai_tail(s, j, (int64_t)j->out_ids.n);
     }
     unsigned long f0 = rc_alloc_failures_here();
     json_t *o = json_object();
@@ -597,39 +625,111 @@ static int begin_gen(struct sched *s, struct job *j)
     return 0;
 }
 
-/* n > 1: the choice that just ended moves to choices[choice]; the next
- * one starts from a fresh copy of the input's state (begin_gen), so every
- * choice answers the same prompt. After the last, the job finishes. */
-static void next_choice(struct sched *s, struct job *j)
+/* What a lane staged (its token events) goes to its job's stream, lane
+ * after lane: a stream interleaves the choices' chunks by index. */
+static int lane_flush(struct job *j, struct job *l)
+{
+    struct outbuf *st = &l->run->stage;
+    int rc = st->n ? outbuf_put(&j->run->stage, st->p, st->n) : 0;
+    st->n = 0;
+    return rc;
+}
+
+/* n > 1, the input read: one lane per choice, each from its own copy of
+ * the input's state (begin_gen copies it into gens[i]) with seed + i. The
+ * lanes are decode rows of the same ticks as everything else. */
+static int start_lanes(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    struct choice_out *c = &j->choices[j->choice];
-    c->ids = j->out_ids;
-    c->text = j->out_text;
-    c->rows = j->out_rows;
-    c->rows_truncated = j->out_truncated;
-    c->finish = j->finish;
-    j->gen_done += (int64_t)j->out_ids.n;
-    memset(&j->out_ids, 0, sizeof j->out_ids);
-    memset(&j->out_text, 0, sizeof j->out_text);
-    memset(&j->out_rows, 0, sizeof j->out_rows);
-    j->out_truncated = 0;
-    if (j->choice + 1 >= j->n_choices)
-        return;
-    j->choice++;
-    j->finish = NULL;
-    r->emitted = 0;
-    r->phase = PH_INPUT;
-    int rc = j->gen_details ? tok_details_init(&j->out_rows, j->top_k) : 0;
-    if (!rc)
-        rc = begin_gen(s, j);
-    if (rc) {
-        fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
-             rc == RC_ENOMEM ? "out of memory" : "internal error");
+    if (!(r->lanes = rc_calloc((size_t)j->n_choices, sizeof *r->lanes)))
+        return RC_ENOMEM;
+    r->n_lanes = j->n_choices;
+    for (int i = 0; i < j->n_choices; i++) {
+        struct job *l = rc_malloc(sizeof *l);
+        if (!l)
+            return RC_ENOMEM;
+        *l = *j;
+        memset(&l->out_ids, 0, sizeof l->out_ids);
+        memset(&l->out_text, 0, sizeof l->out_text);
+        memset(&l->out_rows, 0, sizeof l->out_rows);
+        l->out_truncated = 0;
+        l->finish = NULL;
+        l->choices = NULL;
+        l->gens = NULL;
+        l->choice = i;
+        l->gen = j->gens[i];
+        l->run = NULL;
+        r->lanes[i] = l; /* freed with r from here on */
+        if (!(l->run = rc_calloc(1, sizeof *l->run)))
+            return RC_ENOMEM;
+        l->run->seg = -1;
+        int rc = j->gen_details ? tok_details_init(&l->out_rows, j->top_k) : 0;
+        if (!rc)
+            rc = begin_gen(s, l);
+        if (!rc)
+            rc = lane_flush(j, l);
+        if (rc) {
+            if (l->rc)
+                fail(j, l->rc, l->err.kind, l->err.message);
+            return rc;
+        }
+    }
+    r->lanes_left = j->n_choices;
+    r->gs = j->state;
+    r->phase = PH_GEN;
+    return 0;
+}
+
+/* After a tick: lanes that ended give their results to choices[i] (and a
+ * stream its finish chunk); their events go to the job's stream. When the
+ * last has ended the job finishes (a stream: usage and [DONE]); a lane that
+ * failed fails the job. */
+static void lanes_after(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    int rc = 0;
+    for (int i = 0; i < r->n_lanes && !j->rc; i++) {
+        struct job *l = r->lanes[i];
+        struct job_run *lr = l->run;
+        if (lr->finished_now) {
+            lr->finished_now = 0;
+            r->lanes_left--;
+            if (l->rc) {
+                fail(j, l->rc, l->err.kind, l->err.message);
+                break;
+            }
+            if (j->stream && (rc = stage_final(s, l)) != 0)
+                break;
+            struct choice_out *c = &j->choices[i];
+            c->ids = l->out_ids;
+            c->text = l->out_text;
+            c->rows = l->out_rows;
+            c->rows_truncated = l->out_truncated;
+            c->finish = l->finish;
+            memset(&l->out_ids, 0, sizeof l->out_ids);
+            memset(&l->out_text, 0, sizeof l->out_text);
+            memset(&l->out_rows, 0, sizeof l->out_rows);
+        }
+        if ((rc = lane_flush(j, l)) != 0)
+            break;
+    }
+    if (rc)
+        fail(j, rc, API_OUT_OF_MEMORY, "out of memory");
+    if (j->rc) {
         finish(j, "error");
         return;
     }
-    r->finished_now = 0;
+    if (r->lanes_left > 0)
+        return;
+    int64_t out = 0;
+    for (int i = 0; i < j->n_choices; i++)
+        out += (int64_t)j->choices[i].ids.n;
+    if (j->stream && stage_openai_tail(s, j, out) != 0) {
+        fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+        finish(j, "error");
+        return;
+    }
+    finish(j, "done");
 }
 
 /* ---- special jobs ------------------------------------------------------------ */
@@ -802,6 +902,8 @@ static void tick(struct sched *s, struct job **ready, int nready)
         struct job_run *r = j->run;
         r->seg = -1;
         r->finished_now = 0;
+        for (int k = 0; k < r->n_lanes; k++)
+            r->lanes[k]->run->seg = -1;
         if (r->cancel) {
             if (r->cancel == 2)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
@@ -822,7 +924,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
         if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
             j->position = j->state->pos;
             if (j->gen_max > 0)
-                rc = begin_gen(s, j);
+                rc = j->n_choices > 1 ? start_lanes(s, j) : begin_gen(s, j);
             else
                 finish(j, "done");
         }
@@ -833,13 +935,24 @@ static void tick(struct sched *s, struct job **ready, int nready)
             finish(j, "error");
         }
     }
-    /* decode rows first (latency), then prefill chunks */
-    for (int i = 0; i < nready && budget > 0; i++) {
+    /* decode rows first (latency), then prefill chunks; a job with lanes
+     * gives one row per lane still generating (thread_main sizes the
+     * scratch for them; should it have failed to, the rest wait) */
+    int dcap = (int)(s->ready_cap - (size_t)nready);
+    for (int i = 0; i < nready && budget > 0 && nd < dcap; i++) {
         struct job *j = ready[i];
-        if (j->kind == JOB_RUN && j->run->phase == PH_GEN) {
+        struct job_run *r = j->run;
+        if (j->kind != JOB_RUN || r->phase != PH_GEN)
+            continue;
+        if (!r->n_lanes) {
             dec[nd++] = j;
             budget--;
         }
+        for (int k = 0; k < r->n_lanes && budget > 0 && nd < dcap; k++)
+            if (r->lanes[k]->run->phase == PH_GEN) {
+                dec[nd++] = r->lanes[k];
+                budget--;
+            }
     }
     if (nd && decode_sample(s, dec, nd) != 0) {
         for (int i = 0; i < nd; i++) {
@@ -902,16 +1015,32 @@ static void tick(struct sched *s, struct job **ready, int nready)
         if (rc != 0) {
             /* Ids are checked before batching, so this is a bug: fail
              * every job of the batch rather than guess. */
-            for (int i = 0; i < nready; i++)
+            for (int i = 0; i < nready; i++) {
                 if (ready[i]->run && ready[i]->run->seg >= 0) {
                     fail(ready[i], rc, API_INTERNAL, err);
                     finish(ready[i], "error");
                 }
+                for (int k = 0; ready[i]->run && k < ready[i]->run->n_lanes; k++)
+                    if (ready[i]->run->lanes[k]->run->seg >= 0) {
+                        fail(ready[i]->run->lanes[k], rc, API_INTERNAL, err);
+                        finish(ready[i]->run->lanes[k], "error");
+                    }
+            }
         } else {
             long long in = 0, out = 0;
             for (int i = 0; i < nready; i++) {
                 struct job *j = ready[i];
                 struct job_run *r = j->run;
+                for (int k = 0; r && k < r->n_lanes; k++) {
+                    struct job *l = r->lanes[k];
+                    if (l->run->seg < 0)
+                        continue;
+                    out++;
+                    if (decode_after(s, l) != 0) {
+                        fail(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+                        finish(l, "error");
+                    }
+                }
                 if (!r || r->seg < 0)
                     continue;
                 int rc2 = 0;
@@ -940,18 +1069,19 @@ static void tick(struct sched *s, struct job **ready, int nready)
     for (int i = 0; i < nready; i++) {
         struct job *j = ready[i];
         struct job_run *r = j->run;
+        if (r && r->n_lanes && r->phase == PH_GEN)
+            lanes_after(s, j);
         if (!r || !r->finished_now)
             continue;
         if (j->kind == JOB_RUN && r->gs)
             j->position = j->commit ? r->gs->pos : j->state->pos; /* once committed */
         else if (j->kind == JOB_RUN)
             j->position = j->state->pos;
-        if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc) {
+        if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc &&
+            !r->n_lanes) {
             if (stage_final(s, j) != 0)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
-        if (j->kind == JOB_RUN && j->n_choices > 1 && r->phase == PH_FINISHED && r->gs && !j->rc)
-            next_choice(s, j);
     }
     atomic_fetch_add(&s->stats.ticks, 1);
     atomic_fetch_add(&s->stats.busy_us, (long long)(now_us() - t0));
@@ -1064,11 +1194,13 @@ static void *thread_main(void *arg)
             if (s->stop)
                 break;
             /* count and collect ready jobs, round-robin from `rotate` */
-            size_t nact = 0;
-            for (struct job *j = s->active; j; j = j->next)
+            size_t nact = 0, nlanes = 0;
+            for (struct job *j = s->active; j; j = j->next) {
                 nact++;
-            if (nact * 2 > s->ready_cap) {
-                size_t nc = nact * 2 + 16;
+                nlanes += j->run ? (size_t)j->run->n_lanes : 0;
+            }
+            if (nact * 2 + nlanes > s->ready_cap) {
+                size_t nc = nact * 2 + nlanes + 16;
                 struct job **nr = rc_realloc(s->ready, nc * sizeof *nr);
                 if (nr) {
                     s->ready = nr;

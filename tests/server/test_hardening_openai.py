@@ -225,6 +225,9 @@ def test_completions_n_stream_carries_each_index(c):
     assert ev[-1] == "[DONE]" and ev.count("[DONE]") == 1
     usage = [e for e in ev[:-1] if e.get("usage")]
     assert len(usage) == 1 and usage[0]["usage"] == plain["usage"]
+    # the choices generate side by side: their chunks interleave
+    order = [x["index"] for e in ev[:-1] for x in e["choices"]]
+    assert order != sorted(order), order
     text, finish = {}, {}
     for e in ev[:-1]:
         for x in e["choices"]:
@@ -247,15 +250,15 @@ def test_completions_n_limits(c):
     assert "'n'" in e["message"]
 
 
-def test_completions_n_counts_its_second_state(models):
-    """n > 1 holds two states (the prompt's and the one a choice advances):
-    with room for one, n=1 runs and n=2 is refused for state memory."""
+def test_completions_n_counts_its_states(models):
+    """n > 1 holds n + 1 states (the prompt's and one per choice): with
+    room for two, n=1 runs and n=2 is refused for state memory."""
     probe = Server(models["a"])
     try:
         sb = Client(probe).ok(Client(probe).get("/v1/models"))["data"][0]["state_bytes"]
     finally:
         probe.stop()
-    srv = Server(models["a"], "--state-memory", str(max(4096, sb + sb // 2)), "--max-n", "4")
+    srv = Server(models["a"], "--state-memory", str(max(4096, 2 * sb + sb // 2)), "--max-n", "4")
     try:
         c = Client(srv)
         completion(c, prompt="abc", max_tokens=2, temperature=0)
@@ -412,38 +415,36 @@ def test_x4_new_requests_under_allocation_failure(models, tmp_path, persistent):
 
 
 def test_completions_n_stream_client_leaves_mid_choice(models):
-    """The client leaves during choice 1 of 4: the job is cancelled, both of
-    its states go back (with room for exactly two, the next n=2 runs), and
-    the server goes on."""
+    """The client leaves an n=4 stream part-way: the job is cancelled and
+    all five of its states go back (with room for exactly five, the next
+    n=4 runs), and the server goes on."""
     probe = Server(models["a"])
     try:
         sb = Client(probe).ok(Client(probe).get("/v1/models"))["data"][0]["state_bytes"]
     finally:
         probe.stop()
-    srv = Server(models["a"], "--state-memory", str(max(4096, 2 * sb + sb // 2)))
+    srv = Server(models["a"], "--state-memory", str(max(4096, 5 * sb + sb // 2)))
     try:
         c = Client(srv)
         for _ in range(3):
-            r = c.post("/v1/completions", {"prompt": "leave", "max_tokens": 2000, "n": 4,
+            r = c.post("/v1/completions", {"prompt": "leave", "max_tokens": 5000, "n": 4,
                                            "stream": True}, stream=True)
             assert r.status_code == 200
-            seen = set()
+            seen = 0
             for line in r.iter_lines():
-                if line.startswith(b"data: {"):
-                    for x in json.loads(line[6:])["choices"]:
-                        seen.add(x["index"])
-                if 1 in seen:
+                seen += line.startswith(b"data: {")
+                if seen >= 40:
                     break
             r.close()
-            # the cancelled job gives its two states back (at its done event)
+            # the cancelled job gives its states back (at its done event)
             end = time.time() + 10
             while True:
-                r = c.post("/v1/completions", {"prompt": "x", "max_tokens": 2, "n": 2})
+                r = c.post("/v1/completions", {"prompt": "x", "max_tokens": 2, "n": 4})
                 if r.status_code == 200 or time.time() > end:
                     break
                 time.sleep(0.05)
             assert r.status_code == 200, r.text
-            assert [x["index"] for x in r.json()["choices"]] == [0, 1]
+            assert [x["index"] for x in r.json()["choices"]] == [0, 1, 2, 3]
         assert requests.get(srv.url("/health"), timeout=5).status_code == 200
     finally:
         assert srv.stop() == 0, "\n".join(srv.log()[-20:])
