@@ -306,11 +306,8 @@ void req_generate_free(struct req_generate *r)
 /* OpenAI fields we accept only at their neutral value. */
 static int neutral_fields(const json_t *o, struct api_error *e)
 {
-    int64_t n;
     double x;
     int rc;
-    if ((rc = pj_int(o, "n", 0, 1, 1, 1, &n, e)) || (rc = pj_int(o, "best_of", 0, 1, 1, 1, &n, e)))
-        return rc;
     if ((rc = pj_num(o, "presence_penalty", 0, -2, 2, 0, &x, e)))
         return rc;
     if (x != 0)
@@ -333,7 +330,9 @@ static int neutral_fields(const json_t *o, struct api_error *e)
     return 0;
 }
 
-/* prompt: "text" | [ids] | ["text"] | [[ids]] (one prompt only). */
+/* prompt: "text" | [ids] | ["text"] | [[ids]] (one prompt only). An empty
+ * one ("", [], [""], [[]]) leaves in empty: generation from the empty
+ * context (routes.c decides what the model reads first). */
 static int prompt_parse(const json_t *o, const struct proto_limits *lim, struct req_input *in,
                         struct api_error *e)
 {
@@ -350,7 +349,7 @@ static int prompt_parse(const json_t *o, const struct proto_limits *lim, struct 
     if (json_is_string(p)) {
         size_t n = json_string_length(p);
         if (n == 0)
-            return invalid(e, "field 'prompt' must not be empty");
+            return 0;
         if (n > lim->max_text_bytes) {
             api_error_set(e, API_INVALID_REQUEST, "field 'prompt' is longer than %zu bytes",
                           lim->max_text_bytes);
@@ -359,6 +358,8 @@ static int prompt_parse(const json_t *o, const struct proto_limits *lim, struct 
         in->text_len = n;
         return copy_str(json_string_value(p), n, &in->text, e);
     }
+    if (json_is_array(p) && json_array_size(p) == 0)
+        return 0;
     if (json_is_array(p))
         return pj_token_array(p, "prompt", lim->vocab_size, lim->max_input_tokens, &in->tokens,
                               &in->n_tokens, e);
@@ -373,7 +374,7 @@ int req_completion_parse(const json_t *o, const struct proto_limits *lim,
         "min_p",  "n",        "stream",     "stream_options", "logprobs",    "echo",
         "stop",   "seed",     "presence_penalty", "frequency_penalty", "best_of",
         "logit_bias", "user", "suffix",     NULL};
-    int64_t mt, lp;
+    int64_t mt, lp, nn, bo;
     int rc;
     const char *model;
     size_t ml;
@@ -385,8 +386,18 @@ int req_completion_parse(const json_t *o, const struct proto_limits *lim,
         (rc = sampling_parse(o, lim, &r->sp, &r->has_seed, &r->seed, e)) ||
         (rc = pj_bool(o, "stream", 0, &r->stream, e)) ||
         (rc = pj_bool(o, "echo", 0, &r->echo, e)) ||
-        (rc = pj_int(o, "logprobs", 0, 0, lim->max_top_logprobs, -1, &lp, e)))
+        (rc = pj_int(o, "logprobs", 0, 0, lim->max_top_logprobs, -1, &lp, e)) ||
+        (rc = pj_int(o, "n", 0, 1, lim->max_n > 0 ? lim->max_n : 1, 1, &nn, e)) ||
+        (rc = pj_int(o, "best_of", 0, 1, INT64_MAX, nn, &bo, e)))
         goto fail;
+    if (bo != nn) {
+        /* best_of > n would mean ranking choices by likelihood, which we
+         * do not do: say so rather than return n unranked ones */
+        rc = invalid(e, "field 'best_of' must equal 'n' (every choice is returned, none is "
+                        "ranked out)");
+        goto fail;
+    }
+    r->n = (int)nn;
     r->max_tokens = (int)mt;
     r->logprobs = (int)lp;
     const json_t *so = json_object_get(o, "stream_options");

@@ -27,6 +27,7 @@ struct proto_limits {
     int max_top_logprobs;     /* alternatives per token */
     int max_stop;             /* stop sequences */
     size_t max_stop_bytes;    /* bytes of one stop sequence */
+    int max_n;                /* choices of one completion (0 = 1) */
     int vocab_size;           /* ids are checked against [0, vocab_size) */
 };
 
@@ -71,7 +72,8 @@ struct req_generate {
     int ignore_eos;             /* keep going past the end-of-text token */
 };
 
-/* POST /v1/completions (OpenAI). */
+/* POST /v1/completions (OpenAI). An empty prompt leaves prompt.text and
+ * prompt.tokens both NULL. */
 struct req_completion {
     struct req_input prompt;
     int max_tokens;
@@ -83,6 +85,7 @@ struct req_completion {
     int include_usage;          /* stream_options.include_usage */
     int logprobs;               /* -1: none; else 0..max alternatives */
     int echo;
+    int n;                      /* choices, 1..max_n (best_of must equal it) */
     char *model;                /* as sent (echoed back), or NULL */
 };
 

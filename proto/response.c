@@ -1,5 +1,6 @@
 #include "response.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -95,6 +96,120 @@ void outbuf_free(struct outbuf *b)
 {
     rc_free(b->p);
     memset(b, 0, sizeof *b);
+}
+
+/* a string literal */
+#define PUTS(b, lit) outbuf_put((b), (lit), sizeof(lit) - 1)
+
+int outbuf_int(struct outbuf *b, int64_t x)
+{
+    char tmp[24];
+    int k = snprintf(tmp, sizeof tmp, "%" PRId64, x);
+    return outbuf_put(b, tmp, (size_t)k);
+}
+
+/* Escape valid UTF-8 s[0..n) into b (no quotes): runs of plain bytes are
+ * copied at once, so a long text costs one pass. */
+static int put_escaped(struct outbuf *b, const char *s, size_t n)
+{
+    static const char hexd[] = "0123456789ABCDEF"; /* as jansson */
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (outbuf_put(b, s + run, i - run))
+            return RC_ENOMEM;
+        run = i + 1;
+        char esc[6] = {'\\', 0};
+        size_t el = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hexd[c >> 4];
+            esc[5] = hexd[c & 15];
+            el = 6;
+        }
+        if (outbuf_put(b, esc, el))
+            return RC_ENOMEM;
+    }
+    return outbuf_put(b, s + run, n - run);
+}
+
+int outbuf_json_str(struct outbuf *b, const char *s, size_t n)
+{
+    if (PUTS(b, "\""))
+        return RC_ENOMEM;
+    int rc;
+    if (u8_valid(s, n))
+        rc = put_escaped(b, s, n);
+    else {
+        size_t need = u8_sanitized_len(s, n);
+        char *buf = rc_malloc(need + 1);
+        if (!buf)
+            return RC_ENOMEM;
+        u8_sanitize(s, n, buf, need + 1);
+        rc = put_escaped(b, buf, need);
+        rc_free(buf);
+    }
+    return rc ? rc : PUTS(b, "\"");
+}
+
+int resp_tokenize(struct outbuf *b, const struct tokenize_view *t, const struct vocab_view *v)
+{
+    /* Room for the ids at once (an id is at most 11 bytes with its comma),
+     * so the buffer is not copied over and over while it grows. */
+    size_t want;
+    if (!__builtin_mul_overflow(t->n, (size_t)12, &want) && want < SIZE_MAX - 256 - b->n &&
+        b->cap < b->n + want + 256) {
+        char *np = rc_realloc(b->p, b->n + want + 256);
+        if (!np)
+            return RC_ENOMEM;
+        b->p = np;
+        b->cap = b->n + want + 256;
+    }
+    if (PUTS(b, "{\"tokens\":["))
+        return RC_ENOMEM;
+    for (size_t i = 0; i < t->n; i++)
+        if ((i && PUTS(b, ",")) || outbuf_int(b, t->ids[i]))
+            return RC_ENOMEM;
+    if (PUTS(b, "],\"n_tokens\":") || outbuf_int(b, (int64_t)t->n))
+        return RC_ENOMEM;
+    if (t->with_pieces) {
+        size_t np = t->n < t->limit ? t->n : t->limit;
+        if (PUTS(b, ",\"pieces\":["))
+            return RC_ENOMEM;
+        for (size_t i = 0; i < np; i++) {
+            size_t len;
+            const char *p = v->piece(v->ctx, t->ids[i], &len);
+            if ((i && PUTS(b, ",")) || PUTS(b, "{\"id\":") ||
+                outbuf_int(b, t->ids[i]) || PUTS(b, ",\"text\":") ||
+                outbuf_json_str(b, p, len))
+                return RC_ENOMEM;
+            if (!u8_valid(p, len)) {
+                if (PUTS(b, ",\"bytes\":["))
+                    return RC_ENOMEM;
+                for (size_t k = 0; k < len; k++)
+                    if ((k && PUTS(b, ",")) || outbuf_int(b, (unsigned char)p[k]))
+                        return RC_ENOMEM;
+                if (PUTS(b, "]"))
+                    return RC_ENOMEM;
+            }
+            if (PUTS(b, "}"))
+                return RC_ENOMEM;
+        }
+        if (PUTS(b, "],\"pieces_truncated\":") ||
+            outbuf_put(b, np < t->n ? "true" : "false", np < t->n ? 4 : 5))
+            return RC_ENOMEM;
+    }
+    return PUTS(b, "}");
 }
 
 void hex64(uint64_t x, char out[17]) { snprintf(out, 17, "%016llx", (unsigned long long)x); }
@@ -248,7 +363,8 @@ json_t *resp_generate(const struct gen_view *g, const struct vocab_view *v)
         put(o, "seed", json_integer((json_int_t)(g->seed & INT64_MAX))) ||
         put(o, "committed", json_boolean(g->committed)))
         goto oom;
-    if (g->d && put(o, "logprobs", token_list(g->d, v)))
+    if (g->d && (put(o, "logprobs", token_list(g->d, v)) ||
+                 put(o, "logprobs_truncated", json_boolean(g->truncated))))
         goto oom;
     return o;
 oom:
@@ -306,17 +422,24 @@ json_t *resp_completion(const struct completion_view *c, const struct vocab_view
     json_t *o = json_object();
     if (!o)
         return NULL;
-    json_t *choices, *ch = NULL;
+    json_t *choices;
     if (put(o, "id", json_string(c->id)) || put(o, "object", json_string("text_completion")) ||
         put(o, "created", json_integer(c->created)) || put(o, "model", json_string(c->model)) ||
-        !(choices = child(o, "choices", json_array())) || !(ch = json_object()) ||
-        json_array_append_new(choices, ch))
+        (c->system_fingerprint &&
+         put(o, "system_fingerprint", json_string(c->system_fingerprint))) ||
+        !(choices = child(o, "choices", json_array())))
         goto oom;
-    if (put(ch, "text", text_value(c->text ? c->text : "", c->text_len)) ||
-        put(ch, "index", json_integer(0)) ||
-        put(ch, "logprobs", c->d ? openai_logprobs(c->d, c->text_offset0, v) : json_null()) ||
-        put(ch, "finish_reason", c->finish_reason ? json_string(c->finish_reason) : json_null()))
-        goto oom;
+    for (size_t i = 0; i < c->n_ch; i++) {
+        const struct completion_choice *x = &c->ch[i];
+        json_t *ch = json_object();
+        if (!ch || json_array_append_new(choices, ch) ||
+            put(ch, "text", text_value(x->text ? x->text : "", x->text_len)) ||
+            put(ch, "index", json_integer(c->index0 + (json_int_t)i)) ||
+            put(ch, "logprobs", x->d ? openai_logprobs(x->d, x->text_offset0, v) : json_null()) ||
+            put(ch, "finish_reason", x->finish_reason ? json_string(x->finish_reason) : json_null()) ||
+            (x->truncated && put(ch, "logprobs_truncated", json_true())))
+            goto oom;
+    }
     if (c->with_usage) {
         json_t *u = child(o, "usage", json_object());
         if (!u || put(u, "prompt_tokens", json_integer(c->prompt_tokens)) ||
@@ -346,14 +469,13 @@ json_t *resp_session(const struct session_view *s)
     return o;
 }
 
-json_t *resp_models(const struct model_view *m)
+json_t *resp_model(const struct model_view *m)
 {
     char fp[17];
     hex64(m->fingerprint, fp);
-    json_t *o = json_object(), *data, *x;
-    if (!o || put(o, "object", json_string("list")) || !(data = child(o, "data", json_array())) ||
-        !(x = json_object()) || json_array_append_new(data, x))
-        goto oom;
+    json_t *x = json_object();
+    if (!x)
+        return NULL;
     if (put(x, "id", json_string(m->id)) || put(x, "object", json_string("model")) ||
         put(x, "created", json_integer(m->created)) || put(x, "owned_by", json_string("recurd")) ||
         put(x, "arch", json_string(m->arch)) || put(x, "d_model", json_integer(m->d_model)) ||
@@ -363,12 +485,22 @@ json_t *resp_models(const struct model_view *m)
         put(x, "n_params", json_integer((json_int_t)m->n_params)) ||
         put(x, "state_bytes", json_integer((json_int_t)m->state_bytes)) ||
         put(x, "snapshot_bytes", json_integer((json_int_t)m->snapshot_bytes)) ||
-        put(x, "fingerprint", json_string(fp)) || put(x, "tokenizer", json_string(m->tokenizer)))
-        goto oom;
+        put(x, "fingerprint", json_string(fp)) || put(x, "tokenizer", json_string(m->tokenizer))) {
+        json_decref(x);
+        return NULL;
+    }
+    return x;
+}
+
+json_t *resp_models(const struct model_view *m)
+{
+    json_t *o = json_object(), *data, *x = NULL;
+    if (!o || put(o, "object", json_string("list")) || !(data = child(o, "data", json_array())) ||
+        !(x = resp_model(m)) || json_array_append_new(data, x)) {
+        json_decref(o);
+        return NULL;
+    }
     return o;
-oom:
-    json_decref(o);
-    return NULL;
 }
 
 int sse_put_json(struct outbuf *b, const json_t *o)

@@ -57,6 +57,29 @@ struct outbuf {
 int outbuf_put(struct outbuf *b, const void *data, size_t n);
 void outbuf_free(struct outbuf *b);
 
+/* JSON written straight into an outbuf, for bodies that grow with the
+ * input: a jansson node per token costs ~100 bytes and an allocation, so a
+ * few MB of text built as a tree took GBs and seconds (issue 12). Each
+ * returns 0 or RC_ENOMEM; on failure b may hold part of the value (the
+ * caller throws the buffer away). */
+/* s[0..n) as a JSON string: '"', '\\' and controls escaped, invalid UTF-8
+ * replaced by U+FFFD (the same text jansson gets from text_value). */
+int outbuf_json_str(struct outbuf *b, const char *s, size_t n);
+/* A decimal integer. */
+int outbuf_int(struct outbuf *b, int64_t x);
+
+/* POST /v1/tokenize's body, written into b:
+ * {"tokens":[ids],"n_tokens":N} and, with pieces,
+ * "pieces":[{"id","text",["bytes"]}..] (the first `limit` tokens only) and
+ * "pieces_truncated": whether pieces stopped before the end. */
+struct tokenize_view {
+    const int32_t *ids;
+    size_t n;
+    int with_pieces;
+    size_t limit;                /* --detail-limit */
+};
+int resp_tokenize(struct outbuf *b, const struct tokenize_view *t, const struct vocab_view *v);
+
 /* {"id", "text", ["bytes"], "logprob", "top_logprobs": [...]} for row i. */
 json_t *resp_token(const struct tok_details *d, size_t i, const struct vocab_view *v);
 
@@ -74,7 +97,7 @@ json_t *resp_score(const struct score_view *s, const struct vocab_view *v);
 
 /* Generation result (POST .../generate):
  * {"text","tokens":[ids],"finish_reason","position","n_tokens","seed",
- *  "committed", ["logprobs":[..]]}. */
+ *  "committed", ["logprobs":[..], "logprobs_truncated"]}. */
 struct gen_view {
     const char *text;            /* bytes (made valid UTF-8 here) */
     size_t text_len;
@@ -85,20 +108,29 @@ struct gen_view {
     uint64_t seed;
     int committed;
     const struct tok_details *d; /* NULL: not requested */
+    int truncated;               /* d stopped at the detail limit */
 };
 json_t *resp_generate(const struct gen_view *g, const struct vocab_view *v);
 
 /* OpenAI text_completion objects. */
-struct completion_view {
-    const char *id;              /* "cmpl-..." */
-    int64_t created;             /* unix seconds */
-    const char *model;
+struct completion_choice {
     const char *text;            /* bytes; echo already prepended */
     size_t text_len;
     const char *finish_reason;   /* NULL in stream chunks before the last */
     /* logprobs: NULL = "logprobs": null */
     const struct tok_details *d;
     size_t text_offset0;         /* offset of the first detail token's text */
+    int truncated;               /* d stopped at the detail limit: adds
+                                  * "logprobs_truncated": true */
+};
+struct completion_view {
+    const char *id;              /* "cmpl-..." */
+    int64_t created;             /* unix seconds */
+    const char *model;
+    const char *system_fingerprint; /* or NULL */
+    const struct completion_choice *ch; /* n_ch choices: "index" index0 + i */
+    size_t n_ch;
+    int index0;
     int64_t prompt_tokens, completion_tokens;
     int with_usage;
 };
@@ -126,7 +158,10 @@ struct model_view {
     const char *tokenizer;       /* "bpe", "byte" */
     int64_t created;
 };
+/* {"object":"list","data":[model]} */
 json_t *resp_models(const struct model_view *m);
+/* The model object alone (GET /v1/models/{id}). */
+json_t *resp_model(const struct model_view *m);
 
 /* SSE framing: "data: <compact JSON>\n\n" and "data: [DONE]\n\n". */
 int sse_put_json(struct outbuf *b, const json_t *o);

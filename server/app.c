@@ -312,6 +312,7 @@ int cmd_serve(int argc, char **argv)
         .max_top_logprobs = (int)cfg.max_top_logprobs,
         .max_stop = (int)cfg.max_stop,
         .max_stop_bytes = cfg.max_stop_bytes,
+        .max_n = (int)cfg.max_n,
     };
     metrics_init(&a.metrics, route_names, n_route_names);
 

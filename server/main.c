@@ -18,9 +18,6 @@
 #include "blas.h"
 #include "cli.h"
 
-#ifndef RECUR_VERSION
-#define RECUR_VERSION "0.1.0"
-#endif
 
 /* --check-blas: exit 1 if OpenBLAS chose kernels weaker than this CPU's by
  * itself and the re-exec in blas_ensure_fast_kernels did not take. Kernels

@@ -11,9 +11,6 @@
 #include "app.h"
 #include "errors.h"
 
-#ifndef RECUR_VERSION
-#define RECUR_VERSION "0.1.0"
-#endif
 
 /* Request latency buckets, seconds (upper bounds). */
 static const double bounds[METRICS_NBUCKETS] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,

@@ -58,6 +58,8 @@ static const struct opt opts[] = {
      "stop sequences per request"},
     {"--max-stop-bytes", "RECURD_MAX_STOP_BYTES", T_SIZE, O(max_stop_bytes), "256", 1, 65536,
      "bytes of one stop sequence"},
+    {"--max-n", "RECURD_MAX_N", T_LONG, O(max_n), "16", 1, 128,
+     "choices (n) of one completion; each holds a state of its own (counted in --state-memory)"},
     {"--max-sessions", "RECURD_MAX_SESSIONS", T_LONG, O(max_sessions), "4096", 1, 1e7,
      "sessions in the table (live or spilled)"},
     {"--max-sessions-per-key", "RECURD_MAX_SESSIONS_PER_KEY", T_LONG, O(max_sessions_per_key),

@@ -36,6 +36,7 @@ struct options {
     long detail_limit;      /* per-token entries in one response */
     long max_stop;
     size_t max_stop_bytes;
+    long max_n;             /* choices of one completion (n) */
     /* sessions */
     long max_sessions;
     long max_sessions_per_key;

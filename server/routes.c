@@ -44,6 +44,7 @@ enum route {
     R_SAVE,
     R_SNAPSHOTS,
     R_SNAPSHOT,
+    R_MODEL,
     N_ROUTES
 };
 
@@ -52,7 +53,7 @@ const char *const route_names[] = {
     "/v1/detokenize", "/v1/score", "/v1/completions", "/v1/sessions",
     "/v1/sessions/{id}", "/v1/sessions/{id}/append", "/v1/sessions/{id}/generate",
     "/v1/sessions/{id}/state", "/v1/sessions/{id}/save", "/v1/snapshots",
-    "/v1/snapshots/{name}",
+    "/v1/snapshots/{name}", "/v1/models/{id}",
 };
 const int n_route_names = N_ROUTES;
 
@@ -64,7 +65,7 @@ static const int route_methods[N_ROUTES] = {
     [R_COMPLETIONS] = M_POST,    [R_SESSIONS] = M_GET | M_POST,
     [R_SESSION] = M_GET | M_DELETE, [R_APPEND] = M_POST,    [R_GENERATE] = M_POST,
     [R_STATE] = M_GET | M_PUT,   [R_SAVE] = M_POST,         [R_SNAPSHOTS] = M_GET,
-    [R_SNAPSHOT] = M_GET | M_DELETE,
+    [R_SNAPSHOT] = M_GET | M_DELETE, [R_MODEL] = M_GET,
 };
 
 /* Per-request context (http_data). */
@@ -201,7 +202,11 @@ static void job_release(struct app *a, struct job *j)
         sessions_release(a->sessions, j->sess_b, now_ms(a));
     state_free(j->tmp);
     state_free(j->gen);
-    if (j->reserved)
+    for (int i = 0; j->gens && i < j->n_choices; i++) {
+        state_free(j->gens[i]);
+        j->gens[i] = NULL;
+    }
+    for (; j->reserved > 0; j->reserved--)
         sessions_unreserve(a->sessions);
     job_free(j);
     spill_check(a);
@@ -235,7 +240,7 @@ static int job_state(struct rq *q, struct job *j, struct mstate **out)
         respond_err(q->h, API_OUT_OF_MEMORY, "out of memory for a temporary state");
         return -1;
     }
-    j->reserved = 1;
+    j->reserved++;
     return 0;
 }
 
@@ -522,11 +527,10 @@ static void h_metrics(struct rq *q)
     http_respond(q->h, 200, "text/plain; version=0.0.4", o.p, o.n);
 }
 
-static void h_models(struct rq *q)
+static void model_facts(struct app *a, struct model_view *v)
 {
-    struct app *a = q->a;
     const struct model_config *c = a->mc;
-    struct model_view v = {
+    *v = (struct model_view){
         .id = a->model_name,
         .arch = c->arch == MODEL_MAMBA2 ? "mamba2" : "mamba",
         .d_model = c->d_model,
@@ -541,7 +545,28 @@ static void h_models(struct rq *q)
         .tokenizer = codec_kind(a->codec),
         .created = a->started_unix,
     };
+}
+
+static void h_models(struct rq *q)
+{
+    struct model_view v;
+    model_facts(q->a, &v);
     respond_json(q->h, 200, resp_models(&v));
+}
+
+/* GET /v1/models/{id} (OpenAI's models.retrieve): the one model we serve,
+ * under the id /v1/models lists; any other id is a 404. */
+static void h_model(struct rq *q)
+{
+    struct model_view v;
+    model_facts(q->a, &v);
+    if (!q->name[0] || strcmp(q->name, v.id) != 0) {
+        char esc[96];
+        respond_err(q->h, API_NOT_FOUND, "no model '%s' (this server serves '%.100s')",
+                    log_escape(esc, sizeof esc, q->name, strlen(q->name)), v.id);
+        return;
+    }
+    respond_json(q->h, 200, resp_model(&v));
 }
 
 static void h_tokenize(struct rq *q)
@@ -567,45 +592,22 @@ static void h_tokenize(struct rq *q)
     j->text = r.text;
     j->text_len = r.text_len;
     r.text = NULL;
-    q->want_details = r.with_pieces;
+    j->want_details = r.with_pieces;
+    j->detail_limit = (size_t)q->a->cfg->detail_limit;
     submit(q, j);
 }
 
 static void done_tokenize(struct rq *q, struct job *j)
 {
-    struct vocab_view v = vocab(q->a);
-    json_t *o = json_object(), *ids = json_array(), *pieces = q->want_details ? json_array() : NULL;
-    int bad = !o || !ids || (q->want_details && !pieces);
-    for (size_t i = 0; !bad && i < j->out_ids.n; i++) {
-        bad |= json_array_append_new(ids, json_integer(j->out_ids.v[i])) != 0;
-        if (pieces && !bad) {
-            struct tok_details d;
-            tok_details_init(&d, 0);
-            bad |= tok_details_push(&d, (int64_t)i, j->out_ids.v[i], 0, NULL, NULL) != 0;
-            json_t *t = bad ? NULL : resp_token(&d, 0, &v);
-            tok_details_free(&d);
-            if (t) {
-                json_object_del(t, "logprob");
-                json_object_del(t, "position");
-            }
-            bad |= !t || json_array_append_new(pieces, t) != 0;
-        }
+    /* the compute thread wrote the body (resp_tokenize) */
+    char *body = j->out_text.p;
+    size_t n = j->out_text.n;
+    memset(&j->out_text, 0, sizeof j->out_text);
+    if (!body) {
+        respond_oom(q->h);
+        return;
     }
-    if (!bad)
-        bad |= json_object_set_new(o, "tokens", ids) != 0;
-    else
-        json_decref(ids);
-    if (pieces && !bad)
-        bad |= json_object_set_new(o, "pieces", pieces) != 0;
-    else if (pieces)
-        json_decref(pieces);
-    if (!bad)
-        bad |= json_object_set_new(o, "n_tokens", json_integer((json_int_t)j->out_ids.n)) != 0;
-    if (bad) {
-        json_decref(o);
-        o = NULL;
-    }
-    respond_json(q->h, 200, o);
+    http_respond(q->h, 200, "application/json", body, n);
 }
 
 static void h_detokenize(struct rq *q)
@@ -817,6 +819,7 @@ static void done_generate(struct rq *q, struct job *j)
         .seed = j->seed,
         .committed = j->commit,
         .d = q->want_details ? &j->out_rows : NULL,
+        .truncated = j->out_truncated,
     };
     size_t n;
     char *body = json_body(resp_generate(&g, &v), &n);
@@ -826,6 +829,18 @@ static void done_generate(struct rq *q, struct job *j)
     }
     state_commit(j);
     http_respond(q->h, 200, "application/json", body, n);
+}
+
+
+/* system_fingerprint: "fp_" and 16 hex digits of a hash of the build's
+ * version and the model's fingerprint — the same for every answer of one
+ * build serving one model, and different when either changes (what
+ * OpenAI's field is for: the backend that made the answer). */
+static void system_fingerprint(const struct app *a, char out[24])
+{
+    char fp[17];
+    hex64(XXH3_64bits_withSeed(RECUR_VERSION, strlen(RECUR_VERSION), a->fingerprint), fp);
+    snprintf(out, 24, "fp_%s", fp);
 }
 
 static void h_completions(struct rq *q)
@@ -849,10 +864,35 @@ static void h_completions(struct rq *q)
         respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
         return;
     }
+    /* An empty prompt: a recurrent model's zero state has made no
+     * prediction yet, so something must be read first. Like HF's
+     * generate() for these models (bos = eos = <|endoftext|>), that is the
+     * end-of-text token: the start of a new document. It counts in
+     * usage.prompt_tokens (the model read it), it is not echoed or scored. */
+    int empty = !r.prompt.text && !r.prompt.tokens;
+    if (empty) {
+        int32_t eos = codec_eos(a->codec);
+        if (eos < 0) {
+            req_completion_free(&r);
+            job_free(j);
+            respond_err(q->h, API_INVALID_REQUEST,
+                        "field 'prompt' is empty and this model's tokenizer has no end-of-text "
+                        "token to start from: send at least one token");
+            return;
+        }
+        if (!(r.prompt.tokens = rc_malloc(sizeof *r.prompt.tokens))) {
+            req_completion_free(&r);
+            job_free(j);
+            respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+            return;
+        }
+        r.prompt.tokens[0] = eos;
+        r.prompt.n_tokens = 1;
+    }
     /* the echoed prompt: the text as sent, or the ids' pieces */
     struct outbuf echo = {0};
     int oom = 0;
-    if (r.echo) {
+    if (r.echo && !empty) {
         if (r.prompt.text)
             oom = outbuf_put(&echo, r.prompt.text, r.prompt.text_len) != 0;
         for (size_t i = 0; !oom && r.prompt.tokens && i < r.prompt.n_tokens; i++) {
@@ -868,6 +908,10 @@ static void h_completions(struct rq *q)
             snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
     j->cmpl_id = rc_strdup(idbuf);
     j->model_name = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
+    if (r.n > 1 && (!(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices)) ||
+                    !(j->gens = rc_calloc((size_t)r.n, sizeof *j->gens))))
+        oom = 1;
+    j->n_choices = r.n;
     if (oom || !j->cmpl_id || !j->model_name) {
         outbuf_free(&echo);
         req_completion_free(&r);
@@ -877,11 +921,14 @@ static void h_completions(struct rq *q)
     }
     take_input(j, &r.prompt);
     j->created = (int64_t)time(NULL);
+    system_fingerprint(a, j->sys_fp);
     j->include_usage = r.include_usage;
-    j->score = r.echo && r.logprobs >= 0;
+    j->score = r.echo && r.logprobs >= 0 && !empty;
     j->want_details = j->score;
     j->top_k = r.logprobs > 0 ? r.logprobs : 0;
-    j->detail_limit = (size_t)a->cfg->detail_limit;
+    /* the limit is per response: n choices share it (each repeats the
+     * echoed prompt's rows) */
+    j->detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r.n > 1 ? r.n : 1);
     j->gen_max = r.max_tokens;
     j->sp = r.sp;
     j->seed = r.has_seed ? r.seed : random_seed();
@@ -902,6 +949,13 @@ static void h_completions(struct rq *q)
         job_free(j);
         return;
     }
+    /* n > 1: the prompt is read once into tmp; choice i generates in
+     * gens[i] from a copy of it (n more states, counted like tmp) */
+    for (int i = 0; j->n_choices > 1 && i < j->n_choices; i++)
+        if (job_state(q, j, &j->gens[i]) != 0) {
+            job_release(a, j); /* the states made so far and their reservations */
+            return;
+        }
     submit(q, j);
     if (j->stream) {
         q->streaming = 1;
@@ -912,39 +966,68 @@ static void h_completions(struct rq *q)
 static void done_completions(struct rq *q, struct job *j)
 {
     struct vocab_view v = vocab(q->a);
-    struct outbuf text = {0};
-    struct tok_details all;
-    tok_details_init(&all, j->top_k);
-    int oom = outbuf_put(&text, q->echo ? q->echo : "", q->echo_len) ||
-              outbuf_put(&text, j->out_text.p ? j->out_text.p : "", j->out_text.n);
-    if (q->cmpl_logprobs >= 0) {
-        /* echo: the prompt's rows first (the first has no logprob) */
-        const struct tok_details *parts[2] = {q->cmpl_echo ? &j->in_rows : NULL, &j->out_rows};
-        for (int p = 0; p < 2 && !oom; p++)
-            for (size_t i = 0; parts[p] && i < parts[p]->n && !oom; i++)
-                oom = tok_details_push(&all, parts[p]->pos[i], parts[p]->id[i], parts[p]->lp[i],
-                                       parts[p]->top_id + i * (size_t)parts[p]->k,
-                                       parts[p]->top_lp + i * (size_t)parts[p]->k) != 0;
+    /* one choice: the results are in j->out_*; n > 1: in j->choices */
+    size_t n = j->n_choices > 1 ? (size_t)j->n_choices : 1;
+    struct choice_out one = {.ids = j->out_ids, .text = j->out_text, .rows = j->out_rows,
+                             .rows_truncated = j->out_truncated, .finish = j->finish};
+    const struct choice_out *src = j->n_choices > 1 ? j->choices : &one;
+    struct outbuf *text = rc_calloc(n, sizeof *text);
+    struct tok_details *all = rc_calloc(n, sizeof *all);
+    struct completion_choice *ch = rc_calloc(n, sizeof *ch);
+    int64_t generated = 0;
+    int oom = !text || !all || !ch;
+    for (size_t c = 0; c < n && !oom; c++) {
+        const struct choice_out *x = &src[c];
+        tok_details_init(&all[c], j->top_k);
+        oom = outbuf_put(&text[c], q->echo ? q->echo : "", q->echo_len) ||
+              outbuf_put(&text[c], x->text.p ? x->text.p : "", x->text.n);
+        if (q->cmpl_logprobs >= 0) {
+            /* echo: the prompt's rows first (the first has no logprob) */
+            const struct tok_details *parts[2] = {q->cmpl_echo ? &j->in_rows : NULL, &x->rows};
+            for (int p = 0; p < 2 && !oom; p++)
+                for (size_t i = 0; parts[p] && i < parts[p]->n && !oom; i++)
+                    oom = tok_details_push(&all[c], parts[p]->pos[i], parts[p]->id[i],
+                                           parts[p]->lp[i],
+                                           parts[p]->top_id + i * (size_t)parts[p]->k,
+                                           parts[p]->top_lp + i * (size_t)parts[p]->k) != 0;
+        }
+        generated += (int64_t)x->ids.n;
+        ch[c] = (struct completion_choice){
+            .text = text[c].p,
+            .text_len = text[c].n,
+            .finish_reason = x->finish && !strcmp(x->finish, "eos") ? "stop" : x->finish,
+            .d = q->cmpl_logprobs >= 0 ? &all[c] : NULL,
+            .text_offset0 = q->cmpl_echo ? 0 : q->echo_len,
+            .truncated = q->cmpl_logprobs >= 0 &&
+                         (x->rows_truncated || (q->cmpl_echo && j->in_truncated)),
+        };
     }
     json_t *o = NULL;
     if (!oom) {
+        char fp[24];
+        system_fingerprint(q->a, fp);
         struct completion_view cv = {
             .id = j->cmpl_id,
             .created = j->created,
             .model = j->model_name,
-            .text = text.p,
-            .text_len = text.n,
-            .finish_reason = !strcmp(j->finish, "eos") ? "stop" : j->finish,
-            .d = q->cmpl_logprobs >= 0 ? &all : NULL,
-            .text_offset0 = q->cmpl_echo ? 0 : q->echo_len,
+            .system_fingerprint = fp,
+            .ch = ch,
+            .n_ch = n,
             .prompt_tokens = j->n_input,
-            .completion_tokens = (int64_t)j->out_ids.n,
+            .completion_tokens = generated,
             .with_usage = 1,
         };
         o = resp_completion(&cv, &v);
     }
-    tok_details_free(&all);
-    outbuf_free(&text);
+    for (size_t c = 0; c < n; c++) {
+        if (all)
+            tok_details_free(&all[c]);
+        if (text)
+            outbuf_free(&text[c]);
+    }
+    rc_free(all);
+    rc_free(text);
+    rc_free(ch);
     respond_json(q->h, 200, o);
 }
 
@@ -1388,6 +1471,17 @@ static int match_route(const char *path, char *id, size_t idlen, char *name, siz
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (!strcmp(path, fixed[i].p))
             return fixed[i].r;
+    static const char models[] = "/v1/models/";
+    if (!strncmp(path, models, sizeof models - 1)) {
+        /* any id: one that is not the served model's is a 404 (h_model);
+         * one too long for the buffer cannot be it */
+        size_t n = strlen(path + sizeof models - 1);
+        if (n < nlen)
+            memcpy(name, path + sizeof models - 1, n + 1);
+        else
+            name[0] = 0;
+        return R_MODEL;
+    }
     static const char snaps[] = "/v1/snapshots/";
     if (!strcmp(path, "/v1/snapshots"))
         return R_SNAPSHOTS;
@@ -1576,6 +1670,7 @@ static void on_request(void *ud, struct http_req *h)
     case R_HEALTH: h_health(q); break;
     case R_METRICS: h_metrics(q); break;
     case R_MODELS: h_models(q); break;
+    case R_MODEL: h_model(q); break;
     case R_TOKENIZE: h_tokenize(q); break;
     case R_DETOKENIZE: h_detokenize(q); break;
     case R_SCORE: h_score(q, 0); break;

@@ -47,6 +47,11 @@ struct job_run {
     int had_last;           /* state had a prediction before the segment */
     int32_t tok;            /* decode token */
     double last_tok_us;     /* when the last generated token came out (0: none yet) */
+    int pushed;             /* its detail row was kept */
+    int over;               /* its detail row was over the limit */
+    /* n > 1: one lane per choice, generating side by side */
+    struct job **lanes;
+    int n_lanes, lanes_left;
 };
 
 struct sched {
@@ -96,15 +101,34 @@ struct job *job_new(int kind)
     return j;
 }
 
+static void lane_free(struct job *l);
+
 static void run_free(struct job_run *r)
 {
     if (!r)
         return;
+    for (int i = 0; i < r->n_lanes; i++)
+        lane_free(r->lanes[i]);
+    rc_free(r->lanes);
     idvec_free(&r->pending);
     codec_enc_free(r->enc);
     outbuf_free(&r->taken);
     outbuf_free(&r->stage);
     rc_free(r);
+}
+
+/* A choice's lane (compute-private): a shallow copy of its job that
+ * borrows the job's strings, stop list, input state and detail rows, with
+ * its own run, generation state (gens[i]) and results. */
+static void lane_free(struct job *l)
+{
+    if (!l)
+        return;
+    idvec_free(&l->out_ids);
+    outbuf_free(&l->out_text);
+    tok_details_free(&l->out_rows);
+    run_free(l->run);
+    rc_free(l);
 }
 
 void job_free(struct job *j)
@@ -125,6 +149,13 @@ void job_free(struct job *j)
     idvec_free(&j->out_ids);
     outbuf_free(&j->out_text);
     tok_details_free(&j->out_rows);
+    for (int i = 0; j->choices && i < j->n_choices; i++) {
+        idvec_free(&j->choices[i].ids);
+        outbuf_free(&j->choices[i].text);
+        tok_details_free(&j->choices[i].rows);
+    }
+    rc_free(j->choices);
+    rc_free(j->gens); /* the array; its states are the loop's (job_release) */
     rc_free(j->snap_out);
     outbuf_free(&j->inbox);
     outbuf_free(&j->outbox);
@@ -342,9 +373,12 @@ static int stage_openai(struct sched *s, struct job *j, const char *delta, size_
 {
     unsigned long f0 = rc_alloc_failures_here();
     struct vocab_view v = {codec_piece_cb, s->codec};
-    struct completion_view cv = {
-        .id = j->cmpl_id, .created = j->created, .model = j->model_name, .text = delta,
-        .text_len = dlen, .finish_reason = finish_reason, .d = d, .text_offset0 = text_off};
+    struct completion_choice ch = {.text = delta, .text_len = dlen,
+                                   .finish_reason = finish_reason, .d = d,
+                                   .text_offset0 = text_off};
+    struct completion_view cv = {.id = j->cmpl_id, .created = j->created, .model = j->model_name,
+                                 .system_fingerprint = j->sys_fp[0] ? j->sys_fp : NULL,
+                                 .ch = &ch, .n_ch = 1, .index0 = j->choice};
     return stage_json(j, resp_completion(&cv, &v), f0);
 }
 
@@ -399,6 +433,37 @@ static int stage_token_event(struct sched *s, struct job *j, int32_t id, const c
     return stage_json(j, o, f0);
 }
 
+/* The end of an OpenAI stream: the usage chunk (include_usage; `out`
+ * tokens generated over all choices, the prompt counted once: it was read
+ * once), then [DONE]. */
+static int stage_openai_tail(struct sched *s, struct job *j, int64_t out)
+{
+    int rc = 0;
+    if (j->include_usage) {
+        unsigned long f0 = rc_alloc_failures_here();
+        json_t *o = json_object();
+        json_t *u = json_object();
+        if (!o || !u) {
+            json_decref(o);
+            json_decref(u);
+            return RC_ENOMEM;
+        }
+        json_object_set_new(o, "id", json_string(j->cmpl_id));
+        json_object_set_new(o, "object", json_string("text_completion"));
+        json_object_set_new(o, "created", json_integer(j->created));
+        json_object_set_new(o, "model", json_string(j->model_name));
+        if (j->sys_fp[0])
+            json_object_set_new(o, "system_fingerprint", json_string(j->sys_fp));
+        json_object_set_new(o, "choices", json_array());
+        json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
+        json_object_set_new(u, "completion_tokens", json_integer(out));
+        json_object_set_new(u, "total_tokens", json_integer(j->n_input + out));
+        json_object_set_new(o, "usage", u);
+        rc = stage_json(j, o, f0);
+    }
+    return rc ? rc : sse_put_done(&j->run->stage);
+}
+
 static int stage_final(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
@@ -411,31 +476,11 @@ static int stage_final(struct sched *s, struct job *j)
             rc = stage_openai(s, j, tail, rest, NULL, j->echo_len + r->emitted, NULL);
         r->emitted += rest;
         if (!rc)
-            rc = stage_openai(s, j, "", 0, NULL, 0, j->finish);
-        if (!rc && j->include_usage) {
-            unsigned long f0 = rc_alloc_failures_here();
-            json_t *o = json_object();
-            json_t *u = json_object();
-            if (!o || !u) {
-                json_decref(o);
-                json_decref(u);
-                return RC_ENOMEM;
-            }
-            json_object_set_new(o, "id", json_string(j->cmpl_id));
-            json_object_set_new(o, "object", json_string("text_completion"));
-            json_object_set_new(o, "created", json_integer(j->created));
-            json_object_set_new(o, "model", json_string(j->model_name));
-            json_object_set_new(o, "choices", json_array());
-            json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
-            json_object_set_new(u, "completion_tokens", json_integer((json_int_t)j->out_ids.n));
-            json_object_set_new(u, "total_tokens",
-                                json_integer(j->n_input + (json_int_t)j->out_ids.n));
-            json_object_set_new(o, "usage", u);
-            rc = stage_json(j, o, f0);
-        }
-        if (!rc)
-            rc = sse_put_done(&r->stage);
-        return rc;
+            rc = stage_openai(s, j, "", 0, NULL, 0,
+                              !strcmp(j->finish, "eos") ? "stop" : j->finish);
+        if (j->n_choices > 1)
+            return rc; /* a lane: its job sends usage and [DONE] after the last */
+        return rc ? rc : stage_openai_tail(s, j, (int64_t)j->out_ids.n);
     }
     unsigned long f0 = rc_alloc_failures_here();
     json_t *o = json_object();
@@ -576,7 +621,9 @@ static int begin_gen(struct sched *s, struct job *j)
         }
         r->gs = j->gen;
     }
-    sampler_seed(&r->rng, j->seed);
+    /* choice i of n draws from seed + i: each is the single-choice answer
+     * to the same request with that seed */
+    sampler_seed(&r->rng, j->seed + (uint64_t)j->choice);
     r->phase = PH_GEN;
     if (j->stream == STREAM_OPENAI && j->echo_len) {
         /* the prompt goes first, as its own chunk */
@@ -584,6 +631,113 @@ static int begin_gen(struct sched *s, struct job *j)
             return RC_ENOMEM;
     }
     return 0;
+}
+
+/* What a lane staged (its token events) goes to its job's stream, lane
+ * after lane: a stream interleaves the choices' chunks by index. */
+static int lane_flush(struct job *j, struct job *l)
+{
+    struct outbuf *st = &l->run->stage;
+    int rc = st->n ? outbuf_put(&j->run->stage, st->p, st->n) : 0;
+    st->n = 0;
+    return rc;
+}
+
+/* n > 1, the input read: one lane per choice, each from its own copy of
+ * the input's state (begin_gen copies it into gens[i]) with seed + i. The
+ * lanes are decode rows of the same ticks as everything else. */
+static int start_lanes(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    if (!(r->lanes = rc_calloc((size_t)j->n_choices, sizeof *r->lanes)))
+        return RC_ENOMEM;
+    r->n_lanes = j->n_choices;
+    for (int i = 0; i < j->n_choices; i++) {
+        struct job *l = rc_malloc(sizeof *l);
+        if (!l)
+            return RC_ENOMEM;
+        *l = *j;
+        memset(&l->out_ids, 0, sizeof l->out_ids);
+        memset(&l->out_text, 0, sizeof l->out_text);
+        memset(&l->out_rows, 0, sizeof l->out_rows);
+        l->out_truncated = 0;
+        l->finish = NULL;
+        l->choices = NULL;
+        l->gens = NULL;
+        l->choice = i;
+        l->gen = j->gens[i];
+        l->run = NULL;
+        r->lanes[i] = l; /* freed with r from here on */
+        if (!(l->run = rc_calloc(1, sizeof *l->run)))
+            return RC_ENOMEM;
+        l->run->seg = -1;
+        int rc = j->gen_details ? tok_details_init(&l->out_rows, j->top_k) : 0;
+        if (!rc)
+            rc = begin_gen(s, l);
+        if (!rc)
+            rc = lane_flush(j, l);
+        if (rc) {
+            if (l->rc)
+                fail(j, l->rc, l->err.kind, l->err.message);
+            return rc;
+        }
+    }
+    r->lanes_left = j->n_choices;
+    r->gs = j->state;
+    r->phase = PH_GEN;
+    return 0;
+}
+
+/* After a tick: lanes that ended give their results to choices[i] (and a
+ * stream its finish chunk); their events go to the job's stream. When the
+ * last has ended the job finishes (a stream: usage and [DONE]); a lane that
+ * failed fails the job. */
+static void lanes_after(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    int rc = 0;
+    for (int i = 0; i < r->n_lanes && !j->rc; i++) {
+        struct job *l = r->lanes[i];
+        struct job_run *lr = l->run;
+        if (lr->finished_now) {
+            lr->finished_now = 0;
+            r->lanes_left--;
+            if (l->rc) {
+                fail(j, l->rc, l->err.kind, l->err.message);
+                break;
+            }
+            if (j->stream && (rc = stage_final(s, l)) != 0)
+                break;
+            struct choice_out *c = &j->choices[i];
+            c->ids = l->out_ids;
+            c->text = l->out_text;
+            c->rows = l->out_rows;
+            c->rows_truncated = l->out_truncated;
+            c->finish = l->finish;
+            memset(&l->out_ids, 0, sizeof l->out_ids);
+            memset(&l->out_text, 0, sizeof l->out_text);
+            memset(&l->out_rows, 0, sizeof l->out_rows);
+        }
+        if ((rc = lane_flush(j, l)) != 0)
+            break;
+    }
+    if (rc)
+        fail(j, rc, API_OUT_OF_MEMORY, "out of memory");
+    if (j->rc) {
+        finish(j, "error");
+        return;
+    }
+    if (r->lanes_left > 0)
+        return;
+    int64_t out = 0;
+    for (int i = 0; i < j->n_choices; i++)
+        out += (int64_t)j->choices[i].ids.n;
+    if (j->stream && stage_openai_tail(s, j, out) != 0) {
+        fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+        finish(j, "error");
+        return;
+    }
+    finish(j, "done");
 }
 
 /* ---- special jobs ------------------------------------------------------------ */
@@ -620,11 +774,25 @@ static void run_special(struct sched *s, struct job *j)
         if (rc)
             fail(j, rc, API_INTERNAL, "copying the state failed");
         break;
-    case JOB_TOKENIZE:
+    case JOB_TOKENIZE: {
+        /* The body is written here, as bytes, not on the loop thread as a
+         * JSON tree: one node per token took GBs and blocked /health for
+         * seconds on a few MB of text. out_text is the whole answer. */
+        struct vocab_view v = {codec_piece_cb, s->codec};
+        struct tokenize_view tv = {.with_pieces = j->want_details, .limit = j->detail_limit};
         rc = codec_encode(s->codec, j->text ? j->text : "", j->text_len, &j->out_ids);
-        if (rc)
+        if (!rc) {
+            tv.ids = j->out_ids.v;
+            tv.n = j->out_ids.n;
+            rc = resp_tokenize(&j->out_text, &tv, &v);
+        }
+        idvec_free(&j->out_ids);
+        if (rc) {
+            outbuf_free(&j->out_text);
             fail(j, rc, API_OUT_OF_MEMORY, "out of memory tokenising");
+        }
         break;
+    }
     }
     j->position = j->state ? j->state->pos : 0;
     finish(j, rc ? "error" : "done");
@@ -684,9 +852,18 @@ static int decode_sample(struct sched *s, struct job **dec, int nd)
             r->tok = id;
             if (j->gen_details) {
                 float lp = row_logprob(s, lg, id, j->top_k, s->top_ids, s->top_lps);
-                if (j->out_rows.n < j->detail_limit &&
-                    tok_details_push(&j->out_rows, r->gs->pos, id, lp, s->top_ids, s->top_lps))
+                /* a stream sends each row with its token and keeps none:
+                 * no limit applies, and a stale row is never sent again */
+                if (j->stream)
+                    j->out_rows.n = 0;
+                r->pushed = r->over = 0;
+                if (!j->stream && j->in_rows.n + j->out_rows.n >= j->detail_limit)
+                    r->over = 1; /* truncated, once the token is kept (not eos) */
+                else if (tok_details_push(&j->out_rows, r->gs->pos, id, lp, s->top_ids,
+                                          s->top_lps))
                     return RC_ENOMEM;
+                else
+                    r->pushed = 1;
             }
         }
     }
@@ -726,6 +903,8 @@ static int decode_after(struct sched *s, struct job *j)
     const char *piece = codec_piece(s->codec, r->tok, &plen);
     if (idvec_push(&j->out_ids, r->tok) || outbuf_put(&j->out_text, piece, plen))
         return RC_ENOMEM;
+    if (r->over)
+        j->out_truncated = 1;
     int stopped;
     size_t to = stop_scan(j, &stopped);
     if (stopped)
@@ -757,6 +936,8 @@ static void tick(struct sched *s, struct job **ready, int nready)
         struct job_run *r = j->run;
         r->seg = -1;
         r->finished_now = 0;
+        for (int k = 0; k < r->n_lanes; k++)
+            r->lanes[k]->run->seg = -1;
         if (r->cancel) {
             if (r->cancel == 2)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
@@ -777,7 +958,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
         if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
             j->position = j->state->pos;
             if (j->gen_max > 0)
-                rc = begin_gen(s, j);
+                rc = j->n_choices > 1 ? start_lanes(s, j) : begin_gen(s, j);
             else
                 finish(j, "done");
         }
@@ -788,13 +969,24 @@ static void tick(struct sched *s, struct job **ready, int nready)
             finish(j, "error");
         }
     }
-    /* decode rows first (latency), then prefill chunks */
-    for (int i = 0; i < nready && budget > 0; i++) {
+    /* decode rows first (latency), then prefill chunks; a job with lanes
+     * gives one row per lane still generating (thread_main sizes the
+     * scratch for them; should it have failed to, the rest wait) */
+    int dcap = (int)(s->ready_cap - (size_t)nready);
+    for (int i = 0; i < nready && budget > 0 && nd < dcap; i++) {
         struct job *j = ready[i];
-        if (j->kind == JOB_RUN && j->run->phase == PH_GEN) {
+        struct job_run *r = j->run;
+        if (j->kind != JOB_RUN || r->phase != PH_GEN)
+            continue;
+        if (!r->n_lanes) {
             dec[nd++] = j;
             budget--;
         }
+        for (int k = 0; k < r->n_lanes && budget > 0 && nd < dcap; k++)
+            if (r->lanes[k]->run->phase == PH_GEN) {
+                dec[nd++] = r->lanes[k];
+                budget--;
+            }
     }
     if (nd && decode_sample(s, dec, nd) != 0) {
         for (int i = 0; i < nd; i++) {
@@ -809,7 +1001,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
         struct job_run *r = j->run;
         if (!j->ignore_eos && r->tok == codec_eos(s->codec)) {
             /* The end token is not read into the state, nor reported. */
-            if (j->gen_details && j->out_rows.n && j->out_rows.id[j->out_rows.n - 1] == r->tok)
+            if (r->pushed)
                 j->out_rows.n--;
             finish(j, "eos");
             continue;
@@ -857,16 +1049,32 @@ static void tick(struct sched *s, struct job **ready, int nready)
         if (rc != 0) {
             /* Ids are checked before batching, so this is a bug: fail
              * every job of the batch rather than guess. */
-            for (int i = 0; i < nready; i++)
+            for (int i = 0; i < nready; i++) {
                 if (ready[i]->run && ready[i]->run->seg >= 0) {
                     fail(ready[i], rc, API_INTERNAL, err);
                     finish(ready[i], "error");
                 }
+                for (int k = 0; ready[i]->run && k < ready[i]->run->n_lanes; k++)
+                    if (ready[i]->run->lanes[k]->run->seg >= 0) {
+                        fail(ready[i]->run->lanes[k], rc, API_INTERNAL, err);
+                        finish(ready[i]->run->lanes[k], "error");
+                    }
+            }
         } else {
             double t_out = now_us();
             for (int i = 0; i < nready; i++) {
                 struct job *j = ready[i];
                 struct job_run *r = j->run;
+                for (int k = 0; r && k < r->n_lanes; k++) {
+                    struct job *l = r->lanes[k];
+                    if (l->run->seg < 0)
+                        continue;
+                    out++;
+                    if (decode_after(s, l) != 0) {
+                        fail(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+                        finish(l, "error");
+                    }
+                }
                 if (!r || r->seg < 0)
                     continue;
                 int rc2 = 0;
@@ -896,13 +1104,16 @@ static void tick(struct sched *s, struct job **ready, int nready)
     for (int i = 0; i < nready; i++) {
         struct job *j = ready[i];
         struct job_run *r = j->run;
+        if (r && r->n_lanes && r->phase == PH_GEN)
+            lanes_after(s, j);
         if (!r || !r->finished_now)
             continue;
         if (j->kind == JOB_RUN && r->gs)
             j->position = j->commit ? r->gs->pos : j->state->pos; /* once committed */
         else if (j->kind == JOB_RUN)
             j->position = j->state->pos;
-        if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc) {
+        if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc &&
+            !r->n_lanes) {
             if (stage_final(s, j) != 0)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
@@ -1032,11 +1243,13 @@ static void *thread_main(void *arg)
             if (s->stop)
                 break;
             /* count and collect ready jobs, round-robin from `rotate` */
-            size_t nact = 0;
-            for (struct job *j = s->active; j; j = j->next)
+            size_t nact = 0, nlanes = 0;
+            for (struct job *j = s->active; j; j = j->next) {
                 nact++;
-            if (nact * 2 > s->ready_cap) {
-                size_t nc = nact * 2 + 16;
+                nlanes += j->run ? (size_t)j->run->n_lanes : 0;
+            }
+            if (nact * 2 + nlanes > s->ready_cap) {
+                size_t nc = nact * 2 + nlanes + 16;
                 struct job **nr = rc_realloc(s->ready, nc * sizeof *nr);
                 if (nr) {
                     s->ready = nr;

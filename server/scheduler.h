@@ -51,7 +51,8 @@ enum job_kind {
     JOB_SAVE,     /* state -> snapshot bytes */
     JOB_LOAD,     /* snapshot bytes -> state (unchanged on error) */
     JOB_COPY,     /* state := src */
-    JOB_TOKENIZE, /* text -> ids */
+    JOB_TOKENIZE, /* text -> the response body (out_text): ids, and pieces
+                   * (want_details) for at most detail_limit of them */
 };
 
 /* How generated tokens are streamed (SSE), if at all. */
@@ -59,6 +60,16 @@ enum job_stream {
     STREAM_NONE = 0,
     STREAM_SESSION, /* data: {"type":"token",...} ... {"type":"done",...} */
     STREAM_OPENAI,  /* text_completion chunks, then data: [DONE] */
+};
+
+/* One finished choice of an n > 1 completion (the generation results,
+ * moved out of the job when the choice ended). */
+struct choice_out {
+    struct idvec ids;
+    struct outbuf text;
+    struct tok_details rows;
+    int rows_truncated;
+    const char *finish;
 };
 
 struct job {
@@ -75,7 +86,7 @@ struct job {
     int score;                /* score the input (stats always; details below) */
     int want_details;         /* per-token rows for the input */
     int top_k;                /* alternatives per detail row */
-    size_t detail_limit;      /* rows kept at most (input and output each) */
+    size_t detail_limit;      /* rows kept at most (input and output together) */
     /* generation (gen_max > 0) */
     int gen_max;              /* tokens to generate; 0 = none */
     struct sampler_params sp;
@@ -99,6 +110,16 @@ struct job {
     int include_usage;
     char *echo;               /* text sent first in the stream (echo), owned */
     size_t echo_len;
+    char sys_fp[24];          /* system_fingerprint, "" = none */
+    /* n > 1: once the input is read, the choices generate side by side
+     * (each a decode row of the same ticks), choice i in gens[i] from a
+     * copy of the input's state, with seed + i; results go to choices[i]
+     * (n_choices zeroed entries, owned by the job). A stream interleaves
+     * their chunks by index. */
+    int n_choices;            /* 0 or 1: one choice, results in out_* */
+    struct choice_out *choices;
+    struct mstate **gens;     /* n_choices states of the job's own (counted
+                               * in the budget; the loop frees them) */
     /* JOB_LOAD input */
     uint8_t *snap;            /* owned */
     size_t snap_len;
@@ -112,9 +133,15 @@ struct job {
     struct score_stats stats; /* over the scored input */
     struct tok_details in_rows;   /* input details (want_details) */
     int in_truncated;
-    struct idvec out_ids;     /* generated ids (also JOB_TOKENIZE's ids) */
-    struct outbuf out_text;   /* generated text, cut at a stop sequence */
-    struct tok_details out_rows;  /* generated details (gen_details) */
+    struct idvec out_ids;     /* generated ids */
+    struct outbuf out_text;   /* generated text, cut at a stop sequence;
+                               * JOB_TOKENIZE: the response body */
+    struct tok_details out_rows;  /* generated details (gen_details): the
+                               * first detail_limit - in_rows.n rows; a
+                               * stream keeps only the latest (each event
+                               * carries its own row) */
+    int out_truncated;        /* out_rows stopped at the limit */
+    int choice;               /* a choice's index (compute-side lanes) */
     const char *finish;       /* "length", "stop", "eos", "cancelled" */
     uint8_t *snap_out;        /* JOB_SAVE result, owned */
     size_t snap_out_len;
@@ -142,7 +169,8 @@ struct job {
     void *owner;              /* the HTTP request waiting on it, or NULL */
     void *sess_a, *sess_b;    /* sessions it keeps busy (struct session) */
     struct mstate *tmp;       /* temporary state of a stateless request (owned) */
-    int reserved;             /* tmp or gen is counted in the state budget */
+    int reserved;             /* states of its own (tmp, gen, gens) counted
+                               * in the state budget */
 
     /* ---- compute-private ---- */
     struct job_run *run;

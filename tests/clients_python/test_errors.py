@@ -122,7 +122,7 @@ def test_bad_request(client):
     with pytest.raises(recur_client.BadRequest):
         client.append_file(s, io.BytesIO(b"abc"), logprobs=True, top_logprobs=-1)
     with pytest.raises(recur_client.BadRequest):
-        client.completions("x", n=2)
+        client.completions("x", n=1000)  # over --max-n
     # the session is unharmed
     assert client.get_session(s).position == len(TEXT.encode())
 

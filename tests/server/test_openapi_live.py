@@ -331,8 +331,12 @@ def test_health_metrics_models(main):
     m = a.get("/v1/models")["data"][0]
     assert m["snapshot_bytes"] > m["state_bytes"] > 0
     anon.get("/v1/models", expect=401)
+    assert a.get("/v1/models/" + m["id"]) == m
+    a.get("/v1/models/not-" + m["id"], expect=404)
+    anon.get("/v1/models/" + m["id"], expect=401)
     # methods a path does not take
     a.call("DELETE", "/v1/models", 405)
+    a.call("POST", "/v1/models/" + m["id"], 405)
     a.call("POST", "/health", 405)
     a.call("PUT", "/metrics", 405)
 
@@ -376,7 +380,9 @@ def test_score_and_completions(main):
                                     "logprobs": 1, "stream_options": {"include_usage": True}},
                 stream=True)
     assert ev[-1] == "[DONE]" and "usage" in ev[-2]
-    a.post("/v1/completions", {"prompt": "x", "n": 2}, expect=400)
+    a.post("/v1/completions", {"prompt": "x", "n": 2, "best_of": 3}, expect=400)
+    c2 = a.post("/v1/completions", {"prompt": "x", "n": 2, "max_tokens": 2})
+    assert [ch["index"] for ch in c2["choices"]] == [0, 1]
     a.post("/v1/completions", {"prompt": "x" * (300 << 10)}, expect=413)
     a.post("/v1/completions", raw=b"--x\r\n", ctype="multipart/form-data; boundary=x",
            expect=415)
@@ -633,6 +639,7 @@ EXPECTED = {
     ("GET", "/health"): {200, 503},
     ("GET", "/metrics"): {200, 401},
     ("GET", "/v1/models"): {200, 401, 503},
+    ("GET", "/v1/models/{id}"): {200, 401, 404},
     ("POST", "/v1/tokenize"): {200, 400, 401, 413, 415},
     ("POST", "/v1/detokenize"): {200, 400, 401, 413, 415},
     ("POST", "/v1/score"): {200, 400, 401, 413, 415, 503},

@@ -105,7 +105,7 @@ B2 = [
     ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
     ("/v1/completions", {"prompt": "x", "top_p": 2}, "top_p"),
     ("/v1/completions", {"prompt": None}, "prompt"),
-    ("/v1/completions", {"prompt": "x", "n": 3}, "'n'"),
+    ("/v1/completions", {"prompt": "x", "n": 1000}, "'n'"),
     ("/v1/completions", {"prompt": "x", "bogus": 1}, "unknown field 'bogus'"),
     ("/v1/completions", {"prompt": "x", "stop": [1]}, "stop[0]"),
     ("/v1/completions", {"prompt": "x", "logprobs": "yes"}, "logprobs"),

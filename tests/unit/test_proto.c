@@ -26,6 +26,7 @@ static const struct proto_limits LIM = {
     .max_stop = 4,
     .max_stop_bytes = 16,
     .vocab_size = 50277,
+    .max_n = 4,
 };
 
 /* Parse s; expect failure with kind and a message containing `needle`. */
@@ -273,16 +274,38 @@ static void test_completion_fields(void **u)
     assert_int_equal(req_completion_parse(o, &LIM, &c, &e), 0);
     assert_int_equal(c.prompt.n_tokens, 3);
     assert_int_equal(c.logprobs, -1);
+    assert_int_equal(c.n, 1);
     req_completion_free(&c);
     json_decref(o);
 
+    /* n up to max_n, best_of equal to it (or absent) */
+    o = J("{\"prompt\":\"a\",\"n\":4,\"best_of\":4}");
+    assert_int_equal(req_completion_parse(o, &LIM, &c, &e), 0);
+    assert_int_equal(c.n, 4);
+    req_completion_free(&c);
+    json_decref(o);
+
+    /* an empty prompt, in each of its forms, is neither text nor tokens */
+    const char *empty[] = {"{\"prompt\":\"\"}", "{\"prompt\":[]}", "{\"prompt\":[\"\"]}",
+                           "{\"prompt\":[[]]}"};
+    for (size_t i = 0; i < sizeof empty / sizeof empty[0]; i++) {
+        o = J(empty[i]);
+        if (req_completion_parse(o, &LIM, &c, &e) != 0)
+            fail_msg("%s: %s", empty[i], e.message);
+        assert_null(c.prompt.text);
+        assert_null(c.prompt.tokens);
+        req_completion_free(&c);
+        json_decref(o);
+    }
+
     const char *bad[][2] = {
-        {"{\"prompt\":\"a\",\"n\":2}", "'n'"},
+        {"{\"prompt\":\"a\",\"n\":5}", "'n'"},
+        {"{\"prompt\":\"a\",\"n\":0}", "'n'"},
         {"{\"prompt\":\"a\",\"best_of\":3}", "best_of"},
+        {"{\"prompt\":\"a\",\"n\":2,\"best_of\":3}", "best_of"},
         {"{\"prompt\":\"a\",\"presence_penalty\":0.5}", "presence_penalty"},
         {"{\"prompt\":\"a\",\"logit_bias\":{\"1\":2}}", "logit_bias"},
         {"{\"prompt\":[\"a\",\"b\"]}", "one prompt"},
-        {"{\"prompt\":\"\"}", "empty"},
         {"{}", "prompt"},
         {"{\"prompt\":\"a\",\"logprobs\":true}", "logprobs"},
         {"{\"prompt\":\"a\",\"stream_options\":{\"x\":1}}", "unknown field 'x'"},
@@ -450,6 +473,85 @@ static void test_token_json(void **u)
     tok_details_free(&d);
 }
 
+/* outbuf_json_str writes what jansson writes for the sanitised text: every
+ * single byte, and random byte strings (mostly invalid UTF-8). */
+static void test_json_str_matches_jansson(void **u)
+{
+    unsigned x = 12345;
+    for (int round = 0; round < 2000; round++) {
+        unsigned char s[24];
+        size_t n = round < 256 ? 1 : (size_t)(round % 24);
+        for (size_t i = 0; i < n; i++) {
+            x = x * 1103515245u + 12345u;
+            s[i] = round < 256 ? (unsigned char)round : (unsigned char)(x >> 16);
+        }
+        char san[128];
+        size_t sl = u8_sanitize((char *)s, n, san, sizeof san);
+        json_t *want = json_stringn(san, sl);
+        assert_non_null(want);
+        char *w = pj_dump(want, NULL);
+        json_decref(want);
+        struct outbuf b = {0};
+        assert_int_equal(outbuf_json_str(&b, (char *)s, n), 0);
+        assert_non_null(w);
+        if (strcmp(b.p, w))
+            fail_msg("round %d: %s != %s", round, b.p, w);
+        rc_free(w);
+        outbuf_free(&b);
+    }
+}
+
+static void test_tokenize_body(void **u)
+{
+    struct vocab_view v = {piece, NULL};
+    int32_t ids[] = {0, 1, 2, 3};
+    for (size_t limit = 0; limit <= 5; limit++) {
+        struct outbuf b = {0};
+        struct tokenize_view t = {.ids = ids, .n = 4, .with_pieces = 1, .limit = limit};
+        assert_int_equal(resp_tokenize(&b, &t, &v), 0);
+        json_t *o;
+        struct api_error e;
+        assert_int_equal(pj_parse(b.p, b.n, 32, &o, &e), 0);
+        assert_int_equal(json_array_size(json_object_get(o, "tokens")), 4);
+        assert_int_equal(json_integer_value(json_object_get(o, "n_tokens")), 4);
+        json_t *p = json_object_get(o, "pieces");
+        size_t want = limit < 4 ? limit : 4;
+        assert_int_equal(json_array_size(p), want);
+        assert_true(json_is_boolean(json_object_get(o, "pieces_truncated")));
+        assert_int_equal(json_is_true(json_object_get(o, "pieces_truncated")), limit < 4);
+        /* each piece as resp_token writes it (less position and logprob) */
+        struct tok_details d;
+        tok_details_init(&d, 0);
+        for (size_t i = 0; i < want; i++) {
+            assert_int_equal(tok_details_push(&d, (int64_t)i, ids[i], 0, NULL, NULL), 0);
+            json_t *t1 = resp_token(&d, i, &v);
+            json_object_del(t1, "position");
+            json_object_del(t1, "logprob");
+            assert_true(json_equal(t1, json_array_get(p, i)));
+            json_decref(t1);
+        }
+        tok_details_free(&d);
+        json_decref(o);
+        outbuf_free(&b);
+    }
+    /* every allocation failing in turn: an error, never a crash or a leak */
+    size_t base = rc_alloc_live_bytes();
+    for (long n = 1;; n++) {
+        assert_true(n < 500);
+        rc_alloc_fail_after(n, 0);
+        struct outbuf b = {0};
+        struct tokenize_view t = {.ids = ids, .n = 4, .with_pieces = 1, .limit = 3};
+        int rc = resp_tokenize(&b, &t, &v);
+        outbuf_free(&b);
+        long inj = rc_alloc_injected();
+        rc_alloc_fail_after(0, 0);
+        assert_int_equal(rc_alloc_live_bytes(), base);
+        assert_true(rc == 0 || inj > 0);
+        if (inj == 0)
+            break;
+    }
+}
+
 static void test_oom_unwinds(void **u)
 {
     /* Every allocation of a parse + validate + build fails in turn; no
@@ -470,8 +572,12 @@ static void test_oom_unwinds(void **u)
                 float tl = -1;
                 tok_details_push(&d, 0, 0, -0.1f, &ti, &tl);
                 struct vocab_view v = {piece, NULL};
-                struct completion_view cv = {.id = "cmpl-1", .model = "m", .text = "x",
-                                             .text_len = 1, .d = &d, .with_usage = 1};
+                struct completion_choice ch[2] = {{.text = "x", .text_len = 1, .d = &d},
+                                                  {.text = "y", .text_len = 1, .d = &d,
+                                                   .truncated = 1}};
+                struct completion_view cv = {.id = "cmpl-1", .model = "m",
+                                             .system_fingerprint = "fp_1", .ch = ch,
+                                             .n_ch = 2, .with_usage = 1};
                 json_t *r = resp_completion(&cv, &v);
                 char *dump = r ? pj_dump(r, NULL) : NULL;
                 rc_free(dump);
@@ -506,6 +612,8 @@ int main(void)
         cmocka_unit_test(test_error_body),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_token_json),
+        cmocka_unit_test(test_json_str_matches_jansson),
+        cmocka_unit_test(test_tokenize_body),
         cmocka_unit_test(test_oom_unwinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
