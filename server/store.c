@@ -17,6 +17,38 @@ struct store {
     char *path;
 };
 
+/* Open `name` for reading if it is a regular file: the fd, or -1 with
+ * errno ENOENT for anything else there (nothing, a symlink, a FIFO, a
+ * directory ...). O_NONBLOCK keeps open(2) of a FIFO from waiting for a
+ * writer; fstat then refuses it. The flag is cleared again, although
+ * regular files ignore it. */
+static int open_regular(const struct store *s, const char *name)
+{
+    int fd = openat(s->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ELOOP || errno == ENOTDIR || errno == ENXIO)
+            errno = ENOENT;
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        errno = ENOENT;
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
+/* 1 if `name` exists as something other than a regular file. */
+static int is_foreign(const struct store *s, const char *name)
+{
+    struct stat st;
+    return fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode);
+}
+
 static int ends_with(const char *s, const char *suf)
 {
     size_t n = strlen(s), m = strlen(suf);
@@ -82,6 +114,8 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
                 char *err, size_t errlen)
 {
     struct stat st;
+    if (is_foreign(s, name))
+        return rc_fail(err, errlen, RC_EMISMATCH, "'%s' exists and is not a snapshot file", name);
     if (!overwrite && fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
         return rc_fail(err, errlen, RC_EMISMATCH, "snapshot '%s' exists", name);
     uint64_t r = 0;
@@ -98,7 +132,8 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
         e = errno;
     if (close(fd) != 0 && !e)
         e = errno;
-    if (!e && !overwrite && fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+    if (!e && ((!overwrite && fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) ||
+               is_foreign(s, name)))
         e = EEXIST; /* lost a race with another writer of the same name */
     if (!e && renameat(s->dirfd, tmp, s->dirfd, name) != 0)
         e = errno;
@@ -118,16 +153,16 @@ int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, siz
 {
     *buf = NULL;
     *len = 0;
-    int fd = openat(s->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = open_regular(s, name);
     if (fd < 0) {
-        if (errno == ENOENT || errno == ELOOP || errno == ENOTDIR)
+        if (errno == ENOENT)
             return rc_fail(err, errlen, RC_EINVAL, "no snapshot '%s'", name);
         return rc_fail(err, errlen, RC_EIO, "opening snapshot '%s': %s", name, strerror(errno));
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0) {
         close(fd);
-        return rc_fail(err, errlen, RC_EINVAL, "no snapshot '%s'", name);
+        return rc_fail(err, errlen, RC_EIO, "reading snapshot '%s': %s", name, strerror(errno));
     }
     if ((uint64_t)st.st_size > max) {
         close(fd);
@@ -163,14 +198,9 @@ int store_read_head(struct store *s, const char *name, void *buf, size_t n, size
                     char *err, size_t errlen)
 {
     *got = 0;
-    int fd = openat(s->dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = open_regular(s, name);
     if (fd < 0)
-        return rc_fail(err, errlen, RC_EINVAL, "no file '%s'", name);
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return rc_fail(err, errlen, RC_EINVAL, "'%s' is not a regular file", name);
-    }
+        return rc_fail(err, errlen, RC_EINVAL, "no regular file '%s'", name);
     while (*got < n) {
         ssize_t r = read(fd, (char *)buf + *got, n - *got);
         if (r < 0 && errno == EINTR)
@@ -185,6 +215,8 @@ int store_read_head(struct store *s, const char *name, void *buf, size_t n, size
 
 int store_remove(struct store *s, const char *name, char *err, size_t errlen)
 {
+    if (is_foreign(s, name)) /* never ours: left alone */
+        return rc_fail(err, errlen, RC_EINVAL, "no snapshot '%s'", name);
     if (unlinkat(s->dirfd, name, 0) != 0) {
         if (errno == ENOENT)
             return rc_fail(err, errlen, RC_EINVAL, "no snapshot '%s'", name);

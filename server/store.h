@@ -7,6 +7,12 @@
  * files are opened with openat(..., O_NOFOLLOW), so a name can neither
  * climb out of the directory nor follow a symlink planted inside it.
  *
+ * Only regular files are ever read, replaced or removed. Anything else
+ * under a name (a FIFO, a directory, a socket, a device) counts as "not a
+ * snapshot": opened with O_NONBLOCK (opening a FIFO would otherwise wait
+ * for a writer, blocking the worker — and with it saves and shutdown —
+ * forever), then refused by fstat; a write or remove leaves it alone.
+ *
  * Writes: a unique "<name>.<random>.tmp" is created with O_EXCL, written,
  * fsync'ed, renamed over "<name>", and the directory fsync'ed: the final
  * name holds either the old or the new bytes, never a torn file. On any
@@ -32,7 +38,8 @@ void store_free(struct store *s);
 const char *store_path(const struct store *s);
 
 /* Write buf as `name` atomically. overwrite = 0 fails with RC_EMISMATCH
- * when the name exists. Returns 0, RC_EIO (disk full, I/O error: err says
+ * when the name exists; so does any write over something that is not a
+ * regular file. Returns 0, RC_EIO (disk full, I/O error: err says
  * which), RC_EMISMATCH. */
 int store_write(struct store *s, const char *name, const void *buf, size_t len, int overwrite,
                 char *err, size_t errlen);
@@ -48,7 +55,8 @@ int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, siz
 int store_read_head(struct store *s, const char *name, void *buf, size_t n, size_t *got,
                     char *err, size_t errlen);
 
-/* Remove `name`: 0, RC_EINVAL (no such file), RC_EIO. */
+/* Remove `name`: 0, RC_EINVAL (no such file, or not a regular file: left
+ * alone), RC_EIO. */
 int store_remove(struct store *s, const char *name, char *err, size_t errlen);
 
 struct store_entry {
