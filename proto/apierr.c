@@ -37,6 +37,7 @@ static const struct {
     [API_UNSUPPORTED_MEDIA] = {415, "unsupported_media_type", T_REQUEST},
     [API_INVALID_SNAPSHOT] = {422, "invalid_snapshot", T_REQUEST},
     [API_TOO_MANY_SESSIONS] = {429, "too_many_sessions", T_RATE},
+    [API_SNAPSHOT_QUOTA] = {429, "snapshot_quota_exceeded", T_RATE},
     [API_INTERNAL] = {500, "internal_error", T_SERVER},
     [API_NOT_IMPLEMENTED] = {501, "not_enabled", T_NOT_SUPPORTED},
     [API_UNAVAILABLE] = {503, "unavailable", T_SERVER},

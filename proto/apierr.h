@@ -37,6 +37,7 @@ enum api_err_kind {
     API_UNSUPPORTED_MEDIA,  /* 415 wrong Content-Type */
     API_INVALID_SNAPSHOT,   /* 422 truncated / corrupt / unsupported snapshot */
     API_TOO_MANY_SESSIONS,  /* 429 per-key session cap */
+    API_SNAPSHOT_QUOTA,     /* 429 per-key named-snapshot cap */
     API_INTERNAL,           /* 500 a bug or an unexpected engine error */
     API_NOT_IMPLEMENTED,    /* 501 feature not configured (e.g. no --snapshot-dir) */
     API_UNAVAILABLE,        /* 503 loading, draining, server-wide capacity */

@@ -73,8 +73,11 @@ static void app_stop(struct app *a)
         j->owner = NULL;
         routes_on_job_event(a, j);
     }
-    /* the states belong to the model the scheduler owns: they go first */
-    spill_persist_all(a);
+    /* the states belong to the model the scheduler owns: they go first;
+     * a session that could not be written is lost, and a supervisor must
+     * hear of it: the exit status says so */
+    if (spill_persist_all(a) > 0)
+        a->exit_code = 1;
     a->keep_files = 1;
     sessions_free(a->sessions);
     a->sessions = NULL;

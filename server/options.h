@@ -44,6 +44,8 @@ struct options {
     double session_ttl;     /* idle seconds before a session expires */
     char *state_dir;        /* spill + persist on shutdown; NULL = off */
     char *snapshot_dir;     /* named snapshots; NULL = off */
+    long max_snapshots_per_key;  /* named snapshots one key may hold */
+    size_t snapshot_disk_reserve; /* free bytes a named save must leave */
     /* connections */
     long max_connections;
     long max_connections_per_ip;

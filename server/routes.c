@@ -139,6 +139,7 @@ static int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     vsnprintf(e.message, sizeof e.message, fmt, ap);
     va_end(ap);
     e.kind = kind;
+    e.param[0] = 0;
     return http_respond_error(h, &e);
 }
 
@@ -410,6 +411,12 @@ struct fsop {
     size_t n;
     const char *prefix;        /* owner prefix for listing */
     char pre[24];
+    /* a save's limits (read on the loop, applied by the worker) */
+    long quota;                /* --max-snapshots-per-key */
+    uint64_t reserve;          /* --snapshot-disk-reserve */
+    struct store *states;      /* --state-dir, or NULL */
+    uint64_t spill_room;       /* bytes to spill the states now in memory */
+    int quota_hit;
 };
 
 /* Snapshots belong to the key that wrote them: on disk, "<name>" when
@@ -422,12 +429,70 @@ static void snap_file(const struct rq *q, const char *name, char *out, size_t n)
         snprintf(out, n, "%s", name);
 }
 
+/* Whether a listed file is the caller's: "k<owner>." + name with auth,
+ * else a name without any key's prefix. */
+static int file_is_callers(const struct fsop *f, const char *nm)
+{
+    size_t pl = strlen(f->pre);
+    if (pl)
+        return strncmp(nm, f->pre, pl) == 0;
+    return !(nm[0] == 'k' && strchr(nm, '.') == nm + 17);
+}
+
+/* Before a save: one key holds at most --max-snapshots-per-key named
+ * snapshots (a new name counts, replacing one of its own does not), and
+ * the file must leave --snapshot-disk-reserve free on its disk, plus room
+ * to spill every state now in memory when --state-dir is on the same
+ * disk, so that named snapshots can never take the room spilling and the
+ * shutdown's persisting need. Saves running at once for one key may each
+ * pass the count: the overshoot is bounded by the key's requests in
+ * flight. */
+static int save_allowed(struct fsop *f)
+{
+    struct store_entry *list = NULL;
+    size_t n = 0, mine = 0;
+    int replacing = 0;
+    int rc = store_list(f->st, &list, &n, f->err, sizeof f->err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (!file_is_callers(f, list[i].name))
+            continue;
+        mine++;
+        replacing |= !strcmp(list[i].name, f->file);
+    }
+    rc_free(list);
+    if (!replacing && mine >= (size_t)f->quota) {
+        f->quota_hit = 1;
+        return rc_fail(f->err, sizeof f->err, RC_ERANGE,
+                       "this key holds %zu named snapshots, the limit "
+                       "(--max-snapshots-per-key %ld): delete one or replace one of them",
+                       mine, f->quota);
+    }
+    uint64_t avail, dev, sdev, need = f->len + f->reserve;
+    if (store_space(f->st, &avail, &dev) != 0)
+        return rc_fail(f->err, sizeof f->err, RC_EIO, "cannot read the free space of %s",
+                       store_path(f->st));
+    if (f->states && store_space(f->states, &sdev, &sdev) == 0 && sdev == dev)
+        need += f->spill_room;
+    if (avail < need)
+        return rc_fail(f->err, sizeof f->err, RC_EIO,
+                       "not enough disk: %llu bytes free, the snapshot needs %zu and %llu "
+                       "must stay free (--snapshot-disk-reserve, plus room to spill the "
+                       "sessions in memory when --state-dir shares the disk)",
+                       (unsigned long long)avail, f->len, (unsigned long long)(need - f->len));
+    return 0;
+}
+
 static void fs_work(uv_work_t *w)
 {
     struct fsop *f = w->data;
     switch (f->kind) {
     case FS_WRITE:
-        f->rc = store_write(f->st, f->file, f->buf, f->len, f->overwrite, f->err, sizeof f->err);
+        f->rc = save_allowed(f);
+        if (!f->rc)
+            f->rc = store_write(f->st, f->file, f->buf, f->len, f->overwrite, f->err,
+                                sizeof f->err);
         break;
     case FS_READ:
         f->rc = store_read(f->st, f->file, f->max, &f->buf, &f->len, f->err, sizeof f->err);
@@ -480,6 +545,10 @@ static int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size
         snap_file(q, name, f->file, sizeof f->file);
     if (q->owner)
         snprintf(f->pre, sizeof f->pre, "k%016llx.", (unsigned long long)q->owner);
+    f->quota = q->a->cfg->max_snapshots_per_key;
+    f->reserve = q->a->cfg->snapshot_disk_reserve;
+    f->states = q->a->states;
+    f->spill_room = q->a->sessions ? sessions_state_bytes(q->a->sessions) : 0;
     f->w.data = f;
     if (uv_queue_work(q->a->loop, &f->w, fs_work, fs_after) != 0) {
         rc_free(f->buf);
@@ -1110,8 +1179,8 @@ static void h_sessions_post(struct rq *q)
         return;
     }
     a->metrics.sessions_created++;
-    spill_check(a);
     if (!src && !snap) {
+        spill_check(a); /* no job reads another session's state here */
         respond_created(q, s);
         return;
     }
@@ -1133,7 +1202,12 @@ static void h_sessions_post(struct rq *q)
         j->snap_len = snap_len;
         j->fingerprint = a->fingerprint;
     }
+    /* Only now, with src held by the job (busy), may the new state's
+     * weight spill something: before, src was the least recently used
+     * idle session, the spiller's first choice, and its state would be
+     * freed under the copy. */
     submit(q, j);
+    spill_check(a);
 }
 
 /* A new session read from snapshot bytes (owned by the callee). */
@@ -1339,14 +1413,15 @@ static void h_snapshot(struct rq *q)
 static void fs_done(struct rq *q, struct fsop *f)
 {
     if (f->rc) {
-        int kind = f->rc == RC_EINVAL     ? API_NOT_FOUND
+        int kind = f->quota_hit           ? API_SNAPSHOT_QUOTA
+                   : f->rc == RC_EINVAL     ? API_NOT_FOUND
                    : f->rc == RC_EMISMATCH ? API_CONFLICT
                    : f->rc == RC_ERANGE    ? API_INVALID_SNAPSHOT
                    : f->rc == RC_ENOMEM    ? API_OUT_OF_MEMORY
                    : f->kind == FS_WRITE   ? API_SNAPSHOT_WRITE
                                            : API_INTERNAL;
         const char *m = f->err;
-        if (f->rc == RC_EMISMATCH)
+        if (f->rc == RC_EMISMATCH && !strstr(f->err, "not a snapshot file"))
             m = "a snapshot of that name exists (send \"overwrite\": true to replace it)";
         respond_err(q->h, kind, "%s", m);
         return;
@@ -1380,7 +1455,7 @@ static void fs_done(struct rq *q, struct fsop *f)
         size_t pl = strlen(f->pre);
         for (size_t i = 0; i < f->n && !bad; i++) {
             const char *nm = f->list[i].name;
-            if (pl ? strncmp(nm, f->pre, pl) != 0 : nm[0] == 'k' && strchr(nm, '.') == nm + 17)
+            if (!file_is_callers(f, nm))
                 continue; /* another key's */
             json_t *x = json_pack("{s:s,s:I,s:I}", "name", nm + pl, "bytes",
                                   (json_int_t)f->list[i].bytes, "created",

@@ -86,7 +86,11 @@ void sessions_release(struct sessions *t, struct session *s, uint64_t now_ms);
  * memory (NULL if none). spilled: its state was written out; the state is
  * freed. restored: a state read back (allocated with
  * sessions_restore_state) is attached. io_failed: the spill/restore did
- * not happen. Each ends the io; an unlinked session is freed. */
+ * not happen. Each ends the io; an unlinked session is freed.
+ * pick never returns a busy session, so a handler that has read
+ * s->state for a job must mark s busy (submit) before anything that may
+ * spill (spill_check): a state handed to the compute thread is only ever
+ * read by it, never freed under it. */
 int sessions_over_high_water(const struct sessions *t);
 int sessions_under_low_water(const struct sessions *t);
 struct session *sessions_pick_spill(struct sessions *t);

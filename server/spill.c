@@ -292,10 +292,10 @@ void spill_load_index(struct app *a)
                 foreign ? " (files from another model were left alone)" : "");
 }
 
-void spill_persist_all(struct app *a)
+size_t spill_persist_all(struct app *a)
 {
     if (!a->states || !a->sessions)
-        return;
+        return 0;
     size_t ok = 0, bad = 0;
     for (struct session *s = sessions_first(a->sessions); s; s = sessions_next(s)) {
         if (!s->state || s->spilled)
@@ -318,5 +318,10 @@ void spill_persist_all(struct app *a)
                     log_escape(esc, sizeof esc, op.err, strlen(op.err)));
         }
     }
-    log_msg("--state-dir: %zu session(s) written%s", ok, bad ? " (some failed, see above)" : "");
+    if (bad)
+        log_msg("--state-dir: %zu session(s) written; %zu could NOT be written and are lost "
+                "(see above): exiting with status 1", ok, bad);
+    else
+        log_msg("--state-dir: %zu session(s) written", ok);
+    return bad;
 }

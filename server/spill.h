@@ -17,6 +17,8 @@
 #ifndef RECUR_SPILL_H
 #define RECUR_SPILL_H
 
+#include <stddef.h>
+
 struct app;
 struct session;
 
@@ -27,7 +29,7 @@ int spill_restore(struct app *a, struct session *s);
 /* Start-up: register the sessions found in the state dir. */
 void spill_load_index(struct app *a);
 /* Shutdown (nothing running): write every live session out, blocking. */
-void spill_persist_all(struct app *a);
+size_t spill_persist_all(struct app *a); /* returns the sessions it could not write */
 /* sessions_opts.on_drop_spilled: remove a dropped session's file. */
 void spill_drop_file(void *ud, const struct session *s);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -47,6 +48,14 @@ static int is_foreign(const struct store *s, const char *name)
 {
     struct stat st;
     return fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode);
+}
+
+/* 1 if `name` is a directory: a write cannot rename over it. (A symlink or
+ * FIFO under the name is replaced by the rename, which never follows it.) */
+static int is_dir(const struct store *s, const char *name)
+{
+    struct stat st;
+    return fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -114,7 +123,7 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
                 char *err, size_t errlen)
 {
     struct stat st;
-    if (is_foreign(s, name))
+    if (is_dir(s, name))
         return rc_fail(err, errlen, RC_EMISMATCH, "'%s' exists and is not a snapshot file", name);
     if (!overwrite && fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
         return rc_fail(err, errlen, RC_EMISMATCH, "snapshot '%s' exists", name);
@@ -133,7 +142,7 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
     if (close(fd) != 0 && !e)
         e = errno;
     if (!e && ((!overwrite && fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) ||
-               is_foreign(s, name)))
+               is_dir(s, name)))
         e = EEXIST; /* lost a race with another writer of the same name */
     if (!e && renameat(s->dirfd, tmp, s->dirfd, name) != 0)
         e = errno;
@@ -210,6 +219,17 @@ int store_read_head(struct store *s, const char *name, void *buf, size_t n, size
         *got += (size_t)r;
     }
     close(fd);
+    return 0;
+}
+
+int store_space(const struct store *s, uint64_t *avail, uint64_t *dev)
+{
+    struct statvfs v;
+    struct stat st;
+    if (fstatvfs(s->dirfd, &v) != 0 || fstat(s->dirfd, &st) != 0)
+        return RC_EIO;
+    *avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+    *dev = (uint64_t)st.st_dev;
     return 0;
 }
 

@@ -7,11 +7,13 @@
  * files are opened with openat(..., O_NOFOLLOW), so a name can neither
  * climb out of the directory nor follow a symlink planted inside it.
  *
- * Only regular files are ever read, replaced or removed. Anything else
- * under a name (a FIFO, a directory, a socket, a device) counts as "not a
+ * Only regular files are ever read or removed. Anything else under a name
+ * (a FIFO, a directory, a socket, a device, a symlink) counts as "not a
  * snapshot": opened with O_NONBLOCK (opening a FIFO would otherwise wait
  * for a writer, blocking the worker — and with it saves and shutdown —
- * forever), then refused by fstat; a write or remove leaves it alone.
+ * forever), then refused by fstat; a remove leaves it alone. A write with
+ * overwrite replaces it by rename (which never follows a link), except a
+ * directory, which it refuses.
  *
  * Writes: a unique "<name>.<random>.tmp" is created with O_EXCL, written,
  * fsync'ed, renamed over "<name>", and the directory fsync'ed: the final
@@ -38,8 +40,7 @@ void store_free(struct store *s);
 const char *store_path(const struct store *s);
 
 /* Write buf as `name` atomically. overwrite = 0 fails with RC_EMISMATCH
- * when the name exists; so does any write over something that is not a
- * regular file. Returns 0, RC_EIO (disk full, I/O error: err says
+ * when the name exists; so does any write over a directory. Returns 0, RC_EIO (disk full, I/O error: err says
  * which), RC_EMISMATCH. */
 int store_write(struct store *s, const char *name, const void *buf, size_t len, int overwrite,
                 char *err, size_t errlen);
@@ -58,6 +59,10 @@ int store_read_head(struct store *s, const char *name, void *buf, size_t n, size
 /* Remove `name`: 0, RC_EINVAL (no such file, or not a regular file: left
  * alone), RC_EIO. */
 int store_remove(struct store *s, const char *name, char *err, size_t errlen);
+
+/* Bytes an unprivileged writer may still use on the directory's file
+ * system (statvfs f_bavail), and its device: 0 or RC_EIO. */
+int store_space(const struct store *s, uint64_t *avail, uint64_t *dev);
 
 struct store_entry {
     char name[200];

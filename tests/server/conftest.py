@@ -214,7 +214,8 @@ def error_of(r, status, code=None):
     assert set(e) == {"message", "type", "param", "code"}, j
     assert isinstance(e["message"], str) and e["message"]
     assert e["type"] == ERROR_CATEGORY[status], e
-    assert e["param"] is None or isinstance(e["param"], str), e
+    # a field name when there is one: never empty, never mangled bytes
+    assert e["param"] is None or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\[\]-]{0,70}", e["param"]), e
     assert isinstance(e["code"], str), e
     if code:
         assert e["code"] == code, e

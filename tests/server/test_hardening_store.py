@@ -34,6 +34,19 @@ def planted(models, tmp_path):
         srv.stop()
 
 
+def session_when_room(c):
+    """A new session, retried through the documented 503 that a session past
+    --state-memory gets while idle ones are being spilled."""
+    deadline = time.time() + PROMPT
+    while True:
+        r = c.post("/v1/sessions", {})
+        if r.status_code != 503 or time.time() > deadline:
+            sid = c.ok(r, 201)["id"]
+            c.ok(c.post(f"/v1/sessions/{sid}/append", {"text": TEXT}))
+            return sid
+        time.sleep(0.05)
+
+
 def stop_promptly(srv):
     t = time.time()
     rc = srv.stop()
@@ -53,16 +66,23 @@ def test_fifo_and_directory_are_not_snapshots(planted):
         error_of(c.post("/v1/sessions", {"snapshot": name}, timeout=PROMPT), 404, "not_found")
         # delete: never removes what is not a snapshot
         error_of(c.req("DELETE", f"/v1/snapshots/{name}", timeout=PROMPT), 404, "not_found")
-        # save over it: a conflict, with or without overwrite; nothing replaced
-        for overwrite in (False, True):
-            r = c.post(f"/v1/sessions/{sid}/save", {"name": name, "overwrite": overwrite},
-                       timeout=PROMPT)
-            error_of(r, 409, "conflict")
+        # save over it without overwrite: a conflict; nothing replaced
+        r = c.post(f"/v1/sessions/{sid}/save", {"name": name}, timeout=PROMPT)
+        error_of(r, 409, "conflict")
     assert (d / "dir").is_dir() and os.path.exists(d / "fifo")
     assert not (d / "fifo").is_file()
-    # the list holds the real snapshot only
-    names = [s["name"] for s in c.ok(c.get("/v1/snapshots"))["data"]]
-    assert names == ["real"]
+    # with overwrite: a directory is still a conflict (a rename cannot
+    # replace it); the FIFO is replaced by the rename, as a planted symlink
+    # is (test_s3_snapshot_names), and the name is a snapshot from then on
+    e = error_of(c.post(f"/v1/sessions/{sid}/save", {"name": "dir", "overwrite": True},
+                        timeout=PROMPT), 409, "conflict")
+    assert "not a snapshot file" in e["message"], e
+    c.ok(c.post(f"/v1/sessions/{sid}/save", {"name": "fifo", "overwrite": True},
+                timeout=PROMPT), 201)
+    assert (d / "fifo").is_file() and (d / "dir").is_dir()
+    # the list holds the real snapshots only
+    names = sorted(s["name"] for s in c.ok(c.get("/v1/snapshots"))["data"])
+    assert names == ["fifo", "real"]
     # the real one still works, and the workers are all free
     c.ok(c.post("/v1/sessions", {"snapshot": "real"}), 201)
     Control(c).check()
@@ -97,7 +117,7 @@ def test_fifo_in_the_state_dir(models, tmp_path):
     try:
         c = Client(srv)
         assert c.ok(c.get("/v1/sessions"))["data"] == []
-        ids = [c.session(TEXT) for _ in range(6)]  # past the budget: some spill
+        ids = [session_when_room(c) for _ in range(6)]  # past the budget: some spill
         deadline = time.time() + PROMPT
         spilled = []
         while time.time() < deadline and not spilled:
@@ -115,3 +135,81 @@ def test_fifo_in_the_state_dir(models, tmp_path):
             c.ok(c.get(f"/v1/sessions/{i}/state", timeout=PROMPT))
     finally:
         stop_promptly(srv)
+
+
+# ---- item 6: one key cannot fill the disk; a lost session is an error ----
+
+def test_named_snapshots_per_key_quota(models, tmp_path):
+    """--max-snapshots-per-key: a new name beyond it is a 429 naming the
+    limit; replacing one of the key's own, or another key saving, is not
+    affected; deleting one makes room."""
+    d = tmp_path / "snaps"
+    srv = Server(models["a"], "--snapshot-dir", str(d), "--max-snapshots-per-key", "3",
+                 "--api-key", "k1,k2")
+    try:
+        a, b = Client(srv, "k1"), Client(srv, "k2")
+        sa, sb = a.session(TEXT), b.session(TEXT)
+        for i in range(3):
+            a.ok(a.post(f"/v1/sessions/{sa}/save", {"name": f"s{i}"}), 201)
+        e = error_of(a.post(f"/v1/sessions/{sa}/save", {"name": "s3"}), 429,
+                     "snapshot_quota_exceeded")
+        assert "--max-snapshots-per-key 3" in e["message"], e
+        assert not any(n.endswith(".s3") for n in os.listdir(d))
+        # replacing one of its own is not a new one
+        a.ok(a.post(f"/v1/sessions/{sa}/save", {"name": "s1", "overwrite": True}), 201)
+        # another key has its own quota
+        b.ok(b.post(f"/v1/sessions/{sb}/save", {"name": "s0"}), 201)
+        # deleting makes room
+        a.ok(a.req("DELETE", "/v1/snapshots/s0"))
+        a.ok(a.post(f"/v1/sessions/{sa}/save", {"name": "s3"}), 201)
+        assert sorted(x["name"] for x in a.ok(a.get("/v1/snapshots"))["data"]) == \
+            ["s1", "s2", "s3"]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_named_snapshot_leaves_the_disk_reserve(models, tmp_path):
+    """A save that would leave less than --snapshot-disk-reserve free on its
+    disk is a 507 that says why, and writes nothing; the default leaves room."""
+    d = tmp_path / "snaps"
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    srv = Server(models["a"], "--snapshot-dir", str(d), "--snapshot-disk-reserve",
+                 str(free * 4))
+    try:
+        c = Client(srv)
+        sid = c.session(TEXT)
+        e = error_of(c.post(f"/v1/sessions/{sid}/save", {"name": "x"}), 507,
+                     "snapshot_write_failed")
+        assert "--snapshot-disk-reserve" in e["message"], e
+        assert os.listdir(d) == []
+    finally:
+        assert srv.stop() == 0
+    srv = Server(models["a"], "--snapshot-dir", str(d))
+    try:
+        c = Client(srv)
+        c.ok(c.post(f"/v1/sessions/{c.session(TEXT)}/save", {"name": "x"}), 201)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_shutdown_that_loses_a_session_exits_nonzero(models, tmp_path):
+    """With --state-dir, SIGTERM writes every live session out; one that
+    cannot be written is lost, and the exit status and the log say so
+    (it was exit 0 with every session gone)."""
+    d = tmp_path / "states"
+    srv = Server(models["a"], "--state-dir", str(d))
+    c = Client(srv)
+    keep, lost = c.session(TEXT), c.session(TEXT)
+    # something that is not a state file sits under the lost one's name
+    (d / f"{lost}.{0:016x}.state").mkdir()
+    rc = srv.stop()
+    log = "\n".join(srv.log())
+    assert rc == 1, log[-2000:]
+    assert f"persisting session {lost} failed" in log, log[-2000:]
+    assert "could NOT be written" in log
+    assert os.path.isfile(d / f"{keep}.{0:016x}.state")
+    # and a clean shutdown is still 0
+    srv = Server(models["a"], "--state-dir", str(d / "clean"))
+    Client(srv).session(TEXT)
+    assert srv.stop() == 0

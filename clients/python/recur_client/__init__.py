@@ -14,7 +14,7 @@ from .errors import (BadRequest, Conflict, ConnectionError, InternalServerError,
                      InvalidSnapshot, InvalidSnapshotName, InvalidToken, MethodNotAllowed,
                      NotEnabled, NotFound, OutOfMemory, Overloaded, PayloadTooLarge, RequestTimeout,
                      ProtocolError, RecurError, ServerUnavailable, SessionBusy,
-                     SnapshotModelMismatch, SnapshotWriteFailed, Timeout, TooManyRequests,
+                     SnapshotModelMismatch, SnapshotQuotaExceeded, SnapshotWriteFailed, Timeout, TooManyRequests,
                      Unauthorized, UnsupportedMediaType)
 from .types import (Bucket, Completion, CompletionChunk, DoneEvent, GenerateResult,
                     ModelInfo, ScoreResult, Session, SnapshotInfo, TokenEvent, TokenInfo,
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client", "GenerateStream", "CompletionStream", "DEFAULT_URL",
     "RecurError", "BadRequest", "InvalidToken", "InvalidSnapshotName", "Unauthorized",
-    "NotFound", "MethodNotAllowed", "Conflict", "SessionBusy", "SnapshotModelMismatch",
+    "NotFound", "MethodNotAllowed", "Conflict", "SessionBusy", "SnapshotModelMismatch", "SnapshotQuotaExceeded",
     "PayloadTooLarge", "RequestTimeout", "UnsupportedMediaType", "InvalidSnapshot", "Overloaded",
     "TooManyRequests", "ServerUnavailable", "OutOfMemory", "InternalServerError",
     "NotEnabled", "SnapshotWriteFailed", "ConnectionError", "Timeout", "ProtocolError",

@@ -105,6 +105,11 @@ class TooManyRequests(Overloaded):
     """429 ``too_many_sessions``: the API key holds its maximum of sessions."""
 
 
+class SnapshotQuotaExceeded(TooManyRequests):
+    """429 ``snapshot_quota_exceeded``: the API key holds its maximum of
+    named snapshots (delete or replace one)."""
+
+
 class ServerUnavailable(Overloaded):
     """503 ``unavailable``: loading, draining, or a session/memory limit."""
 
@@ -154,6 +159,7 @@ BY_CODE = {
     "unsupported_media_type": UnsupportedMediaType,
     "invalid_snapshot": InvalidSnapshot,
     "too_many_sessions": TooManyRequests,
+    "snapshot_quota_exceeded": SnapshotQuotaExceeded,
     "internal_error": InternalServerError,
     "not_enabled": NotEnabled,
     "unavailable": ServerUnavailable,
