@@ -28,6 +28,28 @@
 
 struct model;
 
+/* Bounds a state must keep to be loaded (state_deserialize) or stepped
+ * (fwd_run). Values outside them never come from a real stream, only from
+ * a forged or damaged snapshot whose checksum was recomputed; refusing them
+ * at load keeps every later computation finite and overflow-free.
+ *
+ * STATE_MAX_POS: 2^53 tokens. No stream gets near it (a million tokens a
+ * second for 285 years), every position is exact in a double (JSON
+ * clients), and pos + any request's tokens stays far from INT64_MAX, so
+ * position arithmetic and bucket math (core/score.c) cannot overflow.
+ * Reading a token that would take pos past it fails with RC_ERANGE.
+ *
+ * STATE_MAX_ABS: every float of last, conv and ssm is finite and
+ * |x| <= 1e6. The shipped models (models/recur-base, recur-sp) over
+ * GPL-3 read four times (41k tokens) reach max |last| 19, |conv| 21,
+ * |ssm| 47 (docs/server.md, "Snapshots"): the bound leaves four orders of
+ * magnitude of headroom. It is far below overflow: one step multiplies
+ * two window values (B x) and sums squares of C . h over d_inner (the
+ * gated norm), about (4e6)^2 and (128 * 1e6 * 4e6)^2 * 768, both well
+ * under FLT_MAX; at 1e30 (finite) a step gave inf and then NaN. */
+#define STATE_MAX_POS (1ull << 53)
+#define STATE_MAX_ABS 1.0e6f
+
 struct mstate {
     const struct model *model; /* not owned */
     int64_t pos;               /* tokens read since zero state */
