@@ -79,8 +79,18 @@ size_t state_serialized_bytes(const struct model *m);
 /* Write the serialised layout into buf (len >= state_serialized_bytes). */
 int state_serialize(const struct mstate *s, void *buf, size_t len);
 
-/* Read a serialised state into s. Checks the layout against s's model and
- * that every float is finite. On error s is unchanged. */
+/* Read a serialised state into s. Checks the layout against s's model, the
+ * position (0..STATE_MAX_POS, and > 0 if it has a last row) and every float
+ * (state_check_floats): every load path (HTTP PUT and POST, named
+ * snapshots, spill reload) comes through here, so a state that loads is
+ * one that can be stepped. RC_EFORMAT with err naming the field for a lie,
+ * RC_EMISMATCH / RC_EUNSUPPORTED for another layout. On error s is
+ * unchanged. */
+/* Check the floats of a state block laid out as in memory (last, conv,
+ * ssm; any alignment): each finite and |x| <= STATE_MAX_ABS. 0, or
+ * RC_EFORMAT with err naming the part and index ("conv[17] is 1e+30"). */
+int state_check_floats(const struct model *m, const void *block, char *err, size_t errlen);
+
 int state_deserialize(struct mstate *s, const void *buf, size_t len, char *err, size_t errlen);
 
 #endif
