@@ -42,8 +42,9 @@ struct model;
  * STATE_MAX_ABS: every float of last, conv and ssm is finite and
  * |x| <= 1e6. The shipped models (models/recur-base, recur-sp) over
  * GPL-3 read four times (41k tokens) reach max |last| 19, |conv| 21,
- * |ssm| 47 (docs/server.md, "Snapshots"): the bound leaves four orders of
- * magnitude of headroom. It is far below overflow: one step multiplies
+ * |ssm| 47, generating 2000 tokens |ssm| 55 (proto/SNAPSHOT.md): the
+ * bound leaves four orders of magnitude of headroom. It is far below
+ * overflow: one step multiplies
  * two window values (B x) and sums squares of C . h over d_inner (the
  * gated norm), about (4e6)^2 and (128 * 1e6 * 4e6)^2 * 768, both well
  * under FLT_MAX; at 1e30 (finite) a step gave inf and then NaN. */
