@@ -136,7 +136,8 @@ int state_check_floats(const struct model *m, const void *block, char *err, size
     for (size_t i = 0; i < n; i++) {
         float v;
         memcpy(&v, (const uint8_t *)block + i * sizeof v, sizeof v); /* any alignment */
-        if (isfinite(v) && fabsf(v) <= STATE_MAX_ABS)
+        float lim = i < nlast + nconv ? STATE_MAX_ACT : STATE_MAX_SSM;
+        if (isfinite(v) && fabsf(v) <= lim)
             continue;
         const char *part = i < nlast ? "last" : i < nlast + nconv ? "conv" : "ssm";
         size_t at = i < nlast ? i : i < nlast + nconv ? i - nlast : i - nlast - nconv;
@@ -145,7 +146,7 @@ int state_check_floats(const struct model *m, const void *block, char *err, size
                            at);
         return rc_fail(err, errlen, RC_EFORMAT,
                        "state float %s[%zu] is %g, outside [-%g, %g] (no real stream reaches it)",
-                       part, at, (double)v, (double)STATE_MAX_ABS, (double)STATE_MAX_ABS);
+                       part, at, (double)v, (double)lim, (double)lim);
     }
     return 0;
 }

@@ -253,7 +253,7 @@ static void test_lying_floats(void **u)
         const char *name;
     } where[] = {{0, "last"}, {3, "last"}, {conv0, "conv"}, {conv0 + 5, "conv"},
                  {ssm0, "ssm"}, {last_f, "ssm"}};
-    const float lies[] = {1e30f, -1e30f, FLT_MAX, -FLT_MAX, 2.0f * STATE_MAX_ABS, NAN,
+    const float lies[] = {1e30f, -1e30f, FLT_MAX, -FLT_MAX, NAN,
                           INFINITY, -INFINITY};
     for (size_t w = 0; w < sizeof where / sizeof where[0]; w++)
         for (size_t i = 0; i < sizeof lies / sizeof lies[0]; i++) {
@@ -264,21 +264,42 @@ static void test_lying_floats(void **u)
             expect_lie(b, n, where[w].name);
             rc_free(b);
         }
+    /* just past each part's bound */
+    for (size_t w = 0; w < sizeof where / sizeof where[0]; w++) {
+        float lim = where[w].at < ssm0 ? STATE_MAX_ACT : STATE_MAX_SSM;
+        for (int sign = -1; sign <= 1; sign += 2) {
+            size_t n;
+            uint8_t *b = forge_base(&n);
+            set_float(b, where[w].at, (float)sign * nextafterf(lim, INFINITY));
+            reseal(b, n);
+            expect_lie(b, n, where[w].name);
+            set_float(b, where[w].at, (float)sign * lim);
+            reseal(b, n);
+            char err[256];
+            struct mstate *t;
+            assert_int_equal(state_create(m, &t), 0);
+            assert_int_equal(snapshot_decode(t, fp, b, n, err, sizeof err), 0);
+            state_free(t);
+            rc_free(b);
+        }
+    }
 }
 
-/* Every float at +-STATE_MAX_ABS still loads, and one step from it, and
+/* Every float at its bound (+-STATE_MAX_ACT, +-STATE_MAX_SSM) still loads, and one step from it, and
  * the logits of it, stay finite: the bound is below where this model's
  * arithmetic overflows. */
 static void test_floats_at_the_bound_step_finite(void **u)
 {
     const struct model_config *c = model_config(m);
     size_t nf = state_bytes(m) / sizeof(float);
+    size_t ssm0 = (size_t)c->d_model + (size_t)c->n_layer * src->conv_per_layer;
     char err[256];
     for (int sign = -1; sign <= 1; sign += 2) {
         size_t n;
         uint8_t *b = forge_base(&n);
         for (size_t i = 0; i < nf; i++)
-            set_float(b, i, (float)sign * ((i % 3) ? STATE_MAX_ABS : -STATE_MAX_ABS));
+            set_float(b, i, (float)sign * ((i % 3) ? 1.0f : -1.0f) *
+                                (i < ssm0 ? STATE_MAX_ACT : STATE_MAX_SSM));
         reseal(b, n);
         struct mstate *t;
         assert_int_equal(state_create(m, &t), 0);
