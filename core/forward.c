@@ -175,8 +175,11 @@ static int validate(struct fwd *f, const struct fwd_seg *segs, int nseg, int *to
                 return rc_fail(err, errlen, RC_EINVAL,
                                "segment %d: token %d is %d, outside the vocabulary [0, %d)", i,
                                j, s->tokens[j], c->n_vocab);
-        if (s->state->pos > INT64_MAX - s->n)
-            return rc_fail(err, errlen, RC_ERANGE, "segment %d: position overflow", i);
+        if (s->state->pos < 0 || (uint64_t)s->state->pos > STATE_MAX_POS - (uint64_t)s->n)
+            return rc_fail(err, errlen, RC_ERANGE,
+                           "segment %d: reading %d tokens at position %lld would pass the "
+                           "maximum position 2^53",
+                           i, s->n, (long long)s->state->pos);
         f->seen[i] = s->state;
     }
     qsort(f->seen, (size_t)nseg, sizeof *f->seen, cmp_ptr);

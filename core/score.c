@@ -17,14 +17,17 @@ void score_stats_init(struct score_stats *st) { memset(st, 0, sizeof *st); }
 int score_bucket_of(int64_t p)
 {
     if (p <= 0)
-        return 0;
-    return 64 - __builtin_clzll((unsigned long long)p); /* p in [2^(k-1), 2^k) -> k */
+        return 0; /* clzll(0) is undefined; negative positions do not occur */
+    return 64 - __builtin_clzll((unsigned long long)p); /* p in [2^(k-1), 2^k) -> k, k <= 63 */
 }
 
+/* Bucket b is [2^(b-1), 2^b); the top one (b = 63) ends at INT64_MAX, as
+ * 2^63 is not an int64. Shifts are done in unsigned so none overflows, for
+ * any b a position can map to. */
 static void bucket_bounds(int b, int64_t *start, int64_t *end)
 {
-    *start = b == 0 ? 0 : (int64_t)1 << (b - 1);
-    *end = (int64_t)1 << b;
+    *start = b == 0 ? 0 : (int64_t)(1ull << (b - 1));
+    *end = b >= 63 ? INT64_MAX : (int64_t)(1ull << b);
 }
 
 void score_stats_add(struct score_stats *st, int64_t p, double lp)

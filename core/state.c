@@ -126,6 +126,31 @@ int state_serialize(const struct mstate *s, void *buf, size_t len)
     return 0;
 }
 
+int state_check_floats(const struct model *m, const void *block, char *err, size_t errlen)
+{
+    const struct model_config *c = &m->cfg;
+    /* The three parts, named so a refusal says which one lies. */
+    const size_t nlast = (size_t)c->d_model;
+    const size_t nconv = (size_t)c->n_layer * conv_per_layer(c);
+    const size_t n = state_floats(c);
+    for (size_t i = 0; i < n; i++) {
+        float v;
+        memcpy(&v, (const uint8_t *)block + i * sizeof v, sizeof v); /* any alignment */
+        float lim = i < nlast + nconv ? STATE_MAX_ACT : STATE_MAX_SSM;
+        if (isfinite(v) && fabsf(v) <= lim)
+            continue;
+        const char *part = i < nlast ? "last" : i < nlast + nconv ? "conv" : "ssm";
+        size_t at = i < nlast ? i : i < nlast + nconv ? i - nlast : i - nlast - nconv;
+        if (!isfinite(v))
+            return rc_fail(err, errlen, RC_EFORMAT, "state float %s[%zu] is not finite", part,
+                           at);
+        return rc_fail(err, errlen, RC_EFORMAT,
+                       "state float %s[%zu] is %g, outside [-%g, %g] (no real stream reaches it)",
+                       part, at, (double)v, (double)lim, (double)lim);
+    }
+    return 0;
+}
+
 int state_deserialize(struct mstate *s, const void *buf, size_t len, char *err, size_t errlen)
 {
     const struct model *m = s->model;
@@ -151,16 +176,16 @@ int state_deserialize(struct mstate *s, const void *buf, size_t len, char *err, 
     uint64_t pos = 0;
     for (int i = 0; i < 8; i++)
         pos |= (uint64_t)(*p++) << (8 * i);
-    if (pos > (uint64_t)INT64_MAX || (pos == 0 && have[7]))
-        return rc_fail(err, errlen, RC_EFORMAT, "state position %llu invalid",
-                       (unsigned long long)pos);
+    if (pos == 0 && have[7])
+        return rc_fail(err, errlen, RC_EFORMAT, "state position 0 with a last row");
+    if (pos > STATE_MAX_POS)
+        return rc_fail(err, errlen, RC_EFORMAT,
+                       "state position %llu is past the maximum position 2^53 (%llu)",
+                       (unsigned long long)pos, (unsigned long long)STATE_MAX_POS);
+    int rc = state_check_floats(m, p, err, errlen);
+    if (rc)
+        return rc;
     size_t n = state_floats(&m->cfg);
-    for (size_t i = 0; i < n; i++) {
-        float v;
-        memcpy(&v, p + 4 * i, 4);
-        if (!isfinite(v))
-            return rc_fail(err, errlen, RC_EFORMAT, "state float %zu is not finite", i);
-    }
     memcpy(s->block, p, n * sizeof(float));
     s->pos = (int64_t)pos;
     s->has_last = (int)have[7];

@@ -28,6 +28,33 @@
 
 struct model;
 
+/* Bounds a state must keep to be loaded (state_deserialize) or stepped
+ * (fwd_run). Values outside them never come from a real stream, only from
+ * a forged or damaged snapshot whose checksum was recomputed; refusing them
+ * at load keeps every later computation finite and overflow-free.
+ *
+ * STATE_MAX_POS: 2^53 tokens. No stream gets near it (a million tokens a
+ * second for 285 years), every position is exact in a double (JSON
+ * clients), and pos + any request's tokens stays far from INT64_MAX, so
+ * position arithmetic and bucket math (core/score.c) cannot overflow.
+ * Reading a token that would take pos past it fails with RC_ERANGE.
+ *
+ * STATE_MAX_ACT, STATE_MAX_SSM: every float finite, |x| <= 1e4 in last
+ * and conv (activations), |x| <= 1e10 in ssm (the state). The shipped
+ * models (models/recur-base, recur-sp) over GPL-3 read four times (41k
+ * tokens) and generating 2000 tokens reach |last| 19.5, |conv| 21.4,
+ * |ssm| 55 (proto/SNAPSHOT.md): 470x and 2e8x of headroom. Two bounds,
+ * because one is not closed under stepping: with everything at 1e6 the
+ * window's B x pushed ssm to 4e9 in one step, so the server refused its
+ * own next snapshot. With these, a state at the bounds steps finite and
+ * stays within them on both shipped models and the tiny test model (its
+ * own snapshots load again), and C . h over d_state and the gated norm's
+ * sum of squares stay far below FLT_MAX; at 1e30 a step gave inf, then
+ * NaN (UBSan in fexp). */
+#define STATE_MAX_POS (1ull << 53)
+#define STATE_MAX_ACT 1.0e4f
+#define STATE_MAX_SSM 1.0e10f
+
 struct mstate {
     const struct model *model; /* not owned */
     int64_t pos;               /* tokens read since zero state */
@@ -57,8 +84,19 @@ size_t state_serialized_bytes(const struct model *m);
 /* Write the serialised layout into buf (len >= state_serialized_bytes). */
 int state_serialize(const struct mstate *s, void *buf, size_t len);
 
-/* Read a serialised state into s. Checks the layout against s's model and
- * that every float is finite. On error s is unchanged. */
+/* Read a serialised state into s. Checks the layout against s's model, the
+ * position (0..STATE_MAX_POS, and > 0 if it has a last row) and every float
+ * (state_check_floats): every load path (HTTP PUT and POST, named
+ * snapshots, spill reload) comes through here, so a state that loads is
+ * one that can be stepped. RC_EFORMAT with err naming the field for a lie,
+ * RC_EMISMATCH / RC_EUNSUPPORTED for another layout. On error s is
+ * unchanged. */
+/* Check the floats of a state block laid out as in memory (last, conv,
+ * ssm; any alignment): each finite, |x| <= STATE_MAX_ACT in last and conv,
+ * |x| <= STATE_MAX_SSM in ssm. 0, or
+ * RC_EFORMAT with err naming the part and index ("conv[17] is 1e+30"). */
+int state_check_floats(const struct model *m, const void *block, char *err, size_t errlen);
+
 int state_deserialize(struct mstate *s, const void *buf, size_t len, char *err, size_t errlen);
 
 #endif

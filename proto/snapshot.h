@@ -12,7 +12,11 @@
  *
  * Checking order, so a damaged file is never mistaken for a foreign one:
  * size and magic, version, declared length against the actual length,
- * checksum, and only then the fingerprint. Every check runs before the
+ * checksum, and only then the fingerprint; then (snapshot_decode, through
+ * state_deserialize) the payload's layout and its values: position
+ * <= STATE_MAX_POS (2^53), every state float finite with |x| <= 1e4
+ * (last, conv: STATE_MAX_ACT) or 1e10 (ssm: STATE_MAX_SSM), so a forged file with a recomputed checksum cannot
+ * load a state whose next step overflows. Every check runs before the
  * target state is touched; decoding into a state either fully succeeds or
  * leaves it unchanged.
  */

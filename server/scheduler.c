@@ -800,6 +800,25 @@ static void run_special(struct sched *s, struct job *j)
 
 /* ---- the tick ----------------------------------------------------------------- */
 
+/* Fail j (400) when reading n more tokens into st would take it past
+ * STATE_MAX_POS. Checked per job before batching: fwd_run refuses such a
+ * segment too, but its failure fails the whole batch, every other
+ * session's request with it. Only a restored snapshot can start near the
+ * bound (core/state.h). */
+static int past_max_pos(struct job *j, const struct mstate *st, int n)
+{
+    if ((uint64_t)st->pos <= STATE_MAX_POS - (uint64_t)n)
+        return 0;
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "the session is at position %lld: %d more tokens would pass the maximum position "
+             "2^53",
+             (long long)st->pos, n);
+    fail(j, RC_ERANGE, API_INVALID_REQUEST, msg);
+    finish(j, "error");
+    return 1;
+}
+
 /* Score the rows of one input segment; targets are its tokens. */
 static int score_segment(struct sched *s, struct job *j, const float *hid, const float *prev)
 {
@@ -1006,6 +1025,8 @@ static void tick(struct sched *s, struct job **ready, int nready)
             finish(j, "eos");
             continue;
         }
+        if (past_max_pos(j, r->gs, 1))
+            continue;
         r->seg = nseg;
         r->n = 1;
         s->segs[nseg++] = (struct fwd_seg){.state = r->gs, .tokens = &r->tok, .n = 1};
@@ -1028,6 +1049,8 @@ static void tick(struct sched *s, struct job **ready, int nready)
             continue; /* wait for a whole chunk */
         if (n > budget)
             continue; /* next tick, whole */
+        if (past_max_pos(j, j->state, n))
+            continue;
         r->seg = nseg;
         r->n = n;
         r->had_last = j->state->has_last;
