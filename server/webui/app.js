@@ -92,8 +92,8 @@ async function restore(file) {
   const r = await api('/v1/sessions', { method: 'POST',
     headers: { 'Content-Type': 'application/octet-stream' }, body: file });
   const s = await r.json();
-  status(`restored ${file.name} as ${s.id} (position ${s.position})`);
   await refreshSessions(); $('target').value = s.id;
+  status(`restored ${file.name} as ${s.id} (position ${s.position})`);
 }
 
 // ---- streaming a document ----------------------------------------------------
@@ -235,10 +235,10 @@ function drawChart() {
 }
 
 // ---- generation over SSE --------------------------------------------------------
-async function generate(id, out, signal) {
+async function generate(id, out, signal, n) {
   const body = { stream: true, commit: $('commit').checked, max_tokens: +$('maxt').value,
     temperature: +$('temp').value, top_p: +$('topp').value, top_k: +$('topk').value };
-  if ($('seed').value !== '') body.seed = +$('seed').value;
+  if ($('seed').value !== '') body.seed = +$('seed').value + n; // forks differ
   if ($('stop').value) body.stop = $('stop').value;
   const r = await api(`/v1/sessions/${id}/generate`, { method: 'POST', signal,
     headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
@@ -274,7 +274,7 @@ async function runGen(ids) {
     const prompt = $('prompt').value;
     await Promise.all(ids.map(async (id, i) => {
       if (prompt) await json(`/v1/sessions/${id}/append`, { text: prompt });
-      await generate(id, outs[i], genAbort.signal);
+      await generate(id, outs[i], genAbort.signal, i);
     }));
   } catch (e) {
     status(e.name === 'AbortError' ? 'generation stopped' : e.message);
