@@ -2,7 +2,7 @@
 // Every API call goes through api(), which adds the key the user typed.
 const $ = (id) => document.getElementById(id);
 const KEEP = 3000;            // tokens kept in the DOM (older ones are dropped)
-const CHUNK = 32 * 1024;      // characters per append request
+const CHUNK = 8 * 1024;       // characters per append: well under --detail-limit (4096) tokens
 const COLORS = ['#0b57d0', '#b3261e', '#146c2e', '#7d5260'];
 
 let key = sessionStorage.getItem('recurd-key') || '';
@@ -160,8 +160,8 @@ async function streamDoc(text, name) {
 }
 
 // ---- surprisal text ------------------------------------------------------------
-function colour(s) { // s = -log p in nats: 0 → white, ≥ 10 → dark red
-  const t = Math.min(1, s / 10);
+function colour(s) { // s = -log p in nats: 0 → pale, ≥ 12 → dark red
+  const t = Math.min(1, s / 12);
   return `hsl(${50 - 50 * t}, 100%, ${97 - 50 * t}%)`;
 }
 function renderTokens(toks) {
@@ -172,7 +172,7 @@ function renderTokens(toks) {
     if (t.logprob != null) {
       const s = -t.logprob;
       sp.style.background = colour(s);
-      if (s > 6) sp.style.color = '#fff';
+      if (s > 7) sp.style.color = '#fff';
       sp.tabIndex = 0;
       const alts = (t.top_logprobs || []).map((a) => `${JSON.stringify(a.text)} ${a.logprob.toFixed(2)}`);
       sp.dataset.tip = `${JSON.stringify(t.text)} @${t.position}\nlogprob ${t.logprob.toFixed(3)}` +

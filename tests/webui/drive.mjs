@@ -95,6 +95,7 @@ await step('download+restore', async () => {
   await page.waitForFunction(() => /^restored/.test(document.getElementById('status').textContent), null, T);
   if ((await sessions()) !== before + 1) throw new Error('restore added no session');
 });
+if (shot) await page.evaluate(() => { document.activeElement.blur(); scrollTo(0, 0); });
 if (shot) await page.screenshot({ path: shot, clip: { x: 0, y: 0, width: 1280, height: 900 } });
 await browser.close();
 if (problems.length) { console.error(problems.join('\n')); process.exit(1); }
