@@ -365,6 +365,9 @@ json_t *resp_models(const struct model_view *m)
         put(x, "snapshot_bytes", json_integer((json_int_t)m->snapshot_bytes)) ||
         put(x, "fingerprint", json_string(fp)) || put(x, "tokenizer", json_string(m->tokenizer)))
         goto oom;
+    if (m->training_context > 0 &&
+        put(x, "training_context", json_integer(m->training_context)))
+        goto oom;
     return o;
 oom:
     json_decref(o);

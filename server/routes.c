@@ -550,6 +550,7 @@ static void h_models(struct rq *q)
         .n_params = model_n_params(a->m),
         .tokenizer = codec_kind(a->codec),
         .created = a->started_unix,
+        .training_context = c->training_context,
     };
     respond_json(q->h, 200, resp_models(&v));
 }

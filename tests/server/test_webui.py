@@ -43,3 +43,22 @@ def test_assets_public_with_headers(models):
         assert h.status_code == 200
     finally:
         assert s.stop() == 0
+
+
+def test_models_training_context(models, tmp_path):
+    """config.json's "training_context" (the page's chart marker) is in
+    /v1/models when the model has one, and absent otherwise."""
+    import json
+    import shutil
+    d = tmp_path / "with-ctx"
+    shutil.copytree(models["a"], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["training_context"] = 2048
+    (d / "config.json").write_text(json.dumps(cfg))
+    for model, want in ((str(d), 2048), (models["a"], None)):
+        s = Server(model)
+        try:
+            m = requests.get(s.url("/v1/models"), timeout=5).json()["data"][0]
+            assert m.get("training_context") == want
+        finally:
+            assert s.stop() == 0
