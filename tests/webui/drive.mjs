@@ -2,7 +2,7 @@
 // stream a document, wait for the chart, generate and stop, fork two
 // continuations, download a snapshot and restore it. Exits 1 on any console
 // error, page error, failed request or HTTP error answer, or a step that does
-// not happen in time. Usage:
+// not happen in time. Then deletes a session. Usage:
 //   node drive.mjs URL DOCUMENT OUTDIR [SCREENSHOT.png]
 // PLAYWRIGHT_DIR is build/playwright; CHROMIUM names the browser binary.
 import { createRequire } from 'node:module';
@@ -94,6 +94,11 @@ await step('download+restore', async () => {
   await page.setInputFiles('#restore', file);
   await page.waitForFunction(() => /^restored/.test(document.getElementById('status').textContent), null, T);
   if ((await sessions()) !== before + 1) throw new Error('restore added no session');
+});
+await step('delete', async () => {
+  const before = await sessions();
+  await page.locator('#sessions tbody tr').last().getByRole('button', { name: /^delete/ }).click();
+  await page.waitForFunction((b) => document.querySelectorAll('#sessions tbody tr').length === b - 1, before, T);
 });
 if (shot) await page.evaluate(() => { document.activeElement.blur(); scrollTo(0, 0); });
 if (shot) await page.screenshot({ path: shot, clip: { x: 0, y: 0, width: 1280, height: 900 } });
