@@ -1,8 +1,9 @@
 // Drives recurd's page in a real Chromium (playwright-core + Debian's chromium):
-// stream a document, wait for the chart, generate and stop, fork two
-// continuations, download a snapshot and restore it. Exits 1 on any console
-// error, page error, failed request or HTTP error answer, or a step that does
-// not happen in time. Then deletes a session. Usage:
+// (with WEBUI_KEY: type the API key when the page asks), stream a document,
+// wait for the chart, generate and stop, fork two continuations, download a
+// snapshot and restore it, delete a session. Exits 1 on any console error,
+// page error, failed request or HTTP error answer (except the one 401 that
+// makes the page ask for the key), or a step that does not happen in time. Usage:
 //   node drive.mjs URL DOCUMENT OUTDIR [SCREENSHOT.png]
 // PLAYWRIGHT_DIR is build/playwright; CHROMIUM names the browser binary.
 import { createRequire } from 'node:module';
@@ -23,13 +24,22 @@ const browser = await chromium.launch({
 });
 const ctx = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
 const page = await ctx.newPage();
-page.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
+const KEY = process.env.WEBUI_KEY;
+let allow401 = KEY ? 1 : 0, allow401log = allow401; // the page's first call, before the key
+page.on('console', (m) => {
+  if (m.type() !== 'error') return;
+  if (allow401log && /status of 401/.test(m.text())) allow401log--;
+  else problems.push('console: ' + m.text());
+});
 page.on('pageerror', (e) => problems.push('pageerror: ' + e.message));
 page.on('requestfailed', (r) => {
   if (aborts > 0 && r.url().endsWith('/generate') && /ABORTED/.test(r.failure()?.errorText)) aborts--;
   else problems.push(`requestfailed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`);
 });
-page.on('response', (r) => { if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`); });
+page.on('response', (r) => {
+  if (r.status() === 401 && allow401) allow401--;
+  else if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`);
+});
 
 const step = async (name, fn) => {
   const t = Date.now();
@@ -46,6 +56,11 @@ const sessions = () => page.locator('#sessions tbody tr').count();
 
 await step('load', async () => {
   await page.goto(url);
+  if (KEY) {
+    await page.waitForSelector('#key', { ...T, state: 'visible' });
+    await page.fill('#key', KEY);
+    await page.click('#keyform button');
+  }
   await page.waitForFunction(() => /state/.test(document.getElementById('model').textContent), null, T);
 });
 await step('stream', async () => {

@@ -27,7 +27,8 @@ def need(ok, what):
         pytest.skip(what + " is missing")
 
 
-def test_page_in_chromium(tmp_path):
+@pytest.mark.parametrize("key", [None, "webui-test-key"])
+def test_page_in_chromium(tmp_path, key):
     need(os.path.exists(os.path.join(PW, "node_modules", "playwright-core")),
          "playwright-core (scripts/install-playwright)")
     need(os.access(CHROMIUM, os.X_OK), "chromium (scripts/install-deps)")
@@ -40,15 +41,18 @@ def test_page_in_chromium(tmp_path):
     text = open(lic).read()[:12000] if os.path.exists(lic) else (
         "The quick brown fox jumps over the lazy dog. " * 300)
     doc.write_text(text)
-    srv = Server(model)
+    srv = Server(model, *(["--api-key", key] if key else []))
+    out = os.path.join(OUT, "key" if key else "open")
     try:
         env = dict(os.environ, PLAYWRIGHT_DIR=PW, CHROMIUM=CHROMIUM)
-        r = subprocess.run(["node", os.path.join(HERE, "drive.mjs"), srv.url("/"), str(doc), OUT],
+        if key:
+            env["WEBUI_KEY"] = key
+        r = subprocess.run(["node", os.path.join(HERE, "drive.mjs"), srv.url("/"), str(doc), out],
                            env=env, capture_output=True, text=True, timeout=90)
         print(r.stdout)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.strip().endswith("ok")
         for f in ("streamed.png", "forked.png"):
-            assert os.path.getsize(os.path.join(OUT, f)) > 1000
+            assert os.path.getsize(os.path.join(out, f)) > 1000
     finally:
         assert srv.stop() == 0
