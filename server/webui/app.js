@@ -57,8 +57,7 @@ async function refreshSessions() {
   for (const s of rows) {
     sel.add(new Option(`${s.id} (${s.position} tokens)`, s.id));
     const tr = tb.insertRow();
-    tr.insertCell().innerHTML = '';
-    tr.cells[0].append(Object.assign(document.createElement('code'), { textContent: s.id }));
+    tr.insertCell().append(Object.assign(document.createElement('code'), { textContent: s.id }));
     tr.insertCell().textContent = s.position;
     const td = tr.insertCell();
     for (const [label, fn] of [['fork', () => fork(s.id)], ['download', () => download(s.id)],
@@ -303,6 +302,9 @@ function wire() {
   });
   $('cancel').addEventListener('click', () => streamAbort && streamAbort.abort());
   const drop = $('drop');
+  drop.addEventListener('keydown', (e) => { // keyboard: Enter or Space opens the picker
+    if ((e.key === 'Enter' || e.key === ' ') && e.target === drop) { e.preventDefault(); $('file').click(); }
+  });
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
   drop.addEventListener('drop', async (e) => {
