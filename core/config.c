@@ -356,6 +356,8 @@ int config_parse(const char *text, size_t len, const char *label, struct model_c
                      "Mamba config",
                      label);
     }
+    if (rc == 0) /* optional, any config style: shown by /v1/models and the web page */
+        rc = get_int(&c, root, "", "training_context", 0, INT32_MAX, 0, &cfg->training_context);
     json_decref(root);
     if (rc == 0)
         rc = model_config_complete(cfg, err, errlen);

@@ -64,6 +64,8 @@ struct model_config {
     int proj_bias;      /* in_proj / out_proj have biases */
     int tie_embeddings; /* lm_head is the embedding */
     float norm_eps;     /* RMSNorm epsilon (blocks, norm_f, gated norm) */
+    int training_context; /* config's "training_context" (tokens per training
+                             sequence), 0 when it does not say: informational only */
 };
 
 struct model;

@@ -485,7 +485,9 @@ json_t *resp_model(const struct model_view *m)
         put(x, "n_params", json_integer((json_int_t)m->n_params)) ||
         put(x, "state_bytes", json_integer((json_int_t)m->state_bytes)) ||
         put(x, "snapshot_bytes", json_integer((json_int_t)m->snapshot_bytes)) ||
-        put(x, "fingerprint", json_string(fp)) || put(x, "tokenizer", json_string(m->tokenizer))) {
+        put(x, "fingerprint", json_string(fp)) || put(x, "tokenizer", json_string(m->tokenizer)) ||
+        (m->training_context > 0 &&
+         put(x, "training_context", json_integer(m->training_context)))) {
         json_decref(x);
         return NULL;
     }

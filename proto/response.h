@@ -157,6 +157,7 @@ struct model_view {
     size_t n_params;
     const char *tokenizer;       /* "bpe", "byte" */
     int64_t created;
+    int training_context;        /* 0: not known, the field is left out */
 };
 /* {"object":"list","data":[model]} */
 json_t *resp_models(const struct model_view *m);

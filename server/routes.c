@@ -17,6 +17,7 @@
 #include <xxhash.h>
 
 #include "alloc.h"
+#include "webui.h"
 #include "app.h"
 #include "codec.h"
 #include "errors.h"
@@ -613,6 +614,7 @@ static void model_facts(struct app *a, struct model_view *v)
         .n_params = model_n_params(a->m),
         .tokenizer = codec_kind(a->codec),
         .created = a->started_unix,
+        .training_context = c->training_context,
     };
 }
 
@@ -1644,6 +1646,8 @@ static int content_type_is(struct http_req *h, const char *want)
 static int on_headers(void *ud, struct http_req *h)
 {
     struct app *a = ud;
+    if (webui_serve(h)) /* the page is public, like /health; no rq: on_request skips it */
+        return HTTP_BODY_NONE;
     struct rq *q = rc_calloc(1, sizeof *q);
     if (!q) {
         respond_err(h, API_OUT_OF_MEMORY, "out of memory");
