@@ -64,8 +64,9 @@ static void after(uv_work_t *w, int status)
     struct app *a = op->a;
     struct session *s = op->s;
     a->io_ops--;
-    if (!s) {
+    if (!s) { /* a dropped session's file removed */
         rc_free(op);
+        app_check_drained(a); /* it may have been the last work a drain waited for */
         return;
     }
     if (status == UV_ECANCELED && !op->rc) {

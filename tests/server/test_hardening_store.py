@@ -213,3 +213,30 @@ def test_shutdown_that_loses_a_session_exits_nonzero(models, tmp_path):
     srv = Server(models["a"], "--state-dir", str(d / "clean"))
     Client(srv).session(TEXT)
     assert srv.stop() == 0
+
+
+def test_drain_does_not_wait_for_a_removed_file(models, tmp_path):
+    """A spilled state that fails its read-back drops its session, and the
+    file's removal runs on a worker. SIGTERM while that removal was in flight
+    left the drain waiting for work that had ended (the removal's completion
+    never re-checked the drain): exit took the whole drain timeout, 35 s, in
+    1 of 10 tries on a loaded machine. The race is repeated here."""
+    probe = Server(models["a"])
+    size = Client(probe).ok(Client(probe).get("/v1/models"))["data"][0]["state_bytes"]
+    assert probe.stop() == 0
+    for it in range(10):
+        d = tmp_path / f"states{it}"
+        srv = Server(models["a"], "--state-dir", str(d), "--state-memory", str(4 * size),
+                     "--drain-timeout", "20")
+        c = Client(srv)
+        for _ in range(8):
+            session_when_room(c)
+        deadline, spilled = time.time() + PROMPT, []
+        while not spilled and time.time() < deadline:
+            spilled = [s["id"] for s in c.ok(c.get("/v1/sessions"))["data"] if s["spilled"]]
+            time.sleep(0.02)
+        assert spilled, "nothing spilled"
+        (f,) = [n for n in os.listdir(d) if n.startswith(spilled[0])]
+        (d / f).write_bytes(b"not a state")
+        error_of(c.get(f"/v1/sessions/{spilled[0]}/state", timeout=PROMPT), 500)
+        stop_promptly(srv)  # within PROMPT (10 s), far below the 20 s drain timeout
