@@ -1762,9 +1762,12 @@ static void on_request(void *ud, struct http_req *h)
         break;
     case R_SESSION: h_session(q); break;
     case R_APPEND:
-        if (q->text_upload)
-            sched_feed(q->a->sched, q->job, NULL, 0, 1);
-        else
+        if (q->text_upload) {
+            /* the job may have ended before the body did (out of memory
+             * part-way): its answer is made, there is nothing to close */
+            if (q->job)
+                sched_feed(q->a->sched, q->job, NULL, 0, 1);
+        } else
             h_score(q, 1);
         break;
     case R_GENERATE: h_generate(q); break;
