@@ -275,19 +275,25 @@ static int linger_step(struct http_req *r)
     }
 }
 
-/* The client ended the stream before the body did: answer 400 straight
- * to the socket (MHD cannot queue an answer mid-body). */
+/* Answer e straight to the socket while the body is still arriving (MHD
+ * cannot queue an answer mid-body); note names the case in the log. */
+static void answer_mid_body(struct http_req *r, const struct api_error *e, const char *note)
+{
+    http_respond_error(r, e);
+    write_direct(r);
+    r->queued = 1;
+    r->sent = r->resp_len;
+    r->note = note;
+}
+
+/* The client ended the stream before the body did: 400. */
 static void body_cut_short(struct http_req *r)
 {
     struct api_error e;
     api_error_set(&e, API_INVALID_REQUEST,
                   "the request body ended early: the client closed its side after %" PRIu64
                   " bytes", r->rx);
-    http_respond_error(r, &e);
-    write_direct(r);
-    r->queued = 1;
-    r->sent = r->resp_len;
-    r->note = "body-cut-short";
+    answer_mid_body(r, &e, "body-cut-short");
 }
 
 static void peek_cb(uv_timer_t *t)
@@ -336,11 +342,7 @@ static void peek_cb(uv_timer_t *t)
                 api_error_set(&e, API_REQUEST_TIMEOUT,
                               "the request body came slower than %" PRIu64
                               " bytes/s (--min-body-rate)", h->min_body_rate);
-                http_respond_error(r, &e);
-                write_direct(r);
-                r->queued = 1;
-                r->sent = r->resp_len;
-                r->note = "body-too-slow";
+                answer_mid_body(r, &e, "body-too-slow");
                 h->request_timeouts++;
             } else
                 body_cut_short(r);

@@ -470,11 +470,11 @@ static int save_allowed(struct fsop *f)
                        "(--max-snapshots-per-key %ld): delete one or replace one of them",
                        mine, f->quota);
     }
-    uint64_t avail, dev, sdev, need = f->len + f->reserve;
+    uint64_t avail, dev, state_avail, state_dev, need = f->len + f->reserve;
     if (store_space(f->st, &avail, &dev) != 0)
         return rc_fail(f->err, sizeof f->err, RC_EIO, "cannot read the free space of %s",
                        store_path(f->st));
-    if (f->states && store_space(f->states, &sdev, &sdev) == 0 && sdev == dev)
+    if (f->states && store_space(f->states, &state_avail, &state_dev) == 0 && state_dev == dev)
         need += f->spill_room;
     if (avail < need)
         return rc_fail(f->err, sizeof f->err, RC_EIO,

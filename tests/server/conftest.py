@@ -204,6 +204,20 @@ ERROR_CATEGORY = {
 }
 
 
+def unfinished_stream(srv, sid):
+    """A streamed generate on sid that stays open and unfinished: the
+    iterator is kept (a dropped requests iterator closes the connection,
+    which the server rightly treats as a client gone) and the events are big
+    (top-20 log-probs) so that the unread stream cannot finish into socket
+    buffers. Returns (response, iterator) after the first chunk."""
+    r = requests.post(srv.url(f"/v1/sessions/{sid}/generate"),
+                      json={"max_tokens": 100000, "stream": True, "logprobs": True,
+                            "top_logprobs": 20}, stream=True, timeout=30)
+    it = r.iter_content(chunk_size=None)
+    next(it)
+    return r, it
+
+
 def error_of(r, status, code=None):
     """The error object of r, checked: the status, OpenAI's shape
     {"message","type","param","code"}, the category that goes with the

@@ -23,7 +23,7 @@ import time
 import pytest
 import requests
 
-from conftest import BIN, Client, Control, Server, error_of
+from conftest import BIN, Client, Control, Server, error_of, unfinished_stream
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -76,6 +76,18 @@ def hsrv(models):
 
 # ---- 1. the listener comes back after the connection limit --------------------
 
+def accepts_again(srv, why):
+    """/health answers 200 within 5 s: the server accepts connections again."""
+    deadline = time.time() + 5
+    while True:
+        try:
+            r = requests.get(srv.url("/health"), timeout=1)
+            break
+        except requests.RequestException:
+            assert time.time() < deadline, why
+    assert r.status_code == 200
+
+
 def test_accept_resumes_after_connection_limit(models):
     """--max-connections 4 and six connections: MHD takes its listening
     socket out of epoll at the limit and only puts it back on its next run.
@@ -88,14 +100,7 @@ def test_accept_resumes_after_connection_limit(models):
         time.sleep(0.5)
         for s in held:
             s.close()
-        deadline = time.time() + 5
-        while True:
-            try:
-                r = requests.get(srv.url("/health"), timeout=1)
-                break
-            except requests.RequestException:
-                assert time.time() < deadline, "never accepted again after the limit"
-        assert r.status_code == 200
+        accepts_again(srv, "never accepted again after the limit")
         # and again, a second time round
         held = [conn(srv) for _ in range(6)]
         time.sleep(0.3)
@@ -134,14 +139,7 @@ def test_accept_resumes_after_the_fd_limit(models):
         assert srv.wait_log("resource limit|suspending accept", timeout=5), srv.log()[-5:]
         for s in held:
             s.close()
-        deadline = time.time() + 5
-        while True:
-            try:
-                r = requests.get(srv.url("/health"), timeout=1)
-                break
-            except requests.RequestException:
-                assert time.time() < deadline, "never accepted again after EMFILE"
-        assert r.status_code == 200
+        accepts_again(srv, "never accepted again after EMFILE")
     finally:
         assert srv.stop() == 0
 
@@ -415,11 +413,7 @@ def test_health_during_drain_is_503_draining(models):
     srv = Server(models["a"], "--drain-timeout", 5)
     c = Client(srv)
     sid = c.session(TEXT)
-    r = requests.post(srv.url(f"/v1/sessions/{sid}/generate"),
-                      json={"max_tokens": 100000, "stream": True, "logprobs": True,
-                            "top_logprobs": 20}, stream=True, timeout=30)
-    it = r.iter_content(chunk_size=None)
-    next(it)
+    r, it = unfinished_stream(srv, sid)
     srv.p.send_signal(signal.SIGTERM)
     assert srv.wait_log("SIGTERM: draining")
     # a load balancer's fresh connection sees the drain

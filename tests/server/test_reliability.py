@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import Client, Control, Server, error_of, make_model, sse_events
+from conftest import Client, Control, Server, error_of, make_model, sse_events, unfinished_stream
 
 TEXT = "A session with some history, so that its state is not all zeros."
 
@@ -782,15 +782,8 @@ def test_x3_second_signal_exits_at_once(models):
     c = Client(srv)
     sid = c.session(TEXT)
     # The stream must stay open and unfinished until the second signal, or
-    # the drain ends by itself (exit 0) and the test flakes: keep the
-    # iterator (a dropped requests iterator closes the connection, which the
-    # server rightly treats as a client gone), and make the events big (top-20
-    # log-probs) so that the unread stream cannot finish into socket buffers.
-    r = requests.post(srv.url(f"/v1/sessions/{sid}/generate"),
-                      json={"max_tokens": 100000, "stream": True, "logprobs": True,
-                            "top_logprobs": 20}, stream=True, timeout=30)
-    it = r.iter_content(chunk_size=None)
-    next(it)
+    # the drain ends by itself (exit 0) and the test flakes.
+    r, it = unfinished_stream(srv, sid)
     srv.p.send_signal(signal.SIGTERM)
     assert srv.wait_log("SIGTERM: draining")
     t = time.time()
