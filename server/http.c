@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "errors.h"
 #include "list.h"
 #include "log.h"
+#include "os.h"
 
 /* Lingering close after a 413 mid-body: read and discard for at most this
  * long / this many bytes, then close. */
@@ -1280,7 +1280,7 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
     h->n_cors = o->n_cors_origins;
     h->min_body_rate = o->min_body_rate;
     h->min_body_grace_ms = (uint64_t)(o->min_body_grace_s * 1000);
-    if (getrandom(&h->reqid_seed, sizeof h->reqid_seed, GRND_NONBLOCK) != sizeof h->reqid_seed)
+    if (os_random_bytes(&h->reqid_seed, sizeof h->reqid_seed) != 0)
         h->reqid_seed = (uint64_t)time(NULL) * 1000003u ^ (uint64_t)getpid() ^ uv_hrtime();
     /* Not MHD_OPTION_LISTENING_ADDRESS_REUSE by default: with it (SO_REUSEPORT)
      * a second server on a busy port starts silently and the kernel splits

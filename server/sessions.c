@@ -1,12 +1,11 @@
 #include "sessions.h"
 
-#include <errno.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/time.h>
 
 #include "alloc.h"
 #include "errors.h"
+#include "os.h"
 #include "state.h"
 
 #define NBUCKETS 4096
@@ -115,17 +114,10 @@ int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct ses
     }
     t->n_states++;
     unsigned char rnd[SESSION_ID_LEN / 2];
-    size_t got = 0;
-    while (got < sizeof rnd) {
-        ssize_t r = getrandom(rnd + got, sizeof rnd - got, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            session_destroy(t, s);
-            api_error_set(e, API_INTERNAL, "no randomness for a session id");
-            return RC_EIO;
-        }
-        got += (size_t)r;
+    if (os_random_bytes(rnd, sizeof rnd) != 0) {
+        session_destroy(t, s);
+        api_error_set(e, API_INTERNAL, "no randomness for a session id");
+        return RC_EIO;
     }
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < sizeof rnd; i++) {
