@@ -36,7 +36,7 @@
 #define ONESHOT_CHUNK ((size_t)64 << 10)
 
 struct match_stage {
-    tok_bytes_t buf;
+    struct tok_bytes buf;
     size_t start_offset; /* text before this was released (or is inside a token) */
     size_t scan;         /* the trie search resumes here */
     int32_t prev_cp;     /* the character before buf[0] in this sentence, -1: none */
@@ -59,28 +59,28 @@ struct tok_encoder {
     uint8_t u8[4];         /* an incomplete UTF-8 character carried over */
     size_t u8_n;
     struct match_stage s1; /* raw text, added tokens with normalized = false */
-    tok_bytes_t nin;       /* raw text of the current segment, not yet normalised */
+    struct tok_bytes nin;       /* raw text of the current segment, not yet normalised */
     struct match_stage s3; /* normalised text, added tokens with normalized = true */
-    tok_bytes_t piece;     /* the current piece for the pre-tokenizer */
+    struct tok_bytes piece;     /* the current piece for the pre-tokenizer */
     size_t piece_ctx;      /* bytes of left context at the front of piece */
     int piece_fresh;       /* nothing of this piece seen yet (prefix space pending) */
     int piece_cont;        /* resumes after a window cut: no prefix space for it */
     size_t since_pump;     /* bytes fed since the last pump */
-    tok_ids_t ids;         /* output */
+    struct tok_ids ids;         /* output */
     /* scratch */
-    pt_ranges_t ranges, pieces;
-    pt_ranges_t lr[PT_MAX_STEPS], lp[PT_MAX_STEPS];
-    tok_bytes_t lvl[PT_MAX_STEPS];
-    norm_work_t nw;
-    pretok_work_t pw;
+    struct pt_ranges ranges, pieces;
+    struct pt_ranges lr[PT_MAX_STEPS], lp[PT_MAX_STEPS];
+    struct tok_bytes lvl[PT_MAX_STEPS];
+    struct norm_work nw;
+    struct pretok_work pw;
     int pw_ready;
-    bpe_work_t bw;
-    bpe_cache_t cache;
+    struct bpe_work bw;
+    struct bpe_cache cache;
     /* window mode (a pre-token longer than cap) */
     int collect;
     const uint8_t *win;
     size_t win_len;
-    tok_ids_t wids;
+    struct tok_ids wids;
     struct leaf_rec *leaves;
     size_t n_leaves, cap_leaves;
     int leaf_sub_start;    /* the next leaf starts a step-0 piece */
@@ -114,7 +114,7 @@ static int out_id(tok_encoder_t *e, int32_t id)
 static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     const tokenizer_t *tok = e->tok;
-    tok_ids_t *dst = e->collect ? &e->wids : &e->ids;
+    struct tok_ids *dst = e->collect ? &e->wids : &e->ids;
     size_t start = dst->n;
     int rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, dst);
     if (rc == RC_EFORMAT)
@@ -150,15 +150,15 @@ static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
  * continues one cut by the window logic, so ByteLevel adds no prefix space to it. */
 static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int no_prefix)
 {
-    const pretok_t *pre = &e->tok->pre;
+    const struct pretok *pre = &e->tok->pre;
     if (n == 0)
         return 0;
     if (k == pre->n)
         return leaf(e, s, n);
-    const pt_step_t *st = &pre->step[k];
+    const struct pt_step *st = &pre->step[k];
     if (st->kind == PT_BYTELEVEL) {
         if (st->add_prefix_space && !no_prefix && s[0] != ' ') {
-            tok_bytes_t *b = &e->lvl[k];
+            struct tok_bytes *b = &e->lvl[k];
             b->n = 0;
             if (tok_bytes_append(b, " ", 1) || tok_bytes_append(b, s, n))
                 return enc_nomem(e);
@@ -171,7 +171,7 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
         if (!st->use_regex)
             return steps_from(e, k + 1, s, n, 0);
     }
-    pt_ranges_t *r = &e->lr[k], *p = &e->lp[k];
+    struct pt_ranges *r = &e->lr[k], *p = &e->lp[k];
     size_t certain, consumed = 0;
     r->n = 0;
     p->n = 0;
@@ -205,7 +205,7 @@ static int s4_text(tok_encoder_t *e, const uint8_t *s, size_t n)
     if (n == 0)
         return 0;
     if (e->piece_fresh) {
-        const pt_step_t *st = &e->tok->pre.step[0];
+        const struct pt_step *st = &e->tok->pre.step[0];
         e->piece_fresh = 0;
         if (st->kind == PT_BYTELEVEL && st->add_prefix_space && s[0] != ' ' &&
             tok_bytes_append(&e->piece, " ", 1))
@@ -226,7 +226,7 @@ static int subpiece(tok_encoder_t *e, const uint8_t *s, size_t n)
  * look at (at least one character: ^ and \A must not match at a cut). */
 static void piece_trim(tok_encoder_t *e, size_t upto)
 {
-    const pt_step_t *st = &e->tok->pre.step[0];
+    const struct pt_step *st = &e->tok->pre.step[0];
     uint32_t lb = st->lookbehind > 0 ? st->lookbehind : 1;
     size_t keep = upto;
     for (uint32_t i = 0; i < lb && keep > 0; i++)
@@ -242,7 +242,7 @@ static void piece_trim(tok_encoder_t *e, size_t upto)
 static int s4_window(tok_encoder_t *e)
 {
     const tokenizer_t *tok = e->tok;
-    const pt_step_t *st0 = &tok->pre.step[0];
+    const struct pt_step *st0 = &tok->pre.step[0];
     const uint8_t *P = e->piece.p;
     size_t start = e->piece_ctx, len = e->cap;
     if (len > e->piece.n - start)
@@ -340,7 +340,7 @@ static int s4_window(tok_encoder_t *e)
 static int s4_process(tok_encoder_t *e, int final)
 {
     const tokenizer_t *tok = e->tok;
-    const pt_step_t *st = &tok->pre.step[0];
+    const struct pt_step *st = &tok->pre.step[0];
     int rc = 0;
     if (e->piece.n > e->piece_ctx) {
         if (!tok->first_split) {
@@ -394,7 +394,7 @@ typedef int (*token_fn)(tok_encoder_t *, int32_t);
 /* The reference's AddedVocabulary::find_matches over st->buf, incrementally.
  * final: the sentence ends at the end of the buffer. force: release everything as if
  * it did, but keep the sentence going (only when the held text passed the cap). */
-static int match_run(tok_encoder_t *e, const tok_matcher_t *m, struct match_stage *st,
+static int match_run(tok_encoder_t *e, const struct tok_matcher *m, struct match_stage *st,
                      int final, int force, text_fn text, token_fn token)
 {
     const tokenizer_t *tok = e->tok;
@@ -415,7 +415,7 @@ static int match_run(tok_encoder_t *e, const tok_matcher_t *m, struct match_stag
             st->scan = n;
             break;
         }
-        const tok_added_t *a = &tok->added[v];
+        const struct tok_added *a = &tok->added[v];
         if ((e->flags & TOK_ENCODE_NO_SPECIAL) && (a->flags & ADDF_SPECIAL)) {
             st->scan = me;
             continue;
@@ -507,7 +507,7 @@ static int s2_flush(tok_encoder_t *e, int final)
 
 static int s3_run(tok_encoder_t *e, int final)
 {
-    const tok_matcher_t *m = &e->tok->norm_match;
+    const struct tok_matcher *m = &e->tok->norm_match;
     int rc = match_run(e, m, &e->s3, final, 0, s4_text, s3_token);
     if (!rc && !final && e->s3.buf.n > e->cap)
         rc = match_run(e, m, &e->s3, 0, 1, s4_text, s3_token);
@@ -532,7 +532,7 @@ static int s1_token(tok_encoder_t *e, int32_t id)
 
 static int pump(tok_encoder_t *e, int final)
 {
-    const tok_matcher_t *m = &e->tok->raw_match;
+    const struct tok_matcher *m = &e->tok->raw_match;
     int rc = match_run(e, m, &e->s1, final, 0, s1_text, s1_token);
     if (!rc && !final && e->s1.buf.n > e->cap)
         rc = match_run(e, m, &e->s1, 0, 1, s1_text, s1_token);
@@ -548,7 +548,7 @@ static int pump(tok_encoder_t *e, int final)
 
 /* ---- encoder API ---------------------------------------------------------------------- */
 
-int tok_encoder_create(const tokenizer_t *tok, const tok_encoder_opts_t *opts,
+int tok_encoder_create(const tokenizer_t *tok, const struct tok_encoder_opts *opts,
                        tok_encoder_t **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -730,7 +730,7 @@ int tokenizer_encode(const tokenizer_t *tok, const char *text, size_t len, unsig
     *ids = NULL;
     *n_ids = 0;
     tok_encoder_t *e;
-    tok_encoder_opts_t o = {flags, SIZE_MAX};
+    struct tok_encoder_opts o = {flags, SIZE_MAX};
     int rc = tok_encoder_create(tok, &o, &e, err, errlen);
     if (rc)
         return rc;
@@ -806,7 +806,7 @@ struct tok_decoder {
     unsigned flags;
     uint8_t pend[4];
     size_t pend_n;
-    tok_bytes_t in, out;
+    struct tok_bytes in, out;
 };
 
 int tok_decoder_create(const tokenizer_t *tok, unsigned flags, tok_decoder_t **out, char *err,

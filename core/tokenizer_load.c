@@ -44,14 +44,14 @@ struct loader {
     size_t errlen;
     uint32_t cp_of[256];
     int16_t byte_of[324];
-    tok_bytes_t scratch;
+    struct tok_bytes scratch;
     int32_t n_vocab_entries;
 };
 
 /* The bytes a token string stands for: all characters in the byte alphabet -> those
  * bytes; otherwise its UTF-8 as is (the reference's ByteLevel decoder does the same,
  * per token). Appends to out; returns 1 if the string was byte-level. */
-static int token_bytes(const struct loader *L, const char *s, size_t n, tok_bytes_t *out,
+static int token_bytes(const struct loader *L, const char *s, size_t n, struct tok_bytes *out,
                        int *nomem)
 {
     size_t start = out->n;
@@ -135,7 +135,7 @@ static int32_t vocab_id(const struct loader *L, const char *s, size_t n)
 
 static int parse_norm(struct loader *L, json_t *j, int depth)
 {
-    norm_t *nm = &L->tok->norm;
+    struct norm *nm = &L->tok->norm;
     if (!j || json_is_null(j))
         return 0;
     const char *t = type_of(j);
@@ -173,7 +173,7 @@ static int parse_norm(struct loader *L, json_t *j, int depth)
 
 static int parse_pre(struct loader *L, json_t *j, int depth)
 {
-    pretok_t *pre = &L->tok->pre;
+    struct pretok *pre = &L->tok->pre;
     const char *t = type_of(j);
     char b[48];
     if (!t)
@@ -197,7 +197,7 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
         return fail(L, RC_EUNSUPPORTED,
                     "pre_tokenizer '%s' after ByteLevel is not supported (it would see "
                     "byte-level characters)", clip(t, b));
-    pt_step_t *st = &pre->step[pre->n];
+    struct pt_step *st = &pre->step[pre->n];
     memset(st, 0, sizeof *st);
     int rc;
     if (!strcmp(t, "ByteLevel")) {
@@ -422,7 +422,7 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
 
 /* ---- the model -------------------------------------------------------------------------- */
 
-static int parse_merges(struct loader *L, json_t *merges, tok_bytes_t *cat)
+static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
 {
     tokenizer_t *tok = L->tok;
     size_t n = json_array_size(merges);
@@ -527,7 +527,7 @@ static int parse_model_opts(struct loader *L, json_t *model)
         tok->bpe.unk_missing = tok->bpe.unk_id < 0;
     }
     /* Initial symbols of each byte. */
-    bpe_t *bp = &tok->bpe;
+    struct bpe *bp = &tok->bpe;
     unsigned off = 0;
     for (int x = 0; x < 256; x++) {
         uint8_t ch[4];
@@ -644,8 +644,8 @@ static int build(struct loader *L)
     tok->id_flags = rc_calloc((size_t)tok->n_ids, 1);
     tok->piece_off = rc_malloc(((size_t)tok->n_ids + 1) * sizeof *tok->piece_off);
     tok->added = rc_calloc(n_add ? n_add : 1, sizeof *tok->added);
-    tok_bytes_t pool = {0}, normed = {0};
-    norm_work_t nw = {0};
+    struct tok_bytes pool = {0}, normed = {0};
+    struct norm_work nw = {0};
     json_t *special = json_object();
     if (!slot_of || !str || !slen || !tok->id_flags || !tok->piece_off || !tok->added ||
         !special) {
@@ -671,7 +671,7 @@ static int build(struct loader *L)
     trie_init(&tok->norm_match.trie);
     for (size_t i = 0; i < n_add; i++) {
         struct added_in *a = &add[i];
-        tok_added_t *t = &tok->added[i];
+        struct tok_added *t = &tok->added[i];
         t->id = a->id;
         t->flags = (uint8_t)((a->special ? ADDF_SPECIAL : 0) | (a->lstrip ? ADDF_LSTRIP : 0) |
                              (a->rstrip ? ADDF_RSTRIP : 0) | (a->single_word ? ADDF_SINGLE_WORD : 0));
@@ -700,7 +700,7 @@ static int build(struct loader *L)
             a->len = plen;
             a->owned = 1;
         }
-        tok_matcher_t *m = a->normalized ? &tok->norm_match : &tok->raw_match;
+        struct tok_matcher *m = a->normalized ? &tok->norm_match : &tok->raw_match;
         rc = trie_add(&m->trie, pat, plen, (int32_t)i);
         if (rc == RC_EFORMAT) {
             rc = fail(L, RC_EFORMAT, "two added tokens match the same text '%s'", clip(a->content, b));
@@ -759,7 +759,7 @@ static int build(struct loader *L)
     if ((rc = parse_model_opts(L, model)))
         goto out;
     {
-        tok_bytes_t cat = {0};
+        struct tok_bytes cat = {0};
         rc = parse_merges(L, merges, &cat);
         tok_bytes_free(&cat);
         if (rc)
