@@ -4,12 +4,12 @@
  * The encoder is the reference's pipeline, run as a chain of stages that each hold
  * back only what more text could still change:
  *
- *   bytes ─► UTF-8 repair ─► [1] added tokens (normalized=false) on the raw text
+ *   bytes ─► UTF-8 repair ─► raw_stage: added tokens (normalized=false) on the raw text
  *     (holds ≤ 3 bytes)        (holds a possible token prefix)
- *       ─► [2] normaliser, per segment between added tokens
- *          (holds the text after the last normalisation boundary)
- *         ─► [3] added tokens (normalized=true) on the normalised segment
- *           ─► [4] pre-tokenizer on the piece between added tokens: step 0's regex
+ *       ─► normalize_segment: the normaliser, per segment between added tokens
+ *          (norm_in holds the text after the last normalisation boundary)
+ *         ─► norm_stage: added tokens (normalized=true) on the normalised segment
+ *           ─► piece_*: pre-tokenizer on the piece between added tokens: step 0's regex
  *              runs with PCRE2_PARTIAL_HARD, so a match that touches the end of the
  *              buffer (or whose lookahead would) is not trusted yet; pieces that a
  *              split behaviour could still extend are held too; the rest of the steps
@@ -58,10 +58,10 @@ struct tok_encoder {
     int finished, failed;
     uint8_t u8[4];         /* an incomplete UTF-8 character carried over */
     size_t u8_n;
-    struct match_stage s1; /* raw text, added tokens with normalized = false */
-    struct tok_bytes nin;       /* raw text of the current segment, not yet normalised */
-    struct match_stage s3; /* normalised text, added tokens with normalized = true */
-    struct tok_bytes piece;     /* the current piece for the pre-tokenizer */
+    struct match_stage raw_stage;  /* raw text, added tokens with normalized = false */
+    struct tok_bytes norm_in;      /* raw text of the current segment, not yet normalised */
+    struct match_stage norm_stage; /* normalised text, added tokens with normalized = true */
+    struct tok_bytes piece;        /* the current piece for the pre-tokenizer */
     size_t piece_ctx;      /* bytes of left context at the front of piece */
     int piece_fresh;       /* nothing of this piece seen yet (prefix space pending) */
     int piece_cont;        /* resumes after a window cut: no prefix space for it */
@@ -190,7 +190,7 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
     return 0;
 }
 
-/* ---- stage 4: the piece between added tokens ---------------------------------------- */
+/* ---- the piece between added tokens: pre-tokenizer and BPE ------------------------ */
 
 static void piece_reset(tok_encoder_t *e)
 {
@@ -200,7 +200,7 @@ static void piece_reset(tok_encoder_t *e)
     e->piece_cont = 0;
 }
 
-static int s4_text(tok_encoder_t *e, const uint8_t *s, size_t n)
+static int piece_append(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     if (n == 0)
         return 0;
@@ -239,7 +239,7 @@ static void piece_trim(tok_encoder_t *e, size_t upto)
  * encode a window of cap bytes as if the text ended there, commit the tokens before
  * the last token boundary in its first half, keep the rest. See tokenizer.h for
  * when this is exact. */
-static int s4_window(tok_encoder_t *e)
+static int piece_encode_window(tok_encoder_t *e)
 {
     const tokenizer_t *tok = e->tok;
     const struct pt_step *st0 = &tok->pre.step[0];
@@ -337,7 +337,7 @@ static int s4_window(tok_encoder_t *e)
     return 0;
 }
 
-static int s4_process(tok_encoder_t *e, int final)
+static int piece_pretokenize(tok_encoder_t *e, int final)
 {
     const tokenizer_t *tok = e->tok;
     const struct pt_step *st = &tok->pre.step[0];
@@ -372,14 +372,14 @@ static int s4_process(tok_encoder_t *e, int final)
         return 0;
     }
     while (e->piece.n - e->piece_ctx > e->cap)
-        if ((rc = s4_window(e)))
+        if ((rc = piece_encode_window(e)))
             return rc;
     return 0;
 }
 
-static int s4_end(tok_encoder_t *e) { return s4_process(e, 1); }
+static int piece_finish(tok_encoder_t *e) { return piece_pretokenize(e, 1); }
 
-/* ---- stages 1 and 3: added tokens ---------------------------------------------------- */
+/* ---- added tokens (raw_stage, norm_stage), the normaliser between them ---------------- */
 
 static void stage_reset(struct match_stage *st)
 {
@@ -484,64 +484,66 @@ static int match_run(tok_encoder_t *e, const struct tok_matcher *m, struct match
     return 0;
 }
 
-static int s3_token(tok_encoder_t *e, int32_t id)
+static int on_norm_added_token(tok_encoder_t *e, int32_t id)
 {
-    int rc = s4_end(e);
+    int rc = piece_finish(e);
     return rc ? rc : out_id(e, id);
 }
 
-/* Stage 2: normalise the raw segment text into stage 3's buffer. */
-static int s2_flush(tok_encoder_t *e, int final)
+/* Normalise the raw segment text (norm_in) into norm_stage's buffer: all of it when
+ * final, else up to the last point later text cannot change. */
+static int normalize_segment(tok_encoder_t *e, int final)
 {
-    size_t p = final ? e->nin.n : norm_stable_len(&e->tok->norm, e->nin.p, e->nin.n);
-    if (!final && p == 0 && e->nin.n > e->cap)
-        p = utf8_prev(e->nin.p, e->nin.n); /* an endless run of combining marks */
+    size_t p = final ? e->norm_in.n : norm_stable_len(&e->tok->norm, e->norm_in.p, e->norm_in.n);
+    if (!final && p == 0 && e->norm_in.n > e->cap)
+        p = utf8_prev(e->norm_in.p, e->norm_in.n); /* an endless run of combining marks */
     if (p == 0)
         return 0;
-    int rc = norm_append(&e->tok->norm, &e->nw, e->nin.p, p, &e->s3.buf);
+    int rc = norm_append(&e->tok->norm, &e->nw, e->norm_in.p, p, &e->norm_stage.buf);
     if (rc)
         return rc == RC_ENOMEM ? enc_nomem(e) : rc_fail(e->err, e->errlen, rc, "normaliser failed");
-    tok_bytes_drop_front(&e->nin, p);
+    tok_bytes_drop_front(&e->norm_in, p);
     return 0;
 }
 
-static int s3_run(tok_encoder_t *e, int final)
+static int match_norm_added(tok_encoder_t *e, int final)
 {
     const struct tok_matcher *m = &e->tok->norm_match;
-    int rc = match_run(e, m, &e->s3, final, 0, s4_text, s3_token);
-    if (!rc && !final && e->s3.buf.n > e->cap)
-        rc = match_run(e, m, &e->s3, 0, 1, s4_text, s3_token);
+    int rc = match_run(e, m, &e->norm_stage, final, 0, piece_append, on_norm_added_token);
+    if (!rc && !final && e->norm_stage.buf.n > e->cap)
+        rc = match_run(e, m, &e->norm_stage, 0, 1, piece_append, on_norm_added_token);
     return rc;
 }
 
-static int s1_text(tok_encoder_t *e, const uint8_t *s, size_t n)
+static int on_raw_text(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
-    return tok_bytes_append(&e->nin, s, n) ? enc_nomem(e) : 0;
+    return tok_bytes_append(&e->norm_in, s, n) ? enc_nomem(e) : 0;
 }
 
-/* A raw-text added token ends the segment: flush stages 2-4, then emit it. */
-static int s1_token(tok_encoder_t *e, int32_t id)
+/* A raw-text added token ends the segment: flush the normaliser, norm_stage and the
+ * piece, then emit it. */
+static int on_raw_added_token(tok_encoder_t *e, int32_t id)
 {
-    int rc = s2_flush(e, 1);
+    int rc = normalize_segment(e, 1);
     if (!rc)
-        rc = s3_run(e, 1);
+        rc = match_norm_added(e, 1);
     if (!rc)
-        rc = s4_end(e);
+        rc = piece_finish(e);
     return rc ? rc : out_id(e, id);
 }
 
 static int pump(tok_encoder_t *e, int final)
 {
     const struct tok_matcher *m = &e->tok->raw_match;
-    int rc = match_run(e, m, &e->s1, final, 0, s1_text, s1_token);
-    if (!rc && !final && e->s1.buf.n > e->cap)
-        rc = match_run(e, m, &e->s1, 0, 1, s1_text, s1_token);
+    int rc = match_run(e, m, &e->raw_stage, final, 0, on_raw_text, on_raw_added_token);
+    if (!rc && !final && e->raw_stage.buf.n > e->cap)
+        rc = match_run(e, m, &e->raw_stage, 0, 1, on_raw_text, on_raw_added_token);
     if (!rc)
-        rc = s2_flush(e, final);
+        rc = normalize_segment(e, final);
     if (!rc)
-        rc = s3_run(e, final);
+        rc = match_norm_added(e, final);
     if (!rc)
-        rc = final ? s4_end(e) : s4_process(e, 0);
+        rc = final ? piece_finish(e) : piece_pretokenize(e, 0);
     e->since_pump = 0;
     return rc;
 }
@@ -560,8 +562,8 @@ int tok_encoder_create(const tokenizer_t *tok, const struct tok_encoder_opts *op
     e->cap = opts && opts->max_pending ? opts->max_pending : TOK_ENCODER_DEFAULT_MAX_PENDING;
     if (e->cap < 256)
         e->cap = 256; /* windows must hold several tokens */
-    stage_reset(&e->s1);
-    stage_reset(&e->s3);
+    stage_reset(&e->raw_stage);
+    stage_reset(&e->norm_stage);
     piece_reset(e);
     if (tok->kind == TOK_KIND_BPE) {
         if (pretok_work_init(&e->pw, &tok->pre)) {
@@ -578,9 +580,9 @@ void tok_encoder_reset(tok_encoder_t *e)
 {
     e->finished = e->failed = 0;
     e->u8_n = 0;
-    stage_reset(&e->s1);
-    stage_reset(&e->s3);
-    e->nin.n = 0;
+    stage_reset(&e->raw_stage);
+    stage_reset(&e->norm_stage);
+    e->norm_in.n = 0;
     piece_reset(e);
     e->ids.n = 0;
     e->since_pump = 0;
@@ -588,9 +590,10 @@ void tok_encoder_reset(tok_encoder_t *e)
 
 static int repair_into(tok_encoder_t *e, const uint8_t *s, size_t n, int final, size_t *used)
 {
-    if (tok_bytes_reserve(&e->s1.buf, n * 3 + 3))
+    if (tok_bytes_reserve(&e->raw_stage.buf, n * 3 + 3))
         return enc_nomem(e);
-    e->s1.buf.n += utf8_repair(s, n, final, e->s1.buf.p + e->s1.buf.n, used);
+    struct tok_bytes *b = &e->raw_stage.buf;
+    b->n += utf8_repair(s, n, final, b->p + b->n, used);
     return 0;
 }
 
@@ -695,16 +698,17 @@ void tok_encoder_take(tok_encoder_t *e, size_t n)
 
 size_t tok_encoder_pending_bytes(const tok_encoder_t *e)
 {
-    return e->u8_n + e->s1.buf.n + e->nin.n + e->s3.buf.n + (e->piece.n - e->piece_ctx);
+    return e->u8_n + e->raw_stage.buf.n + e->norm_in.n + e->norm_stage.buf.n +
+           (e->piece.n - e->piece_ctx);
 }
 
 void tok_encoder_free(tok_encoder_t *e)
 {
     if (!e)
         return;
-    tok_bytes_free(&e->s1.buf);
-    tok_bytes_free(&e->nin);
-    tok_bytes_free(&e->s3.buf);
+    tok_bytes_free(&e->raw_stage.buf);
+    tok_bytes_free(&e->norm_in);
+    tok_bytes_free(&e->norm_stage.buf);
     tok_bytes_free(&e->piece);
     tok_ids_free(&e->ids);
     tok_ids_free(&e->wids);
