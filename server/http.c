@@ -1023,6 +1023,141 @@ static enum MHD_Result refuse(struct http_req *r, int status, const char *msg)
     return MHD_YES;
 }
 
+/* A new request, its head just parsed: allocated and counted in flight (NULL when
+ * out of memory). */
+static struct http_req *request_new(struct http *h, struct MHD_Connection *conn,
+                                    const char *url, const char *method)
+{
+    struct http_req *r = rc_calloc(1, sizeof *r);
+    if (r && (!(r->method = rc_strdup(method)) || !(r->path = rc_strdup(url)))) {
+        rc_free(r->method);
+        rc_free(r);
+        r = NULL;
+    }
+    if (!r)
+        return NULL;
+    r->h = h;
+    r->conn = conn;
+    r->cap = h->max_body;
+    r->t0 = uv_hrtime();
+    r->t0_ms = uv_now(h->loop);
+    struct http_conn *hc = conn_of(conn);
+    if (hc) {
+        hc->in_request = 1;
+        hc->linger = 0;
+    }
+    h->in_flight++;
+    list_push_front(&h->all, &r->all_link);
+    set_reqid(h, r);
+    r->cors = cors_origin(h, r);
+    return r;
+}
+
+/* The head is in: refuse bad framing, answer a CORS preflight, or let the app
+ * decide (on_headers: answer at once, or take the body buffered or streamed). */
+static enum MHD_Result request_headers(struct http_req *r, const char *method,
+                                       const char *version)
+{
+    struct http *h = r->h;
+    struct MHD_Connection *conn = r->conn;
+    const char *why;
+    int bad = framing_error(conn, version, &why);
+    if (bad)
+        return refuse(r, bad, why);
+    int64_t cl = http_content_length(r);
+    r->has_body = cl > 0 || (cl < 0 && MHD_lookup_connection_value(
+                                           conn, MHD_HEADER_KIND,
+                                           MHD_HTTP_HEADER_TRANSFER_ENCODING));
+    if (h->n_cors && !strcmp(method, "OPTIONS") &&
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin") &&
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Method"))
+        return preflight(r);
+    int mode = h->app.on_headers(h->app.ud, r);
+    if (!r->has_resp) {
+        r->mode = mode;
+        if (mode == HTTP_BODY_BUFFER && cl >= 0 && (uint64_t)cl > r->cap)
+            too_large(r, r->cap);
+    }
+    if (!r->has_resp && r->has_body) {
+        /* watched while it arrives: a FIN MHD misses, a trickle */
+        r->upload = 1;
+        h->n_upload++;
+        peek_start(h);
+    }
+    if (r->has_resp)
+        return queue(r);
+    return MHD_YES;
+}
+
+/* Answered while the body is still coming (an error mid-upload, or the app):
+ * MHD cannot queue now, see respond_mid_body. */
+static enum MHD_Result answer_during_upload(struct http_req *r)
+{
+    respond_mid_body(r);
+    suspend(r);
+    return MHD_YES;
+}
+
+/* Body bytes: buffered (up to the cap), handed to the app (which may take part of
+ * them and pause), or discarded once answered. */
+static enum MHD_Result request_body_bytes(struct http_req *r, const char *data, size_t *size)
+{
+    r->rx += *size;
+    if (r->has_resp && !r->queued)
+        return answer_during_upload(r);
+    if (r->has_resp) {
+        *size = 0;
+        return MHD_YES;
+    }
+    if (r->mode == HTTP_BODY_BUFFER) {
+        int rc = append_body(r, data, *size);
+        if (rc != 0) { /* too large, or no memory for the body: answer now */
+            if (rc == RC_ERANGE)
+                too_large(r, r->cap);
+            else {
+                struct api_error e;
+                api_error_set(&e, API_OUT_OF_MEMORY, "out of memory for the request body");
+                http_respond_error(r, &e);
+            }
+            return answer_during_upload(r);
+        }
+        *size = 0;
+    } else if (r->mode == HTTP_BODY_STREAM) {
+        size_t used = r->h->app.on_data(r->h->app.ud, r, data, *size);
+        if (used > *size)
+            used = *size;
+        *size -= used;
+        if (r->has_resp && !r->queued)
+            return answer_during_upload(r); /* the app answered mid-body */
+        if (r->pause_req || *size > 0) {
+            r->pause_req = 0;
+            suspend(r);
+        }
+    } else {
+        *size = 0;
+    }
+    return MHD_YES;
+}
+
+/* The body is complete: the app gets the request once, and it waits suspended
+ * until answered. */
+static enum MHD_Result request_body_end(struct http_req *r)
+{
+    r->body_done = 1;
+    upload_end(r);
+    if (!r->requested) {
+        r->requested = 1;
+        r->h->app.on_request(r->h->app.ud, r);
+    }
+    if (r->has_resp && !r->queued)
+        return queue(r);
+    if (!r->has_resp)
+        suspend(r);
+    return MHD_YES;
+}
+
+/* MHD's access handler: called once with the head (*con_cls NULL), then with each
+ * piece of the body (*upload_size > 0), then once more at its end. */
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_size, void **con_cls)
@@ -1034,56 +1169,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     if (!r) {
-        r = rc_calloc(1, sizeof *r);
-        if (r && (!(r->method = rc_strdup(method)) || !(r->path = rc_strdup(url)))) {
-            rc_free(r->method);
-            rc_free(r);
-            r = NULL;
-        }
-        if (!r)
+        if (!(r = request_new(h, conn, url, method)))
             return oom_answer(conn, con_cls);
-        r->h = h;
-        r->conn = conn;
-        r->cap = h->max_body;
-        r->t0 = uv_hrtime();
-        r->t0_ms = uv_now(h->loop);
-        struct http_conn *hc = conn_of(conn);
-        if (hc) {
-            hc->in_request = 1;
-            hc->linger = 0;
-        }
         *con_cls = r;
-        h->in_flight++;
-        list_push_front(&h->all, &r->all_link);
-        set_reqid(h, r);
-        r->cors = cors_origin(h, r);
-        const char *why;
-        int bad = framing_error(conn, version, &why);
-        if (bad)
-            return refuse(r, bad, why);
-        int64_t cl = http_content_length(r);
-        r->has_body = cl > 0 || (cl < 0 && MHD_lookup_connection_value(
-                                               conn, MHD_HEADER_KIND,
-                                               MHD_HTTP_HEADER_TRANSFER_ENCODING));
-        if (h->n_cors && !strcmp(method, "OPTIONS") &&
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin") &&
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Method"))
-            return preflight(r);
-        int mode = h->app.on_headers(h->app.ud, r);
-        if (!r->has_resp) {
-            r->mode = mode;
-            if (mode == HTTP_BODY_BUFFER && cl >= 0 && (uint64_t)cl > r->cap)
-                too_large(r, r->cap);
-        }
-        if (!r->has_resp && r->has_body) {
-            /* watched while it arrives: a FIN MHD misses, a trickle */
-            r->upload = 1;
-            h->n_upload++;
-            peek_start(h);
-        }
-        if (r->has_resp)
-            return queue(r);
-        return MHD_YES;
+        return request_headers(r, method, version);
     }
     if (r->dead) {
         *upload_size = 0;
@@ -1093,65 +1182,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_NO;
     if (r->lingering)
         return MHD_NO; /* linger over: close */
-    if (*upload_size > 0) {
-        r->rx += *upload_size;
-        if (r->has_resp && !r->queued) {
-            /* Answered while the body is still coming (an error
-             * mid-upload): MHD cannot queue now, see respond_mid_body. */
-            respond_mid_body(r);
-            suspend(r);
-            return MHD_YES;
-        }
-        if (r->has_resp) {
-            *upload_size = 0;
-            return MHD_YES;
-        }
-        if (r->mode == HTTP_BODY_BUFFER) {
-            int rc = append_body(r, upload_data, *upload_size);
-            if (rc != 0) { /* too large, or no memory for the body: answer now */
-                if (rc == RC_ERANGE)
-                    too_large(r, r->cap);
-                else {
-                    struct api_error e;
-                    api_error_set(&e, API_OUT_OF_MEMORY, "out of memory for the request body");
-                    http_respond_error(r, &e);
-                }
-                respond_mid_body(r);
-                suspend(r);
-                return MHD_YES;
-            }
-            *upload_size = 0;
-        } else if (r->mode == HTTP_BODY_STREAM) {
-            size_t used = h->app.on_data(h->app.ud, r, upload_data, *upload_size);
-            if (used > *upload_size)
-                used = *upload_size;
-            *upload_size -= used;
-            if (r->has_resp && !r->queued) {
-                /* The app answered while the body is still coming. */
-                respond_mid_body(r);
-                suspend(r);
-                return MHD_YES;
-            }
-            if (r->pause_req || *upload_size > 0) {
-                r->pause_req = 0;
-                suspend(r);
-            }
-        } else {
-            *upload_size = 0;
-        }
-        return MHD_YES;
-    }
-    r->body_done = 1;
-    upload_end(r);
-    if (!r->requested) {
-        r->requested = 1;
-        h->app.on_request(h->app.ud, r);
-    }
-    if (r->has_resp && !r->queued)
-        return queue(r);
-    if (!r->has_resp)
-        suspend(r);
-    return MHD_YES;
+    if (*upload_size > 0)
+        return request_body_bytes(r, upload_data, upload_size);
+    return request_body_end(r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
