@@ -20,7 +20,7 @@ static int cpu_has(const char *name)
     return !strcmp(name, "generic");
 }
 
-static void pick(void)
+static void select_best_kernels(void)
 {
     best = cpu_has("avx512") ? &kernels__avx512 : cpu_has("avx2") ? &kernels__avx2
                                                                     : &kernels__generic;
@@ -28,7 +28,7 @@ static void pick(void)
 
 const struct kernels *kernels_get(void)
 {
-    pthread_once(&once, pick);
+    pthread_once(&once, select_best_kernels);
     return best;
 }
 

@@ -40,7 +40,9 @@ struct pool {
     int stop;                /* under mu */
 };
 
-static void work(struct pool *p, uint32_t gen)
+/* Claim and run items of job generation gen until none is left (workers and the
+ * caller alike). */
+static void run_items(struct pool *p, uint32_t gen)
 {
     for (;;) {
         uint64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
@@ -81,7 +83,7 @@ static void *worker(void *arg)
                 return NULL;
         }
         seen = g;
-        work(p, g);
+        run_items(p, g);
     }
 }
 
@@ -150,7 +152,7 @@ static void run_job(struct pool *p, int base, int n, pool_fn fn, void *ctx)
     atomic_store_explicit(&p->claim, WORD(gen, (uint64_t)n, 0), memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
-    work(p, gen);
+    run_items(p, gen);
     int spins = 0;
     while (atomic_load_explicit(&p->finished, memory_order_acquire) < n && spins < SPIN_ITERS)
         spins++;

@@ -413,7 +413,10 @@ static void pcre_free(void *p, void *data)
     rc_free(p);
 }
 
-static int put(struct tok_bytes *o, const char *s) { return tok_bytes_append(o, s, strlen(s)); }
+static int append_cstr(struct tok_bytes *o, const char *s)
+{
+    return tok_bytes_append(o, s, strlen(s));
+}
 
 /* Rewrite an Oniguruma (Ruby syntax) pattern into a PCRE2 one with the same meaning,
  * or refuse with RC_EUNSUPPORTED. */
@@ -430,7 +433,7 @@ static int translate(const char *p, size_t n, struct tok_bytes *o, char *err, si
                              : d == 'w' || d == 'W' ? WORD_BODY
                              : d == 'h' || d == 'H' ? HEX_BODY : NULL;
             if (d == 'S') {
-                rc = put(o, "\\P{White_Space}");
+                rc = append_cstr(o, "\\P{White_Space}");
                 continue;
             }
             if (body) {
@@ -439,18 +442,19 @@ static int translate(const char *p, size_t n, struct tok_bytes *o, char *err, si
                     return rc_fail(err, errlen, RC_EUNSUPPORTED,
                                    "regex: \\%c inside a character class is not supported", d);
                 if (!in_class)
-                    rc = put(o, neg ? "[^" : "[");
+                    rc = append_cstr(o, neg ? "[^" : "[");
                 if (!rc)
-                    rc = put(o, body);
+                    rc = append_cstr(o, body);
                 if (!rc && !in_class)
-                    rc = put(o, "]");
+                    rc = append_cstr(o, "]");
                 continue;
             }
             if (!in_class && (d == 'b' || d == 'B')) {
-                rc = put(o, d == 'b' ? "(?:(?<!" WORD_CLASS ")(?=" WORD_CLASS ")|(?<=" WORD_CLASS
-                                       ")(?!" WORD_CLASS "))"
-                                     : "(?:(?<!" WORD_CLASS ")(?!" WORD_CLASS ")|(?<=" WORD_CLASS
-                                       ")(?=" WORD_CLASS "))");
+                rc = append_cstr(o, d == 'b'
+                                        ? "(?:(?<!" WORD_CLASS ")(?=" WORD_CLASS ")|(?<=" WORD_CLASS
+                                          ")(?!" WORD_CLASS "))"
+                                        : "(?:(?<!" WORD_CLASS ")(?!" WORD_CLASS ")|(?<=" WORD_CLASS
+                                          ")(?=" WORD_CLASS "))");
                 continue;
             }
             if (d == 'Q' || d == 'C' || d == 'G' || d == 'K' || d == 'R' || d == 'X' ||
@@ -497,7 +501,7 @@ static int translate(const char *p, size_t n, struct tok_bytes *o, char *err, si
             while (j < n && (p[j] == 'i' || p[j] == 'm' || p[j] == 'x' || p[j] == '-'))
                 j++;
             if (j > i + 2 && j < n && (p[j] == ':' || p[j] == ')')) {
-                rc = put(o, "(?");
+                rc = append_cstr(o, "(?");
                 for (size_t k = i + 2; k < j && !rc; k++)
                     rc = tok_bytes_append(o, p[k] == 'm' ? "s" : p + k, 1);
                 i = j - 1;

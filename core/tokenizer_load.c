@@ -77,9 +77,9 @@ static int token_bytes(const struct loader *L, const char *s, size_t n, struct t
     return 1;
 }
 
-static int fail(struct loader *L, int code, const char *fmt, ...)
+static int load_fail(struct loader *L, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static int fail(struct loader *L, int code, const char *fmt, ...)
+static int load_fail(struct loader *L, int code, const char *fmt, ...)
 {
     char buf[256];
     va_list ap;
@@ -119,7 +119,7 @@ static int get_bool(struct loader *L, json_t *o, const char *key, int dflt, int 
         return 0;
     }
     if (!json_is_boolean(v))
-        return fail(L, RC_EFORMAT, "%s: \"%s\" is not a boolean", where, key);
+        return load_fail(L, RC_EFORMAT, "%s: \"%s\" is not a boolean", where, key);
     *out = json_is_true(v);
     return 0;
 }
@@ -140,14 +140,14 @@ static int parse_norm(struct loader *L, json_t *j, int depth)
         return 0;
     const char *t = type_of(j);
     if (!t)
-        return fail(L, RC_EFORMAT, "normalizer has no \"type\"");
+        return load_fail(L, RC_EFORMAT, "normalizer has no \"type\"");
     if (depth > MAX_JSON_DEPTH_STEPS)
-        return fail(L, RC_ERANGE, "normalizer nested too deeply");
+        return load_fail(L, RC_ERANGE, "normalizer nested too deeply");
     int form = !strcmp(t, "NFC") ? NORM_NFC : !strcmp(t, "NFKC") ? NORM_NFKC
              : !strcmp(t, "NFD") ? NORM_NFD : !strcmp(t, "NFKD") ? NORM_NFKD : 0;
     if (form) {
         if (nm->n == NORM_MAX_STEPS)
-            return fail(L, RC_ERANGE, "more than 8 normalizers");
+            return load_fail(L, RC_ERANGE, "more than 8 normalizers");
         nm->form[nm->n++] = (uint8_t)form;
         nm->compat |= form == NORM_NFKC || form == NORM_NFKD;
         nm->compose |= form == NORM_NFC || form == NORM_NFKC;
@@ -156,7 +156,7 @@ static int parse_norm(struct loader *L, json_t *j, int depth)
     if (!strcmp(t, "Sequence")) {
         json_t *arr = json_object_get(j, "normalizers");
         if (!json_is_array(arr))
-            return fail(L, RC_EFORMAT, "normalizer Sequence without a \"normalizers\" array");
+            return load_fail(L, RC_EFORMAT, "normalizer Sequence without a \"normalizers\" array");
         for (size_t i = 0; i < json_array_size(arr); i++) {
             int rc = parse_norm(L, json_array_get(arr, i), depth + 1);
             if (rc)
@@ -165,7 +165,7 @@ static int parse_norm(struct loader *L, json_t *j, int depth)
         return 0;
     }
     char b[48];
-    return fail(L, RC_EUNSUPPORTED,
+    return load_fail(L, RC_EUNSUPPORTED,
                 "normalizer '%s' is not supported (NFC, NFKC, NFD, NFKD, Sequence)", clip(t, b));
 }
 
@@ -177,13 +177,13 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
     const char *t = type_of(j);
     char b[48];
     if (!t)
-        return fail(L, RC_EFORMAT, "pre_tokenizer has no \"type\"");
+        return load_fail(L, RC_EFORMAT, "pre_tokenizer has no \"type\"");
     if (depth > MAX_JSON_DEPTH_STEPS)
-        return fail(L, RC_ERANGE, "pre_tokenizer nested too deeply");
+        return load_fail(L, RC_ERANGE, "pre_tokenizer nested too deeply");
     if (!strcmp(t, "Sequence")) {
         json_t *arr = json_object_get(j, "pretokenizers");
         if (!json_is_array(arr))
-            return fail(L, RC_EFORMAT, "pre_tokenizer Sequence without \"pretokenizers\"");
+            return load_fail(L, RC_EFORMAT, "pre_tokenizer Sequence without \"pretokenizers\"");
         for (size_t i = 0; i < json_array_size(arr); i++) {
             int rc = parse_pre(L, json_array_get(arr, i), depth + 1);
             if (rc)
@@ -192,9 +192,9 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
         return 0;
     }
     if (pre->n == PT_MAX_STEPS)
-        return fail(L, RC_ERANGE, "more than 8 pre-tokenizer steps");
+        return load_fail(L, RC_ERANGE, "more than 8 pre-tokenizer steps");
     if (pre->n > 0 && pre->step[pre->n - 1].kind == PT_BYTELEVEL)
-        return fail(L, RC_EUNSUPPORTED,
+        return load_fail(L, RC_EUNSUPPORTED,
                     "pre_tokenizer '%s' after ByteLevel is not supported (it would see "
                     "byte-level characters)", clip(t, b));
     struct pt_step *st = &pre->step[pre->n];
@@ -203,7 +203,7 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
     if (!strcmp(t, "ByteLevel")) {
         json_t *aps = json_object_get(j, "add_prefix_space");
         if (!json_is_boolean(aps))
-            return fail(L, RC_EFORMAT, "ByteLevel pre_tokenizer: \"add_prefix_space\" missing "
+            return load_fail(L, RC_EFORMAT, "ByteLevel pre_tokenizer: \"add_prefix_space\" missing "
                         "or not a boolean");
         st->kind = PT_BYTELEVEL;
         st->add_prefix_space = json_is_true(aps);
@@ -226,7 +226,7 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
             literal = 1;
         }
         if (!json_is_string(ps) || json_object_size(pat) != 1)
-            return fail(L, RC_EFORMAT, "Split: \"pattern\" must be {\"Regex\": ...} or "
+            return load_fail(L, RC_EFORMAT, "Split: \"pattern\" must be {\"Regex\": ...} or "
                         "{\"String\": ...}");
         const char *bv = json_is_string(beh) ? json_string_value(beh) : "";
         st->kind = PT_SPLIT;
@@ -235,19 +235,19 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
                      : !strcmp(bv, "MergedWithNext") ? SB_MERGED_NEXT
                      : !strcmp(bv, "Contiguous") ? SB_CONTIGUOUS : 0;
         if (!st->behavior)
-            return fail(L, RC_EFORMAT, "Split: unknown \"behavior\" '%s'", clip(bv, b));
+            return load_fail(L, RC_EFORMAT, "Split: unknown \"behavior\" '%s'", clip(bv, b));
         if ((rc = get_bool(L, j, "invert", 0, &st->invert, "Split")))
             return rc;
         size_t plen = json_string_length(ps);
         if (plen > 65536)
-            return fail(L, RC_ERANGE, "Split pattern longer than 64 KiB");
+            return load_fail(L, RC_ERANGE, "Split pattern longer than 64 KiB");
         if ((rc = pretok_regex_compile(pre, json_string_value(ps), plen, literal, st, L->err,
                                        L->errlen)))
             return rc;
         pre->n++;
         return 0;
     }
-    return fail(L, RC_EUNSUPPORTED,
+    return load_fail(L, RC_EUNSUPPORTED,
                 "pre_tokenizer '%s' is not supported (ByteLevel, Split, Sequence)", clip(t, b));
 }
 
@@ -260,15 +260,15 @@ static int check_post(struct loader *L, json_t *j, int depth)
         return 0;
     const char *t = type_of(j);
     if (!t)
-        return fail(L, RC_EFORMAT, "post_processor has no \"type\"");
+        return load_fail(L, RC_EFORMAT, "post_processor has no \"type\"");
     if (depth > MAX_JSON_DEPTH_STEPS)
-        return fail(L, RC_ERANGE, "post_processor nested too deeply");
+        return load_fail(L, RC_ERANGE, "post_processor nested too deeply");
     if (!strcmp(t, "ByteLevel"))
         return 0; /* it only trims offsets */
     if (!strcmp(t, "Sequence")) {
         json_t *arr = json_object_get(j, "processors");
         if (!json_is_array(arr))
-            return fail(L, RC_EFORMAT, "post_processor Sequence without \"processors\"");
+            return load_fail(L, RC_EFORMAT, "post_processor Sequence without \"processors\"");
         for (size_t i = 0; i < json_array_size(arr); i++) {
             int rc = check_post(L, json_array_get(arr, i), depth + 1);
             if (rc)
@@ -285,11 +285,11 @@ static int check_post(struct loader *L, json_t *j, int depth)
         if (json_array_size(single) == 1 && json_is_string(sid) &&
             !strcmp(json_string_value(sid), "A"))
             return 0;
-        return fail(L, RC_EUNSUPPORTED,
+        return load_fail(L, RC_EUNSUPPORTED,
                     "post_processor TemplateProcessing adds tokens around the text: not "
                     "supported (recurd encodes the text alone)");
     }
-    return fail(L, RC_EUNSUPPORTED,
+    return load_fail(L, RC_EUNSUPPORTED,
                 "post_processor '%s' is not supported (ByteLevel, TemplateProcessing of $A "
                 "alone, Sequence)", clip(t, b));
 }
@@ -298,10 +298,10 @@ static int check_decoder(struct loader *L, json_t *j, int depth)
 {
     char b[48];
     if (!j || json_is_null(j))
-        return fail(L, RC_EUNSUPPORTED, "no decoder: only the ByteLevel decoder is supported");
+        return load_fail(L, RC_EUNSUPPORTED, "no decoder: only the ByteLevel decoder is supported");
     const char *t = type_of(j);
     if (!t)
-        return fail(L, RC_EFORMAT, "decoder has no \"type\"");
+        return load_fail(L, RC_EFORMAT, "decoder has no \"type\"");
     if (!strcmp(t, "ByteLevel"))
         return 0;
     if (!strcmp(t, "Sequence") && depth < MAX_JSON_DEPTH_STEPS) {
@@ -309,7 +309,7 @@ static int check_decoder(struct loader *L, json_t *j, int depth)
         if (json_is_array(arr) && json_array_size(arr) == 1)
             return check_decoder(L, json_array_get(arr, 0), depth + 1);
     }
-    return fail(L, RC_EUNSUPPORTED, "decoder '%s' is not supported (ByteLevel)", clip(t, b));
+    return load_fail(L, RC_EUNSUPPORTED, "decoder '%s' is not supported (ByteLevel)", clip(t, b));
 }
 
 /* ---- added tokens -------------------------------------------------------------------- */
@@ -342,10 +342,10 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
     if (!arr || json_is_null(arr))
         return 0;
     if (!json_is_array(arr))
-        return fail(L, RC_EFORMAT, "\"added_tokens\" is not an array");
+        return load_fail(L, RC_EFORMAT, "\"added_tokens\" is not an array");
     size_t n = json_array_size(arr);
     if (n > 1 << 20)
-        return fail(L, RC_ERANGE, "more than 2^20 added tokens");
+        return load_fail(L, RC_ERANGE, "more than 2^20 added tokens");
     struct added_in *v = rc_calloc(n ? n : 1, sizeof *v);
     json_t *map = json_object(); /* content -> slot */
     if (!v || !map) {
@@ -362,7 +362,7 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
         json_t *c = json_object_get(o, "content"), *id = json_object_get(o, "id");
         snprintf(idb, sizeof idb, "%zu", i);
         if (!json_is_object(o) || !json_is_string(c) || !json_is_integer(id)) {
-            rc = fail(L, RC_EFORMAT, "added_tokens[%s] needs a string \"content\" and an "
+            rc = load_fail(L, RC_EFORMAT, "added_tokens[%s] needs a string \"content\" and an "
                       "integer \"id\"", idb);
             break;
         }
@@ -377,7 +377,7 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
         if (a.len == 0)
             continue; /* the reference ignores empty tokens */
         if (a.len > TOKENIZER_MAX_TOKEN_BYTES) {
-            rc = fail(L, RC_ERANGE, "added_tokens[%s] is longer than 4096 bytes", idb);
+            rc = load_fail(L, RC_ERANGE, "added_tokens[%s] is longer than 4096 bytes", idb);
             break;
         }
         json_t *slot = json_object_getn(map, a.content, a.len);
@@ -392,7 +392,7 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
             char b[48], msg[64];
             snprintf(msg, sizeof msg, "%lld, the reference gives it %lld", (long long)fid,
                      (long long)nid);
-            rc = fail(L, RC_EFORMAT, "added token '%s' has id %s", clip(a.content, b), msg);
+            rc = load_fail(L, RC_EFORMAT, "added token '%s' has id %s", clip(a.content, b), msg);
             break;
         }
         a.id = (int32_t)nid;
@@ -427,14 +427,14 @@ static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
     tokenizer_t *tok = L->tok;
     size_t n = json_array_size(merges);
     if (n > TOKENIZER_MAX_MERGES)
-        return fail(L, RC_ERANGE, "more than 2^23 merges");
+        return load_fail(L, RC_ERANGE, "more than 2^23 merges");
     int kind = 0; /* 1 strings, 2 pairs */
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(merges, i);
         int k = json_is_string(m) ? 1 : json_is_array(m) ? 2 : 0;
         if (!k || (kind && k != kind))
-            return fail(L, RC_EFORMAT, "merges must be all \"a b\" strings or all [\"a\", \"b\"] "
-                        "pairs");
+            return load_fail(L, RC_EFORMAT,
+                             "merges must be all \"a b\" strings or all [\"a\", \"b\"] pairs");
         kind = k;
     }
     if (bpe_init(&tok->bpe, n))
@@ -453,7 +453,7 @@ static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
                 continue; /* header line of merges.txt */
             const char *sp = memchr(s, ' ', len);
             if (!sp || memchr(sp + 1, ' ', len - (size_t)(sp + 1 - s)))
-                return fail(L, RC_EFORMAT, "merges[%s] is not two tokens separated by one "
+                return load_fail(L, RC_EFORMAT, "merges[%s] is not two tokens separated by one "
                             "space", idx);
             a = s;
             al = (size_t)(sp - s);
@@ -462,7 +462,7 @@ static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
         } else {
             json_t *x = json_array_get(m, 0), *y = json_array_get(m, 1);
             if (json_array_size(m) != 2 || !json_is_string(x) || !json_is_string(y))
-                return fail(L, RC_EFORMAT, "merges[%s] is not a pair of strings", idx);
+                return load_fail(L, RC_EFORMAT, "merges[%s] is not a pair of strings", idx);
             a = json_string_value(x);
             al = json_string_length(x);
             b = json_string_value(y);
@@ -482,12 +482,12 @@ static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
             }
             if (tok_bytes_append(cat, "", 1))
                 return nomem(L);
-            return fail(L, RC_EFORMAT, "merges[%s] names a token that is not in the vocab: "
+            return load_fail(L, RC_EFORMAT, "merges[%s] names a token that is not in the vocab: "
                         "'%s'", idx, clip((const char *)cat->p, cb));
         }
         int rc = bpe_add_merge(&tok->bpe, ia, ib, rank++, in);
         if (rc)
-            return rc == RC_ENOMEM ? nomem(L) : fail(L, rc, "merge table full");
+            return rc == RC_ENOMEM ? nomem(L) : load_fail(L, rc, "merge table full");
     }
     tok->n_merges = rank;
     return bpe_check_ambiguous(&tok->bpe, (size_t)tok->n_ids) ? nomem(L) : 0;
@@ -501,17 +501,17 @@ static int parse_model_opts(struct loader *L, json_t *model)
     v = json_object_get(model, "dropout");
     if (v && !json_is_null(v)) {
         if (!json_is_number(v))
-            return fail(L, RC_EFORMAT, "BPE dropout is not a number");
+            return load_fail(L, RC_EFORMAT, "BPE dropout is not a number");
         if (json_number_value(v) != 0.0)
-            return fail(L, RC_EUNSUPPORTED, "BPE dropout is not supported (random merges)");
+            return load_fail(L, RC_EUNSUPPORTED, "BPE dropout is not supported (random merges)");
     }
     const char *keys[2] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (int i = 0; i < 2; i++) {
         v = json_object_get(model, keys[i]);
         if (v && !json_is_null(v) && !json_is_string(v))
-            return fail(L, RC_EFORMAT, "BPE %s is not a string", keys[i]);
+            return load_fail(L, RC_EFORMAT, "BPE %s is not a string", keys[i]);
         if (json_is_string(v) && json_string_length(v) > 0)
-            return fail(L, RC_EUNSUPPORTED, "BPE %s '%s' is not supported", keys[i],
+            return load_fail(L, RC_EUNSUPPORTED, "BPE %s '%s' is not supported", keys[i],
                         clip(json_string_value(v), b));
     }
     int byte_fallback = 0, rc;
@@ -522,7 +522,7 @@ static int parse_model_opts(struct loader *L, json_t *model)
     v = json_object_get(model, "unk_token");
     if (v && !json_is_null(v)) {
         if (!json_is_string(v))
-            return fail(L, RC_EFORMAT, "BPE unk_token is not a string");
+            return load_fail(L, RC_EFORMAT, "BPE unk_token is not a string");
         tok->bpe.unk_id = vocab_id(L, json_string_value(v), json_string_length(v));
         tok->bpe.unk_missing = tok->bpe.unk_id < 0;
     }
@@ -569,20 +569,21 @@ static int check_top_level(struct loader *L, json_t **model, json_t **merges)
     json_t *root = L->root;
     char b[48];
     if (!json_is_object(root))
-        return fail(L, RC_EFORMAT, "the top level is not an object");
+        return load_fail(L, RC_EFORMAT, "the top level is not an object");
     json_t *ver = json_object_get(root, "version");
     if (ver && !(json_is_string(ver) && !strcmp(json_string_value(ver), "1.0")))
-        return fail(L, RC_EUNSUPPORTED, "unknown \"version\" (only \"1.0\")");
+        return load_fail(L, RC_EUNSUPPORTED, "unknown \"version\" (only \"1.0\")");
     *model = json_object_get(root, "model");
     if (!json_is_object(*model))
-        return fail(L, RC_EFORMAT, "no \"model\" object");
+        return load_fail(L, RC_EFORMAT, "no \"model\" object");
     const char *mt = type_of(*model);
     if (mt && strcmp(mt, "BPE"))
-        return fail(L, RC_EUNSUPPORTED, "model '%s' is not supported (BPE only)", clip(mt, b));
+        return load_fail(L, RC_EUNSUPPORTED, "model '%s' is not supported (BPE only)", clip(mt, b));
     L->vocab = json_object_get(*model, "vocab");
     *merges = json_object_get(*model, "merges");
     if (!json_is_object(L->vocab) || !json_is_array(*merges))
-        return fail(L, RC_EFORMAT, "BPE model needs a \"vocab\" object and a \"merges\" array");
+        return load_fail(L, RC_EFORMAT,
+                         "BPE model needs a \"vocab\" object and a \"merges\" array");
     return 0;
 }
 
@@ -592,7 +593,7 @@ static int check_vocab(struct loader *L, int64_t *max_id)
 {
     size_t nv = json_object_size(L->vocab);
     if (nv > TOKENIZER_MAX_IDS)
-        return fail(L, RC_ERANGE, "vocab has more than 2^22 entries");
+        return load_fail(L, RC_ERANGE, "vocab has more than 2^22 entries");
     L->n_vocab_entries = (int32_t)nv;
     const char *key;
     size_t klen;
@@ -603,10 +604,10 @@ static int check_vocab(struct loader *L, int64_t *max_id)
     {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
             json_integer_value(val) >= TOKENIZER_MAX_IDS)
-            return fail(L, json_is_integer(val) ? RC_ERANGE : RC_EFORMAT,
+            return load_fail(L, json_is_integer(val) ? RC_ERANGE : RC_EFORMAT,
                         "vocab entry '%s': id is not an integer in [0, 2^22)", clip(key, b));
         if (klen > 2 * TOKENIZER_MAX_TOKEN_BYTES)
-            return fail(L, RC_ERANGE, "vocab entry '%s' is too long", clip(key, b));
+            return load_fail(L, RC_ERANGE, "vocab entry '%s' is too long", clip(key, b));
         if (json_integer_value(val) > *max_id)
             *max_id = json_integer_value(val);
     }
@@ -623,12 +624,12 @@ static int parse_components(struct loader *L)
         return rc;
     json_t *pre = json_object_get(L->root, "pre_tokenizer");
     if (!pre || json_is_null(pre))
-        return fail(L, RC_EUNSUPPORTED, "no pre_tokenizer: only byte-level BPE (a ByteLevel "
+        return load_fail(L, RC_EUNSUPPORTED, "no pre_tokenizer: only byte-level BPE (a ByteLevel "
                     "pre-tokenizer) is supported");
     if ((rc = parse_pre(L, pre, 0)))
         return rc;
     if (tok->pre.n == 0 || tok->pre.step[tok->pre.n - 1].kind != PT_BYTELEVEL)
-        return fail(L, RC_EUNSUPPORTED, "pre_tokenizer has no ByteLevel step: only byte-level "
+        return load_fail(L, RC_EUNSUPPORTED, "pre_tokenizer has no ByteLevel step: only byte-level "
                     "BPE is supported");
     tok->first_split = tok->pre.step[0].kind == PT_SPLIT || tok->pre.step[0].use_regex;
     if ((rc = check_post(L, json_object_get(L->root, "post_processor"), 0)) ||
@@ -690,7 +691,7 @@ static int index_vocab(struct loader *L, struct id_index *x)
         int32_t id = (int32_t)json_integer_value(val);
         if (x->str[id]) {
             char b[48], b2[48];
-            return fail(L, RC_EFORMAT, "vocab entries '%s' and '%s' share one id",
+            return load_fail(L, RC_EFORMAT, "vocab entries '%s' and '%s' share one id",
                         clip(x->str[id], b), clip(key, b2));
         }
         x->str[id] = key;
@@ -745,7 +746,7 @@ static int index_added(struct loader *L, struct id_index *x)
         struct tok_matcher *m = a->normalized ? &tok->norm_match : &tok->raw_match;
         rc = trie_add(&m->trie, pat, plen, (int32_t)i);
         if (rc == RC_EFORMAT) {
-            rc = fail(L, RC_EFORMAT, "two added tokens match the same text '%s'",
+            rc = load_fail(L, RC_EFORMAT, "two added tokens match the same text '%s'",
                       clip(a->content, b));
             goto out;
         }
@@ -786,7 +787,7 @@ static int build_pieces(struct loader *L, const struct id_index *x)
         if (nm)
             goto oom;
         if (pool.n > UINT32_MAX) {
-            rc = fail(L, RC_ERANGE, "vocab strings too large");
+            rc = load_fail(L, RC_ERANGE, "vocab strings too large");
             goto out;
         }
         if (pool.n - before > tok->max_piece)
@@ -844,7 +845,7 @@ static int build(struct loader *L)
         if (x.add[i].id > max_id)
             max_id = x.add[i].id;
     if (max_id < 0) {
-        rc = fail(L, RC_EFORMAT, "empty vocab");
+        rc = load_fail(L, RC_EFORMAT, "empty vocab");
         goto out;
     }
     tok->n_ids = (int32_t)(max_id + 1);
