@@ -125,6 +125,23 @@ static int pf(struct outbuf *o, const char *fmt, ...)
     return outbuf_put(o, line, (size_t)n);
 }
 
+/* One metric without labels: its HELP and TYPE lines, then its value formatted
+ * by fmt. */
+static int metric(struct outbuf *o, const char *type, const char *name, const char *help,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int metric(struct outbuf *o, const char *type, const char *name, const char *help,
+                  const char *fmt, ...)
+{
+    char value[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(value, sizeof value, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof value)
+        return RC_ERANGE;
+    return pf(o, "# HELP %s %s\n# TYPE %s %s\n%s %s\n", name, help, name, type, name, value);
+}
+
 /* A label value as the exposition format wants it: \\, \" and \n escaped
  * (a model directory's name can hold any byte). Cut to fit out. */
 static const char *label_escape(const char *s, char *out, size_t len)
@@ -166,13 +183,14 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
 {
     int rc = 0;
 #define P(...) do { if (!rc) rc = pf(o, __VA_ARGS__); } while (0)
+#define M(...) do { if (!rc) rc = metric(o, __VA_ARGS__); } while (0)
     char model[160], fp[40];
     P("# HELP recurd_build_info The server's version and the model it serves (value 1).\n"
       "# TYPE recurd_build_info gauge\n"
       "recurd_build_info{version=\"%s\",model=\"%s\",fingerprint=\"%s\"} 1\n", RECUR_VERSION,
       label_escape(g->model, model, sizeof model), label_escape(g->fingerprint, fp, sizeof fp));
-    P("# HELP recurd_up 1 when the model is loaded and the server accepts work.\n"
-      "# TYPE recurd_up gauge\nrecurd_up %d\n", g->ready && !g->draining);
+    M("gauge", "recurd_up", "1 when the model is loaded and the server accepts work.",
+      "%d", g->ready && !g->draining);
     P("# HELP recurd_requests_total HTTP requests by route, method and status code "
       "(code \"none\": no response was sent).\n"
       "# TYPE recurd_requests_total counter\n");
@@ -223,87 +241,78 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
         if (!rc)
             rc = render_hist(o, "recurd_inter_token_seconds", g->itl);
     }
-    P("# HELP recurd_client_gone_total Requests ended by the client going away.\n"
-      "# TYPE recurd_client_gone_total counter\nrecurd_client_gone_total %llu\n",
-      (unsigned long long)m->client_gone);
-    P("# HELP recurd_auth_rejected_total Requests refused for a missing or wrong key.\n"
-      "# TYPE recurd_auth_rejected_total counter\nrecurd_auth_rejected_total %llu\n",
-      (unsigned long long)m->rejected_auth);
-    P("# HELP recurd_sessions Live sessions.\n# TYPE recurd_sessions gauge\nrecurd_sessions %lld\n",
-      (long long)g->sessions);
-    P("# HELP recurd_sessions_spilled Live sessions whose state is on disk (--state-dir), "
-      "not in memory.\n# TYPE recurd_sessions_spilled gauge\nrecurd_sessions_spilled %lld\n",
-      (long long)g->sessions_spilled);
-    P("# HELP recurd_sessions_created_total Sessions created.\n"
-      "# TYPE recurd_sessions_created_total counter\nrecurd_sessions_created_total %llu\n",
-      (unsigned long long)m->sessions_created);
-    P("# HELP recurd_sessions_deleted_total Sessions deleted by request.\n"
-      "# TYPE recurd_sessions_deleted_total counter\nrecurd_sessions_deleted_total %llu\n",
-      (unsigned long long)m->sessions_deleted);
-    P("# HELP recurd_sessions_expired_total Sessions deleted by the idle TTL.\n"
-      "# TYPE recurd_sessions_expired_total counter\nrecurd_sessions_expired_total %llu\n",
-      (unsigned long long)m->sessions_expired);
-    P("# HELP recurd_spill_failures_total Writes of idle sessions' states to --state-dir that "
-      "failed (the session stays in memory; spilling pauses, backing off up to 30 s).\n"
-      "# TYPE recurd_spill_failures_total counter\nrecurd_spill_failures_total %llu\n",
-      (unsigned long long)m->spill_failures);
-    P("# HELP recurd_connections_header_timeout_total Connections closed because no complete "
-      "request head arrived within --connection-timeout (idle or trickling clients).\n"
-      "# TYPE recurd_connections_header_timeout_total counter\n"
-      "recurd_connections_header_timeout_total %llu\n", (unsigned long long)g->header_timeouts);
-    P("# HELP recurd_requests_timed_out_total Requests ended by --connection-timeout (no bytes "
-      "from the client for that long).\n"
-      "# TYPE recurd_requests_timed_out_total counter\nrecurd_requests_timed_out_total %llu\n",
-      (unsigned long long)g->request_timeouts);
-    P("# HELP recurd_state_bytes Bytes of recurrent state held in memory.\n"
-      "# TYPE recurd_state_bytes gauge\nrecurd_state_bytes %lld\n", (long long)g->state_bytes);
-    P("# HELP recurd_state_memory_budget_bytes --state-memory: the most recurrent state held "
-      "in memory (idle sessions spill or requests get 503 above it).\n"
-      "# TYPE recurd_state_memory_budget_bytes gauge\nrecurd_state_memory_budget_bytes %lld\n",
-      (long long)g->state_budget);
-    P("# HELP recurd_queue_depth Jobs submitted to the compute thread and not finished.\n"
-      "# TYPE recurd_queue_depth gauge\nrecurd_queue_depth %lld\n", (long long)g->queue_depth);
-    P("# HELP recurd_requests_in_flight HTTP requests being served.\n"
-      "# TYPE recurd_requests_in_flight gauge\nrecurd_requests_in_flight %lld\n",
-      (long long)g->in_flight);
+    M("counter", "recurd_client_gone_total", "Requests ended by the client going away.",
+      "%llu", (unsigned long long)m->client_gone);
+    M("counter", "recurd_auth_rejected_total", "Requests refused for a missing or wrong key.",
+      "%llu", (unsigned long long)m->rejected_auth);
+    M("gauge", "recurd_sessions", "Live sessions.",
+      "%lld", (long long)g->sessions);
+    M("gauge", "recurd_sessions_spilled",
+      "Live sessions whose state is on disk (--state-dir), not in memory.",
+      "%lld", (long long)g->sessions_spilled);
+    M("counter", "recurd_sessions_created_total", "Sessions created.",
+      "%llu", (unsigned long long)m->sessions_created);
+    M("counter", "recurd_sessions_deleted_total", "Sessions deleted by request.",
+      "%llu", (unsigned long long)m->sessions_deleted);
+    M("counter", "recurd_sessions_expired_total", "Sessions deleted by the idle TTL.",
+      "%llu", (unsigned long long)m->sessions_expired);
+    M("counter", "recurd_spill_failures_total",
+      "Writes of idle sessions' states to --state-dir that failed (the session stays in memory; "
+      "spilling pauses, backing off up to 30 s).",
+      "%llu", (unsigned long long)m->spill_failures);
+    M("counter", "recurd_connections_header_timeout_total",
+      "Connections closed because no complete request head arrived within --connection-timeout "
+      "(idle or trickling clients).",
+      "%llu", (unsigned long long)g->header_timeouts);
+    M("counter", "recurd_requests_timed_out_total",
+      "Requests ended by --connection-timeout (no bytes from the client for that long).",
+      "%llu", (unsigned long long)g->request_timeouts);
+    M("gauge", "recurd_state_bytes", "Bytes of recurrent state held in memory.",
+      "%lld", (long long)g->state_bytes);
+    M("gauge", "recurd_state_memory_budget_bytes",
+      "--state-memory: the most recurrent state held in memory (idle sessions spill or requests "
+      "get 503 above it).",
+      "%lld", (long long)g->state_budget);
+    M("gauge", "recurd_queue_depth", "Jobs submitted to the compute thread and not finished.",
+      "%lld", (long long)g->queue_depth);
+    M("gauge", "recurd_requests_in_flight", "HTTP requests being served.",
+      "%lld", (long long)g->in_flight);
     P("# HELP recurd_tokens_total Tokens through the model, by kind.\n"
       "# TYPE recurd_tokens_total counter\n"
       "recurd_tokens_total{kind=\"input\"} %lld\nrecurd_tokens_total{kind=\"generated\"} %lld\n",
       (long long)g->tokens_in, (long long)g->tokens_out);
-    P("# HELP recurd_ticks_total Scheduler ticks (batched forward passes).\n"
-      "# TYPE recurd_ticks_total counter\nrecurd_ticks_total %lld\n", (long long)g->ticks);
-    P("# HELP recurd_batch_segments_total Segments (sessions) summed over ticks.\n"
-      "# TYPE recurd_batch_segments_total counter\nrecurd_batch_segments_total %lld\n",
-      (long long)g->batch_rows);
-    P("# HELP recurd_compute_seconds_total Time the compute thread spent computing.\n"
-      "# TYPE recurd_compute_seconds_total counter\nrecurd_compute_seconds_total %.6f\n",
-      g->busy_seconds);
-    P("# HELP recurd_prefill_seconds_total Compute time spent on input tokens (prefill and "
-      "scoring); a tick that mixes input and generated tokens is split by their counts.\n"
-      "# TYPE recurd_prefill_seconds_total counter\nrecurd_prefill_seconds_total %.6f\n",
-      g->prefill_seconds);
-    P("# HELP recurd_decode_seconds_total Compute time spent on generated tokens (decode and "
-      "sampling); split with prefill by token counts in mixed ticks.\n"
-      "# TYPE recurd_decode_seconds_total counter\nrecurd_decode_seconds_total %.6f\n",
-      g->decode_seconds);
+    M("counter", "recurd_ticks_total", "Scheduler ticks (batched forward passes).",
+      "%lld", (long long)g->ticks);
+    M("counter", "recurd_batch_segments_total", "Segments (sessions) summed over ticks.",
+      "%lld", (long long)g->batch_rows);
+    M("counter", "recurd_compute_seconds_total", "Time the compute thread spent computing.",
+      "%.6f", g->busy_seconds);
+    M("counter", "recurd_prefill_seconds_total",
+      "Compute time spent on input tokens (prefill and scoring); a tick that mixes input and "
+      "generated tokens is split by their counts.",
+      "%.6f", g->prefill_seconds);
+    M("counter", "recurd_decode_seconds_total",
+      "Compute time spent on generated tokens (decode and sampling); split with prefill by token "
+      "counts in mixed ticks.",
+      "%.6f", g->decode_seconds);
     if (g->threads > 0)
         P("# HELP recurd_threads Threads computing the forward pass, by kind: the pool "
           "(--threads, the compute thread included) and OpenBLAS's.\n"
           "# TYPE recurd_threads gauge\nrecurd_threads{kind=\"compute\"} %d\n"
           "recurd_threads{kind=\"blas\"} %d\n", g->threads, g->blas_threads);
-    P("# HELP recurd_alloc_bytes Bytes live through the allocator.\n"
-      "# TYPE recurd_alloc_bytes gauge\nrecurd_alloc_bytes %lld\n", (long long)g->alloc_live_bytes);
+    M("gauge", "recurd_alloc_bytes", "Bytes live through the allocator.",
+      "%lld", (long long)g->alloc_live_bytes);
     if (g->rss_bytes >= 0)
-        P("# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
-          "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
-          (long long)g->rss_bytes);
+        M("gauge", "process_resident_memory_bytes", "Resident memory size in bytes.",
+          "%lld", (long long)g->rss_bytes);
     if (g->cpu_seconds >= 0)
-        P("# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
-          "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
-          g->cpu_seconds);
-    P("# HELP process_start_time_seconds Start time of the process since unix epoch in "
-      "seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.0f\n",
-      g->start_time);
+        M("counter", "process_cpu_seconds_total",
+          "Total user and system CPU time spent in seconds.",
+          "%.6f", g->cpu_seconds);
+    M("gauge", "process_start_time_seconds",
+      "Start time of the process since unix epoch in seconds.",
+      "%.0f", g->start_time);
 #undef P
+#undef M
     return rc;
 }
