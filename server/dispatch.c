@@ -433,7 +433,7 @@ static int on_headers(void *ud, struct http_req *h)
                         a->snap_bytes, cl);
             return HTTP_BODY_NONE;
         }
-        q->binary = 1;
+        q->body = RQ_BODY_SNAPSHOT;
         http_set_body_cap(h, a->snap_bytes);
         return HTTP_BODY_BUFFER;
     }
@@ -475,7 +475,7 @@ static void on_request(void *ud, struct http_req *h)
         break;
     case R_SESSION: h_session(q); break;
     case R_APPEND:
-        if (q->text_upload) {
+        if (q->body == RQ_BODY_TEXT) {
             /* the job may have ended before the body did (out of memory
              * part-way): its answer is made, there is nothing to close */
             if (q->job)
@@ -556,7 +556,7 @@ void routes_on_job_event(struct app *a, struct job *j)
 {
     struct rq *q = j->owner;
     if (!j->final_seen) {
-        if (q && q->streaming)
+        if (q && q->phase == RQ_STREAMING)
             http_wake(q->h);
         if (q && q->upload_paused && sched_inbox(a->sched, j) < a->cfg->upload_buffer_bytes) {
             q->upload_paused = 0;
@@ -569,7 +569,7 @@ void routes_on_job_event(struct app *a, struct job *j)
         app_check_drained(a);
         return;
     }
-    if (q->streaming) {
+    if (q->phase == RQ_STREAMING) {
         if (j->rc) {
             /* the stream already said 200: end it with an error event */
             struct api_error e = j->err;
@@ -577,11 +577,11 @@ void routes_on_job_event(struct app *a, struct job *j)
                 api_error_set(&e, API_UNAVAILABLE, "cancelled: the server is shutting down");
             json_t *o = json_pack("{s:s,s:o}", "type", "error", "error", api_error_json(&e));
             /* the job is the loop's now */
-            if (!o || sse_put_json(&j->outbox, o) != 0)
-                q->oom_event = 1;
+            q->phase = !o || sse_put_json(&j->outbox, o) != 0 ? RQ_STREAM_END_OOM
+                                                              : RQ_STREAM_END;
             json_decref(o);
-        }
-        q->done_seen = 1;
+        } else
+            q->phase = RQ_STREAM_END;
         state_commit(j); /* the done event is in the outbox */
         /* release the sessions now; the job lives until the stream ends */
         if (j->sess_a) {
@@ -613,8 +613,8 @@ void routes_session_ready(struct app *a, void *waiters, int status, const char *
         else if (status == ROUTES_FAILED)
             respond_err(q->h, API_INTERNAL, "the session's state could not be read back: %s",
                         why ? why : "unknown error");
-        else if (q->text_pending) {
-            if (start_text_append(q) == 0 && !q->text_pending)
+        else if (q->phase == RQ_TEXT_PARKED) {
+            if (start_text_append(q) == 0 && q->phase != RQ_TEXT_PARKED)
                 http_wake(q->h);
         } else
             on_request(a, q->h); /* the body is still there: run it again */

@@ -56,15 +56,14 @@ static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
     size_t n = sched_pull(q->a->sched, q->job, buf, max, &done);
     if (n)
         return (ssize_t)n;
-    if (done && q->done_seen) {
+    if (done && (q->phase == RQ_STREAM_END || q->phase == RQ_STREAM_END_OOM)) {
         static const char oom[] = "data: {\"type\":\"error\",\"error\":" API_OOM_ERROR_JSON
                                   "}\n\n";
-        if (q->oom_event == 1 && max >= sizeof oom - 1) {
+        if (q->phase == RQ_STREAM_END_OOM && max >= sizeof oom - 1) {
             memcpy(buf, oom, sizeof oom - 1);
-            q->oom_event = 2;
+            q->phase = RQ_STREAM_END;
             return (ssize_t)(sizeof oom - 1);
         }
-        q->stream_done = 1;
         return HTTP_PULL_END;
     }
     return HTTP_PULL_NONE;
@@ -304,7 +303,7 @@ void h_generate(struct rq *q)
     }
     submit(q, j);
     if (j->stream) {
-        q->streaming = 1;
+        q->phase = RQ_STREAMING;
         http_respond_stream(q->h, 200, "text/event-stream", pull);
     }
 }
@@ -461,7 +460,7 @@ void h_completions(struct rq *q)
         }
     submit(q, j);
     if (j->stream) {
-        q->streaming = 1;
+        q->phase = RQ_STREAMING;
         http_respond_stream(q->h, 200, "text/event-stream", pull);
     }
 }
@@ -550,12 +549,12 @@ int start_text_append(struct rq *q)
     struct session *s = idle_session(q);
     if (!s) {
         if (q->waiting) {
-            q->text_pending = 1; /* the upload waits, paused, for the state */
+            q->phase = RQ_TEXT_PARKED; /* the upload waits, paused, for the state */
             return 0;
         }
         return -1;
     }
-    q->text_pending = 0;
+    q->phase = RQ_HANDLING;
     struct job *j = job_new(JOB_RUN);
     if (!j) {
         respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
@@ -565,7 +564,7 @@ int start_text_append(struct rq *q)
     score_job(q, j, &r);
     j->state = s->state;
     j->sess_a = s;
-    q->text_upload = 1;
+    q->body = RQ_BODY_TEXT;
     submit(q, j);
     return 0;
 }
@@ -573,7 +572,7 @@ int start_text_append(struct rq *q)
 size_t on_data(void *ud, struct http_req *h, const char *data, size_t n)
 {
     struct rq *q = http_data(h);
-    if (q && q->text_pending) {
+    if (q && q->phase == RQ_TEXT_PARKED) {
         http_pause_upload(h); /* nothing taken until the state is back */
         return 0;
     }

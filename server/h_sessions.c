@@ -222,7 +222,7 @@ void h_sessions_post(struct rq *q)
     struct req_session_create r = {0};
     size_t snap_len = 0;
     char *snap = NULL;
-    if (q->binary) {
+    if (q->body == RQ_BODY_SNAPSHOT) {
         snap = http_take_body(q->h, &snap_len);
     } else {
         json_t *o = NULL;

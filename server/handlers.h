@@ -44,6 +44,35 @@ enum route {
 
 enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_DELETE = 8 };
 
+/* Where a request is in its life, as far as the answer is concerned.
+ * All transitions happen on the loop thread:
+ *
+ *   RQ_HANDLING ──(text/plain append, session state on disk)──> RQ_TEXT_PARKED
+ *   RQ_TEXT_PARKED ──(state back: start_text_append again)──> RQ_HANDLING
+ *   RQ_HANDLING ──(streamed generate/completion submitted: 200 sent)──> RQ_STREAMING
+ *   RQ_STREAMING ──(the job's final event)──> RQ_STREAM_END, or
+ *                 RQ_STREAM_END_OOM when its error event could not be made
+ *   RQ_STREAM_END_OOM ──(the pull sent a static error event)──> RQ_STREAM_END
+ *
+ * In RQ_HANDLING the answer is made at once, or when a job ends
+ * (finish_job) or file work ends (fs_done); q->job, q->fsop and q->waiting
+ * say which is in flight. A request leaves every phase by on_done. */
+enum rq_phase {
+    RQ_HANDLING = 0,
+    RQ_TEXT_PARKED,            /* on_data takes nothing, the upload is paused */
+    RQ_STREAMING,              /* the response pulls from job->outbox */
+    RQ_STREAM_END_OOM,         /* the job is done; its error event is owed */
+    RQ_STREAM_END,             /* the job is done; the pull drains, then ends */
+};
+
+/* How the request's body arrives: fixed by on_headers, except that a
+ * text/plain append is RQ_BODY_TEXT once its job reads the upload. */
+enum rq_body {
+    RQ_BODY_JSON = 0,          /* buffered; parsed by the handler */
+    RQ_BODY_SNAPSHOT,          /* buffered octet-stream: exactly one snapshot */
+    RQ_BODY_TEXT,              /* streamed text/plain, fed to the job by on_data */
+};
+
 /* Per-request context (http_data). */
 struct rq {
     struct app *a;
@@ -55,15 +84,13 @@ struct rq {
     char name[160];            /* snapshot name (R_SNAPSHOT path, save, restore) */
     struct job *job;           /* running or done, until released */
     struct fsop *fsop;         /* file work in flight for it, or NULL */
-    int overwrite;
-    int streaming;             /* the response pulls from job->outbox */
-    int stream_done;           /* the pull returned the end */
-    int done_seen;             /* the job's done event was handled */
-    int oom_event;             /* 1: the stream's error event could not be
-                                * made; the pull sends a static one (2: sent) */
+    enum rq_phase phase;
+    enum rq_body body;
+    /* Backpressure on a streamed upload, independent of the phase: the
+     * compute thread has not yet taken what on_data fed; its next event
+     * wakes the upload. */
     int upload_paused;
-    int binary;                /* octet-stream body (snapshot) */
-    int text_upload;           /* text/plain streamed append */
+    int overwrite;             /* save: replace a snapshot of that name */
     /* what the response needs besides the job */
     int want_details;
     int cmpl_logprobs;         /* -1 none */
@@ -73,7 +100,6 @@ struct rq {
     struct rq *prev, *next;    /* app's list of requests with a job */
     struct session *waiting;   /* waiting for this session's state to be back */
     struct rq *wprev, *wnext;  /* its waiters list */
-    int text_pending;          /* text/plain append waiting to start */
 };
 
 
