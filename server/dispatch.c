@@ -53,10 +53,14 @@ char *json_body(json_t *o, size_t *n)
     return s;
 }
 
-int respond_oom(struct http_req *h)
+/* The one answer to a failed allocation: 503, OpenAI's error object with
+ * code "out_of_memory" and the message "out of memory" plus, when given,
+ * what it was for ("building the response"). http_respond_error falls back
+ * to a static body when even that cannot be allocated. */
+int respond_oom(struct http_req *h, const char *doing)
 {
     struct api_error e;
-    api_error_set(&e, API_OUT_OF_MEMORY, "out of memory building the response");
+    api_error_set(&e, API_OUT_OF_MEMORY, "out of memory%s%s", doing ? " " : "", doing ? doing : "");
     return http_respond_error(h, &e);
 }
 
@@ -64,7 +68,7 @@ int respond_json(struct http_req *h, int status, json_t *o)
 {
     size_t n;
     char *s = json_body(o, &n);
-    return s ? http_respond(h, status, "application/json", s, n) : respond_oom(h);
+    return s ? http_respond(h, status, "application/json", s, n) : respond_oom(h, "building the response");
 }
 
 int respond_err(struct http_req *h, int kind, const char *fmt, ...)
@@ -145,7 +149,7 @@ int job_state(struct rq *q, struct job *j, struct mstate **out)
     }
     if (state_create(q->a->m, out) != 0) {
         sessions_unreserve(q->a->sessions);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory for a temporary state");
+        respond_oom(q->h, "for a temporary state");
         return -1;
     }
     j->reserved++;
@@ -205,7 +209,7 @@ void wait_for(struct rq *q, struct session *s)
         if (q->wnext)
             q->wnext->wprev = NULL;
         q->waiting = NULL;
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory bringing the session back");
+        respond_oom(q->h, "bringing the session back");
     }
 }
 
@@ -363,7 +367,7 @@ static int on_headers(void *ud, struct http_req *h)
         return HTTP_BODY_NONE;
     struct rq *q = rc_calloc(1, sizeof *q);
     if (!q) {
-        respond_err(h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(h, NULL);
         return HTTP_BODY_NONE;
     }
     q->a = a;
@@ -575,11 +579,8 @@ void routes_on_job_event(struct app *a, struct job *j)
             struct api_error e = j->err;
             if (j->rc == RC_ECANCELED && a->state == APP_DRAINING)
                 api_error_set(&e, API_UNAVAILABLE, "cancelled: the server is shutting down");
-            json_t *o = json_pack("{s:s,s:o}", "type", "error", "error", api_error_json(&e));
             /* the job is the loop's now */
-            q->phase = !o || sse_put_json(&j->outbox, o) != 0 ? RQ_STREAM_END_OOM
-                                                              : RQ_STREAM_END;
-            json_decref(o);
+            q->phase = sse_put_error(&j->outbox, &e) != 0 ? RQ_STREAM_END_OOM : RQ_STREAM_END;
         } else
             q->phase = RQ_STREAM_END;
         state_commit(j); /* the done event is in the outbox */

@@ -57,8 +57,7 @@ static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
     if (n)
         return (ssize_t)n;
     if (done && (q->phase == RQ_STREAM_END || q->phase == RQ_STREAM_END_OOM)) {
-        static const char oom[] = "data: {\"type\":\"error\",\"error\":" API_OOM_ERROR_JSON
-                                  "}\n\n";
+        static const char oom[] = SSE_OOM_ERROR_EVENT;
         if (q->phase == RQ_STREAM_END_OOM && max >= sizeof oom - 1) {
             memcpy(buf, oom, sizeof oom - 1);
             q->phase = RQ_STREAM_END;
@@ -88,7 +87,7 @@ void h_tokenize(struct rq *q)
     struct job *j = job_new(JOB_TOKENIZE);
     if (!j) {
         req_tokenize_free(&r);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     j->text = r.text;
@@ -106,7 +105,7 @@ void done_tokenize(struct rq *q, struct job *j)
     size_t n = j->out_text.n;
     memset(&j->out_text, 0, sizeof j->out_text);
     if (!body) {
-        respond_oom(q->h);
+        respond_oom(q->h, "building the response");
         return;
     }
     http_respond(q->h, 200, "application/json", body, n);
@@ -133,25 +132,7 @@ void h_detokenize(struct rq *q)
         rc = outbuf_put(&b, p, len);
     }
     req_detokenize_free(&r);
-    json_t *res = NULL;
-    if (!rc) {
-        size_t need = u8_sanitized_len(b.p ? b.p : "", b.n);
-        char *s = rc_malloc(need + 1);
-        if (s) {
-            u8_sanitize(b.p ? b.p : "", b.n, s, need + 1);
-            res = json_object();
-            if (res && json_object_set_new(res, "text", json_stringn(s, need))) {
-                json_decref(res);
-                res = NULL;
-            }
-            if (res && !u8_valid(b.p ? b.p : "", b.n) &&
-                json_object_set_new(res, "valid_utf8", json_false())) {
-                json_decref(res);
-                res = NULL;
-            }
-            rc_free(s);
-        }
-    }
+    json_t *res = rc ? NULL : resp_detokenize(b.p ? b.p : "", b.n);
     outbuf_free(&b);
     respond_json(q->h, 200, res);
 }
@@ -197,7 +178,7 @@ void h_score(struct rq *q, int with_session)
     struct job *j = job_new(JOB_RUN);
     if (!j) {
         req_score_free(&r);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     take_input(j, &r.in);
@@ -230,16 +211,15 @@ void done_score(struct rq *q, struct job *j)
         return;
     }
     if (q->route != R_APPEND) {
-        respond_oom(q->h); /* nothing was changed */
+        respond_oom(q->h, "building the response"); /* nothing was changed */
         return;
     }
     /* the text is in the session already: say so, in the little we can */
     char small[200];
-    snprintf(small, sizeof small,
-             "{\"position\":%" PRId64 ",\"n_tokens\":%d,\"note\":\"appended; out of memory "
-             "for the rest of the response\"}",
-             (int64_t)j->position, (int)j->n_input);
-    http_respond_small(q->h, 200, "application/json", small);
+    if (resp_fixed_appended(small, sizeof small, (int64_t)j->position, j->n_input) == 0)
+        http_respond_small(q->h, 200, "application/json", small);
+    else
+        respond_oom(q->h, "building the response");
 }
 
 /* Copy stop sequences into the job. */
@@ -280,7 +260,7 @@ void h_generate(struct rq *q)
     struct job *j = job_new(JOB_RUN);
     if (!j) {
         req_generate_free(&r);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     j->state = s->state;
@@ -326,7 +306,7 @@ void done_generate(struct rq *q, struct job *j)
     size_t n;
     char *body = json_body(resp_generate(&g, &v), &n);
     if (!body) {
-        respond_oom(q->h); /* nothing committed: the session is as it was */
+        respond_oom(q->h, "building the response"); /* nothing committed: the session is as it was */
         return;
     }
     state_commit(j);
@@ -363,7 +343,7 @@ void h_completions(struct rq *q)
     struct job *j = job_new(JOB_RUN);
     if (!j) {
         req_completion_free(&r);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     /* An empty prompt: a recurrent model's zero state has made no
@@ -385,7 +365,7 @@ void h_completions(struct rq *q)
         if (!(r.prompt.tokens = rc_malloc(sizeof *r.prompt.tokens))) {
             req_completion_free(&r);
             job_free(j);
-            respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+            respond_oom(q->h, NULL);
             return;
         }
         r.prompt.tokens[0] = eos;
@@ -418,7 +398,7 @@ void h_completions(struct rq *q)
         outbuf_free(&echo);
         req_completion_free(&r);
         job_free(j);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     take_input(j, &r.prompt);
@@ -557,7 +537,7 @@ int start_text_append(struct rq *q)
     q->phase = RQ_HANDLING;
     struct job *j = job_new(JOB_RUN);
     if (!j) {
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return -1;
     }
     j->streamed = 1;

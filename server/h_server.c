@@ -16,8 +16,7 @@ void h_health(struct rq *q)
     const char *st = a->state == APP_READY ? "ok" : a->state == APP_LOADING ? "loading"
                                                    : a->state == APP_DRAINING ? "draining"
                                                                               : "failed";
-    json_t *o = json_pack("{s:s}", "status", st);
-    respond_json(q->h, a->state == APP_READY ? 200 : 503, o);
+    respond_json(q->h, a->state == APP_READY ? 200 : 503, resp_health(st));
 }
 
 void h_metrics(struct rq *q)
@@ -29,7 +28,7 @@ void h_metrics(struct rq *q)
     struct outbuf o = {0};
     if (metrics_render(&a->metrics, &g, &o) != 0) {
         outbuf_free(&o);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     http_respond(q->h, 200, "text/plain; version=0.0.4", o.p, o.n);

@@ -157,7 +157,7 @@ int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
     struct fsop *f = rc_calloc(1, sizeof *f);
     if (!f) {
         rc_free(buf);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return -1;
     }
     f->a = q->a;
@@ -208,7 +208,7 @@ static void respond_created(struct rq *q, struct session *s)
     if (!body || http_add_header(q->h, "Location", loc) != 0) {
         rc_free(body);
         sessions_delete(q->a->sessions, s);
-        respond_oom(q->h);
+        respond_oom(q->h, "building the response");
         return;
     }
     http_respond(q->h, 201, "application/json", body, n);
@@ -284,7 +284,7 @@ void h_sessions_post(struct rq *q)
     if (!j) {
         rc_free(snap);
         sessions_delete(a->sessions, s);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     j->state = s->state;
@@ -324,7 +324,7 @@ static void create_from_snapshot(struct rq *q, uint8_t *snap, size_t len)
     if (!j) {
         rc_free(snap);
         sessions_delete(a->sessions, s);
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     j->state = s->state;
@@ -351,23 +351,16 @@ void done_session_create(struct rq *q, struct job *j)
 
 void h_sessions_list(struct rq *q)
 {
-    json_t *o = json_object(), *data = json_array();
-    int bad = !o || !data;
+    json_t *data = json_array();
+    int bad = !data;
     for (struct session *s = sessions_first(q->a->sessions); s && !bad; s = sessions_next(s))
         if (s->owner == q->owner)
             bad |= json_array_append_new(data, session_json(q->a, s, q->job)) != 0;
-    if (!bad) {
-        /* two statements: set_new consumes data even when it fails, and
-         * only if it is called */
-        bad |= json_object_set_new(o, "object", json_string("list")) != 0;
-        bad |= json_object_set_new(o, "data", data) != 0;
-    } else
-        json_decref(data);
     if (bad) {
-        json_decref(o);
-        o = NULL;
+        json_decref(data);
+        data = NULL;
     }
-    respond_json(q->h, 200, o);
+    respond_json(q->h, 200, resp_list(data));
 }
 
 void h_session(struct rq *q)
@@ -388,7 +381,7 @@ void h_session(struct rq *q)
         sched_cancel(q->a->sched, s->busy);
     sessions_delete(q->a->sessions, s);
     q->a->metrics.sessions_deleted++;
-    respond_json(q->h, 200, json_pack("{s:s,s:b}", "id", q->id, "deleted", 1));
+    respond_json(q->h, 200, resp_session_deleted(q->id));
 }
 
 void h_state_get(struct rq *q)
@@ -398,7 +391,7 @@ void h_state_get(struct rq *q)
         return;
     struct job *j = job_new(JOB_SAVE);
     if (!j) {
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     j->state = s->state;
@@ -414,7 +407,7 @@ void h_state_put(struct rq *q)
         return;
     struct job *j = job_new(JOB_LOAD);
     if (!j) {
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     if (job_state(q, j, &j->gen) != 0) {
@@ -447,7 +440,7 @@ void done_state(struct rq *q, struct job *j)
     char *body = json_body(session_json(q->a, s, q->job), &n);
     if (!body) {
         s->pos = s->state->pos;
-        respond_oom(q->h);
+        respond_oom(q->h, "building the response");
         return;
     }
     state_commit(j);
@@ -479,7 +472,7 @@ void h_save(struct rq *q)
         return;
     struct job *j = job_new(JOB_SAVE);
     if (!j) {
-        respond_err(q->h, API_OUT_OF_MEMORY, "out of memory");
+        respond_oom(q->h, NULL);
         return;
     }
     j->state = s->state;
@@ -529,9 +522,10 @@ static void fs_done(struct rq *q, struct fsop *f)
     char small[256];
     switch (f->kind) {
     case FS_WRITE:
-        snprintf(small, sizeof small, "{\"name\":\"%s\",\"bytes\":%zu,\"position\":%" PRId64 "}",
-                 q->name, f->len, f->position);
-        http_respond_small(q->h, 201, "application/json", small);
+        if (resp_fixed_snapshot_saved(small, sizeof small, q->name, f->len, f->position) == 0)
+            http_respond_small(q->h, 201, "application/json", small);
+        else
+            respond_err(q->h, API_INTERNAL, "snapshot saved; its answer could not be made");
         return;
     case FS_READ:
         if (q->route == R_SNAPSHOT) {
@@ -542,32 +536,28 @@ static void fs_done(struct rq *q, struct fsop *f)
         f->buf = NULL; /* handed on */
         return;
     case FS_REMOVE:
-        snprintf(small, sizeof small, "{\"name\":\"%s\",\"deleted\":true}", q->name);
-        http_respond_small(q->h, 200, "application/json", small);
+        if (resp_fixed_snapshot_deleted(small, sizeof small, q->name) == 0)
+            http_respond_small(q->h, 200, "application/json", small);
+        else
+            respond_err(q->h, API_INTERNAL, "snapshot deleted; its answer could not be made");
         return;
     case FS_LIST: {
-        json_t *o = json_object(), *data = json_array();
-        int bad = !o || !data;
+        json_t *data = json_array();
+        int bad = !data;
         size_t pl = strlen(f->pre);
         for (size_t i = 0; i < f->n && !bad; i++) {
             const char *nm = f->list[i].name;
             if (!file_is_callers(f, nm))
                 continue; /* another key's */
-            json_t *x = json_pack("{s:s,s:I,s:I}", "name", nm + pl, "bytes",
-                                  (json_int_t)f->list[i].bytes, "created",
-                                  (json_int_t)f->list[i].mtime);
+            json_t *x = resp_snapshot_entry(nm + pl, (int64_t)f->list[i].bytes,
+                                            (int64_t)f->list[i].mtime);
             bad |= !x || json_array_append_new(data, x) != 0;
         }
-        if (!bad) {
-            bad |= json_object_set_new(o, "object", json_string("list")) != 0;
-            bad |= json_object_set_new(o, "data", data) != 0; /* consumes data */
-        } else
-            json_decref(data);
         if (bad) {
-            json_decref(o);
-            o = NULL;
+            json_decref(data);
+            data = NULL;
         }
-        respond_json(q->h, 200, o);
+        respond_json(q->h, 200, resp_list(data));
         return;
     }
     }

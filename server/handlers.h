@@ -137,7 +137,7 @@ static inline uint64_t now_ms(struct app *a) { return uv_now(a->loop); }
 /* ---- dispatch.c: answers and the job's lifecycle */
 
 char *json_body(json_t *o, size_t *n);
-int respond_oom(struct http_req *h);
+int respond_oom(struct http_req *h, const char *doing);
 int respond_json(struct http_req *h, int status, json_t *o);
 int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
