@@ -251,7 +251,11 @@ struct session *idle_session(struct rq *q)
 }
 
 
-static int match_route(const char *path, char *id, size_t idlen, char *name, size_t nlen)
+/* The route of path; fills id (sessions) or name (snapshots, models) from
+ * it. *name_len is the {name} segment's length even when it did not fit
+ * in name (then name is ""), so that the name check can say "too long". */
+static int match_route(const char *path, char *id, size_t idlen, char *name, size_t nlen,
+                       size_t *name_len)
 {
     static const struct {
         const char *p;
@@ -270,6 +274,7 @@ static int match_route(const char *path, char *id, size_t idlen, char *name, siz
         /* any id: one that is not the served model's is a 404 (h_model);
          * one too long for the buffer cannot be it */
         size_t n = strlen(path + sizeof models - 1);
+        *name_len = n;
         if (n < nlen)
             memcpy(name, path + sizeof models - 1, n + 1);
         else
@@ -281,6 +286,7 @@ static int match_route(const char *path, char *id, size_t idlen, char *name, siz
         return R_SNAPSHOTS;
     if (!strncmp(path, snaps, sizeof snaps - 1)) {
         size_t n = strlen(path + sizeof snaps - 1);
+        *name_len = n;
         if (n == 0 || n >= nlen)
             return n ? R_SNAPSHOT : -1; /* too long: the name check rejects it */
         memcpy(name, path + sizeof snaps - 1, n + 1);
@@ -374,9 +380,8 @@ static int on_headers(void *ud, struct http_req *h)
     q->h = h;
     q->cmpl_logprobs = -1;
     http_set_data(h, q);
-    q->route = match_route(http_path(h), q->id, sizeof q->id, q->name, sizeof q->name);
-    if (q->route == R_SNAPSHOT && !q->name[0])
-        memset(q->name, 'x', sizeof q->name - 1); /* over-long: fails the name check */
+    q->route = match_route(http_path(h), q->id, sizeof q->id, q->name, sizeof q->name,
+                           &q->name_len);
     q->method = method_bit(http_method(h));
     if (q->route >= 0)
         http_set_route(h, route_names[q->route]);

@@ -90,8 +90,7 @@ static int save_allowed(struct fsop *f)
     }
     rc_free(list);
     if (!replacing && mine >= (size_t)f->quota) {
-        f->quota_hit = 1;
-        return rc_fail(f->err, sizeof f->err, RC_ERANGE,
+        return rc_fail(f->err, sizeof f->err, RC_EQUOTA,
                        "this key holds %zu named snapshots, the limit "
                        "(--max-snapshots-per-key %ld): delete one or replace one of them",
                        mine, f->quota);
@@ -103,7 +102,7 @@ static int save_allowed(struct fsop *f)
     if (f->states && store_space(f->states, &state_avail, &state_dev) == 0 && state_dev == dev)
         need += f->spill_room;
     if (avail < need)
-        return rc_fail(f->err, sizeof f->err, RC_EIO,
+        return rc_fail(f->err, sizeof f->err, RC_ENOSPC,
                        "not enough disk: %llu bytes free, the snapshot needs %zu and %llu "
                        "must stay free (--snapshot-disk-reserve, plus room to spill the "
                        "sessions in memory when --state-dir shares the disk)",
@@ -492,7 +491,7 @@ void h_snapshot(struct rq *q)
     struct api_error e;
     if (!snapshots_on(q))
         return;
-    if (req_snapshot_name_check(q->name, strlen(q->name), &e) != 0) {
+    if (req_snapshot_name_check(q->name, q->name_len, &e) != 0) {
         http_respond_error(q->h, &e);
         return;
     }
@@ -502,15 +501,9 @@ void h_snapshot(struct rq *q)
 static void fs_done(struct rq *q, struct fsop *f)
 {
     if (f->rc) {
-        int kind = f->quota_hit           ? API_SNAPSHOT_QUOTA
-                   : f->rc == RC_EINVAL     ? API_NOT_FOUND
-                   : f->rc == RC_EMISMATCH ? API_CONFLICT
-                   : f->rc == RC_ERANGE    ? API_INVALID_SNAPSHOT
-                   : f->rc == RC_ENOMEM    ? API_OUT_OF_MEMORY
-                   : f->kind == FS_WRITE   ? API_SNAPSHOT_WRITE
-                                           : API_INTERNAL;
+        int kind = f->kind == FS_WRITE ? api_err_from_write_rc(f->rc) : api_err_from_rc(f->rc);
         const char *m = f->err;
-        if (f->rc == RC_EMISMATCH && !strstr(f->err, "not a snapshot file"))
+        if (f->rc == RC_EEXIST)
             m = "a snapshot of that name exists (send \"overwrite\": true to replace it)";
         respond_err(q->h, kind, "%s", m);
         return;

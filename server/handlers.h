@@ -82,6 +82,8 @@ struct rq {
     uint64_t owner;
     char id[SESSION_ID_LEN + 1];
     char name[160];            /* snapshot name (R_SNAPSHOT path, save, restore) */
+    size_t name_len;           /* R_SNAPSHOT/R_MODEL: the path's {name} length,
+                                * also when too long for name (then "") */
     struct job *job;           /* running or done, until released */
     struct fsop *fsop;         /* file work in flight for it, or NULL */
     enum rq_phase phase;
@@ -129,7 +131,6 @@ struct fsop {
     uint64_t reserve;          /* --snapshot-disk-reserve */
     struct store *states;      /* --state-dir, or NULL */
     uint64_t spill_room;       /* bytes to spill the states now in memory */
-    int quota_hit;
 };
 
 static inline uint64_t now_ms(struct app *a) { return uv_now(a->loop); }
