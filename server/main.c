@@ -17,6 +17,7 @@
 
 #include "blas.h"
 #include "cli.h"
+#include "tools.h"
 
 
 /* --check-blas: exit 1 if OpenBLAS chose kernels weaker than this CPU's by
