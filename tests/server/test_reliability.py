@@ -951,7 +951,7 @@ def test_x2_snapshot_write_fails(models, tmp_path):
         assert srv.stop() == 0
 
 
-STATE_BYTES = 20480  # one state of the test model (test_statedir.STATE)
+STATE_BYTES = 20480  # one state of the test model (test_spill_and_restart.STATE)
 
 
 def test_x5_generation_state_is_budgeted(models):
