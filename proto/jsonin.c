@@ -10,7 +10,7 @@
 void proto_init(void)
 {
     json_set_alloc_funcs(rc_malloc, rc_free);
-    /* RELIABILITY S6: object keys hash with a seed drawn from /dev/urandom,
+    /* docs/reliability.md S6: object keys hash with a seed drawn from /dev/urandom,
      * so nobody can precompute a body of colliding keys. jansson would draw
      * it lazily on the first object; drawing it here, before any thread
      * starts, is what its documentation asks of threaded programs. */
