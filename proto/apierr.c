@@ -7,7 +7,7 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "jsonin.h"
+#include "jsonout.h"
 #include "utf8.h"
 
 /* OpenAI's categories (the error object's "type"). */

@@ -7,7 +7,7 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "jsonin.h"
+#include "jsonout.h"
 #include "utf8.h"
 
 int tok_details_init(struct tok_details *d, int k)
@@ -531,7 +531,7 @@ json_t *resp_detokenize(const char *bytes, size_t n)
 {
     json_t *o = json_object();
     if (!o || put(o, "text", text_value(bytes, n)) ||
-        (!u8_valid(bytes, n) && put(o, "valid_utf8", json_false()))) {
+        (!utf8_valid((const uint8_t *)bytes, n) && put(o, "valid_utf8", json_false()))) {
         json_decref(o);
         return NULL;
     }
