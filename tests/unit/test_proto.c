@@ -13,6 +13,7 @@
 #include "alloc.h"
 #include "apierr.h"
 #include "jsonin.h"
+#include "jsonout.h"
 #include "request.h"
 #include "response.h"
 #include "utf8.h"
