@@ -7,7 +7,7 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "jsonin.h"
+#include "jsonout.h"
 #include "utf8.h"
 
 /* OpenAI's categories (the error object's "type"). */
@@ -98,8 +98,18 @@ int api_err_from_rc(int rc)
     case RC_ECHECKSUM: return API_INVALID_SNAPSHOT;
     case RC_EMISMATCH: return API_SNAPSHOT_MISMATCH;
     case RC_ECANCELED: return API_UNAVAILABLE;
+    case RC_ENOENT: return API_NOT_FOUND;
+    case RC_EEXIST:
+    case RC_ENOTFILE: return API_CONFLICT;
+    case RC_EQUOTA: return API_SNAPSHOT_QUOTA;
+    case RC_ENOSPC: return API_SNAPSHOT_WRITE;
     }
     return API_INTERNAL;
+}
+
+int api_err_from_write_rc(int rc)
+{
+    return rc == RC_EIO ? API_SNAPSHOT_WRITE : api_err_from_rc(rc);
 }
 
 json_t *api_error_json(const struct api_error *e)

@@ -7,7 +7,7 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "jsonin.h"
+#include "jsonout.h"
 #include "utf8.h"
 
 int tok_details_init(struct tok_details *d, int k)
@@ -524,3 +524,88 @@ int sse_put_json(struct outbuf *b, const json_t *o)
 }
 
 int sse_put_done(struct outbuf *b) { return outbuf_put(b, "data: [DONE]\n\n", 14); }
+
+json_t *resp_health(const char *status) { return json_pack("{s:s}", "status", status); }
+
+json_t *resp_detokenize(const char *bytes, size_t n)
+{
+    json_t *o = json_object();
+    if (!o || put(o, "text", text_value(bytes, n)) ||
+        (!utf8_valid((const uint8_t *)bytes, n) && put(o, "valid_utf8", json_false()))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *resp_list(json_t *items)
+{
+    json_t *o = items ? json_object() : NULL;
+    if (!o || put(o, "object", json_string("list"))) {
+        json_decref(o);
+        json_decref(items);
+        return NULL;
+    }
+    if (put(o, "data", items)) { /* consumes items */
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *resp_session_deleted(const char *id)
+{
+    return json_pack("{s:s,s:b}", "id", id, "deleted", 1);
+}
+
+json_t *resp_snapshot_entry(const char *name, int64_t bytes, int64_t created)
+{
+    return json_pack("{s:s,s:I,s:I}", "name", name, "bytes", (json_int_t)bytes, "created",
+                     (json_int_t)created);
+}
+
+/* A snapshot name needs no escaping: [A-Za-z0-9._-] only. */
+static int plain_name(const char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '.' || *s == '_' || *s == '-'))
+            return 0;
+    return 1;
+}
+
+static int fits(int n, size_t cap) { return n >= 0 && (size_t)n < cap ? 0 : RC_ERANGE; }
+
+int resp_fixed_snapshot_saved(char *buf, size_t cap, const char *name, size_t bytes,
+                              int64_t position)
+{
+    if (!plain_name(name))
+        return RC_EINVAL;
+    return fits(snprintf(buf, cap, "{\"name\":\"%s\",\"bytes\":%zu,\"position\":%" PRId64 "}",
+                         name, bytes, position),
+                cap);
+}
+
+int resp_fixed_snapshot_deleted(char *buf, size_t cap, const char *name)
+{
+    if (!plain_name(name))
+        return RC_EINVAL;
+    return fits(snprintf(buf, cap, "{\"name\":\"%s\",\"deleted\":true}", name), cap);
+}
+
+int resp_fixed_appended(char *buf, size_t cap, int64_t position, int64_t n_tokens)
+{
+    return fits(snprintf(buf, cap,
+                         "{\"position\":%" PRId64 ",\"n_tokens\":%" PRId64 ",\"note\":\"appended; "
+                         "out of memory for the rest of the response\"}",
+                         position, n_tokens),
+                cap);
+}
+
+int sse_put_error(struct outbuf *b, const struct api_error *e)
+{
+    json_t *o = json_pack("{s:s,s:o}", "type", "error", "error", api_error_json(e));
+    int rc = o ? sse_put_json(b, o) : RC_ENOMEM;
+    json_decref(o);
+    return rc;
+}

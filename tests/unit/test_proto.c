@@ -1,5 +1,5 @@
 /* proto/: strict JSON parsing, request validation, error bodies, UTF-8.
- * Rows B1, B2, B4 (and B5's UTF-8 handling) of RELIABILITY.md at the
+ * Rows B1, B2, B4 (and B5's UTF-8 handling) of docs/reliability.md at the
  * unit layer. */
 #include <math.h>
 #include <setjmp.h>
@@ -13,6 +13,7 @@
 #include "alloc.h"
 #include "apierr.h"
 #include "jsonin.h"
+#include "jsonout.h"
 #include "request.h"
 #include "response.h"
 #include "utf8.h"

@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 
 #include "alloc.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "tokenizer.h"
 

@@ -5,7 +5,7 @@
 #include <time.h>
 
 #include "alloc.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "tokenizer.h"
 

@@ -19,7 +19,7 @@
 
 #include "alloc.h"
 #include "blas.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "forward.h"
 #include "kernels.h"
