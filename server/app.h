@@ -11,6 +11,7 @@
 
 #include "options.h"
 #include "http.h"
+#include "list.h"
 #include "metrics.h"
 #include "request.h"
 #include "scheduler.h"
@@ -57,7 +58,7 @@ struct app {
     size_t snap_bytes;               /* exact size of a snapshot */
     char model_name[256];
     int64_t started_unix;
-    struct rq *rqs;                  /* requests with a job (for the drain) */
+    struct list rqs;                 /* requests with a job, for the drain (rq.link) */
 };
 
 /* dispatch.c (the HTTP API; handlers.h lists its files) */

@@ -84,28 +84,6 @@ int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     return http_respond_error(h, &e);
 }
 
-static void rq_link(struct rq *q)
-{
-    struct app *a = q->a;
-    q->prev = NULL;
-    q->next = a->rqs;
-    if (a->rqs)
-        a->rqs->prev = q;
-    a->rqs = q;
-}
-
-static void rq_unlink(struct rq *q)
-{
-    struct app *a = q->a;
-    if (q->prev)
-        q->prev->next = q->next;
-    else if (a->rqs == q)
-        a->rqs = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-    q->prev = q->next = NULL;
-}
-
 /* The job is over and no request waits on it: give back what it held. */
 void job_release(struct app *a, struct job *j)
 {
@@ -134,7 +112,7 @@ void submit(struct rq *q, struct job *j)
         ((struct session *)j->sess_a)->busy = j;
     if (j->sess_b)
         ((struct session *)j->sess_b)->busy = j;
-    rq_link(q);
+    list_push_front(&q->a->rqs, &q->link); /* on it exactly while q->job is set */
     sched_submit(q->a->sched, j);
 }
 
@@ -603,7 +581,7 @@ void routes_on_job_event(struct app *a, struct job *j)
         http_wake(q->h);
     }
     finish_job(q, j);
-    rq_unlink(q);
+    list_remove(&a->rqs, &q->link);
     q->job = NULL;
     job_release(a, j);
 }
@@ -630,7 +608,7 @@ void routes_session_ready(struct app *a, void *waiters, int status, const char *
 
 void routes_cancel_all(struct app *a)
 {
-    for (struct rq *q = a->rqs; q; q = q->next)
+    LIST_FOR_EACH (struct rq, q, &a->rqs, link)
         if (q->job && !q->job->final_seen)
             sched_cancel(a->sched, q->job);
 }
@@ -644,7 +622,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
         metrics_request(&a->metrics, q->route, http_method(h), http_status(h), secs,
                         completed);
         if (q->job) {
-            rq_unlink(q);
+            list_remove(&a->rqs, &q->link);
             q->job->owner = NULL;
             if (q->job->final_seen)
                 job_release(a, q->job);

@@ -2,11 +2,9 @@
  * h_infer.c — the inference handlers: tokenize, detokenize, score,
  * append (JSON or streamed text/plain), generate, completions.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <xxhash.h>
 
@@ -14,28 +12,14 @@
 #include "handlers.h"
 #include "codec.h"
 #include "errors.h"
+#include "os.h"
 #include "response.h"
 #include "state.h"
-#include "u8.h"
-
-static int random_bytes(void *buf, size_t n)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = getrandom((char *)buf + got, n - got, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
 
 static uint64_t random_seed(void)
 {
     uint64_t x = 0;
-    if (random_bytes(&x, sizeof x) != 0)
+    if (os_random_bytes(&x, sizeof x) != 0)
         x = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
     return x & INT64_MAX; /* reported back as a JSON integer */
 }
@@ -385,7 +369,7 @@ void h_completions(struct rq *q)
     }
     unsigned char rnd[12];
     char idbuf[40] = "cmpl-";
-    if (random_bytes(rnd, sizeof rnd) == 0)
+    if (os_random_bytes(rnd, sizeof rnd) == 0)
         for (size_t i = 0; i < sizeof rnd; i++)
             snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
     j->cmpl_id = rc_strdup(idbuf);

@@ -99,7 +99,7 @@ struct rq {
     int cmpl_echo;
     char *echo;                /* echoed prompt text (non-stream), owned */
     size_t echo_len;
-    struct rq *prev, *next;    /* app's list of requests with a job */
+    struct list_node link;     /* on app.rqs while it has a job */
     struct session *waiting;   /* waiting for this session's state to be back */
     struct rq *wprev, *wnext;  /* its waiters list */
 };
