@@ -112,17 +112,25 @@ void metrics_gather(struct app *a, struct metrics_gauges *g, char fp[17])
     g->fingerprint = fp;
 }
 
-static int pf(struct outbuf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int pf(struct outbuf *o, const char *fmt, ...)
+/* Append fmt's output (at most one line buffer) to o: 0, RC_ERANGE or RC_ENOMEM. */
+static int vpf(struct outbuf *o, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+static int vpf(struct outbuf *o, const char *fmt, va_list ap)
 {
     char line[512];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
     if (n < 0 || (size_t)n >= sizeof line)
         return RC_ERANGE;
     return outbuf_put(o, line, (size_t)n);
+}
+
+static int pf(struct outbuf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int pf(struct outbuf *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = vpf(o, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* One metric without labels: its HELP and TYPE lines, then its value formatted
@@ -132,14 +140,14 @@ static int metric(struct outbuf *o, const char *type, const char *name, const ch
 static int metric(struct outbuf *o, const char *type, const char *name, const char *help,
                   const char *fmt, ...)
 {
-    char value[64];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(value, sizeof value, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof value)
-        return RC_ERANGE;
-    return pf(o, "# HELP %s %s\n# TYPE %s %s\n%s %s\n", name, help, name, type, name, value);
+    int rc = pf(o, "# HELP %s %s\n# TYPE %s %s\n%s ", name, help, name, type, name);
+    if (!rc) {
+        va_list ap;
+        va_start(ap, fmt);
+        rc = vpf(o, fmt, ap);
+        va_end(ap);
+    }
+    return rc ? rc : pf(o, "\n");
 }
 
 /* A label value as the exposition format wants it: \\, \" and \n escaped
