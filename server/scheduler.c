@@ -347,164 +347,70 @@ static float row_logprob(struct sched *s, const float *logits, int32_t id, int k
 
 /* ---- streaming output ------------------------------------------------------ */
 
-/* Stage o as one event, consuming it. f0: this thread's allocation
- * failures before o was built; any since and o may lack a member
- * (json_object_set_new drops a NULL value and says so only in its return),
- * so it is not sent. */
-static int stage_json(struct job *j, json_t *o, unsigned long f0)
-{
-    if (!o || rc_alloc_failures_here() != f0) {
-        json_decref(o);
-        return RC_ENOMEM;
-    }
-    int rc = sse_put_json(&j->run->stage, o);
-    json_decref(o);
-    return rc;
-}
-
 static const char *codec_piece_cb(const void *ctx, int32_t id, size_t *len)
 {
     return codec_piece(ctx, id, len);
 }
 
-/* One OpenAI chunk with text delta and (optionally) the token's logprobs. */
-static int stage_openai(struct sched *s, struct job *j, const char *delta, size_t dlen,
-                        const struct tok_details *d, size_t text_off, const char *finish_reason)
+/* Stage one event of j's stream; proto/sse.c writes it in the stream's
+ * format. */
+static int emit(struct sched *s, struct job *j, const struct gen_event *ev)
 {
-    unsigned long f0 = rc_alloc_failures_here();
-    struct vocab_view v = {codec_piece_cb, s->codec};
-    struct completion_choice ch = {.text = delta, .text_len = dlen,
-                                   .finish_reason = finish_reason, .d = d,
-                                   .text_offset0 = text_off};
-    struct completion_view cv = {.id = j->cmpl_id, .created = j->created, .model = j->model_name,
-                                 .system_fingerprint = j->sys_fp[0] ? j->sys_fp : NULL,
-                                 .ch = &ch, .n_ch = 1, .index0 = j->choice};
-    return stage_json(j, resp_completion(&cv, &v), f0);
+    struct gen_stream st = {.format = j->stream,
+                            .vocab = {codec_piece_cb, s->codec},
+                            .cmpl_id = j->cmpl_id,
+                            .model = j->model_name,
+                            .created = j->created,
+                            .system_fingerprint = j->sys_fp[0] ? j->sys_fp : NULL,
+                            .include_usage = j->include_usage,
+                            .echo_len = j->echo_len,
+                            .echo = j->echo};
+    return gen_event_encode(&j->run->stage, &st, ev);
 }
 
-static int stage_token_event(struct sched *s, struct job *j, int32_t id, const char *delta,
-                             size_t dlen, size_t row)
+/* The token just generated, with the text [from, to) of out_text it
+ * releases (its detail row is the latest, if kept). */
+static int emit_token(struct sched *s, struct job *j, size_t from, size_t to)
 {
     struct job_run *r = j->run;
-    if (j->stream == STREAM_OPENAI) {
-        struct tok_details one;
-        const struct tok_details *d = NULL;
-        if (j->gen_details && row < j->out_rows.n) {
-            /* a one-row view of the row just added */
-            one = j->out_rows;
-            one.n = 1;
-            one.pos += row;
-            one.id += row;
-            one.lp += row;
-            one.top_id += row * (size_t)one.k;
-            one.top_lp += row * (size_t)one.k;
-            d = &one;
-        }
-        return stage_openai(s, j, delta, dlen, d, j->echo_len + r->emitted - dlen, NULL);
-    }
-    unsigned long f0 = rc_alloc_failures_here();
-    json_t *o = json_object();
-    if (!o)
-        return RC_ENOMEM;
-    struct vocab_view v = {codec_piece_cb, s->codec};
-    json_t *tok = NULL;
-    if (j->gen_details && row < j->out_rows.n)
-        tok = resp_token(&j->out_rows, row, &v);
-    else {
-        tok = json_object();
-        if (tok)
-            json_object_set_new(tok, "id", json_integer(id));
-    }
-    char *san = rc_malloc(u8_sanitized_len(delta, dlen) + 1);
-    if (!tok || !san) {
-        json_decref(tok);
-        rc_free(san);
-        json_decref(o);
-        return RC_ENOMEM;
-    }
-    size_t sl = u8_sanitize(delta, dlen, san, u8_sanitized_len(delta, dlen) + 1);
-    json_object_set_new(o, "type", json_string("token"));
-    json_object_set_new(o, "token", tok);
-    json_object_set_new(o, "text", json_stringn(san, sl));
-    /* the token's own position (docs/server.md, "Positions"): it has been
-     * read, so the state is one past it */
-    json_object_set_new(o, "position", json_integer(r->gs->pos - 1));
-    rc_free(san);
-    return stage_json(j, o, f0);
+    size_t row = j->out_rows.n ? j->out_rows.n - 1 : 0;
+    struct gen_event ev = {.kind = GEN_EV_TOKEN, .choice = j->choice};
+    ev.token.id = r->tok;
+    ev.token.text = j->out_text.p + from;
+    ev.token.text_len = to - from;
+    ev.token.text_off = from;
+    /* it has been read, so the state is one past it */
+    ev.token.position = r->gs->pos - 1;
+    ev.token.rows = j->gen_details && row < j->out_rows.n ? &j->out_rows : NULL;
+    ev.token.row = row;
+    return emit(s, j, &ev);
 }
 
-/* The end of an OpenAI stream: the usage chunk (include_usage; `out`
- * tokens generated over all choices, the prompt counted once: it was read
- * once), then [DONE]. */
-static int stage_openai_tail(struct sched *s, struct job *j, int64_t out)
-{
-    int rc = 0;
-    if (j->include_usage) {
-        unsigned long f0 = rc_alloc_failures_here();
-        json_t *o = json_object();
-        json_t *u = json_object();
-        if (!o || !u) {
-            json_decref(o);
-            json_decref(u);
-            return RC_ENOMEM;
-        }
-        json_object_set_new(o, "id", json_string(j->cmpl_id));
-        json_object_set_new(o, "object", json_string("text_completion"));
-        json_object_set_new(o, "created", json_integer(j->created));
-        json_object_set_new(o, "model", json_string(j->model_name));
-        if (j->sys_fp[0])
-            json_object_set_new(o, "system_fingerprint", json_string(j->sys_fp));
-        json_object_set_new(o, "choices", json_array());
-        json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
-        json_object_set_new(u, "completion_tokens", json_integer(out));
-        json_object_set_new(u, "total_tokens", json_integer(j->n_input + out));
-        json_object_set_new(o, "usage", u);
-        rc = stage_json(j, o, f0);
-    }
-    return rc ? rc : sse_put_done(&j->run->stage);
-}
-
-static int stage_final(struct sched *s, struct job *j)
+/* A choice ended: what was held back (a partial stop match or character)
+ * goes now, with the totals. */
+static int emit_done(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    int rc = 0;
-    /* what was held back (a partial stop match or character) goes now */
-    size_t rest = j->out_text.n - r->emitted;
-    const char *tail = j->out_text.p ? j->out_text.p + r->emitted : "";
-    if (j->stream == STREAM_OPENAI) {
-        if (rest)
-            rc = stage_openai(s, j, tail, rest, NULL, j->echo_len + r->emitted, NULL);
-        r->emitted += rest;
-        if (!rc)
-            rc = stage_openai(s, j, "", 0, NULL, 0,
-                              !strcmp(j->finish, "eos") ? "stop" : j->finish);
-        if (j->n_choices > 1)
-            return rc; /* a lane: its job sends usage and [DONE] after the last */
-        return rc ? rc : stage_openai_tail(s, j, (int64_t)j->out_ids.n);
-    }
-    unsigned long f0 = rc_alloc_failures_here();
-    json_t *o = json_object();
-    if (!o)
-        return RC_ENOMEM;
-    if (rest) {
-        size_t need = u8_sanitized_len(tail, rest);
-        char *san = rc_malloc(need + 1);
-        if (!san) {
-            json_decref(o);
-            return RC_ENOMEM;
-        }
-        u8_sanitize(tail, rest, san, need + 1);
-        json_object_set_new(o, "text", json_stringn(san, need));
-        rc_free(san);
-        r->emitted += rest;
-    }
-    json_object_set_new(o, "type", json_string("done"));
-    json_object_set_new(o, "finish_reason", json_string(j->finish));
-    json_object_set_new(o, "n_tokens", json_integer((json_int_t)j->out_ids.n));
-    json_object_set_new(o, "position", json_integer(j->commit ? r->gs->pos : j->state->pos));
-    json_object_set_new(o, "seed", json_integer((json_int_t)(j->seed & INT64_MAX)));
-    json_object_set_new(o, "committed", json_boolean(j->commit));
-    return stage_json(j, o, f0);
+    struct gen_event ev = {.kind = GEN_EV_DONE, .choice = j->choice};
+    ev.done.text = j->out_text.p ? j->out_text.p + r->emitted : "";
+    ev.done.text_len = j->out_text.n - r->emitted;
+    ev.done.text_off = r->emitted;
+    ev.done.finish = j->finish;
+    ev.done.n_tokens = (int64_t)j->out_ids.n;
+    ev.done.position = j->commit ? r->gs->pos : j->state->pos;
+    ev.done.seed = j->seed;
+    ev.done.committed = j->commit;
+    r->emitted = j->out_text.n;
+    return emit(s, j, &ev);
+}
+
+/* The stream ends: `out` tokens generated over all choices. */
+static int emit_end(struct sched *s, struct job *j, int64_t out)
+{
+    struct gen_event ev = {.kind = GEN_EV_END};
+    ev.end.prompt_tokens = j->n_input;
+    ev.end.completion_tokens = out;
+    return emit(s, j, &ev);
 }
 
 /* After new bytes in out_text: look for a stop sequence, and work out how
@@ -625,11 +531,8 @@ static int begin_gen(struct sched *s, struct job *j)
      * to the same request with that seed */
     sampler_seed(&r->rng, j->seed + (uint64_t)j->choice);
     r->phase = PH_GEN;
-    if (j->stream == STREAM_OPENAI && j->echo_len) {
-        /* the prompt goes first, as its own chunk */
-        if (stage_openai(s, j, j->echo, j->echo_len, NULL, 0, NULL) != 0)
-            return RC_ENOMEM;
-    }
+    if (j->stream && emit(s, j, &(struct gen_event){.kind = GEN_EV_BEGIN, .choice = j->choice}))
+        return RC_ENOMEM;
     return 0;
 }
 
@@ -706,7 +609,7 @@ static void lanes_after(struct sched *s, struct job *j)
                 fail(j, l->rc, l->err.kind, l->err.message);
                 break;
             }
-            if (j->stream && (rc = stage_final(s, l)) != 0)
+            if (j->stream && (rc = emit_done(s, l)) != 0)
                 break;
             struct choice_out *c = &j->choices[i];
             c->ids = l->out_ids;
@@ -732,7 +635,7 @@ static void lanes_after(struct sched *s, struct job *j)
     int64_t out = 0;
     for (int i = 0; i < j->n_choices; i++)
         out += (int64_t)j->choices[i].ids.n;
-    if (j->stream && stage_openai_tail(s, j, out) != 0) {
+    if (j->stream && emit_end(s, j, out) != 0) {
         fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         finish(j, "error");
         return;
@@ -931,12 +834,11 @@ static int decode_after(struct sched *s, struct job *j)
     else if ((int)j->out_ids.n >= j->gen_max)
         finish(j, "length");
     if (j->stream) {
-        size_t row = j->out_rows.n ? j->out_rows.n - 1 : 0;
         size_t from = r->emitted;
         if (r->phase == PH_FINISHED)
             to = j->out_text.n; /* nothing more will come: all of it now */
         r->emitted = to;
-        if (stage_token_event(s, j, r->tok, j->out_text.p + from, to - from, row))
+        if (emit_token(s, j, from, to))
             return RC_ENOMEM;
     }
     return 0;
@@ -1137,7 +1039,7 @@ static void tick(struct sched *s, struct job **ready, int nready)
             j->position = j->state->pos;
         if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc &&
             !r->n_lanes) {
-            if (stage_final(s, j) != 0)
+            if (emit_done(s, j) != 0 || emit_end(s, j, (int64_t)j->out_ids.n) != 0)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
     }

@@ -38,9 +38,10 @@
 
 #include "apierr.h"
 #include "codec.h"
-#include "response.h"
+#include "outbuf.h"
 #include "sampler.h"
 #include "score.h"
+#include "sse.h"
 
 struct model;
 struct mstate;
@@ -53,13 +54,6 @@ enum job_kind {
     JOB_COPY,     /* state := src */
     JOB_TOKENIZE, /* text -> the response body (out_text): ids, and pieces
                    * (want_details) for at most detail_limit of them */
-};
-
-/* How generated tokens are streamed (SSE), if at all. */
-enum job_stream {
-    STREAM_NONE = 0,
-    STREAM_SESSION, /* data: {"type":"token",...} ... {"type":"done",...} */
-    STREAM_OPENAI,  /* text_completion chunks, then data: [DONE] */
 };
 
 /* One finished choice of an n > 1 completion (the generation results,
@@ -103,7 +97,7 @@ struct job {
                                * reads the snapshot into it */
     int ignore_eos;
     int gen_details;          /* per-token rows for generated tokens */
-    int stream;               /* enum job_stream */
+    int stream;               /* enum stream_format (proto/sse.h) */
     /* OpenAI stream framing (owned strings) */
     char *cmpl_id, *model_name;
     int64_t created;
