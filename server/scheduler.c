@@ -311,38 +311,12 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
-/* k best of x[0..n) (ties: lower id), highest first. */
-static void top_ids(const float *x, int n, int k, int32_t *ids)
-{
-    float best[64];
-    int have = 0;
-    for (int i = 0; i < n; i++) {
-        float v = isfinite(x[i]) ? x[i] : -INFINITY;
-        if (have == k && !(v > best[k - 1]))
-            continue;
-        int p = have < k ? have++ : k - 1;
-        while (p > 0 && v > best[p - 1]) {
-            best[p] = best[p - 1];
-            ids[p] = ids[p - 1];
-            p--;
-        }
-        best[p] = v;
-        ids[p] = i;
-    }
-}
-
-/* Log-probabilities of row `logits` (n_vocab wide): lse over all rows the
- * model has, alternatives among real ids only. */
+/* Log-probability of id in row `logits` (n_vocab wide) and, k > 0, its
+ * alternatives (core/score.h: lse over every row, ranks over real ids). */
 static float row_logprob(struct sched *s, const float *logits, int32_t id, int k, int32_t *tids,
                          float *tlps)
 {
-    double lse = score_logsumexp(logits, s->n_vocab);
-    if (k > 0) {
-        top_ids(logits, s->vocab, k, tids);
-        for (int i = 0; i < k; i++)
-            tlps[i] = (float)((double)logits[tids[i]] - lse);
-    }
-    return (float)((double)logits[id] - lse);
+    return (float)score_row(logits, s->n_vocab, s->vocab, id, k, tids, tlps, NULL);
 }
 
 /* ---- streaming output ------------------------------------------------------ */
