@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "batch.h"
 #include "blas.h"
 #include "cpus.h"
 #include "errors.h"
@@ -16,6 +17,7 @@
 #include "model.h"
 #include "snapshot.h"
 #include "state.h"
+#include "stopscan.h"
 #include "u8.h"
 
 /* Rows of logits computed per lm_head call (bounds the logits scratch:
@@ -39,7 +41,8 @@ struct job_run {
     size_t echo_sent;
     struct outbuf stage;    /* stream bytes made this tick */
     int finished_now;       /* finished during this tick */
-    int cancel;             /* j->cancel as of this tick (copied under the lock) */
+    int cancel;             /* enum job_cancel: j->cancel as of this tick (copied
+                             * under the lock) */
     int inbox_event;        /* the inbox was drained this tick */
     /* this tick */
     int seg;                /* segment index, -1 */
@@ -86,6 +89,8 @@ struct sched {
     size_t ready_cap;
     int32_t *top_ids;
     float *top_lps;
+    struct batch_want *want; /* ready_cap: what each ready job asks of a tick */
+    struct batch_take *take; /* ready_cap: what the plan gives it */
 };
 
 /* ---- jobs ---------------------------------------------------------------- */
@@ -184,7 +189,7 @@ size_t sched_feed(struct sched *s, struct job *j, const char *bytes, size_t n, i
     if (n && outbuf_put(&j->inbox, bytes, n) != 0 && !j->cancel) {
         /* No memory for the upload: the job fails rather than silently
          * losing text. */
-        j->cancel = 2;
+        j->cancel = CANCEL_NO_MEMORY;
     }
     if (final)
         j->inbox_closed = 1;
@@ -198,7 +203,7 @@ void sched_cancel(struct sched *s, struct job *j)
 {
     pthread_mutex_lock(&s->mu);
     if (!j->cancel)
-        j->cancel = 1;
+        j->cancel = CANCEL_ASKED;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -385,44 +390,6 @@ static int emit_end(struct sched *s, struct job *j, int64_t out)
     ev.end.prompt_tokens = j->n_input;
     ev.end.completion_tokens = out;
     return emit(s, j, &ev);
-}
-
-/* After new bytes in out_text: look for a stop sequence, and work out how
- * much can be streamed (not a possible stop prefix, no split character). */
-static size_t stop_scan(struct job *j, int *stopped)
-{
-    struct job_run *r = j->run;
-    const char *t = j->out_text.p;
-    size_t n = j->out_text.n;
-    *stopped = 0;
-    size_t cut = n;
-    for (int i = 0; i < j->n_stop; i++) {
-        size_t L = j->stop_len[i];
-        if (n < L)
-            continue;
-        /* matches can only start at or after `emitted` (see docs) */
-        for (size_t p = r->emitted; p + L <= n && p < cut; p++)
-            if (!memcmp(t + p, j->stop[i], L)) {
-                cut = p;
-                break;
-            }
-    }
-    if (cut < n) {
-        j->out_text.n = cut;
-        *stopped = 1;
-        return cut;
-    }
-    size_t hold = 0;
-    for (int i = 0; i < j->n_stop; i++) {
-        size_t L = j->stop_len[i];
-        for (size_t k = L - 1; k > hold; k--)
-            if (k <= n - r->emitted && !memcmp(t + n - k, j->stop[i], k)) {
-                hold = k;
-                break;
-            }
-    }
-    size_t to = n - hold;
-    return r->emitted + u8_complete_prefix(t + r->emitted, to - r->emitted);
 }
 
 /* ---- compute side: one job's phases ------------------------------------- */
@@ -801,10 +768,14 @@ static int decode_after(struct sched *s, struct job *j)
         return RC_ENOMEM;
     if (r->over)
         j->out_truncated = 1;
-    int stopped;
-    size_t to = stop_scan(j, &stopped);
-    if (stopped)
+    /* a stop sequence cuts the text where it starts */
+    struct stop_list stops = {j->stop, j->stop_len, j->n_stop};
+    size_t to;
+    int stopped = stop_scan(j->out_text.p, j->out_text.n, r->emitted, &stops, &to);
+    if (stopped) {
+        j->out_text.n = to;
         finish(j, "stop");
+    }
     else if ((int)j->out_ids.n >= j->gen_max)
         finish(j, "length");
     if (j->stream) {
@@ -818,84 +789,105 @@ static int decode_after(struct sched *s, struct job *j)
     return 0;
 }
 
-static void tick(struct sched *s, struct job **ready, int nready)
+/* Fail j and end it now. */
+static void end_with_error(struct job *j, int rc, int kind, const char *msg)
 {
-    int budget = s->o.batch_tokens, nseg = 0, nd = 0;
-    long long in = 0, out = 0; /* tokens read and generated this tick */
-    struct job **dec = s->ready + nready; /* scratch after the ready list */
-    double t0 = now_us();
+    fail(j, rc, kind, msg);
+    finish(j, "error");
+}
 
-    /* phase transitions and special jobs first */
-    for (int i = 0; i < nready; i++) {
-        struct job *j = ready[i];
-        struct job_run *r = j->run;
-        r->seg = -1;
-        r->finished_now = 0;
-        for (int k = 0; k < r->n_lanes; k++)
-            r->lanes[k]->run->seg = -1;
-        if (r->cancel) {
-            if (r->cancel == 2)
-                fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
-            else
-                fail(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
-            finish(j, "cancelled");
-            continue;
-        }
-        if (j->kind != JOB_RUN) {
-            run_special(s, j);
-            continue;
-        }
-        int rc = 0;
-        if (r->phase == PH_START)
-            rc = start_run(s, j);
-        if (!rc)
-            rc = encode_taken(s, j);
-        if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
-            j->position = j->state->pos;
-            if (j->gen_max > 0)
-                rc = j->n_choices > 1 ? start_lanes(s, j) : begin_gen(s, j);
-            else
-                finish(j, "done");
-        }
-        if (rc) {
-            if (!j->rc)
-                fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
-                     rc == RC_ENOMEM ? "out of memory" : "internal error");
-            finish(j, "error");
-        }
+/* Before planning: a cancelled job ends, a special job runs, a run job
+ * starts, takes in its streamed bytes, and moves on once its input is read. */
+static void advance_job(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    r->seg = -1;
+    r->finished_now = 0;
+    for (int k = 0; k < r->n_lanes; k++)
+        r->lanes[k]->run->seg = -1;
+    if (r->cancel) {
+        if (r->cancel == CANCEL_NO_MEMORY)
+            fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
+        else
+            fail(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
+        finish(j, "cancelled");
+        return;
     }
-    /* decode rows first (latency), then prefill chunks; a job with lanes
-     * gives one row per lane still generating (thread_main sizes the
-     * scratch for them; should it have failed to, the rest wait) */
-    int dcap = (int)(s->ready_cap - (size_t)nready);
-    for (int i = 0; i < nready && budget > 0 && nd < dcap; i++) {
-        struct job *j = ready[i];
-        struct job_run *r = j->run;
-        if (j->kind != JOB_RUN || r->phase != PH_GEN)
-            continue;
-        if (!r->n_lanes) {
-            dec[nd++] = j;
-            budget--;
-        }
-        for (int k = 0; k < r->n_lanes && budget > 0 && nd < dcap; k++)
+    if (j->kind != JOB_RUN) {
+        run_special(s, j);
+        return;
+    }
+    int rc = 0;
+    if (r->phase == PH_START)
+        rc = start_run(s, j);
+    if (!rc)
+        rc = encode_taken(s, j);
+    if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
+        j->position = j->state->pos;
+        if (j->gen_max > 0)
+            rc = j->n_choices > 1 ? start_lanes(s, j) : begin_gen(s, j);
+        else
+            finish(j, "done");
+    }
+    if (rc) {
+        if (!j->rc)
+            fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
+                 rc == RC_ENOMEM ? "out of memory" : "internal error");
+        finish(j, "error");
+    }
+}
+
+/* What j asks of this tick (struct batch_want). A chunk that would pass
+ * the maximum position fails j here, before it can fail a whole batch. */
+static struct batch_want job_want(struct sched *s, const struct batch_limits *lim, struct job *j)
+{
+    struct job_run *r = j->run;
+    struct batch_want w = {0, 0, 0};
+    if (j->kind != JOB_RUN)
+        return w;
+    if (r->phase == PH_GEN) {
+        w.decode_rows = r->n_lanes ? 0 : 1;
+        for (int k = 0; k < r->n_lanes; k++)
+            w.decode_rows += r->lanes[k]->run->phase == PH_GEN;
+    } else if (r->phase == PH_INPUT) {
+        w.input_left = r->n_ids - r->off;
+        w.input_eof = r->input_eof;
+        int n = batch_prefill_chunk(lim, &w);
+        if (n > 0 && past_max_pos(j, j->state, n))
+            w = (struct batch_want){0, 0, 0};
+    }
+    return w;
+}
+
+/* The decode rows the plan gave: a job's own, or its first generating
+ * lanes. Returns how many went into dec. */
+static int collect_decode_rows(struct job **ready, int nready, const struct batch_take *take,
+                               struct job **dec)
+{
+    int nd = 0;
+    for (int i = 0; i < nready; i++) {
+        struct job_run *r = ready[i]->run;
+        int want = take[i].decode_rows;
+        if (want && !r->n_lanes)
+            dec[nd++] = ready[i];
+        for (int k = 0; k < r->n_lanes && want > 0; k++)
             if (r->lanes[k]->run->phase == PH_GEN) {
                 dec[nd++] = r->lanes[k];
-                budget--;
+                want--;
             }
     }
-    if (nd && decode_sample(s, dec, nd) != 0) {
-        for (int i = 0; i < nd; i++) {
-            fail(dec[i], RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-            finish(dec[i], "error");
-        }
-        nd = 0;
-    }
-    size_t hoff = 0;
+    return nd;
+}
+
+/* Sampled decode rows become one-token segments, unless the token is the
+ * end token (not read into the state, nor reported) or the state is full.
+ * Returns the segments added. */
+static int add_decode_segments(struct sched *s, struct job **dec, int nd, int nseg)
+{
     for (int i = 0; i < nd; i++) {
         struct job *j = dec[i];
         struct job_run *r = j->run;
         if (!j->ignore_eos && r->tok == codec_eos(s->codec)) {
-            /* The end token is not read into the state, nor reported. */
             if (r->pushed)
                 j->out_rows.n--;
             finish(j, "eos");
@@ -907,25 +899,20 @@ static void tick(struct sched *s, struct job **ready, int nready)
         r->n = 1;
         s->segs[nseg++] = (struct fwd_seg){.state = r->gs, .tokens = &r->tok, .n = 1};
     }
-    for (int i = 0; i < nready && budget > 0; i++) {
+    return nseg;
+}
+
+/* Prefill chunks the plan gave become segments (a scored one also gets
+ * rows for its hidden states and the state's last row before it). */
+static int add_prefill_segments(struct sched *s, struct job **ready, int nready,
+                                const struct batch_take *take, int nseg)
+{
+    size_t hoff = 0;
+    for (int i = 0; i < nready; i++) {
         struct job *j = ready[i];
         struct job_run *r = j->run;
-        if (j->kind != JOB_RUN || r->phase != PH_INPUT || r->off == r->n_ids)
-            continue;
-        /* A stream's chunks depend only on its own tokens: always whole
-         * prefill_chunk pieces (the last one excepted), never cut by the
-         * tick's budget or by how the upload happened to arrive. The
-         * engine rounds differently for different chunkings, so this is
-         * what makes a streamed upload score exactly like the same text
-         * sent at once. */
-        int n = (int)(r->n_ids - r->off);
-        if (n > s->o.prefill_chunk)
-            n = s->o.prefill_chunk;
-        else if (!r->input_eof && n < s->o.prefill_chunk)
-            continue; /* wait for a whole chunk */
-        if (n > budget)
-            continue; /* next tick, whole */
-        if (past_max_pos(j, j->state, n))
+        int n = take[i].prefill;
+        if (!n)
             continue;
         r->seg = nseg;
         r->n = n;
@@ -940,66 +927,69 @@ static void tick(struct sched *s, struct job **ready, int nready)
                        sizeof(float) * (size_t)s->d_model);
         }
         r->off += (size_t)n;
-        budget -= n;
     }
-    if (nseg > 0) {
-        char err[256];
-        int rc = fwd_run(s->f, s->segs, nseg, err, sizeof err);
-        if (rc != 0) {
-            /* Ids are checked before batching, so this is a bug: fail
-             * every job of the batch rather than guess. */
-            for (int i = 0; i < nready; i++) {
-                if (ready[i]->run && ready[i]->run->seg >= 0) {
-                    fail(ready[i], rc, API_INTERNAL, err);
-                    finish(ready[i], "error");
-                }
-                for (int k = 0; ready[i]->run && k < ready[i]->run->n_lanes; k++)
-                    if (ready[i]->run->lanes[k]->run->seg >= 0) {
-                        fail(ready[i]->run->lanes[k], rc, API_INTERNAL, err);
-                        finish(ready[i]->run->lanes[k], "error");
-                    }
-            }
-        } else {
-            double t_out = now_us();
-            for (int i = 0; i < nready; i++) {
-                struct job *j = ready[i];
-                struct job_run *r = j->run;
-                for (int k = 0; r && k < r->n_lanes; k++) {
-                    struct job *l = r->lanes[k];
-                    if (l->run->seg < 0)
-                        continue;
-                    out++;
-                    if (decode_after(s, l) != 0) {
-                        fail(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-                        finish(l, "error");
-                    }
-                }
-                if (!r || r->seg < 0)
-                    continue;
-                int rc2 = 0;
-                if (r->phase == PH_INPUT) {
-                    in += r->n;
-                    j->n_input += r->n;
-                    j->position = j->state->pos;
-                    if (j->score)
-                        rc2 = score_segment(s, j, s->segs[r->seg].hidden,
-                                            s->prev + (size_t)r->seg * (size_t)s->d_model);
-                } else if (r->phase == PH_GEN) {
-                    out++;
-                    token_latency(s, j, t_out);
-                    rc2 = decode_after(s, j);
-                }
-                if (rc2) {
-                    fail(j, rc2, API_OUT_OF_MEMORY, "out of memory");
-                    finish(j, "error");
-                }
-            }
-            atomic_fetch_add(&s->stats.tokens_in, in);
-            atomic_fetch_add(&s->stats.tokens_out, out);
-            atomic_fetch_add(&s->stats.batch_rows, nseg);
+    return nseg;
+}
+
+/* fwd_run failed: ids are checked before batching, so this is a bug: fail
+ * every job (and lane) of the batch rather than guess. */
+static void fail_batch(struct job **ready, int nready, int rc, const char *err)
+{
+    for (int i = 0; i < nready; i++) {
+        struct job_run *r = ready[i]->run;
+        if (r && r->seg >= 0)
+            end_with_error(ready[i], rc, API_INTERNAL, err);
+        for (int k = 0; r && k < r->n_lanes; k++)
+            if (r->lanes[k]->run->seg >= 0)
+                end_with_error(r->lanes[k], rc, API_INTERNAL, err);
+    }
+}
+
+/* Tokens read and generated in one tick. */
+struct tick_tokens {
+    long long in, out;
+};
+
+/* After a successful run: score what was read, record and stream what was
+ * generated. */
+static void after_run(struct sched *s, struct job **ready, int nready, struct tick_tokens *tt)
+{
+    double t_out = now_us();
+    for (int i = 0; i < nready; i++) {
+        struct job *j = ready[i];
+        struct job_run *r = j->run;
+        for (int k = 0; r && k < r->n_lanes; k++) {
+            struct job *l = r->lanes[k];
+            if (l->run->seg < 0)
+                continue;
+            tt->out++;
+            if (decode_after(s, l) != 0)
+                end_with_error(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
+        if (!r || r->seg < 0)
+            continue;
+        int rc = 0;
+        if (r->phase == PH_INPUT) {
+            tt->in += r->n;
+            j->n_input += r->n;
+            j->position = j->state->pos;
+            if (j->score)
+                rc = score_segment(s, j, s->segs[r->seg].hidden,
+                                   s->prev + (size_t)r->seg * (size_t)s->d_model);
+        } else if (r->phase == PH_GEN) {
+            tt->out++;
+            token_latency(s, j, t_out);
+            rc = decode_after(s, j);
+        }
+        if (rc)
+            end_with_error(j, rc, API_OUT_OF_MEMORY, "out of memory");
     }
-    /* wrap up what finished */
+}
+
+/* Jobs that finished this tick: their position as answered and, a
+ * stream, the done event (lanes end through lanes_after). */
+static void wrap_up(struct sched *s, struct job **ready, int nready)
+{
     for (int i = 0; i < nready; i++) {
         struct job *j = ready[i];
         struct job_run *r = j->run;
@@ -1017,15 +1007,60 @@ static void tick(struct sched *s, struct job **ready, int nready)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
     }
+}
+
+static void account_tick(struct sched *s, double t0, const struct tick_tokens *tt)
+{
     long long busy = (long long)(now_us() - t0);
     atomic_fetch_add(&s->stats.ticks, 1);
     atomic_fetch_add(&s->stats.busy_us, busy);
     /* one forward pass serves both kinds of rows: split it by tokens */
-    if (in + out > 0) {
-        long long dec_us = busy * out / (in + out);
+    if (tt->in + tt->out > 0) {
+        long long dec_us = busy * tt->out / (tt->in + tt->out);
         atomic_fetch_add(&s->stats.decode_us, dec_us);
         atomic_fetch_add(&s->stats.prefill_us, busy - dec_us);
     }
+}
+
+/* One tick over ready[0..nready): advance every job, plan the rows
+ * (server/batch.h), sample the decode rows, run ONE forward pass over all
+ * segments, then score, stream and wrap up. */
+static void tick(struct sched *s, struct job **ready, int nready)
+{
+    struct job **dec = s->ready + nready; /* scratch after the ready list */
+    struct tick_tokens tt = {0, 0};
+    double t0 = now_us();
+    for (int i = 0; i < nready; i++)
+        advance_job(s, ready[i]);
+    /* the decode scratch sizes for every lane (thread_main); should it
+     * have failed to, the rest wait */
+    struct batch_limits lim = {s->o.batch_tokens, s->o.prefill_chunk,
+                               (int)(s->ready_cap - (size_t)nready)};
+    for (int i = 0; i < nready; i++)
+        s->want[i] = job_want(s, &lim, ready[i]);
+    batch_plan(&lim, s->want, nready, s->take);
+    int nd = collect_decode_rows(ready, nready, s->take, dec);
+    if (nd && decode_sample(s, dec, nd) != 0) {
+        for (int i = 0; i < nd; i++)
+            end_with_error(dec[i], RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+        nd = 0;
+    }
+    int nseg = add_decode_segments(s, dec, nd, 0);
+    nseg = add_prefill_segments(s, ready, nready, s->take, nseg);
+    if (nseg > 0) {
+        char err[256];
+        int rc = fwd_run(s->f, s->segs, nseg, err, sizeof err);
+        if (rc != 0)
+            fail_batch(ready, nready, rc, err);
+        else {
+            after_run(s, ready, nready, &tt);
+            atomic_fetch_add(&s->stats.tokens_in, tt.in);
+            atomic_fetch_add(&s->stats.tokens_out, tt.out);
+            atomic_fetch_add(&s->stats.batch_rows, nseg);
+        }
+    }
+    wrap_up(s, ready, nready);
+    account_tick(s, t0, &tt);
 }
 
 /* ---- the thread --------------------------------------------------------------- */
@@ -1094,6 +1129,203 @@ static int load(struct sched *s)
     return 0;
 }
 
+/* Under the lock: move submitted jobs to the end of the active list,
+ * oldest first. A job that cannot even be tracked (no memory for its run,
+ * or no model) ends at once. Returns 1 when such a job was posted. */
+static int admit_incoming(struct sched *s)
+{
+    int posted = 0;
+    struct job *in = s->incoming, *rev = NULL;
+    s->incoming = NULL;
+    while (in) {
+        struct job *nx = in->next;
+        in->next = rev;
+        rev = in;
+        in = nx;
+    }
+    struct job **tail = &s->active;
+    while (*tail)
+        tail = &(*tail)->next;
+    for (struct job *j = rev; j;) {
+        struct job *nx = j->next;
+        j->next = NULL;
+        if (!j->run)
+            j->run = rc_calloc(1, sizeof *j->run);
+        if (!j->run || s->status != 1) {
+            int loaded = s->status == 1;
+            end_unrun(s, j, loaded ? RC_ENOMEM : RC_EIO,
+                      loaded ? API_OUT_OF_MEMORY : API_UNAVAILABLE,
+                      loaded ? "out of memory" : "the model is not loaded", "error");
+            posted = 1;
+        } else {
+            *tail = j;
+            tail = &j->next;
+        }
+        j = nx;
+    }
+    return posted;
+}
+
+/* Under the lock: room in the ready list (and the planner's arrays) for
+ * every active job twice (ready list, then a temporary copy) plus a
+ * decode row per lane. Returns how many active jobs fit; those that do
+ * not end now with out_of_memory rather than wait unseen (*posted). */
+static size_t fit_ready_scratch(struct sched *s, int *posted)
+{
+    size_t nact = 0, nlanes = 0;
+    for (struct job *j = s->active; j; j = j->next) {
+        nact++;
+        nlanes += j->run ? (size_t)j->run->n_lanes : 0;
+    }
+    if (nact * 2 + nlanes > s->ready_cap) {
+        size_t nc = nact * 2 + nlanes + 16;
+        struct job **nr = rc_realloc(s->ready, nc * sizeof *nr);
+        if (nr)
+            s->ready = nr;
+        struct batch_want *nw = nr ? rc_realloc(s->want, nc * sizeof *nw) : NULL;
+        if (nw)
+            s->want = nw;
+        struct batch_take *nt = nw ? rc_realloc(s->take, nc * sizeof *nt) : NULL;
+        if (nt) {
+            s->take = nt;
+            s->ready_cap = nc;
+        }
+    }
+    if (!nact || s->ready_cap >= nact * 2)
+        return nact;
+    size_t fit = s->ready_cap / 2, k = 0;
+    struct job **pp = &s->active;
+    while (*pp) {
+        struct job *j = *pp;
+        if (k++ < fit) {
+            pp = &j->next;
+            continue;
+        }
+        *pp = j->next;
+        end_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
+        *posted = 1;
+    }
+    return fit;
+}
+
+/* Under the lock: the ready jobs into s->ready, round-robin from
+ * `rotate` so that no job always comes first. Returns how many. */
+static int collect_ready(struct sched *s, size_t nact)
+{
+    int nready = 0;
+    if (!nact)
+        return 0;
+    size_t start = (size_t)s->rotate % nact, i = 0;
+    struct job **all = s->ready + nact; /* temporary */
+    for (struct job *j = s->active; j; j = j->next)
+        all[i++] = j;
+    for (size_t k = 0; k < nact; k++) {
+        struct job *j = all[(start + k) % nact];
+        if (is_ready(s, j))
+            s->ready[nready++] = j;
+    }
+    s->rotate++;
+    return nready;
+}
+
+/* Under the lock: wait until some job is ready (or stop). Jobs ended
+ * meanwhile are announced before waiting. Returns the ready count. */
+static int wait_for_ready(struct sched *s)
+{
+    int posted = 0; /* jobs finished at admission: the loop must hear of them */
+    for (;;) {
+        posted |= admit_incoming(s);
+        if (s->stop)
+            return 0;
+        size_t nact = fit_ready_scratch(s, &posted);
+        int nready = collect_ready(s, nact);
+        if (nready)
+            return nready;
+        if (posted) {
+            posted = 0;
+            pthread_mutex_unlock(&s->mu);
+            s->notify(s->notify_ud);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        pthread_cond_wait(&s->cv, &s->mu);
+    }
+}
+
+/* Under the lock, at stop: every active job ends cancelled. */
+static void cancel_all(struct sched *s)
+{
+    for (struct job *j = s->active; j;) {
+        struct job *nx = j->next;
+        end_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down", "cancelled");
+        j = nx;
+    }
+    s->active = NULL;
+}
+
+/* Under the lock: streamed input moves from the shared inboxes to the
+ * jobs' own buffers (only below a chunk, so ids stay bounded), and each
+ * job's cancel flag is copied: the tick reads its own copy. */
+static void take_shared_input(struct sched *s, int nready)
+{
+    for (int i = 0; i < nready; i++) {
+        struct job *j = s->ready[i];
+        struct job_run *r = j->run;
+        if (j->kind != JOB_RUN || !j->streamed || r->input_eof)
+            continue;
+        if (r->n_ids - r->off >= (size_t)s->o.prefill_chunk)
+            continue;
+        if (j->inbox.n) {
+            if (outbuf_put(&r->taken, j->inbox.p, j->inbox.n) != 0) {
+                j->cancel = CANCEL_NO_MEMORY;
+                continue;
+            }
+            r->inbox_event = 1;
+            j->inbox.n = 0;
+        }
+        if (j->inbox_closed)
+            r->took_final = 1;
+    }
+    for (int i = 0; i < nready; i++)
+        s->ready[i]->run->cancel = s->ready[i]->cancel;
+}
+
+/* Under the lock, after a tick: staged stream bytes go to the outboxes,
+ * finished jobs leave the active list as done, and every job with news
+ * gets an event. Returns 1 when the loop must be woken. */
+static int publish_tick(struct sched *s)
+{
+    int any = 0;
+    struct job **pp = &s->active;
+    while (*pp) {
+        struct job *j = *pp;
+        struct job_run *r = j->run;
+        if (r->stage.n) {
+            if (outbuf_put(&j->outbox, r->stage.p, r->stage.n) != 0)
+                end_with_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+            r->stage.n = 0;
+            post_event(s, j);
+            any = 1;
+        }
+        if (r->inbox_event) {
+            r->inbox_event = 0;
+            post_event(s, j);
+            any = 1;
+        }
+        if (r->phase == PH_FINISHED) {
+            *pp = j->next;
+            j->next = NULL;
+            j->done = 1;
+            atomic_fetch_sub(&s->stats.queued, 1);
+            post_event(s, j);
+            any = 1;
+            continue;
+        }
+        pp = &j->next;
+    }
+    return any;
+}
+
 static void *thread_main(void *arg)
 {
     struct sched *s = arg;
@@ -1106,167 +1338,21 @@ static void *thread_main(void *arg)
 
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        int nready = 0;
-        int posted = 0; /* jobs finished at admission: the loop must hear of them */
-        for (;;) {
-            /* admit, oldest first */
-            struct job *in = s->incoming, *rev = NULL;
-            s->incoming = NULL;
-            while (in) {
-                struct job *nx = in->next;
-                in->next = rev;
-                rev = in;
-                in = nx;
-            }
-            struct job **tail = &s->active;
-            while (*tail)
-                tail = &(*tail)->next;
-            for (struct job *j = rev; j;) {
-                struct job *nx = j->next;
-                j->next = NULL;
-                if (!j->run)
-                    j->run = rc_calloc(1, sizeof *j->run);
-                if (!j->run || s->status != 1) {
-                    /* cannot even track it: finish at once */
-                    end_unrun(s, j, s->status != 1 ? RC_EIO : RC_ENOMEM,
-                              s->status != 1 ? API_UNAVAILABLE : API_OUT_OF_MEMORY,
-                              s->status != 1 ? "the model is not loaded" : "out of memory",
-                              "error");
-                    posted = 1;
-                } else {
-                    *tail = j;
-                    tail = &j->next;
-                }
-                j = nx;
-            }
-            if (s->stop)
-                break;
-            /* count and collect ready jobs, round-robin from `rotate` */
-            size_t nact = 0, nlanes = 0;
-            for (struct job *j = s->active; j; j = j->next) {
-                nact++;
-                nlanes += j->run ? (size_t)j->run->n_lanes : 0;
-            }
-            if (nact * 2 + nlanes > s->ready_cap) {
-                size_t nc = nact * 2 + nlanes + 16;
-                struct job **nr = rc_realloc(s->ready, nc * sizeof *nr);
-                if (nr) {
-                    s->ready = nr;
-                    s->ready_cap = nc;
-                }
-            }
-            nready = 0;
-            if (nact && s->ready_cap < nact * 2) {
-                /* no memory to schedule them all: the jobs that do not fit
-                 * end now with out_of_memory rather than wait unseen */
-                size_t fit = s->ready_cap / 2, k = 0;
-                struct job **pp = &s->active;
-                while (*pp) {
-                    struct job *j = *pp;
-                    if (k++ < fit) {
-                        pp = &j->next;
-                        continue;
-                    }
-                    *pp = j->next;
-                    end_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
-                    posted = 1;
-                }
-                nact = fit;
-            }
-            if (nact) {
-                size_t start = (size_t)s->rotate % nact, i = 0;
-                struct job **all = s->ready + nact; /* temporary */
-                for (struct job *j = s->active; j; j = j->next)
-                    all[i++] = j;
-                for (size_t k = 0; k < nact; k++) {
-                    struct job *j = all[(start + k) % nact];
-                    if (is_ready(s, j))
-                        s->ready[nready++] = j;
-                }
-                s->rotate++;
-            }
-            if (nready)
-                break;
-            if (posted) {
-                posted = 0;
-                pthread_mutex_unlock(&s->mu);
-                s->notify(s->notify_ud);
-                pthread_mutex_lock(&s->mu);
-                continue;
-            }
-            pthread_cond_wait(&s->cv, &s->mu);
-        }
+        int nready = wait_for_ready(s);
         if (s->stop) {
-            for (struct job *j = s->active; j;) {
-                struct job *nx = j->next;
-                end_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down",
-                          "cancelled");
-                j = nx;
-            }
-            s->active = NULL;
+            cancel_all(s);
             pthread_mutex_unlock(&s->mu);
             s->notify(s->notify_ud);
             break;
         }
-        /* take streamed input while holding the lock */
-        for (int i = 0; i < nready; i++) {
-            struct job *j = s->ready[i];
-            struct job_run *r = j->run;
-            if (j->kind != JOB_RUN || !j->streamed || r->input_eof)
-                continue;
-            /* only refill below a chunk, so ids stay bounded */
-            if (r->n_ids - r->off >= (size_t)s->o.prefill_chunk)
-                continue;
-            if (j->inbox.n) {
-                if (outbuf_put(&r->taken, j->inbox.p, j->inbox.n) != 0) {
-                    j->cancel = 2;
-                    continue;
-                }
-                r->inbox_event = 1;
-                j->inbox.n = 0;
-            }
-            if (j->inbox_closed)
-                r->took_final = 1;
-        }
-        /* the tick reads cancellation from its own copy: j->cancel is shared */
-        for (int i = 0; i < nready; i++)
-            s->ready[i]->run->cancel = s->ready[i]->cancel;
+        take_shared_input(s, nready);
         pthread_mutex_unlock(&s->mu);
 
         /* ready[] is stable: only this thread changes the active list */
         tick(s, s->ready, nready);
 
         pthread_mutex_lock(&s->mu);
-        int any = 0;
-        struct job **pp = &s->active;
-        while (*pp) {
-            struct job *j = *pp;
-            struct job_run *r = j->run;
-            if (r->stage.n) {
-                if (outbuf_put(&j->outbox, r->stage.p, r->stage.n) != 0) {
-                    fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-                    finish(j, "error");
-                }
-                r->stage.n = 0;
-                post_event(s, j);
-                any = 1;
-            }
-            if (r->inbox_event) {
-                r->inbox_event = 0;
-                post_event(s, j);
-                any = 1;
-            }
-            if (r->phase == PH_FINISHED) {
-                *pp = j->next;
-                j->next = NULL;
-                j->done = 1;
-                atomic_fetch_sub(&s->stats.queued, 1);
-                post_event(s, j);
-                any = 1;
-                continue;
-            }
-            pp = &j->next;
-        }
+        int any = publish_tick(s);
         pthread_mutex_unlock(&s->mu);
         if (any)
             s->notify(s->notify_ud);
@@ -1333,6 +1419,8 @@ void sched_free(struct sched *s)
     rc_free(s->prev);
     rc_free(s->segs);
     rc_free(s->ready);
+    rc_free(s->want);
+    rc_free(s->take);
     rc_free(s->top_ids);
     rc_free(s->top_lps);
     rc_free(s->model_dir);

@@ -56,6 +56,13 @@ enum job_kind {
                    * (want_details) for at most detail_limit of them */
 };
 
+/* Why a job is asked to stop (struct job's cancel). */
+enum job_cancel {
+    CANCEL_NONE = 0,
+    CANCEL_ASKED,     /* sched_cancel: the client went away, or a drain */
+    CANCEL_NO_MEMORY, /* no memory to buffer its streamed upload */
+};
+
 /* One finished choice of an n > 1 completion (the generation results,
  * moved out of the job when the choice ended). */
 struct choice_out {
@@ -144,7 +151,7 @@ struct job {
     struct outbuf inbox;      /* streamed input not yet taken */
     int inbox_closed;
     struct outbuf outbox;     /* stream bytes not yet sent */
-    int cancel;
+    int cancel;               /* enum job_cancel */
     int done;
     int queued_event;         /* on the event list */
     struct job *ev_next;
