@@ -28,6 +28,8 @@ static json_t *text_value(const char *s, size_t n)
     return v;
 }
 
+json_t *resp_text(const char *s, size_t n) { return text_value(s, n); }
+
 static json_t *num_or_null(double x) { return isfinite(x) ? json_real(x) : json_null(); }
 
 static double ppl(double nll, int64_t n) { return n > 0 ? exp(nll / (double)n) : NAN; }

@@ -23,6 +23,9 @@
 #include "outbuf.h"
 #include "score.h"
 
+/* Bytes as a JSON string: valid UTF-8 kept, the rest U+FFFD. */
+json_t *resp_text(const char *s, size_t n);
+
 /* {"id", "text", ["bytes"], "logprob", "top_logprobs": [...]} for row i. */
 json_t *resp_token(const struct tok_details *d, size_t i, const struct vocab_view *v);
 

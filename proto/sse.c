@@ -5,7 +5,6 @@
 #include "alloc.h"
 #include "errors.h"
 #include "response.h"
-#include "u8.h"
 
 /* Append o as one event, consuming it. f0: this thread's allocation
  * failures before o was built; any since and o may lack a member
@@ -20,19 +19,6 @@ static int put_event(struct outbuf *b, json_t *o, unsigned long f0)
     int rc = sse_put_json(b, o);
     json_decref(o);
     return rc;
-}
-
-/* s[0..n) made valid UTF-8, as a JSON string (NULL when out of memory). */
-static json_t *sanitized_string(const char *s, size_t n)
-{
-    size_t need = u8_sanitized_len(s, n);
-    char *san = rc_malloc(need + 1);
-    if (!san)
-        return NULL;
-    u8_sanitize(s, n, san, need + 1);
-    json_t *v = json_stringn(san, need);
-    rc_free(san);
-    return v;
 }
 
 /* ---- OpenAI: text_completion chunks ---------------------------------------- */
@@ -149,7 +135,7 @@ static int session_token(struct outbuf *b, const struct gen_stream *st, const st
         if (tok)
             json_object_set_new(tok, "id", json_integer(ev->token.id));
     }
-    json_t *text = sanitized_string(ev->token.text, ev->token.text_len);
+    json_t *text = resp_text(ev->token.text, ev->token.text_len);
     if (!tok || !text) {
         json_decref(tok);
         json_decref(text);
@@ -171,7 +157,7 @@ static int session_done(struct outbuf *b, const struct gen_event *ev)
     if (!o)
         return RC_ENOMEM;
     if (ev->done.text_len) {
-        json_t *text = sanitized_string(ev->done.text, ev->done.text_len);
+        json_t *text = resp_text(ev->done.text, ev->done.text_len);
         if (!text) {
             json_decref(o);
             return RC_ENOMEM;
