@@ -16,6 +16,11 @@ const char *rc_strerror(int code)
     case RC_EMISMATCH: return "made for another model";
     case RC_ECHECKSUM: return "checksum mismatch";
     case RC_ECANCELED: return "canceled";
+    case RC_ENOENT: return "not found";
+    case RC_EEXIST: return "exists";
+    case RC_ENOTFILE: return "not a regular file";
+    case RC_EQUOTA: return "quota reached";
+    case RC_ENOSPC: return "no space left";
     }
     return "unknown error";
 }

@@ -22,6 +22,11 @@ enum rc_status {
     RC_EMISMATCH = -7,    /* data made for another model */
     RC_ECHECKSUM = -8,    /* integrity check failed */
     RC_ECANCELED = -9,    /* work stopped on request */
+    RC_ENOENT = -10,      /* no such thing (file, snapshot) */
+    RC_EEXIST = -11,      /* the name is taken and may not be replaced */
+    RC_ENOTFILE = -12,    /* the name is taken by something not a regular file */
+    RC_EQUOTA = -13,      /* a per-owner count limit is reached */
+    RC_ENOSPC = -14,      /* no room: a disk full, or a reserve that must stay free */
 };
 
 /* Static text for a code; never NULL. */

@@ -69,8 +69,13 @@ int api_error_set(struct api_error *e, int kind, const char *fmt, ...)
 void api_error_param(struct api_error *e, const char *param);
 
 /* Map a librecur rc_status to the closest kind (RC_ENOMEM -> out of
- * memory, RC_EINVAL -> invalid request, ...). */
+ * memory, RC_EINVAL -> invalid request, RC_ENOENT -> not found, RC_EEXIST
+ * -> conflict, ...). The one place an rc becomes an HTTP status. */
 int api_err_from_rc(int rc);
+/* The same for a failed write of a file the client asked for (a named
+ * snapshot): an I/O error there is snapshot_write_failed (507), not a
+ * server bug (500). */
+int api_err_from_write_rc(int rc);
 
 /* The error object of the body for an allocation failure, as a literal, for
  * answers made from static memory when not even that can be allocated. */

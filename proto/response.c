@@ -7,8 +7,8 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "jsonin.h"
-#include "u8.h"
+#include "jsonout.h"
+#include "utf8.h"
 
 int tok_details_init(struct tok_details *d, int k)
 {
@@ -148,15 +148,14 @@ int outbuf_json_str(struct outbuf *b, const char *s, size_t n)
     if (PUTS(b, "\""))
         return RC_ENOMEM;
     int rc;
-    if (u8_valid(s, n))
+    if (utf8_valid((const uint8_t *)s, n))
         rc = put_escaped(b, s, n);
     else {
-        size_t need = u8_sanitized_len(s, n);
-        char *buf = rc_malloc(need + 1);
+        size_t len;
+        char *buf = utf8_repair_dup((const uint8_t *)s, n, &len);
         if (!buf)
             return RC_ENOMEM;
-        u8_sanitize(s, n, buf, need + 1);
-        rc = put_escaped(b, buf, need);
+        rc = put_escaped(b, buf, len);
         rc_free(buf);
     }
     return rc ? rc : PUTS(b, "\"");
@@ -193,7 +192,7 @@ int resp_tokenize(struct outbuf *b, const struct tokenize_view *t, const struct 
                 outbuf_int(b, t->ids[i]) || PUTS(b, ",\"text\":") ||
                 outbuf_json_str(b, p, len))
                 return RC_ENOMEM;
-            if (!u8_valid(p, len)) {
+            if (!utf8_valid((const uint8_t *)p, len)) {
                 if (PUTS(b, ",\"bytes\":["))
                     return RC_ENOMEM;
                 for (size_t k = 0; k < len; k++)
@@ -217,14 +216,13 @@ void hex64(uint64_t x, char out[17]) { snprintf(out, 17, "%016llx", (unsigned lo
 /* A JSON string of arbitrary bytes: valid UTF-8 kept, the rest U+FFFD. */
 static json_t *text_value(const char *s, size_t n)
 {
-    if (u8_valid(s, n))
+    if (utf8_valid((const uint8_t *)s, n))
         return json_stringn(s, n);
-    size_t need = u8_sanitized_len(s, n);
-    char *buf = rc_malloc(need + 1);
+    size_t len;
+    char *buf = utf8_repair_dup((const uint8_t *)s, n, &len);
     if (!buf)
         return NULL;
-    u8_sanitize(s, n, buf, need + 1);
-    json_t *v = json_stringn(buf, need);
+    json_t *v = json_stringn(buf, len);
     rc_free(buf);
     return v;
 }
@@ -254,7 +252,7 @@ static int add_piece(json_t *o, const struct vocab_view *v, int32_t id)
     const char *p = v->piece(v->ctx, id, &len);
     if (put(o, "text", text_value(p, len)))
         return RC_ENOMEM;
-    if (!u8_valid(p, len)) {
+    if (!utf8_valid((const uint8_t *)p, len)) {
         json_t *a = json_array();
         if (!a)
             return RC_ENOMEM;
@@ -401,11 +399,11 @@ static json_t *openai_logprobs(const struct tok_details *d, size_t off0,
         for (int j = 0; j < d->k; j++) {
             size_t at = i * (size_t)d->k + (size_t)j, tl;
             const char *tp = v->piece(v->ctx, d->top_id[at], &tl);
-            size_t need = u8_sanitized_len(tp, tl);
+            size_t need = utf8_repaired_len((const uint8_t *)tp, tl);
             char key[256];
             if (need >= sizeof key)
                 continue;
-            u8_sanitize(tp, tl, key, sizeof key);
+            utf8_repair_str((const uint8_t *)tp, tl, key, sizeof key);
             /* Two ids with the same text share a key: keep the first. */
             if (!json_object_get(t, key) && put(t, key, num_or_null(d->top_lp[at])))
                 goto oom;
@@ -526,3 +524,88 @@ int sse_put_json(struct outbuf *b, const json_t *o)
 }
 
 int sse_put_done(struct outbuf *b) { return outbuf_put(b, "data: [DONE]\n\n", 14); }
+
+json_t *resp_health(const char *status) { return json_pack("{s:s}", "status", status); }
+
+json_t *resp_detokenize(const char *bytes, size_t n)
+{
+    json_t *o = json_object();
+    if (!o || put(o, "text", text_value(bytes, n)) ||
+        (!utf8_valid((const uint8_t *)bytes, n) && put(o, "valid_utf8", json_false()))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *resp_list(json_t *items)
+{
+    json_t *o = items ? json_object() : NULL;
+    if (!o || put(o, "object", json_string("list"))) {
+        json_decref(o);
+        json_decref(items);
+        return NULL;
+    }
+    if (put(o, "data", items)) { /* consumes items */
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *resp_session_deleted(const char *id)
+{
+    return json_pack("{s:s,s:b}", "id", id, "deleted", 1);
+}
+
+json_t *resp_snapshot_entry(const char *name, int64_t bytes, int64_t created)
+{
+    return json_pack("{s:s,s:I,s:I}", "name", name, "bytes", (json_int_t)bytes, "created",
+                     (json_int_t)created);
+}
+
+/* A snapshot name needs no escaping: [A-Za-z0-9._-] only. */
+static int plain_name(const char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '.' || *s == '_' || *s == '-'))
+            return 0;
+    return 1;
+}
+
+static int fits(int n, size_t cap) { return n >= 0 && (size_t)n < cap ? 0 : RC_ERANGE; }
+
+int resp_fixed_snapshot_saved(char *buf, size_t cap, const char *name, size_t bytes,
+                              int64_t position)
+{
+    if (!plain_name(name))
+        return RC_EINVAL;
+    return fits(snprintf(buf, cap, "{\"name\":\"%s\",\"bytes\":%zu,\"position\":%" PRId64 "}",
+                         name, bytes, position),
+                cap);
+}
+
+int resp_fixed_snapshot_deleted(char *buf, size_t cap, const char *name)
+{
+    if (!plain_name(name))
+        return RC_EINVAL;
+    return fits(snprintf(buf, cap, "{\"name\":\"%s\",\"deleted\":true}", name), cap);
+}
+
+int resp_fixed_appended(char *buf, size_t cap, int64_t position, int64_t n_tokens)
+{
+    return fits(snprintf(buf, cap,
+                         "{\"position\":%" PRId64 ",\"n_tokens\":%" PRId64 ",\"note\":\"appended; "
+                         "out of memory for the rest of the response\"}",
+                         position, n_tokens),
+                cap);
+}
+
+int sse_put_error(struct outbuf *b, const struct api_error *e)
+{
+    json_t *o = json_pack("{s:s,s:o}", "type", "error", "error", api_error_json(e));
+    int rc = o ? sse_put_json(b, o) : RC_ENOMEM;
+    json_decref(o);
+    return rc;
+}

@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "apierr.h"
 #include "score.h"
 
 typedef const char *(*piece_fn)(const void *ctx, int32_t id, size_t *len);
@@ -164,9 +165,46 @@ json_t *resp_models(const struct model_view *m);
 /* The model object alone (GET /v1/models/{id}). */
 json_t *resp_model(const struct model_view *m);
 
+/* GET /health: {"status": status} ("ok", "loading", "draining", "failed"). */
+json_t *resp_health(const char *status);
+
+/* POST /v1/detokenize: {"text"} with the bytes made valid UTF-8, and
+ * "valid_utf8": false when they were not. */
+json_t *resp_detokenize(const char *bytes, size_t n);
+
+/* {"object":"list","data": items}; consumes items (NULL: returns NULL). */
+json_t *resp_list(json_t *items);
+
+/* DELETE /v1/sessions/{id}: {"id","deleted":true}. */
+json_t *resp_session_deleted(const char *id);
+
+/* One named snapshot in GET /v1/snapshots: {"name","bytes","created"}. */
+json_t *resp_snapshot_entry(const char *name, int64_t bytes, int64_t created);
+
+/* Bodies that must not fail for want of memory: written into the
+ * caller's buffer buf[cap] (NUL-terminated), no allocation. Each returns
+ * 0, or RC_ERANGE when the body does not fit, or RC_EINVAL when a name is
+ * not a snapshot name ([A-Za-z0-9._-], nothing to escape).
+ *   resp_fixed_snapshot_saved    {"name","bytes","position"} (201 of a save)
+ *   resp_fixed_snapshot_deleted  {"name","deleted":true}
+ *   resp_fixed_appended          {"position","n_tokens","note"}: an append
+ *       read its text into the session, but its full answer could not be
+ *       made */
+int resp_fixed_snapshot_saved(char *buf, size_t cap, const char *name, size_t bytes,
+                              int64_t position);
+int resp_fixed_snapshot_deleted(char *buf, size_t cap, const char *name);
+int resp_fixed_appended(char *buf, size_t cap, int64_t position, int64_t n_tokens);
+
 /* SSE framing: "data: <compact JSON>\n\n" and "data: [DONE]\n\n". */
 int sse_put_json(struct outbuf *b, const json_t *o);
 int sse_put_done(struct outbuf *b);
+
+/* A stream's last event when it failed after its 200:
+ * {"type":"error","error":{api_error_json(e)}}. 0 or RC_ENOMEM. */
+struct api_error;
+int sse_put_error(struct outbuf *b, const struct api_error *e);
+/* The same event for an allocation failure, from static memory. */
+#define SSE_OOM_ERROR_EVENT "data: {\"type\":\"error\",\"error\":" API_OOM_ERROR_JSON "}\n\n"
 
 /* The hex form used for fingerprints and ids. */
 void hex64(uint64_t x, char out[17]);

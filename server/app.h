@@ -1,6 +1,6 @@
 /*
  * app.h — the server instance shared by the lifecycle code (app.c) and the
- * request handlers (routes.c). Internal to server/: everything here is
+ * request handlers (dispatch.c, h_*.c). Internal to server/: everything here is
  * owned by the loop thread.
  */
 #ifndef RECUR_APP_H
@@ -60,7 +60,7 @@ struct app {
     struct rq *rqs;                  /* requests with a job (for the drain) */
 };
 
-/* routes.c */
+/* dispatch.c (the HTTP API; handlers.h lists its files) */
 extern const struct http_app routes_app;   /* ud = struct app * */
 extern const char *const route_names[];
 extern const int n_route_names;

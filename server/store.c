@@ -5,13 +5,13 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "alloc.h"
 #include "errors.h"
+#include "os.h"
 
 struct store {
     int dirfd;
@@ -124,11 +124,11 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
 {
     struct stat st;
     if (is_dir(s, name))
-        return rc_fail(err, errlen, RC_EMISMATCH, "'%s' exists and is not a snapshot file", name);
+        return rc_fail(err, errlen, RC_ENOTFILE, "'%s' exists and is not a snapshot file", name);
     if (!overwrite && fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-        return rc_fail(err, errlen, RC_EMISMATCH, "snapshot '%s' exists", name);
+        return rc_fail(err, errlen, RC_EEXIST, "snapshot '%s' exists", name);
     uint64_t r = 0;
-    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+    if (os_random_bytes(&r, sizeof r) != 0)
         r = (uint64_t)getpid() ^ (uint64_t)(uintptr_t)buf;
     char tmp[200];
     snprintf(tmp, sizeof tmp, "%s.%016llx.tmp", name, (unsigned long long)r);
@@ -149,8 +149,9 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
     if (e) {
         unlinkat(s->dirfd, tmp, 0);
         if (e == EEXIST)
-            return rc_fail(err, errlen, RC_EMISMATCH, "snapshot '%s' exists", name);
-        return rc_fail(err, errlen, RC_EIO, "writing snapshot '%s' in %s: %s", name, s->path,
+            return rc_fail(err, errlen, RC_EEXIST, "snapshot '%s' exists", name);
+        return rc_fail(err, errlen, e == ENOSPC || e == EDQUOT ? RC_ENOSPC : RC_EIO,
+                       "writing snapshot '%s' in %s: %s", name, s->path,
                        strerror(e));
     }
     fsync(s->dirfd); /* make the rename itself durable */
@@ -165,7 +166,7 @@ int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, siz
     int fd = open_regular(s, name);
     if (fd < 0) {
         if (errno == ENOENT)
-            return rc_fail(err, errlen, RC_EINVAL, "no snapshot '%s'", name);
+            return rc_fail(err, errlen, RC_ENOENT, "no snapshot '%s'", name);
         return rc_fail(err, errlen, RC_EIO, "opening snapshot '%s': %s", name, strerror(errno));
     }
     struct stat st;
@@ -175,7 +176,7 @@ int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, siz
     }
     if ((uint64_t)st.st_size > max) {
         close(fd);
-        return rc_fail(err, errlen, RC_ERANGE, "snapshot '%s' is %lld bytes, more than %zu", name,
+        return rc_fail(err, errlen, RC_EFORMAT, "snapshot '%s' is %lld bytes, more than %zu", name,
                        (long long)st.st_size, max);
     }
     size_t n = (size_t)st.st_size;
@@ -209,7 +210,7 @@ int store_read_head(struct store *s, const char *name, void *buf, size_t n, size
     *got = 0;
     int fd = open_regular(s, name);
     if (fd < 0)
-        return rc_fail(err, errlen, RC_EINVAL, "no regular file '%s'", name);
+        return rc_fail(err, errlen, RC_ENOENT, "no regular file '%s'", name);
     while (*got < n) {
         ssize_t r = read(fd, (char *)buf + *got, n - *got);
         if (r < 0 && errno == EINTR)
@@ -236,10 +237,10 @@ int store_space(const struct store *s, uint64_t *avail, uint64_t *dev)
 int store_remove(struct store *s, const char *name, char *err, size_t errlen)
 {
     if (is_foreign(s, name)) /* never ours: left alone */
-        return rc_fail(err, errlen, RC_EINVAL, "no snapshot '%s'", name);
+        return rc_fail(err, errlen, RC_ENOENT, "no snapshot '%s'", name);
     if (unlinkat(s->dirfd, name, 0) != 0) {
         if (errno == ENOENT)
-            return rc_fail(err, errlen, RC_EINVAL, "no snapshot '%s'", name);
+            return rc_fail(err, errlen, RC_ENOENT, "no snapshot '%s'", name);
         return rc_fail(err, errlen, RC_EIO, "removing snapshot '%s': %s", name, strerror(errno));
     }
     return 0;

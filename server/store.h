@@ -39,15 +39,17 @@ int store_open(const char *dir, struct store **out, char *err, size_t errlen);
 void store_free(struct store *s);
 const char *store_path(const struct store *s);
 
-/* Write buf as `name` atomically. overwrite = 0 fails with RC_EMISMATCH
- * when the name exists; so does any write over a directory. Returns 0, RC_EIO (disk full, I/O error: err says
- * which), RC_EMISMATCH. */
+/* Write buf as `name` atomically. Returns 0, RC_EEXIST (overwrite = 0
+ * and the name exists), RC_ENOTFILE (a directory holds the name),
+ * RC_ENOSPC (disk full or over quota), RC_EIO (other I/O errors); err says
+ * which. */
 int store_write(struct store *s, const char *name, const void *buf, size_t len, int overwrite,
                 char *err, size_t errlen);
 
 /* Read `name` (a regular file of at most max bytes) into a new rc_malloc
- * buffer. RC_EINVAL when it does not exist (or is not a regular file),
- * RC_ERANGE when larger than max, RC_EIO on read errors. */
+ * buffer. RC_ENOENT when it does not exist (or is not a regular file),
+ * RC_EFORMAT when larger than max (not a file this reader makes sense of),
+ * RC_ENOMEM, RC_EIO on read errors. */
 int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, size_t *len,
                char *err, size_t errlen);
 
@@ -56,7 +58,7 @@ int store_read(struct store *s, const char *name, size_t max, uint8_t **buf, siz
 int store_read_head(struct store *s, const char *name, void *buf, size_t n, size_t *got,
                     char *err, size_t errlen);
 
-/* Remove `name`: 0, RC_EINVAL (no such file, or not a regular file: left
+/* Remove `name`: 0, RC_ENOENT (no such file, or not a regular file: left
  * alone), RC_EIO. */
 int store_remove(struct store *s, const char *name, char *err, size_t errlen);
 

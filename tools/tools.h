@@ -24,9 +24,6 @@ int cmd_detokenize(int argc, char **argv);
 
 /* Monotonic seconds. */
 double now_sec(void);
-/* Peak and current resident set size of this process, bytes (0 if unknown). */
-size_t rss_peak_bytes(void);
-size_t rss_current_bytes(void);
 
 /* Read a whole file (or "-" for stdin) into a NUL-terminated heap buffer
  * (rc_free it). Caps at max_bytes. Returns 0 or an rc_status with err set. */

@@ -1,0 +1,570 @@
+/*
+ * h_infer.c — the inference handlers: tokenize, detokenize, score,
+ * append (JSON or streamed text/plain), generate, completions.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "alloc.h"
+#include "handlers.h"
+#include "codec.h"
+#include "errors.h"
+#include "response.h"
+#include "state.h"
+#include "u8.h"
+
+static int random_bytes(void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom((char *)buf + got, n - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static uint64_t random_seed(void)
+{
+    uint64_t x = 0;
+    if (random_bytes(&x, sizeof x) != 0)
+        x = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
+    return x & INT64_MAX; /* reported back as a JSON integer */
+}
+
+static const char *piece_cb(const void *ctx, int32_t id, size_t *len)
+{
+    return codec_piece(ctx, id, len);
+}
+
+static struct vocab_view vocab(struct app *a) { return (struct vocab_view){piece_cb, a->codec}; }
+
+/* ---- stream pulling ---------------------------------------------------------- */
+
+static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
+{
+    struct rq *q = http_data(h);
+    int done;
+    size_t n = sched_pull(q->a->sched, q->job, buf, max, &done);
+    if (n)
+        return (ssize_t)n;
+    if (done && (q->phase == RQ_STREAM_END || q->phase == RQ_STREAM_END_OOM)) {
+        static const char oom[] = SSE_OOM_ERROR_EVENT;
+        if (q->phase == RQ_STREAM_END_OOM && max >= sizeof oom - 1) {
+            memcpy(buf, oom, sizeof oom - 1);
+            q->phase = RQ_STREAM_END;
+            return (ssize_t)(sizeof oom - 1);
+        }
+        return HTTP_PULL_END;
+    }
+    return HTTP_PULL_NONE;
+}
+
+/* ---- route handlers ------------------------------------------------------------ */
+
+void h_tokenize(struct rq *q)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_tokenize r;
+    struct api_error e;
+    int rc = req_tokenize_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_tokenize_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct job *j = job_new(JOB_TOKENIZE);
+    if (!j) {
+        req_tokenize_free(&r);
+        respond_oom(q->h, NULL);
+        return;
+    }
+    j->text = r.text;
+    j->text_len = r.text_len;
+    r.text = NULL;
+    j->want_details = r.with_pieces;
+    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    submit(q, j);
+}
+
+void done_tokenize(struct rq *q, struct job *j)
+{
+    /* the compute thread wrote the body (resp_tokenize) */
+    char *body = j->out_text.p;
+    size_t n = j->out_text.n;
+    memset(&j->out_text, 0, sizeof j->out_text);
+    if (!body) {
+        respond_oom(q->h, "building the response");
+        return;
+    }
+    http_respond(q->h, 200, "application/json", body, n);
+}
+
+void h_detokenize(struct rq *q)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_detokenize r;
+    struct api_error e;
+    int rc = req_detokenize_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        http_respond_error(q->h, &e);
+        return;
+    }
+    /* Decoding is concatenating pieces: a copy, not compute. */
+    struct outbuf b = {0};
+    for (size_t i = 0; i < r.n_tokens && !rc; i++) {
+        size_t len;
+        const char *p = codec_piece(q->a->codec, r.tokens[i], &len);
+        rc = outbuf_put(&b, p, len);
+    }
+    req_detokenize_free(&r);
+    json_t *res = rc ? NULL : resp_detokenize(b.p ? b.p : "", b.n);
+    outbuf_free(&b);
+    respond_json(q->h, 200, res);
+}
+
+/* Fill a RUN job's input from a parsed req_input (moves the buffers). */
+static void take_input(struct job *j, struct req_input *in)
+{
+    j->text = in->text;
+    j->text_len = in->text_len;
+    j->ids = in->tokens;
+    j->n_ids = in->n_tokens;
+    in->text = NULL;
+    in->tokens = NULL;
+}
+
+static void score_job(struct rq *q, struct job *j, const struct req_score *r)
+{
+    j->score = 1;
+    j->want_details = r->logprobs;
+    j->top_k = r->top_logprobs;
+    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    q->want_details = r->logprobs;
+}
+
+void h_score(struct rq *q, int with_session)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_score r;
+    struct api_error e;
+    int rc = req_score_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct session *s = NULL;
+    if (with_session && !(s = idle_session(q))) {
+        req_score_free(&r);
+        return;
+    }
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        req_score_free(&r);
+        respond_oom(q->h, NULL);
+        return;
+    }
+    take_input(j, &r.in);
+    score_job(q, j, &r);
+    req_score_free(&r);
+    if (s) {
+        j->state = s->state;
+        j->sess_a = s;
+    } else if (tmp_state(q, j) != 0) {
+        job_free(j);
+        return;
+    }
+    submit(q, j);
+}
+
+void done_score(struct rq *q, struct job *j)
+{
+    struct vocab_view v = vocab(q->a);
+    struct score_view sv = {
+        .position = j->position,
+        .n_tokens = j->n_input,
+        .st = &j->stats,
+        .d = q->want_details ? &j->in_rows : NULL,
+        .truncated = j->in_truncated,
+    };
+    size_t n;
+    char *s = json_body(resp_score(&sv, &v), &n);
+    if (s) {
+        http_respond(q->h, 200, "application/json", s, n);
+        return;
+    }
+    if (q->route != R_APPEND) {
+        respond_oom(q->h, "building the response"); /* nothing was changed */
+        return;
+    }
+    /* the text is in the session already: say so, in the little we can */
+    char small[200];
+    if (resp_fixed_appended(small, sizeof small, (int64_t)j->position, j->n_input) == 0)
+        http_respond_small(q->h, 200, "application/json", small);
+    else
+        respond_oom(q->h, "building the response");
+}
+
+/* Copy stop sequences into the job. */
+static int take_stop(struct job *j, struct req_stop *st)
+{
+    j->stop = st->s;
+    j->stop_len = st->len;
+    j->n_stop = st->n;
+    memset(st, 0, sizeof *st);
+    return 0;
+}
+
+void h_generate(struct rq *q)
+{
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_generate r;
+    struct api_error e;
+    int rc = req_generate_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_generate_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct session *s = idle_session(q);
+    if (!s) {
+        req_generate_free(&r);
+        return;
+    }
+    if (s->state->pos == 0) {
+        req_generate_free(&r);
+        respond_err(q->h, API_INVALID_REQUEST,
+                    "session '%s' has read no tokens yet: append some text first", s->id);
+        return;
+    }
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        req_generate_free(&r);
+        respond_oom(q->h, NULL);
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->gen_max = r.max_tokens;
+    j->sp = r.sp;
+    j->seed = r.has_seed ? r.seed : random_seed();
+    take_stop(j, &r.stop);
+    j->commit = r.commit;
+    j->ignore_eos = r.ignore_eos;
+    j->gen_details = r.logprobs;
+    j->top_k = r.top_logprobs;
+    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    j->stream = r.stream ? STREAM_SESSION : STREAM_NONE;
+    q->want_details = r.logprobs;
+    req_generate_free(&r);
+    if (job_state(q, j, &j->gen) != 0) {
+        job_free(j);
+        return;
+    }
+    submit(q, j);
+    if (j->stream) {
+        q->phase = RQ_STREAMING;
+        http_respond_stream(q->h, 200, "text/event-stream", pull);
+    }
+}
+
+void done_generate(struct rq *q, struct job *j)
+{
+    struct vocab_view v = vocab(q->a);
+    struct gen_view g = {
+        .text = j->out_text.p,
+        .text_len = j->out_text.n,
+        .ids = j->out_ids.v,
+        .n_ids = j->out_ids.n,
+        .finish_reason = j->finish,
+        .position = j->position,
+        .seed = j->seed,
+        .committed = j->commit,
+        .d = q->want_details ? &j->out_rows : NULL,
+        .truncated = j->out_truncated,
+    };
+    size_t n;
+    char *body = json_body(resp_generate(&g, &v), &n);
+    if (!body) {
+        respond_oom(q->h, "building the response"); /* nothing committed: the session is as it was */
+        return;
+    }
+    state_commit(j);
+    http_respond(q->h, 200, "application/json", body, n);
+}
+
+
+/* system_fingerprint: "fp_" and 16 hex digits of a hash of the build's
+ * version and the model's fingerprint — the same for every answer of one
+ * build serving one model, and different when either changes (what
+ * OpenAI's field is for: the backend that made the answer). */
+static void system_fingerprint(const struct app *a, char out[24])
+{
+    char fp[17];
+    hex64(XXH3_64bits_withSeed(RECUR_VERSION, strlen(RECUR_VERSION), a->fingerprint), fp);
+    snprintf(out, 24, "fp_%s", fp);
+}
+
+void h_completions(struct rq *q)
+{
+    struct app *a = q->a;
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_completion r;
+    struct api_error e;
+    int rc = req_completion_parse(o, &a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_completion_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        req_completion_free(&r);
+        respond_oom(q->h, NULL);
+        return;
+    }
+    /* An empty prompt: a recurrent model's zero state has made no
+     * prediction yet, so something must be read first. Like HF's
+     * generate() for these models (bos = eos = <|endoftext|>), that is the
+     * end-of-text token: the start of a new document. It counts in
+     * usage.prompt_tokens (the model read it), it is not echoed or scored. */
+    int empty = !r.prompt.text && !r.prompt.tokens;
+    if (empty) {
+        int32_t eos = codec_eos(a->codec);
+        if (eos < 0) {
+            req_completion_free(&r);
+            job_free(j);
+            respond_err(q->h, API_INVALID_REQUEST,
+                        "field 'prompt' is empty and this model's tokenizer has no end-of-text "
+                        "token to start from: send at least one token");
+            return;
+        }
+        if (!(r.prompt.tokens = rc_malloc(sizeof *r.prompt.tokens))) {
+            req_completion_free(&r);
+            job_free(j);
+            respond_oom(q->h, NULL);
+            return;
+        }
+        r.prompt.tokens[0] = eos;
+        r.prompt.n_tokens = 1;
+    }
+    /* the echoed prompt: the text as sent, or the ids' pieces */
+    struct outbuf echo = {0};
+    int oom = 0;
+    if (r.echo && !empty) {
+        if (r.prompt.text)
+            oom = outbuf_put(&echo, r.prompt.text, r.prompt.text_len) != 0;
+        for (size_t i = 0; !oom && r.prompt.tokens && i < r.prompt.n_tokens; i++) {
+            size_t len;
+            const char *p = codec_piece(a->codec, r.prompt.tokens[i], &len);
+            oom = outbuf_put(&echo, p, len) != 0;
+        }
+    }
+    unsigned char rnd[12];
+    char idbuf[40] = "cmpl-";
+    if (random_bytes(rnd, sizeof rnd) == 0)
+        for (size_t i = 0; i < sizeof rnd; i++)
+            snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
+    j->cmpl_id = rc_strdup(idbuf);
+    j->model_name = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
+    if (r.n > 1 && (!(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices)) ||
+                    !(j->gens = rc_calloc((size_t)r.n, sizeof *j->gens))))
+        oom = 1;
+    j->n_choices = r.n;
+    if (oom || !j->cmpl_id || !j->model_name) {
+        outbuf_free(&echo);
+        req_completion_free(&r);
+        job_free(j);
+        respond_oom(q->h, NULL);
+        return;
+    }
+    take_input(j, &r.prompt);
+    j->created = (int64_t)time(NULL);
+    system_fingerprint(a, j->sys_fp);
+    j->include_usage = r.include_usage;
+    j->score = r.echo && r.logprobs >= 0 && !empty;
+    j->want_details = j->score;
+    j->top_k = r.logprobs > 0 ? r.logprobs : 0;
+    /* the limit is per response: n choices share it (each repeats the
+     * echoed prompt's rows) */
+    j->detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r.n > 1 ? r.n : 1);
+    j->gen_max = r.max_tokens;
+    j->sp = r.sp;
+    j->seed = r.has_seed ? r.seed : random_seed();
+    take_stop(j, &r.stop);
+    j->gen_details = r.logprobs >= 0;
+    j->stream = r.stream ? STREAM_OPENAI : STREAM_NONE;
+    q->cmpl_logprobs = r.logprobs;
+    q->cmpl_echo = r.echo;
+    if (j->stream) {
+        j->echo = echo.p;
+        j->echo_len = echo.n;
+    } else {
+        q->echo = echo.p;
+        q->echo_len = echo.n;
+    }
+    req_completion_free(&r);
+    if (tmp_state(q, j) != 0) {
+        job_free(j);
+        return;
+    }
+    /* n > 1: the prompt is read once into tmp; choice i generates in
+     * gens[i] from a copy of it (n more states, counted like tmp) */
+    for (int i = 0; j->n_choices > 1 && i < j->n_choices; i++)
+        if (job_state(q, j, &j->gens[i]) != 0) {
+            job_release(a, j); /* the states made so far and their reservations */
+            return;
+        }
+    submit(q, j);
+    if (j->stream) {
+        q->phase = RQ_STREAMING;
+        http_respond_stream(q->h, 200, "text/event-stream", pull);
+    }
+}
+
+void done_completions(struct rq *q, struct job *j)
+{
+    struct vocab_view v = vocab(q->a);
+    /* one choice: the results are in j->out_*; n > 1: in j->choices */
+    size_t n = j->n_choices > 1 ? (size_t)j->n_choices : 1;
+    struct choice_out one = {.ids = j->out_ids, .text = j->out_text, .rows = j->out_rows,
+                             .rows_truncated = j->out_truncated, .finish = j->finish};
+    const struct choice_out *src = j->n_choices > 1 ? j->choices : &one;
+    struct outbuf *text = rc_calloc(n, sizeof *text);
+    struct tok_details *all = rc_calloc(n, sizeof *all);
+    struct completion_choice *ch = rc_calloc(n, sizeof *ch);
+    int64_t generated = 0;
+    int oom = !text || !all || !ch;
+    for (size_t c = 0; c < n && !oom; c++) {
+        const struct choice_out *x = &src[c];
+        tok_details_init(&all[c], j->top_k);
+        oom = outbuf_put(&text[c], q->echo ? q->echo : "", q->echo_len) ||
+              outbuf_put(&text[c], x->text.p ? x->text.p : "", x->text.n);
+        if (q->cmpl_logprobs >= 0) {
+            /* echo: the prompt's rows first (the first has no logprob) */
+            const struct tok_details *parts[2] = {q->cmpl_echo ? &j->in_rows : NULL, &x->rows};
+            for (int p = 0; p < 2 && !oom; p++)
+                for (size_t i = 0; parts[p] && i < parts[p]->n && !oom; i++)
+                    oom = tok_details_push(&all[c], parts[p]->pos[i], parts[p]->id[i],
+                                           parts[p]->lp[i],
+                                           parts[p]->top_id + i * (size_t)parts[p]->k,
+                                           parts[p]->top_lp + i * (size_t)parts[p]->k) != 0;
+        }
+        generated += (int64_t)x->ids.n;
+        ch[c] = (struct completion_choice){
+            .text = text[c].p,
+            .text_len = text[c].n,
+            .finish_reason = x->finish && !strcmp(x->finish, "eos") ? "stop" : x->finish,
+            .d = q->cmpl_logprobs >= 0 ? &all[c] : NULL,
+            .text_offset0 = q->cmpl_echo ? 0 : q->echo_len,
+            .truncated = q->cmpl_logprobs >= 0 &&
+                         (x->rows_truncated || (q->cmpl_echo && j->in_truncated)),
+        };
+    }
+    json_t *o = NULL;
+    if (!oom) {
+        char fp[24];
+        system_fingerprint(q->a, fp);
+        struct completion_view cv = {
+            .id = j->cmpl_id,
+            .created = j->created,
+            .model = j->model_name,
+            .system_fingerprint = fp,
+            .ch = ch,
+            .n_ch = n,
+            .prompt_tokens = j->n_input,
+            .completion_tokens = generated,
+            .with_usage = 1,
+        };
+        o = resp_completion(&cv, &v);
+    }
+    for (size_t c = 0; c < n; c++) {
+        if (all)
+            tok_details_free(&all[c]);
+        if (text)
+            outbuf_free(&text[c]);
+    }
+    rc_free(all);
+    rc_free(text);
+    rc_free(ch);
+    respond_json(q->h, 200, o);
+}
+
+
+/* ---- streamed text/plain append ------------------------------------------------ */
+
+int start_text_append(struct rq *q)
+{
+    struct app *a = q->a;
+    struct req_score r;
+    struct api_error e;
+    if (req_score_query(http_query(q->h, "logprobs"), http_query(q->h, "top_logprobs"), &a->lim,
+                        &r, &e) != 0) {
+        http_respond_error(q->h, &e);
+        return -1;
+    }
+    struct session *s = idle_session(q);
+    if (!s) {
+        if (q->waiting) {
+            q->phase = RQ_TEXT_PARKED; /* the upload waits, paused, for the state */
+            return 0;
+        }
+        return -1;
+    }
+    q->phase = RQ_HANDLING;
+    struct job *j = job_new(JOB_RUN);
+    if (!j) {
+        respond_oom(q->h, NULL);
+        return -1;
+    }
+    j->streamed = 1;
+    score_job(q, j, &r);
+    j->state = s->state;
+    j->sess_a = s;
+    q->body = RQ_BODY_TEXT;
+    submit(q, j);
+    return 0;
+}
+
+size_t on_data(void *ud, struct http_req *h, const char *data, size_t n)
+{
+    struct rq *q = http_data(h);
+    if (q && q->phase == RQ_TEXT_PARKED) {
+        http_pause_upload(h); /* nothing taken until the state is back */
+        return 0;
+    }
+    if (!q || !q->job)
+        return n;
+    size_t have = sched_feed(q->a->sched, q->job, data, n, 0);
+    if (have >= q->a->cfg->upload_buffer_bytes) {
+        /* backpressure: the compute thread wakes us when it has taken it */
+        q->upload_paused = 1;
+        http_pause_upload(h);
+    }
+    return n;
+}
+
+/* ---- dispatch ---------------------------------------------------------------------- */

@@ -1,0 +1,557 @@
+/*
+ * h_sessions.c — the session handlers: list, create (empty, fork, from
+ * a snapshot), delete; state GET/PUT; save and named snapshots.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "handlers.h"
+#include "errors.h"
+#include "jsonin.h"
+#include "response.h"
+#include "spill.h"
+#include "state.h"
+
+/* self: the job of the request answering (its own hold is not "busy"). */
+static json_t *session_json(struct app *a, struct session *s, const struct job *self)
+{
+    uint64_t idle = now_ms(a) - s->last_used_ms, ttl = sessions_ttl_ms(a->sessions);
+    struct session_view v = {
+        .id = s->id,
+        .position = s->busy || !s->state ? s->pos : s->state->pos,
+        .state_bytes = sessions_state_size(a->sessions),
+        .created = s->created,
+        .expires_in = s->busy ? (double)ttl / 1000 : (double)(ttl > idle ? ttl - idle : 0) / 1000,
+        .busy = (s->busy != NULL && s->busy != self) || s->io,
+        .spilled = s->spilled,
+    };
+    /* last_used in unix seconds: now minus idle time */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    v.last_used = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 - (double)idle / 1000;
+    /* created is the wall clock read at creation, idle comes from the loop's
+     * cached millisecond clock (and the wall clock may step back): without
+     * this a session listed right after it was made looked used before it
+     * existed */
+    if (v.last_used < v.created)
+        v.last_used = v.created;
+    return resp_session(&v);
+}
+
+
+/* ---- file work (named snapshots) -------------------------------------------
+ * Disk I/O runs on libuv's worker pool; the request waits suspended. If
+ * the request goes away first, the op finishes and only frees itself. */
+
+
+/* Snapshots belong to the key that wrote them: on disk, "<name>" when
+ * auth is off, "k<owner>.<name>" otherwise. */
+static void snap_file(const struct rq *q, const char *name, char *out, size_t n)
+{
+    if (q->owner)
+        snprintf(out, n, "k%016llx.%s", (unsigned long long)q->owner, name);
+    else
+        snprintf(out, n, "%s", name);
+}
+
+/* Whether a listed file is the caller's: "k<owner>." + name with auth,
+ * else a name without any key's prefix. */
+static int file_is_callers(const struct fsop *f, const char *nm)
+{
+    size_t pl = strlen(f->pre);
+    if (pl)
+        return strncmp(nm, f->pre, pl) == 0;
+    return !(nm[0] == 'k' && strchr(nm, '.') == nm + 17);
+}
+
+/* Before a save: one key holds at most --max-snapshots-per-key named
+ * snapshots (a new name counts, replacing one of its own does not), and
+ * the file must leave --snapshot-disk-reserve free on its disk, plus room
+ * to spill every state now in memory when --state-dir is on the same
+ * disk, so that named snapshots can never take the room spilling and the
+ * shutdown's persisting need. Saves running at once for one key may each
+ * pass the count: the overshoot is bounded by the key's requests in
+ * flight. */
+static int save_allowed(struct fsop *f)
+{
+    struct store_entry *list = NULL;
+    size_t n = 0, mine = 0;
+    int replacing = 0;
+    int rc = store_list(f->st, &list, &n, f->err, sizeof f->err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (!file_is_callers(f, list[i].name))
+            continue;
+        mine++;
+        replacing |= !strcmp(list[i].name, f->file);
+    }
+    rc_free(list);
+    if (!replacing && mine >= (size_t)f->quota) {
+        return rc_fail(f->err, sizeof f->err, RC_EQUOTA,
+                       "this key holds %zu named snapshots, the limit "
+                       "(--max-snapshots-per-key %ld): delete one or replace one of them",
+                       mine, f->quota);
+    }
+    uint64_t avail, dev, state_avail, state_dev, need = f->len + f->reserve;
+    if (store_space(f->st, &avail, &dev) != 0)
+        return rc_fail(f->err, sizeof f->err, RC_EIO, "cannot read the free space of %s",
+                       store_path(f->st));
+    if (f->states && store_space(f->states, &state_avail, &state_dev) == 0 && state_dev == dev)
+        need += f->spill_room;
+    if (avail < need)
+        return rc_fail(f->err, sizeof f->err, RC_ENOSPC,
+                       "not enough disk: %llu bytes free, the snapshot needs %zu and %llu "
+                       "must stay free (--snapshot-disk-reserve, plus room to spill the "
+                       "sessions in memory when --state-dir shares the disk)",
+                       (unsigned long long)avail, f->len, (unsigned long long)(need - f->len));
+    return 0;
+}
+
+static void fs_work(uv_work_t *w)
+{
+    struct fsop *f = w->data;
+    switch (f->kind) {
+    case FS_WRITE:
+        f->rc = save_allowed(f);
+        if (!f->rc)
+            f->rc = store_write(f->st, f->file, f->buf, f->len, f->overwrite, f->err,
+                                sizeof f->err);
+        break;
+    case FS_READ:
+        f->rc = store_read(f->st, f->file, f->max, &f->buf, &f->len, f->err, sizeof f->err);
+        break;
+    case FS_REMOVE:
+        f->rc = store_remove(f->st, f->file, f->err, sizeof f->err);
+        break;
+    case FS_LIST:
+        f->rc = store_list(f->st, &f->list, &f->n, f->err, sizeof f->err);
+        break;
+    }
+}
+
+static void fs_done(struct rq *q, struct fsop *f);
+
+static void fs_after(uv_work_t *w, int status)
+{
+    struct fsop *f = w->data;
+    struct rq *q = f->q;
+    if (q) {
+        q->fsop = NULL;
+        if (status == UV_ECANCELED) {
+            f->rc = RC_ECANCELED;
+            snprintf(f->err, sizeof f->err, "cancelled");
+        }
+        fs_done(q, f);
+    }
+    rc_free(f->buf);
+    rc_free(f->list);
+    rc_free(f);
+}
+
+int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
+{
+    struct fsop *f = rc_calloc(1, sizeof *f);
+    if (!f) {
+        rc_free(buf);
+        respond_oom(q->h, NULL);
+        return -1;
+    }
+    f->a = q->a;
+    f->st = q->a->snapshots;
+    f->q = q;
+    f->kind = kind;
+    f->buf = buf;
+    f->len = len;
+    f->max = q->a->snap_bytes;
+    f->overwrite = q->overwrite;
+    if (name)
+        snap_file(q, name, f->file, sizeof f->file);
+    if (q->owner)
+        snprintf(f->pre, sizeof f->pre, "k%016llx.", (unsigned long long)q->owner);
+    f->quota = q->a->cfg->max_snapshots_per_key;
+    f->reserve = q->a->cfg->snapshot_disk_reserve;
+    f->states = q->a->states;
+    f->spill_room = q->a->sessions ? sessions_state_bytes(q->a->sessions) : 0;
+    f->w.data = f;
+    if (uv_queue_work(q->a->loop, &f->w, fs_work, fs_after) != 0) {
+        rc_free(f->buf);
+        rc_free(f);
+        respond_err(q->h, API_INTERNAL, "cannot queue file work");
+        return -1;
+    }
+    q->fsop = f;
+    return 0;
+}
+
+static int snapshots_on(struct rq *q)
+{
+    if (q->a->snapshots)
+        return 1;
+    respond_err(q->h, API_NOT_IMPLEMENTED,
+                "server-side snapshots are off: start the server with --snapshot-dir");
+    return 0;
+}
+
+/* 201 for a new session, or, when the answer cannot be made, a 503 and
+ * no session: a client told "out of memory" must not own one it never
+ * heard of. */
+static void respond_created(struct rq *q, struct session *s)
+{
+    size_t n;
+    char loc[sizeof "/v1/sessions/" + sizeof s->id];
+    snprintf(loc, sizeof loc, "/v1/sessions/%s", s->id);
+    char *body = json_body(session_json(q->a, s, q->job), &n);
+    if (!body || http_add_header(q->h, "Location", loc) != 0) {
+        rc_free(body);
+        sessions_delete(q->a->sessions, s);
+        respond_oom(q->h, "building the response");
+        return;
+    }
+    http_respond(q->h, 201, "application/json", body, n);
+}
+
+void h_sessions_post(struct rq *q)
+{
+    struct app *a = q->a;
+    struct api_error e;
+    struct session *src = NULL, *s;
+    struct req_session_create r = {0};
+    size_t snap_len = 0;
+    char *snap = NULL;
+    if (q->body == RQ_BODY_SNAPSHOT) {
+        snap = http_take_body(q->h, &snap_len);
+    } else {
+        json_t *o = NULL;
+        size_t n;
+        http_body(q->h, &n);
+        if (n) { /* an empty body means {} */
+            if (!(o = body_json(q)))
+                return;
+            int rc = req_session_create_parse(o, &a->lim, &r, &e);
+            json_decref(o);
+            if (rc) {
+                http_respond_error(q->h, &e);
+                return;
+            }
+        }
+        if (r.snapshot) {
+            snprintf(q->name, sizeof q->name, "%s", r.snapshot);
+            req_session_create_free(&r);
+            if (snapshots_on(q))
+                fs_start(q, FS_READ, q->name, NULL, 0);
+            return;
+        }
+        if (r.fork_of) {
+            snprintf(q->id, sizeof q->id, "%.32s", r.fork_of);
+            src = sessions_get(a->sessions, r.fork_of, q->owner);
+            if (!src) {
+                respond_err(q->h, API_NOT_FOUND, "no session '%.40s' to fork", r.fork_of);
+                req_session_create_free(&r);
+                return;
+            }
+            if (src->busy) {
+                respond_err(q->h, API_SESSION_BUSY, "session '%s' is busy; fork it when idle",
+                            src->id);
+                req_session_create_free(&r);
+                return;
+            }
+            if (src->spilled || src->io) {
+                req_session_create_free(&r);
+                wait_for(q, src); /* then this runs again */
+                return;
+            }
+        }
+        req_session_create_free(&r);
+    }
+    if (sessions_new(a->sessions, q->owner, now_ms(a), &s, &e) != 0) {
+        rc_free(snap);
+        if (api_err_status(e.kind) == 503)
+            http_add_header(q->h, "Retry-After", "5");
+        http_respond_error(q->h, &e);
+        return;
+    }
+    a->metrics.sessions_created++;
+    if (!src && !snap) {
+        spill_check(a); /* no job reads another session's state here */
+        respond_created(q, s);
+        return;
+    }
+    struct job *j = job_new(src ? JOB_COPY : JOB_LOAD);
+    if (!j) {
+        rc_free(snap);
+        sessions_delete(a->sessions, s);
+        respond_oom(q->h, NULL);
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    if (src) {
+        src->last_used_ms = now_ms(a);
+        j->src = src->state;
+        j->sess_b = src;
+    } else {
+        j->snap = (uint8_t *)snap;
+        j->snap_len = snap_len;
+        j->fingerprint = a->fingerprint;
+    }
+    /* Only now, with src held by the job (busy), may the new state's
+     * weight spill something: before, src was the least recently used
+     * idle session, the spiller's first choice, and its state would be
+     * freed under the copy. */
+    submit(q, j);
+    spill_check(a);
+}
+
+/* A new session read from snapshot bytes (owned by the callee). */
+static void create_from_snapshot(struct rq *q, uint8_t *snap, size_t len)
+{
+    struct app *a = q->a;
+    struct api_error e;
+    struct session *s;
+    if (sessions_new(a->sessions, q->owner, now_ms(a), &s, &e) != 0) {
+        rc_free(snap);
+        if (api_err_status(e.kind) == 503)
+            http_add_header(q->h, "Retry-After", "5");
+        http_respond_error(q->h, &e);
+        return;
+    }
+    a->metrics.sessions_created++;
+    struct job *j = job_new(JOB_LOAD);
+    if (!j) {
+        rc_free(snap);
+        sessions_delete(a->sessions, s);
+        respond_oom(q->h, NULL);
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->snap = snap;
+    j->snap_len = len;
+    j->fingerprint = a->fingerprint;
+    submit(q, j);
+}
+
+void done_session_create(struct rq *q, struct job *j)
+{
+    struct app *a = q->a;
+    struct session *s = j->sess_a;
+    if (j->rc) {
+        /* the new session never existed as far as the client knows */
+        sessions_delete(a->sessions, s);
+        http_respond_error(q->h, &j->err);
+        return;
+    }
+    s->pos = s->state->pos;
+    respond_created(q, s);
+}
+
+void h_sessions_list(struct rq *q)
+{
+    json_t *data = json_array();
+    int bad = !data;
+    for (struct session *s = sessions_first(q->a->sessions); s && !bad; s = sessions_next(s))
+        if (s->owner == q->owner)
+            bad |= json_array_append_new(data, session_json(q->a, s, q->job)) != 0;
+    if (bad) {
+        json_decref(data);
+        data = NULL;
+    }
+    respond_json(q->h, 200, resp_list(data));
+}
+
+void h_session(struct rq *q)
+{
+    struct session *s = sessions_get(q->a->sessions, q->id, q->owner);
+    if (!s) {
+        respond_err(q->h, API_NOT_FOUND, "no session '%.40s'", q->id);
+        return;
+    }
+    if (q->method == M_GET) {
+        if (!s->busy)
+            s->last_used_ms = now_ms(q->a); /* asking about it is using it */
+        respond_json(q->h, 200, session_json(q->a, s, q->job));
+        return;
+    }
+    /* DELETE: a running job is cancelled; the state goes when it ends */
+    if (s->busy)
+        sched_cancel(q->a->sched, s->busy);
+    sessions_delete(q->a->sessions, s);
+    q->a->metrics.sessions_deleted++;
+    respond_json(q->h, 200, resp_session_deleted(q->id));
+}
+
+void h_state_get(struct rq *q)
+{
+    struct session *s = idle_session(q);
+    if (!s)
+        return;
+    struct job *j = job_new(JOB_SAVE);
+    if (!j) {
+        respond_oom(q->h, NULL);
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->fingerprint = q->a->fingerprint;
+    submit(q, j);
+}
+
+void h_state_put(struct rq *q)
+{
+    struct session *s = idle_session(q);
+    if (!s)
+        return;
+    struct job *j = job_new(JOB_LOAD);
+    if (!j) {
+        respond_oom(q->h, NULL);
+        return;
+    }
+    if (job_state(q, j, &j->gen) != 0) {
+        job_free(j);
+        return;
+    }
+    j->snap = (uint8_t *)http_take_body(q->h, &j->snap_len);
+    j->state = j->gen; /* read into, then committed */
+    j->sess_a = s;
+    j->fingerprint = q->a->fingerprint;
+    submit(q, j);
+}
+
+void done_state(struct rq *q, struct job *j)
+{
+    if (j->rc) {
+        http_respond_error(q->h, &j->err);
+        return;
+    }
+    if (j->kind == JOB_SAVE) {
+        char *b = (char *)j->snap_out;
+        j->snap_out = NULL;
+        http_add_header(q->h, "Content-Disposition", "attachment; filename=\"session.snap\"");
+        http_respond(q->h, 200, "application/octet-stream", b, j->snap_out_len);
+        return;
+    }
+    struct session *s = j->sess_a;
+    s->pos = j->gen->pos; /* what the answer shows */
+    size_t n;
+    char *body = json_body(session_json(q->a, s, q->job), &n);
+    if (!body) {
+        s->pos = s->state->pos;
+        respond_oom(q->h, "building the response");
+        return;
+    }
+    state_commit(j);
+    http_respond(q->h, 200, "application/json", body, n);
+}
+
+
+void h_save(struct rq *q)
+{
+    if (!snapshots_on(q))
+        return;
+    json_t *o = body_json(q);
+    if (!o)
+        return;
+    struct req_save r;
+    struct api_error e;
+    int rc = req_save_parse(o, &q->a->lim, &r, &e);
+    json_decref(o);
+    if (rc) {
+        req_save_free(&r);
+        http_respond_error(q->h, &e);
+        return;
+    }
+    snprintf(q->name, sizeof q->name, "%s", r.name);
+    q->overwrite = r.overwrite;
+    req_save_free(&r);
+    struct session *s = idle_session(q);
+    if (!s)
+        return;
+    struct job *j = job_new(JOB_SAVE);
+    if (!j) {
+        respond_oom(q->h, NULL);
+        return;
+    }
+    j->state = s->state;
+    j->sess_a = s;
+    j->fingerprint = q->a->fingerprint;
+    submit(q, j);
+}
+
+void h_snapshots(struct rq *q)
+{
+    if (snapshots_on(q))
+        fs_start(q, FS_LIST, NULL, NULL, 0);
+}
+
+void h_snapshot(struct rq *q)
+{
+    struct api_error e;
+    if (!snapshots_on(q))
+        return;
+    if (req_snapshot_name_check(q->name, q->name_len, &e) != 0) {
+        http_respond_error(q->h, &e);
+        return;
+    }
+    fs_start(q, q->method == M_DELETE ? FS_REMOVE : FS_READ, q->name, NULL, 0);
+}
+
+static void fs_done(struct rq *q, struct fsop *f)
+{
+    if (f->rc) {
+        int kind = f->kind == FS_WRITE ? api_err_from_write_rc(f->rc) : api_err_from_rc(f->rc);
+        const char *m = f->err;
+        if (f->rc == RC_EEXIST)
+            m = "a snapshot of that name exists (send \"overwrite\": true to replace it)";
+        respond_err(q->h, kind, "%s", m);
+        return;
+    }
+    /* The file is written or removed: the answer must not be able to fail
+     * for want of memory (a 503 would invite a retry that finds a 409 or a
+     * 404). Names are [A-Za-z0-9._-]{1,128}: nothing to escape, and the
+     * body fits http_respond_small's buffer. */
+    char small[256];
+    switch (f->kind) {
+    case FS_WRITE:
+        if (resp_fixed_snapshot_saved(small, sizeof small, q->name, f->len, f->position) == 0)
+            http_respond_small(q->h, 201, "application/json", small);
+        else
+            respond_err(q->h, API_INTERNAL, "snapshot saved; its answer could not be made");
+        return;
+    case FS_READ:
+        if (q->route == R_SNAPSHOT) {
+            http_add_header(q->h, "Content-Disposition", "attachment");
+            http_respond(q->h, 200, "application/octet-stream", (char *)f->buf, f->len);
+        } else
+            create_from_snapshot(q, f->buf, f->len);
+        f->buf = NULL; /* handed on */
+        return;
+    case FS_REMOVE:
+        if (resp_fixed_snapshot_deleted(small, sizeof small, q->name) == 0)
+            http_respond_small(q->h, 200, "application/json", small);
+        else
+            respond_err(q->h, API_INTERNAL, "snapshot deleted; its answer could not be made");
+        return;
+    case FS_LIST: {
+        json_t *data = json_array();
+        int bad = !data;
+        size_t pl = strlen(f->pre);
+        for (size_t i = 0; i < f->n && !bad; i++) {
+            const char *nm = f->list[i].name;
+            if (!file_is_callers(f, nm))
+                continue; /* another key's */
+            json_t *x = resp_snapshot_entry(nm + pl, (int64_t)f->list[i].bytes,
+                                            (int64_t)f->list[i].mtime);
+            bad |= !x || json_array_append_new(data, x) != 0;
+        }
+        if (bad) {
+            json_decref(data);
+            data = NULL;
+        }
+        respond_json(q->h, 200, resp_list(data));
+        return;
+    }
+    }
+}

@@ -1,0 +1,189 @@
+/*
+ * handlers.h — private to the HTTP API (dispatch.c and the h_*.c
+ * handler files): the per-request context and the helpers they share.
+ *
+ *   dispatch.c    route table, matching, auth, content type; the request's
+ *                 lifecycle (on_headers, on_request, on_done); a finished
+ *                 job's answer (finish_job, routes_on_job_event); waiting
+ *                 for a session that is busy or on disk
+ *   h_server.c    health, metrics, models
+ *   h_sessions.c  sessions: list, create, fork, delete; state GET/PUT;
+ *                 save and named snapshots (file work)
+ *   h_infer.c     tokenize, detokenize, score, append (incl. streamed
+ *                 text), generate, completions
+ *
+ * Everything here runs on the loop thread.
+ */
+#ifndef RECUR_HANDLERS_H
+#define RECUR_HANDLERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "app.h"
+
+enum route {
+    R_HEALTH,
+    R_METRICS,
+    R_MODELS,
+    R_TOKENIZE,
+    R_DETOKENIZE,
+    R_SCORE,
+    R_COMPLETIONS,
+    R_SESSIONS,
+    R_SESSION,
+    R_APPEND,
+    R_GENERATE,
+    R_STATE,
+    R_SAVE,
+    R_SNAPSHOTS,
+    R_SNAPSHOT,
+    R_MODEL,
+    N_ROUTES
+};
+
+enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_DELETE = 8 };
+
+/* Where a request is in its life, as far as the answer is concerned.
+ * All transitions happen on the loop thread:
+ *
+ *   RQ_HANDLING ──(text/plain append, session state on disk)──> RQ_TEXT_PARKED
+ *   RQ_TEXT_PARKED ──(state back: start_text_append again)──> RQ_HANDLING
+ *   RQ_HANDLING ──(streamed generate/completion submitted: 200 sent)──> RQ_STREAMING
+ *   RQ_STREAMING ──(the job's final event)──> RQ_STREAM_END, or
+ *                 RQ_STREAM_END_OOM when its error event could not be made
+ *   RQ_STREAM_END_OOM ──(the pull sent a static error event)──> RQ_STREAM_END
+ *
+ * In RQ_HANDLING the answer is made at once, or when a job ends
+ * (finish_job) or file work ends (fs_done); q->job, q->fsop and q->waiting
+ * say which is in flight. A request leaves every phase by on_done. */
+enum rq_phase {
+    RQ_HANDLING = 0,
+    RQ_TEXT_PARKED,            /* on_data takes nothing, the upload is paused */
+    RQ_STREAMING,              /* the response pulls from job->outbox */
+    RQ_STREAM_END_OOM,         /* the job is done; its error event is owed */
+    RQ_STREAM_END,             /* the job is done; the pull drains, then ends */
+};
+
+/* How the request's body arrives: fixed by on_headers, except that a
+ * text/plain append is RQ_BODY_TEXT once its job reads the upload. */
+enum rq_body {
+    RQ_BODY_JSON = 0,          /* buffered; parsed by the handler */
+    RQ_BODY_SNAPSHOT,          /* buffered octet-stream: exactly one snapshot */
+    RQ_BODY_TEXT,              /* streamed text/plain, fed to the job by on_data */
+};
+
+/* Per-request context (http_data). */
+struct rq {
+    struct app *a;
+    struct http_req *h;
+    int route;                 /* enum route, or -1 */
+    int method;                /* M_* */
+    uint64_t owner;
+    char id[SESSION_ID_LEN + 1];
+    char name[160];            /* snapshot name (R_SNAPSHOT path, save, restore) */
+    size_t name_len;           /* R_SNAPSHOT/R_MODEL: the path's {name} length,
+                                * also when too long for name (then "") */
+    struct job *job;           /* running or done, until released */
+    struct fsop *fsop;         /* file work in flight for it, or NULL */
+    enum rq_phase phase;
+    enum rq_body body;
+    /* Backpressure on a streamed upload, independent of the phase: the
+     * compute thread has not yet taken what on_data fed; its next event
+     * wakes the upload. */
+    int upload_paused;
+    int overwrite;             /* save: replace a snapshot of that name */
+    /* what the response needs besides the job */
+    int want_details;
+    int cmpl_logprobs;         /* -1 none */
+    int cmpl_echo;
+    char *echo;                /* echoed prompt text (non-stream), owned */
+    size_t echo_len;
+    struct rq *prev, *next;    /* app's list of requests with a job */
+    struct session *waiting;   /* waiting for this session's state to be back */
+    struct rq *wprev, *wnext;  /* its waiters list */
+};
+
+
+/* ---- file work (named snapshots, h_sessions.c) */
+
+enum { FS_WRITE = 1, FS_READ, FS_REMOVE, FS_LIST };
+
+struct fsop {
+    uv_work_t w;
+    struct app *a;
+    struct store *st;
+    struct rq *q;              /* NULL once the request is gone */
+    int kind;
+    char file[200];            /* on-disk name */
+    uint8_t *buf;              /* write: owned; read: result, owned */
+    size_t len, max;
+    int overwrite;
+    int64_t position;
+    int rc;
+    char err[384];
+    struct store_entry *list;
+    size_t n;
+    const char *prefix;        /* owner prefix for listing */
+    char pre[24];
+    /* a save's limits (read on the loop, applied by the worker) */
+    long quota;                /* --max-snapshots-per-key */
+    uint64_t reserve;          /* --snapshot-disk-reserve */
+    struct store *states;      /* --state-dir, or NULL */
+    uint64_t spill_room;       /* bytes to spill the states now in memory */
+};
+
+static inline uint64_t now_ms(struct app *a) { return uv_now(a->loop); }
+
+/* ---- dispatch.c: answers and the job's lifecycle */
+
+char *json_body(json_t *o, size_t *n);
+int respond_oom(struct http_req *h, const char *doing);
+int respond_json(struct http_req *h, int status, json_t *o);
+int respond_err(struct http_req *h, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void job_release(struct app *a, struct job *j);
+void submit(struct rq *q, struct job *j);
+int job_state(struct rq *q, struct job *j, struct mstate **out);
+int tmp_state(struct rq *q, struct job *j);
+void state_commit(struct job *j);
+json_t *body_json(struct rq *q);
+void wait_for(struct rq *q, struct session *s);
+struct session *idle_session(struct rq *q);
+
+/* ---- h_server.c */
+
+void h_health(struct rq *q);
+void h_metrics(struct rq *q);
+void h_models(struct rq *q);
+void h_model(struct rq *q);
+
+/* ---- h_infer.c */
+
+void h_tokenize(struct rq *q);
+void done_tokenize(struct rq *q, struct job *j);
+void h_detokenize(struct rq *q);
+void h_score(struct rq *q, int with_session);
+void done_score(struct rq *q, struct job *j);
+void h_generate(struct rq *q);
+void done_generate(struct rq *q, struct job *j);
+void h_completions(struct rq *q);
+void done_completions(struct rq *q, struct job *j);
+int start_text_append(struct rq *q);
+size_t on_data(void *ud, struct http_req *h, const char *data, size_t n);
+
+/* ---- h_sessions.c */
+
+int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len);
+void h_sessions_post(struct rq *q);
+void done_session_create(struct rq *q, struct job *j);
+void h_sessions_list(struct rq *q);
+void h_session(struct rq *q);
+void h_state_get(struct rq *q);
+void h_state_put(struct rq *q);
+void done_state(struct rq *q, struct job *j);
+void h_save(struct rq *q);
+void h_snapshots(struct rq *q);
+void h_snapshot(struct rq *q);
+
+#endif
