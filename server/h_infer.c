@@ -16,7 +16,7 @@
 #include "errors.h"
 #include "response.h"
 #include "state.h"
-#include "u8.h"
+#include "utf8.h"
 
 static int random_bytes(void *buf, size_t n)
 {
