@@ -123,10 +123,10 @@ static void post_event(struct sched *s, struct job *j)
 
 /* End a job the compute thread will not run (lock held): its error and
  * an event for the loop. */
-static void end_unrun(struct sched *s, struct job *j, int rc, int kind, const char *msg,
+static void end_job_unrun(struct sched *s, struct job *j, int rc, int kind, const char *msg,
                       const char *reason)
 {
-    fail(j, rc, kind, msg);
+    set_job_error(j, rc, kind, msg);
     if (!j->finish)
         j->finish = reason;
     j->done = 1;
@@ -163,7 +163,7 @@ static int is_ready(struct sched *s, struct job *j)
     return 0;
 }
 
-static int load(struct sched *s)
+static int load_model(struct sched *s)
 {
     char err[512];
     int rc;
@@ -232,7 +232,7 @@ static int admit_incoming(struct sched *s)
             j->run = rc_calloc(1, sizeof *j->run);
         if (!j->run || s->status != 1) {
             int loaded = s->status == 1;
-            end_unrun(s, j, loaded ? RC_ENOMEM : RC_EIO,
+            end_job_unrun(s, j, loaded ? RC_ENOMEM : RC_EIO,
                       loaded ? API_OUT_OF_MEMORY : API_UNAVAILABLE,
                       loaded ? "out of memory" : "the model is not loaded", "error");
             posted = 1;
@@ -281,7 +281,7 @@ static size_t fit_ready_scratch(struct sched *s, int *posted)
             continue;
         }
         *pp = j->next;
-        end_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
+        end_job_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
         *posted = 1;
     }
     return fit;
@@ -336,7 +336,7 @@ static void cancel_all(struct sched *s)
 {
     for (struct job *j = s->active; j;) {
         struct job *nx = j->next;
-        end_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down", "cancelled");
+        end_job_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down", "cancelled");
         j = nx;
     }
     s->active = NULL;
@@ -381,7 +381,7 @@ static int publish_tick(struct sched *s)
         struct job_run *r = j->run;
         if (r->stage.n) {
             if (outbuf_put(&j->outbox, r->stage.p, r->stage.n) != 0)
-                end_with_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+                end_job_with_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
             r->stage.n = 0;
             post_event(s, j);
             any = 1;
@@ -409,7 +409,7 @@ static void *thread_main(void *arg)
 {
     struct sched *s = arg;
     prctl(PR_SET_NAME, "recurd-compute", 0, 0, 0);
-    int rc = load(s);
+    int rc = load_model(s);
     pthread_mutex_lock(&s->mu);
     s->status = rc == 0 ? 1 : -1;
     pthread_mutex_unlock(&s->mu);
@@ -428,7 +428,7 @@ static void *thread_main(void *arg)
         pthread_mutex_unlock(&s->mu);
 
         /* ready[] is stable: only this thread changes the active list */
-        tick(s, s->ready, nready);
+        run_tick(s, s->ready, nready);
 
         pthread_mutex_lock(&s->mu);
         int any = publish_tick(s);

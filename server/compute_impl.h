@@ -60,28 +60,36 @@ struct sched {
     struct batch_take *take; /* ready_cap: what the plan gives it */
 };
 
-/* compute.c */
+/* compute.c: the monotonic clock, in microseconds */
 double now_us(void);
 
-/* tick.c: one tick over ready[0..nready) */
-void tick(struct sched *s, struct job **ready, int nready);
+/* tick.c: one tick over ready[0..nready): advance every job, plan the
+ * rows, sample, ONE forward pass, then score, stream and wrap up. */
+void run_tick(struct sched *s, struct job **ready, int nready);
 
-/* run.c */
-void fail(struct job *j, int rc, int kind, const char *msg);
-void finish(struct job *j, const char *reason);
-void end_with_error(struct job *j, int rc, int kind, const char *msg);
-const char *codec_piece_cb(const void *ctx, int32_t id, size_t *len);
+/* run.c: ending a job. set_job_error records the first error only;
+ * finish_job marks the job finished this tick (the first reason stays);
+ * end_job_with_error does both. */
+void set_job_error(struct job *j, int rc, int kind, const char *msg);
+void finish_job(struct job *j, const char *reason);
+void end_job_with_error(struct job *j, int rc, int kind, const char *msg);
+/* codec_piece as a struct vocab_view callback (ctx: the codec) */
+const char *codec_piece_view(const void *ctx, int32_t id, size_t *len);
+/* Stage a stream's DONE event (a choice ended) and END event (the stream
+ * ends, `out` tokens over all choices). 0 or RC_ENOMEM. */
 int emit_done(struct sched *s, struct job *j);
 int emit_end(struct sched *s, struct job *j, int64_t out);
-void lanes_after(struct sched *s, struct job *j);
+
+/* run.c: one job's steps in a tick, in the order run_tick calls them */
 void advance_job(struct sched *s, struct job *j);
 struct batch_want job_want(struct sched *s, const struct batch_limits *lim, struct job *j);
-int past_max_pos(struct job *j, const struct mstate *st, int n);
-int score_segment(struct sched *s, struct job *j, const float *hid, const float *prev);
+int fail_past_max_pos(struct job *j, const struct mstate *st, int n);
 int decode_sample(struct sched *s, struct job **dec, int nd);
-int decode_after(struct sched *s, struct job *j);
+int score_segment(struct sched *s, struct job *j, const float *hid, const float *prev);
+int record_decoded_token(struct sched *s, struct job *j);
+void gather_finished_lanes(struct sched *s, struct job *j);
 
-/* special.c */
-void run_special(struct sched *s, struct job *j);
+/* special.c: run a JOB_SAVE, JOB_LOAD, JOB_COPY or JOB_TOKENIZE whole */
+void run_special_job(struct sched *s, struct job *j);
 
 #endif

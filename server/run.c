@@ -12,7 +12,7 @@
 
 /* ---- ending a job ------------------------------------------------------------ */
 
-void fail(struct job *j, int rc, int kind, const char *msg)
+void set_job_error(struct job *j, int rc, int kind, const char *msg)
 {
     if (j->rc)
         return;
@@ -20,7 +20,7 @@ void fail(struct job *j, int rc, int kind, const char *msg)
     api_error_set(&j->err, kind, "%s", msg);
 }
 
-void finish(struct job *j, const char *reason)
+void finish_job(struct job *j, const char *reason)
 {
     struct job_run *r = j->run;
     if (!j->finish)
@@ -41,17 +41,17 @@ static float row_logprob(struct sched *s, const float *logits, int32_t id, int k
 
 /* ---- streaming output ------------------------------------------------------ */
 
-const char *codec_piece_cb(const void *ctx, int32_t id, size_t *len)
+const char *codec_piece_view(const void *ctx, int32_t id, size_t *len)
 {
     return codec_piece(ctx, id, len);
 }
 
 /* Stage one event of j's stream; proto/sse.c writes it in the stream's
  * format. */
-static int emit(struct sched *s, struct job *j, const struct gen_event *ev)
+static int emit_event(struct sched *s, struct job *j, const struct gen_event *ev)
 {
     struct gen_stream st = {.format = j->stream,
-                            .vocab = {codec_piece_cb, s->codec},
+                            .vocab = {codec_piece_view, s->codec},
                             .cmpl_id = j->cmpl_id,
                             .model = j->model_name,
                             .created = j->created,
@@ -77,7 +77,7 @@ static int emit_token(struct sched *s, struct job *j, size_t from, size_t to)
     ev.token.position = r->gs->pos - 1;
     ev.token.rows = j->gen_details && row < j->out_rows.n ? &j->out_rows : NULL;
     ev.token.row = row;
-    return emit(s, j, &ev);
+    return emit_event(s, j, &ev);
 }
 
 /* A choice ended: what was held back (a partial stop match or character)
@@ -95,7 +95,7 @@ int emit_done(struct sched *s, struct job *j)
     ev.done.seed = j->seed;
     ev.done.committed = j->commit;
     r->emitted = j->out_text.n;
-    return emit(s, j, &ev);
+    return emit_event(s, j, &ev);
 }
 
 /* The stream ends: `out` tokens generated over all choices. */
@@ -104,7 +104,7 @@ int emit_end(struct sched *s, struct job *j, int64_t out)
     struct gen_event ev = {.kind = GEN_EV_END};
     ev.end.prompt_tokens = j->n_input;
     ev.end.completion_tokens = out;
-    return emit(s, j, &ev);
+    return emit_event(s, j, &ev);
 }
 
 /* ---- compute side: one job's phases ------------------------------------- */
@@ -165,11 +165,11 @@ static int encode_taken(struct sched *s, struct job *j)
     return 0;
 }
 
-static int begin_gen(struct sched *s, struct job *j)
+static int begin_generation(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
     if (!j->state->has_last) {
-        fail(j, RC_EINVAL, API_INVALID_REQUEST,
+        set_job_error(j, RC_EINVAL, API_INVALID_REQUEST,
              "nothing to continue from: the session has read no tokens yet");
         return RC_EINVAL;
     }
@@ -178,7 +178,7 @@ static int begin_gen(struct sched *s, struct job *j)
         /* the session's state stays as it was until the loop commits */
         int rc = state_copy(j->gen, j->state);
         if (rc) {
-            fail(j, rc, API_INTERNAL, "copying the state failed");
+            set_job_error(j, rc, API_INTERNAL, "copying the state failed");
             return rc;
         }
         r->gs = j->gen;
@@ -187,14 +187,14 @@ static int begin_gen(struct sched *s, struct job *j)
      * to the same request with that seed */
     sampler_seed(&r->rng, j->seed + (uint64_t)j->choice);
     r->phase = PH_GEN;
-    if (j->stream && emit(s, j, &(struct gen_event){.kind = GEN_EV_BEGIN, .choice = j->choice}))
+    if (j->stream && emit_event(s, j, &(struct gen_event){.kind = GEN_EV_BEGIN, .choice = j->choice}))
         return RC_ENOMEM;
     return 0;
 }
 
 /* What a lane staged (its token events) goes to its job's stream, lane
  * after lane: a stream interleaves the choices' chunks by index. */
-static int lane_flush(struct job *j, struct job *l)
+static int flush_lane_events(struct job *j, struct job *l)
 {
     struct outbuf *st = &l->run->stage;
     int rc = st->n ? outbuf_put(&j->run->stage, st->p, st->n) : 0;
@@ -203,7 +203,7 @@ static int lane_flush(struct job *j, struct job *l)
 }
 
 /* n > 1, the input read: one lane per choice, each from its own copy of
- * the input's state (begin_gen copies it into gens[i]) with seed + i. The
+ * the input's state (begin_generation copies it into gens[i]) with seed + i. The
  * lanes are decode rows of the same ticks as everything else. */
 static int start_lanes(struct sched *s, struct job *j)
 {
@@ -232,12 +232,12 @@ static int start_lanes(struct sched *s, struct job *j)
         l->run->seg = -1;
         int rc = j->gen_details ? tok_details_init(&l->out_rows, j->top_k) : 0;
         if (!rc)
-            rc = begin_gen(s, l);
+            rc = begin_generation(s, l);
         if (!rc)
-            rc = lane_flush(j, l);
+            rc = flush_lane_events(j, l);
         if (rc) {
             if (l->rc)
-                fail(j, l->rc, l->err.kind, l->err.message);
+                set_job_error(j, l->rc, l->err.kind, l->err.message);
             return rc;
         }
     }
@@ -251,7 +251,7 @@ static int start_lanes(struct sched *s, struct job *j)
  * stream its finish chunk); their events go to the job's stream. When the
  * last has ended the job finishes (a stream: usage and [DONE]); a lane that
  * failed fails the job. */
-void lanes_after(struct sched *s, struct job *j)
+void gather_finished_lanes(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
     int rc = 0;
@@ -262,7 +262,7 @@ void lanes_after(struct sched *s, struct job *j)
             lr->finished_now = 0;
             r->lanes_left--;
             if (l->rc) {
-                fail(j, l->rc, l->err.kind, l->err.message);
+                set_job_error(j, l->rc, l->err.kind, l->err.message);
                 break;
             }
             if (j->stream && (rc = emit_done(s, l)) != 0)
@@ -277,13 +277,13 @@ void lanes_after(struct sched *s, struct job *j)
             memset(&l->out_text, 0, sizeof l->out_text);
             memset(&l->out_rows, 0, sizeof l->out_rows);
         }
-        if ((rc = lane_flush(j, l)) != 0)
+        if ((rc = flush_lane_events(j, l)) != 0)
             break;
     }
     if (rc)
-        fail(j, rc, API_OUT_OF_MEMORY, "out of memory");
+        set_job_error(j, rc, API_OUT_OF_MEMORY, "out of memory");
     if (j->rc) {
-        finish(j, "error");
+        finish_job(j, "error");
         return;
     }
     if (r->lanes_left > 0)
@@ -292,11 +292,11 @@ void lanes_after(struct sched *s, struct job *j)
     for (int i = 0; i < j->n_choices; i++)
         out += (int64_t)j->choices[i].ids.n;
     if (j->stream && emit_end(s, j, out) != 0) {
-        fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-        finish(j, "error");
+        set_job_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+        finish_job(j, "error");
         return;
     }
-    finish(j, "done");
+    finish_job(j, "done");
 }
 
 /* ---- a run's rows ---------------------------------------------------------- */
@@ -307,7 +307,7 @@ void lanes_after(struct sched *s, struct job *j)
  * segment too, but its failure fails the whole batch, every other
  * session's request with it. Only a restored snapshot can start near the
  * bound (core/state.h). */
-int past_max_pos(struct job *j, const struct mstate *st, int n)
+int fail_past_max_pos(struct job *j, const struct mstate *st, int n)
 {
     if ((uint64_t)st->pos <= STATE_MAX_POS - (uint64_t)n)
         return 0;
@@ -316,8 +316,8 @@ int past_max_pos(struct job *j, const struct mstate *st, int n)
              "the session is at position %lld: %d more tokens would pass the maximum position "
              "2^53",
              (long long)st->pos, n);
-    fail(j, RC_ERANGE, API_INVALID_REQUEST, msg);
-    finish(j, "error");
+    set_job_error(j, RC_ERANGE, API_INVALID_REQUEST, msg);
+    finish_job(j, "error");
     return 1;
 }
 
@@ -392,7 +392,7 @@ int decode_sample(struct sched *s, struct job **dec, int nd)
 }
 
 /* After the run: the decode token was read; record it, stream it, stop? */
-int decode_after(struct sched *s, struct job *j)
+int record_decoded_token(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
     size_t plen;
@@ -407,10 +407,10 @@ int decode_after(struct sched *s, struct job *j)
     int stopped = stop_scan(j->out_text.p, j->out_text.n, r->emitted, &stops, &to);
     if (stopped) {
         j->out_text.n = to;
-        finish(j, "stop");
+        finish_job(j, "stop");
     }
     else if ((int)j->out_ids.n >= j->gen_max)
-        finish(j, "length");
+        finish_job(j, "length");
     if (j->stream) {
         size_t from = r->emitted;
         if (r->phase == PH_FINISHED)
@@ -423,10 +423,10 @@ int decode_after(struct sched *s, struct job *j)
 }
 
 /* Fail j and end it now. */
-void end_with_error(struct job *j, int rc, int kind, const char *msg)
+void end_job_with_error(struct job *j, int rc, int kind, const char *msg)
 {
-    fail(j, rc, kind, msg);
-    finish(j, "error");
+    set_job_error(j, rc, kind, msg);
+    finish_job(j, "error");
 }
 
 /* Before planning: a cancelled job ends, a special job runs, a run job
@@ -440,14 +440,14 @@ void advance_job(struct sched *s, struct job *j)
         r->lanes[k]->run->seg = -1;
     if (r->cancel) {
         if (r->cancel == CANCEL_NO_MEMORY)
-            fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
+            set_job_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
         else
-            fail(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
-        finish(j, "cancelled");
+            set_job_error(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
+        finish_job(j, "cancelled");
         return;
     }
     if (j->kind != JOB_RUN) {
-        run_special(s, j);
+        run_special_job(s, j);
         return;
     }
     int rc = 0;
@@ -458,15 +458,15 @@ void advance_job(struct sched *s, struct job *j)
     if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
         j->position = j->state->pos;
         if (j->gen_max > 0)
-            rc = j->n_choices > 1 ? start_lanes(s, j) : begin_gen(s, j);
+            rc = j->n_choices > 1 ? start_lanes(s, j) : begin_generation(s, j);
         else
-            finish(j, "done");
+            finish_job(j, "done");
     }
     if (rc) {
         if (!j->rc)
-            fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
+            set_job_error(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
                  rc == RC_ENOMEM ? "out of memory" : "internal error");
-        finish(j, "error");
+        finish_job(j, "error");
     }
 }
 
@@ -486,7 +486,7 @@ struct batch_want job_want(struct sched *s, const struct batch_limits *lim, stru
         w.input_left = r->n_ids - r->off;
         w.input_eof = r->input_eof;
         int n = batch_prefill_chunk(lim, &w);
-        if (n > 0 && past_max_pos(j, j->state, n))
+        if (n > 0 && fail_past_max_pos(j, j->state, n))
             w = (struct batch_want){0, 0, 0};
     }
     return w;

@@ -6,7 +6,7 @@
 
 /* ---- special jobs ------------------------------------------------------------ */
 
-void run_special(struct sched *s, struct job *j)
+void run_special_job(struct sched *s, struct job *j)
 {
     char err[384];
     int rc = 0;
@@ -15,7 +15,7 @@ void run_special(struct sched *s, struct job *j)
         rc = snapshot_encode(j->state, j->fingerprint, &j->snap_out, &j->snap_out_len, err,
                              sizeof err);
         if (rc)
-            fail(j, rc, api_err_from_rc(rc) == API_OUT_OF_MEMORY ? API_OUT_OF_MEMORY : API_INTERNAL,
+            set_job_error(j, rc, api_err_from_rc(rc) == API_OUT_OF_MEMORY ? API_OUT_OF_MEMORY : API_INTERNAL,
                  err);
         break;
     case JOB_LOAD: {
@@ -25,24 +25,24 @@ void run_special(struct sched *s, struct job *j)
         struct snapshot_info info;
         rc = snapshot_check(j->snap, j->snap_len, j->fingerprint, &info, err, sizeof err);
         if (rc) {
-            fail(j, rc, rc == RC_EMISMATCH ? API_SNAPSHOT_MISMATCH : API_INVALID_SNAPSHOT, err);
+            set_job_error(j, rc, rc == RC_EMISMATCH ? API_SNAPSHOT_MISMATCH : API_INVALID_SNAPSHOT, err);
             break;
         }
         rc = state_deserialize(j->state, info.payload, (size_t)info.payload_len, err, sizeof err);
         if (rc)
-            fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INVALID_SNAPSHOT, err);
+            set_job_error(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INVALID_SNAPSHOT, err);
         break;
     }
     case JOB_COPY:
         rc = state_copy(j->state, j->src);
         if (rc)
-            fail(j, rc, API_INTERNAL, "copying the state failed");
+            set_job_error(j, rc, API_INTERNAL, "copying the state failed");
         break;
     case JOB_TOKENIZE: {
         /* The body is written here, as bytes, not on the loop thread as a
          * JSON tree: one node per token took GBs and blocked /health for
          * seconds on a few MB of text. out_text is the whole answer. */
-        struct vocab_view v = {codec_piece_cb, s->codec};
+        struct vocab_view v = {codec_piece_view, s->codec};
         struct tokenize_view tv = {.with_pieces = j->want_details, .limit = j->detail_limit};
         rc = codec_encode(s->codec, j->text ? j->text : "", j->text_len, &j->out_ids);
         if (!rc) {
@@ -53,11 +53,11 @@ void run_special(struct sched *s, struct job *j)
         idvec_free(&j->out_ids);
         if (rc) {
             outbuf_free(&j->out_text);
-            fail(j, rc, API_OUT_OF_MEMORY, "out of memory tokenising");
+            set_job_error(j, rc, API_OUT_OF_MEMORY, "out of memory tokenising");
         }
         break;
     }
     }
     j->position = j->state ? j->state->pos : 0;
-    finish(j, rc ? "error" : "done");
+    finish_job(j, rc ? "error" : "done");
 }

@@ -65,10 +65,10 @@ static int add_decode_segments(struct sched *s, struct job **dec, int nd, int ns
         if (!j->ignore_eos && r->tok == codec_eos(s->codec)) {
             if (r->pushed)
                 j->out_rows.n--;
-            finish(j, "eos");
+            finish_job(j, "eos");
             continue;
         }
-        if (past_max_pos(j, r->gs, 1))
+        if (fail_past_max_pos(j, r->gs, 1))
             continue;
         r->seg = nseg;
         r->n = 1;
@@ -113,10 +113,10 @@ static void fail_batch(struct job **ready, int nready, int rc, const char *err)
     for (int i = 0; i < nready; i++) {
         struct job_run *r = ready[i]->run;
         if (r && r->seg >= 0)
-            end_with_error(ready[i], rc, API_INTERNAL, err);
+            end_job_with_error(ready[i], rc, API_INTERNAL, err);
         for (int k = 0; r && k < r->n_lanes; k++)
             if (r->lanes[k]->run->seg >= 0)
-                end_with_error(r->lanes[k], rc, API_INTERNAL, err);
+                end_job_with_error(r->lanes[k], rc, API_INTERNAL, err);
     }
 }
 
@@ -127,7 +127,7 @@ struct tick_tokens {
 
 /* After a successful run: score what was read, record and stream what was
  * generated. */
-static void after_run(struct sched *s, struct job **ready, int nready, struct tick_tokens *tt)
+static void read_run_output(struct sched *s, struct job **ready, int nready, struct tick_tokens *tt)
 {
     double t_out = now_us();
     for (int i = 0; i < nready; i++) {
@@ -138,8 +138,8 @@ static void after_run(struct sched *s, struct job **ready, int nready, struct ti
             if (l->run->seg < 0)
                 continue;
             tt->out++;
-            if (decode_after(s, l) != 0)
-                end_with_error(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+            if (record_decoded_token(s, l) != 0)
+                end_job_with_error(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
         if (!r || r->seg < 0)
             continue;
@@ -154,22 +154,22 @@ static void after_run(struct sched *s, struct job **ready, int nready, struct ti
         } else if (r->phase == PH_GEN) {
             tt->out++;
             token_latency(s, j, t_out);
-            rc = decode_after(s, j);
+            rc = record_decoded_token(s, j);
         }
         if (rc)
-            end_with_error(j, rc, API_OUT_OF_MEMORY, "out of memory");
+            end_job_with_error(j, rc, API_OUT_OF_MEMORY, "out of memory");
     }
 }
 
 /* Jobs that finished this tick: their position as answered and, a
- * stream, the done event (lanes end through lanes_after). */
-static void wrap_up(struct sched *s, struct job **ready, int nready)
+ * stream, the done event (lanes end through gather_finished_lanes). */
+static void wrap_up_finished(struct sched *s, struct job **ready, int nready)
 {
     for (int i = 0; i < nready; i++) {
         struct job *j = ready[i];
         struct job_run *r = j->run;
         if (r && r->n_lanes && r->phase == PH_GEN)
-            lanes_after(s, j);
+            gather_finished_lanes(s, j);
         if (!r || !r->finished_now)
             continue;
         if (j->kind == JOB_RUN && r->gs)
@@ -179,7 +179,7 @@ static void wrap_up(struct sched *s, struct job **ready, int nready)
         if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc &&
             !r->n_lanes) {
             if (emit_done(s, j) != 0 || emit_end(s, j, (int64_t)j->out_ids.n) != 0)
-                fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+                set_job_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
     }
 }
@@ -200,7 +200,7 @@ static void account_tick(struct sched *s, double t0, const struct tick_tokens *t
 /* One tick over ready[0..nready): advance every job, plan the rows
  * (server/batch.h), sample the decode rows, run ONE forward pass over all
  * segments, then score, stream and wrap up. */
-void tick(struct sched *s, struct job **ready, int nready)
+void run_tick(struct sched *s, struct job **ready, int nready)
 {
     struct job **dec = s->ready + nready; /* scratch after the ready list */
     struct tick_tokens tt = {0, 0};
@@ -217,7 +217,7 @@ void tick(struct sched *s, struct job **ready, int nready)
     int nd = collect_decode_rows(ready, nready, s->take, dec);
     if (nd && decode_sample(s, dec, nd) != 0) {
         for (int i = 0; i < nd; i++)
-            end_with_error(dec[i], RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+            end_job_with_error(dec[i], RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         nd = 0;
     }
     int nseg = add_decode_segments(s, dec, nd, 0);
@@ -228,12 +228,12 @@ void tick(struct sched *s, struct job **ready, int nready)
         if (rc != 0)
             fail_batch(ready, nready, rc, err);
         else {
-            after_run(s, ready, nready, &tt);
+            read_run_output(s, ready, nready, &tt);
             atomic_fetch_add(&s->stats.tokens_in, tt.in);
             atomic_fetch_add(&s->stats.tokens_out, tt.out);
             atomic_fetch_add(&s->stats.batch_rows, nseg);
         }
     }
-    wrap_up(s, ready, nready);
+    wrap_up_finished(s, ready, nready);
     account_tick(s, t0, &tt);
 }
