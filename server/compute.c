@@ -18,9 +18,9 @@
 
 void sched_submit(struct sched *s, struct job *j)
 {
-    j->submitted_us = now_us();
+    j->ch.submitted_us = now_us();
     pthread_mutex_lock(&s->mu);
-    j->next = s->incoming;
+    j->ch.next = s->incoming;
     s->incoming = j;
     atomic_fetch_add(&s->stats.queued, 1);
     pthread_cond_signal(&s->cv);
@@ -30,14 +30,14 @@ void sched_submit(struct sched *s, struct job *j)
 size_t sched_feed(struct sched *s, struct job *j, const char *bytes, size_t n, int final)
 {
     pthread_mutex_lock(&s->mu);
-    if (n && outbuf_put(&j->inbox, bytes, n) != 0 && !j->cancel) {
+    if (n && outbuf_put(&j->ch.inbox, bytes, n) != 0 && !j->ch.cancel) {
         /* No memory for the upload: the job fails rather than silently
          * losing text. */
-        j->cancel = CANCEL_NO_MEMORY;
+        j->ch.cancel = CANCEL_NO_MEMORY;
     }
     if (final)
-        j->inbox_closed = 1;
-    size_t have = j->inbox.n;
+        j->ch.inbox_closed = 1;
+    size_t have = j->ch.inbox.n;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return have;
@@ -46,8 +46,8 @@ size_t sched_feed(struct sched *s, struct job *j, const char *bytes, size_t n, i
 void sched_cancel(struct sched *s, struct job *j)
 {
     pthread_mutex_lock(&s->mu);
-    if (!j->cancel)
-        j->cancel = CANCEL_ASKED;
+    if (!j->ch.cancel)
+        j->ch.cancel = CANCEL_ASKED;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -55,15 +55,15 @@ void sched_cancel(struct sched *s, struct job *j)
 size_t sched_pull(struct sched *s, struct job *j, char *buf, size_t max, int *done)
 {
     pthread_mutex_lock(&s->mu);
-    size_t n = j->outbox.n < max ? j->outbox.n : max;
-    int was_full = j->outbox.n >= s->o.stream_buffer;
+    size_t n = j->ch.outbox.n < max ? j->ch.outbox.n : max;
+    int was_full = j->ch.outbox.n >= s->o.stream_buffer;
     if (n) {
-        memcpy(buf, j->outbox.p, n);
-        memmove(j->outbox.p, j->outbox.p + n, j->outbox.n - n);
-        j->outbox.n -= n;
+        memcpy(buf, j->ch.outbox.p, n);
+        memmove(j->ch.outbox.p, j->ch.outbox.p + n, j->ch.outbox.n - n);
+        j->ch.outbox.n -= n;
     }
-    *done = j->done && j->outbox.n == 0;
-    if (was_full && j->outbox.n < s->o.stream_buffer)
+    *done = j->ch.done && j->ch.outbox.n == 0;
+    if (was_full && j->ch.outbox.n < s->o.stream_buffer)
         pthread_cond_signal(&s->cv); /* a paused generation may go on */
     pthread_mutex_unlock(&s->mu);
     return n;
@@ -72,7 +72,7 @@ size_t sched_pull(struct sched *s, struct job *j, char *buf, size_t max, int *do
 size_t sched_inbox(struct sched *s, struct job *j)
 {
     pthread_mutex_lock(&s->mu);
-    size_t n = j->inbox.n;
+    size_t n = j->ch.inbox.n;
     pthread_mutex_unlock(&s->mu);
     return n;
 }
@@ -83,11 +83,11 @@ struct job *sched_take_events(struct sched *s)
     struct job *list = s->events, *rev = NULL;
     s->events = NULL;
     for (struct job *j = list; j;) {
-        struct job *nx = j->ev_next;
-        j->queued_event = 0;
-        j->ev_next = NULL;
-        j->final_seen = j->done; /* under the lock: done and its event go together */
-        j->taken_next = rev;
+        struct job *nx = j->ch.ev_next;
+        j->ch.queued_event = 0;
+        j->ch.ev_next = NULL;
+        j->loop.final_seen = j->ch.done; /* under the lock: done and its event go together */
+        j->loop.taken_next = rev;
         rev = j;
         j = nx;
     }
@@ -113,10 +113,10 @@ const struct sched_stats *sched_stats(struct sched *s) { return &s->stats; }
 /* Under the lock. */
 static void post_event(struct sched *s, struct job *j)
 {
-    if (j->queued_event)
+    if (j->ch.queued_event)
         return;
-    j->queued_event = 1;
-    j->ev_next = s->events;
+    j->ch.queued_event = 1;
+    j->ch.ev_next = s->events;
     s->events = j;
 }
 
@@ -127,10 +127,10 @@ static void end_job_unrun(struct sched *s, struct job *j, int rc, int kind, cons
                       const char *reason)
 {
     set_job_error(j, rc, kind, msg);
-    if (!j->finish)
-        j->finish = reason;
-    j->done = 1;
-    j->next = NULL;
+    if (!j->res.finish)
+        j->res.finish = reason;
+    j->ch.done = 1;
+    j->ch.next = NULL;
     atomic_fetch_sub(&s->stats.queued, 1);
     post_event(s, j);
 }
@@ -148,7 +148,7 @@ double now_us(void)
 static int is_ready(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    if (j->cancel || j->kind != JOB_RUN || r->phase == PH_START)
+    if (j->ch.cancel || j->req.kind != JOB_RUN || r->phase == PH_START)
         return 1;
     if (r->phase == PH_INPUT) {
         size_t left = r->n_ids - r->off;
@@ -156,10 +156,10 @@ static int is_ready(struct sched *s, struct job *j)
             return 1;
         /* streamed: a whole chunk to read, or bytes to take */
         return left >= (size_t)s->o.prefill_chunk ||
-               (left < (size_t)s->o.prefill_chunk && (j->inbox.n > 0 || j->inbox_closed));
+               (left < (size_t)s->o.prefill_chunk && (j->ch.inbox.n > 0 || j->ch.inbox_closed));
     }
     if (r->phase == PH_GEN)
-        return j->outbox.n < s->o.stream_buffer;
+        return j->ch.outbox.n < s->o.stream_buffer;
     return 0;
 }
 
@@ -217,17 +217,17 @@ static int admit_incoming(struct sched *s)
     struct job *in = s->incoming, *rev = NULL;
     s->incoming = NULL;
     while (in) {
-        struct job *nx = in->next;
-        in->next = rev;
+        struct job *nx = in->ch.next;
+        in->ch.next = rev;
         rev = in;
         in = nx;
     }
     struct job **tail = &s->active;
     while (*tail)
-        tail = &(*tail)->next;
+        tail = &(*tail)->ch.next;
     for (struct job *j = rev; j;) {
-        struct job *nx = j->next;
-        j->next = NULL;
+        struct job *nx = j->ch.next;
+        j->ch.next = NULL;
         if (!j->run)
             j->run = rc_calloc(1, sizeof *j->run);
         if (!j->run || s->status != 1) {
@@ -238,7 +238,7 @@ static int admit_incoming(struct sched *s)
             posted = 1;
         } else {
             *tail = j;
-            tail = &j->next;
+            tail = &j->ch.next;
         }
         j = nx;
     }
@@ -252,7 +252,7 @@ static int admit_incoming(struct sched *s)
 static size_t fit_ready_scratch(struct sched *s, int *posted)
 {
     size_t nact = 0, nlanes = 0;
-    for (struct job *j = s->active; j; j = j->next) {
+    for (struct job *j = s->active; j; j = j->ch.next) {
         nact++;
         nlanes += j->run ? (size_t)j->run->n_lanes : 0;
     }
@@ -277,10 +277,10 @@ static size_t fit_ready_scratch(struct sched *s, int *posted)
     while (*pp) {
         struct job *j = *pp;
         if (k++ < fit) {
-            pp = &j->next;
+            pp = &j->ch.next;
             continue;
         }
-        *pp = j->next;
+        *pp = j->ch.next;
         end_job_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
         *posted = 1;
     }
@@ -296,7 +296,7 @@ static int collect_ready(struct sched *s, size_t nact)
         return 0;
     size_t start = (size_t)s->rotate % nact, i = 0;
     struct job **all = s->ready + nact; /* temporary */
-    for (struct job *j = s->active; j; j = j->next)
+    for (struct job *j = s->active; j; j = j->ch.next)
         all[i++] = j;
     for (size_t k = 0; k < nact; k++) {
         struct job *j = all[(start + k) % nact];
@@ -335,7 +335,7 @@ static int wait_for_ready(struct sched *s)
 static void cancel_all(struct sched *s)
 {
     for (struct job *j = s->active; j;) {
-        struct job *nx = j->next;
+        struct job *nx = j->ch.next;
         end_job_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down", "cancelled");
         j = nx;
     }
@@ -350,23 +350,23 @@ static void take_shared_input(struct sched *s, int nready)
     for (int i = 0; i < nready; i++) {
         struct job *j = s->ready[i];
         struct job_run *r = j->run;
-        if (j->kind != JOB_RUN || !j->streamed || r->input_eof)
+        if (j->req.kind != JOB_RUN || !j->req.streamed || r->input_eof)
             continue;
         if (r->n_ids - r->off >= (size_t)s->o.prefill_chunk)
             continue;
-        if (j->inbox.n) {
-            if (outbuf_put(&r->taken, j->inbox.p, j->inbox.n) != 0) {
-                j->cancel = CANCEL_NO_MEMORY;
+        if (j->ch.inbox.n) {
+            if (outbuf_put(&r->taken, j->ch.inbox.p, j->ch.inbox.n) != 0) {
+                j->ch.cancel = CANCEL_NO_MEMORY;
                 continue;
             }
             r->inbox_event = 1;
-            j->inbox.n = 0;
+            j->ch.inbox.n = 0;
         }
-        if (j->inbox_closed)
+        if (j->ch.inbox_closed)
             r->took_final = 1;
     }
     for (int i = 0; i < nready; i++)
-        s->ready[i]->run->cancel = s->ready[i]->cancel;
+        s->ready[i]->run->cancel = s->ready[i]->ch.cancel;
 }
 
 /* Under the lock, after a tick: staged stream bytes go to the outboxes,
@@ -380,7 +380,7 @@ static int publish_tick(struct sched *s)
         struct job *j = *pp;
         struct job_run *r = j->run;
         if (r->stage.n) {
-            if (outbuf_put(&j->outbox, r->stage.p, r->stage.n) != 0)
+            if (outbuf_put(&j->ch.outbox, r->stage.p, r->stage.n) != 0)
                 end_job_with_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
             r->stage.n = 0;
             post_event(s, j);
@@ -392,15 +392,15 @@ static int publish_tick(struct sched *s)
             any = 1;
         }
         if (r->phase == PH_FINISHED) {
-            *pp = j->next;
-            j->next = NULL;
-            j->done = 1;
+            *pp = j->ch.next;
+            j->ch.next = NULL;
+            j->ch.done = 1;
             atomic_fetch_sub(&s->stats.queued, 1);
             post_event(s, j);
             any = 1;
             continue;
         }
-        pp = &j->next;
+        pp = &j->ch.next;
     }
     return any;
 }

@@ -10,14 +10,16 @@
  * between ticks. The loop thread never computes: it submits jobs, feeds
  * streamed input, cancels, and reacts to events.
  *
- * Ownership. The loop allocates a job and fills its "request" fields, then
- * sched_submit() hands it over: from then on the compute thread owns the
- * job's state pointers and result fields, and the loop may only touch the
- * fields marked "shared" through the sched_* functions below (they take
- * the lock). When the compute thread is done it sets `done` and posts a
- * final event; after the loop has seen that event the job is the loop's
- * again and it frees it with job_free(). A job is never freed while the
- * compute thread may still look at it.
+ * Ownership (job.h). The loop allocates a job and fills its request
+ * (j->req), then sched_submit() hands it over: from then on the compute
+ * thread owns the request's state pointers and writes the result (j->res)
+ * and its private progress (j->run); the loop may only touch the channel
+ * (j->ch) through the sched_* functions below (they take the lock) and
+ * its own bookkeeping (j->loop). When the compute thread is done it sets
+ * ch.done and posts a final event; after the loop has seen that event
+ * (loop.final_seen) the job is the loop's again and it frees it with
+ * job_free(). A job is never freed while the compute thread may still
+ * look at it.
  *
  * Events. The compute thread calls the loop's `notify` (through
  * uv_async_send; sends coalesce) after it has queued one or more jobs as
@@ -78,7 +80,7 @@ void sched_cancel(struct sched *s, struct job *j);
 size_t sched_pull(struct sched *s, struct job *j, char *buf, size_t max, int *done);
 /* Bytes waiting in j's inbox. */
 size_t sched_inbox(struct sched *s, struct job *j);
-/* The jobs with news since the last call, as a list through taken_next
+/* The jobs with news since the last call, as a list through loop.taken_next
  * (oldest first); a taken job may be posted again meanwhile. */
 struct job *sched_take_events(struct sched *s);
 

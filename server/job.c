@@ -11,9 +11,9 @@ struct job *job_new(int kind)
     struct job *j = rc_calloc(1, sizeof *j);
     if (!j)
         return NULL;
-    j->kind = kind;
-    j->commit = 1;
-    score_stats_init(&j->stats);
+    j->req.kind = kind;
+    j->req.commit = 1;
+    score_stats_init(&j->res.stats);
     return j;
 }
 
@@ -40,9 +40,9 @@ static void lane_free(struct job *l)
 {
     if (!l)
         return;
-    idvec_free(&l->out_ids);
-    outbuf_free(&l->out_text);
-    tok_details_free(&l->out_rows);
+    idvec_free(&l->res.out_ids);
+    outbuf_free(&l->res.out_text);
+    tok_details_free(&l->res.out_rows);
     run_free(l->run);
     rc_free(l);
 }
@@ -51,30 +51,32 @@ void job_free(struct job *j)
 {
     if (!j)
         return;
-    rc_free(j->text);
-    rc_free(j->ids);
-    for (int i = 0; i < j->n_stop; i++)
-        rc_free(j->stop[i]);
-    rc_free(j->stop);
-    rc_free(j->stop_len);
-    rc_free(j->cmpl_id);
-    rc_free(j->model_name);
-    rc_free(j->echo);
-    rc_free(j->snap);
-    tok_details_free(&j->in_rows);
-    idvec_free(&j->out_ids);
-    outbuf_free(&j->out_text);
-    tok_details_free(&j->out_rows);
-    for (int i = 0; j->choices && i < j->n_choices; i++) {
-        idvec_free(&j->choices[i].ids);
-        outbuf_free(&j->choices[i].text);
-        tok_details_free(&j->choices[i].rows);
+    rc_free(j->req.text);
+    rc_free(j->req.ids);
+    for (int i = 0; i < j->req.n_stop; i++)
+        rc_free(j->req.stop[i]);
+    rc_free(j->req.stop);
+    rc_free(j->req.stop_len);
+    /* the stream's strings are the request's (const: proto/ only reads them) */
+    rc_free((void *)j->req.stream.cmpl_id);
+    rc_free((void *)j->req.stream.model);
+    rc_free((void *)j->req.stream.system_fingerprint);
+    rc_free((void *)j->req.stream.echo);
+    rc_free(j->req.snap);
+    tok_details_free(&j->res.in_rows);
+    idvec_free(&j->res.out_ids);
+    outbuf_free(&j->res.out_text);
+    tok_details_free(&j->res.out_rows);
+    for (int i = 0; j->res.choices && i < j->req.n_choices; i++) {
+        idvec_free(&j->res.choices[i].ids);
+        outbuf_free(&j->res.choices[i].text);
+        tok_details_free(&j->res.choices[i].rows);
     }
-    rc_free(j->choices);
-    rc_free(j->gens); /* the array; its states are the loop's (job_release) */
-    rc_free(j->snap_out);
-    outbuf_free(&j->inbox);
-    outbuf_free(&j->outbox);
+    rc_free(j->res.choices);
+    rc_free(j->req.gens); /* the array; its states are the loop's (job_release) */
+    rc_free(j->res.snap_out);
+    outbuf_free(&j->ch.inbox);
+    outbuf_free(&j->ch.outbox);
     run_free(j->run);
     rc_free(j);
 }

@@ -44,8 +44,10 @@ struct choice_out {
     const char *finish;
 };
 
-struct job {
-    /* ---- request (loop fills before submit; read-only afterwards) ---- */
+/* What the loop asks for. The loop fills it before sched_submit; from
+ * then until the done event nobody writes it (the compute thread reads
+ * it; lanes copy it). Pointers marked owned are freed by job_free. */
+struct job_request {
     int kind;                 /* enum job_kind */
     struct mstate *state;     /* the stream's state (not owned) */
     const struct mstate *src; /* JOB_COPY source (not owned) */
@@ -75,29 +77,29 @@ struct job {
                                * reads the snapshot into it */
     int ignore_eos;
     int gen_details;          /* per-token rows for generated tokens */
-    int stream;               /* enum stream_format (proto/sse.h) */
-    /* OpenAI stream framing (owned strings) */
-    char *cmpl_id, *model_name;
-    int64_t created;
-    int include_usage;
-    char *echo;               /* text sent first in the stream (echo), owned */
-    size_t echo_len;
-    char sys_fp[24];          /* system_fingerprint, "" = none */
+    /* How generated tokens are streamed (proto/sse.h): format is enum
+     * stream_format, STREAM_NONE for none. cmpl_id, model,
+     * system_fingerprint and echo are owned by the request (freed by
+     * job_free); vocab is left empty: the compute thread supplies its
+     * codec when it encodes an event. */
+    struct gen_stream stream;
     /* n > 1: once the input is read, the choices generate side by side
      * (each a decode row of the same ticks), choice i in gens[i] from a
-     * copy of the input's state, with seed + i; results go to choices[i]
-     * (n_choices zeroed entries, owned by the job). A stream interleaves
-     * their chunks by index. */
+     * copy of the input's state, with seed + i; results go to the
+     * result's choices[i]. A stream interleaves their chunks by index. */
     int n_choices;            /* 0 or 1: one choice, results in out_* */
-    struct choice_out *choices;
     struct mstate **gens;     /* n_choices states of the job's own (counted
                                * in the budget; the loop frees them) */
     /* JOB_LOAD input */
     uint8_t *snap;            /* owned */
     size_t snap_len;
     uint64_t fingerprint;     /* model's, for JOB_SAVE / JOB_LOAD */
+};
 
-    /* ---- results (compute writes; loop reads after the done event) ---- */
+/* What came of it. The compute thread writes it while it runs the job;
+ * the loop reads it only after it has taken the job's done event
+ * (final_seen). Owned buffers are freed by job_free. */
+struct job_result {
     int rc;                   /* 0 or rc_status */
     struct api_error err;     /* when rc != 0 */
     int64_t position;         /* state position at the end */
@@ -113,12 +115,17 @@ struct job {
                                * stream keeps only the latest (each event
                                * carries its own row) */
     int out_truncated;        /* out_rows stopped at the limit */
-    int choice;               /* a choice's index (compute-side lanes) */
     const char *finish;       /* "length", "stop", "eos", "cancelled" */
+    /* n > 1: choice i's results, moved here when it ends (an array of
+     * n_choices zeroed entries the loop allocates before submit) */
+    struct choice_out *choices;
     uint8_t *snap_out;        /* JOB_SAVE result, owned */
     size_t snap_out_len;
+};
 
-    /* ---- shared (under the scheduler lock; use the sched_* calls) ---- */
+/* The part both threads touch while the job runs: only under the
+ * scheduler's lock, through the sched_* calls (compute.h). */
+struct job_channel {
     struct outbuf inbox;      /* streamed input not yet taken */
     int inbox_closed;
     struct outbuf outbox;     /* stream bytes not yet sent */
@@ -128,8 +135,10 @@ struct job {
     struct job *ev_next;
     struct job *next;         /* scheduler's lists */
     double submitted_us;      /* sched_submit's monotonic clock: time to first token */
+};
 
-    /* ---- loop-private ---- */
+/* The loop thread's bookkeeping; the compute thread never reads it. */
+struct job_loop_side {
     struct job *taken_next;   /* the loop's list from sched_take_events: not
                                * ev_next, which the compute thread rewrites
                                * when it posts the job again */
@@ -143,9 +152,15 @@ struct job {
     struct mstate *tmp;       /* temporary state of a stateless request (owned) */
     int reserved;             /* states of its own (tmp, gen, gens) counted
                                * in the state budget */
+};
 
-    /* ---- compute-private ---- */
-    struct job_run *run;
+/* One unit of work, in the parts above: each has one writer at a time. */
+struct job {
+    struct job_request req;
+    struct job_result res;
+    struct job_channel ch;
+    struct job_loop_side loop;
+    struct job_run *run;      /* compute-private: its progress (below) */
 };
 
 /* A zeroed job of a kind. NULL when out of memory. */
@@ -159,6 +174,7 @@ enum { PH_START = 0, PH_INPUT, PH_GEN, PH_FINISHED };
 
 struct job_run {
     int phase;
+    int choice;             /* the choice this run generates (a lane's index) */
     const int32_t *ids;     /* input ids: job->ids, or pending.v */
     size_t n_ids, off;      /* ids[off..n_ids) not read yet */
     struct idvec pending;   /* ids encoded from text / streamed bytes */
@@ -172,7 +188,7 @@ struct job_run {
     size_t echo_sent;
     struct outbuf stage;    /* stream bytes made this tick */
     int finished_now;       /* finished during this tick */
-    int cancel;             /* enum job_cancel: j->cancel as of this tick (copied
+    int cancel;             /* enum job_cancel: ch.cancel as of this tick (copied
                              * under the lock) */
     int inbox_event;        /* the inbox was drained this tick */
     /* this tick */

@@ -14,17 +14,17 @@
 
 void set_job_error(struct job *j, int rc, int kind, const char *msg)
 {
-    if (j->rc)
+    if (j->res.rc)
         return;
-    j->rc = rc;
-    api_error_set(&j->err, kind, "%s", msg);
+    j->res.rc = rc;
+    api_error_set(&j->res.err, kind, "%s", msg);
 }
 
 void finish_job(struct job *j, const char *reason)
 {
     struct job_run *r = j->run;
-    if (!j->finish)
-        j->finish = reason;
+    if (!j->res.finish)
+        j->res.finish = reason;
     if (r) {
         r->phase = PH_FINISHED;
         r->finished_now = 1;
@@ -50,15 +50,8 @@ const char *codec_piece_view(const void *ctx, int32_t id, size_t *len)
  * format. */
 static int emit_event(struct sched *s, struct job *j, const struct gen_event *ev)
 {
-    struct gen_stream st = {.format = j->stream,
-                            .vocab = {codec_piece_view, s->codec},
-                            .cmpl_id = j->cmpl_id,
-                            .model = j->model_name,
-                            .created = j->created,
-                            .system_fingerprint = j->sys_fp[0] ? j->sys_fp : NULL,
-                            .include_usage = j->include_usage,
-                            .echo_len = j->echo_len,
-                            .echo = j->echo};
+    struct gen_stream st = j->req.stream;
+    st.vocab = (struct vocab_view){codec_piece_view, s->codec};
     return gen_event_encode(&j->run->stage, &st, ev);
 }
 
@@ -67,15 +60,15 @@ static int emit_event(struct sched *s, struct job *j, const struct gen_event *ev
 static int emit_token(struct sched *s, struct job *j, size_t from, size_t to)
 {
     struct job_run *r = j->run;
-    size_t row = j->out_rows.n ? j->out_rows.n - 1 : 0;
-    struct gen_event ev = {.kind = GEN_EV_TOKEN, .choice = j->choice};
+    size_t row = j->res.out_rows.n ? j->res.out_rows.n - 1 : 0;
+    struct gen_event ev = {.kind = GEN_EV_TOKEN, .choice = j->run->choice};
     ev.token.id = r->tok;
-    ev.token.text = j->out_text.p + from;
+    ev.token.text = j->res.out_text.p + from;
     ev.token.text_len = to - from;
     ev.token.text_off = from;
     /* it has been read, so the state is one past it */
     ev.token.position = r->gs->pos - 1;
-    ev.token.rows = j->gen_details && row < j->out_rows.n ? &j->out_rows : NULL;
+    ev.token.rows = j->req.gen_details && row < j->res.out_rows.n ? &j->res.out_rows : NULL;
     ev.token.row = row;
     return emit_event(s, j, &ev);
 }
@@ -85,16 +78,16 @@ static int emit_token(struct sched *s, struct job *j, size_t from, size_t to)
 int emit_done(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    struct gen_event ev = {.kind = GEN_EV_DONE, .choice = j->choice};
-    ev.done.text = j->out_text.p ? j->out_text.p + r->emitted : "";
-    ev.done.text_len = j->out_text.n - r->emitted;
+    struct gen_event ev = {.kind = GEN_EV_DONE, .choice = j->run->choice};
+    ev.done.text = j->res.out_text.p ? j->res.out_text.p + r->emitted : "";
+    ev.done.text_len = j->res.out_text.n - r->emitted;
     ev.done.text_off = r->emitted;
-    ev.done.finish = j->finish;
-    ev.done.n_tokens = (int64_t)j->out_ids.n;
-    ev.done.position = j->commit ? r->gs->pos : j->state->pos;
-    ev.done.seed = j->seed;
-    ev.done.committed = j->commit;
-    r->emitted = j->out_text.n;
+    ev.done.finish = j->res.finish;
+    ev.done.n_tokens = (int64_t)j->res.out_ids.n;
+    ev.done.position = j->req.commit ? r->gs->pos : j->req.state->pos;
+    ev.done.seed = j->req.seed;
+    ev.done.committed = j->req.commit;
+    r->emitted = j->res.out_text.n;
     return emit_event(s, j, &ev);
 }
 
@@ -102,7 +95,7 @@ int emit_done(struct sched *s, struct job *j)
 int emit_end(struct sched *s, struct job *j, int64_t out)
 {
     struct gen_event ev = {.kind = GEN_EV_END};
-    ev.end.prompt_tokens = j->n_input;
+    ev.end.prompt_tokens = j->res.n_input;
     ev.end.completion_tokens = out;
     return emit_event(s, j, &ev);
 }
@@ -113,29 +106,30 @@ static int start_run(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
     r->seg = -1;
-    if (j->streamed) {
+    if (j->req.streamed) {
         if (codec_enc_create(s->codec, &r->enc) != 0)
             return RC_ENOMEM;
-    } else if (j->text) {
-        if (codec_encode(s->codec, j->text, j->text_len, &r->pending) != 0)
+    } else if (j->req.text) {
+        if (codec_encode(s->codec, j->req.text, j->req.text_len, &r->pending) != 0)
             return RC_ENOMEM;
         r->ids = r->pending.v;
         r->n_ids = r->pending.n;
         r->input_eof = 1;
     } else {
-        r->ids = j->ids;
-        r->n_ids = j->n_ids;
+        r->ids = j->req.ids;
+        r->n_ids = j->req.n_ids;
         r->input_eof = 1;
     }
-    if (j->want_details && tok_details_init(&j->in_rows, j->top_k) != 0)
+    if (j->req.want_details && tok_details_init(&j->res.in_rows, j->req.top_k) != 0)
         return RC_ENOMEM;
     /* Input known in full: all the memory its scoring needs, now. Once the
      * first chunk is read into the session nothing may fail for want of
      * memory, or a 503 would leave the session part-way through the text. */
-    if (j->want_details && r->input_eof &&
-        tok_details_reserve(&j->in_rows, r->n_ids < j->detail_limit ? r->n_ids : j->detail_limit))
+    if (j->req.want_details && r->input_eof &&
+        tok_details_reserve(&j->res.in_rows,
+                            r->n_ids < j->req.detail_limit ? r->n_ids : j->req.detail_limit))
         return RC_ENOMEM;
-    if (j->gen_details && tok_details_init(&j->out_rows, j->top_k) != 0)
+    if (j->req.gen_details && tok_details_init(&j->res.out_rows, j->req.top_k) != 0)
         return RC_ENOMEM;
     r->phase = PH_INPUT;
     return 0;
@@ -145,7 +139,7 @@ static int start_run(struct sched *s, struct job *j)
 static int encode_taken(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    if (!j->streamed || (r->taken.n == 0 && !r->took_final) || r->input_eof)
+    if (!j->req.streamed || (r->taken.n == 0 && !r->took_final) || r->input_eof)
         return 0;
     /* drop what has been read, so a stream of any length keeps at most a
      * chunk plus one refill of ids here */
@@ -168,26 +162,27 @@ static int encode_taken(struct sched *s, struct job *j)
 static int begin_generation(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    if (!j->state->has_last) {
+    if (!j->req.state->has_last) {
         set_job_error(j, RC_EINVAL, API_INVALID_REQUEST,
              "nothing to continue from: the session has read no tokens yet");
         return RC_EINVAL;
     }
-    r->gs = j->state;
-    if (j->gen) {
+    r->gs = j->req.state;
+    if (j->req.gen) {
         /* the session's state stays as it was until the loop commits */
-        int rc = state_copy(j->gen, j->state);
+        int rc = state_copy(j->req.gen, j->req.state);
         if (rc) {
             set_job_error(j, rc, API_INTERNAL, "copying the state failed");
             return rc;
         }
-        r->gs = j->gen;
+        r->gs = j->req.gen;
     }
     /* choice i of n draws from seed + i: each is the single-choice answer
      * to the same request with that seed */
-    sampler_seed(&r->rng, j->seed + (uint64_t)j->choice);
+    sampler_seed(&r->rng, j->req.seed + (uint64_t)j->run->choice);
     r->phase = PH_GEN;
-    if (j->stream && emit_event(s, j, &(struct gen_event){.kind = GEN_EV_BEGIN, .choice = j->choice}))
+    struct gen_event begin = {.kind = GEN_EV_BEGIN, .choice = r->choice};
+    if (j->req.stream.format && emit_event(s, j, &begin))
         return RC_ENOMEM;
     return 0;
 }
@@ -208,41 +203,41 @@ static int flush_lane_events(struct job *j, struct job *l)
 static int start_lanes(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    if (!(r->lanes = rc_calloc((size_t)j->n_choices, sizeof *r->lanes)))
+    if (!(r->lanes = rc_calloc((size_t)j->req.n_choices, sizeof *r->lanes)))
         return RC_ENOMEM;
-    r->n_lanes = j->n_choices;
-    for (int i = 0; i < j->n_choices; i++) {
+    r->n_lanes = j->req.n_choices;
+    for (int i = 0; i < j->req.n_choices; i++) {
         struct job *l = rc_malloc(sizeof *l);
         if (!l)
             return RC_ENOMEM;
         *l = *j;
-        memset(&l->out_ids, 0, sizeof l->out_ids);
-        memset(&l->out_text, 0, sizeof l->out_text);
-        memset(&l->out_rows, 0, sizeof l->out_rows);
-        l->out_truncated = 0;
-        l->finish = NULL;
-        l->choices = NULL;
-        l->gens = NULL;
-        l->choice = i;
-        l->gen = j->gens[i];
+        memset(&l->res.out_ids, 0, sizeof l->res.out_ids);
+        memset(&l->res.out_text, 0, sizeof l->res.out_text);
+        memset(&l->res.out_rows, 0, sizeof l->res.out_rows);
+        l->res.out_truncated = 0;
+        l->res.finish = NULL;
+        l->res.choices = NULL;
+        l->req.gens = NULL;
+        l->req.gen = j->req.gens[i];
         l->run = NULL;
         r->lanes[i] = l; /* freed with r from here on */
         if (!(l->run = rc_calloc(1, sizeof *l->run)))
             return RC_ENOMEM;
         l->run->seg = -1;
-        int rc = j->gen_details ? tok_details_init(&l->out_rows, j->top_k) : 0;
+        l->run->choice = i;
+        int rc = j->req.gen_details ? tok_details_init(&l->res.out_rows, j->req.top_k) : 0;
         if (!rc)
             rc = begin_generation(s, l);
         if (!rc)
             rc = flush_lane_events(j, l);
         if (rc) {
-            if (l->rc)
-                set_job_error(j, l->rc, l->err.kind, l->err.message);
+            if (l->res.rc)
+                set_job_error(j, l->res.rc, l->res.err.kind, l->res.err.message);
             return rc;
         }
     }
-    r->lanes_left = j->n_choices;
-    r->gs = j->state;
+    r->lanes_left = j->req.n_choices;
+    r->gs = j->req.state;
     r->phase = PH_GEN;
     return 0;
 }
@@ -255,43 +250,43 @@ void gather_finished_lanes(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
     int rc = 0;
-    for (int i = 0; i < r->n_lanes && !j->rc; i++) {
+    for (int i = 0; i < r->n_lanes && !j->res.rc; i++) {
         struct job *l = r->lanes[i];
         struct job_run *lr = l->run;
         if (lr->finished_now) {
             lr->finished_now = 0;
             r->lanes_left--;
-            if (l->rc) {
-                set_job_error(j, l->rc, l->err.kind, l->err.message);
+            if (l->res.rc) {
+                set_job_error(j, l->res.rc, l->res.err.kind, l->res.err.message);
                 break;
             }
-            if (j->stream && (rc = emit_done(s, l)) != 0)
+            if (j->req.stream.format && (rc = emit_done(s, l)) != 0)
                 break;
-            struct choice_out *c = &j->choices[i];
-            c->ids = l->out_ids;
-            c->text = l->out_text;
-            c->rows = l->out_rows;
-            c->rows_truncated = l->out_truncated;
-            c->finish = l->finish;
-            memset(&l->out_ids, 0, sizeof l->out_ids);
-            memset(&l->out_text, 0, sizeof l->out_text);
-            memset(&l->out_rows, 0, sizeof l->out_rows);
+            struct choice_out *c = &j->res.choices[i];
+            c->ids = l->res.out_ids;
+            c->text = l->res.out_text;
+            c->rows = l->res.out_rows;
+            c->rows_truncated = l->res.out_truncated;
+            c->finish = l->res.finish;
+            memset(&l->res.out_ids, 0, sizeof l->res.out_ids);
+            memset(&l->res.out_text, 0, sizeof l->res.out_text);
+            memset(&l->res.out_rows, 0, sizeof l->res.out_rows);
         }
         if ((rc = flush_lane_events(j, l)) != 0)
             break;
     }
     if (rc)
         set_job_error(j, rc, API_OUT_OF_MEMORY, "out of memory");
-    if (j->rc) {
+    if (j->res.rc) {
         finish_job(j, "error");
         return;
     }
     if (r->lanes_left > 0)
         return;
     int64_t out = 0;
-    for (int i = 0; i < j->n_choices; i++)
-        out += (int64_t)j->choices[i].ids.n;
-    if (j->stream && emit_end(s, j, out) != 0) {
+    for (int i = 0; i < j->req.n_choices; i++)
+        out += (int64_t)j->res.choices[i].ids.n;
+    if (j->req.stream.format && emit_end(s, j, out) != 0) {
         set_job_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         finish_job(j, "error");
         return;
@@ -326,11 +321,11 @@ int score_segment(struct sched *s, struct job *j, const float *hid, const float 
 {
     struct job_run *r = j->run;
     const int32_t *tok = r->ids + r->off - r->n;
-    int64_t pos0 = j->state->pos - r->n; /* position of tok[0] */
+    int64_t pos0 = j->req.state->pos - r->n; /* position of tok[0] */
     int first = r->had_last ? 0 : 1;      /* tok[0] has no prediction from zero */
-    int k = j->want_details ? j->top_k : 0;
-    if (!r->had_last && j->want_details && j->in_rows.n < j->detail_limit &&
-        tok_details_push(&j->in_rows, pos0, tok[0], NAN, NULL, NULL) != 0)
+    int k = j->req.want_details ? j->req.top_k : 0;
+    if (!r->had_last && j->req.want_details && j->res.in_rows.n < j->req.detail_limit &&
+        tok_details_push(&j->res.in_rows, pos0, tok[0], NAN, NULL, NULL) != 0)
         return RC_ENOMEM;
     for (int t0 = first; t0 < r->n; t0 += LOGIT_ROWS) {
         int nr = r->n - t0 < LOGIT_ROWS ? r->n - t0 : LOGIT_ROWS;
@@ -343,14 +338,14 @@ int score_segment(struct sched *s, struct job *j, const float *hid, const float 
         for (int i = 0; i < nr; i++) {
             int t = t0 + i;
             const float *lg = s->logits + (size_t)i * (size_t)s->n_vocab;
-            int keep = j->want_details && j->in_rows.n < j->detail_limit;
+            int keep = j->req.want_details && j->res.in_rows.n < j->req.detail_limit;
             float lp = row_logprob(s, lg, tok[t], keep ? k : 0, s->top_ids, s->top_lps);
-            score_stats_add(&j->stats, pos0 + t - 1, lp);
+            score_stats_add(&j->res.stats, pos0 + t - 1, lp);
             if (keep) {
-                if (tok_details_push(&j->in_rows, pos0 + t, tok[t], lp, s->top_ids, s->top_lps))
+                if (tok_details_push(&j->res.in_rows, pos0 + t, tok[t], lp, s->top_ids, s->top_lps))
                     return RC_ENOMEM;
-            } else if (j->want_details)
-                j->in_truncated = 1;
+            } else if (j->req.want_details)
+                j->res.in_truncated = 1;
         }
     }
     return 0;
@@ -369,18 +364,19 @@ int decode_sample(struct sched *s, struct job **dec, int nd)
             struct job *j = dec[b0 + i];
             struct job_run *r = j->run;
             const float *lg = s->logits + (size_t)i * (size_t)s->n_vocab;
-            int32_t id = sampler_pick(&j->sp, &r->rng, lg, s->vocab, s->ss);
+            int32_t id = sampler_pick(&j->req.sp, &r->rng, lg, s->vocab, s->ss);
             r->tok = id;
-            if (j->gen_details) {
-                float lp = row_logprob(s, lg, id, j->top_k, s->top_ids, s->top_lps);
+            if (j->req.gen_details) {
+                float lp = row_logprob(s, lg, id, j->req.top_k, s->top_ids, s->top_lps);
                 /* a stream sends each row with its token and keeps none:
                  * no limit applies, and a stale row is never sent again */
-                if (j->stream)
-                    j->out_rows.n = 0;
+                if (j->req.stream.format)
+                    j->res.out_rows.n = 0;
                 r->pushed = r->over = 0;
-                if (!j->stream && j->in_rows.n + j->out_rows.n >= j->detail_limit)
+                if (!j->req.stream.format &&
+                    j->res.in_rows.n + j->res.out_rows.n >= j->req.detail_limit)
                     r->over = 1; /* truncated, once the token is kept (not eos) */
-                else if (tok_details_push(&j->out_rows, r->gs->pos, id, lp, s->top_ids,
+                else if (tok_details_push(&j->res.out_rows, r->gs->pos, id, lp, s->top_ids,
                                           s->top_lps))
                     return RC_ENOMEM;
                 else
@@ -397,24 +393,24 @@ int record_decoded_token(struct sched *s, struct job *j)
     struct job_run *r = j->run;
     size_t plen;
     const char *piece = codec_piece(s->codec, r->tok, &plen);
-    if (idvec_push(&j->out_ids, r->tok) || outbuf_put(&j->out_text, piece, plen))
+    if (idvec_push(&j->res.out_ids, r->tok) || outbuf_put(&j->res.out_text, piece, plen))
         return RC_ENOMEM;
     if (r->over)
-        j->out_truncated = 1;
+        j->res.out_truncated = 1;
     /* a stop sequence cuts the text where it starts */
-    struct stop_list stops = {j->stop, j->stop_len, j->n_stop};
+    struct stop_list stops = {j->req.stop, j->req.stop_len, j->req.n_stop};
     size_t to;
-    int stopped = stop_scan(j->out_text.p, j->out_text.n, r->emitted, &stops, &to);
+    int stopped = stop_scan(j->res.out_text.p, j->res.out_text.n, r->emitted, &stops, &to);
     if (stopped) {
-        j->out_text.n = to;
+        j->res.out_text.n = to;
         finish_job(j, "stop");
     }
-    else if ((int)j->out_ids.n >= j->gen_max)
+    else if ((int)j->res.out_ids.n >= j->req.gen_max)
         finish_job(j, "length");
-    if (j->stream) {
+    if (j->req.stream.format) {
         size_t from = r->emitted;
         if (r->phase == PH_FINISHED)
-            to = j->out_text.n; /* nothing more will come: all of it now */
+            to = j->res.out_text.n; /* nothing more will come: all of it now */
         r->emitted = to;
         if (emit_token(s, j, from, to))
             return RC_ENOMEM;
@@ -446,7 +442,7 @@ void advance_job(struct sched *s, struct job *j)
         finish_job(j, "cancelled");
         return;
     }
-    if (j->kind != JOB_RUN) {
+    if (j->req.kind != JOB_RUN) {
         run_special_job(s, j);
         return;
     }
@@ -456,14 +452,14 @@ void advance_job(struct sched *s, struct job *j)
     if (!rc)
         rc = encode_taken(s, j);
     if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
-        j->position = j->state->pos;
-        if (j->gen_max > 0)
-            rc = j->n_choices > 1 ? start_lanes(s, j) : begin_generation(s, j);
+        j->res.position = j->req.state->pos;
+        if (j->req.gen_max > 0)
+            rc = j->req.n_choices > 1 ? start_lanes(s, j) : begin_generation(s, j);
         else
             finish_job(j, "done");
     }
     if (rc) {
-        if (!j->rc)
+        if (!j->res.rc)
             set_job_error(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
                  rc == RC_ENOMEM ? "out of memory" : "internal error");
         finish_job(j, "error");
@@ -476,7 +472,7 @@ struct batch_want job_want(struct sched *s, const struct batch_limits *lim, stru
 {
     struct job_run *r = j->run;
     struct batch_want w = {0, 0, 0};
-    if (j->kind != JOB_RUN)
+    if (j->req.kind != JOB_RUN)
         return w;
     if (r->phase == PH_GEN) {
         w.decode_rows = r->n_lanes ? 0 : 1;
@@ -486,7 +482,7 @@ struct batch_want job_want(struct sched *s, const struct batch_limits *lim, stru
         w.input_left = r->n_ids - r->off;
         w.input_eof = r->input_eof;
         int n = batch_prefill_chunk(lim, &w);
-        if (n > 0 && fail_past_max_pos(j, j->state, n))
+        if (n > 0 && fail_past_max_pos(j, j->req.state, n))
             w = (struct batch_want){0, 0, 0};
     }
     return w;

@@ -30,7 +30,7 @@ static void token_latency(struct sched *s, struct job *j, double t)
     if (r->last_tok_us > 0)
         hist_observe(&s->stats.itl, t - r->last_tok_us);
     else
-        hist_observe(&s->stats.ttft, t - j->submitted_us);
+        hist_observe(&s->stats.ttft, t - j->ch.submitted_us);
     r->last_tok_us = t;
 }
 
@@ -62,9 +62,9 @@ static int add_decode_segments(struct sched *s, struct job **dec, int nd, int ns
     for (int i = 0; i < nd; i++) {
         struct job *j = dec[i];
         struct job_run *r = j->run;
-        if (!j->ignore_eos && r->tok == codec_eos(s->codec)) {
+        if (!j->req.ignore_eos && r->tok == codec_eos(s->codec)) {
             if (r->pushed)
-                j->out_rows.n--;
+                j->res.out_rows.n--;
             finish_job(j, "eos");
             continue;
         }
@@ -91,14 +91,14 @@ static int add_prefill_segments(struct sched *s, struct job **ready, int nready,
             continue;
         r->seg = nseg;
         r->n = n;
-        r->had_last = j->state->has_last;
+        r->had_last = j->req.state->has_last;
         struct fwd_seg *sg = &s->segs[nseg++];
-        *sg = (struct fwd_seg){.state = j->state, .tokens = r->ids + r->off, .n = n};
-        if (j->score) {
+        *sg = (struct fwd_seg){.state = j->req.state, .tokens = r->ids + r->off, .n = n};
+        if (j->req.score) {
             sg->hidden = s->hidden + hoff * (size_t)s->d_model;
             hoff += (size_t)n;
             if (r->had_last)
-                memcpy(s->prev + (size_t)r->seg * (size_t)s->d_model, j->state->last,
+                memcpy(s->prev + (size_t)r->seg * (size_t)s->d_model, j->req.state->last,
                        sizeof(float) * (size_t)s->d_model);
         }
         r->off += (size_t)n;
@@ -146,9 +146,9 @@ static void read_run_output(struct sched *s, struct job **ready, int nready, str
         int rc = 0;
         if (r->phase == PH_INPUT) {
             tt->in += r->n;
-            j->n_input += r->n;
-            j->position = j->state->pos;
-            if (j->score)
+            j->res.n_input += r->n;
+            j->res.position = j->req.state->pos;
+            if (j->req.score)
                 rc = score_segment(s, j, s->segs[r->seg].hidden,
                                    s->prev + (size_t)r->seg * (size_t)s->d_model);
         } else if (r->phase == PH_GEN) {
@@ -172,13 +172,13 @@ static void wrap_up_finished(struct sched *s, struct job **ready, int nready)
             gather_finished_lanes(s, j);
         if (!r || !r->finished_now)
             continue;
-        if (j->kind == JOB_RUN && r->gs)
-            j->position = j->commit ? r->gs->pos : j->state->pos; /* once committed */
-        else if (j->kind == JOB_RUN)
-            j->position = j->state->pos;
-        if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc &&
-            !r->n_lanes) {
-            if (emit_done(s, j) != 0 || emit_end(s, j, (int64_t)j->out_ids.n) != 0)
+        if (j->req.kind == JOB_RUN && r->gs)
+            j->res.position = j->req.commit ? r->gs->pos : j->req.state->pos; /* once committed */
+        else if (j->req.kind == JOB_RUN)
+            j->res.position = j->req.state->pos;
+        if (j->req.kind == JOB_RUN && j->req.stream.format && r->phase == PH_FINISHED && r->gs &&
+            !j->res.rc && !r->n_lanes) {
+            if (emit_done(s, j) != 0 || emit_end(s, j, (int64_t)j->res.out_ids.n) != 0)
                 set_job_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
     }
