@@ -1,3 +1,9 @@
+/*
+ * compute.c — the compute thread (compute.h): it loads the model, admits
+ * submitted jobs, waits until some are ready, runs a tick over them
+ * (tick.c) and publishes what the tick made. The sched_* calls the loop
+ * makes are here too, with the lock they share.
+ */
 #define _GNU_SOURCE /* pthread_setname_np */
 #include "compute_impl.h"
 

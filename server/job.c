@@ -1,3 +1,7 @@
+/*
+ * job.c — a job's memory: job_new, job_free, and the compute-private run
+ * and lanes that job_free releases with it (job.h).
+ */
 #include "job.h"
 
 #include <string.h>

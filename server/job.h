@@ -1,7 +1,9 @@
 /*
- * job.h — one unit of work for the compute thread, and who may touch
- * which part of it when (compute.h says how a job travels between the
- * loop thread and the compute thread).
+ * job.h — one unit of work for the compute thread, in parts by who may
+ * touch them when: the request (the loop, before submit), the result (the
+ * compute thread, until done), the channel (both, under the scheduler's
+ * lock), the loop's bookkeeping, and the compute thread's own progress.
+ * compute.h says how a job travels between the two threads.
  */
 #ifndef RECUR_JOB_H
 #define RECUR_JOB_H
@@ -27,7 +29,7 @@ enum job_kind {
                    * (want_details) for at most detail_limit of them */
 };
 
-/* Why a job is asked to stop (struct job's cancel). */
+/* Why a job is asked to stop (struct job_channel's cancel). */
 enum job_cancel {
     CANCEL_NONE = 0,
     CANCEL_ASKED,     /* sched_cancel: the client went away, or a drain */

@@ -1,3 +1,9 @@
+/*
+ * run.c — one JOB_RUN, step by step: start, take in streamed input, say
+ * what it wants of a tick, score the input it read, sample and record
+ * generated tokens, stop, and encode its stream's events (proto/sse.h).
+ * An n > 1 completion runs one lane per choice.
+ */
 #include "compute_impl.h"
 
 #include <math.h>

@@ -1,3 +1,9 @@
+/*
+ * tick.c — one tick over the ready jobs: advance each (run.c), plan the
+ * rows (batch.h), sample the decode rows, run ONE forward pass over every
+ * segment, then score, stream and wrap up; and the token latency
+ * histograms the tick feeds.
+ */
 #include "compute_impl.h"
 
 #include <string.h>
@@ -7,7 +13,7 @@
 #include "forward.h"
 #include "state.h"
 
-/* ---- the tick ----------------------------------------------------------------- */
+/* ---- latency ------------------------------------------------------------------- */
 
 const double sched_token_bounds[SCHED_TOKEN_BUCKETS] = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
@@ -33,6 +39,8 @@ static void token_latency(struct sched *s, struct job *j, double t)
         hist_observe(&s->stats.ttft, t - j->ch.submitted_us);
     r->last_tok_us = t;
 }
+
+/* ---- the tick ----------------------------------------------------------------- */
 
 /* The decode rows the plan gave: a job's own, or its first generating
  * lanes. Returns how many went into dec. */
