@@ -69,8 +69,8 @@ static void app_stop(struct app *a)
     a->http = NULL;
     sched_stop(a->sched);
     for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
-        nx = j->taken_next;
-        j->owner = NULL;
+        nx = j->loop.taken_next;
+        j->loop.owner = NULL;
         routes_on_job_event(a, j);
     }
     /* the states belong to the model the scheduler owns: they go first;
@@ -169,7 +169,7 @@ static void on_async(uv_async_t *h)
         }
     }
     for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
-        nx = j->taken_next;
+        nx = j->loop.taken_next;
         routes_on_job_event(a, j);
         if (a->stopping)
             return;

@@ -13,7 +13,7 @@
 #include "http.h"
 #include "metrics.h"
 #include "request.h"
-#include "scheduler.h"
+#include "compute.h"
 #include "sessions.h"
 #include "store.h"
 

@@ -109,17 +109,17 @@ static void rq_unlink(struct rq *q)
 /* The job is over and no request waits on it: give back what it held. */
 void job_release(struct app *a, struct job *j)
 {
-    if (j->sess_a)
-        sessions_release(a->sessions, j->sess_a, now_ms(a));
-    if (j->sess_b)
-        sessions_release(a->sessions, j->sess_b, now_ms(a));
-    state_free(j->tmp);
-    state_free(j->gen);
-    for (int i = 0; j->gens && i < j->n_choices; i++) {
-        state_free(j->gens[i]);
-        j->gens[i] = NULL;
+    if (j->loop.sess_a)
+        sessions_release(a->sessions, j->loop.sess_a, now_ms(a));
+    if (j->loop.sess_b)
+        sessions_release(a->sessions, j->loop.sess_b, now_ms(a));
+    state_free(j->loop.tmp);
+    state_free(j->req.gen);
+    for (int i = 0; j->req.gens && i < j->req.n_choices; i++) {
+        state_free(j->req.gens[i]);
+        j->req.gens[i] = NULL;
     }
-    for (; j->reserved > 0; j->reserved--)
+    for (; j->loop.reserved > 0; j->loop.reserved--)
         sessions_unreserve(a->sessions);
     job_free(j);
     spill_check(a);
@@ -128,12 +128,12 @@ void job_release(struct app *a, struct job *j)
 /* Submit j for q; the sessions in j->sess_a/b are marked busy. */
 void submit(struct rq *q, struct job *j)
 {
-    j->owner = q;
+    j->loop.owner = q;
     q->job = j;
-    if (j->sess_a)
-        ((struct session *)j->sess_a)->busy = j;
-    if (j->sess_b)
-        ((struct session *)j->sess_b)->busy = j;
+    if (j->loop.sess_a)
+        ((struct session *)j->loop.sess_a)->busy = j;
+    if (j->loop.sess_b)
+        ((struct session *)j->loop.sess_b)->busy = j;
     rq_link(q);
     sched_submit(q->a->sched, j);
 }
@@ -153,15 +153,15 @@ int job_state(struct rq *q, struct job *j, struct mstate **out)
         respond_oom(q->h, "for a temporary state");
         return -1;
     }
-    j->reserved++;
+    j->loop.reserved++;
     return 0;
 }
 
 int tmp_state(struct rq *q, struct job *j)
 {
-    if (job_state(q, j, &j->tmp) != 0)
+    if (job_state(q, j, &j->loop.tmp) != 0)
         return -1;
-    j->state = j->tmp;
+    j->req.state = j->loop.tmp;
     return 0;
 }
 
@@ -172,13 +172,13 @@ int tmp_state(struct rq *q, struct job *j)
  * nothing. A swap: the old state leaves with the job. */
 void state_commit(struct job *j)
 {
-    struct session *s = j->sess_a;
-    if (!j->gen || !j->commit || j->rc || !s)
+    struct session *s = j->loop.sess_a;
+    if (!j->req.gen || !j->req.commit || j->res.rc || !s)
         return;
     struct mstate *old = s->state;
-    s->state = j->gen;
-    j->gen = old;
-    j->state = s->state;
+    s->state = j->req.gen;
+    j->req.gen = old;
+    j->req.state = s->state;
 }
 
 /* Parse the JSON body; on failure the error is sent and NULL returned. */
@@ -508,8 +508,8 @@ static void on_request(void *ud, struct http_req *h)
 
 static void finish_job(struct rq *q, struct job *j)
 {
-    if (j->rc && j->rc != RC_ECANCELED) {
-        switch (j->kind) {
+    if (j->res.rc && j->res.rc != RC_ECANCELED) {
+        switch (j->req.kind) {
         case JOB_COPY:
         case JOB_LOAD:
             if (q->route == R_SESSIONS) {
@@ -518,25 +518,25 @@ static void finish_job(struct rq *q, struct job *j)
             }
             break;
         }
-        if (q->route == R_APPEND && j->n_input > 0) {
+        if (q->route == R_APPEND && j->res.n_input > 0) {
             /* reading failed part-way — only a streamed text can: a JSON
              * append takes its memory before the first token (start_run).
              * The tokens read stay in the session, as when the client
              * leaves, so say how far it got */
-            struct api_error e = j->err;
+            struct api_error e = j->res.err;
             snprintf(e.message, sizeof e.message,
                      "%.200s after reading %" PRId64 " tokens of the text; they stay in the "
                      "session, now at position %" PRId64,
-                     j->err.message, j->n_input, (int64_t)j->position);
+                     j->res.err.message, j->res.n_input, (int64_t)j->res.position);
             http_respond_error(q->h, &e);
             return;
         }
-        http_respond_error(q->h, &j->err);
+        http_respond_error(q->h, &j->res.err);
         return;
     }
-    if (j->rc == RC_ECANCELED) {
-        if (q->route == R_SESSIONS && j->sess_a)
-            sessions_delete(q->a->sessions, j->sess_a);
+    if (j->res.rc == RC_ECANCELED) {
+        if (q->route == R_SESSIONS && j->loop.sess_a)
+            sessions_delete(q->a->sessions, j->loop.sess_a);
         if (q->a->state == APP_DRAINING)
             respond_err(q->h, API_UNAVAILABLE, "cancelled: the server is shutting down");
         else
@@ -545,10 +545,10 @@ static void finish_job(struct rq *q, struct job *j)
     }
     switch (q->route) {
     case R_SAVE: {
-        uint8_t *b = j->snap_out;
-        j->snap_out = NULL;
-        if (fs_start(q, FS_WRITE, q->name, b, j->snap_out_len) == 0)
-            q->fsop->position = j->position;
+        uint8_t *b = j->res.snap_out;
+        j->res.snap_out = NULL;
+        if (fs_start(q, FS_WRITE, q->name, b, j->res.snap_out_len) == 0)
+            q->fsop->position = j->res.position;
         break;
     }
     case R_TOKENIZE: done_tokenize(q, j); break;
@@ -564,8 +564,8 @@ static void finish_job(struct rq *q, struct job *j)
 
 void routes_on_job_event(struct app *a, struct job *j)
 {
-    struct rq *q = j->owner;
-    if (!j->final_seen) {
+    struct rq *q = j->loop.owner;
+    if (!j->loop.final_seen) {
         if (q && q->phase == RQ_STREAMING)
             http_wake(q->h);
         if (q && q->upload_paused && sched_inbox(a->sched, j) < a->cfg->upload_buffer_bytes) {
@@ -580,20 +580,20 @@ void routes_on_job_event(struct app *a, struct job *j)
         return;
     }
     if (q->phase == RQ_STREAMING) {
-        if (j->rc) {
+        if (j->res.rc) {
             /* the stream already said 200: end it with an error event */
-            struct api_error e = j->err;
-            if (j->rc == RC_ECANCELED && a->state == APP_DRAINING)
+            struct api_error e = j->res.err;
+            if (j->res.rc == RC_ECANCELED && a->state == APP_DRAINING)
                 api_error_set(&e, API_UNAVAILABLE, "cancelled: the server is shutting down");
             /* the job is the loop's now */
-            q->phase = sse_put_error(&j->outbox, &e) != 0 ? RQ_STREAM_END_OOM : RQ_STREAM_END;
+            q->phase = sse_put_error(&j->ch.outbox, &e) != 0 ? RQ_STREAM_END_OOM : RQ_STREAM_END;
         } else
             q->phase = RQ_STREAM_END;
         state_commit(j); /* the done event is in the outbox */
         /* release the sessions now; the job lives until the stream ends */
-        if (j->sess_a) {
-            sessions_release(a->sessions, j->sess_a, now_ms(a));
-            j->sess_a = NULL;
+        if (j->loop.sess_a) {
+            sessions_release(a->sessions, j->loop.sess_a, now_ms(a));
+            j->loop.sess_a = NULL;
         }
         http_wake(q->h);
         return;
@@ -631,7 +631,7 @@ void routes_session_ready(struct app *a, void *waiters, int status, const char *
 void routes_cancel_all(struct app *a)
 {
     for (struct rq *q = a->rqs; q; q = q->next)
-        if (q->job && !q->job->final_seen)
+        if (q->job && !q->job->loop.final_seen)
             sched_cancel(a->sched, q->job);
 }
 
@@ -645,8 +645,8 @@ static void on_done(void *ud, struct http_req *h, int completed)
                         completed);
         if (q->job) {
             rq_unlink(q);
-            q->job->owner = NULL;
-            if (q->job->final_seen)
+            q->job->loop.owner = NULL;
+            if (q->job->loop.final_seen)
                 job_release(a, q->job);
             else
                 sched_cancel(a->sched, q->job); /* released at its done event */

@@ -90,20 +90,20 @@ void h_tokenize(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->text = r.text;
-    j->text_len = r.text_len;
+    j->req.text = r.text;
+    j->req.text_len = r.text_len;
     r.text = NULL;
-    j->want_details = r.with_pieces;
-    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    j->req.want_details = r.with_pieces;
+    j->req.detail_limit = (size_t)q->a->cfg->detail_limit;
     submit(q, j);
 }
 
 void done_tokenize(struct rq *q, struct job *j)
 {
     /* the compute thread wrote the body (resp_tokenize) */
-    char *body = j->out_text.p;
-    size_t n = j->out_text.n;
-    memset(&j->out_text, 0, sizeof j->out_text);
+    char *body = j->res.out_text.p;
+    size_t n = j->res.out_text.n;
+    memset(&j->res.out_text, 0, sizeof j->res.out_text);
     if (!body) {
         respond_oom(q->h, "building the response");
         return;
@@ -140,20 +140,20 @@ void h_detokenize(struct rq *q)
 /* Fill a RUN job's input from a parsed req_input (moves the buffers). */
 static void take_input(struct job *j, struct req_input *in)
 {
-    j->text = in->text;
-    j->text_len = in->text_len;
-    j->ids = in->tokens;
-    j->n_ids = in->n_tokens;
+    j->req.text = in->text;
+    j->req.text_len = in->text_len;
+    j->req.ids = in->tokens;
+    j->req.n_ids = in->n_tokens;
     in->text = NULL;
     in->tokens = NULL;
 }
 
 static void score_job(struct rq *q, struct job *j, const struct req_score *r)
 {
-    j->score = 1;
-    j->want_details = r->logprobs;
-    j->top_k = r->top_logprobs;
-    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    j->req.score = 1;
+    j->req.want_details = r->logprobs;
+    j->req.top_k = r->top_logprobs;
+    j->req.detail_limit = (size_t)q->a->cfg->detail_limit;
     q->want_details = r->logprobs;
 }
 
@@ -185,8 +185,8 @@ void h_score(struct rq *q, int with_session)
     score_job(q, j, &r);
     req_score_free(&r);
     if (s) {
-        j->state = s->state;
-        j->sess_a = s;
+        j->req.state = s->state;
+        j->loop.sess_a = s;
     } else if (tmp_state(q, j) != 0) {
         job_free(j);
         return;
@@ -198,11 +198,11 @@ void done_score(struct rq *q, struct job *j)
 {
     struct vocab_view v = vocab(q->a);
     struct score_view sv = {
-        .position = j->position,
-        .n_tokens = j->n_input,
-        .st = &j->stats,
-        .d = q->want_details ? &j->in_rows : NULL,
-        .truncated = j->in_truncated,
+        .position = j->res.position,
+        .n_tokens = j->res.n_input,
+        .st = &j->res.stats,
+        .d = q->want_details ? &j->res.in_rows : NULL,
+        .truncated = j->res.in_truncated,
     };
     size_t n;
     char *s = json_body(resp_score(&sv, &v), &n);
@@ -216,7 +216,7 @@ void done_score(struct rq *q, struct job *j)
     }
     /* the text is in the session already: say so, in the little we can */
     char small[200];
-    if (resp_fixed_appended(small, sizeof small, (int64_t)j->position, j->n_input) == 0)
+    if (resp_fixed_appended(small, sizeof small, (int64_t)j->res.position, j->res.n_input) == 0)
         http_respond_small(q->h, 200, "application/json", small);
     else
         respond_oom(q->h, "building the response");
@@ -225,9 +225,9 @@ void done_score(struct rq *q, struct job *j)
 /* Copy stop sequences into the job. */
 static int take_stop(struct job *j, struct req_stop *st)
 {
-    j->stop = st->s;
-    j->stop_len = st->len;
-    j->n_stop = st->n;
+    j->req.stop = st->s;
+    j->req.stop_len = st->len;
+    j->req.n_stop = st->n;
     memset(st, 0, sizeof *st);
     return 0;
 }
@@ -263,26 +263,26 @@ void h_generate(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
-    j->gen_max = r.max_tokens;
-    j->sp = r.sp;
-    j->seed = r.has_seed ? r.seed : random_seed();
+    j->req.state = s->state;
+    j->loop.sess_a = s;
+    j->req.gen_max = r.max_tokens;
+    j->req.sp = r.sp;
+    j->req.seed = r.has_seed ? r.seed : random_seed();
     take_stop(j, &r.stop);
-    j->commit = r.commit;
-    j->ignore_eos = r.ignore_eos;
-    j->gen_details = r.logprobs;
-    j->top_k = r.top_logprobs;
-    j->detail_limit = (size_t)q->a->cfg->detail_limit;
-    j->stream = r.stream ? STREAM_SESSION : STREAM_NONE;
+    j->req.commit = r.commit;
+    j->req.ignore_eos = r.ignore_eos;
+    j->req.gen_details = r.logprobs;
+    j->req.top_k = r.top_logprobs;
+    j->req.detail_limit = (size_t)q->a->cfg->detail_limit;
+    j->req.stream.format = r.stream ? STREAM_SESSION : STREAM_NONE;
     q->want_details = r.logprobs;
     req_generate_free(&r);
-    if (job_state(q, j, &j->gen) != 0) {
+    if (job_state(q, j, &j->req.gen) != 0) {
         job_free(j);
         return;
     }
     submit(q, j);
-    if (j->stream) {
+    if (j->req.stream.format) {
         q->phase = RQ_STREAMING;
         http_respond_stream(q->h, 200, "text/event-stream", pull);
     }
@@ -292,16 +292,16 @@ void done_generate(struct rq *q, struct job *j)
 {
     struct vocab_view v = vocab(q->a);
     struct gen_view g = {
-        .text = j->out_text.p,
-        .text_len = j->out_text.n,
-        .ids = j->out_ids.v,
-        .n_ids = j->out_ids.n,
-        .finish_reason = j->finish,
-        .position = j->position,
-        .seed = j->seed,
-        .committed = j->commit,
-        .d = q->want_details ? &j->out_rows : NULL,
-        .truncated = j->out_truncated,
+        .text = j->res.out_text.p,
+        .text_len = j->res.out_text.n,
+        .ids = j->res.out_ids.v,
+        .n_ids = j->res.out_ids.n,
+        .finish_reason = j->res.finish,
+        .position = j->res.position,
+        .seed = j->req.seed,
+        .committed = j->req.commit,
+        .d = q->want_details ? &j->res.out_rows : NULL,
+        .truncated = j->res.out_truncated,
     };
     size_t n;
     char *body = json_body(resp_generate(&g, &v), &n);
@@ -388,13 +388,17 @@ void h_completions(struct rq *q)
     if (random_bytes(rnd, sizeof rnd) == 0)
         for (size_t i = 0; i < sizeof rnd; i++)
             snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
-    j->cmpl_id = rc_strdup(idbuf);
-    j->model_name = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
-    if (r.n > 1 && (!(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices)) ||
-                    !(j->gens = rc_calloc((size_t)r.n, sizeof *j->gens))))
+    j->req.stream.cmpl_id = rc_strdup(idbuf);
+    j->req.stream.model = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
+    char fp[24];
+    system_fingerprint(a, fp);
+    j->req.stream.system_fingerprint = rc_strdup(fp);
+    if (r.n > 1 && (!(j->res.choices = rc_calloc((size_t)r.n, sizeof *j->res.choices)) ||
+                    !(j->req.gens = rc_calloc((size_t)r.n, sizeof *j->req.gens))))
         oom = 1;
-    j->n_choices = r.n;
-    if (oom || !j->cmpl_id || !j->model_name) {
+    j->req.n_choices = r.n;
+    if (oom || !j->req.stream.cmpl_id || !j->req.stream.model ||
+        !j->req.stream.system_fingerprint) {
         outbuf_free(&echo);
         req_completion_free(&r);
         job_free(j);
@@ -402,26 +406,25 @@ void h_completions(struct rq *q)
         return;
     }
     take_input(j, &r.prompt);
-    j->created = (int64_t)time(NULL);
-    system_fingerprint(a, j->sys_fp);
-    j->include_usage = r.include_usage;
-    j->score = r.echo && r.logprobs >= 0 && !empty;
-    j->want_details = j->score;
-    j->top_k = r.logprobs > 0 ? r.logprobs : 0;
+    j->req.stream.created = (int64_t)time(NULL);
+    j->req.stream.include_usage = r.include_usage;
+    j->req.score = r.echo && r.logprobs >= 0 && !empty;
+    j->req.want_details = j->req.score;
+    j->req.top_k = r.logprobs > 0 ? r.logprobs : 0;
     /* the limit is per response: n choices share it (each repeats the
      * echoed prompt's rows) */
-    j->detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r.n > 1 ? r.n : 1);
-    j->gen_max = r.max_tokens;
-    j->sp = r.sp;
-    j->seed = r.has_seed ? r.seed : random_seed();
+    j->req.detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r.n > 1 ? r.n : 1);
+    j->req.gen_max = r.max_tokens;
+    j->req.sp = r.sp;
+    j->req.seed = r.has_seed ? r.seed : random_seed();
     take_stop(j, &r.stop);
-    j->gen_details = r.logprobs >= 0;
-    j->stream = r.stream ? STREAM_OPENAI : STREAM_NONE;
+    j->req.gen_details = r.logprobs >= 0;
+    j->req.stream.format = r.stream ? STREAM_OPENAI : STREAM_NONE;
     q->cmpl_logprobs = r.logprobs;
     q->cmpl_echo = r.echo;
-    if (j->stream) {
-        j->echo = echo.p;
-        j->echo_len = echo.n;
+    if (j->req.stream.format) {
+        j->req.stream.echo = echo.p;
+        j->req.stream.echo_len = echo.n;
     } else {
         q->echo = echo.p;
         q->echo_len = echo.n;
@@ -433,13 +436,13 @@ void h_completions(struct rq *q)
     }
     /* n > 1: the prompt is read once into tmp; choice i generates in
      * gens[i] from a copy of it (n more states, counted like tmp) */
-    for (int i = 0; j->n_choices > 1 && i < j->n_choices; i++)
-        if (job_state(q, j, &j->gens[i]) != 0) {
+    for (int i = 0; j->req.n_choices > 1 && i < j->req.n_choices; i++)
+        if (job_state(q, j, &j->req.gens[i]) != 0) {
             job_release(a, j); /* the states made so far and their reservations */
             return;
         }
     submit(q, j);
-    if (j->stream) {
+    if (j->req.stream.format) {
         q->phase = RQ_STREAMING;
         http_respond_stream(q->h, 200, "text/event-stream", pull);
     }
@@ -449,10 +452,13 @@ void done_completions(struct rq *q, struct job *j)
 {
     struct vocab_view v = vocab(q->a);
     /* one choice: the results are in j->out_*; n > 1: in j->choices */
-    size_t n = j->n_choices > 1 ? (size_t)j->n_choices : 1;
-    struct choice_out one = {.ids = j->out_ids, .text = j->out_text, .rows = j->out_rows,
-                             .rows_truncated = j->out_truncated, .finish = j->finish};
-    const struct choice_out *src = j->n_choices > 1 ? j->choices : &one;
+    size_t n = j->req.n_choices > 1 ? (size_t)j->req.n_choices : 1;
+    struct choice_out one = {.ids = j->res.out_ids,
+                             .text = j->res.out_text,
+                             .rows = j->res.out_rows,
+                             .rows_truncated = j->res.out_truncated,
+                             .finish = j->res.finish};
+    const struct choice_out *src = j->req.n_choices > 1 ? j->res.choices : &one;
     struct outbuf *text = rc_calloc(n, sizeof *text);
     struct tok_details *all = rc_calloc(n, sizeof *all);
     struct completion_choice *ch = rc_calloc(n, sizeof *ch);
@@ -460,12 +466,12 @@ void done_completions(struct rq *q, struct job *j)
     int oom = !text || !all || !ch;
     for (size_t c = 0; c < n && !oom; c++) {
         const struct choice_out *x = &src[c];
-        tok_details_init(&all[c], j->top_k);
+        tok_details_init(&all[c], j->req.top_k);
         oom = outbuf_put(&text[c], q->echo ? q->echo : "", q->echo_len) ||
               outbuf_put(&text[c], x->text.p ? x->text.p : "", x->text.n);
         if (q->cmpl_logprobs >= 0) {
             /* echo: the prompt's rows first (the first has no logprob) */
-            const struct tok_details *parts[2] = {q->cmpl_echo ? &j->in_rows : NULL, &x->rows};
+            const struct tok_details *parts[2] = {q->cmpl_echo ? &j->res.in_rows : NULL, &x->rows};
             for (int p = 0; p < 2 && !oom; p++)
                 for (size_t i = 0; parts[p] && i < parts[p]->n && !oom; i++)
                     oom = tok_details_push(&all[c], parts[p]->pos[i], parts[p]->id[i],
@@ -481,7 +487,7 @@ void done_completions(struct rq *q, struct job *j)
             .d = q->cmpl_logprobs >= 0 ? &all[c] : NULL,
             .text_offset0 = q->cmpl_echo ? 0 : q->echo_len,
             .truncated = q->cmpl_logprobs >= 0 &&
-                         (x->rows_truncated || (q->cmpl_echo && j->in_truncated)),
+                         (x->rows_truncated || (q->cmpl_echo && j->res.in_truncated)),
         };
     }
     json_t *o = NULL;
@@ -489,13 +495,13 @@ void done_completions(struct rq *q, struct job *j)
         char fp[24];
         system_fingerprint(q->a, fp);
         struct completion_view cv = {
-            .id = j->cmpl_id,
-            .created = j->created,
-            .model = j->model_name,
+            .id = j->req.stream.cmpl_id,
+            .created = j->req.stream.created,
+            .model = j->req.stream.model,
             .system_fingerprint = fp,
             .ch = ch,
             .n_ch = n,
-            .prompt_tokens = j->n_input,
+            .prompt_tokens = j->res.n_input,
             .completion_tokens = generated,
             .with_usage = 1,
         };
@@ -540,10 +546,10 @@ int start_text_append(struct rq *q)
         respond_oom(q->h, NULL);
         return -1;
     }
-    j->streamed = 1;
+    j->req.streamed = 1;
     score_job(q, j, &r);
-    j->state = s->state;
-    j->sess_a = s;
+    j->req.state = s->state;
+    j->loop.sess_a = s;
     q->body = RQ_BODY_TEXT;
     submit(q, j);
     return 0;

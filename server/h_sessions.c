@@ -286,16 +286,16 @@ void h_sessions_post(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
+    j->req.state = s->state;
+    j->loop.sess_a = s;
     if (src) {
         src->last_used_ms = now_ms(a);
-        j->src = src->state;
-        j->sess_b = src;
+        j->req.src = src->state;
+        j->loop.sess_b = src;
     } else {
-        j->snap = (uint8_t *)snap;
-        j->snap_len = snap_len;
-        j->fingerprint = a->fingerprint;
+        j->req.snap = (uint8_t *)snap;
+        j->req.snap_len = snap_len;
+        j->req.fingerprint = a->fingerprint;
     }
     /* Only now, with src held by the job (busy), may the new state's
      * weight spill something: before, src was the least recently used
@@ -326,22 +326,22 @@ static void create_from_snapshot(struct rq *q, uint8_t *snap, size_t len)
         respond_oom(q->h, NULL);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
-    j->snap = snap;
-    j->snap_len = len;
-    j->fingerprint = a->fingerprint;
+    j->req.state = s->state;
+    j->loop.sess_a = s;
+    j->req.snap = snap;
+    j->req.snap_len = len;
+    j->req.fingerprint = a->fingerprint;
     submit(q, j);
 }
 
 void done_session_create(struct rq *q, struct job *j)
 {
     struct app *a = q->a;
-    struct session *s = j->sess_a;
-    if (j->rc) {
+    struct session *s = j->loop.sess_a;
+    if (j->res.rc) {
         /* the new session never existed as far as the client knows */
         sessions_delete(a->sessions, s);
-        http_respond_error(q->h, &j->err);
+        http_respond_error(q->h, &j->res.err);
         return;
     }
     s->pos = s->state->pos;
@@ -393,9 +393,9 @@ void h_state_get(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
-    j->fingerprint = q->a->fingerprint;
+    j->req.state = s->state;
+    j->loop.sess_a = s;
+    j->req.fingerprint = q->a->fingerprint;
     submit(q, j);
 }
 
@@ -409,32 +409,32 @@ void h_state_put(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    if (job_state(q, j, &j->gen) != 0) {
+    if (job_state(q, j, &j->req.gen) != 0) {
         job_free(j);
         return;
     }
-    j->snap = (uint8_t *)http_take_body(q->h, &j->snap_len);
-    j->state = j->gen; /* read into, then committed */
-    j->sess_a = s;
-    j->fingerprint = q->a->fingerprint;
+    j->req.snap = (uint8_t *)http_take_body(q->h, &j->req.snap_len);
+    j->req.state = j->req.gen; /* read into, then committed */
+    j->loop.sess_a = s;
+    j->req.fingerprint = q->a->fingerprint;
     submit(q, j);
 }
 
 void done_state(struct rq *q, struct job *j)
 {
-    if (j->rc) {
-        http_respond_error(q->h, &j->err);
+    if (j->res.rc) {
+        http_respond_error(q->h, &j->res.err);
         return;
     }
-    if (j->kind == JOB_SAVE) {
-        char *b = (char *)j->snap_out;
-        j->snap_out = NULL;
+    if (j->req.kind == JOB_SAVE) {
+        char *b = (char *)j->res.snap_out;
+        j->res.snap_out = NULL;
         http_add_header(q->h, "Content-Disposition", "attachment; filename=\"session.snap\"");
-        http_respond(q->h, 200, "application/octet-stream", b, j->snap_out_len);
+        http_respond(q->h, 200, "application/octet-stream", b, j->res.snap_out_len);
         return;
     }
-    struct session *s = j->sess_a;
-    s->pos = j->gen->pos; /* what the answer shows */
+    struct session *s = j->loop.sess_a;
+    s->pos = j->req.gen->pos; /* what the answer shows */
     size_t n;
     char *body = json_body(session_json(q->a, s, q->job), &n);
     if (!body) {
@@ -474,9 +474,9 @@ void h_save(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
-    j->fingerprint = q->a->fingerprint;
+    j->req.state = s->state;
+    j->loop.sess_a = s;
+    j->req.fingerprint = q->a->fingerprint;
     submit(q, j);
 }
 
