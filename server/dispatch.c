@@ -546,7 +546,7 @@ static void finish_job(struct rq *q, struct job *j)
     case R_SAVE: {
         uint8_t *b = j->snap_out;
         j->snap_out = NULL;
-        if (fs_start(q, FS_WRITE, q->name, b, j->snap_out_len) == 0)
+        if (snapfile_start(q, FS_WRITE, q->name, b, j->snap_out_len) == 0)
             q->fsop->position = j->position;
         break;
     }

@@ -9,6 +9,7 @@
 #include "alloc.h"
 #include "handlers.h"
 #include "errors.h"
+#include "fileio.h"
 #include "jsonin.h"
 #include "response.h"
 #include "spill.h"
@@ -42,7 +43,7 @@ static json_t *session_json(struct app *a, struct session *s, const struct job *
 
 
 /* ---- file work (named snapshots) -------------------------------------------
- * Disk I/O runs on libuv's worker pool; the request waits suspended. If
+ * Disk I/O runs on a worker (fileio.h); the request waits suspended. If
  * the request goes away first, the op finishes and only frees itself. */
 
 
@@ -110,9 +111,10 @@ static int save_allowed(struct fsop *f)
     return 0;
 }
 
-static void fs_work(uv_work_t *w)
+/* Worker thread: the file operation itself. */
+static void snapfile_run(struct fileio *io)
 {
-    struct fsop *f = w->data;
+    struct fsop *f = FILEIO_OP(io, struct fsop, io);
     switch (f->kind) {
     case FS_WRITE:
         f->rc = save_allowed(f);
@@ -132,26 +134,27 @@ static void fs_work(uv_work_t *w)
     }
 }
 
-static void fs_done(struct rq *q, struct fsop *f);
+static void snapfile_answer(struct rq *q, struct fsop *f);
 
-static void fs_after(uv_work_t *w, int status)
+/* Loop thread: answer the request, if it is still there, and free the op. */
+static void snapfile_done(struct fileio *io, int cancelled)
 {
-    struct fsop *f = w->data;
+    struct fsop *f = FILEIO_OP(io, struct fsop, io);
     struct rq *q = f->q;
     if (q) {
         q->fsop = NULL;
-        if (status == UV_ECANCELED) {
+        if (cancelled) {
             f->rc = RC_ECANCELED;
             snprintf(f->err, sizeof f->err, "cancelled");
         }
-        fs_done(q, f);
+        snapfile_answer(q, f);
     }
     rc_free(f->buf);
     rc_free(f->list);
     rc_free(f);
 }
 
-int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
+int snapfile_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
 {
     struct fsop *f = rc_calloc(1, sizeof *f);
     if (!f) {
@@ -175,8 +178,7 @@ int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
     f->reserve = q->a->cfg->snapshot_disk_reserve;
     f->states = q->a->states;
     f->spill_room = q->a->sessions ? sessions_state_bytes(q->a->sessions) : 0;
-    f->w.data = f;
-    if (uv_queue_work(q->a->loop, &f->w, fs_work, fs_after) != 0) {
+    if (fileio_queue(q->a->loop, &f->io, snapfile_run, snapfile_done) != 0) {
         rc_free(f->buf);
         rc_free(f);
         respond_err(q->h, API_INTERNAL, "cannot queue file work");
@@ -241,7 +243,7 @@ void h_sessions_post(struct rq *q)
             snprintf(q->name, sizeof q->name, "%s", r.snapshot);
             req_session_create_free(&r);
             if (snapshots_on(q))
-                fs_start(q, FS_READ, q->name, NULL, 0);
+                snapfile_start(q, FS_READ, q->name, NULL, 0);
             return;
         }
         if (r.fork_of) {
@@ -483,7 +485,7 @@ void h_save(struct rq *q)
 void h_snapshots(struct rq *q)
 {
     if (snapshots_on(q))
-        fs_start(q, FS_LIST, NULL, NULL, 0);
+        snapfile_start(q, FS_LIST, NULL, NULL, 0);
 }
 
 void h_snapshot(struct rq *q)
@@ -495,10 +497,10 @@ void h_snapshot(struct rq *q)
         http_respond_error(q->h, &e);
         return;
     }
-    fs_start(q, q->method == M_DELETE ? FS_REMOVE : FS_READ, q->name, NULL, 0);
+    snapfile_start(q, q->method == M_DELETE ? FS_REMOVE : FS_READ, q->name, NULL, 0);
 }
 
-static void fs_done(struct rq *q, struct fsop *f)
+static void snapfile_answer(struct rq *q, struct fsop *f)
 {
     if (f->rc) {
         int kind = f->kind == FS_WRITE ? api_err_from_write_rc(f->rc) : api_err_from_rc(f->rc);
