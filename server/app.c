@@ -32,6 +32,7 @@
 #include "log.h"
 #include "model.h"
 #include "snapshot.h"
+#include "routes.h"
 #include "spill.h"
 #include "state.h"
 
@@ -90,7 +91,8 @@ static void app_stop(struct app *a)
 
 static void on_stop_timer(uv_timer_t *t) { app_stop(t->data); }
 
-void app_check_drained(struct app *a)
+/* struct app's check_drained hook. */
+static void app_check_drained(struct app *a)
 {
     if (a->state != APP_DRAINING || a->stopping || !a->http)
         return;
@@ -318,6 +320,8 @@ int cmd_serve(int argc, char **argv)
         .max_n = (int)cfg.max_n,
     };
     metrics_init(&a.metrics, route_names, n_route_names);
+    a.check_drained = app_check_drained;
+    a.session_ready = routes_session_ready;
 
     uv_async_init(&loop, &a.async, on_async);
     a.async.data = &a;

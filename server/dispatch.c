@@ -19,6 +19,7 @@
 #include "jsonin.h"
 #include "log.h"
 #include "response.h"
+#include "routes.h"
 #include "spill.h"
 #include "state.h"
 
@@ -575,7 +576,7 @@ void routes_on_job_event(struct app *a, struct job *j)
     }
     if (!q) {
         job_release(a, j); /* its request is gone */
-        app_check_drained(a);
+        a->check_drained(a);
         return;
     }
     if (q->phase == RQ_STREAMING) {
@@ -607,16 +608,17 @@ void routes_on_job_event(struct app *a, struct job *j)
     job_release(a, j);
 }
 
-void routes_session_ready(struct app *a, void *waiters, int status, const char *why)
+void routes_session_ready(struct app *a, void *waiters, enum session_ready status,
+                          const char *why)
 {
     struct rq *q = waiters, *nx;
     for (; q; q = nx) {
         nx = q->wnext;
         q->waiting = NULL;
         q->wprev = q->wnext = NULL;
-        if (status == ROUTES_GONE)
+        if (status == SESSION_READY_GONE)
             respond_err(q->h, API_NOT_FOUND, "the session was deleted");
-        else if (status == ROUTES_FAILED)
+        else if (status == SESSION_READY_FAILED)
             respond_err(q->h, API_INTERNAL, "the session's state could not be read back: %s",
                         why ? why : "unknown error");
         else if (q->phase == RQ_TEXT_PARKED) {
@@ -656,7 +658,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
         rc_free(q->echo);
         rc_free(q);
     }
-    app_check_drained(a);
+    a->check_drained(a);
 }
 
 const struct http_app routes_app = {

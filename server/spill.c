@@ -69,7 +69,7 @@ static void spill_done(struct fileio *io, int cancelled)
     a->io_ops--;
     if (!s) { /* a dropped session's file removed */
         rc_free(op);
-        app_check_drained(a); /* it may have been the last work a drain waited for */
+        a->check_drained(a); /* it may have been the last work a drain waited for */
         return;
     }
     if (cancelled && !op->rc) {
@@ -103,27 +103,27 @@ static void spill_done(struct fileio *io, int cancelled)
             sessions_io_failed(a->sessions, s, NULL);
         }
         if (gone)
-            routes_session_ready(a, waiters, ROUTES_GONE, NULL);
+            a->session_ready(a, waiters, SESSION_READY_GONE, NULL);
         else if (waiters) {
             /* somebody wants it back already */
             s->waiters = waiters;
             if (s->spilled && spill_restore(a, s) != 0) {
                 s->waiters = NULL;
-                routes_session_ready(a, waiters, ROUTES_FAILED, "out of memory");
+                a->session_ready(a, waiters, SESSION_READY_FAILED, "out of memory");
             } else if (!s->spilled) {
                 s->waiters = NULL;
-                routes_session_ready(a, waiters, ROUTES_OK, NULL);
+                a->session_ready(a, waiters, SESSION_READY_OK, NULL);
             }
         }
     } else {
         if (op->rc == 0) {
             sessions_restored(a->sessions, s, op->st, uv_now(a->loop));
-            routes_session_ready(a, waiters, gone ? ROUTES_GONE : ROUTES_OK, NULL);
+            a->session_ready(a, waiters, gone ? SESSION_READY_GONE : SESSION_READY_OK, NULL);
         } else {
             log_msg("restoring session %s failed: %s", s->id,
                     log_escape(esc, sizeof esc, op->err, strlen(op->err)));
             sessions_io_failed(a->sessions, s, op->st);
-            routes_session_ready(a, waiters, gone ? ROUTES_GONE : ROUTES_FAILED, op->err);
+            a->session_ready(a, waiters, gone ? SESSION_READY_GONE : SESSION_READY_FAILED, op->err);
             /* a file that cannot be read as this model's state never will
              * be: the session is lost, say so once and drop it */
             if (!gone && op->rc != RC_EIO && op->rc != RC_ENOMEM && op->rc != RC_ECANCELED)
@@ -132,7 +132,7 @@ static void spill_done(struct fileio *io, int cancelled)
     }
     rc_free(op);
     spill_check(a);
-    app_check_drained(a);
+    a->check_drained(a);
 }
 
 static struct spillop *spillop_new(struct app *a, struct session *s, int restore)
