@@ -89,8 +89,19 @@ int blas_threads_from_env(void)
     return 0;
 }
 
+/* After a re-exec through /proc/self/exe the kernel names the process
+ * "exe" (ps, top, pgrep read that name): give it back its own. */
+static void name_after_reexec(char **argv)
+{
+    if (!argv || !argv[0] || (!getenv(REEXEC_GUARD) && !getenv(THREADS_GUARD)))
+        return;
+    const char *base = strrchr(argv[0], '/');
+    prctl(PR_SET_NAME, base ? base + 1 : argv[0], 0, 0, 0);
+}
+
 void blas_ensure_thread_count(char **argv)
 {
+    name_after_reexec(argv);
     if (getenv(THREADS_GUARD) || blas_threads_from_env())
         return; /* done once already, or the user chose */
     int want = cpu_threads_auto();
@@ -105,16 +116,6 @@ void blas_ensure_thread_count(char **argv)
      * is still set (blas_set_threads) where the work starts. */
     unsetenv("OPENBLAS_NUM_THREADS");
     unsetenv(THREADS_GUARD);
-}
-
-/* After a re-exec through /proc/self/exe the kernel names the process
- * "exe" (ps, top, pgrep read that name): give it back its own. */
-static void name_after_reexec(char **argv)
-{
-    if (!argv || !argv[0] || (!getenv(REEXEC_GUARD) && !getenv(THREADS_GUARD)))
-        return;
-    const char *base = strrchr(argv[0], '/');
-    prctl(PR_SET_NAME, base ? base + 1 : argv[0], 0, 0, 0);
 }
 
 void blas_ensure_fast_kernels(char **argv)

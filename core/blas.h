@@ -1,6 +1,11 @@
 /*
  * blas.h — make sure OpenBLAS runs the right kernels for this CPU.
  *
+ * The engine makes no OpenBLAS call: its own panel kernels (kernels.h) do
+ * the projections. OpenBLAS's sgemm is `recurd bench`'s reference peak,
+ * and its thread count is reported by the server (docs/engine.md,
+ * "OpenBLAS", has the measurements). Only blas.c includes cblas.h here.
+ *
  * Debian's OpenBLAS (0.3.21, DYNAMIC_ARCH) picks its kernels when the
  * library loads. On some CPUs it does not recognise the model and falls
  * back to its Prescott (SSE3) kernels, 5x slower (an AVX-512 Intel part,
@@ -18,8 +23,9 @@
 /* ISA levels, weakest first. */
 enum blas_isa { ISA_UNKNOWN = 0, ISA_SSE = 1, ISA_AVX = 2, ISA_AVX2 = 3, ISA_AVX512 = 4 };
 
-/* Call first thing in main() with main's argv. Returns only if no re-exec
- * is needed (or it failed, in which case it says so on stderr once). */
+/* Call from main() with main's argv, before a command that runs sgemm or
+ * answers for its kernels (bench, version). Returns only if no re-exec is
+ * needed (or it failed, in which case it says so on stderr once). */
 void blas_ensure_fast_kernels(char **argv);
 
 /* The kernels OpenBLAS runs ("Zen", "Haswell", "SkylakeX", ...). */
@@ -37,9 +43,10 @@ int blas_threads_from_env(void);
 /* OpenBLAS starts its worker threads when it loads, as many as the CPUs in
  * the affinity mask: a cgroup CPU quota is not seen, so a pod limited to 2
  * CPUs on a 64-core node got 63 idle OpenBLAS threads before main() ran.
- * Call in main() after blas_ensure_fast_kernels: when no *_NUM_THREADS is
- * set and the library started more threads than cpu_threads_auto()
- * (cpus.h) allows, re-executes once with OPENBLAS_NUM_THREADS set to that.
+ * Call first thing in main() (every command loads the library): when no
+ * *_NUM_THREADS is set and the library started more threads than
+ * cpu_threads_auto() (cpus.h) allows, re-executes once with
+ * OPENBLAS_NUM_THREADS set to that.
  * --threads larger than it still works: blas_set_threads grows the pool. */
 void blas_ensure_thread_count(char **argv);
 

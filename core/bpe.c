@@ -6,7 +6,7 @@
 #include "alloc.h"
 #include "errors.h"
 
-int tok_ids_reserve(tok_ids_t *ids, size_t extra)
+int tok_ids_reserve(struct tok_ids *ids, size_t extra)
 {
     size_t need;
     if (__builtin_add_overflow(ids->n, extra, &need))
@@ -29,7 +29,7 @@ int tok_ids_reserve(tok_ids_t *ids, size_t extra)
     return 0;
 }
 
-void tok_ids_free(tok_ids_t *ids)
+void tok_ids_free(struct tok_ids *ids)
 {
     rc_free(ids->v);
     ids->v = NULL;
@@ -46,7 +46,7 @@ static size_t pow2_at_least(size_t n)
     return p;
 }
 
-int bpe_init(bpe_t *b, size_t n_merges)
+int bpe_init(struct bpe *b, size_t n_merges)
 {
     if (n_merges > ((size_t)1 << 28))
         return RC_ERANGE;
@@ -66,7 +66,7 @@ int bpe_init(bpe_t *b, size_t n_merges)
     return 0;
 }
 
-void bpe_free(bpe_t *b)
+void bpe_free(struct bpe *b)
 {
     rc_free(b->keys);
     rc_free(b->vals);
@@ -79,7 +79,7 @@ void bpe_free(bpe_t *b)
     b->unk_id = -1;
 }
 
-int bpe_add_merge(bpe_t *b, int32_t a, int32_t c, uint32_t rank, int32_t new_id)
+int bpe_add_merge(struct bpe *b, int32_t a, int32_t c, uint32_t rank, int32_t new_id)
 {
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)c;
     uint64_t val = ((uint64_t)rank << 32) | (uint32_t)new_id;
@@ -97,7 +97,7 @@ int bpe_add_merge(bpe_t *b, int32_t a, int32_t c, uint32_t rank, int32_t new_id)
     return 0;
 }
 
-int bpe_check_ambiguous(bpe_t *b, size_t n_ids)
+int bpe_check_ambiguous(struct bpe *b, size_t n_ids)
 {
     uint8_t *seen = rc_calloc(n_ids ? n_ids : 1, 1);
     if (!seen)
@@ -124,7 +124,7 @@ static uint64_t word_hash(const uint8_t *s, size_t n)
     return h ? h : 1;
 }
 
-int bpe_words_init(bpe_t *b, size_t n)
+int bpe_words_init(struct bpe *b, size_t n)
 {
     size_t cap = pow2_at_least(n * 2 + 1);
     b->word_keys = rc_calloc(cap, sizeof *b->word_keys);
@@ -137,7 +137,7 @@ int bpe_words_init(bpe_t *b, size_t n)
     return 0;
 }
 
-int bpe_add_word(bpe_t *b, const uint8_t *s, size_t n, int32_t id)
+int bpe_add_word(struct bpe *b, const uint8_t *s, size_t n, int32_t id)
 {
     if (n > UINT32_MAX || b->word_count * 2 + 2 > b->word_mask + 1)
         return RC_ERANGE;
@@ -169,7 +169,7 @@ int bpe_add_word(bpe_t *b, const uint8_t *s, size_t n, int32_t id)
     return 0;
 }
 
-int32_t bpe_find_word(const bpe_t *b, const uint8_t *s, size_t n)
+int32_t bpe_find_word(const struct bpe *b, const uint8_t *s, size_t n)
 {
     if (!b->word_keys)
         return -1;
@@ -236,14 +236,14 @@ static struct bpe_cand heap_pop(struct bpe_cand *h, size_t *n)
     return top;
 }
 
-void bpe_work_free(bpe_work_t *w)
+void bpe_work_free(struct bpe_work *w)
 {
     rc_free(w->sym);
     rc_free(w->heap);
     memset(w, 0, sizeof *w);
 }
 
-static int work_reserve(bpe_work_t *w, size_t n)
+static int work_reserve(struct bpe_work *w, size_t n)
 {
     size_t heap_need;
     if (n > INT32_MAX / 4)
@@ -274,7 +274,8 @@ static int work_reserve(bpe_work_t *w, size_t n)
  * by applying a stale entry, which needs such a pair), with O(n) lookups and no heap. */
 #define SHORT_WORD 48
 
-static int merge_short(const bpe_t *b, const struct bpe_sym *sym, size_t ns, tok_ids_t *out)
+static int merge_short(const struct bpe *b, const struct bpe_sym *sym, size_t ns,
+                       struct tok_ids *out)
 {
     int32_t id[SHORT_WORD], nid[SHORT_WORD];
     uint32_t rk[SHORT_WORD];
@@ -321,8 +322,8 @@ static inline void sym_add(struct bpe_sym *sym, size_t *n, int32_t c)
         sym[i - 1].next = (int32_t)i;
 }
 
-int bpe_encode_word(const bpe_t *b, bpe_work_t *w, const uint8_t *word, size_t n,
-                    tok_ids_t *out)
+int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
+                    struct tok_ids *out)
 {
     /* Byte fallback can give a byte two symbols. */
     if (n > SIZE_MAX / 4 || work_reserve(w, 2 * n))
@@ -412,7 +413,7 @@ struct bpe_cache_ent {
 #define CACHE_KEYS_MAX (2u << 20)    /* bytes of keys, then start over */
 #define CACHE_IDS_MAX (1u << 20)     /* ids, then start over */
 
-void bpe_cache_free(bpe_cache_t *c)
+void bpe_cache_free(struct bpe_cache *c)
 {
     rc_free(c->ent);
     rc_free(c->keys);
@@ -420,7 +421,7 @@ void bpe_cache_free(bpe_cache_t *c)
     memset(c, 0, sizeof *c);
 }
 
-static void cache_clear(bpe_cache_t *c)
+static void cache_clear(struct bpe_cache *c)
 {
     memset(c->ent, 0, (c->mask + 1) * sizeof *c->ent);
     c->count = 0;
@@ -428,7 +429,7 @@ static void cache_clear(bpe_cache_t *c)
     c->ids_len = 0;
 }
 
-static const struct bpe_cache_ent *cache_find(const bpe_cache_t *c, uint64_t h,
+static const struct bpe_cache_ent *cache_find(const struct bpe_cache *c, uint64_t h,
                                               const uint8_t *s, size_t n)
 {
     size_t i = (size_t)h & c->mask;
@@ -442,7 +443,7 @@ static const struct bpe_cache_ent *cache_find(const bpe_cache_t *c, uint64_t h,
     }
 }
 
-static void cache_place(bpe_cache_t *c, const struct bpe_cache_ent *src)
+static void cache_place(struct bpe_cache *c, const struct bpe_cache_ent *src)
 {
     size_t i = (size_t)src->h & c->mask;
     while (c->ent[i].h)
@@ -452,7 +453,7 @@ static void cache_place(bpe_cache_t *c, const struct bpe_cache_ent *src)
 }
 
 /* Best effort: a cache that cannot grow just stays as it is. */
-static void cache_insert(bpe_cache_t *c, uint64_t h, const uint8_t *s, size_t n,
+static void cache_insert(struct bpe_cache *c, uint64_t h, const uint8_t *s, size_t n,
                          const int32_t *ids, size_t n_ids)
 {
     if (!c->ent) {
@@ -505,8 +506,8 @@ static void cache_insert(bpe_cache_t *c, uint64_t h, const uint8_t *s, size_t n,
     cache_place(c, &e);
 }
 
-int bpe_encode_cached(const bpe_t *b, bpe_work_t *w, bpe_cache_t *c, const uint8_t *word,
-                      size_t n, tok_ids_t *out)
+int bpe_encode_cached(const struct bpe *b, struct bpe_work *w, struct bpe_cache *c,
+                      const uint8_t *word, size_t n, struct tok_ids *out)
 {
     if (b->ignore_merges) {
         int32_t id = bpe_find_word(b, word, n);

@@ -11,11 +11,11 @@
  * O(log n): a 200 kB word costs milliseconds, not minutes.
  *
  * A word is a pre-token's bytes. Its initial symbols are the ids of its bytes'
- * byte-level characters (bpe_t.byte_syms); a byte without one goes to the unknown
+ * byte-level characters (struct bpe.byte_syms); a byte without one goes to the unknown
  * token (fused or not) or is dropped when there is none, as the reference does.
  *
- * The model (bpe_t) is immutable once built and may be shared by threads; the
- * scratch (bpe_work_t) and the cache (bpe_cache_t) belong to one thread.
+ * The model (struct bpe) is immutable once built and may be shared by threads; the
+ * scratch (struct bpe_work) and the cache (struct bpe_cache) belong to one thread.
  */
 #ifndef RECUR_BPE_H
 #define RECUR_BPE_H
@@ -24,13 +24,13 @@
 #include <stdint.h>
 
 /* A growable id list (rc_malloc'ed). */
-typedef struct {
+struct tok_ids {
     int32_t *v;
     size_t n, cap;
-} tok_ids_t;
+};
 
-int tok_ids_reserve(tok_ids_t *ids, size_t extra); /* 0 or RC_ENOMEM */
-static inline int tok_ids_push(tok_ids_t *ids, int32_t id)
+int tok_ids_reserve(struct tok_ids *ids, size_t extra); /* 0 or RC_ENOMEM */
+static inline int tok_ids_push(struct tok_ids *ids, int32_t id)
 {
     if (ids->n == ids->cap) {
         int rc = tok_ids_reserve(ids, 1);
@@ -40,11 +40,11 @@ static inline int tok_ids_push(tok_ids_t *ids, int32_t id)
     ids->v[ids->n++] = id;
     return 0;
 }
-void tok_ids_free(tok_ids_t *ids);
+void tok_ids_free(struct tok_ids *ids);
 
 enum bpe_byte_kind { BPE_BYTE_NONE = 0, BPE_BYTE_VOCAB, BPE_BYTE_FALLBACK };
 
-typedef struct {
+struct bpe {
     /* (a, b) -> (rank, new id); open addressing, linear probing */
     uint64_t *keys; /* (a << 32 | b), UINT64_MAX = empty; [mask + 1] */
     uint64_t *vals; /* (rank << 32 | new_id) */
@@ -71,20 +71,20 @@ typedef struct {
     uint32_t *word_off, *word_len; /* into word_pool */
     uint8_t *word_pool;
     size_t word_mask, word_count, word_pool_len, word_pool_cap;
-} bpe_t;
+};
 
 /* Allocate the (empty) merge table for n_merges; other fields are left alone (start
- * from a zeroed bpe_t with unk_id = -1). 0, RC_ENOMEM or RC_ERANGE. bpe_free()
+ * from a zeroed struct bpe with unk_id = -1). 0, RC_ENOMEM or RC_ERANGE. bpe_free()
  * releases everything. */
-int bpe_init(bpe_t *b, size_t n_merges);
-void bpe_free(bpe_t *b);
+int bpe_init(struct bpe *b, size_t n_merges);
+void bpe_free(struct bpe *b);
 /* Insert or overwrite (later ranks win, like the reference). Capacity was reserved by
  * bpe_init; returns RC_ERANGE if more merges than reserved are added. */
-int bpe_add_merge(bpe_t *b, int32_t a, int32_t c, uint32_t rank, int32_t new_id);
+int bpe_add_merge(struct bpe *b, int32_t a, int32_t c, uint32_t rank, int32_t new_id);
 /* Set b->ambiguous after the last merge was added (n_ids: max id + 1). 0 or RC_ENOMEM. */
-int bpe_check_ambiguous(bpe_t *b, size_t n_ids);
+int bpe_check_ambiguous(struct bpe *b, size_t n_ids);
 /* 1 and *rank, *new_id set if (a, c) merges. */
-static inline int bpe_lookup(const bpe_t *b, int32_t a, int32_t c, uint32_t *rank,
+static inline int bpe_lookup(const struct bpe *b, int32_t a, int32_t c, uint32_t *rank,
                              int32_t *new_id)
 {
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)c;
@@ -103,29 +103,29 @@ static inline int bpe_lookup(const bpe_t *b, int32_t a, int32_t c, uint32_t *ran
     }
 }
 /* Word table for ignore_merges: reserve for n words, then add (bytes -> id). */
-int bpe_words_init(bpe_t *b, size_t n);
-int bpe_add_word(bpe_t *b, const uint8_t *s, size_t n, int32_t id);
-int32_t bpe_find_word(const bpe_t *b, const uint8_t *s, size_t n); /* -1 if absent */
+int bpe_words_init(struct bpe *b, size_t n);
+int bpe_add_word(struct bpe *b, const uint8_t *s, size_t n, int32_t id);
+int32_t bpe_find_word(const struct bpe *b, const uint8_t *s, size_t n); /* -1 if absent */
 
 /* Per-thread scratch for the merge loop. Zero-initialise; bpe_work_free() at the end. */
-typedef struct {
+struct bpe_work {
     struct bpe_sym *sym;
     size_t sym_cap;
     struct bpe_cand *heap;
     size_t heap_cap;
-} bpe_work_t;
-void bpe_work_free(bpe_work_t *w);
+};
+void bpe_work_free(struct bpe_work *w);
 
 /* Append the ids of word w[0..n) (n >= 1) to out. 0, RC_ENOMEM, or RC_EFORMAT when a
  * byte needs the unknown token and the configured one is not in the vocab. */
-int bpe_encode_word(const bpe_t *b, bpe_work_t *w, const uint8_t *word, size_t n,
-                    tok_ids_t *out);
+int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
+                    struct tok_ids *out);
 
 /* Pre-token cache: words up to BPE_CACHE_MAX_WORD bytes -> ids. Bounded (about 1 MiB);
  * when full it starts over. Zero-initialise; bpe_cache_free() at the end. Results
  * never depend on its state. */
 #define BPE_CACHE_MAX_WORD 96
-typedef struct {
+struct bpe_cache {
     struct bpe_cache_ent *ent;
     size_t mask, count;
     uint8_t *keys;
@@ -133,11 +133,11 @@ typedef struct {
     int32_t *ids;
     size_t ids_len, ids_cap;
     uint64_t hits, misses;
-} bpe_cache_t;
-void bpe_cache_free(bpe_cache_t *c);
+};
+void bpe_cache_free(struct bpe_cache *c);
 
 /* bpe_encode_word through the cache (and ignore_merges). Same returns. */
-int bpe_encode_cached(const bpe_t *b, bpe_work_t *w, bpe_cache_t *c, const uint8_t *word,
-                      size_t n, tok_ids_t *out);
+int bpe_encode_cached(const struct bpe *b, struct bpe_work *w, struct bpe_cache *c,
+                      const uint8_t *word, size_t n, struct tok_ids *out);
 
 #endif

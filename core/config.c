@@ -7,7 +7,6 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "model.h"
 
 /* Limits on dimensions: far above any published recurrent model, low
  * enough that every product below fits comfortably in size_t and int. */

@@ -10,7 +10,7 @@
 
 /* ---- byte buffers ----------------------------------------------------------- */
 
-int tok_bytes_reserve(tok_bytes_t *b, size_t extra)
+int tok_bytes_reserve(struct tok_bytes *b, size_t extra)
 {
     size_t need;
     if (__builtin_add_overflow(b->n, extra, &need))
@@ -29,7 +29,7 @@ int tok_bytes_reserve(tok_bytes_t *b, size_t extra)
     return 0;
 }
 
-int tok_bytes_append(tok_bytes_t *b, const void *s, size_t n)
+int tok_bytes_append(struct tok_bytes *b, const void *s, size_t n)
 {
     if (n == 0)
         return 0;
@@ -41,7 +41,7 @@ int tok_bytes_append(tok_bytes_t *b, const void *s, size_t n)
     return 0;
 }
 
-void tok_bytes_drop_front(tok_bytes_t *b, size_t n)
+void tok_bytes_drop_front(struct tok_bytes *b, size_t n)
 {
     if (n >= b->n) {
         b->n = 0;
@@ -51,7 +51,7 @@ void tok_bytes_drop_front(tok_bytes_t *b, size_t n)
     b->n -= n;
 }
 
-void tok_bytes_free(tok_bytes_t *b)
+void tok_bytes_free(struct tok_bytes *b)
 {
     rc_free(b->p);
     memset(b, 0, sizeof *b);
@@ -109,7 +109,7 @@ static int combines_backward(uint32_t c)
  * combine with, whose decomposition also starts with such a starter? Then the
  * normal form of the text before it does not depend on the text after it, and vice
  * versa. */
-static int boundary_before(const norm_t *nm, uint32_t c)
+static int boundary_before(const struct norm *nm, uint32_t c)
 {
     if (c < 0x300 || (c >= 0xAC00 && c <= 0xD7A3))
         return 1;
@@ -130,7 +130,7 @@ static int boundary_before(const norm_t *nm, uint32_t c)
     return 1;
 }
 
-void norm_work_free(norm_work_t *w)
+void norm_work_free(struct norm_work *w)
 {
     rc_free(w->u);
     tok_bytes_free(&w->tmp[0]);
@@ -163,8 +163,8 @@ static int chunk_trivial(int form, const uint8_t *s, size_t n)
     return (form == NORM_NFC || form == NORM_NFD) && p->decomp_type != 0;
 }
 
-static int chunk_normalize(int form, norm_work_t *w, const uint8_t *s, size_t n,
-                           tok_bytes_t *out)
+static int chunk_normalize(int form, struct norm_work *w, const uint8_t *s, size_t n,
+                           struct tok_bytes *out)
 {
     if (chunk_trivial(form, s, n))
         return tok_bytes_append(out, s, n);
@@ -200,8 +200,8 @@ static int chunk_normalize(int form, norm_work_t *w, const uint8_t *s, size_t n,
     }
 }
 
-static int form_apply(const norm_t *nm, int form, norm_work_t *w, const uint8_t *s, size_t n,
-                      tok_bytes_t *out)
+static int form_apply(const struct norm *nm, int form, struct norm_work *w, const uint8_t *s,
+                      size_t n, struct tok_bytes *out)
 {
     size_t i = 0, cs = 0;
     int rc = tok_bytes_reserve(out, n);
@@ -236,15 +236,15 @@ static int form_apply(const norm_t *nm, int form, norm_work_t *w, const uint8_t 
     return 0;
 }
 
-int norm_append(const norm_t *nm, norm_work_t *w, const uint8_t *s, size_t n,
-                tok_bytes_t *out)
+int norm_append(const struct norm *nm, struct norm_work *w, const uint8_t *s, size_t n,
+                struct tok_bytes *out)
 {
     if (nm->n == 0 || n == 0)
         return tok_bytes_append(out, s, n);
     const uint8_t *src = s;
     size_t len = n;
     for (int k = 0; k < nm->n; k++) {
-        tok_bytes_t *dst = (k == nm->n - 1) ? out : &w->tmp[k & 1];
+        struct tok_bytes *dst = (k == nm->n - 1) ? out : &w->tmp[k & 1];
         if (dst != out)
             dst->n = 0;
         int rc = form_apply(nm, nm->form[k], w, src, len, dst);
@@ -256,7 +256,7 @@ int norm_append(const norm_t *nm, norm_work_t *w, const uint8_t *s, size_t n,
     return 0;
 }
 
-size_t norm_stable_len(const norm_t *nm, const uint8_t *s, size_t n)
+size_t norm_stable_len(const struct norm *nm, const uint8_t *s, size_t n)
 {
     if (nm->n == 0)
         return n;
@@ -281,20 +281,20 @@ struct trie_node {
     uint8_t byte;
 };
 
-void trie_init(trie_t *t)
+void trie_init(struct trie *t)
 {
     memset(t, 0, sizeof *t);
     for (int i = 0; i < 256; i++)
         t->root[i] = -1;
 }
 
-void trie_free(trie_t *t)
+void trie_free(struct trie *t)
 {
     rc_free(t->node);
     trie_init(t);
 }
 
-static int32_t trie_new_node(trie_t *t, uint8_t byte)
+static int32_t trie_new_node(struct trie *t, uint8_t byte)
 {
     if (t->n_nodes == t->cap_nodes) {
         size_t cap = t->cap_nodes ? t->cap_nodes * 2 : 64;
@@ -312,7 +312,7 @@ static int32_t trie_new_node(trie_t *t, uint8_t byte)
     return (int32_t)t->n_nodes++;
 }
 
-static int32_t trie_child(const trie_t *t, int32_t nd, uint8_t byte)
+static int32_t trie_child(const struct trie *t, int32_t nd, uint8_t byte)
 {
     for (int32_t c = t->node[nd].child; c >= 0; c = t->node[c].sibling)
         if (t->node[c].byte == byte)
@@ -320,7 +320,7 @@ static int32_t trie_child(const trie_t *t, int32_t nd, uint8_t byte)
     return -1;
 }
 
-int trie_add(trie_t *t, const uint8_t *s, size_t n, int32_t v)
+int trie_add(struct trie *t, const uint8_t *s, size_t n, int32_t v)
 {
     int32_t nd = t->root[s[0]];
     if (nd < 0) {
@@ -347,7 +347,7 @@ int trie_add(trie_t *t, const uint8_t *s, size_t n, int32_t v)
     return 0;
 }
 
-int trie_find(const trie_t *t, const uint8_t *s, size_t n, size_t from, int final,
+int trie_find(const struct trie *t, const uint8_t *s, size_t n, size_t from, int final,
               size_t *ms, size_t *me, int32_t *val)
 {
     if (t->n_patterns == 0)
@@ -413,11 +413,11 @@ static void pcre_free(void *p, void *data)
     rc_free(p);
 }
 
-static int put(tok_bytes_t *o, const char *s) { return tok_bytes_append(o, s, strlen(s)); }
+static int put(struct tok_bytes *o, const char *s) { return tok_bytes_append(o, s, strlen(s)); }
 
 /* Rewrite an Oniguruma (Ruby syntax) pattern into a PCRE2 one with the same meaning,
  * or refuse with RC_EUNSUPPORTED. */
-static int translate(const char *p, size_t n, tok_bytes_t *o, char *err, size_t errlen)
+static int translate(const char *p, size_t n, struct tok_bytes *o, char *err, size_t errlen)
 {
     int in_class = 0, rc = 0;
     for (size_t i = 0; i < n && !rc; i++) {
@@ -509,15 +509,15 @@ static int translate(const char *p, size_t n, tok_bytes_t *o, char *err, size_t 
     return rc ? rc_fail(err, errlen, rc, "out of memory") : 0;
 }
 
-int pretok_regex_compile(pretok_t *pt, const char *pattern, size_t len, int literal,
-                         pt_step_t *step, char *err, size_t errlen)
+int pretok_regex_compile(struct pretok *pt, const char *pattern, size_t len, int literal,
+                         struct pt_step *step, char *err, size_t errlen)
 {
     if (!pt->gctx) {
         pt->gctx = pcre2_general_context_create(pcre_malloc, pcre_free, NULL);
         if (!pt->gctx)
             return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
     }
-    tok_bytes_t src = {0};
+    struct tok_bytes src = {0};
     int rc = 0;
     if (literal)
         rc = tok_bytes_append(&src, pattern, len);
@@ -564,7 +564,7 @@ int pretok_regex_compile(pretok_t *pt, const char *pattern, size_t len, int lite
     return 0;
 }
 
-void pretok_free(pretok_t *pt)
+void pretok_free(struct pretok *pt)
 {
     for (int i = 0; i < pt->n; i++)
         pcre2_code_free(pt->step[i].re);
@@ -572,7 +572,7 @@ void pretok_free(pretok_t *pt)
     memset(pt, 0, sizeof *pt);
 }
 
-int pretok_work_init(pretok_work_t *w, const pretok_t *pt)
+int pretok_work_init(struct pretok_work *w, const struct pretok *pt)
 {
     memset(w, 0, sizeof *w);
     w->md = pcre2_match_data_create(1, pt->gctx);
@@ -589,7 +589,7 @@ int pretok_work_init(pretok_work_t *w, const pretok_t *pt)
     return 0;
 }
 
-void pretok_work_free(pretok_work_t *w)
+void pretok_work_free(struct pretok_work *w)
 {
     pcre2_match_data_free(w->md);
     pcre2_match_context_free(w->mctx);
@@ -597,28 +597,28 @@ void pretok_work_free(pretok_work_t *w)
     memset(w, 0, sizeof *w);
 }
 
-void pt_ranges_free(pt_ranges_t *r)
+void pt_ranges_free(struct pt_ranges *r)
 {
     rc_free(r->r);
     memset(r, 0, sizeof *r);
 }
 
-static int range_push(pt_ranges_t *r, size_t start, size_t end, int match)
+static int range_push(struct pt_ranges *r, size_t start, size_t end, int match)
 {
     if (r->n == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 64;
-        pt_range_t *nr = rc_realloc(r->r, cap * sizeof *nr);
+        struct pt_range *nr = rc_realloc(r->r, cap * sizeof *nr);
         if (!nr)
             return RC_ENOMEM;
         r->r = nr;
         r->cap = cap;
     }
-    r->r[r->n++] = (pt_range_t){start, end, match};
+    r->r[r->n++] = (struct pt_range){start, end, match};
     return 0;
 }
 
-int pretok_scan(const pt_step_t *step, pretok_work_t *w, const uint8_t *s, size_t ctx0,
-                size_t from, size_t n, int final, pt_ranges_t *out, size_t *certain,
+int pretok_scan(const struct pt_step *step, struct pretok_work *w, const uint8_t *s, size_t ctx0,
+                size_t from, size_t n, int final, struct pt_ranges *out, size_t *certain,
                 char *err, size_t errlen)
 {
     size_t pos = from;
@@ -653,8 +653,8 @@ int pretok_scan(const pt_step_t *step, pretok_work_t *w, const uint8_t *s, size_
     return 0;
 }
 
-int pretok_fold(const pt_range_t *r, size_t n, int behavior, int invert, int more,
-                pt_ranges_t *out, size_t *consumed)
+int pretok_fold(const struct pt_range *r, size_t n, int behavior, int invert, int more,
+                struct pt_ranges *out, size_t *consumed)
 {
     if (n == 0)
         return 0;

@@ -27,14 +27,14 @@
 #include <pcre2.h>
 
 /* A growable byte buffer (rc_malloc'ed). */
-typedef struct {
+struct tok_bytes {
     uint8_t *p;
     size_t n, cap;
-} tok_bytes_t;
-int tok_bytes_reserve(tok_bytes_t *b, size_t extra); /* 0 or RC_ENOMEM */
-int tok_bytes_append(tok_bytes_t *b, const void *s, size_t n);
-void tok_bytes_drop_front(tok_bytes_t *b, size_t n); /* remove the first n bytes */
-void tok_bytes_free(tok_bytes_t *b);
+};
+int tok_bytes_reserve(struct tok_bytes *b, size_t extra); /* 0 or RC_ENOMEM */
+int tok_bytes_append(struct tok_bytes *b, const void *s, size_t n);
+void tok_bytes_drop_front(struct tok_bytes *b, size_t n); /* remove the first n bytes */
+void tok_bytes_free(struct tok_bytes *b);
 
 /* ---- character classes (the reference's, not PCRE2's) ---------------------- */
 
@@ -49,51 +49,51 @@ int pretok_is_word(uint32_t cp);
 enum norm_form { NORM_NFC = 1, NORM_NFKC, NORM_NFD, NORM_NFKD };
 #define NORM_MAX_STEPS 8
 
-typedef struct {
+struct norm {
     int n;                         /* 0 = no normaliser */
     uint8_t form[NORM_MAX_STEPS];  /* applied in order */
     int compat, compose;           /* any K form / any C form: boundaries must allow for it */
-} norm_t;
+};
 
-typedef struct {
+struct norm_work {
     int32_t *u;  /* code point scratch */
     size_t cap;
-    tok_bytes_t tmp[2];
-} norm_work_t;
-void norm_work_free(norm_work_t *w);
+    struct tok_bytes tmp[2];
+};
+void norm_work_free(struct norm_work *w);
 
 /* Append the normalisation of s[0..n) (well-formed UTF-8) to out. n == 0 is fine.
  * 0 or RC_ENOMEM. */
-int norm_append(const norm_t *nm, norm_work_t *w, const uint8_t *s, size_t n,
-                tok_bytes_t *out);
+int norm_append(const struct norm *nm, struct norm_work *w, const uint8_t *s, size_t n,
+                struct tok_bytes *out);
 
 /* Largest p <= n, at a character boundary, such that the normalisation of s[0..p)
  * cannot change whatever follows: the start of the last character before which
  * nothing can combine. 0 when there is none. */
-size_t norm_stable_len(const norm_t *nm, const uint8_t *s, size_t n);
+size_t norm_stable_len(const struct norm *nm, const uint8_t *s, size_t n);
 
 /* ---- added-token trie ------------------------------------------------------- */
 
 struct trie_node;
-typedef struct {
+struct trie {
     struct trie_node *node;
     size_t n_nodes, cap_nodes;
     int32_t root[256];  /* child of the root per first byte, -1 if none */
     size_t max_len;     /* longest pattern, bytes */
     size_t n_patterns;
-} trie_t;
+};
 
-void trie_init(trie_t *t);
-void trie_free(trie_t *t);
+void trie_init(struct trie *t);
+void trie_free(struct trie *t);
 /* Add pattern s[0..n) (n >= 1) with value v. RC_EFORMAT if the same pattern is
  * already present (the reference refuses to build such an automaton), RC_ENOMEM. */
-int trie_add(trie_t *t, const uint8_t *s, size_t n, int32_t v);
+int trie_add(struct trie *t, const uint8_t *s, size_t n, int32_t v);
 
 enum { TRIE_NONE = 0, TRIE_FOUND = 1, TRIE_LIVE = 2 };
 /* Leftmost-longest match in s[from..n). TRIE_FOUND: *ms, *me, *val set. TRIE_NONE:
  * no match. With final == 0, TRIE_LIVE and *ms = the first start position whose
  * match could still appear or grow with more text (nothing before it can). */
-int trie_find(const trie_t *t, const uint8_t *s, size_t n, size_t from, int final,
+int trie_find(const struct trie *t, const uint8_t *s, size_t n, size_t from, int final,
               size_t *ms, size_t *me, int32_t *val);
 
 /* ---- pre-tokenizer steps --------------------------------------------------- */
@@ -102,7 +102,7 @@ enum pt_kind { PT_SPLIT = 1, PT_BYTELEVEL };
 enum split_behavior { SB_REMOVED = 1, SB_ISOLATED, SB_MERGED_PREV, SB_MERGED_NEXT, SB_CONTIGUOUS };
 #define PT_MAX_STEPS 8
 
-typedef struct {
+struct pt_step {
     int kind;
     int behavior;         /* PT_SPLIT */
     int invert;           /* PT_SPLIT */
@@ -110,50 +110,50 @@ typedef struct {
     int use_regex;        /* PT_BYTELEVEL: split with the GPT-2 pattern first */
     pcre2_code *re;       /* NULL for ByteLevel without regex */
     uint32_t lookbehind;  /* characters of left context the pattern may inspect */
-} pt_step_t;
+};
 
-typedef struct {
+struct pretok {
     int n;
-    pt_step_t step[PT_MAX_STEPS];
+    struct pt_step step[PT_MAX_STEPS];
     pcre2_general_context *gctx; /* routes PCRE2 allocations through rc_malloc */
-} pretok_t;
+};
 
 /* Compile a pattern written for Oniguruma (Ruby syntax) into PCRE2 (UTF, UCP, JIT for
  * complete and hard-partial matching). literal != 0 matches the string as is.
  * 0, RC_EUNSUPPORTED (a construct whose meaning would differ, or a pattern that can
  * match the empty string) or RC_EFORMAT (does not compile) with err set. */
-int pretok_regex_compile(pretok_t *pt, const char *pattern, size_t len, int literal,
-                         pt_step_t *step, char *err, size_t errlen);
+int pretok_regex_compile(struct pretok *pt, const char *pattern, size_t len, int literal,
+                         struct pt_step *step, char *err, size_t errlen);
 /* The ByteLevel pre-tokenizer's built-in GPT-2 pattern. */
 extern const char PRETOK_GPT2_PATTERN[];
-void pretok_free(pretok_t *pt);
+void pretok_free(struct pretok *pt);
 
-typedef struct {
+struct pretok_work {
     pcre2_match_data *md;
     pcre2_match_context *mctx;
     pcre2_jit_stack *jit;
-} pretok_work_t;
-int pretok_work_init(pretok_work_t *w, const pretok_t *pt); /* 0 or RC_ENOMEM */
-void pretok_work_free(pretok_work_t *w);
+};
+int pretok_work_init(struct pretok_work *w, const struct pretok *pt); /* 0 or RC_ENOMEM */
+void pretok_work_free(struct pretok_work *w);
 
 /* A range of a piece, and whether the pattern matched it. */
-typedef struct {
+struct pt_range {
     size_t start, end;
     int match;
-} pt_range_t;
-typedef struct {
-    pt_range_t *r;
+};
+struct pt_ranges {
+    struct pt_range *r;
     size_t n, cap;
-} pt_ranges_t;
-void pt_ranges_free(pt_ranges_t *r);
+};
+void pt_ranges_free(struct pt_ranges *r);
 
 /* Match step->re over s[from..n); s[ctx0..from) may be inspected as left context
  * (ctx0 = where the piece starts in s). Appends to out the ranges covering
  * [from, *certain): with final != 0, *certain = n; otherwise the ranges stop at the
  * end of the last match that more text cannot change. 0, or RC_ERANGE / RC_EFORMAT
  * when PCRE2 gives up (match or JIT stack limit), err set. */
-int pretok_scan(const pt_step_t *step, pretok_work_t *w, const uint8_t *s, size_t ctx0,
-                size_t from, size_t n, int final, pt_ranges_t *out, size_t *certain,
+int pretok_scan(const struct pt_step *step, struct pretok_work *w, const uint8_t *s, size_t ctx0,
+                size_t from, size_t n, int final, struct pt_ranges *out, size_t *certain,
                 char *err, size_t errlen);
 
 /* Fold ranges into pieces by behaviour (invert flips the match flags first), as the
@@ -161,7 +161,7 @@ int pretok_scan(const pt_step_t *step, pretok_work_t *w, const uint8_t *s, size_
  * follow the last one: pieces that a following range could still extend are not
  * output, and *consumed is where the first of them starts (else the end of the last
  * range). Appends pieces (match field unused) to out. */
-int pretok_fold(const pt_range_t *r, size_t n, int behavior, int invert, int more,
-                pt_ranges_t *out, size_t *consumed);
+int pretok_fold(const struct pt_range *r, size_t n, int behavior, int invert, int more,
+                struct pt_ranges *out, size_t *consumed);
 
 #endif

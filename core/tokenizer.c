@@ -4,12 +4,12 @@
  * The encoder is the reference's pipeline, run as a chain of stages that each hold
  * back only what more text could still change:
  *
- *   bytes ─► UTF-8 repair ─► [1] added tokens (normalized=false) on the raw text
+ *   bytes ─► UTF-8 repair ─► raw_stage: added tokens (normalized=false) on the raw text
  *     (holds ≤ 3 bytes)        (holds a possible token prefix)
- *       ─► [2] normaliser, per segment between added tokens
- *          (holds the text after the last normalisation boundary)
- *         ─► [3] added tokens (normalized=true) on the normalised segment
- *           ─► [4] pre-tokenizer on the piece between added tokens: step 0's regex
+ *       ─► normalize_segment: the normaliser, per segment between added tokens
+ *          (norm_in holds the text after the last normalisation boundary)
+ *         ─► norm_stage: added tokens (normalized=true) on the normalised segment
+ *           ─► piece_*: pre-tokenizer on the piece between added tokens: step 0's regex
  *              runs with PCRE2_PARTIAL_HARD, so a match that touches the end of the
  *              buffer (or whose lookahead would) is not trusted yet; pieces that a
  *              split behaviour could still extend are held too; the rest of the steps
@@ -36,7 +36,7 @@
 #define ONESHOT_CHUNK ((size_t)64 << 10)
 
 struct match_stage {
-    tok_bytes_t buf;
+    struct tok_bytes buf;
     size_t start_offset; /* text before this was released (or is inside a token) */
     size_t scan;         /* the trie search resumes here */
     int32_t prev_cp;     /* the character before buf[0] in this sentence, -1: none */
@@ -58,29 +58,29 @@ struct tok_encoder {
     int finished, failed;
     uint8_t u8[4];         /* an incomplete UTF-8 character carried over */
     size_t u8_n;
-    struct match_stage s1; /* raw text, added tokens with normalized = false */
-    tok_bytes_t nin;       /* raw text of the current segment, not yet normalised */
-    struct match_stage s3; /* normalised text, added tokens with normalized = true */
-    tok_bytes_t piece;     /* the current piece for the pre-tokenizer */
+    struct match_stage raw_stage;  /* raw text, added tokens with normalized = false */
+    struct tok_bytes norm_in;      /* raw text of the current segment, not yet normalised */
+    struct match_stage norm_stage; /* normalised text, added tokens with normalized = true */
+    struct tok_bytes piece;        /* the current piece for the pre-tokenizer */
     size_t piece_ctx;      /* bytes of left context at the front of piece */
     int piece_fresh;       /* nothing of this piece seen yet (prefix space pending) */
     int piece_cont;        /* resumes after a window cut: no prefix space for it */
     size_t since_pump;     /* bytes fed since the last pump */
-    tok_ids_t ids;         /* output */
+    struct tok_ids ids;         /* output */
     /* scratch */
-    pt_ranges_t ranges, pieces;
-    pt_ranges_t lr[PT_MAX_STEPS], lp[PT_MAX_STEPS];
-    tok_bytes_t lvl[PT_MAX_STEPS];
-    norm_work_t nw;
-    pretok_work_t pw;
+    struct pt_ranges ranges, pieces;
+    struct pt_ranges lr[PT_MAX_STEPS], lp[PT_MAX_STEPS];
+    struct tok_bytes lvl[PT_MAX_STEPS];
+    struct norm_work nw;
+    struct pretok_work pw;
     int pw_ready;
-    bpe_work_t bw;
-    bpe_cache_t cache;
+    struct bpe_work bw;
+    struct bpe_cache cache;
     /* window mode (a pre-token longer than cap) */
     int collect;
     const uint8_t *win;
     size_t win_len;
-    tok_ids_t wids;
+    struct tok_ids wids;
     struct leaf_rec *leaves;
     size_t n_leaves, cap_leaves;
     int leaf_sub_start;    /* the next leaf starts a step-0 piece */
@@ -114,7 +114,7 @@ static int out_id(tok_encoder_t *e, int32_t id)
 static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     const tokenizer_t *tok = e->tok;
-    tok_ids_t *dst = e->collect ? &e->wids : &e->ids;
+    struct tok_ids *dst = e->collect ? &e->wids : &e->ids;
     size_t start = dst->n;
     int rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, dst);
     if (rc == RC_EFORMAT)
@@ -150,15 +150,15 @@ static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
  * continues one cut by the window logic, so ByteLevel adds no prefix space to it. */
 static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int no_prefix)
 {
-    const pretok_t *pre = &e->tok->pre;
+    const struct pretok *pre = &e->tok->pre;
     if (n == 0)
         return 0;
     if (k == pre->n)
         return leaf(e, s, n);
-    const pt_step_t *st = &pre->step[k];
+    const struct pt_step *st = &pre->step[k];
     if (st->kind == PT_BYTELEVEL) {
         if (st->add_prefix_space && !no_prefix && s[0] != ' ') {
-            tok_bytes_t *b = &e->lvl[k];
+            struct tok_bytes *b = &e->lvl[k];
             b->n = 0;
             if (tok_bytes_append(b, " ", 1) || tok_bytes_append(b, s, n))
                 return enc_nomem(e);
@@ -171,7 +171,7 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
         if (!st->use_regex)
             return steps_from(e, k + 1, s, n, 0);
     }
-    pt_ranges_t *r = &e->lr[k], *p = &e->lp[k];
+    struct pt_ranges *r = &e->lr[k], *p = &e->lp[k];
     size_t certain, consumed = 0;
     r->n = 0;
     p->n = 0;
@@ -190,7 +190,7 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
     return 0;
 }
 
-/* ---- stage 4: the piece between added tokens ---------------------------------------- */
+/* ---- the piece between added tokens: pre-tokenizer and BPE ------------------------ */
 
 static void piece_reset(tok_encoder_t *e)
 {
@@ -200,12 +200,12 @@ static void piece_reset(tok_encoder_t *e)
     e->piece_cont = 0;
 }
 
-static int s4_text(tok_encoder_t *e, const uint8_t *s, size_t n)
+static int piece_append(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     if (n == 0)
         return 0;
     if (e->piece_fresh) {
-        const pt_step_t *st = &e->tok->pre.step[0];
+        const struct pt_step *st = &e->tok->pre.step[0];
         e->piece_fresh = 0;
         if (st->kind == PT_BYTELEVEL && st->add_prefix_space && s[0] != ' ' &&
             tok_bytes_append(&e->piece, " ", 1))
@@ -226,7 +226,7 @@ static int subpiece(tok_encoder_t *e, const uint8_t *s, size_t n)
  * look at (at least one character: ^ and \A must not match at a cut). */
 static void piece_trim(tok_encoder_t *e, size_t upto)
 {
-    const pt_step_t *st = &e->tok->pre.step[0];
+    const struct pt_step *st = &e->tok->pre.step[0];
     uint32_t lb = st->lookbehind > 0 ? st->lookbehind : 1;
     size_t keep = upto;
     for (uint32_t i = 0; i < lb && keep > 0; i++)
@@ -239,10 +239,10 @@ static void piece_trim(tok_encoder_t *e, size_t upto)
  * encode a window of cap bytes as if the text ended there, commit the tokens before
  * the last token boundary in its first half, keep the rest. See tokenizer.h for
  * when this is exact. */
-static int s4_window(tok_encoder_t *e)
+static int piece_encode_window(tok_encoder_t *e)
 {
     const tokenizer_t *tok = e->tok;
-    const pt_step_t *st0 = &tok->pre.step[0];
+    const struct pt_step *st0 = &tok->pre.step[0];
     const uint8_t *P = e->piece.p;
     size_t start = e->piece_ctx, len = e->cap;
     if (len > e->piece.n - start)
@@ -337,10 +337,10 @@ static int s4_window(tok_encoder_t *e)
     return 0;
 }
 
-static int s4_process(tok_encoder_t *e, int final)
+static int piece_pretokenize(tok_encoder_t *e, int final)
 {
     const tokenizer_t *tok = e->tok;
-    const pt_step_t *st = &tok->pre.step[0];
+    const struct pt_step *st = &tok->pre.step[0];
     int rc = 0;
     if (e->piece.n > e->piece_ctx) {
         if (!tok->first_split) {
@@ -372,14 +372,14 @@ static int s4_process(tok_encoder_t *e, int final)
         return 0;
     }
     while (e->piece.n - e->piece_ctx > e->cap)
-        if ((rc = s4_window(e)))
+        if ((rc = piece_encode_window(e)))
             return rc;
     return 0;
 }
 
-static int s4_end(tok_encoder_t *e) { return s4_process(e, 1); }
+static int piece_finish(tok_encoder_t *e) { return piece_pretokenize(e, 1); }
 
-/* ---- stages 1 and 3: added tokens ---------------------------------------------------- */
+/* ---- added tokens (raw_stage, norm_stage), the normaliser between them ---------------- */
 
 static void stage_reset(struct match_stage *st)
 {
@@ -394,7 +394,7 @@ typedef int (*token_fn)(tok_encoder_t *, int32_t);
 /* The reference's AddedVocabulary::find_matches over st->buf, incrementally.
  * final: the sentence ends at the end of the buffer. force: release everything as if
  * it did, but keep the sentence going (only when the held text passed the cap). */
-static int match_run(tok_encoder_t *e, const tok_matcher_t *m, struct match_stage *st,
+static int match_run(tok_encoder_t *e, const struct tok_matcher *m, struct match_stage *st,
                      int final, int force, text_fn text, token_fn token)
 {
     const tokenizer_t *tok = e->tok;
@@ -415,7 +415,7 @@ static int match_run(tok_encoder_t *e, const tok_matcher_t *m, struct match_stag
             st->scan = n;
             break;
         }
-        const tok_added_t *a = &tok->added[v];
+        const struct tok_added *a = &tok->added[v];
         if ((e->flags & TOK_ENCODE_NO_SPECIAL) && (a->flags & ADDF_SPECIAL)) {
             st->scan = me;
             continue;
@@ -484,71 +484,73 @@ static int match_run(tok_encoder_t *e, const tok_matcher_t *m, struct match_stag
     return 0;
 }
 
-static int s3_token(tok_encoder_t *e, int32_t id)
+static int on_norm_added_token(tok_encoder_t *e, int32_t id)
 {
-    int rc = s4_end(e);
+    int rc = piece_finish(e);
     return rc ? rc : out_id(e, id);
 }
 
-/* Stage 2: normalise the raw segment text into stage 3's buffer. */
-static int s2_flush(tok_encoder_t *e, int final)
+/* Normalise the raw segment text (norm_in) into norm_stage's buffer: all of it when
+ * final, else up to the last point later text cannot change. */
+static int normalize_segment(tok_encoder_t *e, int final)
 {
-    size_t p = final ? e->nin.n : norm_stable_len(&e->tok->norm, e->nin.p, e->nin.n);
-    if (!final && p == 0 && e->nin.n > e->cap)
-        p = utf8_prev(e->nin.p, e->nin.n); /* an endless run of combining marks */
+    size_t p = final ? e->norm_in.n : norm_stable_len(&e->tok->norm, e->norm_in.p, e->norm_in.n);
+    if (!final && p == 0 && e->norm_in.n > e->cap)
+        p = utf8_prev(e->norm_in.p, e->norm_in.n); /* an endless run of combining marks */
     if (p == 0)
         return 0;
-    int rc = norm_append(&e->tok->norm, &e->nw, e->nin.p, p, &e->s3.buf);
+    int rc = norm_append(&e->tok->norm, &e->nw, e->norm_in.p, p, &e->norm_stage.buf);
     if (rc)
         return rc == RC_ENOMEM ? enc_nomem(e) : rc_fail(e->err, e->errlen, rc, "normaliser failed");
-    tok_bytes_drop_front(&e->nin, p);
+    tok_bytes_drop_front(&e->norm_in, p);
     return 0;
 }
 
-static int s3_run(tok_encoder_t *e, int final)
+static int match_norm_added(tok_encoder_t *e, int final)
 {
-    const tok_matcher_t *m = &e->tok->norm_match;
-    int rc = match_run(e, m, &e->s3, final, 0, s4_text, s3_token);
-    if (!rc && !final && e->s3.buf.n > e->cap)
-        rc = match_run(e, m, &e->s3, 0, 1, s4_text, s3_token);
+    const struct tok_matcher *m = &e->tok->norm_match;
+    int rc = match_run(e, m, &e->norm_stage, final, 0, piece_append, on_norm_added_token);
+    if (!rc && !final && e->norm_stage.buf.n > e->cap)
+        rc = match_run(e, m, &e->norm_stage, 0, 1, piece_append, on_norm_added_token);
     return rc;
 }
 
-static int s1_text(tok_encoder_t *e, const uint8_t *s, size_t n)
+static int on_raw_text(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
-    return tok_bytes_append(&e->nin, s, n) ? enc_nomem(e) : 0;
+    return tok_bytes_append(&e->norm_in, s, n) ? enc_nomem(e) : 0;
 }
 
-/* A raw-text added token ends the segment: flush stages 2-4, then emit it. */
-static int s1_token(tok_encoder_t *e, int32_t id)
+/* A raw-text added token ends the segment: flush the normaliser, norm_stage and the
+ * piece, then emit it. */
+static int on_raw_added_token(tok_encoder_t *e, int32_t id)
 {
-    int rc = s2_flush(e, 1);
+    int rc = normalize_segment(e, 1);
     if (!rc)
-        rc = s3_run(e, 1);
+        rc = match_norm_added(e, 1);
     if (!rc)
-        rc = s4_end(e);
+        rc = piece_finish(e);
     return rc ? rc : out_id(e, id);
 }
 
 static int pump(tok_encoder_t *e, int final)
 {
-    const tok_matcher_t *m = &e->tok->raw_match;
-    int rc = match_run(e, m, &e->s1, final, 0, s1_text, s1_token);
-    if (!rc && !final && e->s1.buf.n > e->cap)
-        rc = match_run(e, m, &e->s1, 0, 1, s1_text, s1_token);
+    const struct tok_matcher *m = &e->tok->raw_match;
+    int rc = match_run(e, m, &e->raw_stage, final, 0, on_raw_text, on_raw_added_token);
+    if (!rc && !final && e->raw_stage.buf.n > e->cap)
+        rc = match_run(e, m, &e->raw_stage, 0, 1, on_raw_text, on_raw_added_token);
     if (!rc)
-        rc = s2_flush(e, final);
+        rc = normalize_segment(e, final);
     if (!rc)
-        rc = s3_run(e, final);
+        rc = match_norm_added(e, final);
     if (!rc)
-        rc = final ? s4_end(e) : s4_process(e, 0);
+        rc = final ? piece_finish(e) : piece_pretokenize(e, 0);
     e->since_pump = 0;
     return rc;
 }
 
 /* ---- encoder API ---------------------------------------------------------------------- */
 
-int tok_encoder_create(const tokenizer_t *tok, const tok_encoder_opts_t *opts,
+int tok_encoder_create(const tokenizer_t *tok, const struct tok_encoder_opts *opts,
                        tok_encoder_t **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -560,8 +562,8 @@ int tok_encoder_create(const tokenizer_t *tok, const tok_encoder_opts_t *opts,
     e->cap = opts && opts->max_pending ? opts->max_pending : TOK_ENCODER_DEFAULT_MAX_PENDING;
     if (e->cap < 256)
         e->cap = 256; /* windows must hold several tokens */
-    stage_reset(&e->s1);
-    stage_reset(&e->s3);
+    stage_reset(&e->raw_stage);
+    stage_reset(&e->norm_stage);
     piece_reset(e);
     if (tok->kind == TOK_KIND_BPE) {
         if (pretok_work_init(&e->pw, &tok->pre)) {
@@ -578,9 +580,9 @@ void tok_encoder_reset(tok_encoder_t *e)
 {
     e->finished = e->failed = 0;
     e->u8_n = 0;
-    stage_reset(&e->s1);
-    stage_reset(&e->s3);
-    e->nin.n = 0;
+    stage_reset(&e->raw_stage);
+    stage_reset(&e->norm_stage);
+    e->norm_in.n = 0;
     piece_reset(e);
     e->ids.n = 0;
     e->since_pump = 0;
@@ -588,9 +590,10 @@ void tok_encoder_reset(tok_encoder_t *e)
 
 static int repair_into(tok_encoder_t *e, const uint8_t *s, size_t n, int final, size_t *used)
 {
-    if (tok_bytes_reserve(&e->s1.buf, n * 3 + 3))
+    if (tok_bytes_reserve(&e->raw_stage.buf, n * 3 + 3))
         return enc_nomem(e);
-    e->s1.buf.n += utf8_repair(s, n, final, e->s1.buf.p + e->s1.buf.n, used);
+    struct tok_bytes *b = &e->raw_stage.buf;
+    b->n += utf8_repair(s, n, final, b->p + b->n, used);
     return 0;
 }
 
@@ -695,16 +698,17 @@ void tok_encoder_take(tok_encoder_t *e, size_t n)
 
 size_t tok_encoder_pending_bytes(const tok_encoder_t *e)
 {
-    return e->u8_n + e->s1.buf.n + e->nin.n + e->s3.buf.n + (e->piece.n - e->piece_ctx);
+    return e->u8_n + e->raw_stage.buf.n + e->norm_in.n + e->norm_stage.buf.n +
+           (e->piece.n - e->piece_ctx);
 }
 
 void tok_encoder_free(tok_encoder_t *e)
 {
     if (!e)
         return;
-    tok_bytes_free(&e->s1.buf);
-    tok_bytes_free(&e->nin);
-    tok_bytes_free(&e->s3.buf);
+    tok_bytes_free(&e->raw_stage.buf);
+    tok_bytes_free(&e->norm_in);
+    tok_bytes_free(&e->norm_stage.buf);
     tok_bytes_free(&e->piece);
     tok_ids_free(&e->ids);
     tok_ids_free(&e->wids);
@@ -730,7 +734,7 @@ int tokenizer_encode(const tokenizer_t *tok, const char *text, size_t len, unsig
     *ids = NULL;
     *n_ids = 0;
     tok_encoder_t *e;
-    tok_encoder_opts_t o = {flags, SIZE_MAX};
+    struct tok_encoder_opts o = {flags, SIZE_MAX};
     int rc = tok_encoder_create(tok, &o, &e, err, errlen);
     if (rc)
         return rc;
@@ -806,7 +810,7 @@ struct tok_decoder {
     unsigned flags;
     uint8_t pend[4];
     size_t pend_n;
-    tok_bytes_t in, out;
+    struct tok_bytes in, out;
 };
 
 int tok_decoder_create(const tokenizer_t *tok, unsigned flags, tok_decoder_t **out, char *err,

@@ -112,10 +112,10 @@ int tokenizer_decode(const tokenizer_t *tok, const int32_t *ids, size_t n, unsig
 /* Default cap on the text an encoder holds back (see below). */
 #define TOK_ENCODER_DEFAULT_MAX_PENDING ((size_t)64 << 10)
 
-typedef struct {
+struct tok_encoder_opts {
     unsigned flags;      /* TOK_ENCODE_* */
     size_t max_pending;  /* 0: default; SIZE_MAX: no cap (exact for every input) */
-} tok_encoder_opts_t;
+};
 
 /* Feed arbitrary byte chunks (split anywhere: inside a UTF-8 character, an added
  * token, a word); the encoder emits the ids of the text that can no longer change and
@@ -132,7 +132,7 @@ typedef struct {
  *     runs of 10 MB), but it is not a proof for every conceivable merge table.
  * Held-back text stays below about 2 * max_pending + 4 kB (tok_encoder_pending_bytes).
  * opts may be NULL (defaults). */
-int tok_encoder_create(const tokenizer_t *tok, const tok_encoder_opts_t *opts,
+int tok_encoder_create(const tokenizer_t *tok, const struct tok_encoder_opts *opts,
                        tok_encoder_t **out, char *err, size_t errlen);
 /* Append bytes. Ids that became final are appended to the encoder's id list. On
  * error the encoder is unusable until tok_encoder_reset(). */

@@ -17,17 +17,17 @@ enum { TOKF_PRESENT = 1, TOKF_ADDED = 2, TOKF_SPECIAL = 4 };
 enum { ADDF_SPECIAL = 1, ADDF_LSTRIP = 2, ADDF_RSTRIP = 4, ADDF_SINGLE_WORD = 8 };
 
 /* One added token as the matcher sees it. */
-typedef struct {
+struct tok_added {
     int32_t id;
     uint8_t flags; /* ADDF_* */
-} tok_added_t;
+};
 
 /* One added-token matching stage (the reference has two: on the raw text for tokens
  * with normalized = false, on normalised text for the others). */
-typedef struct {
-    trie_t trie;            /* pattern -> index into tok->added */
+struct tok_matcher {
+    struct trie trie;            /* pattern -> index into tok->added */
     int any_lstrip, any_rstrip, any_single_word;
-} tok_matcher_t;
+};
 
 struct tokenizer {
     int kind;                 /* enum tok_kind */
@@ -39,14 +39,14 @@ struct tokenizer {
     size_t max_piece;         /* longest piece, bytes */
     int32_t eos_id;
     /* Added tokens, and the two matching stages. */
-    tok_added_t *added;
+    struct tok_added *added;
     size_t n_added;
-    tok_matcher_t raw_match;  /* normalized = false tokens, on the input text */
-    tok_matcher_t norm_match; /* normalized = true tokens, on normalised text */
-    norm_t norm;
-    pretok_t pre;             /* steps; pre.n >= 1 for BPE */
+    struct tok_matcher raw_match;  /* normalized = false tokens, on the input text */
+    struct tok_matcher norm_match; /* normalized = true tokens, on normalised text */
+    struct norm norm;
+    struct pretok pre;             /* steps; pre.n >= 1 for BPE */
     int first_split;          /* step 0 splits (Split, or ByteLevel with its regex) */
-    bpe_t bpe;
+    struct bpe bpe;
     size_t n_merges;
     char desc[200];
 };

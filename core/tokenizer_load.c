@@ -44,14 +44,14 @@ struct loader {
     size_t errlen;
     uint32_t cp_of[256];
     int16_t byte_of[324];
-    tok_bytes_t scratch;
+    struct tok_bytes scratch;
     int32_t n_vocab_entries;
 };
 
 /* The bytes a token string stands for: all characters in the byte alphabet -> those
  * bytes; otherwise its UTF-8 as is (the reference's ByteLevel decoder does the same,
  * per token). Appends to out; returns 1 if the string was byte-level. */
-static int token_bytes(const struct loader *L, const char *s, size_t n, tok_bytes_t *out,
+static int token_bytes(const struct loader *L, const char *s, size_t n, struct tok_bytes *out,
                        int *nomem)
 {
     size_t start = out->n;
@@ -135,7 +135,7 @@ static int32_t vocab_id(const struct loader *L, const char *s, size_t n)
 
 static int parse_norm(struct loader *L, json_t *j, int depth)
 {
-    norm_t *nm = &L->tok->norm;
+    struct norm *nm = &L->tok->norm;
     if (!j || json_is_null(j))
         return 0;
     const char *t = type_of(j);
@@ -173,7 +173,7 @@ static int parse_norm(struct loader *L, json_t *j, int depth)
 
 static int parse_pre(struct loader *L, json_t *j, int depth)
 {
-    pretok_t *pre = &L->tok->pre;
+    struct pretok *pre = &L->tok->pre;
     const char *t = type_of(j);
     char b[48];
     if (!t)
@@ -197,7 +197,7 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
         return fail(L, RC_EUNSUPPORTED,
                     "pre_tokenizer '%s' after ByteLevel is not supported (it would see "
                     "byte-level characters)", clip(t, b));
-    pt_step_t *st = &pre->step[pre->n];
+    struct pt_step *st = &pre->step[pre->n];
     memset(st, 0, sizeof *st);
     int rc;
     if (!strcmp(t, "ByteLevel")) {
@@ -422,7 +422,7 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
 
 /* ---- the model -------------------------------------------------------------------------- */
 
-static int parse_merges(struct loader *L, json_t *merges, tok_bytes_t *cat)
+static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
 {
     tokenizer_t *tok = L->tok;
     size_t n = json_array_size(merges);
@@ -527,7 +527,7 @@ static int parse_model_opts(struct loader *L, json_t *model)
         tok->bpe.unk_missing = tok->bpe.unk_id < 0;
     }
     /* Initial symbols of each byte. */
-    bpe_t *bp = &tok->bpe;
+    struct bpe *bp = &tok->bpe;
     unsigned off = 0;
     for (int x = 0; x < 256; x++) {
         uint8_t ch[4];
@@ -563,29 +563,33 @@ static int parse_model_opts(struct loader *L, json_t *model)
 
 /* ---- assembly ---------------------------------------------------------------------------- */
 
-static int build(struct loader *L)
+/* The top level: version 1.0, a BPE model with a "vocab" object and a "merges" array. */
+static int check_top_level(struct loader *L, json_t **model, json_t **merges)
 {
-    tokenizer_t *tok = L->tok;
     json_t *root = L->root;
     char b[48];
-    int rc;
     if (!json_is_object(root))
         return fail(L, RC_EFORMAT, "the top level is not an object");
     json_t *ver = json_object_get(root, "version");
     if (ver && !(json_is_string(ver) && !strcmp(json_string_value(ver), "1.0")))
         return fail(L, RC_EUNSUPPORTED, "unknown \"version\" (only \"1.0\")");
-    json_t *model = json_object_get(root, "model");
-    if (!json_is_object(model))
+    *model = json_object_get(root, "model");
+    if (!json_is_object(*model))
         return fail(L, RC_EFORMAT, "no \"model\" object");
-    const char *mt = type_of(model);
+    const char *mt = type_of(*model);
     if (mt && strcmp(mt, "BPE"))
         return fail(L, RC_EUNSUPPORTED, "model '%s' is not supported (BPE only)", clip(mt, b));
-    L->vocab = json_object_get(model, "vocab");
-    json_t *merges = json_object_get(model, "merges");
-    if (!json_is_object(L->vocab) || !json_is_array(merges))
+    L->vocab = json_object_get(*model, "vocab");
+    *merges = json_object_get(*model, "merges");
+    if (!json_is_object(L->vocab) || !json_is_array(*merges))
         return fail(L, RC_EFORMAT, "BPE model needs a \"vocab\" object and a \"merges\" array");
+    return 0;
+}
 
-    /* Vocab: ids unique, in range. */
+/* Vocab: at most 2^22 entries, ids in [0, 2^22), keys not too long. *max_id gets the
+ * largest id (-1 when empty). Duplicate ids are found later (index_vocab). */
+static int check_vocab(struct loader *L, int64_t *max_id)
+{
     size_t nv = json_object_size(L->vocab);
     if (nv > TOKENIZER_MAX_IDS)
         return fail(L, RC_ERANGE, "vocab has more than 2^22 entries");
@@ -593,7 +597,8 @@ static int build(struct loader *L)
     const char *key;
     size_t klen;
     json_t *val;
-    int64_t max_id = -1;
+    char b[48];
+    *max_id = -1;
     json_object_keylen_foreach(L->vocab, key, klen, val)
     {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
@@ -602,14 +607,21 @@ static int build(struct loader *L)
                         "vocab entry '%s': id is not an integer in [0, 2^22)", clip(key, b));
         if (klen > 2 * TOKENIZER_MAX_TOKEN_BYTES)
             return fail(L, RC_ERANGE, "vocab entry '%s' is too long", clip(key, b));
-        if (json_integer_value(val) > max_id)
-            max_id = json_integer_value(val);
+        if (json_integer_value(val) > *max_id)
+            *max_id = json_integer_value(val);
     }
+    return 0;
+}
 
-    /* Components, so an unsupported one is reported before the heavy work. */
-    if ((rc = parse_norm(L, json_object_get(root, "normalizer"), 0)))
+/* Normaliser, pre-tokenizer, post-processor and decoder, before the heavy work so
+ * that an unsupported one is reported first. */
+static int parse_components(struct loader *L)
+{
+    tokenizer_t *tok = L->tok;
+    int rc;
+    if ((rc = parse_norm(L, json_object_get(L->root, "normalizer"), 0)))
         return rc;
-    json_t *pre = json_object_get(root, "pre_tokenizer");
+    json_t *pre = json_object_get(L->root, "pre_tokenizer");
     if (!pre || json_is_null(pre))
         return fail(L, RC_EUNSUPPORTED, "no pre_tokenizer: only byte-level BPE (a ByteLevel "
                     "pre-tokenizer) is supported");
@@ -619,69 +631,99 @@ static int build(struct loader *L)
         return fail(L, RC_EUNSUPPORTED, "pre_tokenizer has no ByteLevel step: only byte-level "
                     "BPE is supported");
     tok->first_split = tok->pre.step[0].kind == PT_SPLIT || tok->pre.step[0].use_regex;
-    if ((rc = check_post(L, json_object_get(root, "post_processor"), 0)) ||
-        (rc = check_decoder(L, json_object_get(root, "decoder"), 0)))
+    if ((rc = check_post(L, json_object_get(L->root, "post_processor"), 0)) ||
+        (rc = check_decoder(L, json_object_get(L->root, "decoder"), 0)))
         return rc;
+    return 0;
+}
 
-    struct added_in *add = NULL;
-    size_t n_add = 0;
-    if ((rc = parse_added(L, &add, &n_add)))
-        return rc;
-    for (size_t i = 0; i < n_add; i++)
-        if (add[i].id > max_id)
-            max_id = add[i].id;
-    if (max_id < 0) {
-        rc_free(add);
-        return fail(L, RC_EFORMAT, "empty vocab");
-    }
-    tok->n_ids = (int32_t)(max_id + 1);
+/* What build's steps share about every id: the string it decodes from, and the
+ * added token it is (if any). Freed by id_index_free. */
+struct id_index {
+    struct added_in *add;  /* [n_add], from parse_added */
+    size_t n_add;
+    int32_t *slot_of;      /* [n_ids]: index into add, -1 for a vocab entry */
+    const char **str;      /* [n_ids]: the token string, NULL for an unused id */
+    size_t *slen;          /* [n_ids] */
+    json_t *special;       /* contents that were ever special -> true */
+};
 
-    /* Per id: what it decodes to, and flags. Vocab first, added tokens override (the
-     * reference looks up added tokens first). */
-    int32_t *slot_of = rc_malloc((size_t)tok->n_ids * sizeof *slot_of);
-    const char **str = rc_calloc((size_t)tok->n_ids, sizeof *str);
-    size_t *slen = rc_calloc((size_t)tok->n_ids, sizeof *slen);
+static void id_index_free(struct id_index *x)
+{
+    for (size_t i = 0; i < x->n_add; i++)
+        if (x->add[i].owned)
+            rc_free((void *)x->add[i].content);
+    rc_free(x->add);
+    rc_free(x->slot_of);
+    rc_free(x->str);
+    rc_free(x->slen);
+    json_decref(x->special);
+}
+
+/* The per-id tables of x and tok (n_ids known). */
+static int id_index_alloc(struct loader *L, struct id_index *x)
+{
+    tokenizer_t *tok = L->tok;
+    x->slot_of = rc_malloc((size_t)tok->n_ids * sizeof *x->slot_of);
+    x->str = rc_calloc((size_t)tok->n_ids, sizeof *x->str);
+    x->slen = rc_calloc((size_t)tok->n_ids, sizeof *x->slen);
     tok->id_flags = rc_calloc((size_t)tok->n_ids, 1);
     tok->piece_off = rc_malloc(((size_t)tok->n_ids + 1) * sizeof *tok->piece_off);
-    tok->added = rc_calloc(n_add ? n_add : 1, sizeof *tok->added);
-    tok_bytes_t pool = {0}, normed = {0};
-    norm_work_t nw = {0};
-    json_t *special = json_object();
-    if (!slot_of || !str || !slen || !tok->id_flags || !tok->piece_off || !tok->added ||
-        !special) {
-        rc = nomem(L);
-        goto out;
-    }
+    tok->added = rc_calloc(x->n_add ? x->n_add : 1, sizeof *tok->added);
+    x->special = json_object();
+    if (!x->slot_of || !x->str || !x->slen || !tok->id_flags || !tok->piece_off ||
+        !tok->added || !x->special)
+        return nomem(L);
     for (int32_t i = 0; i < tok->n_ids; i++)
-        slot_of[i] = -1;
+        x->slot_of[i] = -1;
+    return 0;
+}
+
+/* Vocab entries: their strings, and no two sharing an id. */
+static int index_vocab(struct loader *L, struct id_index *x)
+{
+    const char *key;
+    size_t klen;
+    json_t *val;
     json_object_keylen_foreach(L->vocab, key, klen, val)
     {
         int32_t id = (int32_t)json_integer_value(val);
-        if (str[id]) {
-            char b2[48];
-            rc = fail(L, RC_EFORMAT, "vocab entries '%s' and '%s' share one id", clip(str[id], b),
-                      clip(key, b2));
-            goto out;
+        if (x->str[id]) {
+            char b[48], b2[48];
+            return fail(L, RC_EFORMAT, "vocab entries '%s' and '%s' share one id",
+                        clip(x->str[id], b), clip(key, b2));
         }
-        str[id] = key;
-        slen[id] = klen;
-        tok->id_flags[id] = TOKF_PRESENT;
+        x->str[id] = key;
+        x->slen[id] = klen;
+        L->tok->id_flags[id] = TOKF_PRESENT;
     }
+    return 0;
+}
+
+/* Added tokens override vocab entries (the reference looks them up first): their
+ * flags, and their patterns in the raw or the normalised matcher. A normalized
+ * token's pattern, and the string the decoder sees, is its normalised content (the
+ * reference's normalized_cache). */
+static int index_added(struct loader *L, struct id_index *x)
+{
+    tokenizer_t *tok = L->tok;
+    struct tok_bytes normed = {0};
+    struct norm_work nw = {0};
+    char b[48];
+    int rc = 0;
     trie_init(&tok->raw_match.trie);
     trie_init(&tok->norm_match.trie);
-    for (size_t i = 0; i < n_add; i++) {
-        struct added_in *a = &add[i];
-        tok_added_t *t = &tok->added[i];
+    for (size_t i = 0; i < x->n_add; i++) {
+        struct added_in *a = &x->add[i];
+        struct tok_added *t = &tok->added[i];
         t->id = a->id;
         t->flags = (uint8_t)((a->special ? ADDF_SPECIAL : 0) | (a->lstrip ? ADDF_LSTRIP : 0) |
                              (a->rstrip ? ADDF_RSTRIP : 0) | (a->single_word ? ADDF_SINGLE_WORD : 0));
-        slot_of[a->id] = (int32_t)i;
+        x->slot_of[a->id] = (int32_t)i;
         tok->id_flags[a->id] |= TOKF_PRESENT | TOKF_ADDED;
         if (a->ever_special &&
-            json_object_setn_new(special, a->content, a->len, json_true()))
+            json_object_setn_new(x->special, a->content, a->len, json_true()))
             goto oom;
-        /* The pattern, and the string the decoder sees: the normalised content for
-         * normalized tokens (the reference's normalized_cache), else the content. */
         const uint8_t *pat = (const uint8_t *)a->content;
         size_t plen = a->len;
         if (a->normalized && tok->norm.n) {
@@ -700,10 +742,11 @@ static int build(struct loader *L)
             a->len = plen;
             a->owned = 1;
         }
-        tok_matcher_t *m = a->normalized ? &tok->norm_match : &tok->raw_match;
+        struct tok_matcher *m = a->normalized ? &tok->norm_match : &tok->raw_match;
         rc = trie_add(&m->trie, pat, plen, (int32_t)i);
         if (rc == RC_EFORMAT) {
-            rc = fail(L, RC_EFORMAT, "two added tokens match the same text '%s'", clip(a->content, b));
+            rc = fail(L, RC_EFORMAT, "two added tokens match the same text '%s'",
+                      clip(a->content, b));
             goto out;
         }
         if (rc)
@@ -711,21 +754,35 @@ static int build(struct loader *L)
         m->any_lstrip |= a->lstrip;
         m->any_rstrip |= a->rstrip;
         m->any_single_word |= a->single_word;
-        str[a->id] = a->content;
-        slen[a->id] = a->len;
+        x->str[a->id] = a->content;
+        x->slen[a->id] = a->len;
     }
-    tok->n_added = n_add;
+    tok->n_added = x->n_add;
+    goto out;
+oom:
+    rc = nomem(L);
+out:
+    tok_bytes_free(&normed);
+    norm_work_free(&nw);
+    return rc;
+}
 
-    /* Decode bytes and the bytes -> id table. */
-    if (bpe_words_init(&tok->bpe, nv))
+/* What each id decodes to (the piece pool), which ids are special, and the
+ * bytes -> id table of byte-level vocab entries that BPE merges into. */
+static int build_pieces(struct loader *L, const struct id_index *x)
+{
+    tokenizer_t *tok = L->tok;
+    struct tok_bytes pool = {0};
+    int rc = 0;
+    if (bpe_words_init(&tok->bpe, (size_t)L->n_vocab_entries))
         goto oom;
     for (int32_t id = 0; id < tok->n_ids; id++) {
         tok->piece_off[id] = (uint32_t)pool.n;
-        if (!str[id])
+        if (!x->str[id])
             continue;
         int nm;
         size_t before = pool.n;
-        int bytelevel = token_bytes(L, str[id], slen[id], &pool, &nm);
+        int bytelevel = token_bytes(L, x->str[id], x->slen[id], &pool, &nm);
         if (nm)
             goto oom;
         if (pool.n > UINT32_MAX) {
@@ -734,59 +791,76 @@ static int build(struct loader *L)
         }
         if (pool.n - before > tok->max_piece)
             tok->max_piece = pool.n - before;
-        if (json_object_getn(special, str[id], slen[id]))
+        if (json_object_getn(x->special, x->str[id], x->slen[id]))
             tok->id_flags[id] |= TOKF_SPECIAL;
-        if (bytelevel && slot_of[id] < 0 && pool.n > before) {
-            int wrc = bpe_add_word(&tok->bpe, pool.p + before, pool.n - before, id);
-            if (wrc)
-                goto oom;
-        }
+        if (bytelevel && x->slot_of[id] < 0 && pool.n > before &&
+            bpe_add_word(&tok->bpe, pool.p + before, pool.n - before, id))
+            goto oom;
     }
     tok->piece_off[tok->n_ids] = (uint32_t)pool.n;
     tok->piece_pool = pool.p;
     pool.p = NULL;
-
-    tok->eos_id = -1;
-    {
-        json_t *eos = NULL;
-        for (size_t i = 0; i < n_add && tok->eos_id < 0; i++)
-            if (add[i].len == 13 && !memcmp(add[i].content, "<|endoftext|>", 13))
-                tok->eos_id = add[i].id;
-        if (tok->eos_id < 0 && (eos = json_object_get(L->vocab, "<|endoftext|>")))
-            tok->eos_id = (int32_t)json_integer_value(eos);
-    }
-
-    if ((rc = parse_model_opts(L, model)))
-        goto out;
-    {
-        tok_bytes_t cat = {0};
-        rc = parse_merges(L, merges, &cat);
-        tok_bytes_free(&cat);
-        if (rc)
-            goto out;
-    }
-    snprintf(tok->desc, sizeof tok->desc,
-             "BPE %d ids, %zu merges%s, %s%s, %s%s, %zu added tokens", (int)tok->n_ids,
-             tok->n_merges, tok->bpe.ambiguous ? " (ambiguous)" : "", tok->norm.n == 0 ? "no normaliser" : tok->norm.compat ? "NFK" : "NF",
-             tok->norm.n == 0 ? "" : tok->norm.compose ? "C" : "D",
-             tok->pre.step[0].kind == PT_SPLIT ? "Split+" : "",
-             "ByteLevel", tok->n_added);
-    rc = 0;
     goto out;
 oom:
     rc = nomem(L);
 out:
-    for (size_t i = 0; i < n_add; i++)
-        if (add[i].owned)
-            rc_free((void *)add[i].content);
-    rc_free(add);
-    rc_free(slot_of);
-    rc_free(str);
-    rc_free(slen);
     tok_bytes_free(&pool);
-    tok_bytes_free(&normed);
-    norm_work_free(&nw);
-    json_decref(special);
+    return rc;
+}
+
+/* End of text: the added token "<|endoftext|>", else the vocab entry, else none. */
+static int32_t find_eos(const struct loader *L, const struct id_index *x)
+{
+    for (size_t i = 0; i < x->n_add; i++)
+        if (x->add[i].len == 13 && !memcmp(x->add[i].content, "<|endoftext|>", 13))
+            return x->add[i].id;
+    json_t *eos = json_object_get(L->vocab, "<|endoftext|>");
+    return eos ? (int32_t)json_integer_value(eos) : -1;
+}
+
+static void describe(tokenizer_t *tok)
+{
+    snprintf(tok->desc, sizeof tok->desc,
+             "BPE %d ids, %zu merges%s, %s%s, %s%s, %zu added tokens", (int)tok->n_ids,
+             tok->n_merges, tok->bpe.ambiguous ? " (ambiguous)" : "",
+             tok->norm.n == 0 ? "no normaliser" : tok->norm.compat ? "NFK" : "NF",
+             tok->norm.n == 0 ? "" : tok->norm.compose ? "C" : "D",
+             tok->pre.step[0].kind == PT_SPLIT ? "Split+" : "", "ByteLevel", tok->n_added);
+}
+
+/* tokenizer.json -> L->tok, checking as it goes; on failure L->tok is partly built
+ * (the caller frees it). */
+static int build(struct loader *L)
+{
+    tokenizer_t *tok = L->tok;
+    json_t *model = NULL, *merges = NULL;
+    int64_t max_id = -1;
+    struct id_index x = {0};
+    int rc;
+    if ((rc = check_top_level(L, &model, &merges)) || (rc = check_vocab(L, &max_id)) ||
+        (rc = parse_components(L)) || (rc = parse_added(L, &x.add, &x.n_add)))
+        return rc;
+    for (size_t i = 0; i < x.n_add; i++)
+        if (x.add[i].id > max_id)
+            max_id = x.add[i].id;
+    if (max_id < 0) {
+        rc = fail(L, RC_EFORMAT, "empty vocab");
+        goto out;
+    }
+    tok->n_ids = (int32_t)(max_id + 1);
+    if ((rc = id_index_alloc(L, &x)) || (rc = index_vocab(L, &x)) ||
+        (rc = index_added(L, &x)) || (rc = build_pieces(L, &x)))
+        goto out;
+    tok->eos_id = find_eos(L, &x);
+    if ((rc = parse_model_opts(L, model)))
+        goto out;
+    struct tok_bytes cat = {0};
+    rc = parse_merges(L, merges, &cat);
+    tok_bytes_free(&cat);
+    if (!rc)
+        describe(tok);
+out:
+    id_index_free(&x);
     return rc;
 }
 

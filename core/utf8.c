@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "alloc.h"
+
 /* Unicode Table 3-7: the allowed range of the second byte depends on the first;
  * later continuation bytes are always 80..BF. */
 int utf8_char_len(const uint8_t *s, size_t n)
@@ -82,6 +84,56 @@ int utf8_valid(const uint8_t *s, size_t n)
         i += (size_t)k;
     }
     return 1;
+}
+
+size_t utf8_complete_prefix(const uint8_t *s, size_t n)
+{
+    /* Only the last 3 bytes can start an incomplete character. */
+    for (size_t i = n > 3 ? n - 3 : 0; i < n; i++) {
+        if ((s[i] & 0xC0) == 0x80)
+            continue; /* a continuation byte starts nothing */
+        if (utf8_char_len(s + i, n - i) == 0)
+            return i;
+    }
+    return n;
+}
+
+/* utf8_repair_str() when out != NULL, its length when out == NULL. */
+static size_t repair_bounded(const uint8_t *s, size_t n, char *out, size_t cap)
+{
+    size_t i = 0, o = 0;
+    while (i < n) {
+        int k = utf8_char_len(s + i, n - i);
+        const void *src = k > 0 ? (const void *)(s + i) : (const void *)UTF8_REPLACEMENT;
+        size_t take = k > 0 ? (size_t)k : 3;
+        if (out) {
+            if (o + take + 1 > cap)
+                break;
+            memcpy(out + o, src, take);
+        }
+        o += take;
+        i += k > 0 ? (size_t)k : k < 0 ? (size_t)-k : n - i; /* 0: truncated at the end */
+    }
+    if (out)
+        out[o] = 0;
+    return o;
+}
+
+size_t utf8_repair_str(const uint8_t *s, size_t n, char *out, size_t cap)
+{
+    return repair_bounded(s, n, out, cap);
+}
+
+size_t utf8_repaired_len(const uint8_t *s, size_t n) { return repair_bounded(s, n, NULL, 0); }
+
+char *utf8_repair_dup(const uint8_t *s, size_t n, size_t *len)
+{
+    size_t need = utf8_repaired_len(s, n);
+    char *out = rc_malloc(need + 1);
+    if (!out)
+        return NULL;
+    *len = utf8_repair_str(s, n, out, need + 1);
+    return out;
 }
 
 int utf8_encode(uint32_t cp, uint8_t *d)

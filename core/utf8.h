@@ -1,5 +1,6 @@
 /*
- * utf8.h — UTF-8 validation and repair with one documented policy.
+ * utf8.h — the one UTF-8 module: validation, repair and cutting, with one
+ * documented policy, used by the tokenizer and by everything that sends text.
  *
  * Policy (the same as Python's bytes.decode("utf-8", errors="replace") and Rust's
  * String::from_utf8_lossy, i.e. the Unicode "maximal subpart" practice): every
@@ -8,10 +9,21 @@
  * starts; a byte that cannot start or continue anything is a subpart of its own.
  * Examples: "\xE2\x82" (truncated euro sign) -> one U+FFFD; "\xED\xA0\x80" (a
  * surrogate) -> three; "\xF0\x80\x80\x80" (overlong) -> four; "\xC3\x28" -> U+FFFD "(".
+ * Well-formed means RFC 3629: no overlong forms, no surrogates (U+D800..DFFF), nothing
+ * above U+10FFFF.
  *
- * utf8_repair() is streaming-safe: it stops before a trailing sequence that is still
- * a valid prefix (at most 3 bytes) unless told the input is final, so the same bytes
- * cut anywhere give the same output as in one piece.
+ * One return convention for "what starts here" (utf8_char_len): > 0 a whole
+ * character of that length, 0 an incomplete but so far valid prefix (more bytes
+ * could complete it), < 0 an ill-formed subpart of -k bytes. Predicates return 1/0.
+ *
+ * Repair is streaming-safe: utf8_repair() stops before a trailing sequence that is
+ * still a valid prefix (at most 3 bytes) unless told the input is final, and
+ * utf8_complete_prefix() says where a byte stream can be cut; so the same bytes cut
+ * anywhere give the same output as in one piece. Token pieces are bytes (one token
+ * can end mid-character); JSON bodies and SSE events must be valid UTF-8: repair them
+ * with utf8_repair_str() / utf8_repair_dup().
+ *
+ * Bytes are passed as uint8_t; callers holding char text cast.
  */
 #ifndef RECUR_UTF8_H
 #define RECUR_UTF8_H
@@ -32,8 +44,25 @@ int utf8_char_len(const uint8_t *s, size_t n);
  * fewer (an incomplete trailing character, kept for the next call). */
 size_t utf8_repair(const uint8_t *s, size_t n, int final, uint8_t *dst, size_t *consumed);
 
-/* 1 if s[0..n) is entirely well-formed UTF-8. */
+/* 1 if s[0..n) is entirely well-formed UTF-8 (an incomplete tail is not). */
 int utf8_valid(const uint8_t *s, size_t n);
+
+/* Bytes of s[0..n) that can be sent now: all of them except a trailing incomplete
+ * (but so far valid) character of at most 3 bytes, which the caller holds back
+ * until more bytes arrive. Ill-formed bytes are not held back (they never complete). */
+size_t utf8_complete_prefix(const uint8_t *s, size_t n);
+
+/* Repair all of s[0..n) (final: a trailing incomplete character is one U+FFFD) into
+ * the C string out of capacity cap >= 1; stops before a character that does not fit.
+ * Returns the bytes written, excluding the NUL always written after them. */
+size_t utf8_repair_str(const uint8_t *s, size_t n, char *out, size_t cap);
+
+/* Bytes utf8_repair_str() needs for all of s[0..n) (excluding the NUL). */
+size_t utf8_repaired_len(const uint8_t *s, size_t n);
+
+/* All of s[0..n) repaired into a new NUL-terminated string (rc_malloc; the caller
+ * rc_frees it), its length in *len. NULL only when out of memory. */
+char *utf8_repair_dup(const uint8_t *s, size_t n, size_t *len);
 
 /* Decode the character at s (which must be well-formed, e.g. repaired text) into *cp;
  * returns its length. */

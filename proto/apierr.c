@@ -7,8 +7,8 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "jsonin.h"
-#include "u8.h"
+#include "jsonout.h"
+#include "utf8.h"
 
 /* OpenAI's categories (the error object's "type"). */
 #define T_REQUEST "invalid_request_error"
@@ -118,10 +118,10 @@ json_t *api_error_json(const struct api_error *e)
      * fixed buffer: make it valid UTF-8 so the body is valid JSON. */
     char msg[sizeof e->message], param[sizeof e->param];
     size_t n = strnlen(e->message, sizeof e->message - 1);
-    u8_sanitize(e->message, n, msg, sizeof msg);
+    utf8_repair_str((const uint8_t *)e->message, n, msg, sizeof msg);
     size_t pn = strnlen(e->param, sizeof e->param - 1);
     if (pn)
-        u8_sanitize(e->param, pn, param, sizeof param);
+        utf8_repair_str((const uint8_t *)e->param, pn, param, sizeof param);
     return json_pack("{s:s, s:s, s:o, s:s}", "message", msg, "type", api_err_type(e->kind),
                      "param", pn ? json_string(param) : json_null(), "code",
                      api_err_code(e->kind));

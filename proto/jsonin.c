@@ -10,7 +10,7 @@
 void proto_init(void)
 {
     json_set_alloc_funcs(rc_malloc, rc_free);
-    /* RELIABILITY S6: object keys hash with a seed drawn from /dev/urandom,
+    /* docs/reliability.md S6: object keys hash with a seed drawn from /dev/urandom,
      * so nobody can precompute a body of colliding keys. jansson would draw
      * it lazily on the first object; drawing it here, before any thread
      * starts, is what its documentation asks of threaded programs. */
@@ -256,49 +256,4 @@ int pj_token_array(const json_t *arr, const char *field_name, int vocab, size_t 
     *ids = v;
     *n = cnt;
     return 0;
-}
-
-struct dumpbuf {
-    char *p;
-    size_t n, cap;
-    int oom;
-};
-
-static int dump_cb(const char *buf, size_t size, void *data)
-{
-    struct dumpbuf *d = data;
-    if (d->n + size + 1 > d->cap) {
-        size_t cap = d->cap ? d->cap : 256;
-        while (cap < d->n + size + 1) {
-            if (cap > SIZE_MAX / 2) {
-                d->oom = 1;
-                return -1;
-            }
-            cap *= 2;
-        }
-        char *np = rc_realloc(d->p, cap);
-        if (!np) {
-            d->oom = 1;
-            return -1;
-        }
-        d->p = np;
-        d->cap = cap;
-    }
-    memcpy(d->p + d->n, buf, size);
-    d->n += size;
-    return 0;
-}
-
-char *pj_dump(const json_t *v, size_t *len)
-{
-    struct dumpbuf d = {0};
-    if (json_dump_callback(v, dump_cb, &d, JSON_COMPACT | JSON_ENCODE_ANY) != 0 || d.oom ||
-        !d.p) {
-        rc_free(d.p);
-        return NULL;
-    }
-    d.p[d.n] = 0;
-    if (len)
-        *len = d.n;
-    return d.p;
 }

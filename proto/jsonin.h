@@ -54,8 +54,4 @@ int pj_str(const json_t *o, const char *key, int required, size_t max_len, const
 int pj_token_array(const json_t *arr, const char *field, int vocab, size_t max_n, int32_t **ids,
                    size_t *n, struct api_error *e);
 
-/* Serialise v compactly into an rc_malloc'ed NUL-terminated buffer; NULL
- * when out of memory. */
-char *pj_dump(const json_t *v, size_t *len);
-
 #endif

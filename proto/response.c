@@ -7,8 +7,8 @@
 
 #include "alloc.h"
 #include "errors.h"
-#include "jsonin.h"
-#include "u8.h"
+#include "jsonout.h"
+#include "utf8.h"
 
 int tok_details_init(struct tok_details *d, int k)
 {
@@ -148,15 +148,14 @@ int outbuf_json_str(struct outbuf *b, const char *s, size_t n)
     if (PUTS(b, "\""))
         return RC_ENOMEM;
     int rc;
-    if (u8_valid(s, n))
+    if (utf8_valid((const uint8_t *)s, n))
         rc = put_escaped(b, s, n);
     else {
-        size_t need = u8_sanitized_len(s, n);
-        char *buf = rc_malloc(need + 1);
+        size_t len;
+        char *buf = utf8_repair_dup((const uint8_t *)s, n, &len);
         if (!buf)
             return RC_ENOMEM;
-        u8_sanitize(s, n, buf, need + 1);
-        rc = put_escaped(b, buf, need);
+        rc = put_escaped(b, buf, len);
         rc_free(buf);
     }
     return rc ? rc : PUTS(b, "\"");
@@ -193,7 +192,7 @@ int resp_tokenize(struct outbuf *b, const struct tokenize_view *t, const struct 
                 outbuf_int(b, t->ids[i]) || PUTS(b, ",\"text\":") ||
                 outbuf_json_str(b, p, len))
                 return RC_ENOMEM;
-            if (!u8_valid(p, len)) {
+            if (!utf8_valid((const uint8_t *)p, len)) {
                 if (PUTS(b, ",\"bytes\":["))
                     return RC_ENOMEM;
                 for (size_t k = 0; k < len; k++)
@@ -217,14 +216,13 @@ void hex64(uint64_t x, char out[17]) { snprintf(out, 17, "%016llx", (unsigned lo
 /* A JSON string of arbitrary bytes: valid UTF-8 kept, the rest U+FFFD. */
 static json_t *text_value(const char *s, size_t n)
 {
-    if (u8_valid(s, n))
+    if (utf8_valid((const uint8_t *)s, n))
         return json_stringn(s, n);
-    size_t need = u8_sanitized_len(s, n);
-    char *buf = rc_malloc(need + 1);
+    size_t len;
+    char *buf = utf8_repair_dup((const uint8_t *)s, n, &len);
     if (!buf)
         return NULL;
-    u8_sanitize(s, n, buf, need + 1);
-    json_t *v = json_stringn(buf, need);
+    json_t *v = json_stringn(buf, len);
     rc_free(buf);
     return v;
 }
@@ -254,7 +252,7 @@ static int add_piece(json_t *o, const struct vocab_view *v, int32_t id)
     const char *p = v->piece(v->ctx, id, &len);
     if (put(o, "text", text_value(p, len)))
         return RC_ENOMEM;
-    if (!u8_valid(p, len)) {
+    if (!utf8_valid((const uint8_t *)p, len)) {
         json_t *a = json_array();
         if (!a)
             return RC_ENOMEM;
@@ -401,11 +399,11 @@ static json_t *openai_logprobs(const struct tok_details *d, size_t off0,
         for (int j = 0; j < d->k; j++) {
             size_t at = i * (size_t)d->k + (size_t)j, tl;
             const char *tp = v->piece(v->ctx, d->top_id[at], &tl);
-            size_t need = u8_sanitized_len(tp, tl);
+            size_t need = utf8_repaired_len((const uint8_t *)tp, tl);
             char key[256];
             if (need >= sizeof key)
                 continue;
-            u8_sanitize(tp, tl, key, sizeof key);
+            utf8_repair_str((const uint8_t *)tp, tl, key, sizeof key);
             /* Two ids with the same text share a key: keep the first. */
             if (!json_object_get(t, key) && put(t, key, num_or_null(d->top_lp[at])))
                 goto oom;
@@ -533,7 +531,7 @@ json_t *resp_detokenize(const char *bytes, size_t n)
 {
     json_t *o = json_object();
     if (!o || put(o, "text", text_value(bytes, n)) ||
-        (!u8_valid(bytes, n) && put(o, "valid_utf8", json_false()))) {
+        (!utf8_valid((const uint8_t *)bytes, n) && put(o, "valid_utf8", json_false()))) {
         json_decref(o);
         return NULL;
     }

@@ -1,37 +1,36 @@
 /*
- * u8.h — strict UTF-8 (RFC 3629) checks for text that leaves the server.
- *
- * JSON bodies and SSE events must be valid UTF-8, but token pieces are
- * bytes: one token can end in the middle of a character. These helpers
- * validate, find where a byte stream can be cut without splitting a
- * character, and replace what is invalid with U+FFFD.
- * Overlong forms, surrogates (U+D800..DFFF) and code points above U+10FFFF
- * are invalid.
+ * u8.h — COMPATIBILITY ONLY, to be deleted: the old proto/ UTF-8 names, kept while
+ * server/routes.c and server/scheduler.c are being split (issue 13). New code uses
+ * core/utf8.h, the one UTF-8 module (its header states the policy and the return
+ * convention). Each call here is the utf8.h function named beside it.
  */
 #ifndef RECUR_U8_H
 #define RECUR_U8_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-/* Length of the valid sequence starting at s (1..4), 0 if s[0..n) starts
- * with an invalid sequence, or -1 if it is a valid but incomplete prefix
- * (more bytes could complete it). */
-int u8_seq_len(const unsigned char *s, size_t n);
+#include "utf8.h"
 
-/* 1 if s[0..n) is entirely valid UTF-8. */
-int u8_valid(const char *s, size_t n);
+/* utf8_valid() */
+static inline int u8_valid(const char *s, size_t n) { return utf8_valid((const uint8_t *)s, n); }
 
-/* Bytes of s[0..n) that can be emitted now: everything except a trailing
- * incomplete (but so far valid) sequence of at most 3 bytes, which the
- * caller holds back until more bytes arrive. */
-size_t u8_complete_prefix(const char *s, size_t n);
+/* utf8_complete_prefix() */
+static inline size_t u8_complete_prefix(const char *s, size_t n)
+{
+    return utf8_complete_prefix((const uint8_t *)s, n);
+}
 
-/* Copy s[0..n) into out (capacity cap, NUL-terminated) replacing each
- * invalid or incomplete sequence by U+FFFD; stops before a character that
- * does not fit. Returns the bytes written (excluding the NUL). cap >= 1. */
-size_t u8_sanitize(const char *s, size_t n, char *out, size_t cap);
+/* utf8_repair_str() */
+static inline size_t u8_sanitize(const char *s, size_t n, char *out, size_t cap)
+{
+    return utf8_repair_str((const uint8_t *)s, n, out, cap);
+}
 
-/* Bytes u8_sanitize would need for s[0..n) (excluding the NUL). */
-size_t u8_sanitized_len(const char *s, size_t n);
+/* utf8_repaired_len() */
+static inline size_t u8_sanitized_len(const char *s, size_t n)
+{
+    return utf8_repaired_len((const uint8_t *)s, n);
+}
 
 #endif

@@ -17,6 +17,7 @@
 #include "handlers.h"
 #include "errors.h"
 #include "jsonin.h"
+#include "jsonout.h"
 #include "log.h"
 #include "response.h"
 #include "routes.h"

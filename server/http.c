@@ -10,14 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "alloc.h"
 #include "errors.h"
+#include "list.h"
 #include "log.h"
+#include "os.h"
 
 /* Lingering close after a 413 mid-body: read and discard for at most this
  * long / this many bytes, then close. */
@@ -64,7 +65,7 @@ struct http_conn {
     int in_request;          /* headers complete, request not yet ended */
     int cut;                 /* shut down for taking too long */
     uint64_t linger;         /* body bytes to discard after the close */
-    struct http_conn *prev, *next;
+    struct list_node link;   /* on http.conns */
 };
 
 struct http {
@@ -80,16 +81,16 @@ struct http {
     int in_flight;
     int quiesced;
     int stopping;            /* http_free under way */
-    struct http_req *susp;   /* suspended requests (doubly linked) */
+    struct list susp;        /* suspended requests (http_req.susp_link), newest first */
     int n_susp;
     int n_upload;            /* streamed uploads waiting for body bytes */
-    struct http_req *all;    /* every request in flight (doubly linked) */
-    struct http_conn *conns; /* every open connection (doubly linked) */
+    struct list all;         /* every request in flight (http_req.all_link), newest first */
+    struct list conns;       /* every open connection (http_conn.link), newest first */
     uv_timer_t hdr;          /* header deadline check */
     uint64_t hdr_deadline_ms;
     uint64_t header_timeouts, request_timeouts;
     unsigned max_connections;
-    struct drain *drains;   /* closed connections discarding a body */
+    struct list drains;      /* closed connections discarding a body (drain.link) */
     unsigned n_drains;
     /* CORS: allowed origins ("*": any) */
     char **cors;
@@ -109,7 +110,7 @@ struct drain {
     uint64_t until;          /* loop ms: give up */
     uint64_t idle_until;     /* loop ms: give up unless more comes */
     int closing;
-    struct drain *prev, *next;
+    struct list_node link;   /* on http.drains until it starts closing */
 };
 
 struct http_req {
@@ -152,8 +153,8 @@ struct http_req {
     char reqid[REQID_MAX + 1];
     uint64_t t0;
     size_t sent;
-    struct http_req *prev, *next;     /* suspended list */
-    struct http_req *aprev, *anext;   /* all list */
+    struct list_node susp_link;       /* on http.susp while suspended */
+    struct list_node all_link;        /* on http.all while in flight */
 };
 
 static void http_rearm(struct http *h);
@@ -165,24 +166,14 @@ static void drain_start(struct http *h, int fd, uint64_t left);
 static void susp_add(struct http_req *r)
 {
     struct http *h = r->h;
-    r->prev = NULL;
-    r->next = h->susp;
-    if (h->susp)
-        h->susp->prev = r;
-    h->susp = r;
+    list_push_front(&h->susp, &r->susp_link);
     h->n_susp++;
 }
 
 static void susp_del(struct http_req *r)
 {
     struct http *h = r->h;
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        h->susp = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    r->prev = r->next = NULL;
+    list_remove(&h->susp, &r->susp_link);
     h->n_susp--;
 }
 
@@ -299,13 +290,11 @@ static void body_cut_short(struct http_req *r)
 static void peek_cb(uv_timer_t *t)
 {
     struct http *h = t->data;
-    struct http_req *r = h->susp, *next;
     int any = 0;
     /* Resuming must not run MHD inside this walk: MHD may complete and
      * free requests of the list. Run once afterwards. */
     h->in_run = 1;
-    for (; r; r = next) {
-        next = r->next;
+    LIST_FOR_EACH_SAFE (struct http_req, r, &h->susp, susp_link) {
         if (r->lingering) {
             if (linger_step(r)) {
                 r->gone = 1;
@@ -327,34 +316,35 @@ static void peek_cb(uv_timer_t *t)
      * 400 first (a client that half-closed still reads); one that trickles
      * below --min-body-rate after its grace period is answered 408. */
     uint64_t now = uv_now(h->loop);
-    for (r = h->n_upload ? h->all : NULL; r; r = r->anext) {
-        if (!r->upload || r->suspended || r->gone)
-            continue;
-        int ended = client_gone(r);
-        uint64_t el = now - r->t0_ms;
-        int slow = !ended && r->mode != HTTP_BODY_STREAM && h->min_body_rate &&
-                   el > h->min_body_grace_ms && r->rx < h->min_body_rate * el / 1000;
-        if (!ended && !slow)
-            continue;
-        if (r->mode != HTTP_BODY_STREAM && !r->has_resp) {
-            if (slow) {
-                struct api_error e;
-                api_error_set(&e, API_REQUEST_TIMEOUT,
-                              "the request body came slower than %" PRIu64
-                              " bytes/s (--min-body-rate)", h->min_body_rate);
-                answer_mid_body(r, &e, "body-too-slow");
-                h->request_timeouts++;
-            } else
-                body_cut_short(r);
+    if (h->n_upload) /* else no request has its body arriving: skip the walk */
+        LIST_FOR_EACH (struct http_req, r, &h->all, all_link) {
+            if (!r->upload || r->suspended || r->gone)
+                continue;
+            int ended = client_gone(r);
+            uint64_t el = now - r->t0_ms;
+            int slow = !ended && r->mode != HTTP_BODY_STREAM && h->min_body_rate &&
+                       el > h->min_body_grace_ms && r->rx < h->min_body_rate * el / 1000;
+            if (!ended && !slow)
+                continue;
+            if (r->mode != HTTP_BODY_STREAM && !r->has_resp) {
+                if (slow) {
+                    struct api_error e;
+                    api_error_set(&e, API_REQUEST_TIMEOUT,
+                                  "the request body came slower than %" PRIu64
+                                  " bytes/s (--min-body-rate)", h->min_body_rate);
+                    answer_mid_body(r, &e, "body-too-slow");
+                    h->request_timeouts++;
+                } else
+                    body_cut_short(r);
+            }
+            int fd = conn_fd(r);
+            r->gone = 1;
+            if (fd >= 0)
+                shutdown(fd, SHUT_RDWR);
+            any = 1;
         }
-        int fd = conn_fd(r);
-        r->gone = 1;
-        if (fd >= 0)
-            shutdown(fd, SHUT_RDWR);
-        any = 1;
-    }
     h->in_run = 0;
-    if (!h->susp && !h->n_upload)
+    if (list_empty(&h->susp) && !h->n_upload)
         uv_timer_stop(&h->peek);
     if (any || h->run_again)
         http_run(h);
@@ -644,7 +634,7 @@ int http_port(const struct http *h) { return h->port; }
 
 void http_log_in_flight(const struct http *h)
 {
-    for (const struct http_req *r = h->all; r; r = r->anext) {
+    LIST_FOR_EACH (const struct http_req, r, &h->all, all_link) {
         char path[128];
         log_escape(path, sizeof path, r->path ? r->path : "", r->path ? strlen(r->path) : 0);
         log_msg("  in flight: %s \"%s\" %.1fs%s%s%s%s", r->method ? r->method : "?", path,
@@ -677,12 +667,7 @@ static void drain_end(struct drain *d)
     if (d->closing)
         return;
     struct http *h = d->h;
-    if (d->prev)
-        d->prev->next = d->next;
-    else
-        h->drains = d->next;
-    if (d->next)
-        d->next->prev = d->prev;
+    list_remove(&h->drains, &d->link);
     h->n_drains--;
     d->closing = 2;
     uv_poll_stop(&d->poll);
@@ -755,10 +740,7 @@ static void drain_start(struct http *h, int fd, uint64_t left)
     uint64_t now = uv_now(h->loop);
     d->until = now + EARLY_LINGER_MS;
     d->idle_until = now + EARLY_LINGER_IDLE_MS;
-    d->next = h->drains;
-    if (h->drains)
-        h->drains->prev = d;
-    h->drains = d;
+    list_push_front(&h->drains, &d->link);
     h->n_drains++;
     uv_poll_start(&d->poll, UV_READABLE | UV_DISCONNECT, drain_read);
     uv_timer_start(&d->timer, drain_tick, 250, 250);
@@ -814,10 +796,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             return; /* untracked: MHD's idle timeout still applies */
         c->conn = conn;
         c->since = uv_now(h->loop);
-        c->next = h->conns;
-        if (h->conns)
-            h->conns->prev = c;
-        h->conns = c;
+        list_push_front(&h->conns, &c->link);
         return;
     }
     /* A connection closing frees a slot: MHD took its listening socket out
@@ -840,12 +819,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         if (ci)
             drain_start(h, ci->connect_fd, c->linger);
     }
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        h->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    list_remove(&h->conns, &c->link);
     rc_free(c);
 }
 
@@ -854,7 +828,7 @@ static void hdr_cb(uv_timer_t *t)
     struct http *h = t->data;
     uint64_t now = uv_now(h->loop);
     int cut = 0;
-    for (struct http_conn *c = h->conns; c; c = c->next) {
+    LIST_FOR_EACH (struct http_conn, c, &h->conns, link) {
         if (c->in_request || c->cut)
             continue;
         const union MHD_ConnectionInfo *ci =
@@ -1080,10 +1054,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         }
         *con_cls = r;
         h->in_flight++;
-        r->anext = h->all;
-        if (h->all)
-            h->all->aprev = r;
-        h->all = r;
+        list_push_front(&h->all, &r->all_link);
         set_reqid(h, r);
         r->cors = cors_origin(h, r);
         const char *why;
@@ -1239,12 +1210,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     /* not in flight any more when the app hears of it (a drain may end) */
     h->in_flight--;
-    if (r->aprev)
-        r->aprev->anext = r->anext;
-    else
-        h->all = r->anext;
-    if (r->anext)
-        r->anext->aprev = r->aprev;
+    list_remove(&h->all, &r->all_link);
     if (h->app.on_done)
         h->app.on_done(h->app.ud, r, ok);
     rc_free(r->method);
@@ -1314,7 +1280,7 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
     h->n_cors = o->n_cors_origins;
     h->min_body_rate = o->min_body_rate;
     h->min_body_grace_ms = (uint64_t)(o->min_body_grace_s * 1000);
-    if (getrandom(&h->reqid_seed, sizeof h->reqid_seed, GRND_NONBLOCK) != sizeof h->reqid_seed)
+    if (os_random_bytes(&h->reqid_seed, sizeof h->reqid_seed) != 0)
         h->reqid_seed = (uint64_t)time(NULL) * 1000003u ^ (uint64_t)getpid() ^ uv_hrtime();
     /* Not MHD_OPTION_LISTENING_ADDRESS_REUSE by default: with it (SO_REUSEPORT)
      * a second server on a busy port starts silently and the kernel splits
@@ -1388,11 +1354,11 @@ void http_free(struct http *h)
     if (!h)
         return;
     h->stopping = 1;
-    while (h->drains)
-        drain_end(h->drains);
+    while (!list_empty(&h->drains))
+        drain_end(LIST_FIRST(&h->drains, struct drain, link));
     /* Suspended connections must be resumed before the daemon stops. */
-    while (h->susp) {
-        struct http_req *r = h->susp;
+    while (!list_empty(&h->susp)) {
+        struct http_req *r = LIST_FIRST(&h->susp, struct http_req, susp_link);
         r->gone = 1;
         susp_del(r);
         r->suspended = 0;

@@ -17,6 +17,7 @@
 
 #include "blas.h"
 #include "cli.h"
+#include "tools.h"
 
 
 /* --check-blas: exit 1 if OpenBLAS chose kernels weaker than this CPU's by
@@ -44,19 +45,24 @@ static int cmd_version(int argc, char **argv)
     return 0;
 }
 
+/* runs_sgemm: the command calls OpenBLAS's sgemm (bench's reference peak)
+ * or answers for the kernels it runs (version --check-blas). Only those
+ * re-execute when OpenBLAS chose kernels weaker than the CPU's: nothing else
+ * calls OpenBLAS to compute (docs/engine.md, "OpenBLAS"). */
 static const struct {
     const char *name;
     int (*fn)(int, char **);
+    int runs_sgemm;
     const char *help;
 } commands[] = {
-    {"serve", cmd_serve, "the HTTP server (recurd serve --help)"},
-    {"score", cmd_score, "per-token log-probs and perplexity by position"},
-    {"bench", cmd_bench, "prefill/decode throughput against the sgemm peak"},
-    {"effrem", cmd_effrem, "Effective Remembrance curve (TV distance with/without the prefix)"},
-    {"soak", cmd_soak, "stream N tokens through one session: memory stays constant"},
-    {"tokenize", cmd_tokenize, "text on stdin -> token ids (tokenizer.json)"},
-    {"detokenize", cmd_detokenize, "token ids on stdin -> text"},
-    {"version", cmd_version, "version and the BLAS kernels in use"},
+    {"serve", cmd_serve, 0, "the HTTP server (recurd serve --help)"},
+    {"score", cmd_score, 0, "per-token log-probs and perplexity by position"},
+    {"bench", cmd_bench, 1, "prefill/decode throughput against the sgemm peak"},
+    {"effrem", cmd_effrem, 0, "Effective Remembrance curve (TV distance with/without the prefix)"},
+    {"soak", cmd_soak, 0, "stream N tokens through one session: memory stays constant"},
+    {"tokenize", cmd_tokenize, 0, "text on stdin -> token ids (tokenizer.json)"},
+    {"detokenize", cmd_detokenize, 0, "token ids on stdin -> text"},
+    {"version", cmd_version, 1, "version and the BLAS kernels in use"},
 };
 
 static void usage(FILE *f)
@@ -68,7 +74,6 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    blas_ensure_fast_kernels(argv);
     blas_ensure_thread_count(argv); /* no more OpenBLAS threads than CPUs to run them */
     json_set_alloc_funcs(rc_malloc, rc_free); /* one allocation path (STYLE.md #6) */
     if (argc < 2) {
@@ -79,11 +84,13 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (!strcmp(argv[1], "--version"))
-        return cmd_version(argc - 1, argv + 1);
+    const char *name = strcmp(argv[1], "--version") ? argv[1] : "version";
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name))
+        if (!strcmp(name, commands[i].name)) {
+            if (commands[i].runs_sgemm)
+                blas_ensure_fast_kernels(argv);
             return commands[i].fn(argc - 1, argv + 1);
+        }
     fprintf(stderr, "recurd: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

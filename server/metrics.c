@@ -5,11 +5,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include "alloc.h"
 #include "app.h"
 #include "errors.h"
+#include "os.h"
 
 
 /* Request latency buckets, seconds (upper bounds). */
@@ -64,19 +64,6 @@ void metrics_request(struct metrics *m, int route, const char *method, int statu
         m->client_gone++;
 }
 
-int64_t metrics_rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long pages_total, pages_rss, page = sysconf(_SC_PAGESIZE);
-    int64_t out = -1;
-    if (!f)
-        return -1;
-    if (fscanf(f, "%ld %ld", &pages_total, &pages_rss) == 2 && pages_rss >= 0 && page > 0)
-        out = (int64_t)pages_rss * page;
-    fclose(f);
-    return out;
-}
-
 double metrics_cpu_seconds(void)
 {
     struct rusage ru;
@@ -114,7 +101,8 @@ void metrics_gather(struct app *a, struct metrics_gauges *g, char fp[17])
     g->threads = atomic_load(&ss->threads);
     g->blas_threads = atomic_load(&ss->blas_threads);
     g->alloc_live_bytes = (int64_t)rc_alloc_live_bytes();
-    g->rss_bytes = metrics_rss_bytes();
+    size_t rss = os_rss_bytes();
+    g->rss_bytes = rss ? (int64_t)rss : -1;
     g->cpu_seconds = metrics_cpu_seconds();
     g->start_time = (double)a->started_unix;
     g->model = a->model_name;

@@ -73,9 +73,6 @@ void metrics_init(struct metrics *m, const char *const *routes, int n_routes);
  * request's method as received (NULL: "other"); status 0: no response. */
 void metrics_request(struct metrics *m, int route, const char *method, int status,
                      double seconds, int completed);
-/* Resident set size of this process from /proc/self/statm, bytes; -1 if
- * it cannot be read. */
-int64_t metrics_rss_bytes(void);
 /* User + system CPU seconds of this process (getrusage); -1 on failure. */
 double metrics_cpu_seconds(void);
 /* Fill g from the server's state (sessions, scheduler, HTTP layer). fp is

@@ -1,12 +1,11 @@
 #include "sessions.h"
 
-#include <errno.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/time.h>
 
 #include "alloc.h"
 #include "errors.h"
+#include "os.h"
 #include "state.h"
 
 #define NBUCKETS 4096
@@ -18,7 +17,7 @@ struct sessions {
     size_t n;                   /* linked sessions */
     size_t n_states;            /* states alive (linked or unlinked-busy) + reserved */
     struct session *buckets[NBUCKETS];
-    struct session *head, *tail;
+    struct list all;            /* linked sessions, oldest first (session.link) */
 };
 
 int sessions_create(const struct model *m, const struct sessions_opts *o, struct sessions **out)
@@ -55,10 +54,8 @@ void sessions_free(struct sessions *t)
 {
     if (!t)
         return;
-    for (struct session *s = t->head, *nx; s; s = nx) {
-        nx = s->next;
+    LIST_FOR_EACH_SAFE (struct session, s, &t->all, link)
         session_destroy(t, s);
-    }
     rc_free(t);
 }
 
@@ -82,12 +79,7 @@ static void link_session(struct sessions *t, struct session *s)
     unsigned b = bucket_of(s->id);
     s->hnext = t->buckets[b];
     t->buckets[b] = s;
-    s->prev = t->tail;
-    if (t->tail)
-        t->tail->next = s;
-    else
-        t->head = s;
-    t->tail = s;
+    list_push_back(&t->all, &s->link);
     t->n++;
 }
 
@@ -101,7 +93,7 @@ int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct ses
         return RC_ERANGE;
     }
     size_t mine = 0;
-    for (struct session *s = t->head; s; s = s->next)
+    LIST_FOR_EACH (struct session, s, &t->all, link)
         mine += s->owner == owner;
     if (mine >= t->o.max_per_owner) {
         api_error_set(e, API_TOO_MANY_SESSIONS,
@@ -122,17 +114,10 @@ int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct ses
     }
     t->n_states++;
     unsigned char rnd[SESSION_ID_LEN / 2];
-    size_t got = 0;
-    while (got < sizeof rnd) {
-        ssize_t r = getrandom(rnd + got, sizeof rnd - got, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            session_destroy(t, s);
-            api_error_set(e, API_INTERNAL, "no randomness for a session id");
-            return RC_EIO;
-        }
-        got += (size_t)r;
+    if (os_random_bytes(rnd, sizeof rnd) != 0) {
+        session_destroy(t, s);
+        api_error_set(e, API_INTERNAL, "no randomness for a session id");
+        return RC_EIO;
     }
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < sizeof rnd; i++) {
@@ -197,15 +182,8 @@ static void unlink_session(struct sessions *t, struct session *s)
         pp = &(*pp)->hnext;
     if (*pp)
         *pp = s->hnext;
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        t->head = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    else
-        t->tail = s->prev;
-    s->prev = s->next = s->hnext = NULL;
+    list_remove(&t->all, &s->link);
+    s->hnext = NULL;
     s->unlinked = 1;
     t->n--;
 }
@@ -246,7 +224,7 @@ int sessions_under_low_water(const struct sessions *t)
 struct session *sessions_pick_spill(struct sessions *t)
 {
     struct session *best = NULL;
-    for (struct session *s = t->head; s; s = s->next)
+    LIST_FOR_EACH (struct session, s, &t->all, link)
         if (s->state && !s->busy && !s->io && !s->spilled &&
             (!best || s->last_used_ms < best->last_used_ms))
             best = s;
@@ -299,8 +277,7 @@ void sessions_io_failed(struct sessions *t, struct session *s, struct mstate *st
 size_t sessions_expire(struct sessions *t, uint64_t now_ms)
 {
     size_t n = 0;
-    for (struct session *s = t->head, *nx; s; s = nx) {
-        nx = s->next;
+    LIST_FOR_EACH_SAFE (struct session, s, &t->all, link) {
         if (!s->busy && !s->io && now_ms - s->last_used_ms > t->o.ttl_ms) {
             sessions_delete(t, s);
             n++;
@@ -326,5 +303,9 @@ int sessions_reserve(struct sessions *t, struct api_error *e)
 
 void sessions_unreserve(struct sessions *t) { t->n_states--; }
 
-struct session *sessions_first(struct sessions *t) { return t->head; }
-struct session *sessions_next(struct session *s) { return s->next; }
+struct session *sessions_first(struct sessions *t)
+{
+    return LIST_FIRST(&t->all, struct session, link);
+}
+
+struct session *sessions_next(struct session *s) { return LIST_NEXT(s, struct session, link); }

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "apierr.h"
+#include "list.h"
 
 struct model;
 struct mstate;
@@ -48,7 +49,7 @@ struct session {
     void *waiters;            /* requests waiting for the state to be back */
     int unlinked;             /* deleted while busy: freed on release */
     struct session *hnext;    /* hash chain */
-    struct session *prev, *next; /* all sessions, oldest first */
+    struct list_node link;    /* on the table's list of all sessions, oldest first */
 };
 
 struct sessions;

@@ -5,13 +5,13 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "alloc.h"
 #include "errors.h"
+#include "os.h"
 
 struct store {
     int dirfd;
@@ -128,7 +128,7 @@ int store_write(struct store *s, const char *name, const void *buf, size_t len, 
     if (!overwrite && fstatat(s->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
         return rc_fail(err, errlen, RC_EEXIST, "snapshot '%s' exists", name);
     uint64_t r = 0;
-    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+    if (os_random_bytes(&r, sizeof r) != 0)
         r = (uint64_t)getpid() ^ (uint64_t)(uintptr_t)buf;
     char tmp[200];
     snprintf(tmp, sizeof tmp, "%s.%016llx.tmp", name, (unsigned long long)r);

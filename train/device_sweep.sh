@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Several pre-trainings (train/call1.py) at once on one GPU, each with its own arguments:
+# Several pre-trainings (train/pretrain_base.py) at once on one GPU, each with its own arguments:
 #
 #   bash train/device_sweep.sh "NAME1 --ctx 64 --batch 512" "NAME2 --ctx 64 --dt-min 1e-4" ...
 #
@@ -17,7 +17,7 @@ for spec in "$@"; do
     name=${words[0]}
     mkdir -p "$OUT/$name"
     # shellcheck disable=SC2086
-    "${PYTHON:-python3}" train/call1.py --out "$OUT/$name" ${SWEEP_ARGS:-} "${words[@]:1}" \
+    "${PYTHON:-python3}" train/pretrain_base.py --out "$OUT/$name" ${SWEEP_ARGS:-} "${words[@]:1}" \
         >"$OUT/$name.stdout" 2>&1 &
     names+=("$name") pids+=($!)
     echo "started $name (pid $!): ${words[*]:1} ${SWEEP_ARGS:-}"

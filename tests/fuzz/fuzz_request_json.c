@@ -1,6 +1,6 @@
 /*
  * Fuzz target: request bodies through the strict JSON parser and every
- * request parser (RELIABILITY B1/B2/B4). Properties: no crash, no leak
+ * request parser (docs/reliability.md B1/B2/B4). Properties: no crash, no leak
  * (the allocator's live bytes come back to where they were), every
  * rejection carries a 4xx/5xx kind and a NUL-terminated message, and the
  * error body is itself valid JSON.

@@ -1,5 +1,5 @@
 /*
- * Fuzz target: snapshot_decode() on arbitrary bytes (RELIABILITY B6/B7).
+ * Fuzz target: snapshot_decode() on arbitrary bytes (docs/reliability.md B6/B7).
  *
  * Properties checked on every input:
  *   - no crash, no read outside the buffer (ASan), no allocation beyond

@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (tokenizer_encode(tok, text, len, flags, &ids, &n, err, sizeof err))
         abort(); /* only allocation can fail, and these inputs are small */
     tok_encoder_t *e;
-    tok_encoder_opts_t o = {flags, (data[1] & 1) ? 256 : 0};
+    struct tok_encoder_opts o = {flags, (data[1] & 1) ? 256 : 0};
     if (tok_encoder_create(tok, &o, &e, err, sizeof err))
         abort();
     size_t off = 0;

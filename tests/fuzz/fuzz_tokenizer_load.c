@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = 0;
     if (tokenizer_encode(tok, TEXT, sizeof TEXT - 1, 0, &ids, &n, err, sizeof err) == 0) {
         tok_encoder_t *e;
-        tok_encoder_opts_t o = {0, 256};
+        struct tok_encoder_opts o = {0, 256};
         if (tok_encoder_create(tok, &o, &e, err, sizeof err) == 0) {
             int rc = 0;
             for (size_t i = 0; i < sizeof TEXT - 1 && !rc; i++)

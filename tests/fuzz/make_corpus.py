@@ -6,7 +6,7 @@ fuzz_snapshot_load: byte 0 is the target's mode (odd = fix up fingerprint
 and checksum), then a snapshot for the target's model (Mamba-2, d_model 16,
 2 layers, d_inner 32, headdim 8, d_state 8, d_conv 4; layout in
 core/state.h and proto/SNAPSHOT.md).
-fuzz_request_json: request bodies, valid and malformed (RELIABILITY B1/B2/B4).
+fuzz_request_json: request bodies, valid and malformed (docs/reliability.md B1/B2/B4).
 fuzz_http: raw bytes of one client connection (requests, pipelines,
 smuggling attempts, bad framing, preflights), sent as is to the server.
 

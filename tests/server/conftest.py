@@ -262,7 +262,7 @@ CONTROL_TEXT = "The control session reads this sentence and then continues greed
 
 
 class Control:
-    """RELIABILITY.md's control session: its greedy continuation is fixed
+    """docs/reliability.md's control session: its greedy continuation is fixed
     before a test and must be the same after it."""
 
     def __init__(self, client):

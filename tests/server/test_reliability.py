@@ -1,4 +1,4 @@
-"""RELIABILITY.md rows B1-B9, L1, L4, L5, X1-X4, X7, S1-S5 against the real binary.
+"""docs/reliability.md rows B1-B9, L1, L4, L5, X1-X5, X7, S1-S7 against the real binary.
 
 Each test that abuses the server also runs the control session check
 (conftest.Control): after the abuse the process is alive, /health is 200
@@ -951,7 +951,7 @@ def test_x2_snapshot_write_fails(models, tmp_path):
         assert srv.stop() == 0
 
 
-STATE_BYTES = 20480  # one state of the test model (test_statedir.STATE)
+STATE_BYTES = 20480  # one state of the test model (test_spill_and_restart.STATE)
 
 
 def test_x5_generation_state_is_budgeted(models):

@@ -1,6 +1,6 @@
 /*
  * Model directories that must be refused, each with one clear message
- * naming the file/tensor/field and the reason (RELIABILITY.md B8), and
+ * naming the file/tensor/field and the reason (docs/reliability.md B8), and
  * config forms that must be accepted. Broken directories are written into
  * a temp dir from the m2_small_ss fixture (state-spaces naming, fp32).
  */

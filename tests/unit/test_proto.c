@@ -1,5 +1,5 @@
 /* proto/: strict JSON parsing, request validation, error bodies, UTF-8.
- * Rows B1, B2, B4 (and B5's UTF-8 handling) of RELIABILITY.md at the
+ * Rows B1, B2, B4 (and B5's UTF-8 handling) of docs/reliability.md at the
  * unit layer. */
 #include <math.h>
 #include <setjmp.h>
@@ -13,9 +13,10 @@
 #include "alloc.h"
 #include "apierr.h"
 #include "jsonin.h"
+#include "jsonout.h"
 #include "request.h"
 #include "response.h"
-#include "u8.h"
+#include "utf8.h"
 
 static const struct proto_limits LIM = {
     .max_depth = 32,
@@ -395,50 +396,6 @@ static void test_error_body(void **u)
     assert_int_equal(e.param[0], 0);
 }
 
-static void test_utf8(void **u)
-{
-    assert_true(u8_valid("h\xc3\xa9llo \xf0\x9f\x98\x80", 11));
-    assert_false(u8_valid("\xc0\x80", 2));         /* overlong NUL */
-    assert_false(u8_valid("\xed\xa0\x80", 3));     /* surrogate */
-    assert_false(u8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    assert_false(u8_valid("\xe2\x82", 2));         /* incomplete */
-    /* an emoji cut after 1..3 bytes is held back */
-    const char *smile = "ab\xf0\x9f\x98\x80";
-    for (size_t cut = 3; cut < 6; cut++)
-        assert_int_equal(u8_complete_prefix(smile, cut), 2);
-    assert_int_equal(u8_complete_prefix(smile, 6), 6);
-    /* an invalid byte is not held back (it will never complete) */
-    assert_int_equal(u8_complete_prefix("a\xff", 2), 2);
-    char out[32];
-    size_t n = u8_sanitize("a\xffz\xe2\x82", 5, out, sizeof out);
-    assert_int_equal(n, 1 + 3 + 1 + 3);
-    assert_memory_equal(out, "a\xef\xbf\xbdz\xef\xbf\xbd", n);
-    assert_true(u8_valid(out, n));
-    /* one U+FFFD per maximal subpart: two stray continuation bytes are
-     * two, a lead with one good continuation then a break is one */
-    n = u8_sanitize("\x80\x80", 2, out, sizeof out);
-    assert_int_equal(n, 6);
-    n = u8_sanitize("\xe2\x82(", 3, out, sizeof out);
-    assert_int_equal(n, 4);
-    /* streaming: sanitising complete-prefix pieces equals the whole */
-    unsigned char rnd[4096];
-    uint64_t x = 88172645463325252ull;
-    for (size_t i = 0; i < sizeof rnd; i++) {
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        rnd[i] = (unsigned char)(x % 5 == 0 ? 'a' : x >> 24);
-    }
-    static char whole[16384], pieces[16384];
-    size_t wn = u8_sanitize((char *)rnd, sizeof rnd, whole, sizeof whole), pn = 0, done = 0;
-    for (size_t end = 1; end <= sizeof rnd; end += 1 + (end % 3)) {
-        size_t cut = done + u8_complete_prefix((char *)rnd + done, end - done);
-        pn += u8_sanitize((char *)rnd + done, cut - done, pieces + pn, sizeof pieces - pn);
-        done = cut;
-    }
-    pn += u8_sanitize((char *)rnd + done, sizeof rnd - done, pieces + pn, sizeof pieces - pn);
-    assert_int_equal(pn, wn);
-    assert_memory_equal(pieces, whole, wn);
-}
-
 static const char *piece(const void *ctx, int32_t id, size_t *len)
 {
     static const char *p[] = {"He", "llo", " \xe2\x82", "\xac!"};
@@ -486,7 +443,7 @@ static void test_json_str_matches_jansson(void **u)
             s[i] = round < 256 ? (unsigned char)round : (unsigned char)(x >> 16);
         }
         char san[128];
-        size_t sl = u8_sanitize((char *)s, n, san, sizeof san);
+        size_t sl = utf8_repair_str(s, n, san, sizeof san);
         json_t *want = json_stringn(san, sl);
         assert_non_null(want);
         char *w = pj_dump(want, NULL);
@@ -610,7 +567,6 @@ int main(void)
         cmocka_unit_test(test_completion_fields),
         cmocka_unit_test(test_snapshot_names),
         cmocka_unit_test(test_error_body),
-        cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_token_json),
         cmocka_unit_test(test_json_str_matches_jansson),
         cmocka_unit_test(test_tokenize_body),

@@ -1,6 +1,6 @@
 /*
  * safetensors reader: every structural rule, each with a file that breaks
- * it (RELIABILITY.md B8), plus dtype conversion.
+ * it (docs/reliability.md B8), plus dtype conversion.
  */
 #include <setjmp.h>
 #include <stdarg.h>

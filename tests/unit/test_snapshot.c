@@ -1,5 +1,5 @@
 /* proto/snapshot: the envelope around state_serialize(), checked the way
- * RELIABILITY B6/B7/B9 ask: every truncation, every single-byte flip, a
+ * docs/reliability.md B6/B7/B9 ask: every truncation, every single-byte flip, a
  * foreign fingerprint, absurd declared sizes -- each rejected with the
  * right code, the target state unchanged. */
 #include <float.h>

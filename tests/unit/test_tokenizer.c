@@ -250,8 +250,8 @@ static void test_bytes_fallback(void **unused)
 
 static char *norm_text(const tokenizer_t *tok, const uint8_t *s, size_t n, size_t *len)
 {
-    tok_bytes_t out = {0};
-    norm_work_t w = {0};
+    struct tok_bytes out = {0};
+    struct norm_work w = {0};
     assert_int_equal(norm_append(&tok->norm, &w, s, n, &out), 0);
     norm_work_free(&w);
     assert_int_equal(tok_bytes_append(&out, "", 1), 0);

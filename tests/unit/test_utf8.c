@@ -96,11 +96,79 @@ static void test_incomplete_is_held(void **unused)
     assert_int_equal(utf8_char_len((const uint8_t *)"\xf0\x9f\x98\x80", 4), 4);
 }
 
+/* The text-sending helpers (moved from test_proto.c with proto/u8.c): validity,
+ * where a stream can be cut, bounded repair into a C string. */
+static void test_text_helpers(void **u)
+{
+    assert_true(utf8_valid((const uint8_t *)"h\xc3\xa9llo \xf0\x9f\x98\x80", 11));
+    assert_false(utf8_valid((const uint8_t *)"\xc0\x80", 2));         /* overlong NUL */
+    assert_false(utf8_valid((const uint8_t *)"\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(utf8_valid((const uint8_t *)"\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    assert_false(utf8_valid((const uint8_t *)"\xe2\x82", 2));         /* incomplete */
+    /* an emoji cut after 1..3 bytes is held back */
+    const uint8_t *smile = (const uint8_t *)"ab\xf0\x9f\x98\x80";
+    for (size_t cut = 3; cut < 6; cut++)
+        assert_int_equal(utf8_complete_prefix(smile, cut), 2);
+    assert_int_equal(utf8_complete_prefix(smile, 6), 6);
+    /* an invalid byte is not held back (it will never complete) */
+    assert_int_equal(utf8_complete_prefix((const uint8_t *)"a\xff", 2), 2);
+    char out[32];
+    size_t n = utf8_repair_str((const uint8_t *)"a\xffz\xe2\x82", 5, out, sizeof out);
+    assert_int_equal(n, 1 + 3 + 1 + 3);
+    assert_memory_equal(out, "a\xef\xbf\xbdz\xef\xbf\xbd", n);
+    assert_true(utf8_valid((const uint8_t *)out, n));
+    /* one U+FFFD per maximal subpart: two stray continuation bytes are
+     * two, a lead with one good continuation then a break is one */
+    n = utf8_repair_str((const uint8_t *)"\x80\x80", 2, out, sizeof out);
+    assert_int_equal(n, 6);
+    n = utf8_repair_str((const uint8_t *)"\xe2\x82(", 3, out, sizeof out);
+    assert_int_equal(n, 4);
+    /* streaming: sanitising complete-prefix pieces equals the whole */
+    unsigned char rnd[4096];
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        rnd[i] = (unsigned char)(x % 5 == 0 ? 'a' : x >> 24);
+    }
+    static char whole[16384], pieces[16384];
+    size_t wn = utf8_repair_str(rnd, sizeof rnd, whole, sizeof whole), pn = 0, done = 0;
+    for (size_t end = 1; end <= sizeof rnd; end += 1 + (end % 3)) {
+        size_t cut = done + utf8_complete_prefix(rnd + done, end - done);
+        pn += utf8_repair_str(rnd + done, cut - done, pieces + pn, sizeof pieces - pn);
+        done = cut;
+    }
+    pn += utf8_repair_str(rnd + done, sizeof rnd - done, pieces + pn, sizeof pieces - pn);
+    assert_int_equal(pn, wn);
+    assert_memory_equal(pieces, whole, wn);
+}
+
+
+/* utf8_repaired_len() is what utf8_repair_str() writes; utf8_repair_dup() the same
+ * bytes; a short buffer stops before a character that does not fit. */
+static void test_repair_sizes(void **unused)
+{
+    const uint8_t *s = (const uint8_t *)"a\xffz\xe2\x82\xac\xe2\x82";
+    assert_int_equal(utf8_repaired_len(s, 8), 1 + 3 + 1 + 3 + 3);
+    size_t len = 0;
+    char *d = utf8_repair_dup(s, 8, &len);
+    assert_non_null(d);
+    assert_int_equal(len, 11);
+    assert_memory_equal(d, "a" UTF8_REPLACEMENT "z\xe2\x82\xac" UTF8_REPLACEMENT, 12);
+    rc_free(d);
+    char small[6];
+    assert_int_equal(utf8_repair_str(s, 8, small, sizeof small), 5);
+    assert_string_equal(small, "a" UTF8_REPLACEMENT "z");
+    assert_int_equal(utf8_repair_str(s, 8, small, 1), 0);
+    assert_int_equal(small[0], 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_python_vectors),
         cmocka_unit_test(test_incomplete_is_held),
+        cmocka_unit_test(test_text_helpers),
+        cmocka_unit_test(test_repair_sizes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

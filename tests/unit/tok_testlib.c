@@ -262,7 +262,7 @@ int tl_encode_stream(const tokenizer_t *tok, const uint8_t *text, size_t len,
 {
     char err[512];
     tok_encoder_t *e;
-    tok_encoder_opts_t o = {flags, max_pending};
+    struct tok_encoder_opts o = {flags, max_pending};
     *ids = NULL;
     *n = 0;
     if (max_held)

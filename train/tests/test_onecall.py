@@ -44,7 +44,7 @@ def unpack(root, src, name, dst):
 
 def learned_tokenizer(root):
     """A mock tokenizer learned by an ordinary call 1, as the shipped one would be."""
-    sh(root, "device_call1.sh", TINY.split() + ["--ctx", "32", "--batch", "8", "--deadline", "12",
+    sh(root, "device_pretrain_base.sh", TINY.split() + ["--ctx", "32", "--batch", "8", "--deadline", "12",
                                                "--reserve", "4"], {"OUT": os.path.join(root, "o0")})
     unpack(root, "o0", "call1", ".data/c0")
     shutil.copy(os.path.join(root, ".data/c0/tokenizer.json"), os.path.join(root, ".data/tokenizer.json"))

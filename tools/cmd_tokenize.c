@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 
 #include "alloc.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "tokenizer.h"
 
@@ -56,7 +56,7 @@ int cmd_tokenize(int argc, char **argv)
     const char *path = NULL, *bench_file = NULL;
     int json = 0;
     double seconds = 3.0;
-    tok_encoder_opts_t opts = {0, 0};
+    struct tok_encoder_opts opts = {0, 0};
     for (int i = 1; i < argc; i++) {
         long v;
         if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc)

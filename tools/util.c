@@ -2,12 +2,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "alloc.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "tokenizer.h"
 
@@ -16,27 +14,6 @@ double now_sec(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-size_t rss_peak_bytes(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return 0;
-    return (size_t)ru.ru_maxrss * 1024;
-}
-
-size_t rss_current_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long pages_total, pages_rss;
-    size_t out = 0;
-    if (!f)
-        return 0;
-    if (fscanf(f, "%ld %ld", &pages_total, &pages_rss) == 2)
-        out = (size_t)pages_rss * (size_t)sysconf(_SC_PAGESIZE);
-    fclose(f);
-    return out;
 }
 
 int read_file_all(const char *path, size_t max_bytes, char **out, size_t *len, char *err,

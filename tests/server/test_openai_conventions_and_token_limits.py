@@ -318,7 +318,7 @@ def test_system_fingerprint_is_stable_per_build_and_model(c, models):
         assert again.stop() == 0
 
 
-# ---- the new requests under allocation failure (RELIABILITY.md X4) -------------
+# ---- the new requests under allocation failure (docs/reliability.md X4) -------------
 
 
 def _fault_build():

@@ -19,11 +19,12 @@
 
 #include "alloc.h"
 #include "blas.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "forward.h"
 #include "kernels.h"
 #include "model.h"
+#include "os.h"
 #include "pool.h"
 #include "score.h"
 #include "state.h"
@@ -315,7 +316,7 @@ int cmd_bench(int argc, char **argv)
         if (!strcmp(res[i].name, "decode b=32"))
             dec32 = res[i].tok_s;
     }
-    size_t sbytes = state_bytes(m), rss = rss_peak_bytes();
+    size_t sbytes = state_bytes(m), rss = os_peak_rss_bytes();
     if (json) {
         json_t *a = json_array();
         for (int i = 0; i < nr; i++)

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "forward.h"
 #include "model.h"

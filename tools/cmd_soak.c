@@ -11,10 +11,11 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "cli.h"
+#include "tools.h"
 #include "errors.h"
 #include "forward.h"
 #include "model.h"
+#include "os.h"
 #include "state.h"
 
 static void usage(FILE *f)
@@ -127,7 +128,7 @@ int cmd_soak(int argc, char **argv)
             t_win = now;
         }
         if (pos >= next_report || pos == total) {
-            size_t rss = rss_current_bytes(), live = rc_alloc_live_bytes();
+            size_t rss = os_rss_bytes(), live = rc_alloc_live_bytes();
             int fin = state_finite(s, m);
             if (!rss_first)
                 rss_first = rss, live_first = live;

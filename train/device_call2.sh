@@ -1,7 +1,0 @@
-#!/usr/bin/env bash
-# Device call 2: State-Passing post-training (+ variants), export, parity, samples (train/call2.py).
-# Device tool: command "bash train/device_call2.sh", carry [".data/call1", ".data/post.txt.xz",
-# ".data/dev_eval"], timeout_s 590. Extra arguments go to call2.py (e.g. --variants sp,tbtt).
-set -euo pipefail
-. "$(dirname "$0")/device_env.sh"
-exec "${PYTHON:-python3}" train/call2.py --out "$OUT" "$@"
