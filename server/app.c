@@ -181,7 +181,8 @@ static void on_async(uv_async_t *h)
     app_check_drained(a);
 }
 
-static void notify(void *ud) { uv_async_send(ud); }
+/* sched_create's wake-up, on the compute thread: run on_async on the loop. */
+static void wake_loop(void *ud) { uv_async_send(ud); }
 
 static void on_ttl(uv_timer_t *t)
 {
@@ -378,7 +379,7 @@ int cmd_serve(int argc, char **argv)
         .stream_buffer = cfg.stream_buffer_bytes,
         .upload_low = cfg.upload_buffer_bytes / 2,
     };
-    if ((rc = sched_create(&so, notify, &a.async, &a.sched)) != 0) {
+    if ((rc = sched_create(&so, wake_loop, &a.async, &a.sched)) != 0) {
         log_msg("cannot start the compute thread: %s", rc_strerror(rc));
         http_free(a.http);
         a.exit_code = 1;

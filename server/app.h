@@ -16,6 +16,7 @@
 
 #include "options.h"
 #include "http.h"
+#include "list.h"
 #include "metrics.h"
 #include "request.h"
 #include "scheduler.h"
@@ -65,7 +66,7 @@ struct app {
     size_t snap_bytes;               /* exact size of a snapshot */
     char model_name[256];
     int64_t started_unix;
-    struct rq *rqs;                  /* requests with a job (for the drain) */
+    struct list rqs;                 /* requests with a job (struct rq.link), for the drain */
     /* Calls up, filled by app.c: */
     /* after every request, job and disk op ends: finish a drain? */
     void (*check_drained)(struct app *a);

@@ -100,7 +100,7 @@ struct rq {
     int cmpl_echo;
     char *echo;                /* echoed prompt text (non-stream), owned */
     size_t echo_len;
-    struct rq *prev, *next;    /* app's list of requests with a job */
+    struct list_node link;     /* on app->rqs while it has a job */
     struct session *waiting;   /* waiting for this session's state to be back */
     struct rq *wprev, *wnext;  /* its waiters list */
 };
@@ -144,10 +144,10 @@ int respond_json(struct http_req *h, int status, json_t *o);
 int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void job_release(struct app *a, struct job *j);
-void submit(struct rq *q, struct job *j);
+void rq_submit(struct rq *q, struct job *j);
 int job_state(struct rq *q, struct job *j, struct mstate **out);
 int tmp_state(struct rq *q, struct job *j);
-void state_commit(struct job *j);
+void commit_job_state(struct job *j);
 json_t *body_json(struct rq *q);
 void wait_for(struct rq *q, struct session *s);
 struct session *idle_session(struct rq *q);
