@@ -15,7 +15,6 @@
 #include "os.h"
 #include "response.h"
 #include "state.h"
-#include "u8.h"
 
 static uint64_t random_seed(void)
 {

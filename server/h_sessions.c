@@ -393,7 +393,9 @@ void h_session(struct rq *q)
     respond_json(q->h, 200, resp_session_deleted(q->id));
 }
 
-void h_state_get(struct rq *q)
+/* Encode the path's session's state as a snapshot (a JOB_SAVE): the body
+ * of GET .../state, or the bytes a save writes. */
+static void start_state_save(struct rq *q)
 {
     struct session *s = idle_session(q);
     if (!s)
@@ -408,6 +410,8 @@ void h_state_get(struct rq *q)
     j->fingerprint = q->a->fingerprint;
     rq_submit(q, j);
 }
+
+void h_state_get(struct rq *q) { start_state_save(q); }
 
 void h_state_put(struct rq *q)
 {
@@ -476,18 +480,7 @@ void h_save(struct rq *q)
     snprintf(q->name, sizeof q->name, "%s", r.name);
     q->overwrite = r.overwrite;
     req_save_free(&r);
-    struct session *s = idle_session(q);
-    if (!s)
-        return;
-    struct job *j = job_new(JOB_SAVE);
-    if (!j) {
-        respond_oom(q->h, NULL);
-        return;
-    }
-    j->state = s->state;
-    j->sess_a = s;
-    j->fingerprint = q->a->fingerprint;
-    rq_submit(q, j);
+    start_state_save(q);
 }
 
 void h_snapshots(struct rq *q)
