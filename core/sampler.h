@@ -61,12 +61,4 @@ int sampler_params_check(const struct sampler_params *p, char *err, size_t errle
 int32_t sampler_pick(const struct sampler_params *p, struct sampler_rng *r, const float *logits,
                      int n, struct sampler_scratch *sc);
 
-/* log-softmax value of logits[id] over logits[0..n) (the model's own
- * log-probability, before temperature). */
-float sampler_logprob(const float *logits, int n, int32_t id);
-
-/* The k highest logits' ids, highest first (ties: lower id first), and
- * their log-softmax values over logits[0..n). k <= n. */
-void sampler_top(const float *logits, int n, int k, int32_t *ids, float *logprobs);
-
 #endif

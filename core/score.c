@@ -69,6 +69,38 @@ double score_logsumexp(const float *x, int n)
     return (double)m + log(s);
 }
 
+static float finite_or_ninf(float x) { return isfinite(x) ? x : -INFINITY; }
+
+int score_top_k(const float *x, int n, int k, int32_t *ids)
+{
+    /* k is small (<= 64): a sorted insertion list, one pass over x */
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        float v = finite_or_ninf(x[i]);
+        if (have == k && !(v > finite_or_ninf(x[ids[k - 1]])))
+            continue;
+        int p = have < k ? have++ : k - 1;
+        while (p > 0 && v > finite_or_ninf(x[ids[p - 1]])) {
+            ids[p] = ids[p - 1];
+            p--;
+        }
+        ids[p] = i;
+    }
+    return have;
+}
+
+double score_row(const float *logits, int n_vocab, int vocab_size, int32_t id, int k,
+                 int32_t *top_ids, float *top_lps, int *n_top)
+{
+    double lse = score_logsumexp(logits, n_vocab);
+    int nt = k > 0 ? score_top_k(logits, vocab_size, k, top_ids) : 0;
+    for (int i = 0; i < nt; i++)
+        top_lps[i] = (float)((double)logits[top_ids[i]] - lse);
+    if (n_top)
+        *n_top = nt;
+    return (double)logits[id] - lse;
+}
+
 struct scorer {
     struct fwd *f;
     const struct model *m;
@@ -118,31 +150,12 @@ int scorer_create(struct fwd *f, int top_k, struct scorer **out)
     return 0;
 }
 
-/* The k largest of x[0..n), by value then lower id, into ids (descending). */
-static int top_k_of(const float *x, int n, int k, int32_t *ids)
-{
-    int have = 0;
-    for (int i = 0; i < n; i++) {
-        float v = x[i];
-        if (have == k && !(v > x[ids[k - 1]]))
-            continue;
-        int j = have < k ? have++ : k - 1;
-        while (j > 0 && v > x[ids[j - 1]]) {
-            ids[j] = ids[j - 1];
-            j--;
-        }
-        ids[j] = i;
-    }
-    return have;
-}
-
 int scorer_run(struct scorer *sc, struct mstate *s, const int32_t *tokens, size_t n,
                struct score_stats *st, score_cb cb, void *ud, char *err, size_t errlen)
 {
     const struct model_config *c = model_config(sc->m);
     const size_t D = (size_t)c->d_model;
     const int V = c->n_vocab, T = fwd_max_tokens(sc->f);
-    const struct kernels *k = kernels_get();
     for (size_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return rc_fail(err, errlen, RC_EINVAL, "token %zu is %d, outside the vocabulary [0, %d)",
@@ -168,17 +181,12 @@ int scorer_run(struct scorer *sc, struct mstate *s, const int32_t *tokens, size_
             for (int r = 0; r < rows; r++) {
                 const float *lg = sc->logits + (size_t)r * V;
                 int ti = first + b0 + r; /* token index within the chunk */
-                float mx;
-                double se;
-                k->max_sumexp(lg, V, &mx, &se);
-                double lse = (double)mx + log(se);
-                double lp = (double)lg[tokens[ti]] - lse;
+                int nt;
+                double lp = score_row(lg, V, c->vocab_size, tokens[ti], cb ? sc->top_k : 0,
+                                      sc->top_ids, sc->top_lp, &nt);
                 int64_t tpos = pos0 + ti;
                 score_stats_add(st, tpos - 1, lp);
                 if (cb) {
-                    int nt = sc->top_k ? top_k_of(lg, V, sc->top_k, sc->top_ids) : 0;
-                    for (int j = 0; j < nt; j++)
-                        sc->top_lp[j] = (float)((double)lg[sc->top_ids[j]] - lse);
                     struct score_token tok = {tpos, tokens[ti], (float)lp, nt, sc->top_ids,
                                               sc->top_lp};
                     if (cb(ud, &tok))

@@ -70,8 +70,23 @@ void scorer_free(struct scorer *sc);
 int scorer_run(struct scorer *sc, struct mstate *s, const int32_t *tokens, size_t n,
                struct score_stats *st, score_cb cb, void *ud, char *err, size_t errlen);
 
-/* log-softmax helpers, exposed for the sampler and tests.
+/* log-softmax helpers: the one way a row of logits becomes log-probabilities
+ * (the scorer above, the server's scored input and generation details).
  * logsumexp over n floats. */
 double score_logsumexp(const float *x, int n);
+
+/* The k highest of x[0..n) into ids, highest first, ties lower id first;
+ * non-finite values count as -inf. Returns min(k, n). k is small (it is a
+ * request's top_logprobs, <= 64): one pass, O(n k) at worst. */
+int score_top_k(const float *x, int n, int k, int32_t *ids);
+
+/* One row of logits, n_vocab wide (the lm_head's rows, padding included).
+ * Returns log p(id): the log-softmax over all n_vocab logits, as the
+ * reference models compute it. With k > 0 also the k best alternatives and
+ * their log-probabilities, ranked among the real tokens [0, vocab_size)
+ * only: padding rows are not tokens and are never reported; *n_top (may be
+ * NULL) gets how many were filled. */
+double score_row(const float *logits, int n_vocab, int vocab_size, int32_t id, int k,
+                 int32_t *top_ids, float *top_lps, int *n_top);
 
 #endif

@@ -6,7 +6,7 @@
  * byte b (the model's vocabulary must have at least 256 ids). Either way a token's text is a string of bytes (possibly
  * part of a UTF-8 character), and decoding a sequence is the concatenation
  * of its tokens' bytes; the server holds back incomplete characters itself
- * (proto/u8.h).
+ * (core/utf8.h).
  *
  * The codec is immutable after load and shared by the threads. A
  * streaming encoder (one per streamed upload) takes bytes in arbitrary

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "alloc.h"
+#include "batch.h"
 #include "blas.h"
 #include "cpus.h"
 #include "errors.h"
@@ -16,7 +17,8 @@
 #include "model.h"
 #include "snapshot.h"
 #include "state.h"
-#include "u8.h"
+#include "stopscan.h"
+#include "utf8.h"
 
 /* Rows of logits computed per lm_head call (bounds the logits scratch:
  * LOGIT_ROWS x n_vocab floats, 12.9 MB for a 50k vocabulary). */
@@ -39,7 +41,8 @@ struct job_run {
     size_t echo_sent;
     struct outbuf stage;    /* stream bytes made this tick */
     int finished_now;       /* finished during this tick */
-    int cancel;             /* j->cancel as of this tick (copied under the lock) */
+    int cancel;             /* enum job_cancel: j->cancel as of this tick (copied
+                             * under the lock) */
     int inbox_event;        /* the inbox was drained this tick */
     /* this tick */
     int seg;                /* segment index, -1 */
@@ -86,6 +89,8 @@ struct sched {
     size_t ready_cap;
     int32_t *top_ids;
     float *top_lps;
+    struct batch_want *want; /* ready_cap: what each ready job asks of a tick */
+    struct batch_take *take; /* ready_cap: what the plan gives it */
 };
 
 /* ---- jobs ---------------------------------------------------------------- */
@@ -184,7 +189,7 @@ size_t sched_feed(struct sched *s, struct job *j, const char *bytes, size_t n, i
     if (n && outbuf_put(&j->inbox, bytes, n) != 0 && !j->cancel) {
         /* No memory for the upload: the job fails rather than silently
          * losing text. */
-        j->cancel = 2;
+        j->cancel = CANCEL_NO_MEMORY;
     }
     if (final)
         j->inbox_closed = 1;
@@ -198,7 +203,7 @@ void sched_cancel(struct sched *s, struct job *j)
 {
     pthread_mutex_lock(&s->mu);
     if (!j->cancel)
-        j->cancel = 1;
+        j->cancel = CANCEL_ASKED;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -311,238 +316,80 @@ static double now_us(void)
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
-/* k best of x[0..n) (ties: lower id), highest first. */
-static void top_ids(const float *x, int n, int k, int32_t *ids)
-{
-    float best[64];
-    int have = 0;
-    for (int i = 0; i < n; i++) {
-        float v = isfinite(x[i]) ? x[i] : -INFINITY;
-        if (have == k && !(v > best[k - 1]))
-            continue;
-        int p = have < k ? have++ : k - 1;
-        while (p > 0 && v > best[p - 1]) {
-            best[p] = best[p - 1];
-            ids[p] = ids[p - 1];
-            p--;
-        }
-        best[p] = v;
-        ids[p] = i;
-    }
-}
-
-/* Log-probabilities of row `logits` (n_vocab wide): lse over all rows the
- * model has, alternatives among real ids only. */
+/* Log-probability of id in row `logits` (n_vocab wide) and, k > 0, its
+ * alternatives (core/score.h: lse over every row, ranks over real ids). */
 static float row_logprob(struct sched *s, const float *logits, int32_t id, int k, int32_t *tids,
                          float *tlps)
 {
-    double lse = score_logsumexp(logits, s->n_vocab);
-    if (k > 0) {
-        top_ids(logits, s->vocab, k, tids);
-        for (int i = 0; i < k; i++)
-            tlps[i] = (float)((double)logits[tids[i]] - lse);
-    }
-    return (float)((double)logits[id] - lse);
+    return (float)score_row(logits, s->n_vocab, s->vocab, id, k, tids, tlps, NULL);
 }
 
 /* ---- streaming output ------------------------------------------------------ */
-
-/* Stage o as one event, consuming it. f0: this thread's allocation
- * failures before o was built; any since and o may lack a member
- * (json_object_set_new drops a NULL value and says so only in its return),
- * so it is not sent. */
-static int stage_json(struct job *j, json_t *o, unsigned long f0)
-{
-    if (!o || rc_alloc_failures_here() != f0) {
-        json_decref(o);
-        return RC_ENOMEM;
-    }
-    int rc = sse_put_json(&j->run->stage, o);
-    json_decref(o);
-    return rc;
-}
 
 static const char *codec_piece_cb(const void *ctx, int32_t id, size_t *len)
 {
     return codec_piece(ctx, id, len);
 }
 
-/* One OpenAI chunk with text delta and (optionally) the token's logprobs. */
-static int stage_openai(struct sched *s, struct job *j, const char *delta, size_t dlen,
-                        const struct tok_details *d, size_t text_off, const char *finish_reason)
+/* Stage one event of j's stream; proto/sse.c writes it in the stream's
+ * format. */
+static int emit(struct sched *s, struct job *j, const struct gen_event *ev)
 {
-    unsigned long f0 = rc_alloc_failures_here();
-    struct vocab_view v = {codec_piece_cb, s->codec};
-    struct completion_choice ch = {.text = delta, .text_len = dlen,
-                                   .finish_reason = finish_reason, .d = d,
-                                   .text_offset0 = text_off};
-    struct completion_view cv = {.id = j->cmpl_id, .created = j->created, .model = j->model_name,
-                                 .system_fingerprint = j->sys_fp[0] ? j->sys_fp : NULL,
-                                 .ch = &ch, .n_ch = 1, .index0 = j->choice};
-    return stage_json(j, resp_completion(&cv, &v), f0);
+    struct gen_stream st = {.format = j->stream,
+                            .vocab = {codec_piece_cb, s->codec},
+                            .cmpl_id = j->cmpl_id,
+                            .model = j->model_name,
+                            .created = j->created,
+                            .system_fingerprint = j->sys_fp[0] ? j->sys_fp : NULL,
+                            .include_usage = j->include_usage,
+                            .echo_len = j->echo_len,
+                            .echo = j->echo};
+    return gen_event_encode(&j->run->stage, &st, ev);
 }
 
-static int stage_token_event(struct sched *s, struct job *j, int32_t id, const char *delta,
-                             size_t dlen, size_t row)
+/* The token just generated, with the text [from, to) of out_text it
+ * releases (its detail row is the latest, if kept). */
+static int emit_token(struct sched *s, struct job *j, size_t from, size_t to)
 {
     struct job_run *r = j->run;
-    if (j->stream == STREAM_OPENAI) {
-        struct tok_details one;
-        const struct tok_details *d = NULL;
-        if (j->gen_details && row < j->out_rows.n) {
-            /* a one-row view of the row just added */
-            one = j->out_rows;
-            one.n = 1;
-            one.pos += row;
-            one.id += row;
-            one.lp += row;
-            one.top_id += row * (size_t)one.k;
-            one.top_lp += row * (size_t)one.k;
-            d = &one;
-        }
-        return stage_openai(s, j, delta, dlen, d, j->echo_len + r->emitted - dlen, NULL);
-    }
-    unsigned long f0 = rc_alloc_failures_here();
-    json_t *o = json_object();
-    if (!o)
-        return RC_ENOMEM;
-    struct vocab_view v = {codec_piece_cb, s->codec};
-    json_t *tok = NULL;
-    if (j->gen_details && row < j->out_rows.n)
-        tok = resp_token(&j->out_rows, row, &v);
-    else {
-        tok = json_object();
-        if (tok)
-            json_object_set_new(tok, "id", json_integer(id));
-    }
-    char *san = rc_malloc(u8_sanitized_len(delta, dlen) + 1);
-    if (!tok || !san) {
-        json_decref(tok);
-        rc_free(san);
-        json_decref(o);
-        return RC_ENOMEM;
-    }
-    size_t sl = u8_sanitize(delta, dlen, san, u8_sanitized_len(delta, dlen) + 1);
-    json_object_set_new(o, "type", json_string("token"));
-    json_object_set_new(o, "token", tok);
-    json_object_set_new(o, "text", json_stringn(san, sl));
-    /* the token's own position (docs/server.md, "Positions"): it has been
-     * read, so the state is one past it */
-    json_object_set_new(o, "position", json_integer(r->gs->pos - 1));
-    rc_free(san);
-    return stage_json(j, o, f0);
+    size_t row = j->out_rows.n ? j->out_rows.n - 1 : 0;
+    struct gen_event ev = {.kind = GEN_EV_TOKEN, .choice = j->choice};
+    ev.token.id = r->tok;
+    ev.token.text = j->out_text.p + from;
+    ev.token.text_len = to - from;
+    ev.token.text_off = from;
+    /* it has been read, so the state is one past it */
+    ev.token.position = r->gs->pos - 1;
+    ev.token.rows = j->gen_details && row < j->out_rows.n ? &j->out_rows : NULL;
+    ev.token.row = row;
+    return emit(s, j, &ev);
 }
 
-/* The end of an OpenAI stream: the usage chunk (include_usage; `out`
- * tokens generated over all choices, the prompt counted once: it was read
- * once), then [DONE]. */
-static int stage_openai_tail(struct sched *s, struct job *j, int64_t out)
-{
-    int rc = 0;
-    if (j->include_usage) {
-        unsigned long f0 = rc_alloc_failures_here();
-        json_t *o = json_object();
-        json_t *u = json_object();
-        if (!o || !u) {
-            json_decref(o);
-            json_decref(u);
-            return RC_ENOMEM;
-        }
-        json_object_set_new(o, "id", json_string(j->cmpl_id));
-        json_object_set_new(o, "object", json_string("text_completion"));
-        json_object_set_new(o, "created", json_integer(j->created));
-        json_object_set_new(o, "model", json_string(j->model_name));
-        if (j->sys_fp[0])
-            json_object_set_new(o, "system_fingerprint", json_string(j->sys_fp));
-        json_object_set_new(o, "choices", json_array());
-        json_object_set_new(u, "prompt_tokens", json_integer(j->n_input));
-        json_object_set_new(u, "completion_tokens", json_integer(out));
-        json_object_set_new(u, "total_tokens", json_integer(j->n_input + out));
-        json_object_set_new(o, "usage", u);
-        rc = stage_json(j, o, f0);
-    }
-    return rc ? rc : sse_put_done(&j->run->stage);
-}
-
-static int stage_final(struct sched *s, struct job *j)
+/* A choice ended: what was held back (a partial stop match or character)
+ * goes now, with the totals. */
+static int emit_done(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
-    int rc = 0;
-    /* what was held back (a partial stop match or character) goes now */
-    size_t rest = j->out_text.n - r->emitted;
-    const char *tail = j->out_text.p ? j->out_text.p + r->emitted : "";
-    if (j->stream == STREAM_OPENAI) {
-        if (rest)
-            rc = stage_openai(s, j, tail, rest, NULL, j->echo_len + r->emitted, NULL);
-        r->emitted += rest;
-        if (!rc)
-            rc = stage_openai(s, j, "", 0, NULL, 0,
-                              !strcmp(j->finish, "eos") ? "stop" : j->finish);
-        if (j->n_choices > 1)
-            return rc; /* a lane: its job sends usage and [DONE] after the last */
-        return rc ? rc : stage_openai_tail(s, j, (int64_t)j->out_ids.n);
-    }
-    unsigned long f0 = rc_alloc_failures_here();
-    json_t *o = json_object();
-    if (!o)
-        return RC_ENOMEM;
-    if (rest) {
-        size_t need = u8_sanitized_len(tail, rest);
-        char *san = rc_malloc(need + 1);
-        if (!san) {
-            json_decref(o);
-            return RC_ENOMEM;
-        }
-        u8_sanitize(tail, rest, san, need + 1);
-        json_object_set_new(o, "text", json_stringn(san, need));
-        rc_free(san);
-        r->emitted += rest;
-    }
-    json_object_set_new(o, "type", json_string("done"));
-    json_object_set_new(o, "finish_reason", json_string(j->finish));
-    json_object_set_new(o, "n_tokens", json_integer((json_int_t)j->out_ids.n));
-    json_object_set_new(o, "position", json_integer(j->commit ? r->gs->pos : j->state->pos));
-    json_object_set_new(o, "seed", json_integer((json_int_t)(j->seed & INT64_MAX)));
-    json_object_set_new(o, "committed", json_boolean(j->commit));
-    return stage_json(j, o, f0);
+    struct gen_event ev = {.kind = GEN_EV_DONE, .choice = j->choice};
+    ev.done.text = j->out_text.p ? j->out_text.p + r->emitted : "";
+    ev.done.text_len = j->out_text.n - r->emitted;
+    ev.done.text_off = r->emitted;
+    ev.done.finish = j->finish;
+    ev.done.n_tokens = (int64_t)j->out_ids.n;
+    ev.done.position = j->commit ? r->gs->pos : j->state->pos;
+    ev.done.seed = j->seed;
+    ev.done.committed = j->commit;
+    r->emitted = j->out_text.n;
+    return emit(s, j, &ev);
 }
 
-/* After new bytes in out_text: look for a stop sequence, and work out how
- * much can be streamed (not a possible stop prefix, no split character). */
-static size_t stop_scan(struct job *j, int *stopped)
+/* The stream ends: `out` tokens generated over all choices. */
+static int emit_end(struct sched *s, struct job *j, int64_t out)
 {
-    struct job_run *r = j->run;
-    const char *t = j->out_text.p;
-    size_t n = j->out_text.n;
-    *stopped = 0;
-    size_t cut = n;
-    for (int i = 0; i < j->n_stop; i++) {
-        size_t L = j->stop_len[i];
-        if (n < L)
-            continue;
-        /* matches can only start at or after `emitted` (see docs) */
-        for (size_t p = r->emitted; p + L <= n && p < cut; p++)
-            if (!memcmp(t + p, j->stop[i], L)) {
-                cut = p;
-                break;
-            }
-    }
-    if (cut < n) {
-        j->out_text.n = cut;
-        *stopped = 1;
-        return cut;
-    }
-    size_t hold = 0;
-    for (int i = 0; i < j->n_stop; i++) {
-        size_t L = j->stop_len[i];
-        for (size_t k = L - 1; k > hold; k--)
-            if (k <= n - r->emitted && !memcmp(t + n - k, j->stop[i], k)) {
-                hold = k;
-                break;
-            }
-    }
-    size_t to = n - hold;
-    return r->emitted + u8_complete_prefix(t + r->emitted, to - r->emitted);
+    struct gen_event ev = {.kind = GEN_EV_END};
+    ev.end.prompt_tokens = j->n_input;
+    ev.end.completion_tokens = out;
+    return emit(s, j, &ev);
 }
 
 /* ---- compute side: one job's phases ------------------------------------- */
@@ -625,11 +472,8 @@ static int begin_gen(struct sched *s, struct job *j)
      * to the same request with that seed */
     sampler_seed(&r->rng, j->seed + (uint64_t)j->choice);
     r->phase = PH_GEN;
-    if (j->stream == STREAM_OPENAI && j->echo_len) {
-        /* the prompt goes first, as its own chunk */
-        if (stage_openai(s, j, j->echo, j->echo_len, NULL, 0, NULL) != 0)
-            return RC_ENOMEM;
-    }
+    if (j->stream && emit(s, j, &(struct gen_event){.kind = GEN_EV_BEGIN, .choice = j->choice}))
+        return RC_ENOMEM;
     return 0;
 }
 
@@ -706,7 +550,7 @@ static void lanes_after(struct sched *s, struct job *j)
                 fail(j, l->rc, l->err.kind, l->err.message);
                 break;
             }
-            if (j->stream && (rc = stage_final(s, l)) != 0)
+            if (j->stream && (rc = emit_done(s, l)) != 0)
                 break;
             struct choice_out *c = &j->choices[i];
             c->ids = l->out_ids;
@@ -732,7 +576,7 @@ static void lanes_after(struct sched *s, struct job *j)
     int64_t out = 0;
     for (int i = 0; i < j->n_choices; i++)
         out += (int64_t)j->choices[i].ids.n;
-    if (j->stream && stage_openai_tail(s, j, out) != 0) {
+    if (j->stream && emit_end(s, j, out) != 0) {
         fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         finish(j, "error");
         return;
@@ -924,102 +768,126 @@ static int decode_after(struct sched *s, struct job *j)
         return RC_ENOMEM;
     if (r->over)
         j->out_truncated = 1;
-    int stopped;
-    size_t to = stop_scan(j, &stopped);
-    if (stopped)
+    /* a stop sequence cuts the text where it starts */
+    struct stop_list stops = {j->stop, j->stop_len, j->n_stop};
+    size_t to;
+    int stopped = stop_scan(j->out_text.p, j->out_text.n, r->emitted, &stops, &to);
+    if (stopped) {
+        j->out_text.n = to;
         finish(j, "stop");
+    }
     else if ((int)j->out_ids.n >= j->gen_max)
         finish(j, "length");
     if (j->stream) {
-        size_t row = j->out_rows.n ? j->out_rows.n - 1 : 0;
         size_t from = r->emitted;
         if (r->phase == PH_FINISHED)
             to = j->out_text.n; /* nothing more will come: all of it now */
         r->emitted = to;
-        if (stage_token_event(s, j, r->tok, j->out_text.p + from, to - from, row))
+        if (emit_token(s, j, from, to))
             return RC_ENOMEM;
     }
     return 0;
 }
 
-static void tick(struct sched *s, struct job **ready, int nready)
+/* Fail j and end it now. */
+static void end_with_error(struct job *j, int rc, int kind, const char *msg)
 {
-    int budget = s->o.batch_tokens, nseg = 0, nd = 0;
-    long long in = 0, out = 0; /* tokens read and generated this tick */
-    struct job **dec = s->ready + nready; /* scratch after the ready list */
-    double t0 = now_us();
+    fail(j, rc, kind, msg);
+    finish(j, "error");
+}
 
-    /* phase transitions and special jobs first */
-    for (int i = 0; i < nready; i++) {
-        struct job *j = ready[i];
-        struct job_run *r = j->run;
-        r->seg = -1;
-        r->finished_now = 0;
-        for (int k = 0; k < r->n_lanes; k++)
-            r->lanes[k]->run->seg = -1;
-        if (r->cancel) {
-            if (r->cancel == 2)
-                fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
-            else
-                fail(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
-            finish(j, "cancelled");
-            continue;
-        }
-        if (j->kind != JOB_RUN) {
-            run_special(s, j);
-            continue;
-        }
-        int rc = 0;
-        if (r->phase == PH_START)
-            rc = start_run(s, j);
-        if (!rc)
-            rc = encode_taken(s, j);
-        if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
-            j->position = j->state->pos;
-            if (j->gen_max > 0)
-                rc = j->n_choices > 1 ? start_lanes(s, j) : begin_gen(s, j);
-            else
-                finish(j, "done");
-        }
-        if (rc) {
-            if (!j->rc)
-                fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
-                     rc == RC_ENOMEM ? "out of memory" : "internal error");
-            finish(j, "error");
-        }
+/* Before planning: a cancelled job ends, a special job runs, a run job
+ * starts, takes in its streamed bytes, and moves on once its input is read. */
+static void advance_job(struct sched *s, struct job *j)
+{
+    struct job_run *r = j->run;
+    r->seg = -1;
+    r->finished_now = 0;
+    for (int k = 0; k < r->n_lanes; k++)
+        r->lanes[k]->run->seg = -1;
+    if (r->cancel) {
+        if (r->cancel == CANCEL_NO_MEMORY)
+            fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory buffering the upload");
+        else
+            fail(j, RC_ECANCELED, API_UNAVAILABLE, "cancelled");
+        finish(j, "cancelled");
+        return;
     }
-    /* decode rows first (latency), then prefill chunks; a job with lanes
-     * gives one row per lane still generating (thread_main sizes the
-     * scratch for them; should it have failed to, the rest wait) */
-    int dcap = (int)(s->ready_cap - (size_t)nready);
-    for (int i = 0; i < nready && budget > 0 && nd < dcap; i++) {
-        struct job *j = ready[i];
-        struct job_run *r = j->run;
-        if (j->kind != JOB_RUN || r->phase != PH_GEN)
-            continue;
-        if (!r->n_lanes) {
-            dec[nd++] = j;
-            budget--;
-        }
-        for (int k = 0; k < r->n_lanes && budget > 0 && nd < dcap; k++)
+    if (j->kind != JOB_RUN) {
+        run_special(s, j);
+        return;
+    }
+    int rc = 0;
+    if (r->phase == PH_START)
+        rc = start_run(s, j);
+    if (!rc)
+        rc = encode_taken(s, j);
+    if (!rc && r->phase == PH_INPUT && r->off == r->n_ids && r->input_eof) {
+        j->position = j->state->pos;
+        if (j->gen_max > 0)
+            rc = j->n_choices > 1 ? start_lanes(s, j) : begin_gen(s, j);
+        else
+            finish(j, "done");
+    }
+    if (rc) {
+        if (!j->rc)
+            fail(j, rc, rc == RC_ENOMEM ? API_OUT_OF_MEMORY : API_INTERNAL,
+                 rc == RC_ENOMEM ? "out of memory" : "internal error");
+        finish(j, "error");
+    }
+}
+
+/* What j asks of this tick (struct batch_want). A chunk that would pass
+ * the maximum position fails j here, before it can fail a whole batch. */
+static struct batch_want job_want(struct sched *s, const struct batch_limits *lim, struct job *j)
+{
+    struct job_run *r = j->run;
+    struct batch_want w = {0, 0, 0};
+    if (j->kind != JOB_RUN)
+        return w;
+    if (r->phase == PH_GEN) {
+        w.decode_rows = r->n_lanes ? 0 : 1;
+        for (int k = 0; k < r->n_lanes; k++)
+            w.decode_rows += r->lanes[k]->run->phase == PH_GEN;
+    } else if (r->phase == PH_INPUT) {
+        w.input_left = r->n_ids - r->off;
+        w.input_eof = r->input_eof;
+        int n = batch_prefill_chunk(lim, &w);
+        if (n > 0 && past_max_pos(j, j->state, n))
+            w = (struct batch_want){0, 0, 0};
+    }
+    return w;
+}
+
+/* The decode rows the plan gave: a job's own, or its first generating
+ * lanes. Returns how many went into dec. */
+static int collect_decode_rows(struct job **ready, int nready, const struct batch_take *take,
+                               struct job **dec)
+{
+    int nd = 0;
+    for (int i = 0; i < nready; i++) {
+        struct job_run *r = ready[i]->run;
+        int want = take[i].decode_rows;
+        if (want && !r->n_lanes)
+            dec[nd++] = ready[i];
+        for (int k = 0; k < r->n_lanes && want > 0; k++)
             if (r->lanes[k]->run->phase == PH_GEN) {
                 dec[nd++] = r->lanes[k];
-                budget--;
+                want--;
             }
     }
-    if (nd && decode_sample(s, dec, nd) != 0) {
-        for (int i = 0; i < nd; i++) {
-            fail(dec[i], RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-            finish(dec[i], "error");
-        }
-        nd = 0;
-    }
-    size_t hoff = 0;
+    return nd;
+}
+
+/* Sampled decode rows become one-token segments, unless the token is the
+ * end token (not read into the state, nor reported) or the state is full.
+ * Returns the segments added. */
+static int add_decode_segments(struct sched *s, struct job **dec, int nd, int nseg)
+{
     for (int i = 0; i < nd; i++) {
         struct job *j = dec[i];
         struct job_run *r = j->run;
         if (!j->ignore_eos && r->tok == codec_eos(s->codec)) {
-            /* The end token is not read into the state, nor reported. */
             if (r->pushed)
                 j->out_rows.n--;
             finish(j, "eos");
@@ -1031,25 +899,20 @@ static void tick(struct sched *s, struct job **ready, int nready)
         r->n = 1;
         s->segs[nseg++] = (struct fwd_seg){.state = r->gs, .tokens = &r->tok, .n = 1};
     }
-    for (int i = 0; i < nready && budget > 0; i++) {
+    return nseg;
+}
+
+/* Prefill chunks the plan gave become segments (a scored one also gets
+ * rows for its hidden states and the state's last row before it). */
+static int add_prefill_segments(struct sched *s, struct job **ready, int nready,
+                                const struct batch_take *take, int nseg)
+{
+    size_t hoff = 0;
+    for (int i = 0; i < nready; i++) {
         struct job *j = ready[i];
         struct job_run *r = j->run;
-        if (j->kind != JOB_RUN || r->phase != PH_INPUT || r->off == r->n_ids)
-            continue;
-        /* A stream's chunks depend only on its own tokens: always whole
-         * prefill_chunk pieces (the last one excepted), never cut by the
-         * tick's budget or by how the upload happened to arrive. The
-         * engine rounds differently for different chunkings, so this is
-         * what makes a streamed upload score exactly like the same text
-         * sent at once. */
-        int n = (int)(r->n_ids - r->off);
-        if (n > s->o.prefill_chunk)
-            n = s->o.prefill_chunk;
-        else if (!r->input_eof && n < s->o.prefill_chunk)
-            continue; /* wait for a whole chunk */
-        if (n > budget)
-            continue; /* next tick, whole */
-        if (past_max_pos(j, j->state, n))
+        int n = take[i].prefill;
+        if (!n)
             continue;
         r->seg = nseg;
         r->n = n;
@@ -1064,66 +927,69 @@ static void tick(struct sched *s, struct job **ready, int nready)
                        sizeof(float) * (size_t)s->d_model);
         }
         r->off += (size_t)n;
-        budget -= n;
     }
-    if (nseg > 0) {
-        char err[256];
-        int rc = fwd_run(s->f, s->segs, nseg, err, sizeof err);
-        if (rc != 0) {
-            /* Ids are checked before batching, so this is a bug: fail
-             * every job of the batch rather than guess. */
-            for (int i = 0; i < nready; i++) {
-                if (ready[i]->run && ready[i]->run->seg >= 0) {
-                    fail(ready[i], rc, API_INTERNAL, err);
-                    finish(ready[i], "error");
-                }
-                for (int k = 0; ready[i]->run && k < ready[i]->run->n_lanes; k++)
-                    if (ready[i]->run->lanes[k]->run->seg >= 0) {
-                        fail(ready[i]->run->lanes[k], rc, API_INTERNAL, err);
-                        finish(ready[i]->run->lanes[k], "error");
-                    }
-            }
-        } else {
-            double t_out = now_us();
-            for (int i = 0; i < nready; i++) {
-                struct job *j = ready[i];
-                struct job_run *r = j->run;
-                for (int k = 0; r && k < r->n_lanes; k++) {
-                    struct job *l = r->lanes[k];
-                    if (l->run->seg < 0)
-                        continue;
-                    out++;
-                    if (decode_after(s, l) != 0) {
-                        fail(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-                        finish(l, "error");
-                    }
-                }
-                if (!r || r->seg < 0)
-                    continue;
-                int rc2 = 0;
-                if (r->phase == PH_INPUT) {
-                    in += r->n;
-                    j->n_input += r->n;
-                    j->position = j->state->pos;
-                    if (j->score)
-                        rc2 = score_segment(s, j, s->segs[r->seg].hidden,
-                                            s->prev + (size_t)r->seg * (size_t)s->d_model);
-                } else if (r->phase == PH_GEN) {
-                    out++;
-                    token_latency(s, j, t_out);
-                    rc2 = decode_after(s, j);
-                }
-                if (rc2) {
-                    fail(j, rc2, API_OUT_OF_MEMORY, "out of memory");
-                    finish(j, "error");
-                }
-            }
-            atomic_fetch_add(&s->stats.tokens_in, in);
-            atomic_fetch_add(&s->stats.tokens_out, out);
-            atomic_fetch_add(&s->stats.batch_rows, nseg);
+    return nseg;
+}
+
+/* fwd_run failed: ids are checked before batching, so this is a bug: fail
+ * every job (and lane) of the batch rather than guess. */
+static void fail_batch(struct job **ready, int nready, int rc, const char *err)
+{
+    for (int i = 0; i < nready; i++) {
+        struct job_run *r = ready[i]->run;
+        if (r && r->seg >= 0)
+            end_with_error(ready[i], rc, API_INTERNAL, err);
+        for (int k = 0; r && k < r->n_lanes; k++)
+            if (r->lanes[k]->run->seg >= 0)
+                end_with_error(r->lanes[k], rc, API_INTERNAL, err);
+    }
+}
+
+/* Tokens read and generated in one tick. */
+struct tick_tokens {
+    long long in, out;
+};
+
+/* After a successful run: score what was read, record and stream what was
+ * generated. */
+static void after_run(struct sched *s, struct job **ready, int nready, struct tick_tokens *tt)
+{
+    double t_out = now_us();
+    for (int i = 0; i < nready; i++) {
+        struct job *j = ready[i];
+        struct job_run *r = j->run;
+        for (int k = 0; r && k < r->n_lanes; k++) {
+            struct job *l = r->lanes[k];
+            if (l->run->seg < 0)
+                continue;
+            tt->out++;
+            if (decode_after(s, l) != 0)
+                end_with_error(l, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
+        if (!r || r->seg < 0)
+            continue;
+        int rc = 0;
+        if (r->phase == PH_INPUT) {
+            tt->in += r->n;
+            j->n_input += r->n;
+            j->position = j->state->pos;
+            if (j->score)
+                rc = score_segment(s, j, s->segs[r->seg].hidden,
+                                   s->prev + (size_t)r->seg * (size_t)s->d_model);
+        } else if (r->phase == PH_GEN) {
+            tt->out++;
+            token_latency(s, j, t_out);
+            rc = decode_after(s, j);
+        }
+        if (rc)
+            end_with_error(j, rc, API_OUT_OF_MEMORY, "out of memory");
     }
-    /* wrap up what finished */
+}
+
+/* Jobs that finished this tick: their position as answered and, a
+ * stream, the done event (lanes end through lanes_after). */
+static void wrap_up(struct sched *s, struct job **ready, int nready)
+{
     for (int i = 0; i < nready; i++) {
         struct job *j = ready[i];
         struct job_run *r = j->run;
@@ -1137,19 +1003,64 @@ static void tick(struct sched *s, struct job **ready, int nready)
             j->position = j->state->pos;
         if (j->kind == JOB_RUN && j->stream && r->phase == PH_FINISHED && r->gs && !j->rc &&
             !r->n_lanes) {
-            if (stage_final(s, j) != 0)
+            if (emit_done(s, j) != 0 || emit_end(s, j, (int64_t)j->out_ids.n) != 0)
                 fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
         }
     }
+}
+
+static void account_tick(struct sched *s, double t0, const struct tick_tokens *tt)
+{
     long long busy = (long long)(now_us() - t0);
     atomic_fetch_add(&s->stats.ticks, 1);
     atomic_fetch_add(&s->stats.busy_us, busy);
     /* one forward pass serves both kinds of rows: split it by tokens */
-    if (in + out > 0) {
-        long long dec_us = busy * out / (in + out);
+    if (tt->in + tt->out > 0) {
+        long long dec_us = busy * tt->out / (tt->in + tt->out);
         atomic_fetch_add(&s->stats.decode_us, dec_us);
         atomic_fetch_add(&s->stats.prefill_us, busy - dec_us);
     }
+}
+
+/* One tick over ready[0..nready): advance every job, plan the rows
+ * (server/batch.h), sample the decode rows, run ONE forward pass over all
+ * segments, then score, stream and wrap up. */
+static void tick(struct sched *s, struct job **ready, int nready)
+{
+    struct job **dec = s->ready + nready; /* scratch after the ready list */
+    struct tick_tokens tt = {0, 0};
+    double t0 = now_us();
+    for (int i = 0; i < nready; i++)
+        advance_job(s, ready[i]);
+    /* the decode scratch sizes for every lane (thread_main); should it
+     * have failed to, the rest wait */
+    struct batch_limits lim = {s->o.batch_tokens, s->o.prefill_chunk,
+                               (int)(s->ready_cap - (size_t)nready)};
+    for (int i = 0; i < nready; i++)
+        s->want[i] = job_want(s, &lim, ready[i]);
+    batch_plan(&lim, s->want, nready, s->take);
+    int nd = collect_decode_rows(ready, nready, s->take, dec);
+    if (nd && decode_sample(s, dec, nd) != 0) {
+        for (int i = 0; i < nd; i++)
+            end_with_error(dec[i], RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+        nd = 0;
+    }
+    int nseg = add_decode_segments(s, dec, nd, 0);
+    nseg = add_prefill_segments(s, ready, nready, s->take, nseg);
+    if (nseg > 0) {
+        char err[256];
+        int rc = fwd_run(s->f, s->segs, nseg, err, sizeof err);
+        if (rc != 0)
+            fail_batch(ready, nready, rc, err);
+        else {
+            after_run(s, ready, nready, &tt);
+            atomic_fetch_add(&s->stats.tokens_in, tt.in);
+            atomic_fetch_add(&s->stats.tokens_out, tt.out);
+            atomic_fetch_add(&s->stats.batch_rows, nseg);
+        }
+    }
+    wrap_up(s, ready, nready);
+    account_tick(s, t0, &tt);
 }
 
 /* ---- the thread --------------------------------------------------------------- */
@@ -1218,6 +1129,203 @@ static int load(struct sched *s)
     return 0;
 }
 
+/* Under the lock: move submitted jobs to the end of the active list,
+ * oldest first. A job that cannot even be tracked (no memory for its run,
+ * or no model) ends at once. Returns 1 when such a job was posted. */
+static int admit_incoming(struct sched *s)
+{
+    int posted = 0;
+    struct job *in = s->incoming, *rev = NULL;
+    s->incoming = NULL;
+    while (in) {
+        struct job *nx = in->next;
+        in->next = rev;
+        rev = in;
+        in = nx;
+    }
+    struct job **tail = &s->active;
+    while (*tail)
+        tail = &(*tail)->next;
+    for (struct job *j = rev; j;) {
+        struct job *nx = j->next;
+        j->next = NULL;
+        if (!j->run)
+            j->run = rc_calloc(1, sizeof *j->run);
+        if (!j->run || s->status != 1) {
+            int loaded = s->status == 1;
+            end_unrun(s, j, loaded ? RC_ENOMEM : RC_EIO,
+                      loaded ? API_OUT_OF_MEMORY : API_UNAVAILABLE,
+                      loaded ? "out of memory" : "the model is not loaded", "error");
+            posted = 1;
+        } else {
+            *tail = j;
+            tail = &j->next;
+        }
+        j = nx;
+    }
+    return posted;
+}
+
+/* Under the lock: room in the ready list (and the planner's arrays) for
+ * every active job twice (ready list, then a temporary copy) plus a
+ * decode row per lane. Returns how many active jobs fit; those that do
+ * not end now with out_of_memory rather than wait unseen (*posted). */
+static size_t fit_ready_scratch(struct sched *s, int *posted)
+{
+    size_t nact = 0, nlanes = 0;
+    for (struct job *j = s->active; j; j = j->next) {
+        nact++;
+        nlanes += j->run ? (size_t)j->run->n_lanes : 0;
+    }
+    if (nact * 2 + nlanes > s->ready_cap) {
+        size_t nc = nact * 2 + nlanes + 16;
+        struct job **nr = rc_realloc(s->ready, nc * sizeof *nr);
+        if (nr)
+            s->ready = nr;
+        struct batch_want *nw = nr ? rc_realloc(s->want, nc * sizeof *nw) : NULL;
+        if (nw)
+            s->want = nw;
+        struct batch_take *nt = nw ? rc_realloc(s->take, nc * sizeof *nt) : NULL;
+        if (nt) {
+            s->take = nt;
+            s->ready_cap = nc;
+        }
+    }
+    if (!nact || s->ready_cap >= nact * 2)
+        return nact;
+    size_t fit = s->ready_cap / 2, k = 0;
+    struct job **pp = &s->active;
+    while (*pp) {
+        struct job *j = *pp;
+        if (k++ < fit) {
+            pp = &j->next;
+            continue;
+        }
+        *pp = j->next;
+        end_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
+        *posted = 1;
+    }
+    return fit;
+}
+
+/* Under the lock: the ready jobs into s->ready, round-robin from
+ * `rotate` so that no job always comes first. Returns how many. */
+static int collect_ready(struct sched *s, size_t nact)
+{
+    int nready = 0;
+    if (!nact)
+        return 0;
+    size_t start = (size_t)s->rotate % nact, i = 0;
+    struct job **all = s->ready + nact; /* temporary */
+    for (struct job *j = s->active; j; j = j->next)
+        all[i++] = j;
+    for (size_t k = 0; k < nact; k++) {
+        struct job *j = all[(start + k) % nact];
+        if (is_ready(s, j))
+            s->ready[nready++] = j;
+    }
+    s->rotate++;
+    return nready;
+}
+
+/* Under the lock: wait until some job is ready (or stop). Jobs ended
+ * meanwhile are announced before waiting. Returns the ready count. */
+static int wait_for_ready(struct sched *s)
+{
+    int posted = 0; /* jobs finished at admission: the loop must hear of them */
+    for (;;) {
+        posted |= admit_incoming(s);
+        if (s->stop)
+            return 0;
+        size_t nact = fit_ready_scratch(s, &posted);
+        int nready = collect_ready(s, nact);
+        if (nready)
+            return nready;
+        if (posted) {
+            posted = 0;
+            pthread_mutex_unlock(&s->mu);
+            s->notify(s->notify_ud);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        pthread_cond_wait(&s->cv, &s->mu);
+    }
+}
+
+/* Under the lock, at stop: every active job ends cancelled. */
+static void cancel_all(struct sched *s)
+{
+    for (struct job *j = s->active; j;) {
+        struct job *nx = j->next;
+        end_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down", "cancelled");
+        j = nx;
+    }
+    s->active = NULL;
+}
+
+/* Under the lock: streamed input moves from the shared inboxes to the
+ * jobs' own buffers (only below a chunk, so ids stay bounded), and each
+ * job's cancel flag is copied: the tick reads its own copy. */
+static void take_shared_input(struct sched *s, int nready)
+{
+    for (int i = 0; i < nready; i++) {
+        struct job *j = s->ready[i];
+        struct job_run *r = j->run;
+        if (j->kind != JOB_RUN || !j->streamed || r->input_eof)
+            continue;
+        if (r->n_ids - r->off >= (size_t)s->o.prefill_chunk)
+            continue;
+        if (j->inbox.n) {
+            if (outbuf_put(&r->taken, j->inbox.p, j->inbox.n) != 0) {
+                j->cancel = CANCEL_NO_MEMORY;
+                continue;
+            }
+            r->inbox_event = 1;
+            j->inbox.n = 0;
+        }
+        if (j->inbox_closed)
+            r->took_final = 1;
+    }
+    for (int i = 0; i < nready; i++)
+        s->ready[i]->run->cancel = s->ready[i]->cancel;
+}
+
+/* Under the lock, after a tick: staged stream bytes go to the outboxes,
+ * finished jobs leave the active list as done, and every job with news
+ * gets an event. Returns 1 when the loop must be woken. */
+static int publish_tick(struct sched *s)
+{
+    int any = 0;
+    struct job **pp = &s->active;
+    while (*pp) {
+        struct job *j = *pp;
+        struct job_run *r = j->run;
+        if (r->stage.n) {
+            if (outbuf_put(&j->outbox, r->stage.p, r->stage.n) != 0)
+                end_with_error(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
+            r->stage.n = 0;
+            post_event(s, j);
+            any = 1;
+        }
+        if (r->inbox_event) {
+            r->inbox_event = 0;
+            post_event(s, j);
+            any = 1;
+        }
+        if (r->phase == PH_FINISHED) {
+            *pp = j->next;
+            j->next = NULL;
+            j->done = 1;
+            atomic_fetch_sub(&s->stats.queued, 1);
+            post_event(s, j);
+            any = 1;
+            continue;
+        }
+        pp = &j->next;
+    }
+    return any;
+}
+
 static void *thread_main(void *arg)
 {
     struct sched *s = arg;
@@ -1230,167 +1338,21 @@ static void *thread_main(void *arg)
 
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        int nready = 0;
-        int posted = 0; /* jobs finished at admission: the loop must hear of them */
-        for (;;) {
-            /* admit, oldest first */
-            struct job *in = s->incoming, *rev = NULL;
-            s->incoming = NULL;
-            while (in) {
-                struct job *nx = in->next;
-                in->next = rev;
-                rev = in;
-                in = nx;
-            }
-            struct job **tail = &s->active;
-            while (*tail)
-                tail = &(*tail)->next;
-            for (struct job *j = rev; j;) {
-                struct job *nx = j->next;
-                j->next = NULL;
-                if (!j->run)
-                    j->run = rc_calloc(1, sizeof *j->run);
-                if (!j->run || s->status != 1) {
-                    /* cannot even track it: finish at once */
-                    end_unrun(s, j, s->status != 1 ? RC_EIO : RC_ENOMEM,
-                              s->status != 1 ? API_UNAVAILABLE : API_OUT_OF_MEMORY,
-                              s->status != 1 ? "the model is not loaded" : "out of memory",
-                              "error");
-                    posted = 1;
-                } else {
-                    *tail = j;
-                    tail = &j->next;
-                }
-                j = nx;
-            }
-            if (s->stop)
-                break;
-            /* count and collect ready jobs, round-robin from `rotate` */
-            size_t nact = 0, nlanes = 0;
-            for (struct job *j = s->active; j; j = j->next) {
-                nact++;
-                nlanes += j->run ? (size_t)j->run->n_lanes : 0;
-            }
-            if (nact * 2 + nlanes > s->ready_cap) {
-                size_t nc = nact * 2 + nlanes + 16;
-                struct job **nr = rc_realloc(s->ready, nc * sizeof *nr);
-                if (nr) {
-                    s->ready = nr;
-                    s->ready_cap = nc;
-                }
-            }
-            nready = 0;
-            if (nact && s->ready_cap < nact * 2) {
-                /* no memory to schedule them all: the jobs that do not fit
-                 * end now with out_of_memory rather than wait unseen */
-                size_t fit = s->ready_cap / 2, k = 0;
-                struct job **pp = &s->active;
-                while (*pp) {
-                    struct job *j = *pp;
-                    if (k++ < fit) {
-                        pp = &j->next;
-                        continue;
-                    }
-                    *pp = j->next;
-                    end_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
-                    posted = 1;
-                }
-                nact = fit;
-            }
-            if (nact) {
-                size_t start = (size_t)s->rotate % nact, i = 0;
-                struct job **all = s->ready + nact; /* temporary */
-                for (struct job *j = s->active; j; j = j->next)
-                    all[i++] = j;
-                for (size_t k = 0; k < nact; k++) {
-                    struct job *j = all[(start + k) % nact];
-                    if (is_ready(s, j))
-                        s->ready[nready++] = j;
-                }
-                s->rotate++;
-            }
-            if (nready)
-                break;
-            if (posted) {
-                posted = 0;
-                pthread_mutex_unlock(&s->mu);
-                s->notify(s->notify_ud);
-                pthread_mutex_lock(&s->mu);
-                continue;
-            }
-            pthread_cond_wait(&s->cv, &s->mu);
-        }
+        int nready = wait_for_ready(s);
         if (s->stop) {
-            for (struct job *j = s->active; j;) {
-                struct job *nx = j->next;
-                end_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down",
-                          "cancelled");
-                j = nx;
-            }
-            s->active = NULL;
+            cancel_all(s);
             pthread_mutex_unlock(&s->mu);
             s->notify(s->notify_ud);
             break;
         }
-        /* take streamed input while holding the lock */
-        for (int i = 0; i < nready; i++) {
-            struct job *j = s->ready[i];
-            struct job_run *r = j->run;
-            if (j->kind != JOB_RUN || !j->streamed || r->input_eof)
-                continue;
-            /* only refill below a chunk, so ids stay bounded */
-            if (r->n_ids - r->off >= (size_t)s->o.prefill_chunk)
-                continue;
-            if (j->inbox.n) {
-                if (outbuf_put(&r->taken, j->inbox.p, j->inbox.n) != 0) {
-                    j->cancel = 2;
-                    continue;
-                }
-                r->inbox_event = 1;
-                j->inbox.n = 0;
-            }
-            if (j->inbox_closed)
-                r->took_final = 1;
-        }
-        /* the tick reads cancellation from its own copy: j->cancel is shared */
-        for (int i = 0; i < nready; i++)
-            s->ready[i]->run->cancel = s->ready[i]->cancel;
+        take_shared_input(s, nready);
         pthread_mutex_unlock(&s->mu);
 
         /* ready[] is stable: only this thread changes the active list */
         tick(s, s->ready, nready);
 
         pthread_mutex_lock(&s->mu);
-        int any = 0;
-        struct job **pp = &s->active;
-        while (*pp) {
-            struct job *j = *pp;
-            struct job_run *r = j->run;
-            if (r->stage.n) {
-                if (outbuf_put(&j->outbox, r->stage.p, r->stage.n) != 0) {
-                    fail(j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory");
-                    finish(j, "error");
-                }
-                r->stage.n = 0;
-                post_event(s, j);
-                any = 1;
-            }
-            if (r->inbox_event) {
-                r->inbox_event = 0;
-                post_event(s, j);
-                any = 1;
-            }
-            if (r->phase == PH_FINISHED) {
-                *pp = j->next;
-                j->next = NULL;
-                j->done = 1;
-                atomic_fetch_sub(&s->stats.queued, 1);
-                post_event(s, j);
-                any = 1;
-                continue;
-            }
-            pp = &j->next;
-        }
+        int any = publish_tick(s);
         pthread_mutex_unlock(&s->mu);
         if (any)
             s->notify(s->notify_ud);
@@ -1457,6 +1419,8 @@ void sched_free(struct sched *s)
     rc_free(s->prev);
     rc_free(s->segs);
     rc_free(s->ready);
+    rc_free(s->want);
+    rc_free(s->take);
     rc_free(s->top_ids);
     rc_free(s->top_lps);
     rc_free(s->model_dir);

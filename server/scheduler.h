@@ -38,9 +38,10 @@
 
 #include "apierr.h"
 #include "codec.h"
-#include "response.h"
+#include "outbuf.h"
 #include "sampler.h"
 #include "score.h"
+#include "sse.h"
 
 struct model;
 struct mstate;
@@ -55,11 +56,11 @@ enum job_kind {
                    * (want_details) for at most detail_limit of them */
 };
 
-/* How generated tokens are streamed (SSE), if at all. */
-enum job_stream {
-    STREAM_NONE = 0,
-    STREAM_SESSION, /* data: {"type":"token",...} ... {"type":"done",...} */
-    STREAM_OPENAI,  /* text_completion chunks, then data: [DONE] */
+/* Why a job is asked to stop (struct job's cancel). */
+enum job_cancel {
+    CANCEL_NONE = 0,
+    CANCEL_ASKED,     /* sched_cancel: the client went away, or a drain */
+    CANCEL_NO_MEMORY, /* no memory to buffer its streamed upload */
 };
 
 /* One finished choice of an n > 1 completion (the generation results,
@@ -103,7 +104,7 @@ struct job {
                                * reads the snapshot into it */
     int ignore_eos;
     int gen_details;          /* per-token rows for generated tokens */
-    int stream;               /* enum job_stream */
+    int stream;               /* enum stream_format (proto/sse.h) */
     /* OpenAI stream framing (owned strings) */
     char *cmpl_id, *model_name;
     int64_t created;
@@ -150,7 +151,7 @@ struct job {
     struct outbuf inbox;      /* streamed input not yet taken */
     int inbox_closed;
     struct outbuf outbox;     /* stream bytes not yet sent */
-    int cancel;
+    int cancel;               /* enum job_cancel */
     int done;
     int queued_event;         /* on the event list */
     struct job *ev_next;

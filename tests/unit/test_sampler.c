@@ -184,35 +184,6 @@ static void test_determinism(void **u)
     sampler_scratch_free(sc);
 }
 
-static void test_top_and_logprob(void **u)
-{
-    float l[V];
-    make_logits(l, V, 11);
-    l[17] = l[18] = 10.0f; /* a tie at the top: lower id first */
-    double mx = -INFINITY, s = 0;
-    for (int i = 0; i < V; i++)
-        mx = fmax(mx, l[i]);
-    for (int i = 0; i < V; i++)
-        s += exp(l[i] - mx);
-    double lse = mx + log(s);
-    int32_t ids[8];
-    float lps[8];
-    sampler_top(l, V, 8, ids, lps);
-    assert_int_equal(ids[0], 17);
-    assert_int_equal(ids[1], 18);
-    for (int i = 0; i < 8; i++) {
-        assert_true(fabs(lps[i] - (l[ids[i]] - lse)) < 1e-5);
-        if (i)
-            assert_true(lps[i] <= lps[i - 1]);
-        /* nothing outside the list beats its last entry */
-        int above = 0;
-        for (int j = 0; j < V; j++)
-            above += l[j] > l[ids[7]];
-        assert_true(above <= 7);
-    }
-    assert_true(fabs(sampler_logprob(l, V, 5) - (l[5] - lse)) < 1e-5);
-}
-
 static void test_params_check(void **u)
 {
     char err[128];
@@ -233,7 +204,6 @@ int main(void)
         cmocka_unit_test(test_frequencies),
         cmocka_unit_test(test_greedy_and_ties),
         cmocka_unit_test(test_determinism),
-        cmocka_unit_test(test_top_and_logprob),
         cmocka_unit_test(test_params_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
