@@ -32,6 +32,7 @@
 #include "log.h"
 #include "model.h"
 #include "snapshot.h"
+#include "routes.h"
 #include "spill.h"
 #include "state.h"
 
@@ -90,7 +91,8 @@ static void app_stop(struct app *a)
 
 static void on_stop_timer(uv_timer_t *t) { app_stop(t->data); }
 
-void app_check_drained(struct app *a)
+/* struct app's check_drained hook. */
+static void app_check_drained(struct app *a)
 {
     if (a->state != APP_DRAINING || a->stopping || !a->http)
         return;
@@ -179,7 +181,8 @@ static void on_async(uv_async_t *h)
     app_check_drained(a);
 }
 
-static void notify(void *ud) { uv_async_send(ud); }
+/* sched_create's wake-up, on the compute thread: run on_async on the loop. */
+static void wake_loop(void *ud) { uv_async_send(ud); }
 
 static void on_ttl(uv_timer_t *t)
 {
@@ -318,6 +321,8 @@ int cmd_serve(int argc, char **argv)
         .max_n = (int)cfg.max_n,
     };
     metrics_init(&a.metrics, route_names, n_route_names);
+    a.check_drained = app_check_drained;
+    a.session_ready = routes_session_ready;
 
     uv_async_init(&loop, &a.async, on_async);
     a.async.data = &a;
@@ -374,7 +379,7 @@ int cmd_serve(int argc, char **argv)
         .stream_buffer = cfg.stream_buffer_bytes,
         .upload_low = cfg.upload_buffer_bytes / 2,
     };
-    if ((rc = sched_create(&so, notify, &a.async, &a.sched)) != 0) {
+    if ((rc = sched_create(&so, wake_loop, &a.async, &a.sched)) != 0) {
         log_msg("cannot start the compute thread: %s", rc_strerror(rc));
         http_free(a.http);
         a.exit_code = 1;

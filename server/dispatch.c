@@ -20,6 +20,7 @@
 #include "jsonout.h"
 #include "log.h"
 #include "response.h"
+#include "routes.h"
 #include "spill.h"
 #include "state.h"
 
@@ -84,27 +85,6 @@ int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     return http_respond_error(h, &e);
 }
 
-static void rq_link(struct rq *q)
-{
-    struct app *a = q->a;
-    q->prev = NULL;
-    q->next = a->rqs;
-    if (a->rqs)
-        a->rqs->prev = q;
-    a->rqs = q;
-}
-
-static void rq_unlink(struct rq *q)
-{
-    struct app *a = q->a;
-    if (q->prev)
-        q->prev->next = q->next;
-    else if (a->rqs == q)
-        a->rqs = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-    q->prev = q->next = NULL;
-}
 
 /* The job is over and no request waits on it: give back what it held. */
 void job_release(struct app *a, struct job *j)
@@ -126,7 +106,7 @@ void job_release(struct app *a, struct job *j)
 }
 
 /* Submit j for q; the sessions in j->sess_a/b are marked busy. */
-void submit(struct rq *q, struct job *j)
+void rq_submit(struct rq *q, struct job *j)
 {
     j->loop.owner = q;
     q->job = j;
@@ -134,7 +114,7 @@ void submit(struct rq *q, struct job *j)
         ((struct session *)j->loop.sess_a)->busy = j;
     if (j->loop.sess_b)
         ((struct session *)j->loop.sess_b)->busy = j;
-    rq_link(q);
+    list_push_back(&q->a->rqs, &q->link);
     sched_submit(q->a->sched, j);
 }
 
@@ -170,7 +150,7 @@ int tmp_state(struct rq *q, struct job *j)
  * built) that becomes the session's state. Until then the session's state
  * is as it was, so a failed, cancelled or abandoned request changes
  * nothing. A swap: the old state leaves with the job. */
-void state_commit(struct job *j)
+void commit_job_state(struct job *j)
 {
     struct session *s = j->loop.sess_a;
     if (!j->req.gen || !j->req.commit || j->res.rc || !s)
@@ -367,15 +347,14 @@ static int content_type_is(struct http_req *h, const char *want)
     return !strncasecmp(ct, want, n) && (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
 }
 
-static int on_headers(void *ud, struct http_req *h)
+/* A context for h, its route and method read from the request line; NULL
+ * (answered) when out of memory. */
+static struct rq *rq_new(struct app *a, struct http_req *h)
 {
-    struct app *a = ud;
-    if (webui_serve(h)) /* the page is public, like /health; no rq: on_request skips it */
-        return HTTP_BODY_NONE;
     struct rq *q = rc_calloc(1, sizeof *q);
     if (!q) {
         respond_oom(h, NULL);
-        return HTTP_BODY_NONE;
+        return NULL;
     }
     q->a = a;
     q->h = h;
@@ -386,20 +365,27 @@ static int on_headers(void *ud, struct http_req *h)
     q->method = method_bit(http_method(h));
     if (q->route >= 0)
         http_set_route(h, route_names[q->route]);
-    if (q->route == R_HEALTH && q->method == M_GET)
-        return HTTP_BODY_NONE;
+    return q;
+}
+
+/* Answer 401 (no valid key; /metrics can be public), 404 (no route) or
+ * 405 (with Allow) and return -1; 0 lets the request on. */
+static int refuse_unrouted(struct rq *q)
+{
+    struct app *a = q->a;
+    struct http_req *h = q->h;
     int public = q->route == R_METRICS && a->cfg->metrics_public;
     if (!public && auth_owner(a, h, &q->owner) != 0) {
         a->metrics.rejected_auth++;
         http_add_header(h, "WWW-Authenticate", "Bearer");
         respond_err(h, API_AUTHENTICATION, "missing or invalid API key (Authorization: Bearer KEY)");
-        return HTTP_BODY_NONE;
+        return -1;
     }
     if (q->route < 0) {
         char esc[96];
         const char *p = http_path(h);
         respond_err(h, API_NOT_FOUND, "no route %s", log_escape(esc, sizeof esc, p, strlen(p)));
-        return HTTP_BODY_NONE;
+        return -1;
     }
     if (!(route_methods[q->route] & q->method)) {
         char allow[64] = "";
@@ -411,22 +397,32 @@ static int on_headers(void *ud, struct http_req *h)
         http_add_header(h, "Allow", allow);
         respond_err(h, API_METHOD_NOT_ALLOWED, "%s does not take %.10s", route_names[q->route],
                     http_method(h));
-        return HTTP_BODY_NONE;
+        return -1;
     }
-    if (q->route == R_METRICS)
-        return HTTP_BODY_NONE;
-    if (a->state != APP_READY) {
-        http_add_header(h, "Retry-After", "5");
-        if (a->state == APP_DRAINING)
-            http_add_header(h, "Connection", "close");
-        respond_err(h, API_UNAVAILABLE, "%s",
-                    a->state == APP_LOADING ? "the model is still loading"
-                    : a->state == APP_DRAINING ? "the server is shutting down"
-                                               : "the model failed to load");
-        return HTTP_BODY_NONE;
-    }
-    if (q->method == M_GET || q->method == M_DELETE)
-        return HTTP_BODY_NONE;
+    return 0;
+}
+
+/* Answer 503 while the model loads, after it failed, or while draining;
+ * -1 when answered. */
+static int refuse_unready(struct app *a, struct http_req *h)
+{
+    if (a->state == APP_READY)
+        return 0;
+    http_add_header(h, "Retry-After", "5");
+    if (a->state == APP_DRAINING)
+        http_add_header(h, "Connection", "close");
+    respond_err(h, API_UNAVAILABLE, "%s",
+                a->state == APP_LOADING ? "the model is still loading"
+                : a->state == APP_DRAINING ? "the server is shutting down"
+                                           : "the model failed to load");
+    return -1;
+}
+
+/* How the body of a POST or PUT is read (enum http_body_mode). */
+static int body_mode(struct rq *q)
+{
+    struct app *a = q->a;
+    struct http_req *h = q->h;
     /* snapshot bodies: exactly one size for this model */
     if ((q->route == R_STATE && q->method == M_PUT) ||
         (q->route == R_SESSIONS && content_type_is(h, "application/octet-stream"))) {
@@ -461,6 +457,25 @@ static int on_headers(void *ud, struct http_req *h)
         return HTTP_BODY_NONE;
     }
     return HTTP_BODY_BUFFER;
+}
+
+static int on_headers(void *ud, struct http_req *h)
+{
+    struct app *a = ud;
+    if (webui_serve(h)) /* the page is public, like /health; no rq: on_request skips it */
+        return HTTP_BODY_NONE;
+    struct rq *q = rq_new(a, h);
+    if (!q)
+        return HTTP_BODY_NONE;
+    if (q->route == R_HEALTH && q->method == M_GET)
+        return HTTP_BODY_NONE; /* public, and answered while loading or draining */
+    if (refuse_unrouted(q) != 0)
+        return HTTP_BODY_NONE;
+    if (q->route == R_METRICS) /* answered while loading or draining too */
+        return HTTP_BODY_NONE;
+    if (refuse_unready(a, h) != 0 || q->method == M_GET || q->method == M_DELETE)
+        return HTTP_BODY_NONE;
+    return body_mode(q);
 }
 
 static void on_request(void *ud, struct http_req *h)
@@ -547,7 +562,7 @@ static void finish_job(struct rq *q, struct job *j)
     case R_SAVE: {
         uint8_t *b = j->res.snap_out;
         j->res.snap_out = NULL;
-        if (fs_start(q, FS_WRITE, q->name, b, j->res.snap_out_len) == 0)
+        if (snapfile_start(q, FS_WRITE, q->name, b, j->res.snap_out_len) == 0)
             q->fsop->position = j->res.position;
         break;
     }
@@ -576,7 +591,7 @@ void routes_on_job_event(struct app *a, struct job *j)
     }
     if (!q) {
         job_release(a, j); /* its request is gone */
-        app_check_drained(a);
+        a->check_drained(a);
         return;
     }
     if (q->phase == RQ_STREAMING) {
@@ -589,7 +604,7 @@ void routes_on_job_event(struct app *a, struct job *j)
             q->phase = sse_put_error(&j->ch.outbox, &e) != 0 ? RQ_STREAM_END_OOM : RQ_STREAM_END;
         } else
             q->phase = RQ_STREAM_END;
-        state_commit(j); /* the done event is in the outbox */
+        commit_job_state(j); /* the done event is in the outbox */
         /* release the sessions now; the job lives until the stream ends */
         if (j->loop.sess_a) {
             sessions_release(a->sessions, j->loop.sess_a, now_ms(a));
@@ -603,21 +618,22 @@ void routes_on_job_event(struct app *a, struct job *j)
         http_wake(q->h);
     }
     finish_job(q, j);
-    rq_unlink(q);
+    list_remove(&a->rqs, &q->link);
     q->job = NULL;
     job_release(a, j);
 }
 
-void routes_session_ready(struct app *a, void *waiters, int status, const char *why)
+void routes_session_ready(struct app *a, void *waiters, enum session_ready status,
+                          const char *why)
 {
     struct rq *q = waiters, *nx;
     for (; q; q = nx) {
         nx = q->wnext;
         q->waiting = NULL;
         q->wprev = q->wnext = NULL;
-        if (status == ROUTES_GONE)
+        if (status == SESSION_READY_GONE)
             respond_err(q->h, API_NOT_FOUND, "the session was deleted");
-        else if (status == ROUTES_FAILED)
+        else if (status == SESSION_READY_FAILED)
             respond_err(q->h, API_INTERNAL, "the session's state could not be read back: %s",
                         why ? why : "unknown error");
         else if (q->phase == RQ_TEXT_PARKED) {
@@ -630,7 +646,7 @@ void routes_session_ready(struct app *a, void *waiters, int status, const char *
 
 void routes_cancel_all(struct app *a)
 {
-    for (struct rq *q = a->rqs; q; q = q->next)
+    LIST_FOR_EACH (struct rq, q, &a->rqs, link)
         if (q->job && !q->job->loop.final_seen)
             sched_cancel(a->sched, q->job);
 }
@@ -644,7 +660,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
         metrics_request(&a->metrics, q->route, http_method(h), http_status(h), secs,
                         completed);
         if (q->job) {
-            rq_unlink(q);
+            list_remove(&a->rqs, &q->link);
             q->job->loop.owner = NULL;
             if (q->job->loop.final_seen)
                 job_release(a, q->job);
@@ -657,7 +673,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
         rc_free(q->echo);
         rc_free(q);
     }
-    app_check_drained(a);
+    a->check_drained(a);
 }
 
 const struct http_app routes_app = {

@@ -2,11 +2,9 @@
  * h_infer.c — the inference handlers: tokenize, detokenize, score,
  * append (JSON or streamed text/plain), generate, completions.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <xxhash.h>
 
@@ -14,28 +12,14 @@
 #include "handlers.h"
 #include "codec.h"
 #include "errors.h"
+#include "os.h"
 #include "response.h"
 #include "state.h"
-#include "utf8.h"
-
-static int random_bytes(void *buf, size_t n)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = getrandom((char *)buf + got, n - got, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
 
 static uint64_t random_seed(void)
 {
     uint64_t x = 0;
-    if (random_bytes(&x, sizeof x) != 0)
+    if (os_random_bytes(&x, sizeof x) != 0)
         x = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
     return x & INT64_MAX; /* reported back as a JSON integer */
 }
@@ -45,11 +29,14 @@ static const char *piece_cb(const void *ctx, int32_t id, size_t *len)
     return codec_piece(ctx, id, len);
 }
 
-static struct vocab_view vocab(struct app *a) { return (struct vocab_view){piece_cb, a->codec}; }
+static struct vocab_view vocab_of(struct app *a)
+{
+    return (struct vocab_view){piece_cb, a->codec};
+}
 
 /* ---- stream pulling ---------------------------------------------------------- */
 
-static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
+static ssize_t pull_stream_events(void *ud, struct http_req *h, char *buf, size_t max)
 {
     struct rq *q = http_data(h);
     int done;
@@ -95,7 +82,7 @@ void h_tokenize(struct rq *q)
     r.text = NULL;
     j->req.want_details = r.with_pieces;
     j->req.detail_limit = (size_t)q->a->cfg->detail_limit;
-    submit(q, j);
+    rq_submit(q, j);
 }
 
 void done_tokenize(struct rq *q, struct job *j)
@@ -191,12 +178,12 @@ void h_score(struct rq *q, int with_session)
         job_free(j);
         return;
     }
-    submit(q, j);
+    rq_submit(q, j);
 }
 
 void done_score(struct rq *q, struct job *j)
 {
-    struct vocab_view v = vocab(q->a);
+    struct vocab_view v = vocab_of(q->a);
     struct score_view sv = {
         .position = j->res.position,
         .n_tokens = j->res.n_input,
@@ -281,16 +268,16 @@ void h_generate(struct rq *q)
         job_free(j);
         return;
     }
-    submit(q, j);
+    rq_submit(q, j);
     if (j->req.stream.format) {
         q->phase = RQ_STREAMING;
-        http_respond_stream(q->h, 200, "text/event-stream", pull);
+        http_respond_stream(q->h, 200, "text/event-stream", pull_stream_events);
     }
 }
 
 void done_generate(struct rq *q, struct job *j)
 {
-    struct vocab_view v = vocab(q->a);
+    struct vocab_view v = vocab_of(q->a);
     struct gen_view g = {
         .text = j->res.out_text.p,
         .text_len = j->res.out_text.n,
@@ -309,7 +296,7 @@ void done_generate(struct rq *q, struct job *j)
         respond_oom(q->h, "building the response"); /* nothing committed: the session is as it was */
         return;
     }
-    state_commit(j);
+    commit_job_state(j);
     http_respond(q->h, 200, "application/json", body, n);
 }
 
@@ -323,6 +310,123 @@ static void system_fingerprint(const struct app *a, char out[24])
     char fp[17];
     hex64(XXH3_64bits_withSeed(RECUR_VERSION, strlen(RECUR_VERSION), a->fingerprint), fp);
     snprintf(out, 24, "fp_%s", fp);
+}
+
+/* An empty prompt: a recurrent model's zero state has made no prediction
+ * yet, so something must be read first. Like HF's generate() for these
+ * models (bos = eos = <|endoftext|>), that is the end-of-text token: the
+ * start of a new document. It counts in usage.prompt_tokens (the model
+ * read it), it is not echoed or scored. 0, or -1 when answered. */
+static int completion_start_token(struct rq *q, struct req_input *prompt)
+{
+    int32_t eos = codec_eos(q->a->codec);
+    if (eos < 0) {
+        respond_err(q->h, API_INVALID_REQUEST,
+                    "field 'prompt' is empty and this model's tokenizer has no end-of-text "
+                    "token to start from: send at least one token");
+        return -1;
+    }
+    if (!(prompt->tokens = rc_malloc(sizeof *prompt->tokens))) {
+        respond_oom(q->h, NULL);
+        return -1;
+    }
+    prompt->tokens[0] = eos;
+    prompt->n_tokens = 1;
+    return 0;
+}
+
+/* The echoed prompt: the text as sent, or the ids' pieces. 0 or RC_ENOMEM. */
+static int completion_echo(const struct app *a, const struct req_input *prompt,
+                           struct outbuf *echo)
+{
+    if (prompt->text && outbuf_put(echo, prompt->text, prompt->text_len) != 0)
+        return RC_ENOMEM;
+    for (size_t i = 0; prompt->tokens && i < prompt->n_tokens; i++) {
+        size_t len;
+        const char *p = codec_piece(a->codec, prompt->tokens[i], &len);
+        if (outbuf_put(echo, p, len) != 0)
+            return RC_ENOMEM;
+    }
+    return 0;
+}
+
+/* "cmpl-" and 24 random hex digits ("cmpl-" alone without randomness). */
+static void completion_id(char out[40])
+{
+    unsigned char rnd[12];
+    snprintf(out, 40, "cmpl-");
+    if (os_random_bytes(rnd, sizeof rnd) == 0)
+        for (size_t i = 0; i < sizeof rnd; i++)
+            snprintf(out + 5 + 2 * i, 3, "%02x", rnd[i]);
+}
+
+/* The job's names and per-choice arrays. 0 or RC_ENOMEM (j keeps what it
+ * got; job_free frees it). */
+static int completion_alloc(const struct app *a, struct job *j, const struct req_completion *r)
+{
+    char id[40];
+    completion_id(id);
+    j->req.stream.cmpl_id = rc_strdup(id);
+    j->req.stream.model = rc_strdup(r->model ? r->model : a->model_name); /* echoed as sent */
+    char fp[24];
+    system_fingerprint(a, fp);
+    j->req.stream.system_fingerprint = rc_strdup(fp);
+    j->req.n_choices = r->n;
+    if (r->n > 1 && (!(j->res.choices = rc_calloc((size_t)r->n, sizeof *j->res.choices)) ||
+                     !(j->req.gens = rc_calloc((size_t)r->n, sizeof *j->req.gens))))
+        return RC_ENOMEM;
+    return j->req.stream.cmpl_id && j->req.stream.model && j->req.stream.system_fingerprint
+               ? 0
+               : RC_ENOMEM;
+}
+
+/* Everything else the job and the answer need from r (moves r's prompt,
+ * stop sequences and echo). */
+static void completion_fill(struct rq *q, struct job *j, struct req_completion *r, int empty,
+                            struct outbuf *echo)
+{
+    struct app *a = q->a;
+    take_input(j, &r->prompt);
+    j->req.stream.created = (int64_t)time(NULL);
+    j->req.stream.include_usage = r->include_usage;
+    j->req.score = r->echo && r->logprobs >= 0 && !empty;
+    j->req.want_details = j->req.score;
+    j->req.top_k = r->logprobs > 0 ? r->logprobs : 0;
+    /* the limit is per response: n choices share it (each repeats the
+     * echoed prompt's rows) */
+    j->req.detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r->n > 1 ? r->n : 1);
+    j->req.gen_max = r->max_tokens;
+    j->req.sp = r->sp;
+    j->req.seed = r->has_seed ? r->seed : random_seed();
+    take_stop(j, &r->stop);
+    j->req.gen_details = r->logprobs >= 0;
+    j->req.stream.format = r->stream ? STREAM_OPENAI : STREAM_NONE;
+    q->cmpl_logprobs = r->logprobs;
+    q->cmpl_echo = r->echo;
+    if (j->req.stream.format) {
+        j->req.stream.echo = echo->p;
+        j->req.stream.echo_len = echo->n;
+    } else {
+        q->echo = echo->p;
+        q->echo_len = echo->n;
+    }
+}
+
+/* The states the job runs in: tmp reads the prompt once; with n > 1,
+ * choice i generates in gens[i] from a copy of it (n more states, counted
+ * like tmp). 0, or -1 when answered (and j is gone). */
+static int completion_states(struct rq *q, struct job *j)
+{
+    if (tmp_state(q, j) != 0) {
+        job_free(j);
+        return -1;
+    }
+    for (int i = 0; j->req.n_choices > 1 && i < j->req.n_choices; i++)
+        if (job_state(q, j, &j->req.gens[i]) != 0) {
+            job_release(q->a, j); /* the states made so far and their reservations */
+            return -1;
+        }
+    return 0;
 }
 
 void h_completions(struct rq *q)
@@ -346,111 +450,35 @@ void h_completions(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    /* An empty prompt: a recurrent model's zero state has made no
-     * prediction yet, so something must be read first. Like HF's
-     * generate() for these models (bos = eos = <|endoftext|>), that is the
-     * end-of-text token: the start of a new document. It counts in
-     * usage.prompt_tokens (the model read it), it is not echoed or scored. */
     int empty = !r.prompt.text && !r.prompt.tokens;
-    if (empty) {
-        int32_t eos = codec_eos(a->codec);
-        if (eos < 0) {
-            req_completion_free(&r);
-            job_free(j);
-            respond_err(q->h, API_INVALID_REQUEST,
-                        "field 'prompt' is empty and this model's tokenizer has no end-of-text "
-                        "token to start from: send at least one token");
-            return;
-        }
-        if (!(r.prompt.tokens = rc_malloc(sizeof *r.prompt.tokens))) {
-            req_completion_free(&r);
-            job_free(j);
-            respond_oom(q->h, NULL);
-            return;
-        }
-        r.prompt.tokens[0] = eos;
-        r.prompt.n_tokens = 1;
+    if (empty && completion_start_token(q, &r.prompt) != 0) {
+        req_completion_free(&r);
+        job_free(j);
+        return;
     }
-    /* the echoed prompt: the text as sent, or the ids' pieces */
     struct outbuf echo = {0};
-    int oom = 0;
-    if (r.echo && !empty) {
-        if (r.prompt.text)
-            oom = outbuf_put(&echo, r.prompt.text, r.prompt.text_len) != 0;
-        for (size_t i = 0; !oom && r.prompt.tokens && i < r.prompt.n_tokens; i++) {
-            size_t len;
-            const char *p = codec_piece(a->codec, r.prompt.tokens[i], &len);
-            oom = outbuf_put(&echo, p, len) != 0;
-        }
-    }
-    unsigned char rnd[12];
-    char idbuf[40] = "cmpl-";
-    if (random_bytes(rnd, sizeof rnd) == 0)
-        for (size_t i = 0; i < sizeof rnd; i++)
-            snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
-    j->req.stream.cmpl_id = rc_strdup(idbuf);
-    j->req.stream.model = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
-    char fp[24];
-    system_fingerprint(a, fp);
-    j->req.stream.system_fingerprint = rc_strdup(fp);
-    if (r.n > 1 && (!(j->res.choices = rc_calloc((size_t)r.n, sizeof *j->res.choices)) ||
-                    !(j->req.gens = rc_calloc((size_t)r.n, sizeof *j->req.gens))))
-        oom = 1;
-    j->req.n_choices = r.n;
-    if (oom || !j->req.stream.cmpl_id || !j->req.stream.model ||
-        !j->req.stream.system_fingerprint) {
+    if ((r.echo && !empty && completion_echo(a, &r.prompt, &echo) != 0) ||
+        completion_alloc(a, j, &r) != 0) {
         outbuf_free(&echo);
         req_completion_free(&r);
         job_free(j);
         respond_oom(q->h, NULL);
         return;
     }
-    take_input(j, &r.prompt);
-    j->req.stream.created = (int64_t)time(NULL);
-    j->req.stream.include_usage = r.include_usage;
-    j->req.score = r.echo && r.logprobs >= 0 && !empty;
-    j->req.want_details = j->req.score;
-    j->req.top_k = r.logprobs > 0 ? r.logprobs : 0;
-    /* the limit is per response: n choices share it (each repeats the
-     * echoed prompt's rows) */
-    j->req.detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r.n > 1 ? r.n : 1);
-    j->req.gen_max = r.max_tokens;
-    j->req.sp = r.sp;
-    j->req.seed = r.has_seed ? r.seed : random_seed();
-    take_stop(j, &r.stop);
-    j->req.gen_details = r.logprobs >= 0;
-    j->req.stream.format = r.stream ? STREAM_OPENAI : STREAM_NONE;
-    q->cmpl_logprobs = r.logprobs;
-    q->cmpl_echo = r.echo;
-    if (j->req.stream.format) {
-        j->req.stream.echo = echo.p;
-        j->req.stream.echo_len = echo.n;
-    } else {
-        q->echo = echo.p;
-        q->echo_len = echo.n;
-    }
+    completion_fill(q, j, &r, empty, &echo);
     req_completion_free(&r);
-    if (tmp_state(q, j) != 0) {
-        job_free(j);
+    if (completion_states(q, j) != 0)
         return;
-    }
-    /* n > 1: the prompt is read once into tmp; choice i generates in
-     * gens[i] from a copy of it (n more states, counted like tmp) */
-    for (int i = 0; j->req.n_choices > 1 && i < j->req.n_choices; i++)
-        if (job_state(q, j, &j->req.gens[i]) != 0) {
-            job_release(a, j); /* the states made so far and their reservations */
-            return;
-        }
-    submit(q, j);
+    rq_submit(q, j);
     if (j->req.stream.format) {
         q->phase = RQ_STREAMING;
-        http_respond_stream(q->h, 200, "text/event-stream", pull);
+        http_respond_stream(q->h, 200, "text/event-stream", pull_stream_events);
     }
 }
 
 void done_completions(struct rq *q, struct job *j)
 {
-    struct vocab_view v = vocab(q->a);
+    struct vocab_view v = vocab_of(q->a);
     /* one choice: the results are in j->out_*; n > 1: in j->choices */
     size_t n = j->req.n_choices > 1 ? (size_t)j->req.n_choices : 1;
     struct choice_out one = {.ids = j->res.out_ids,
@@ -551,7 +579,7 @@ int start_text_append(struct rq *q)
     j->req.state = s->state;
     j->loop.sess_a = s;
     q->body = RQ_BODY_TEXT;
-    submit(q, j);
+    rq_submit(q, j);
     return 0;
 }
 
