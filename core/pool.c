@@ -19,7 +19,7 @@
  * check read the same job: a thread still looping on an earlier job can
  * never take (or skip) an item of the next one. (An earlier version read the
  * count from a separate field and could pair the old index with the new
- * count, running one item twice; test_core's pool test caught it.) fn, ctx
+ * count, running one item twice; test_pool caught it.) fn, ctx
  * and base are read only after a successful claim, when they cannot change:
  * the job cannot finish, and the caller cannot publish the next, before
  * that item is done. */

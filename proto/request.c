@@ -332,7 +332,7 @@ static int neutral_fields(const json_t *o, struct api_error *e)
 
 /* prompt: "text" | [ids] | ["text"] | [[ids]] (one prompt only). An empty
  * one ("", [], [""], [[]]) leaves in empty: generation from the empty
- * context (routes.c decides what the model reads first). */
+ * context (h_infer.c decides what the model reads first). */
 static int prompt_parse(const json_t *o, const struct proto_limits *lim, struct req_input *in,
                         struct api_error *e)
 {

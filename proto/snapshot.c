@@ -36,6 +36,19 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
+int snapshot_peek(const void *head, size_t n, struct snapshot_head *out)
+{
+    const uint8_t *p = head;
+    if (n < SNAPSHOT_PEEK_BYTES || memcmp(p, SNAPSHOT_MAGIC, 8) != 0)
+        return RC_EFORMAT;
+    out->version = get_u32(p + 8);
+    out->fingerprint = get_u64(p + 12);
+    out->payload_len = get_u64(p + 20);
+    /* the state layout: 8 u32 fields, then i64 pos */
+    out->position = (int64_t)get_u64(p + SNAPSHOT_HEADER_BYTES + 32);
+    return 0;
+}
+
 size_t snapshot_size(size_t payload_len)
 {
     size_t n;

@@ -40,6 +40,22 @@ struct snapshot_info {
     const uint8_t *payload; /* into the checked buffer */
 };
 
+/* What the first bytes of a snapshot file say, for indexing files without
+ * reading them whole (spilled states at start-up): the header's fields
+ * and the stream position from the payload (core/state.h's layout).
+ * Nothing is checksummed: snapshot_check on the whole file still decides
+ * whether it loads. */
+#define SNAPSHOT_PEEK_BYTES (SNAPSHOT_HEADER_BYTES + 40u)
+struct snapshot_head {
+    uint32_t version;
+    uint64_t fingerprint;
+    uint64_t payload_len;
+    int64_t position;
+};
+/* head holds a file's first n bytes. 0, or RC_EFORMAT when n <
+ * SNAPSHOT_PEEK_BYTES or the magic is not a snapshot's. */
+int snapshot_peek(const void *head, size_t n, struct snapshot_head *out);
+
 /* Bytes of a snapshot whose payload is payload_len; 0 on overflow. */
 size_t snapshot_size(size_t payload_len);
 

@@ -32,6 +32,7 @@
 #include "log.h"
 #include "model.h"
 #include "snapshot.h"
+#include "routes.h"
 #include "spill.h"
 #include "state.h"
 
@@ -69,8 +70,8 @@ static void app_stop(struct app *a)
     a->http = NULL;
     sched_stop(a->sched);
     for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
-        nx = j->taken_next;
-        j->owner = NULL;
+        nx = j->loop.taken_next;
+        j->loop.owner = NULL;
         routes_on_job_event(a, j);
     }
     /* the states belong to the model the scheduler owns: they go first;
@@ -90,7 +91,8 @@ static void app_stop(struct app *a)
 
 static void on_stop_timer(uv_timer_t *t) { app_stop(t->data); }
 
-void app_check_drained(struct app *a)
+/* struct app's check_drained hook. */
+static void app_check_drained(struct app *a)
 {
     if (a->state != APP_DRAINING || a->stopping || !a->http)
         return;
@@ -169,7 +171,7 @@ static void on_async(uv_async_t *h)
         }
     }
     for (struct job *j = sched_take_events(a->sched), *nx; j; j = nx) {
-        nx = j->taken_next;
+        nx = j->loop.taken_next;
         routes_on_job_event(a, j);
         if (a->stopping)
             return;
@@ -179,7 +181,8 @@ static void on_async(uv_async_t *h)
     app_check_drained(a);
 }
 
-static void notify(void *ud) { uv_async_send(ud); }
+/* sched_create's wake-up, on the compute thread: run on_async on the loop. */
+static void wake_loop(void *ud) { uv_async_send(ud); }
 
 static void on_ttl(uv_timer_t *t)
 {
@@ -257,17 +260,9 @@ static void on_signal(uv_signal_t *s, int signum)
     app_check_drained(a);
 }
 
-int cmd_serve(int argc, char **argv)
+/* Process-wide settings made once, before anything allocates. */
+static void process_setup(const struct options *cfg)
 {
-    struct options cfg;
-    char err[512];
-    int rc = options_load(&cfg, argc, argv, NULL, stdout, err, sizeof err);
-    if (rc == 1)
-        return 0;
-    if (rc < 0) {
-        fprintf(stderr, "recurd serve: %s\n", err);
-        return 2;
-    }
     proto_init();
     /* States are large and constant-size (megabytes for real models): give
      * each its own mapping so that a deleted session's memory goes back to
@@ -285,128 +280,171 @@ int cmd_serve(int argc, char **argv)
     /* a file-size limit (ulimit -f, systemd LimitFSIZE) must fail the write
      * (EFBIG, answered like a full disk) rather than kill the server */
     signal(SIGXFSZ, SIG_IGN);
-    log_set_requests(!cfg.quiet);
+    log_set_requests(!cfg->quiet);
+}
 
-    struct app a;
-    memset(&a, 0, sizeof a);
-    a.cfg = &cfg;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    a.loop = &loop;
-    a.started_unix = (int64_t)time(NULL);
-    const char *base = strrchr(cfg.model_dir, '/');
-    while (base && base[1] == 0 && base > cfg.model_dir) { /* trailing slash */
+/* The model's name in /v1/models: the model directory's last component
+ * (trailing slashes ignored). */
+static void model_name_of(const char *dir, char *out, size_t n)
+{
+    out[0] = 0;
+    const char *base = strrchr(dir, '/');
+    while (base && base[1] == 0 && base > dir) { /* trailing slash */
         const char *p = base - 1;
-        while (p > cfg.model_dir && *p != '/')
+        while (p > dir && *p != '/')
             p--;
-        snprintf(a.model_name, sizeof a.model_name, "%.*s", (int)(base - p - (*p == '/')),
-                 p + (*p == '/'));
+        snprintf(out, n, "%.*s", (int)(base - p - (*p == '/')), p + (*p == '/'));
         base = NULL;
     }
-    if (!a.model_name[0])
-        snprintf(a.model_name, sizeof a.model_name, "%s", base ? base + 1 : cfg.model_dir);
-    for (int i = 0; i < cfg.n_api_keys; i++)
-        a.key_owner[i] = XXH3_64bits(cfg.api_keys[i], strlen(cfg.api_keys[i])) | 1;
-    a.lim = (struct proto_limits){
-        .max_depth = (int)cfg.max_json_depth,
-        .max_text_bytes = cfg.max_text_bytes,
-        .max_input_tokens = (size_t)cfg.max_input_tokens,
-        .max_gen_tokens = (int)cfg.max_gen_tokens,
-        .max_top_logprobs = (int)cfg.max_top_logprobs,
-        .max_stop = (int)cfg.max_stop,
-        .max_stop_bytes = cfg.max_stop_bytes,
-        .max_n = (int)cfg.max_n,
+    if (!out[0])
+        snprintf(out, n, "%s", base ? base + 1 : dir);
+}
+
+/* Everything in a that needs no resource: options, names, keys, limits,
+ * metrics, hooks, and the loop's handles (initialised, not started). */
+static void app_init(struct app *a, struct options *cfg, uv_loop_t *loop)
+{
+    memset(a, 0, sizeof *a);
+    a->cfg = cfg;
+    a->loop = loop;
+    a->started_unix = (int64_t)time(NULL);
+    model_name_of(cfg->model_dir, a->model_name, sizeof a->model_name);
+    for (int i = 0; i < cfg->n_api_keys; i++)
+        a->key_owner[i] = XXH3_64bits(cfg->api_keys[i], strlen(cfg->api_keys[i])) | 1;
+    a->lim = (struct proto_limits){
+        .max_depth = (int)cfg->max_json_depth,
+        .max_text_bytes = cfg->max_text_bytes,
+        .max_input_tokens = (size_t)cfg->max_input_tokens,
+        .max_gen_tokens = (int)cfg->max_gen_tokens,
+        .max_top_logprobs = (int)cfg->max_top_logprobs,
+        .max_stop = (int)cfg->max_stop,
+        .max_stop_bytes = cfg->max_stop_bytes,
+        .max_n = (int)cfg->max_n,
     };
-    metrics_init(&a.metrics, route_names, n_route_names);
+    metrics_init(&a->metrics, route_names, n_route_names);
+    a->check_drained = app_check_drained;
+    a->session_ready = routes_session_ready;
 
-    uv_async_init(&loop, &a.async, on_async);
-    a.async.data = &a;
-    uv_timer_init(&loop, &a.ttl_timer);
-    a.ttl_timer.data = &a;
-    uv_timer_init(&loop, &a.drain_timer);
-    a.drain_timer.data = &a;
-    uv_timer_init(&loop, &a.stop_timer);
-    a.stop_timer.data = &a;
-    uv_timer_init(&loop, &a.spill_timer);
-    a.spill_timer.data = &a;
-    uv_signal_init(&loop, &a.sigterm);
-    uv_signal_init(&loop, &a.sigint);
-    uv_signal_init(&loop, &a.sigusr2);
-    a.sigterm.data = a.sigint.data = &a;
+    uv_async_init(loop, &a->async, on_async);
+    a->async.data = a;
+    uv_timer_init(loop, &a->ttl_timer);
+    a->ttl_timer.data = a;
+    uv_timer_init(loop, &a->drain_timer);
+    a->drain_timer.data = a;
+    uv_timer_init(loop, &a->stop_timer);
+    a->stop_timer.data = a;
+    uv_timer_init(loop, &a->spill_timer);
+    a->spill_timer.data = a;
+    uv_signal_init(loop, &a->sigterm);
+    uv_signal_init(loop, &a->sigint);
+    uv_signal_init(loop, &a->sigusr2);
+    a->sigterm.data = a->sigint.data = a;
+}
 
-    if (cfg.snapshot_dir &&
-        (rc = store_open(cfg.snapshot_dir, &a.snapshots, err, sizeof err)) != 0) {
+/* Open the stores, the listening socket and the compute thread (which
+ * loads the model in the background). 0, or -1 after logging why; what
+ * was opened before a failure is closed again. */
+static int app_open(struct app *a, struct options *cfg)
+{
+    char err[512];
+    if (cfg->snapshot_dir && store_open(cfg->snapshot_dir, &a->snapshots, err, sizeof err) != 0) {
         log_msg("--snapshot-dir: %s", err);
-        a.exit_code = 1;
-        goto out_early;
+        return -1;
     }
-    if (cfg.state_dir && (rc = store_open(cfg.state_dir, &a.states, err, sizeof err)) != 0) {
+    if (cfg->state_dir && store_open(cfg->state_dir, &a->states, err, sizeof err) != 0) {
         log_msg("--state-dir: %s", err);
-        a.exit_code = 1;
-        goto out_early;
+        return -1;
     }
     struct http_app app = routes_app;
-    app.ud = &a;
+    app.ud = a;
     struct http_opts ho = {
-        .host = cfg.host,
-        .port = (int)cfg.port,
-        .max_connections = (unsigned)cfg.max_connections,
-        .max_connections_per_ip = (unsigned)cfg.max_connections_per_ip,
-        .timeout_s = (unsigned)(cfg.connection_timeout + 0.5),
-        .header_bytes = cfg.header_bytes,
-        .max_body = cfg.max_body_bytes,
-        .reuse_port = cfg.reuse_port,
-        .cors_origins = cfg.cors_origins,
-        .n_cors_origins = cfg.n_cors_origins,
-        .min_body_rate = cfg.min_body_rate,
-        .min_body_grace_s = cfg.min_body_rate_grace,
+        .host = cfg->host,
+        .port = (int)cfg->port,
+        .max_connections = (unsigned)cfg->max_connections,
+        .max_connections_per_ip = (unsigned)cfg->max_connections_per_ip,
+        .timeout_s = (unsigned)(cfg->connection_timeout + 0.5),
+        .header_bytes = cfg->header_bytes,
+        .max_body = cfg->max_body_bytes,
+        .reuse_port = cfg->reuse_port,
+        .cors_origins = cfg->cors_origins,
+        .n_cors_origins = cfg->n_cors_origins,
+        .min_body_rate = cfg->min_body_rate,
+        .min_body_grace_s = cfg->min_body_rate_grace,
     };
-    if ((rc = http_create(&loop, &ho, &app, &a.http, err, sizeof err)) != 0) {
+    if (http_create(a->loop, &ho, &app, &a->http, err, sizeof err) != 0) {
         log_msg("%s", err);
-        a.exit_code = 1;
-        goto out_early;
+        return -1;
     }
     struct sched_opts so = {
-        .model_dir = cfg.model_dir,
-        .prefill_chunk = (int)cfg.prefill_chunk,
-        .batch_tokens = (int)cfg.batch_tokens,
-        .threads = (int)cfg.threads,
-        .stream_buffer = cfg.stream_buffer_bytes,
-        .upload_low = cfg.upload_buffer_bytes / 2,
+        .model_dir = cfg->model_dir,
+        .prefill_chunk = (int)cfg->prefill_chunk,
+        .batch_tokens = (int)cfg->batch_tokens,
+        .threads = (int)cfg->threads,
+        .stream_buffer = cfg->stream_buffer_bytes,
+        .upload_low = cfg->upload_buffer_bytes / 2,
     };
-    if ((rc = sched_create(&so, notify, &a.async, &a.sched)) != 0) {
+    int rc = sched_create(&so, wake_loop, &a->async, &a->sched);
+    if (rc != 0) {
         log_msg("cannot start the compute thread: %s", rc_strerror(rc));
-        http_free(a.http);
-        a.exit_code = 1;
-        goto out_early;
+        http_free(a->http);
+        return -1;
     }
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
-#ifdef RECUR_FAULT_INJECTION
-    uv_signal_start(&a.sigusr2, on_fault_signal, SIGUSR2);
-#endif
-    double ttl = cfg.session_ttl / 4;
-    uint64_t every = (uint64_t)((ttl < 1 ? 1 : ttl > 10 ? 10 : ttl) * 1000);
-    uv_timer_start(&a.ttl_timer, on_ttl, every, every);
-    log_msg("listening on http://%s:%d (model %s loading)", cfg.host, http_port(a.http),
-            a.model_name);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
-    store_free(a.snapshots);
-    store_free(a.states);
-    options_free(&cfg);
-    return a.exit_code;
+    return 0;
+}
 
-out_early:
-    uv_close((uv_handle_t *)&a.async, close_cb);
-    uv_close((uv_handle_t *)&a.ttl_timer, close_cb);
-    uv_close((uv_handle_t *)&a.spill_timer, close_cb);
-    uv_close((uv_handle_t *)&a.drain_timer, close_cb);
-    uv_close((uv_handle_t *)&a.stop_timer, close_cb);
-    uv_close((uv_handle_t *)&a.sigterm, close_cb);
-    uv_close((uv_handle_t *)&a.sigint, close_cb);
-    uv_close((uv_handle_t *)&a.sigusr2, close_cb);
-    uv_run(&loop, UV_RUN_DEFAULT);
+/* Start the signals and the TTL sweep, and run the loop until the server
+ * has stopped (on_signal, app_check_drained). */
+static void app_run(struct app *a)
+{
+    uv_signal_start(&a->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a->sigint, on_signal, SIGINT);
+#ifdef RECUR_FAULT_INJECTION
+    uv_signal_start(&a->sigusr2, on_fault_signal, SIGUSR2);
+#endif
+    double ttl = a->cfg->session_ttl / 4;
+    uint64_t every = (uint64_t)((ttl < 1 ? 1 : ttl > 10 ? 10 : ttl) * 1000);
+    uv_timer_start(&a->ttl_timer, on_ttl, every, every);
+    log_msg("listening on http://%s:%d (model %s loading)", a->cfg->host, http_port(a->http),
+            a->model_name);
+    uv_run(a->loop, UV_RUN_DEFAULT);
+}
+
+/* Close the handles app_init made when the server never started. */
+static void app_close_unstarted(struct app *a)
+{
+    uv_close((uv_handle_t *)&a->async, close_cb);
+    uv_close((uv_handle_t *)&a->ttl_timer, close_cb);
+    uv_close((uv_handle_t *)&a->spill_timer, close_cb);
+    uv_close((uv_handle_t *)&a->drain_timer, close_cb);
+    uv_close((uv_handle_t *)&a->stop_timer, close_cb);
+    uv_close((uv_handle_t *)&a->sigterm, close_cb);
+    uv_close((uv_handle_t *)&a->sigint, close_cb);
+    uv_close((uv_handle_t *)&a->sigusr2, close_cb);
+    uv_run(a->loop, UV_RUN_DEFAULT);
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    struct options cfg;
+    char err[512];
+    int rc = options_load(&cfg, argc, argv, NULL, stdout, err, sizeof err);
+    if (rc == 1)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "recurd serve: %s\n", err);
+        return 2;
+    }
+    process_setup(&cfg);
+    struct app a;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    app_init(&a, &cfg, &loop);
+    if (app_open(&a, &cfg) == 0) {
+        app_run(&a);
+    } else {
+        a.exit_code = 1;
+        app_close_unstarted(&a);
+    }
     uv_loop_close(&loop);
     store_free(a.snapshots);
     store_free(a.states);

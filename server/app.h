@@ -1,7 +1,12 @@
 /*
- * app.h — the server instance shared by the lifecycle code (app.c) and the
- * request handlers (dispatch.c, h_*.c). Internal to server/: everything here is
- * owned by the loop thread.
+ * app.h — the server instance shared by the lifecycle code (app.c), the
+ * HTTP API (dispatch.c, h_*.c; entry points in routes.h) and spilling
+ * (spill.c). Internal to server/: everything here is owned by the loop
+ * thread.
+ *
+ * Layers call down by name (app.c -> routes.h -> spill.h -> store.h) and
+ * up only through the two hooks in struct app, which app.c fills, so no
+ * two modules depend on each other.
  */
 #ifndef RECUR_APP_H
 #define RECUR_APP_H
@@ -14,7 +19,7 @@
 #include "list.h"
 #include "metrics.h"
 #include "request.h"
-#include "scheduler.h"
+#include "compute.h"
 #include "sessions.h"
 #include "store.h"
 
@@ -23,6 +28,9 @@ struct model_config;
 struct codec;
 
 enum app_state { APP_LOADING = 0, APP_READY, APP_DRAINING, APP_FAILED };
+
+/* How a session's state came back for the requests that waited for it. */
+enum session_ready { SESSION_READY_OK = 0, SESSION_READY_GONE, SESSION_READY_FAILED };
 
 struct app {
     const struct options *cfg;
@@ -58,23 +66,14 @@ struct app {
     size_t snap_bytes;               /* exact size of a snapshot */
     char model_name[256];
     int64_t started_unix;
-    struct list rqs;                 /* requests with a job, for the drain (rq.link) */
+    struct list rqs;                 /* requests with a job (struct rq.link), for the drain */
+    /* Calls up, filled by app.c: */
+    /* after every request, job and disk op ends: finish a drain? */
+    void (*check_drained)(struct app *a);
+    /* spill.c: the requests that waited for a session's state (a list
+     * only dispatch.c reads) go on, or fail with `why` */
+    void (*session_ready)(struct app *a, void *waiters, enum session_ready status,
+                          const char *why);
 };
-
-/* dispatch.c (the HTTP API; handlers.h lists its files) */
-extern const struct http_app routes_app;   /* ud = struct app * */
-extern const char *const route_names[];
-extern const int n_route_names;
-/* A job has news (or is done): wake / answer its request, or clean up. */
-void routes_on_job_event(struct app *a, struct job *j);
-/* Cancel every running job (drain timeout). */
-void routes_cancel_all(struct app *a);
-/* Requests that waited for a session's state (spill.c): go on, or fail. */
-enum { ROUTES_OK = 0, ROUTES_GONE, ROUTES_FAILED };
-void routes_session_ready(struct app *a, void *waiters, int status, const char *why);
-
-/* app.c */
-/* Called after every request and job completes: finish a drain? */
-void app_check_drained(struct app *a);
 
 #endif

@@ -20,6 +20,7 @@
 #include "jsonout.h"
 #include "log.h"
 #include "response.h"
+#include "routes.h"
 #include "spill.h"
 #include "state.h"
 
@@ -84,35 +85,36 @@ int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     return http_respond_error(h, &e);
 }
 
+
 /* The job is over and no request waits on it: give back what it held. */
 void job_release(struct app *a, struct job *j)
 {
-    if (j->sess_a)
-        sessions_release(a->sessions, j->sess_a, now_ms(a));
-    if (j->sess_b)
-        sessions_release(a->sessions, j->sess_b, now_ms(a));
-    state_free(j->tmp);
-    state_free(j->gen);
-    for (int i = 0; j->gens && i < j->n_choices; i++) {
-        state_free(j->gens[i]);
-        j->gens[i] = NULL;
+    if (j->loop.sess_a)
+        sessions_release(a->sessions, j->loop.sess_a, now_ms(a));
+    if (j->loop.sess_b)
+        sessions_release(a->sessions, j->loop.sess_b, now_ms(a));
+    state_free(j->loop.tmp);
+    state_free(j->req.gen);
+    for (int i = 0; j->req.gens && i < j->req.n_choices; i++) {
+        state_free(j->req.gens[i]);
+        j->req.gens[i] = NULL;
     }
-    for (; j->reserved > 0; j->reserved--)
+    for (; j->loop.reserved > 0; j->loop.reserved--)
         sessions_unreserve(a->sessions);
     job_free(j);
     spill_check(a);
 }
 
 /* Submit j for q; the sessions in j->sess_a/b are marked busy. */
-void submit(struct rq *q, struct job *j)
+void rq_submit(struct rq *q, struct job *j)
 {
-    j->owner = q;
+    j->loop.owner = q;
     q->job = j;
-    if (j->sess_a)
-        ((struct session *)j->sess_a)->busy = j;
-    if (j->sess_b)
-        ((struct session *)j->sess_b)->busy = j;
-    list_push_front(&q->a->rqs, &q->link); /* on it exactly while q->job is set */
+    if (j->loop.sess_a)
+        ((struct session *)j->loop.sess_a)->busy = j;
+    if (j->loop.sess_b)
+        ((struct session *)j->loop.sess_b)->busy = j;
+    list_push_back(&q->a->rqs, &q->link);
     sched_submit(q->a->sched, j);
 }
 
@@ -131,15 +133,15 @@ int job_state(struct rq *q, struct job *j, struct mstate **out)
         respond_oom(q->h, "for a temporary state");
         return -1;
     }
-    j->reserved++;
+    j->loop.reserved++;
     return 0;
 }
 
 int tmp_state(struct rq *q, struct job *j)
 {
-    if (job_state(q, j, &j->tmp) != 0)
+    if (job_state(q, j, &j->loop.tmp) != 0)
         return -1;
-    j->state = j->tmp;
+    j->req.state = j->loop.tmp;
     return 0;
 }
 
@@ -148,15 +150,15 @@ int tmp_state(struct rq *q, struct job *j)
  * built) that becomes the session's state. Until then the session's state
  * is as it was, so a failed, cancelled or abandoned request changes
  * nothing. A swap: the old state leaves with the job. */
-void state_commit(struct job *j)
+void commit_job_state(struct job *j)
 {
-    struct session *s = j->sess_a;
-    if (!j->gen || !j->commit || j->rc || !s)
+    struct session *s = j->loop.sess_a;
+    if (!j->req.gen || !j->req.commit || j->res.rc || !s)
         return;
     struct mstate *old = s->state;
-    s->state = j->gen;
-    j->gen = old;
-    j->state = s->state;
+    s->state = j->req.gen;
+    j->req.gen = old;
+    j->req.state = s->state;
 }
 
 /* Parse the JSON body; on failure the error is sent and NULL returned. */
@@ -345,15 +347,14 @@ static int content_type_is(struct http_req *h, const char *want)
     return !strncasecmp(ct, want, n) && (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
 }
 
-static int on_headers(void *ud, struct http_req *h)
+/* A context for h, its route and method read from the request line; NULL
+ * (answered) when out of memory. */
+static struct rq *rq_new(struct app *a, struct http_req *h)
 {
-    struct app *a = ud;
-    if (webui_serve(h)) /* the page is public, like /health; no rq: on_request skips it */
-        return HTTP_BODY_NONE;
     struct rq *q = rc_calloc(1, sizeof *q);
     if (!q) {
         respond_oom(h, NULL);
-        return HTTP_BODY_NONE;
+        return NULL;
     }
     q->a = a;
     q->h = h;
@@ -364,20 +365,27 @@ static int on_headers(void *ud, struct http_req *h)
     q->method = method_bit(http_method(h));
     if (q->route >= 0)
         http_set_route(h, route_names[q->route]);
-    if (q->route == R_HEALTH && q->method == M_GET)
-        return HTTP_BODY_NONE;
+    return q;
+}
+
+/* Answer 401 (no valid key; /metrics can be public), 404 (no route) or
+ * 405 (with Allow) and return -1; 0 lets the request on. */
+static int refuse_unrouted(struct rq *q)
+{
+    struct app *a = q->a;
+    struct http_req *h = q->h;
     int public = q->route == R_METRICS && a->cfg->metrics_public;
     if (!public && auth_owner(a, h, &q->owner) != 0) {
         a->metrics.rejected_auth++;
         http_add_header(h, "WWW-Authenticate", "Bearer");
         respond_err(h, API_AUTHENTICATION, "missing or invalid API key (Authorization: Bearer KEY)");
-        return HTTP_BODY_NONE;
+        return -1;
     }
     if (q->route < 0) {
         char esc[96];
         const char *p = http_path(h);
         respond_err(h, API_NOT_FOUND, "no route %s", log_escape(esc, sizeof esc, p, strlen(p)));
-        return HTTP_BODY_NONE;
+        return -1;
     }
     if (!(route_methods[q->route] & q->method)) {
         char allow[64] = "";
@@ -389,22 +397,32 @@ static int on_headers(void *ud, struct http_req *h)
         http_add_header(h, "Allow", allow);
         respond_err(h, API_METHOD_NOT_ALLOWED, "%s does not take %.10s", route_names[q->route],
                     http_method(h));
-        return HTTP_BODY_NONE;
+        return -1;
     }
-    if (q->route == R_METRICS)
-        return HTTP_BODY_NONE;
-    if (a->state != APP_READY) {
-        http_add_header(h, "Retry-After", "5");
-        if (a->state == APP_DRAINING)
-            http_add_header(h, "Connection", "close");
-        respond_err(h, API_UNAVAILABLE, "%s",
-                    a->state == APP_LOADING ? "the model is still loading"
-                    : a->state == APP_DRAINING ? "the server is shutting down"
-                                               : "the model failed to load");
-        return HTTP_BODY_NONE;
-    }
-    if (q->method == M_GET || q->method == M_DELETE)
-        return HTTP_BODY_NONE;
+    return 0;
+}
+
+/* Answer 503 while the model loads, after it failed, or while draining;
+ * -1 when answered. */
+static int refuse_unready(struct app *a, struct http_req *h)
+{
+    if (a->state == APP_READY)
+        return 0;
+    http_add_header(h, "Retry-After", "5");
+    if (a->state == APP_DRAINING)
+        http_add_header(h, "Connection", "close");
+    respond_err(h, API_UNAVAILABLE, "%s",
+                a->state == APP_LOADING ? "the model is still loading"
+                : a->state == APP_DRAINING ? "the server is shutting down"
+                                           : "the model failed to load");
+    return -1;
+}
+
+/* How the body of a POST or PUT is read (enum http_body_mode). */
+static int body_mode(struct rq *q)
+{
+    struct app *a = q->a;
+    struct http_req *h = q->h;
     /* snapshot bodies: exactly one size for this model */
     if ((q->route == R_STATE && q->method == M_PUT) ||
         (q->route == R_SESSIONS && content_type_is(h, "application/octet-stream"))) {
@@ -439,6 +457,25 @@ static int on_headers(void *ud, struct http_req *h)
         return HTTP_BODY_NONE;
     }
     return HTTP_BODY_BUFFER;
+}
+
+static int on_headers(void *ud, struct http_req *h)
+{
+    struct app *a = ud;
+    if (webui_serve(h)) /* the page is public, like /health; no rq: on_request skips it */
+        return HTTP_BODY_NONE;
+    struct rq *q = rq_new(a, h);
+    if (!q)
+        return HTTP_BODY_NONE;
+    if (q->route == R_HEALTH && q->method == M_GET)
+        return HTTP_BODY_NONE; /* public, and answered while loading or draining */
+    if (refuse_unrouted(q) != 0)
+        return HTTP_BODY_NONE;
+    if (q->route == R_METRICS) /* answered while loading or draining too */
+        return HTTP_BODY_NONE;
+    if (refuse_unready(a, h) != 0 || q->method == M_GET || q->method == M_DELETE)
+        return HTTP_BODY_NONE;
+    return body_mode(q);
 }
 
 static void on_request(void *ud, struct http_req *h)
@@ -486,8 +523,8 @@ static void on_request(void *ud, struct http_req *h)
 
 static void finish_job(struct rq *q, struct job *j)
 {
-    if (j->rc && j->rc != RC_ECANCELED) {
-        switch (j->kind) {
+    if (j->res.rc && j->res.rc != RC_ECANCELED) {
+        switch (j->req.kind) {
         case JOB_COPY:
         case JOB_LOAD:
             if (q->route == R_SESSIONS) {
@@ -496,25 +533,25 @@ static void finish_job(struct rq *q, struct job *j)
             }
             break;
         }
-        if (q->route == R_APPEND && j->n_input > 0) {
+        if (q->route == R_APPEND && j->res.n_input > 0) {
             /* reading failed part-way — only a streamed text can: a JSON
              * append takes its memory before the first token (start_run).
              * The tokens read stay in the session, as when the client
              * leaves, so say how far it got */
-            struct api_error e = j->err;
+            struct api_error e = j->res.err;
             snprintf(e.message, sizeof e.message,
                      "%.200s after reading %" PRId64 " tokens of the text; they stay in the "
                      "session, now at position %" PRId64,
-                     j->err.message, j->n_input, (int64_t)j->position);
+                     j->res.err.message, j->res.n_input, (int64_t)j->res.position);
             http_respond_error(q->h, &e);
             return;
         }
-        http_respond_error(q->h, &j->err);
+        http_respond_error(q->h, &j->res.err);
         return;
     }
-    if (j->rc == RC_ECANCELED) {
-        if (q->route == R_SESSIONS && j->sess_a)
-            sessions_delete(q->a->sessions, j->sess_a);
+    if (j->res.rc == RC_ECANCELED) {
+        if (q->route == R_SESSIONS && j->loop.sess_a)
+            sessions_delete(q->a->sessions, j->loop.sess_a);
         if (q->a->state == APP_DRAINING)
             respond_err(q->h, API_UNAVAILABLE, "cancelled: the server is shutting down");
         else
@@ -523,10 +560,10 @@ static void finish_job(struct rq *q, struct job *j)
     }
     switch (q->route) {
     case R_SAVE: {
-        uint8_t *b = j->snap_out;
-        j->snap_out = NULL;
-        if (fs_start(q, FS_WRITE, q->name, b, j->snap_out_len) == 0)
-            q->fsop->position = j->position;
+        uint8_t *b = j->res.snap_out;
+        j->res.snap_out = NULL;
+        if (snapfile_start(q, FS_WRITE, q->name, b, j->res.snap_out_len) == 0)
+            q->fsop->position = j->res.position;
         break;
     }
     case R_TOKENIZE: done_tokenize(q, j); break;
@@ -542,8 +579,8 @@ static void finish_job(struct rq *q, struct job *j)
 
 void routes_on_job_event(struct app *a, struct job *j)
 {
-    struct rq *q = j->owner;
-    if (!j->final_seen) {
+    struct rq *q = j->loop.owner;
+    if (!j->loop.final_seen) {
         if (q && q->phase == RQ_STREAMING)
             http_wake(q->h);
         if (q && q->upload_paused && sched_inbox(a->sched, j) < a->cfg->upload_buffer_bytes) {
@@ -554,24 +591,24 @@ void routes_on_job_event(struct app *a, struct job *j)
     }
     if (!q) {
         job_release(a, j); /* its request is gone */
-        app_check_drained(a);
+        a->check_drained(a);
         return;
     }
     if (q->phase == RQ_STREAMING) {
-        if (j->rc) {
+        if (j->res.rc) {
             /* the stream already said 200: end it with an error event */
-            struct api_error e = j->err;
-            if (j->rc == RC_ECANCELED && a->state == APP_DRAINING)
+            struct api_error e = j->res.err;
+            if (j->res.rc == RC_ECANCELED && a->state == APP_DRAINING)
                 api_error_set(&e, API_UNAVAILABLE, "cancelled: the server is shutting down");
             /* the job is the loop's now */
-            q->phase = sse_put_error(&j->outbox, &e) != 0 ? RQ_STREAM_END_OOM : RQ_STREAM_END;
+            q->phase = sse_put_error(&j->ch.outbox, &e) != 0 ? RQ_STREAM_END_OOM : RQ_STREAM_END;
         } else
             q->phase = RQ_STREAM_END;
-        state_commit(j); /* the done event is in the outbox */
+        commit_job_state(j); /* the done event is in the outbox */
         /* release the sessions now; the job lives until the stream ends */
-        if (j->sess_a) {
-            sessions_release(a->sessions, j->sess_a, now_ms(a));
-            j->sess_a = NULL;
+        if (j->loop.sess_a) {
+            sessions_release(a->sessions, j->loop.sess_a, now_ms(a));
+            j->loop.sess_a = NULL;
         }
         http_wake(q->h);
         return;
@@ -586,16 +623,17 @@ void routes_on_job_event(struct app *a, struct job *j)
     job_release(a, j);
 }
 
-void routes_session_ready(struct app *a, void *waiters, int status, const char *why)
+void routes_session_ready(struct app *a, void *waiters, enum session_ready status,
+                          const char *why)
 {
     struct rq *q = waiters, *nx;
     for (; q; q = nx) {
         nx = q->wnext;
         q->waiting = NULL;
         q->wprev = q->wnext = NULL;
-        if (status == ROUTES_GONE)
+        if (status == SESSION_READY_GONE)
             respond_err(q->h, API_NOT_FOUND, "the session was deleted");
-        else if (status == ROUTES_FAILED)
+        else if (status == SESSION_READY_FAILED)
             respond_err(q->h, API_INTERNAL, "the session's state could not be read back: %s",
                         why ? why : "unknown error");
         else if (q->phase == RQ_TEXT_PARKED) {
@@ -609,7 +647,7 @@ void routes_session_ready(struct app *a, void *waiters, int status, const char *
 void routes_cancel_all(struct app *a)
 {
     LIST_FOR_EACH (struct rq, q, &a->rqs, link)
-        if (q->job && !q->job->final_seen)
+        if (q->job && !q->job->loop.final_seen)
             sched_cancel(a->sched, q->job);
 }
 
@@ -623,8 +661,8 @@ static void on_done(void *ud, struct http_req *h, int completed)
                         completed);
         if (q->job) {
             list_remove(&a->rqs, &q->link);
-            q->job->owner = NULL;
-            if (q->job->final_seen)
+            q->job->loop.owner = NULL;
+            if (q->job->loop.final_seen)
                 job_release(a, q->job);
             else
                 sched_cancel(a->sched, q->job); /* released at its done event */
@@ -635,7 +673,7 @@ static void on_done(void *ud, struct http_req *h, int completed)
         rc_free(q->echo);
         rc_free(q);
     }
-    app_check_drained(a);
+    a->check_drained(a);
 }
 
 const struct http_app routes_app = {

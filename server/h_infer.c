@@ -29,11 +29,14 @@ static const char *piece_cb(const void *ctx, int32_t id, size_t *len)
     return codec_piece(ctx, id, len);
 }
 
-static struct vocab_view vocab(struct app *a) { return (struct vocab_view){piece_cb, a->codec}; }
+static struct vocab_view vocab_of(struct app *a)
+{
+    return (struct vocab_view){piece_cb, a->codec};
+}
 
 /* ---- stream pulling ---------------------------------------------------------- */
 
-static ssize_t pull(void *ud, struct http_req *h, char *buf, size_t max)
+static ssize_t pull_stream_events(void *ud, struct http_req *h, char *buf, size_t max)
 {
     struct rq *q = http_data(h);
     int done;
@@ -74,20 +77,20 @@ void h_tokenize(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->text = r.text;
-    j->text_len = r.text_len;
+    j->req.text = r.text;
+    j->req.text_len = r.text_len;
     r.text = NULL;
-    j->want_details = r.with_pieces;
-    j->detail_limit = (size_t)q->a->cfg->detail_limit;
-    submit(q, j);
+    j->req.want_details = r.with_pieces;
+    j->req.detail_limit = (size_t)q->a->cfg->detail_limit;
+    rq_submit(q, j);
 }
 
 void done_tokenize(struct rq *q, struct job *j)
 {
     /* the compute thread wrote the body (resp_tokenize) */
-    char *body = j->out_text.p;
-    size_t n = j->out_text.n;
-    memset(&j->out_text, 0, sizeof j->out_text);
+    char *body = j->res.out_text.p;
+    size_t n = j->res.out_text.n;
+    memset(&j->res.out_text, 0, sizeof j->res.out_text);
     if (!body) {
         respond_oom(q->h, "building the response");
         return;
@@ -124,20 +127,20 @@ void h_detokenize(struct rq *q)
 /* Fill a RUN job's input from a parsed req_input (moves the buffers). */
 static void take_input(struct job *j, struct req_input *in)
 {
-    j->text = in->text;
-    j->text_len = in->text_len;
-    j->ids = in->tokens;
-    j->n_ids = in->n_tokens;
+    j->req.text = in->text;
+    j->req.text_len = in->text_len;
+    j->req.ids = in->tokens;
+    j->req.n_ids = in->n_tokens;
     in->text = NULL;
     in->tokens = NULL;
 }
 
 static void score_job(struct rq *q, struct job *j, const struct req_score *r)
 {
-    j->score = 1;
-    j->want_details = r->logprobs;
-    j->top_k = r->top_logprobs;
-    j->detail_limit = (size_t)q->a->cfg->detail_limit;
+    j->req.score = 1;
+    j->req.want_details = r->logprobs;
+    j->req.top_k = r->top_logprobs;
+    j->req.detail_limit = (size_t)q->a->cfg->detail_limit;
     q->want_details = r->logprobs;
 }
 
@@ -169,24 +172,24 @@ void h_score(struct rq *q, int with_session)
     score_job(q, j, &r);
     req_score_free(&r);
     if (s) {
-        j->state = s->state;
-        j->sess_a = s;
+        j->req.state = s->state;
+        j->loop.sess_a = s;
     } else if (tmp_state(q, j) != 0) {
         job_free(j);
         return;
     }
-    submit(q, j);
+    rq_submit(q, j);
 }
 
 void done_score(struct rq *q, struct job *j)
 {
-    struct vocab_view v = vocab(q->a);
+    struct vocab_view v = vocab_of(q->a);
     struct score_view sv = {
-        .position = j->position,
-        .n_tokens = j->n_input,
-        .st = &j->stats,
-        .d = q->want_details ? &j->in_rows : NULL,
-        .truncated = j->in_truncated,
+        .position = j->res.position,
+        .n_tokens = j->res.n_input,
+        .st = &j->res.stats,
+        .d = q->want_details ? &j->res.in_rows : NULL,
+        .truncated = j->res.in_truncated,
     };
     size_t n;
     char *s = json_body(resp_score(&sv, &v), &n);
@@ -200,7 +203,7 @@ void done_score(struct rq *q, struct job *j)
     }
     /* the text is in the session already: say so, in the little we can */
     char small[200];
-    if (resp_fixed_appended(small, sizeof small, (int64_t)j->position, j->n_input) == 0)
+    if (resp_fixed_appended(small, sizeof small, (int64_t)j->res.position, j->res.n_input) == 0)
         http_respond_small(q->h, 200, "application/json", small);
     else
         respond_oom(q->h, "building the response");
@@ -209,9 +212,9 @@ void done_score(struct rq *q, struct job *j)
 /* Copy stop sequences into the job. */
 static int take_stop(struct job *j, struct req_stop *st)
 {
-    j->stop = st->s;
-    j->stop_len = st->len;
-    j->n_stop = st->n;
+    j->req.stop = st->s;
+    j->req.stop_len = st->len;
+    j->req.n_stop = st->n;
     memset(st, 0, sizeof *st);
     return 0;
 }
@@ -247,45 +250,45 @@ void h_generate(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
-    j->gen_max = r.max_tokens;
-    j->sp = r.sp;
-    j->seed = r.has_seed ? r.seed : random_seed();
+    j->req.state = s->state;
+    j->loop.sess_a = s;
+    j->req.gen_max = r.max_tokens;
+    j->req.sp = r.sp;
+    j->req.seed = r.has_seed ? r.seed : random_seed();
     take_stop(j, &r.stop);
-    j->commit = r.commit;
-    j->ignore_eos = r.ignore_eos;
-    j->gen_details = r.logprobs;
-    j->top_k = r.top_logprobs;
-    j->detail_limit = (size_t)q->a->cfg->detail_limit;
-    j->stream = r.stream ? STREAM_SESSION : STREAM_NONE;
+    j->req.commit = r.commit;
+    j->req.ignore_eos = r.ignore_eos;
+    j->req.gen_details = r.logprobs;
+    j->req.top_k = r.top_logprobs;
+    j->req.detail_limit = (size_t)q->a->cfg->detail_limit;
+    j->req.stream.format = r.stream ? STREAM_SESSION : STREAM_NONE;
     q->want_details = r.logprobs;
     req_generate_free(&r);
-    if (job_state(q, j, &j->gen) != 0) {
+    if (job_state(q, j, &j->req.gen) != 0) {
         job_free(j);
         return;
     }
-    submit(q, j);
-    if (j->stream) {
+    rq_submit(q, j);
+    if (j->req.stream.format) {
         q->phase = RQ_STREAMING;
-        http_respond_stream(q->h, 200, "text/event-stream", pull);
+        http_respond_stream(q->h, 200, "text/event-stream", pull_stream_events);
     }
 }
 
 void done_generate(struct rq *q, struct job *j)
 {
-    struct vocab_view v = vocab(q->a);
+    struct vocab_view v = vocab_of(q->a);
     struct gen_view g = {
-        .text = j->out_text.p,
-        .text_len = j->out_text.n,
-        .ids = j->out_ids.v,
-        .n_ids = j->out_ids.n,
-        .finish_reason = j->finish,
-        .position = j->position,
-        .seed = j->seed,
-        .committed = j->commit,
-        .d = q->want_details ? &j->out_rows : NULL,
-        .truncated = j->out_truncated,
+        .text = j->res.out_text.p,
+        .text_len = j->res.out_text.n,
+        .ids = j->res.out_ids.v,
+        .n_ids = j->res.out_ids.n,
+        .finish_reason = j->res.finish,
+        .position = j->res.position,
+        .seed = j->req.seed,
+        .committed = j->req.commit,
+        .d = q->want_details ? &j->res.out_rows : NULL,
+        .truncated = j->res.out_truncated,
     };
     size_t n;
     char *body = json_body(resp_generate(&g, &v), &n);
@@ -293,7 +296,7 @@ void done_generate(struct rq *q, struct job *j)
         respond_oom(q->h, "building the response"); /* nothing committed: the session is as it was */
         return;
     }
-    state_commit(j);
+    commit_job_state(j);
     http_respond(q->h, 200, "application/json", body, n);
 }
 
@@ -307,6 +310,123 @@ static void system_fingerprint(const struct app *a, char out[24])
     char fp[17];
     hex64(XXH3_64bits_withSeed(RECUR_VERSION, strlen(RECUR_VERSION), a->fingerprint), fp);
     snprintf(out, 24, "fp_%s", fp);
+}
+
+/* An empty prompt: a recurrent model's zero state has made no prediction
+ * yet, so something must be read first. Like HF's generate() for these
+ * models (bos = eos = <|endoftext|>), that is the end-of-text token: the
+ * start of a new document. It counts in usage.prompt_tokens (the model
+ * read it), it is not echoed or scored. 0, or -1 when answered. */
+static int completion_start_token(struct rq *q, struct req_input *prompt)
+{
+    int32_t eos = codec_eos(q->a->codec);
+    if (eos < 0) {
+        respond_err(q->h, API_INVALID_REQUEST,
+                    "field 'prompt' is empty and this model's tokenizer has no end-of-text "
+                    "token to start from: send at least one token");
+        return -1;
+    }
+    if (!(prompt->tokens = rc_malloc(sizeof *prompt->tokens))) {
+        respond_oom(q->h, NULL);
+        return -1;
+    }
+    prompt->tokens[0] = eos;
+    prompt->n_tokens = 1;
+    return 0;
+}
+
+/* The echoed prompt: the text as sent, or the ids' pieces. 0 or RC_ENOMEM. */
+static int completion_echo(const struct app *a, const struct req_input *prompt,
+                           struct outbuf *echo)
+{
+    if (prompt->text && outbuf_put(echo, prompt->text, prompt->text_len) != 0)
+        return RC_ENOMEM;
+    for (size_t i = 0; prompt->tokens && i < prompt->n_tokens; i++) {
+        size_t len;
+        const char *p = codec_piece(a->codec, prompt->tokens[i], &len);
+        if (outbuf_put(echo, p, len) != 0)
+            return RC_ENOMEM;
+    }
+    return 0;
+}
+
+/* "cmpl-" and 24 random hex digits ("cmpl-" alone without randomness). */
+static void completion_id(char out[40])
+{
+    unsigned char rnd[12];
+    snprintf(out, 40, "cmpl-");
+    if (os_random_bytes(rnd, sizeof rnd) == 0)
+        for (size_t i = 0; i < sizeof rnd; i++)
+            snprintf(out + 5 + 2 * i, 3, "%02x", rnd[i]);
+}
+
+/* The job's names and per-choice arrays. 0 or RC_ENOMEM (j keeps what it
+ * got; job_free frees it). */
+static int completion_alloc(const struct app *a, struct job *j, const struct req_completion *r)
+{
+    char id[40];
+    completion_id(id);
+    j->req.stream.cmpl_id = rc_strdup(id);
+    j->req.stream.model = rc_strdup(r->model ? r->model : a->model_name); /* echoed as sent */
+    char fp[24];
+    system_fingerprint(a, fp);
+    j->req.stream.system_fingerprint = rc_strdup(fp);
+    j->req.n_choices = r->n;
+    if (r->n > 1 && (!(j->res.choices = rc_calloc((size_t)r->n, sizeof *j->res.choices)) ||
+                     !(j->req.gens = rc_calloc((size_t)r->n, sizeof *j->req.gens))))
+        return RC_ENOMEM;
+    return j->req.stream.cmpl_id && j->req.stream.model && j->req.stream.system_fingerprint
+               ? 0
+               : RC_ENOMEM;
+}
+
+/* Everything else the job and the answer need from r (moves r's prompt,
+ * stop sequences and echo). */
+static void completion_fill(struct rq *q, struct job *j, struct req_completion *r, int empty,
+                            struct outbuf *echo)
+{
+    struct app *a = q->a;
+    take_input(j, &r->prompt);
+    j->req.stream.created = (int64_t)time(NULL);
+    j->req.stream.include_usage = r->include_usage;
+    j->req.score = r->echo && r->logprobs >= 0 && !empty;
+    j->req.want_details = j->req.score;
+    j->req.top_k = r->logprobs > 0 ? r->logprobs : 0;
+    /* the limit is per response: n choices share it (each repeats the
+     * echoed prompt's rows) */
+    j->req.detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r->n > 1 ? r->n : 1);
+    j->req.gen_max = r->max_tokens;
+    j->req.sp = r->sp;
+    j->req.seed = r->has_seed ? r->seed : random_seed();
+    take_stop(j, &r->stop);
+    j->req.gen_details = r->logprobs >= 0;
+    j->req.stream.format = r->stream ? STREAM_OPENAI : STREAM_NONE;
+    q->cmpl_logprobs = r->logprobs;
+    q->cmpl_echo = r->echo;
+    if (j->req.stream.format) {
+        j->req.stream.echo = echo->p;
+        j->req.stream.echo_len = echo->n;
+    } else {
+        q->echo = echo->p;
+        q->echo_len = echo->n;
+    }
+}
+
+/* The states the job runs in: tmp reads the prompt once; with n > 1,
+ * choice i generates in gens[i] from a copy of it (n more states, counted
+ * like tmp). 0, or -1 when answered (and j is gone). */
+static int completion_states(struct rq *q, struct job *j)
+{
+    if (tmp_state(q, j) != 0) {
+        job_free(j);
+        return -1;
+    }
+    for (int i = 0; j->req.n_choices > 1 && i < j->req.n_choices; i++)
+        if (job_state(q, j, &j->req.gens[i]) != 0) {
+            job_release(q->a, j); /* the states made so far and their reservations */
+            return -1;
+        }
+    return 0;
 }
 
 void h_completions(struct rq *q)
@@ -330,113 +450,43 @@ void h_completions(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    /* An empty prompt: a recurrent model's zero state has made no
-     * prediction yet, so something must be read first. Like HF's
-     * generate() for these models (bos = eos = <|endoftext|>), that is the
-     * end-of-text token: the start of a new document. It counts in
-     * usage.prompt_tokens (the model read it), it is not echoed or scored. */
     int empty = !r.prompt.text && !r.prompt.tokens;
-    if (empty) {
-        int32_t eos = codec_eos(a->codec);
-        if (eos < 0) {
-            req_completion_free(&r);
-            job_free(j);
-            respond_err(q->h, API_INVALID_REQUEST,
-                        "field 'prompt' is empty and this model's tokenizer has no end-of-text "
-                        "token to start from: send at least one token");
-            return;
-        }
-        if (!(r.prompt.tokens = rc_malloc(sizeof *r.prompt.tokens))) {
-            req_completion_free(&r);
-            job_free(j);
-            respond_oom(q->h, NULL);
-            return;
-        }
-        r.prompt.tokens[0] = eos;
-        r.prompt.n_tokens = 1;
+    if (empty && completion_start_token(q, &r.prompt) != 0) {
+        req_completion_free(&r);
+        job_free(j);
+        return;
     }
-    /* the echoed prompt: the text as sent, or the ids' pieces */
     struct outbuf echo = {0};
-    int oom = 0;
-    if (r.echo && !empty) {
-        if (r.prompt.text)
-            oom = outbuf_put(&echo, r.prompt.text, r.prompt.text_len) != 0;
-        for (size_t i = 0; !oom && r.prompt.tokens && i < r.prompt.n_tokens; i++) {
-            size_t len;
-            const char *p = codec_piece(a->codec, r.prompt.tokens[i], &len);
-            oom = outbuf_put(&echo, p, len) != 0;
-        }
-    }
-    unsigned char rnd[12];
-    char idbuf[40] = "cmpl-";
-    if (os_random_bytes(rnd, sizeof rnd) == 0)
-        for (size_t i = 0; i < sizeof rnd; i++)
-            snprintf(idbuf + 5 + 2 * i, 3, "%02x", rnd[i]);
-    j->cmpl_id = rc_strdup(idbuf);
-    j->model_name = rc_strdup(r.model ? r.model : a->model_name); /* echoed as sent */
-    if (r.n > 1 && (!(j->choices = rc_calloc((size_t)r.n, sizeof *j->choices)) ||
-                    !(j->gens = rc_calloc((size_t)r.n, sizeof *j->gens))))
-        oom = 1;
-    j->n_choices = r.n;
-    if (oom || !j->cmpl_id || !j->model_name) {
+    if ((r.echo && !empty && completion_echo(a, &r.prompt, &echo) != 0) ||
+        completion_alloc(a, j, &r) != 0) {
         outbuf_free(&echo);
         req_completion_free(&r);
         job_free(j);
         respond_oom(q->h, NULL);
         return;
     }
-    take_input(j, &r.prompt);
-    j->created = (int64_t)time(NULL);
-    system_fingerprint(a, j->sys_fp);
-    j->include_usage = r.include_usage;
-    j->score = r.echo && r.logprobs >= 0 && !empty;
-    j->want_details = j->score;
-    j->top_k = r.logprobs > 0 ? r.logprobs : 0;
-    /* the limit is per response: n choices share it (each repeats the
-     * echoed prompt's rows) */
-    j->detail_limit = (size_t)a->cfg->detail_limit / (size_t)(r.n > 1 ? r.n : 1);
-    j->gen_max = r.max_tokens;
-    j->sp = r.sp;
-    j->seed = r.has_seed ? r.seed : random_seed();
-    take_stop(j, &r.stop);
-    j->gen_details = r.logprobs >= 0;
-    j->stream = r.stream ? STREAM_OPENAI : STREAM_NONE;
-    q->cmpl_logprobs = r.logprobs;
-    q->cmpl_echo = r.echo;
-    if (j->stream) {
-        j->echo = echo.p;
-        j->echo_len = echo.n;
-    } else {
-        q->echo = echo.p;
-        q->echo_len = echo.n;
-    }
+    completion_fill(q, j, &r, empty, &echo);
     req_completion_free(&r);
-    if (tmp_state(q, j) != 0) {
-        job_free(j);
+    if (completion_states(q, j) != 0)
         return;
-    }
-    /* n > 1: the prompt is read once into tmp; choice i generates in
-     * gens[i] from a copy of it (n more states, counted like tmp) */
-    for (int i = 0; j->n_choices > 1 && i < j->n_choices; i++)
-        if (job_state(q, j, &j->gens[i]) != 0) {
-            job_release(a, j); /* the states made so far and their reservations */
-            return;
-        }
-    submit(q, j);
-    if (j->stream) {
+    rq_submit(q, j);
+    if (j->req.stream.format) {
         q->phase = RQ_STREAMING;
-        http_respond_stream(q->h, 200, "text/event-stream", pull);
+        http_respond_stream(q->h, 200, "text/event-stream", pull_stream_events);
     }
 }
 
 void done_completions(struct rq *q, struct job *j)
 {
-    struct vocab_view v = vocab(q->a);
+    struct vocab_view v = vocab_of(q->a);
     /* one choice: the results are in j->out_*; n > 1: in j->choices */
-    size_t n = j->n_choices > 1 ? (size_t)j->n_choices : 1;
-    struct choice_out one = {.ids = j->out_ids, .text = j->out_text, .rows = j->out_rows,
-                             .rows_truncated = j->out_truncated, .finish = j->finish};
-    const struct choice_out *src = j->n_choices > 1 ? j->choices : &one;
+    size_t n = j->req.n_choices > 1 ? (size_t)j->req.n_choices : 1;
+    struct choice_out one = {.ids = j->res.out_ids,
+                             .text = j->res.out_text,
+                             .rows = j->res.out_rows,
+                             .rows_truncated = j->res.out_truncated,
+                             .finish = j->res.finish};
+    const struct choice_out *src = j->req.n_choices > 1 ? j->res.choices : &one;
     struct outbuf *text = rc_calloc(n, sizeof *text);
     struct tok_details *all = rc_calloc(n, sizeof *all);
     struct completion_choice *ch = rc_calloc(n, sizeof *ch);
@@ -444,12 +494,12 @@ void done_completions(struct rq *q, struct job *j)
     int oom = !text || !all || !ch;
     for (size_t c = 0; c < n && !oom; c++) {
         const struct choice_out *x = &src[c];
-        tok_details_init(&all[c], j->top_k);
+        tok_details_init(&all[c], j->req.top_k);
         oom = outbuf_put(&text[c], q->echo ? q->echo : "", q->echo_len) ||
               outbuf_put(&text[c], x->text.p ? x->text.p : "", x->text.n);
         if (q->cmpl_logprobs >= 0) {
             /* echo: the prompt's rows first (the first has no logprob) */
-            const struct tok_details *parts[2] = {q->cmpl_echo ? &j->in_rows : NULL, &x->rows};
+            const struct tok_details *parts[2] = {q->cmpl_echo ? &j->res.in_rows : NULL, &x->rows};
             for (int p = 0; p < 2 && !oom; p++)
                 for (size_t i = 0; parts[p] && i < parts[p]->n && !oom; i++)
                     oom = tok_details_push(&all[c], parts[p]->pos[i], parts[p]->id[i],
@@ -465,7 +515,7 @@ void done_completions(struct rq *q, struct job *j)
             .d = q->cmpl_logprobs >= 0 ? &all[c] : NULL,
             .text_offset0 = q->cmpl_echo ? 0 : q->echo_len,
             .truncated = q->cmpl_logprobs >= 0 &&
-                         (x->rows_truncated || (q->cmpl_echo && j->in_truncated)),
+                         (x->rows_truncated || (q->cmpl_echo && j->res.in_truncated)),
         };
     }
     json_t *o = NULL;
@@ -473,13 +523,13 @@ void done_completions(struct rq *q, struct job *j)
         char fp[24];
         system_fingerprint(q->a, fp);
         struct completion_view cv = {
-            .id = j->cmpl_id,
-            .created = j->created,
-            .model = j->model_name,
+            .id = j->req.stream.cmpl_id,
+            .created = j->req.stream.created,
+            .model = j->req.stream.model,
             .system_fingerprint = fp,
             .ch = ch,
             .n_ch = n,
-            .prompt_tokens = j->n_input,
+            .prompt_tokens = j->res.n_input,
             .completion_tokens = generated,
             .with_usage = 1,
         };
@@ -524,12 +574,12 @@ int start_text_append(struct rq *q)
         respond_oom(q->h, NULL);
         return -1;
     }
-    j->streamed = 1;
+    j->req.streamed = 1;
     score_job(q, j, &r);
-    j->state = s->state;
-    j->sess_a = s;
+    j->req.state = s->state;
+    j->loop.sess_a = s;
     q->body = RQ_BODY_TEXT;
-    submit(q, j);
+    rq_submit(q, j);
     return 0;
 }
 

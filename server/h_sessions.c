@@ -9,6 +9,7 @@
 #include "alloc.h"
 #include "handlers.h"
 #include "errors.h"
+#include "fileio.h"
 #include "jsonin.h"
 #include "response.h"
 #include "spill.h"
@@ -42,7 +43,7 @@ static json_t *session_json(struct app *a, struct session *s, const struct job *
 
 
 /* ---- file work (named snapshots) -------------------------------------------
- * Disk I/O runs on libuv's worker pool; the request waits suspended. If
+ * Disk I/O runs on a worker (fileio.h); the request waits suspended. If
  * the request goes away first, the op finishes and only frees itself. */
 
 
@@ -110,9 +111,10 @@ static int save_allowed(struct fsop *f)
     return 0;
 }
 
-static void fs_work(uv_work_t *w)
+/* Worker thread: the file operation itself. */
+static void snapfile_run(struct fileio *io)
 {
-    struct fsop *f = w->data;
+    struct fsop *f = FILEIO_OP(io, struct fsop, io);
     switch (f->kind) {
     case FS_WRITE:
         f->rc = save_allowed(f);
@@ -132,26 +134,27 @@ static void fs_work(uv_work_t *w)
     }
 }
 
-static void fs_done(struct rq *q, struct fsop *f);
+static void snapfile_answer(struct rq *q, struct fsop *f);
 
-static void fs_after(uv_work_t *w, int status)
+/* Loop thread: answer the request, if it is still there, and free the op. */
+static void snapfile_done(struct fileio *io, int cancelled)
 {
-    struct fsop *f = w->data;
+    struct fsop *f = FILEIO_OP(io, struct fsop, io);
     struct rq *q = f->q;
     if (q) {
         q->fsop = NULL;
-        if (status == UV_ECANCELED) {
+        if (cancelled) {
             f->rc = RC_ECANCELED;
             snprintf(f->err, sizeof f->err, "cancelled");
         }
-        fs_done(q, f);
+        snapfile_answer(q, f);
     }
     rc_free(f->buf);
     rc_free(f->list);
     rc_free(f);
 }
 
-int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
+int snapfile_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
 {
     struct fsop *f = rc_calloc(1, sizeof *f);
     if (!f) {
@@ -175,8 +178,7 @@ int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len)
     f->reserve = q->a->cfg->snapshot_disk_reserve;
     f->states = q->a->states;
     f->spill_room = q->a->sessions ? sessions_state_bytes(q->a->sessions) : 0;
-    f->w.data = f;
-    if (uv_queue_work(q->a->loop, &f->w, fs_work, fs_after) != 0) {
+    if (fileio_queue(q->a->loop, &f->io, snapfile_run, snapfile_done) != 0) {
         rc_free(f->buf);
         rc_free(f);
         respond_err(q->h, API_INTERNAL, "cannot queue file work");
@@ -213,135 +215,143 @@ static void respond_created(struct rq *q, struct session *s)
     http_respond(q->h, 201, "application/json", body, n);
 }
 
-void h_sessions_post(struct rq *q)
-{
-    struct app *a = q->a;
-    struct api_error e;
-    struct session *src = NULL, *s;
-    struct req_session_create r = {0};
-    size_t snap_len = 0;
-    char *snap = NULL;
-    if (q->body == RQ_BODY_SNAPSHOT) {
-        snap = http_take_body(q->h, &snap_len);
-    } else {
-        json_t *o = NULL;
-        size_t n;
-        http_body(q->h, &n);
-        if (n) { /* an empty body means {} */
-            if (!(o = body_json(q)))
-                return;
-            int rc = req_session_create_parse(o, &a->lim, &r, &e);
-            json_decref(o);
-            if (rc) {
-                http_respond_error(q->h, &e);
-                return;
-            }
-        }
-        if (r.snapshot) {
-            snprintf(q->name, sizeof q->name, "%s", r.snapshot);
-            req_session_create_free(&r);
-            if (snapshots_on(q))
-                fs_start(q, FS_READ, q->name, NULL, 0);
-            return;
-        }
-        if (r.fork_of) {
-            snprintf(q->id, sizeof q->id, "%.32s", r.fork_of);
-            src = sessions_get(a->sessions, r.fork_of, q->owner);
-            if (!src) {
-                respond_err(q->h, API_NOT_FOUND, "no session '%.40s' to fork", r.fork_of);
-                req_session_create_free(&r);
-                return;
-            }
-            if (src->busy) {
-                respond_err(q->h, API_SESSION_BUSY, "session '%s' is busy; fork it when idle",
-                            src->id);
-                req_session_create_free(&r);
-                return;
-            }
-            if (src->spilled || src->io) {
-                req_session_create_free(&r);
-                wait_for(q, src); /* then this runs again */
-                return;
-            }
-        }
-        req_session_create_free(&r);
-    }
-    if (sessions_new(a->sessions, q->owner, now_ms(a), &s, &e) != 0) {
-        rc_free(snap);
-        if (api_err_status(e.kind) == 503)
-            http_add_header(q->h, "Retry-After", "5");
-        http_respond_error(q->h, &e);
-        return;
-    }
-    a->metrics.sessions_created++;
-    if (!src && !snap) {
-        spill_check(a); /* no job reads another session's state here */
-        respond_created(q, s);
-        return;
-    }
-    struct job *j = job_new(src ? JOB_COPY : JOB_LOAD);
-    if (!j) {
-        rc_free(snap);
-        sessions_delete(a->sessions, s);
-        respond_oom(q->h, NULL);
-        return;
-    }
-    j->state = s->state;
-    j->sess_a = s;
-    if (src) {
-        src->last_used_ms = now_ms(a);
-        j->src = src->state;
-        j->sess_b = src;
-    } else {
-        j->snap = (uint8_t *)snap;
-        j->snap_len = snap_len;
-        j->fingerprint = a->fingerprint;
-    }
-    /* Only now, with src held by the job (busy), may the new state's
-     * weight spill something: before, src was the least recently used
-     * idle session, the spiller's first choice, and its state would be
-     * freed under the copy. */
-    submit(q, j);
-    spill_check(a);
-}
-
-/* A new session read from snapshot bytes (owned by the callee). */
-static void create_from_snapshot(struct rq *q, uint8_t *snap, size_t len)
+/* A new session for the caller, counted; NULL when refused (answered:
+ * 429 over the key's cap, 503 with Retry-After over the server's). */
+static struct session *session_new(struct rq *q)
 {
     struct app *a = q->a;
     struct api_error e;
     struct session *s;
     if (sessions_new(a->sessions, q->owner, now_ms(a), &s, &e) != 0) {
-        rc_free(snap);
         if (api_err_status(e.kind) == 503)
             http_add_header(q->h, "Retry-After", "5");
         http_respond_error(q->h, &e);
-        return;
+        return NULL;
     }
     a->metrics.sessions_created++;
-    struct job *j = job_new(JOB_LOAD);
+    return s;
+}
+
+/* A job of kind that fills the new session s; NULL when out of memory
+ * (answered, and s deleted: the client never heard of it). */
+static struct job *session_fill_job(struct rq *q, struct session *s, int kind)
+{
+    struct job *j = job_new(kind);
+    if (!j) {
+        sessions_delete(q->a->sessions, s);
+        respond_oom(q->h, NULL);
+        return NULL;
+    }
+    j->req.state = s->state;
+    j->loop.sess_a = s;
+    return j;
+}
+
+/* A new session read from snapshot bytes (owned by the callee). 0 when
+ * its job is submitted, -1 when answered. */
+static int create_from_snapshot(struct rq *q, uint8_t *snap, size_t len)
+{
+    struct session *s = session_new(q);
+    struct job *j = s ? session_fill_job(q, s, JOB_LOAD) : NULL;
     if (!j) {
         rc_free(snap);
-        sessions_delete(a->sessions, s);
-        respond_oom(q->h, NULL);
+        return -1;
+    }
+    j->req.snap = snap;
+    j->req.snap_len = len;
+    j->req.fingerprint = q->a->fingerprint;
+    rq_submit(q, j);
+    return 0;
+}
+
+/* A JSON body (or none: {}) of POST /v1/sessions: "snapshot" starts
+ * reading the named snapshot, "fork_of" names the session to copy
+ * (*src). 0 to go on and create the session; -1 when the request was
+ * answered, waits for src's state, or reads its snapshot. */
+static int session_source(struct rq *q, struct session **src)
+{
+    struct app *a = q->a;
+    struct api_error e;
+    struct req_session_create r = {0};
+    size_t n;
+    http_body(q->h, &n);
+    if (n) { /* an empty body means {} */
+        json_t *o = body_json(q);
+        if (!o)
+            return -1;
+        int rc = req_session_create_parse(o, &a->lim, &r, &e);
+        json_decref(o);
+        if (rc) {
+            http_respond_error(q->h, &e);
+            return -1;
+        }
+    }
+    int go_on = 0;
+    if (r.snapshot) {
+        snprintf(q->name, sizeof q->name, "%s", r.snapshot);
+        if (snapshots_on(q))
+            snapfile_start(q, FS_READ, q->name, NULL, 0);
+        go_on = -1;
+    } else if (r.fork_of) {
+        snprintf(q->id, sizeof q->id, "%.32s", r.fork_of);
+        struct session *s = sessions_get(a->sessions, r.fork_of, q->owner);
+        if (!s) {
+            respond_err(q->h, API_NOT_FOUND, "no session '%.40s' to fork", r.fork_of);
+            go_on = -1;
+        } else if (s->busy) {
+            respond_err(q->h, API_SESSION_BUSY, "session '%s' is busy; fork it when idle", s->id);
+            go_on = -1;
+        } else if (s->spilled || s->io) {
+            wait_for(q, s); /* then this runs again */
+            go_on = -1;
+        }
+        *src = s;
+    }
+    req_session_create_free(&r);
+    return go_on;
+}
+
+void h_sessions_post(struct rq *q)
+{
+    struct app *a = q->a;
+    if (q->body == RQ_BODY_SNAPSHOT) {
+        size_t len;
+        char *snap = http_take_body(q->h, &len);
+        if (create_from_snapshot(q, (uint8_t *)snap, len) == 0)
+            spill_check(a);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
-    j->snap = snap;
-    j->snap_len = len;
-    j->fingerprint = a->fingerprint;
-    submit(q, j);
+    struct session *src = NULL, *s;
+    if (session_source(q, &src) != 0 || !(s = session_new(q)))
+        return;
+    if (!src) {
+        spill_check(a); /* no job reads another session's state here */
+        respond_created(q, s);
+        return;
+    }
+    struct job *j = session_fill_job(q, s, JOB_COPY);
+    if (!j)
+        return;
+    src->last_used_ms = now_ms(a);
+    j->req.src = src->state;
+    j->loop.sess_b = src;
+    /* Only now, with src held by the job (busy), may the new state's
+     * weight spill something: before, src was the least recently used
+     * idle session, the spiller's first choice, and its state would be
+     * freed under the copy. */
+    rq_submit(q, j);
+    spill_check(a);
 }
+
 
 void done_session_create(struct rq *q, struct job *j)
 {
     struct app *a = q->a;
-    struct session *s = j->sess_a;
-    if (j->rc) {
+    struct session *s = j->loop.sess_a;
+    if (j->res.rc) {
         /* the new session never existed as far as the client knows */
         sessions_delete(a->sessions, s);
-        http_respond_error(q->h, &j->err);
+        http_respond_error(q->h, &j->res.err);
         return;
     }
     s->pos = s->state->pos;
@@ -383,7 +393,9 @@ void h_session(struct rq *q)
     respond_json(q->h, 200, resp_session_deleted(q->id));
 }
 
-void h_state_get(struct rq *q)
+/* Encode the path's session's state as a snapshot (a JOB_SAVE): the body
+ * of GET .../state, or the bytes a save writes. */
+static void start_state_save(struct rq *q)
 {
     struct session *s = idle_session(q);
     if (!s)
@@ -393,11 +405,13 @@ void h_state_get(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    j->state = s->state;
-    j->sess_a = s;
-    j->fingerprint = q->a->fingerprint;
-    submit(q, j);
+    j->req.state = s->state;
+    j->loop.sess_a = s;
+    j->req.fingerprint = q->a->fingerprint;
+    rq_submit(q, j);
 }
+
+void h_state_get(struct rq *q) { start_state_save(q); }
 
 void h_state_put(struct rq *q)
 {
@@ -409,32 +423,32 @@ void h_state_put(struct rq *q)
         respond_oom(q->h, NULL);
         return;
     }
-    if (job_state(q, j, &j->gen) != 0) {
+    if (job_state(q, j, &j->req.gen) != 0) {
         job_free(j);
         return;
     }
-    j->snap = (uint8_t *)http_take_body(q->h, &j->snap_len);
-    j->state = j->gen; /* read into, then committed */
-    j->sess_a = s;
-    j->fingerprint = q->a->fingerprint;
-    submit(q, j);
+    j->req.snap = (uint8_t *)http_take_body(q->h, &j->req.snap_len);
+    j->req.state = j->req.gen; /* read into, then committed */
+    j->loop.sess_a = s;
+    j->req.fingerprint = q->a->fingerprint;
+    rq_submit(q, j);
 }
 
 void done_state(struct rq *q, struct job *j)
 {
-    if (j->rc) {
-        http_respond_error(q->h, &j->err);
+    if (j->res.rc) {
+        http_respond_error(q->h, &j->res.err);
         return;
     }
-    if (j->kind == JOB_SAVE) {
-        char *b = (char *)j->snap_out;
-        j->snap_out = NULL;
+    if (j->req.kind == JOB_SAVE) {
+        char *b = (char *)j->res.snap_out;
+        j->res.snap_out = NULL;
         http_add_header(q->h, "Content-Disposition", "attachment; filename=\"session.snap\"");
-        http_respond(q->h, 200, "application/octet-stream", b, j->snap_out_len);
+        http_respond(q->h, 200, "application/octet-stream", b, j->res.snap_out_len);
         return;
     }
-    struct session *s = j->sess_a;
-    s->pos = j->gen->pos; /* what the answer shows */
+    struct session *s = j->loop.sess_a;
+    s->pos = j->req.gen->pos; /* what the answer shows */
     size_t n;
     char *body = json_body(session_json(q->a, s, q->job), &n);
     if (!body) {
@@ -442,7 +456,7 @@ void done_state(struct rq *q, struct job *j)
         respond_oom(q->h, "building the response");
         return;
     }
-    state_commit(j);
+    commit_job_state(j);
     http_respond(q->h, 200, "application/json", body, n);
 }
 
@@ -466,24 +480,13 @@ void h_save(struct rq *q)
     snprintf(q->name, sizeof q->name, "%s", r.name);
     q->overwrite = r.overwrite;
     req_save_free(&r);
-    struct session *s = idle_session(q);
-    if (!s)
-        return;
-    struct job *j = job_new(JOB_SAVE);
-    if (!j) {
-        respond_oom(q->h, NULL);
-        return;
-    }
-    j->state = s->state;
-    j->sess_a = s;
-    j->fingerprint = q->a->fingerprint;
-    submit(q, j);
+    start_state_save(q);
 }
 
 void h_snapshots(struct rq *q)
 {
     if (snapshots_on(q))
-        fs_start(q, FS_LIST, NULL, NULL, 0);
+        snapfile_start(q, FS_LIST, NULL, NULL, 0);
 }
 
 void h_snapshot(struct rq *q)
@@ -495,10 +498,10 @@ void h_snapshot(struct rq *q)
         http_respond_error(q->h, &e);
         return;
     }
-    fs_start(q, q->method == M_DELETE ? FS_REMOVE : FS_READ, q->name, NULL, 0);
+    snapfile_start(q, q->method == M_DELETE ? FS_REMOVE : FS_READ, q->name, NULL, 0);
 }
 
-static void fs_done(struct rq *q, struct fsop *f)
+static void snapfile_answer(struct rq *q, struct fsop *f)
 {
     if (f->rc) {
         int kind = f->kind == FS_WRITE ? api_err_from_write_rc(f->rc) : api_err_from_rc(f->rc);

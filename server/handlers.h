@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "app.h"
+#include "fileio.h"
 
 enum route {
     R_HEALTH,
@@ -55,7 +56,7 @@ enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_DELETE = 8 };
  *   RQ_STREAM_END_OOM ──(the pull sent a static error event)──> RQ_STREAM_END
  *
  * In RQ_HANDLING the answer is made at once, or when a job ends
- * (finish_job) or file work ends (fs_done); q->job, q->fsop and q->waiting
+ * (finish_job) or file work ends (snapfile_answer); q->job, q->fsop and q->waiting
  * say which is in flight. A request leaves every phase by on_done. */
 enum rq_phase {
     RQ_HANDLING = 0,
@@ -99,7 +100,7 @@ struct rq {
     int cmpl_echo;
     char *echo;                /* echoed prompt text (non-stream), owned */
     size_t echo_len;
-    struct list_node link;     /* on app.rqs while it has a job */
+    struct list_node link;     /* on app->rqs while it has a job */
     struct session *waiting;   /* waiting for this session's state to be back */
     struct rq *wprev, *wnext;  /* its waiters list */
 };
@@ -110,7 +111,7 @@ struct rq {
 enum { FS_WRITE = 1, FS_READ, FS_REMOVE, FS_LIST };
 
 struct fsop {
-    uv_work_t w;
+    struct fileio io;
     struct app *a;
     struct store *st;
     struct rq *q;              /* NULL once the request is gone */
@@ -143,10 +144,10 @@ int respond_json(struct http_req *h, int status, json_t *o);
 int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void job_release(struct app *a, struct job *j);
-void submit(struct rq *q, struct job *j);
+void rq_submit(struct rq *q, struct job *j);
 int job_state(struct rq *q, struct job *j, struct mstate **out);
 int tmp_state(struct rq *q, struct job *j);
-void state_commit(struct job *j);
+void commit_job_state(struct job *j);
 json_t *body_json(struct rq *q);
 void wait_for(struct rq *q, struct session *s);
 struct session *idle_session(struct rq *q);
@@ -174,7 +175,7 @@ size_t on_data(void *ud, struct http_req *h, const char *data, size_t n);
 
 /* ---- h_sessions.c */
 
-int fs_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len);
+int snapfile_start(struct rq *q, int kind, const char *name, uint8_t *buf, size_t len);
 void h_sessions_post(struct rq *q);
 void done_session_create(struct rq *q, struct job *j);
 void h_sessions_list(struct rq *q);

@@ -141,125 +141,156 @@ int options_parse_size(const char *s, size_t *out)
     return 0;
 }
 
+static int set_str(char **dst, const char *val, char *err, size_t errlen)
+{
+    char *d = rc_strdup(val);
+    if (!d)
+        return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+    rc_free(*dst);
+    *dst = d;
+    return 0;
+}
+
+/* Appends the comma-separated keys in val. A new source replaces keys from a
+ * weaker one, but repeated --api-key flags add up: the caller clears between
+ * sources. */
+static int add_api_keys(struct options *c, const struct opt *o, const char *val, char *err,
+                        size_t errlen)
+{
+    const char *p = val;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n > 0) {
+            if (c->n_api_keys == OPTIONS_MAX_KEYS)
+                return rc_fail(err, errlen, RC_ERANGE, "%s: more than %d keys", o->flag,
+                               OPTIONS_MAX_KEYS);
+            if (n > 512)
+                return rc_fail(err, errlen, RC_EINVAL, "%s: a key is longer than 512 bytes",
+                               o->flag);
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)p[i] <= ' ' || (unsigned char)p[i] >= 0x7f)
+                    return rc_fail(err, errlen, RC_EINVAL,
+                                   "%s: keys must be printable ASCII without spaces", o->flag);
+            char *k = rc_strndup(p, n);
+            if (!k)
+                return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+            c->api_keys[c->n_api_keys++] = k;
+        }
+        p += n + (comma ? 1 : 0);
+    }
+    return 0;
+}
+
+/* Whether p[0:n) is "*" or scheme://host[:port]: printable, no path, at most
+ * 256 bytes. */
+static int is_origin(const char *p, size_t n)
+{
+    int ok = n <= 256 && (n == 1 ? *p == '*' : 1);
+    for (size_t i = 0; i < n && ok; i++)
+        ok = (unsigned char)p[i] > ' ' && (unsigned char)p[i] < 0x7f;
+    const char *sep = ok && n > 1 ? strstr(p, "://") : NULL;
+    if (n > 1 && (!sep || sep >= p + n || sep == p ||
+                  memchr(sep + 3, '/', (size_t)(p + n - (sep + 3))) || sep + 3 == p + n))
+        ok = 0;
+    return ok;
+}
+
+/* Appends the comma-separated origins in val, spaces around each trimmed;
+ * like add_api_keys: repeated flags add up, a stronger source replaces. */
+static int add_cors_origins(struct options *c, const struct opt *o, const char *val, char *err,
+                            size_t errlen)
+{
+    const char *p = val;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n > 0 && *p == ' ')
+            p++, n--;
+        while (n > 0 && p[n - 1] == ' ')
+            n--;
+        if (n > 0) {
+            if (c->n_cors_origins == OPTIONS_MAX_ORIGINS)
+                return rc_fail(err, errlen, RC_ERANGE, "%s: more than %d origins", o->flag,
+                               OPTIONS_MAX_ORIGINS);
+            if (!is_origin(p, n))
+                return rc_fail(err, errlen, RC_EINVAL,
+                               "%s: '%.*s' is not an origin (scheme://host[:port], or *)",
+                               o->flag, (int)(n > 80 ? 80 : n), p);
+            char *k = rc_strndup(p, n);
+            if (!k)
+                return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+            c->cors_origins[c->n_cors_origins++] = k;
+        }
+        p += n;
+        while (*p == ' ')
+            p++;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+static int set_flag(int *dst, const struct opt *o, const char *val, char *err, size_t errlen)
+{
+    if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes"))
+        *dst = 1;
+    else if (!strcmp(val, "0") || !strcmp(val, "false") || !strcmp(val, "no"))
+        *dst = 0;
+    else
+        return rc_fail(err, errlen, RC_EINVAL, "%s: expected 1/0/true/false, got '%s'", o->flag,
+                       val);
+    return 0;
+}
+
+static int set_long(long *dst, const struct opt *o, const char *val, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(val, &end, 10);
+    if (errno || end == val || *end || v < o->lo || v > o->hi)
+        return rc_fail(err, errlen, RC_EINVAL, "%s: expected an integer in [%.0f, %.0f], got '%s'",
+                       o->flag, o->lo, o->hi, val);
+    *dst = (long)v;
+    return 0;
+}
+
+static int set_size(size_t *dst, const struct opt *o, const char *val, char *err, size_t errlen)
+{
+    size_t v;
+    if (options_parse_size(val, &v) != 0 || v < o->lo || v > o->hi)
+        return rc_fail(err, errlen, RC_EINVAL,
+                       "%s: expected a size in [%.0f, %.0f] bytes (K/M/G suffixes), got '%s'",
+                       o->flag, o->lo, o->hi, val);
+    *dst = v;
+    return 0;
+}
+
+static int set_secs(double *dst, const struct opt *o, const char *val, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || end == val || *end || !(v >= o->lo && v <= o->hi))
+        return rc_fail(err, errlen, RC_EINVAL, "%s: expected seconds in [%g, %g], got '%s'",
+                       o->flag, o->lo, o->hi, val);
+    *dst = v;
+    return 0;
+}
+
+/* Parses val as option o's type into its field of c. */
 static int set_opt(struct options *c, const struct opt *o, const char *val, char *err,
                    size_t errlen)
 {
-    char *base = (char *)c;
+    void *field = (char *)c + o->off;
     switch (o->type) {
-    case T_STR: {
-        char **dst = (char **)(base + o->off);
-        char *d = rc_strdup(val);
-        if (!d)
-            return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-        rc_free(*dst);
-        *dst = d;
-        return 0;
-    }
-    case T_KEYS: {
-        /* A new source replaces keys from a weaker one, but repeated
-         * --api-key flags add up: the caller clears between sources. */
-        const char *p = val;
-        while (*p) {
-            const char *comma = strchr(p, ',');
-            size_t n = comma ? (size_t)(comma - p) : strlen(p);
-            if (n > 0) {
-                if (c->n_api_keys == OPTIONS_MAX_KEYS)
-                    return rc_fail(err, errlen, RC_ERANGE, "%s: more than %d keys", o->flag,
-                                   OPTIONS_MAX_KEYS);
-                if (n > 512)
-                    return rc_fail(err, errlen, RC_EINVAL, "%s: a key is longer than 512 bytes",
-                                   o->flag);
-                for (size_t i = 0; i < n; i++)
-                    if ((unsigned char)p[i] <= ' ' || (unsigned char)p[i] >= 0x7f)
-                        return rc_fail(err, errlen, RC_EINVAL,
-                                       "%s: keys must be printable ASCII without spaces", o->flag);
-                char *k = rc_strndup(p, n);
-                if (!k)
-                    return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-                c->api_keys[c->n_api_keys++] = k;
-            }
-            p += n + (comma ? 1 : 0);
-        }
-        return 0;
-    }
-    case T_ORIGINS: {
-        /* like T_KEYS: repeated flags add up, a stronger source replaces */
-        const char *p = val;
-        while (*p) {
-            const char *comma = strchr(p, ',');
-            size_t n = comma ? (size_t)(comma - p) : strlen(p);
-            while (n > 0 && *p == ' ')
-                p++, n--;
-            while (n > 0 && p[n - 1] == ' ')
-                n--;
-            if (n > 0) {
-                if (c->n_cors_origins == OPTIONS_MAX_ORIGINS)
-                    return rc_fail(err, errlen, RC_ERANGE, "%s: more than %d origins", o->flag,
-                                   OPTIONS_MAX_ORIGINS);
-                int ok = n <= 256 && (n == 1 ? *p == '*' : 1);
-                for (size_t i = 0; i < n && ok; i++)
-                    ok = (unsigned char)p[i] > ' ' && (unsigned char)p[i] < 0x7f;
-                const char *sep = ok && n > 1 ? strstr(p, "://") : NULL;
-                if (n > 1 && (!sep || sep >= p + n || sep == p ||
-                              memchr(sep + 3, '/', (size_t)(p + n - (sep + 3))) ||
-                              sep + 3 == p + n))
-                    ok = 0;
-                if (!ok)
-                    return rc_fail(err, errlen, RC_EINVAL,
-                                   "%s: '%.*s' is not an origin (scheme://host[:port], or *)",
-                                   o->flag, (int)(n > 80 ? 80 : n), p);
-                char *k = rc_strndup(p, n);
-                if (!k)
-                    return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-                c->cors_origins[c->n_cors_origins++] = k;
-            }
-            p += n;
-            while (*p == ' ')
-                p++;
-            if (*p == ',')
-                p++;
-        }
-        return 0;
-    }
-    case T_FLAG: {
-        int *dst = (int *)(base + o->off);
-        if (!strcmp(val, "1") || !strcmp(val, "true") || !strcmp(val, "yes"))
-            *dst = 1;
-        else if (!strcmp(val, "0") || !strcmp(val, "false") || !strcmp(val, "no"))
-            *dst = 0;
-        else
-            return rc_fail(err, errlen, RC_EINVAL, "%s: expected 1/0/true/false, got '%s'",
-                           o->flag, val);
-        return 0;
-    }
-    case T_LONG: {
-        char *end;
-        errno = 0;
-        long long v = strtoll(val, &end, 10);
-        if (errno || end == val || *end || v < o->lo || v > o->hi)
-            return rc_fail(err, errlen, RC_EINVAL, "%s: expected an integer in [%.0f, %.0f], got '%s'",
-                           o->flag, o->lo, o->hi, val);
-        *(long *)(base + o->off) = (long)v;
-        return 0;
-    }
-    case T_SIZE: {
-        size_t v;
-        if (options_parse_size(val, &v) != 0 || v < o->lo || v > o->hi)
-            return rc_fail(err, errlen, RC_EINVAL, "%s: expected a size in [%.0f, %.0f] bytes (K/M/G suffixes), got '%s'",
-                           o->flag, o->lo, o->hi, val);
-        *(size_t *)(base + o->off) = v;
-        return 0;
-    }
-    case T_SECS: {
-        char *end;
-        errno = 0;
-        double v = strtod(val, &end);
-        if (errno || end == val || *end || !(v >= o->lo && v <= o->hi))
-            return rc_fail(err, errlen, RC_EINVAL, "%s: expected seconds in [%g, %g], got '%s'",
-                           o->flag, o->lo, o->hi, val);
-        *(double *)(base + o->off) = v;
-        return 0;
-    }
+    case T_STR: return set_str(field, val, err, errlen);
+    case T_KEYS: return add_api_keys(c, o, val, err, errlen);
+    case T_ORIGINS: return add_cors_origins(c, o, val, err, errlen);
+    case T_FLAG: return set_flag(field, o, val, err, errlen);
+    case T_LONG: return set_long(field, o, val, err, errlen);
+    case T_SIZE: return set_size(field, o, val, err, errlen);
+    case T_SECS: return set_secs(field, o, val, err, errlen);
     }
     return RC_EINVAL;
 }

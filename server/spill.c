@@ -8,6 +8,7 @@
 #include "alloc.h"
 #include "app.h"
 #include "errors.h"
+#include "fileio.h"
 #include "log.h"
 #include "snapshot.h"
 #include "state.h"
@@ -16,7 +17,7 @@
 #define SPILL_BACKOFF_MAX_MS 30000u
 
 struct spillop {
-    uv_work_t w;
+    struct fileio io;
     struct app *a;
     struct store *store;
     struct session *s;     /* NULL for a plain file removal */
@@ -35,9 +36,10 @@ static void file_of(const struct session *s, char *out, size_t n)
     snprintf(out, n, "%s.%016" PRIx64 ".state", s->id, s->owner);
 }
 
-static void work(uv_work_t *w)
+/* Worker thread: write the state out, read it back, or remove a file. */
+static void spill_run(struct fileio *io)
 {
-    struct spillop *op = w->data;
+    struct spillop *op = FILEIO_OP(io, struct spillop, io);
     uint8_t *buf = NULL;
     size_t len = 0;
     if (!op->s) {
@@ -58,18 +60,19 @@ static void work(uv_work_t *w)
     rc_free(buf);
 }
 
-static void after(uv_work_t *w, int status)
+/* Loop thread: book the result, and answer whoever waited for it. */
+static void spill_done(struct fileio *io, int cancelled)
 {
-    struct spillop *op = w->data;
+    struct spillop *op = FILEIO_OP(io, struct spillop, io);
     struct app *a = op->a;
     struct session *s = op->s;
     a->io_ops--;
     if (!s) { /* a dropped session's file removed */
         rc_free(op);
-        app_check_drained(a); /* it may have been the last work a drain waited for */
+        a->check_drained(a); /* it may have been the last work a drain waited for */
         return;
     }
-    if (status == UV_ECANCELED && !op->rc) {
+    if (cancelled && !op->rc) {
         op->rc = RC_ECANCELED;
         snprintf(op->err, sizeof op->err, "cancelled");
     }
@@ -100,27 +103,27 @@ static void after(uv_work_t *w, int status)
             sessions_io_failed(a->sessions, s, NULL);
         }
         if (gone)
-            routes_session_ready(a, waiters, ROUTES_GONE, NULL);
+            a->session_ready(a, waiters, SESSION_READY_GONE, NULL);
         else if (waiters) {
             /* somebody wants it back already */
             s->waiters = waiters;
             if (s->spilled && spill_restore(a, s) != 0) {
                 s->waiters = NULL;
-                routes_session_ready(a, waiters, ROUTES_FAILED, "out of memory");
+                a->session_ready(a, waiters, SESSION_READY_FAILED, "out of memory");
             } else if (!s->spilled) {
                 s->waiters = NULL;
-                routes_session_ready(a, waiters, ROUTES_OK, NULL);
+                a->session_ready(a, waiters, SESSION_READY_OK, NULL);
             }
         }
     } else {
         if (op->rc == 0) {
             sessions_restored(a->sessions, s, op->st, uv_now(a->loop));
-            routes_session_ready(a, waiters, gone ? ROUTES_GONE : ROUTES_OK, NULL);
+            a->session_ready(a, waiters, gone ? SESSION_READY_GONE : SESSION_READY_OK, NULL);
         } else {
             log_msg("restoring session %s failed: %s", s->id,
                     log_escape(esc, sizeof esc, op->err, strlen(op->err)));
             sessions_io_failed(a->sessions, s, op->st);
-            routes_session_ready(a, waiters, gone ? ROUTES_GONE : ROUTES_FAILED, op->err);
+            a->session_ready(a, waiters, gone ? SESSION_READY_GONE : SESSION_READY_FAILED, op->err);
             /* a file that cannot be read as this model's state never will
              * be: the session is lost, say so once and drop it */
             if (!gone && op->rc != RC_EIO && op->rc != RC_ENOMEM && op->rc != RC_ECANCELED)
@@ -129,10 +132,10 @@ static void after(uv_work_t *w, int status)
     }
     rc_free(op);
     spill_check(a);
-    app_check_drained(a);
+    a->check_drained(a);
 }
 
-static struct spillop *op_new(struct app *a, struct session *s, int restore)
+static struct spillop *spillop_new(struct app *a, struct session *s, int restore)
 {
     struct spillop *op = rc_calloc(1, sizeof *op);
     if (!op)
@@ -143,15 +146,14 @@ static struct spillop *op_new(struct app *a, struct session *s, int restore)
     op->restore = restore;
     op->fp = a->fingerprint;
     op->max = a->snap_bytes;
-    op->w.data = op;
     if (s)
         file_of(s, op->file, sizeof op->file);
     return op;
 }
 
-static int queue(struct spillop *op)
+static int spill_queue(struct spillop *op)
 {
-    if (uv_queue_work(op->a->loop, &op->w, work, after) != 0)
+    if (fileio_queue(op->a->loop, &op->io, spill_run, spill_done) != 0)
         return RC_EIO;
     op->a->io_ops++;
     return 0;
@@ -178,12 +180,12 @@ void spill_check(struct app *a)
         struct session *s = sessions_pick_spill(a->sessions);
         if (!s)
             break;
-        struct spillop *op = op_new(a, s, 0);
+        struct spillop *op = spillop_new(a, s, 0);
         if (!op)
             break;
         op->st = s->state;
         s->io = 1;
-        if (queue(op) != 0) {
+        if (spill_queue(op) != 0) {
             s->io = 0;
             rc_free(op);
             break;
@@ -194,7 +196,7 @@ void spill_check(struct app *a)
 
 int spill_restore(struct app *a, struct session *s)
 {
-    struct spillop *op = op_new(a, s, 1);
+    struct spillop *op = spillop_new(a, s, 1);
     if (!op)
         return RC_ENOMEM;
     if (sessions_restore_state(a->sessions, &op->st) != 0) {
@@ -202,7 +204,7 @@ int spill_restore(struct app *a, struct session *s)
         return RC_ENOMEM;
     }
     s->io = 1;
-    if (queue(op) != 0) {
+    if (spill_queue(op) != 0) {
         sessions_io_failed(a->sessions, s, op->st);
         rc_free(op);
         return RC_EIO;
@@ -222,10 +224,10 @@ void spill_drop_file(void *ud, const struct session *s)
         store_remove(a->states, file, NULL, 0);
         return;
     }
-    struct spillop *op = op_new(a, NULL, 0);
+    struct spillop *op = spillop_new(a, NULL, 0);
     if (op) {
         memcpy(op->file, file, sizeof file);
-        if (queue(op) == 0)
+        if (spill_queue(op) == 0)
             return;
         rc_free(op);
     }
@@ -265,21 +267,17 @@ void spill_load_index(struct app *a)
         if (strlen(nm) != 32 + 1 + 16 + 6 || nm[32] != '.' || strcmp(nm + 49, ".state") ||
             hexval(nm, 32, &dummy) || hexval(nm + 33, 16, &owner))
             continue;
-        uint8_t head[SNAPSHOT_HEADER_BYTES + 40];
+        uint8_t head[SNAPSHOT_PEEK_BYTES];
         size_t got;
+        struct snapshot_head sh;
         if (store_read_head(a->states, nm, head, sizeof head, &got, err, sizeof err) != 0 ||
-            got < sizeof head || memcmp(head, SNAPSHOT_MAGIC, 8) != 0)
+            snapshot_peek(head, got, &sh) != 0)
             continue;
-        uint64_t fp = 0;
-        for (int k = 0; k < 8; k++)
-            fp |= (uint64_t)head[12 + k] << (8 * k);
-        if (fp != a->fingerprint || list[i].bytes != a->snap_bytes) {
+        if (sh.fingerprint != a->fingerprint || list[i].bytes != a->snap_bytes) {
             foreign++;
             continue;
         }
-        int64_t pos = 0;
-        for (int k = 0; k < 8; k++) /* state layout: 8 u32 fields, then i64 pos */
-            pos |= (int64_t)((uint64_t)head[SNAPSHOT_HEADER_BYTES + 32 + k] << (8 * k));
+        int64_t pos = sh.position;
         char id[33];
         memcpy(id, nm, 32);
         id[32] = 0;
@@ -308,8 +306,7 @@ size_t spill_persist_all(struct app *a)
         op.st = s->state;
         op.fp = a->fingerprint;
         file_of(s, op.file, sizeof op.file);
-        op.w.data = &op;
-        work(&op.w);
+        spill_run(&op.io); /* blocking, on the loop thread: nothing else runs */
         if (op.rc == 0)
             ok++;
         else {

@@ -47,12 +47,8 @@ struct result {
     double mem_ratio; /* decode: tok/s over the memory roofline (0 for prefill) */
 };
 
+/* One token stream for the whole run, as before the tests were split. */
 static uint64_t rng_state = 0x1234567;
-static int32_t rand_token(int v)
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (int32_t)((rng_state >> 33) % (uint64_t)v);
-}
 
 /* Best of a few timed runs of an M x N x K sgemm, GFLOP/s. */
 static double sgemm_peak(int M, int N, int K)
@@ -136,7 +132,7 @@ static int bench_prefill(struct model *m, int chunk, int with_head, double secs,
     long done = 0;
     do {
         for (int i = 0; i < chunk; i++)
-            tok[i] = rand_token(c->vocab_size);
+            tok[i] = random_token(&rng_state, c->vocab_size);
         if (with_head)
             rc = scorer_run(sc, s, tok, (size_t)chunk, &st, NULL, NULL, err, sizeof err);
         else
@@ -180,7 +176,7 @@ static int bench_decode(struct model *m, int B, double secs, struct result *r)
     long steps = 0;
     do {
         for (int i = 0; i < B; i++) {
-            tok[i] = rand_token(c->vocab_size);
+            tok[i] = random_token(&rng_state, c->vocab_size);
             segs[i] = (struct fwd_seg){s[i], &tok[i], 1, hidden + (size_t)i * c->d_model};
         }
         if ((rc = fwd_run(f, segs, B, err, sizeof err)))
@@ -203,27 +199,32 @@ out:
     return rc;
 }
 
-int cmd_bench(int argc, char **argv)
+struct bench_args {
+    struct model_source src;
+    int json, quick;
+    double secs; /* per measurement */
+};
+
+static int parse_args(int argc, char **argv, struct bench_args *a)
 {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"random", required_argument, 0, 'r'},
         {"config", required_argument, 0, 'c'}, {"json", no_argument, 0, 'j'},
         {"seconds", required_argument, 0, 's'}, {"quick", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
-    const char *model_dir = NULL, *random_name = NULL, *config_path = NULL;
-    int json = 0, quick = 0, o;
-    double secs = 3;
+    int o;
+    *a = (struct bench_args){.secs = 3};
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
-        case 'm': model_dir = optarg; break;
-        case 'r': random_name = optarg; break;
-        case 'c': config_path = optarg; break;
-        case 'j': json = 1; break;
-        case 'q': quick = 1; break;
+        case 'm': a->src.dir = optarg; break;
+        case 'r': a->src.random_name = optarg; break;
+        case 'c': a->src.config_path = optarg; break;
+        case 'j': a->json = 1; break;
+        case 'q': a->quick = 1; break;
         case 's':
-            secs = atof(optarg);
-            if (!(secs > 0 && secs <= 3600)) {
+            a->secs = atof(optarg);
+            if (!(a->secs > 0 && a->secs <= 3600)) {
                 fprintf(stderr, "recurd bench: --seconds must be in (0, 3600]\n");
                 return 2;
             }
@@ -232,145 +233,180 @@ int cmd_bench(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (!!model_dir + !!random_name + !!config_path != 1 || optind != argc) {
+    if (!!a->src.dir + !!a->src.random_name + !!a->src.config_path != 1 || optind != argc) {
         usage(stderr);
         return 2;
     }
-    char err[1024], label[512];
-    struct model *m = NULL;
-    struct model_config cfg;
-    int rc;
-    if (model_dir) {
-        rc = model_load(model_dir, &m, err, sizeof err);
-        snprintf(label, sizeof label, "%s", model_dir);
-    } else {
-        rc = random_name ? model_config_named(random_name, &cfg)
-                         : model_config_read(config_path, &cfg, err, sizeof err);
-        if (rc && random_name)
-            snprintf(err, sizeof err, "unknown shape '%s' (mamba2-130m, mamba2-370m, mamba-130m)",
-                     random_name);
-        if (!rc)
-            rc = model_create_random(&cfg, 42, &m, err, sizeof err);
-        snprintf(label, sizeof label, "random %s", random_name ? random_name : config_path);
-    }
-    if (rc) {
-        fprintf(stderr, "recurd bench: %s\n", err);
-        return 1;
-    }
-    const struct model_config *c = model_config(m);
-    char blas[256];
-    blas_describe(blas, sizeof blas);
-    double peak = sgemm_peak(1024, 1024, 1024);
-    /* The GEMM the prefill actually runs most (in_proj at chunk 256). */
-    double peak_shape = sgemm_peak(256, c->d_in_proj, c->d_model);
+    return TOOL_RUN;
+}
 
+/* Everything one run measured. */
+struct bench_run {
+    struct result res[12];
+    int nr;
+    double peak;       /* sgemm 1024^3 before the first test, GFLOP/s */
+    double lo, hi;     /* sgemm peaks over the whole run */
+    double peak_shape; /* sgemm at the in_proj shape of a 256-token chunk */
+    double bw;         /* memory bandwidth, GB/s read + write */
+    double dec1, dec32; /* decode b=1 and b=32 tok/s (0 when not run) */
+};
+
+/* Runs the prefill, score and decode tests. The machine may be shared and its
+ * load may drift during the run: the sgemm peak is measured again between
+ * tests, and each test's ratio uses the mean of the peaks measured just
+ * before and after it. */
+static int run_tests(struct model *m, const struct bench_args *a, struct bench_run *run)
+{
     static const int prefill_full[] = {1, 64, 256, 1024}, decode_full[] = {1, 8, 32};
     static const int prefill_quick[] = {256}, decode_quick[] = {1, 32};
-    const int *pc = quick ? prefill_quick : prefill_full, *dc = quick ? decode_quick : decode_full;
-    int npc = quick ? 1 : 4, ndc = quick ? 2 : 3;
-    struct result res[12];
-    memset(res, 0, sizeof res);
-    double lo = 0, hi = 0;
-    int nr = 0;
-    /* The machine may be shared and its load may drift during the run: the
-     * sgemm peak is measured again between tests, and each test's ratio
-     * uses the mean of the peaks measured just before and after it. */
+    const int *pc = a->quick ? prefill_quick : prefill_full;
+    const int *dc = a->quick ? decode_quick : decode_full;
+    int npc = a->quick ? 1 : 4, ndc = a->quick ? 2 : 3, rc;
+    struct result *res = run->res;
     double peaks[13];
-    int np = 0;
-    peaks[np++] = peak;
+    int np = 0, nr = 0;
+    peaks[np++] = run->peak;
     for (int i = 0; i < npc; i++) {
-        if ((rc = bench_prefill(m, pc[i], 0, secs, &res[nr++])))
-            goto fail;
+        if ((rc = bench_prefill(m, pc[i], 0, a->secs, &res[nr++])))
+            return rc;
         peaks[np++] = sgemm_peak(1024, 1024, 1024);
     }
-    if (!quick) {
-        if ((rc = bench_prefill(m, 256, 1, secs, &res[nr++])))
-            goto fail;
+    if (!a->quick) {
+        if ((rc = bench_prefill(m, 256, 1, a->secs, &res[nr++])))
+            return rc;
         peaks[np++] = sgemm_peak(1024, 1024, 1024);
     }
     for (int i = 0; i < ndc; i++) {
-        if ((rc = bench_decode(m, dc[i], secs, &res[nr++])))
-            goto fail;
+        if ((rc = bench_decode(m, dc[i], a->secs, &res[nr++])))
+            return rc;
         peaks[np++] = sgemm_peak(1024, 1024, 1024);
     }
     for (int i = 0; i < nr; i++)
         res[i].ratio = res[i].gflops / (0.5 * (peaks[i] + peaks[i + 1]));
-    lo = hi = peaks[0];
+    run->lo = run->hi = peaks[0];
     for (int i = 1; i < np; i++)
-        lo = peaks[i] < lo ? peaks[i] : lo, hi = peaks[i] > hi ? peaks[i] : hi;
+        run->lo = peaks[i] < run->lo ? peaks[i] : run->lo,
+        run->hi = peaks[i] > run->hi ? peaks[i] : run->hi;
+    run->nr = nr;
+    return 0;
+}
 
-    /* Decode streams every weight once per step and every session's state
-     * in and out once per token: the memory roofline for b sessions is
-     * bandwidth / ((weights + b * 2 * state) / b) tokens per second. */
-    double bw = mem_bandwidth();
+/* Decode streams every weight once per step and every session's state in and
+ * out once per token: the memory roofline for b sessions is
+ * bandwidth / ((weights + b * 2 * state) / b) tokens per second. */
+static void rate_decode(struct model *m, struct bench_run *run)
+{
+    run->bw = mem_bandwidth();
     double wbytes = (double)model_n_params(m) * 4, sbytes_d = (double)state_bytes(m);
-    for (int i = 0; i < nr; i++) {
+    for (int i = 0; i < run->nr; i++) {
+        struct result *r = &run->res[i];
         int b;
-        if (sscanf(res[i].name, "decode b=%d", &b) == 1)
-            res[i].mem_ratio = res[i].tok_s / (bw * 1e9 / ((wbytes + b * 2.0 * sbytes_d) / b));
+        if (sscanf(r->name, "decode b=%d", &b) == 1)
+            r->mem_ratio = r->tok_s / (run->bw * 1e9 / ((wbytes + b * 2.0 * sbytes_d) / b));
+        if (!strcmp(r->name, "decode b=1"))
+            run->dec1 = r->tok_s;
+        if (!strcmp(r->name, "decode b=32"))
+            run->dec32 = r->tok_s;
     }
-    double dec1 = 0, dec32 = 0;
-    for (int i = 0; i < nr; i++) {
-        if (!strcmp(res[i].name, "decode b=1"))
-            dec1 = res[i].tok_s;
-        if (!strcmp(res[i].name, "decode b=32"))
-            dec32 = res[i].tok_s;
-    }
+}
+
+static void print_json(struct model *m, const char *label, const char *blas,
+                       const struct bench_run *run)
+{
+    const struct result *res = run->res;
     size_t sbytes = state_bytes(m), rss = os_peak_rss_bytes();
-    if (json) {
-        json_t *a = json_array();
-        for (int i = 0; i < nr; i++)
-            json_array_append_new(
-                a, json_pack("{ss sf sf sf sf sf sf}", "test", res[i].name, "tokens",
-                             res[i].tokens, "seconds", res[i].seconds, "tok_s", res[i].tok_s,
-                             "gflops", res[i].gflops, "of_sgemm_peak", res[i].ratio,
-                             "of_memory_roofline", res[i].mem_ratio));
-        json_t *out = json_pack(
-            "{ss ss ss sI sI sf sf sf sf sf sf sf sI sI so sf}", "model", label, "blas", blas, "kernels",
-            kernels_get()->name, "params", (json_int_t)model_n_params(m), "params_nonembed",
-            (json_int_t)model_n_params_nonembed(m), "flops_per_token_prefill",
-            model_flops_per_token(m, 0), "flops_per_token_with_head",
-            model_flops_per_token(m, 1), "sgemm_peak_gflops", peak, "sgemm_peak_min", lo,
-            "sgemm_peak_max", hi, "memory_gb_s", bw, "sgemm_model_shape_gflops",
-            peak_shape, "state_bytes", (json_int_t)sbytes, "peak_rss_bytes", (json_int_t)rss,
-            "results", a, "decode_b32_over_b1", dec1 > 0 ? dec32 / dec1 : 0.0);
-        char *d = json_dumps(out, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
-        puts(d);
-        free(d);
-        json_decref(out);
-    } else {
-        printf("model: %s (%s, d_model %d, %d layers, d_state %d, vocab %d)\n", label,
-               c->arch == MODEL_MAMBA2 ? "Mamba-2" : "Mamba-1", c->d_model, c->n_layer,
-               c->d_state, c->n_vocab);
-        printf("params: %.1fM (%.1fM outside embeddings); FLOPs/token %.1fM prefill, %.1fM with "
-               "lm_head\n",
-               model_n_params(m) / 1e6, model_n_params_nonembed(m) / 1e6,
-               model_flops_per_token(m, 0) / 1e6, model_flops_per_token(m, 1) / 1e6);
-        printf("%s; kernels %s\n", blas, kernels_get()->name);
-        printf("sgemm peak %.1f GFLOP/s (1024^3; %.1f..%.1f over the run); at in_proj shape "
-               "256x%dx%d: %.1f GFLOP/s\n",
-               peak, lo, hi, c->d_in_proj, c->d_model, peak_shape);
-        printf("memory bandwidth %.1f GB/s (read + write)\n", bw);
-        printf("state: %zu bytes per session (%.2f MiB); peak RSS %.1f MiB\n\n", sbytes,
-               sbytes / 1048576.0, rss / 1048576.0);
-        printf("| %-14s | %10s | %10s | %9s | %13s | %15s |\n", "test", "tokens", "tok/s",
-               "GFLOP/s", "of sgemm peak", "of mem roofline");
-        printf("|%s|%s|%s|%s|%s|%s|\n", "----------------", "------------", "------------",
-               "-----------", "---------------", "-----------------");
-        for (int i = 0; i < nr; i++) {
-            char mr[32] = "";
-            if (res[i].mem_ratio > 0)
-                snprintf(mr, sizeof mr, "%.1f%%", 100 * res[i].mem_ratio);
-            printf("| %-14s | %10.0f | %10.1f | %9.1f | %12.1f%% | %15s |\n", res[i].name,
-                   res[i].tokens, res[i].tok_s, res[i].gflops, 100 * res[i].ratio, mr);
-        }
-        if (dec1 > 0 && dec32 > 0)
-            printf("\ndecode b=32 aggregate / b=1: %.1fx\n", dec32 / dec1);
+    json_t *a = json_array();
+    for (int i = 0; i < run->nr; i++)
+        json_array_append_new(
+            a, json_pack("{ss sf sf sf sf sf sf}", "test", res[i].name, "tokens", res[i].tokens,
+                         "seconds", res[i].seconds, "tok_s", res[i].tok_s, "gflops",
+                         res[i].gflops, "of_sgemm_peak", res[i].ratio, "of_memory_roofline",
+                         res[i].mem_ratio));
+    json_t *out = json_pack(
+        "{ss ss ss sI sI sf sf sf sf sf sf sf sI sI so sf}", "model", label, "blas", blas,
+        "kernels", kernels_get()->name, "params", (json_int_t)model_n_params(m),
+        "params_nonembed", (json_int_t)model_n_params_nonembed(m), "flops_per_token_prefill",
+        model_flops_per_token(m, 0), "flops_per_token_with_head", model_flops_per_token(m, 1),
+        "sgemm_peak_gflops", run->peak, "sgemm_peak_min", run->lo, "sgemm_peak_max", run->hi,
+        "memory_gb_s", run->bw, "sgemm_model_shape_gflops", run->peak_shape, "state_bytes",
+        (json_int_t)sbytes, "peak_rss_bytes", (json_int_t)rss, "results", a,
+        "decode_b32_over_b1", run->dec1 > 0 ? run->dec32 / run->dec1 : 0.0);
+    char *d = json_dumps(out, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+    puts(d);
+    free(d);
+    json_decref(out);
+}
+
+static void print_table(struct model *m, const char *label, const char *blas,
+                        const struct bench_run *run)
+{
+    const struct model_config *c = model_config(m);
+    const struct result *res = run->res;
+    size_t sbytes = state_bytes(m), rss = os_peak_rss_bytes();
+    printf("model: %s (%s, d_model %d, %d layers, d_state %d, vocab %d)\n", label,
+           c->arch == MODEL_MAMBA2 ? "Mamba-2" : "Mamba-1", c->d_model, c->n_layer, c->d_state,
+           c->n_vocab);
+    printf("params: %.1fM (%.1fM outside embeddings); FLOPs/token %.1fM prefill, %.1fM with "
+           "lm_head\n",
+           model_n_params(m) / 1e6, model_n_params_nonembed(m) / 1e6,
+           model_flops_per_token(m, 0) / 1e6, model_flops_per_token(m, 1) / 1e6);
+    printf("%s; kernels %s\n", blas, kernels_get()->name);
+    printf("sgemm peak %.1f GFLOP/s (1024^3; %.1f..%.1f over the run); at in_proj shape "
+           "256x%dx%d: %.1f GFLOP/s\n",
+           run->peak, run->lo, run->hi, c->d_in_proj, c->d_model, run->peak_shape);
+    printf("memory bandwidth %.1f GB/s (read + write)\n", run->bw);
+    printf("state: %zu bytes per session (%.2f MiB); peak RSS %.1f MiB\n\n", sbytes,
+           sbytes / 1048576.0, rss / 1048576.0);
+    printf("| %-14s | %10s | %10s | %9s | %13s | %15s |\n", "test", "tokens", "tok/s",
+           "GFLOP/s", "of sgemm peak", "of mem roofline");
+    printf("|%s|%s|%s|%s|%s|%s|\n", "----------------", "------------", "------------",
+           "-----------", "---------------", "-----------------");
+    for (int i = 0; i < run->nr; i++) {
+        char mr[32] = "";
+        if (res[i].mem_ratio > 0)
+            snprintf(mr, sizeof mr, "%.1f%%", 100 * res[i].mem_ratio);
+        printf("| %-14s | %10.0f | %10.1f | %9.1f | %12.1f%% | %15s |\n", res[i].name,
+               res[i].tokens, res[i].tok_s, res[i].gflops, 100 * res[i].ratio, mr);
     }
+    if (run->dec1 > 0 && run->dec32 > 0)
+        printf("\ndecode b=32 aggregate / b=1: %.1fx\n", run->dec32 / run->dec1);
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    struct bench_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc != TOOL_RUN)
+        return rc;
+    char err[1024], label[512];
+    struct model *m;
+    if ((rc = open_model(&a.src, 42, &m, err, sizeof err))) {
+        fprintf(stderr, "recurd bench: %s\n", err);
+        return 1;
+    }
+    if (a.src.dir)
+        snprintf(label, sizeof label, "%s", a.src.dir);
+    else
+        snprintf(label, sizeof label, "random %s",
+                 a.src.random_name ? a.src.random_name : a.src.config_path);
+    const struct model_config *c = model_config(m);
+    char blas[256];
+    blas_describe(blas, sizeof blas);
+    struct bench_run run;
+    memset(&run, 0, sizeof run);
+    run.peak = sgemm_peak(1024, 1024, 1024);
+    /* The GEMM the prefill actually runs most (in_proj at chunk 256). */
+    run.peak_shape = sgemm_peak(256, c->d_in_proj, c->d_model);
+    if ((rc = run_tests(m, &a, &run))) {
+        fprintf(stderr, "recurd bench: %s\n", rc_strerror(rc));
+        model_free(m);
+        return 1;
+    }
+    rate_decode(m, &run);
+    if (a.json)
+        print_json(m, label, blas, &run);
+    else
+        print_table(m, label, blas, &run);
     model_free(m);
     return 0;
-fail:
-    fprintf(stderr, "recurd bench: %s\n", rc_strerror(rc));
-    model_free(m);
-    return 1;
 }

@@ -24,7 +24,7 @@
 #include "errors.h"
 #include "tokenizer.h"
 
-static int load(const char *path, tokenizer_t **tok)
+static int load_tokenizer(const char *path, tokenizer_t **tok)
 {
     char err[512];
     struct stat st;
@@ -49,7 +49,53 @@ static void print_ids(const int32_t *ids, size_t n, size_t *printed)
     *printed += n;
 }
 
-static int bench(const tokenizer_t *tok, const char *path, double seconds);
+static int bench_tokenizer(const tokenizer_t *tok, const char *path, double seconds);
+
+/* Streams stdin through an encoder in 64 KiB reads, printing the ids as they
+ * come (inside {"ids":[...],"n_tokens":N} with json). Returns the exit status. */
+static int encode_stdin(const tokenizer_t *tok, const struct tok_encoder_opts *opts, int json)
+{
+    char err[512];
+    tok_encoder_t *enc;
+    if (tok_encoder_create(tok, opts, &enc, err, sizeof err)) {
+        fprintf(stderr, "recurd: %s\n", err);
+        return 1;
+    }
+    size_t printed = 0, n;
+    int rc = 0;
+    static char buf[1 << 16];
+    if (json)
+        printf("{\"ids\":[");
+    for (;;) {
+        size_t got = fread(buf, 1, sizeof buf, stdin);
+        rc = got ? tok_encoder_feed(enc, buf, got, err, sizeof err)
+                 : tok_encoder_finish(enc, err, sizeof err);
+        if (rc)
+            break;
+        const int32_t *ids = tok_encoder_ids(enc, &n);
+        if (json) {
+            for (size_t i = 0; i < n; i++)
+                printf(printed + i ? ",%d" : "%d", (int)ids[i]);
+            printed += n;
+        } else {
+            print_ids(ids, n, &printed);
+        }
+        tok_encoder_take(enc, n);
+        if (!got)
+            break;
+    }
+    if (!rc && ferror(stdin)) {
+        snprintf(err, sizeof err, "read error on stdin");
+        rc = RC_EIO;
+    }
+    if (json)
+        printf("],\"n_tokens\":%zu}", printed);
+    printf("\n");
+    if (rc)
+        fprintf(stderr, "recurd: %s\n", err);
+    tok_encoder_free(enc);
+    return rc ? 1 : 0;
+}
 
 int cmd_tokenize(int argc, char **argv)
 {
@@ -88,55 +134,64 @@ int cmd_tokenize(int argc, char **argv)
         return 2;
     }
     tokenizer_t *tok;
-    if (load(path, &tok))
+    if (load_tokenizer(path, &tok))
         return 1;
     if (bench_file) {
-        int rc = bench(tok, bench_file, seconds);
+        int rc = bench_tokenizer(tok, bench_file, seconds);
         tokenizer_free(tok);
         return rc;
     }
-    char err[512];
-    tok_encoder_t *enc;
-    if (tok_encoder_create(tok, &opts, &enc, err, sizeof err)) {
-        fprintf(stderr, "recurd: %s\n", err);
-        tokenizer_free(tok);
-        return 1;
-    }
-    size_t printed = 0, n;
-    int rc = 0;
-    static char buf[1 << 16];
-    if (json)
-        printf("{\"ids\":[");
-    for (;;) {
-        size_t got = fread(buf, 1, sizeof buf, stdin);
-        rc = got ? tok_encoder_feed(enc, buf, got, err, sizeof err)
-                 : tok_encoder_finish(enc, err, sizeof err);
-        if (rc)
-            break;
-        const int32_t *ids = tok_encoder_ids(enc, &n);
-        if (json) {
-            for (size_t i = 0; i < n; i++)
-                printf(printed + i ? ",%d" : "%d", (int)ids[i]);
-            printed += n;
-        } else {
-            print_ids(ids, n, &printed);
-        }
-        tok_encoder_take(enc, n);
-        if (!got)
-            break;
-    }
-    if (!rc && ferror(stdin)) {
-        snprintf(err, sizeof err, "read error on stdin");
-        rc = RC_EIO;
-    }
-    if (json)
-        printf("],\"n_tokens\":%zu}", printed);
-    printf("\n");
-    if (rc)
-        fprintf(stderr, "recurd: %s\n", err);
-    tok_encoder_free(enc);
+    int rc = encode_stdin(tok, &opts, json);
     tokenizer_free(tok);
-    return rc ? 1 : 0;
+    return rc;
+}
+
+/* --json: the text gathers here (the decoder hands out whole characters
+ * only, so it stays UTF-8), printed only once all of it decoded */
+struct text_buf {
+    char *p;
+    size_t n, cap;
+};
+
+static int text_buf_append(struct text_buf *b, const char *s, size_t len, char *err,
+                           size_t errlen)
+{
+    if (b->n + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + len)
+            cap *= 2;
+        char *p = rc_realloc(b->p, cap);
+        if (!p)
+            return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+        b->p = p, b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, len);
+    b->n += len;
+    return 0;
+}
+
+/* Feeds ids[0:n_ids) and the final flush through dec: the text goes to
+ * stdout as it comes, or into acc when acc is non-NULL. */
+static int decode_ids(tok_decoder_t *dec, const int32_t *ids, size_t n_ids, struct text_buf *acc,
+                      char *err, size_t errlen)
+{
+    int rc = 0;
+    for (size_t i = 0, last = 0; !rc && !last; i++) {
+        const char *s;
+        size_t len;
+        last = i == n_ids;
+        rc = last ? tok_decoder_flush(dec, &s, &len)
+                  : tok_decoder_feed(dec, ids[i], &s, &len, err, errlen);
+        if (rc && last)
+            rc_fail(err, errlen, rc, "%s", rc_strerror(rc));
+        if (rc || !len)
+            continue;
+        if (!acc)
+            fwrite(s, 1, len, stdout);
+        else
+            rc = text_buf_append(acc, s, len, err, errlen);
+    }
+    return rc;
 }
 
 int cmd_detokenize(int argc, char **argv)
@@ -162,7 +217,7 @@ int cmd_detokenize(int argc, char **argv)
         return 2;
     }
     tokenizer_t *tok;
-    if (load(path, &tok))
+    if (load_tokenizer(path, &tok))
         return 1;
     char err[512], *text = NULL;
     size_t len, n_ids = 0;
@@ -173,38 +228,9 @@ int cmd_detokenize(int argc, char **argv)
         rc = parse_token_ids(text, tokenizer_vocab_size(tok), &ids, &n_ids, err, sizeof err);
     if (!rc)
         rc = tok_decoder_create(tok, flags, &dec, err, sizeof err);
-    /* --json: the text gathers here (the decoder hands out whole characters
-     * only, so it stays UTF-8), printed only once all of it decoded */
-    struct {
-        char *p;
-        size_t n, cap;
-    } acc = {0};
-    for (size_t i = 0, last = 0; !rc && !last; i++) {
-        const char *s;
-        last = i == n_ids;
-        rc = last ? tok_decoder_flush(dec, &s, &len)
-                  : tok_decoder_feed(dec, ids[i], &s, &len, err, sizeof err);
-        if (rc && last)
-            rc_fail(err, sizeof err, rc, "%s", rc_strerror(rc));
-        if (rc || !len)
-            continue;
-        if (!json) {
-            fwrite(s, 1, len, stdout);
-        } else if (acc.n + len > acc.cap) {
-            size_t cap = acc.cap ? acc.cap : 4096;
-            while (cap < acc.n + len)
-                cap *= 2;
-            char *p = rc_realloc(acc.p, cap);
-            if (!p)
-                rc = rc_fail(err, sizeof err, RC_ENOMEM, "out of memory");
-            else
-                acc.p = p, acc.cap = cap;
-        }
-        if (!rc && json) {
-            memcpy(acc.p + acc.n, s, len);
-            acc.n += len;
-        }
-    }
+    struct text_buf acc = {0};
+    if (!rc)
+        rc = decode_ids(dec, ids, n_ids, json ? &acc : NULL, err, sizeof err);
     json_t *out = NULL;
     if (!rc && json) {
         out = json_pack("{s:s%,s:I}", "text", acc.p ? acc.p : "", acc.n, "n_tokens",
@@ -229,7 +255,7 @@ int cmd_detokenize(int argc, char **argv)
 
 /* Encode and decode rates on one core, best of repeated runs within a time budget
  * (the machine is shared: the best run is the least disturbed one). */
-static int bench(const tokenizer_t *tok, const char *path, double seconds)
+static int bench_tokenizer(const tokenizer_t *tok, const char *path, double seconds)
 {
     char err[512], *text;
     size_t len;

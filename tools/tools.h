@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct model;
+
 int cmd_score(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_soak(int argc, char **argv);
@@ -21,6 +23,10 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 
 /* Shared helpers (util.c). */
+
+/* What a subcommand's argument parser returns when the command should run;
+ * any other value is the exit status (0 after --help, 2 on a usage error). */
+#define TOOL_RUN (-1)
 
 /* Monotonic seconds. */
 double now_sec(void);
@@ -45,5 +51,26 @@ int load_input_ids(const char *model_dir, int n_vocab, const char *tokens_path,
 
 /* Strict integer option parsing: whole string, in [lo, hi]. */
 int parse_long_opt(const char *s, long lo, long hi, long *out);
+
+/* The model a subcommand runs: the weights in dir, or random weights of a
+ * named shape (random_name: mamba2-130m, mamba2-370m, mamba-130m) or of a
+ * config.json (config_path). Exactly one is non-NULL. */
+struct model_source {
+    const char *dir, *random_name, *config_path;
+};
+
+/* Loads or creates src's model (random weights drawn from seed) into *m
+ * (model_free it). Returns 0 or an rc_status with err set; *m is NULL then. */
+int open_model(const struct model_source *src, uint64_t seed, struct model **m, char *err,
+               size_t errlen);
+
+/* The model in dir and the ids to run it on (load_input_ids, checked against
+ * the model's n_vocab). On failure nothing is left open. */
+int open_model_and_input(const char *dir, const char *tokens_path, const char *text_path,
+                         struct model **m, int32_t **ids, size_t *n, char *err, size_t errlen);
+
+/* The next id of a pseudo-random token stream in [0, n_vocab): a 64-bit LCG
+ * whose state the caller seeds, so each run reads the same tokens. */
+int32_t random_token(uint64_t *rng, int n_vocab);
 
 #endif

@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "tools.h"
 #include "errors.h"
+#include "model.h"
 #include "tokenizer.h"
 
 double now_sec(void)
@@ -163,4 +164,44 @@ int load_input_ids(const char *model_dir, int n_vocab, const char *tokens_path,
                            text_path, bad, i, n_vocab);
         }
     return 0;
+}
+
+int open_model(const struct model_source *src, uint64_t seed, struct model **m, char *err,
+               size_t errlen)
+{
+    *m = NULL;
+    if (src->dir)
+        return model_load(src->dir, m, err, errlen);
+    struct model_config cfg;
+    int rc;
+    if (src->random_name) {
+        if ((rc = model_config_named(src->random_name, &cfg)))
+            return rc_fail(err, errlen, rc,
+                           "unknown shape '%s' (mamba2-130m, mamba2-370m, mamba-130m)",
+                           src->random_name);
+    } else if ((rc = model_config_read(src->config_path, &cfg, err, errlen))) {
+        return rc;
+    }
+    return model_create_random(&cfg, seed, m, err, errlen);
+}
+
+int open_model_and_input(const char *dir, const char *tokens_path, const char *text_path,
+                         struct model **m, int32_t **ids, size_t *n, char *err, size_t errlen)
+{
+    int rc = model_load(dir, m, err, errlen);
+    if (rc)
+        return rc;
+    rc = load_input_ids(dir, model_config(*m)->n_vocab, tokens_path, text_path, ids, n, err,
+                        errlen);
+    if (rc) {
+        model_free(*m);
+        *m = NULL;
+    }
+    return rc;
+}
+
+int32_t random_token(uint64_t *rng, int n_vocab)
+{
+    *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (int32_t)((*rng >> 33) % (uint64_t)n_vocab);
 }

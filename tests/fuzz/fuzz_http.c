@@ -3,9 +3,9 @@
  * hardening). Each input is written as is to a fresh loopback connection
  * of a whole `recurd serve` running in this process — libmicrohttpd's
  * parser, server/http.c (framing checks, CORS, request ids, lingering
- * close, cut-short bodies), routes.c and the compute thread, with a tiny
- * model written at start-up — then the client half-closes and reads until
- * the server closes.
+ * close, cut-short bodies), the HTTP API (server/dispatch.c, h_*.c) and the
+ * compute thread, with a tiny model written at start-up — then the client
+ * half-closes and reads until the server closes.
  *
  * Properties: no crash or sanitizer report; after every input the server
  * still answers GET /health 200 on a new connection (no wedge: a request
