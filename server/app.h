@@ -1,11 +1,11 @@
 /*
- * app.h — the server instance shared by the lifecycle code (app.c), the
+ * app.h — the server instance shared by the lifecycle code (serve.c), the
  * HTTP API (dispatch.c, h_*.c; entry points in routes.h) and spilling
  * (spill.c). Internal to server/: everything here is owned by the loop
  * thread.
  *
- * Layers call down by name (app.c -> routes.h -> spill.h -> store.h) and
- * up only through the two hooks in struct app, which app.c fills, so no
+ * Layers call down by name (serve.c -> routes.h -> spill.h -> store.h) and
+ * up only through the two hooks in struct app, which serve.c fills, so no
  * two modules depend on each other.
  */
 #ifndef RECUR_APP_H
@@ -67,7 +67,7 @@ struct app {
     char model_name[256];
     int64_t started_unix;
     struct list rqs;                 /* requests with a job (struct rq.link), for the drain */
-    /* Calls up, filled by app.c: */
+    /* Calls up, filled by serve.c: */
     /* after every request, job and disk op ends: finish a drain? */
     void (*check_drained)(struct app *a);
     /* spill.c: the requests that waited for a session's state (a list

@@ -4,9 +4,11 @@
 #include <string.h>
 
 #include "handlers.h"
+#include "alloc.h"
 #include "codec.h"
 #include "log.h"
 #include "model.h"
+#include "os.h"
 #include "response.h"
 #include "state.h"
 
@@ -19,12 +21,52 @@ void h_health(struct rq *q)
     respond_json(q->h, a->state == APP_READY ? 200 : 503, resp_health(st));
 }
 
+/* The gauges /metrics reports, read from the server instance now. */
+static void gather_gauges(struct app *a, struct metrics_gauges *g, char fp[17])
+{
+    const struct sched_stats *ss = sched_stats(a->sched);
+    memset(g, 0, sizeof *g);
+    g->ready = a->state == APP_READY || a->state == APP_DRAINING;
+    g->draining = a->state == APP_DRAINING;
+    if (a->sessions) {
+        g->sessions = (int64_t)sessions_count(a->sessions);
+        g->state_bytes = (int64_t)sessions_state_bytes(a->sessions);
+        for (struct session *s = sessions_first(a->sessions); s; s = sessions_next(s))
+            g->sessions_spilled += s->spilled != 0;
+    }
+    g->state_budget = (int64_t)a->cfg->state_memory;
+    g->queue_depth = atomic_load(&ss->queued);
+    g->in_flight = http_in_flight(a->http);
+    http_timeouts(a->http, &g->header_timeouts, &g->request_timeouts);
+    g->tokens_in = atomic_load(&ss->tokens_in);
+    g->tokens_out = atomic_load(&ss->tokens_out);
+    g->ticks = atomic_load(&ss->ticks);
+    g->batch_rows = atomic_load(&ss->batch_rows);
+    g->busy_seconds = (double)atomic_load(&ss->busy_us) * 1e-6;
+    g->prefill_seconds = (double)atomic_load(&ss->prefill_us) * 1e-6;
+    g->decode_seconds = (double)atomic_load(&ss->decode_us) * 1e-6;
+    g->ttft = &ss->ttft;
+    g->itl = &ss->itl;
+    g->threads = atomic_load(&ss->threads);
+    g->blas_threads = atomic_load(&ss->blas_threads);
+    g->alloc_live_bytes = (int64_t)rc_alloc_live_bytes();
+    size_t rss = os_rss_bytes();
+    g->rss_bytes = rss ? (int64_t)rss : -1;
+    g->cpu_seconds = metrics_cpu_seconds();
+    g->start_time = (double)a->started_unix;
+    g->model = a->model_name;
+    fp[0] = '\0';
+    if (a->m)
+        hex64(a->fingerprint, fp);
+    g->fingerprint = fp;
+}
+
 void h_metrics(struct rq *q)
 {
     struct app *a = q->a;
     struct metrics_gauges g;
     char fp[17];
-    metrics_gather(a, &g, fp);
+    gather_gauges(a, &g, fp);
     struct outbuf o = {0};
     if (metrics_render(&a->metrics, &g, &o) != 0) {
         outbuf_free(&o);

@@ -23,7 +23,6 @@
 #define METRICS_MAX_CELLS 512
 
 struct sched_hist;
-struct app;
 
 struct metrics_cell {
     uint8_t route, method;
@@ -75,9 +74,6 @@ void metrics_request(struct metrics *m, int route, const char *method, int statu
                      double seconds, int completed);
 /* User + system CPU seconds of this process (getrusage); -1 on failure. */
 double metrics_cpu_seconds(void);
-/* Fill g from the server's state (sessions, scheduler, HTTP layer). fp is
- * the caller's buffer for the fingerprint's hex (17 bytes). */
-void metrics_gather(struct app *a, struct metrics_gauges *g, char fp[17]);
 /* Append the exposition text to out; 0 or RC_ENOMEM. */
 int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *out);
 

@@ -1,5 +1,5 @@
 /*
- * routes.h — the HTTP API's entry points, for app.c (implemented by
+ * routes.h — the HTTP API's entry points, for serve.c (implemented by
  * dispatch.c; its private header handlers.h lists the handler files).
  * Loop thread only.
  */

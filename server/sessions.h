@@ -19,7 +19,7 @@
  * Spilling (--state-dir): an idle session's state may be written to disk
  * and freed (`spilled`); it comes back when a request needs it. While a
  * spill or a restore runs (`io`) the session is not idle either. The file
- * work itself is the caller's (app.c); the table only keeps the books.
+ * work itself is the caller's (serve.c); the table only keeps the books.
  */
 #ifndef RECUR_SESSIONS_H
 #define RECUR_SESSIONS_H

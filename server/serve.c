@@ -1,5 +1,5 @@
 /*
- * app.c — `recurd serve`: start-up, the loop's event plumbing, the idle
+ * serve.c — `recurd serve`: start-up, the loop's event plumbing, the idle
  * TTL sweep, and the SIGTERM drain.
  *
  * Start-up listens at once (so /health answers 503 "loading") and loads
