@@ -72,7 +72,7 @@ struct app {
     void (*check_drained)(struct app *a);
     /* spill.c: the requests that waited for a session's state (a list
      * only dispatch.c reads) go on, or fail with `why` */
-    void (*session_ready)(struct app *a, void *waiters, enum session_ready status,
+    void (*session_ready)(struct app *a, struct list *waiters, enum session_ready status,
                           const char *why);
 };
 

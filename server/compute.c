@@ -26,8 +26,7 @@ void sched_submit(struct sched *s, struct job *j)
 {
     j->ch.submitted_us = now_us();
     pthread_mutex_lock(&s->mu);
-    j->ch.next = s->incoming;
-    s->incoming = j;
+    list_push_back(&s->incoming, &j->ch.link);
     atomic_fetch_add(&s->stats.queued, 1);
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -136,7 +135,6 @@ static void end_job_unrun(struct sched *s, struct job *j, int rc, int kind, cons
     if (!j->res.finish)
         j->res.finish = reason;
     j->ch.done = 1;
-    j->ch.next = NULL;
     atomic_fetch_sub(&s->stats.queued, 1);
     post_event(s, j);
 }
@@ -220,20 +218,8 @@ static int load_model(struct sched *s)
 static int admit_incoming(struct sched *s)
 {
     int posted = 0;
-    struct job *in = s->incoming, *rev = NULL;
-    s->incoming = NULL;
-    while (in) {
-        struct job *nx = in->ch.next;
-        in->ch.next = rev;
-        rev = in;
-        in = nx;
-    }
-    struct job **tail = &s->active;
-    while (*tail)
-        tail = &(*tail)->ch.next;
-    for (struct job *j = rev; j;) {
-        struct job *nx = j->ch.next;
-        j->ch.next = NULL;
+    LIST_FOR_EACH_SAFE (struct job, j, &s->incoming, ch.link) {
+        list_remove(&s->incoming, &j->ch.link);
         if (!j->run)
             j->run = rc_calloc(1, sizeof *j->run);
         if (!j->run || s->status != 1) {
@@ -243,10 +229,8 @@ static int admit_incoming(struct sched *s)
                       loaded ? "out of memory" : "the model is not loaded", "error");
             posted = 1;
         } else {
-            *tail = j;
-            tail = &j->ch.next;
+            list_push_back(&s->active, &j->ch.link);
         }
-        j = nx;
     }
     return posted;
 }
@@ -258,7 +242,7 @@ static int admit_incoming(struct sched *s)
 static size_t fit_ready_scratch(struct sched *s, int *posted)
 {
     size_t nact = 0, nlanes = 0;
-    for (struct job *j = s->active; j; j = j->ch.next) {
+    LIST_FOR_EACH (struct job, j, &s->active, ch.link) {
         nact++;
         nlanes += j->run ? (size_t)j->run->n_lanes : 0;
     }
@@ -279,14 +263,10 @@ static size_t fit_ready_scratch(struct sched *s, int *posted)
     if (!nact || s->ready_cap >= nact * 2)
         return nact;
     size_t fit = s->ready_cap / 2, k = 0;
-    struct job **pp = &s->active;
-    while (*pp) {
-        struct job *j = *pp;
-        if (k++ < fit) {
-            pp = &j->ch.next;
+    LIST_FOR_EACH_SAFE (struct job, j, &s->active, ch.link) {
+        if (k++ < fit)
             continue;
-        }
-        *pp = j->ch.next;
+        list_remove(&s->active, &j->ch.link);
         end_job_unrun(s, j, RC_ENOMEM, API_OUT_OF_MEMORY, "out of memory", "error");
         *posted = 1;
     }
@@ -302,7 +282,7 @@ static int collect_ready(struct sched *s, size_t nact)
         return 0;
     size_t start = (size_t)s->rotate % nact, i = 0;
     struct job **all = s->ready + nact; /* temporary */
-    for (struct job *j = s->active; j; j = j->ch.next)
+    LIST_FOR_EACH (struct job, j, &s->active, ch.link)
         all[i++] = j;
     for (size_t k = 0; k < nact; k++) {
         struct job *j = all[(start + k) % nact];
@@ -340,12 +320,10 @@ static int wait_for_ready(struct sched *s)
 /* Under the lock, at stop: every active job ends cancelled. */
 static void cancel_all(struct sched *s)
 {
-    for (struct job *j = s->active; j;) {
-        struct job *nx = j->ch.next;
+    LIST_FOR_EACH_SAFE (struct job, j, &s->active, ch.link) {
+        list_remove(&s->active, &j->ch.link);
         end_job_unrun(s, j, RC_ECANCELED, API_UNAVAILABLE, "server shutting down", "cancelled");
-        j = nx;
     }
-    s->active = NULL;
 }
 
 /* Under the lock: streamed input moves from the shared inboxes to the
@@ -381,9 +359,7 @@ static void take_shared_input(struct sched *s, int nready)
 static int publish_tick(struct sched *s)
 {
     int any = 0;
-    struct job **pp = &s->active;
-    while (*pp) {
-        struct job *j = *pp;
+    LIST_FOR_EACH_SAFE (struct job, j, &s->active, ch.link) {
         struct job_run *r = j->run;
         if (r->stage.n) {
             if (outbuf_put(&j->ch.outbox, r->stage.p, r->stage.n) != 0)
@@ -398,15 +374,12 @@ static int publish_tick(struct sched *s)
             any = 1;
         }
         if (r->phase == PH_FINISHED) {
-            *pp = j->ch.next;
-            j->ch.next = NULL;
+            list_remove(&s->active, &j->ch.link);
             j->ch.done = 1;
             atomic_fetch_sub(&s->stats.queued, 1);
             post_event(s, j);
             any = 1;
-            continue;
         }
-        pp = &j->ch.next;
     }
     return any;
 }

@@ -36,8 +36,8 @@ struct sched {
     int stop;
     int status;             /* 0 loading, 1 ready, -1 failed */
     char error[512];
-    struct job *incoming;   /* submitted, not yet seen (LIFO, reversed on admit) */
-    struct job *active;     /* compute's list (order = admission) */
+    struct list incoming;   /* submitted, not yet seen (oldest first) */
+    struct list active;     /* compute's list (order = admission) */
     struct job *events;     /* news for the loop */
     int rotate;             /* round-robin start */
     struct sched_stats stats;

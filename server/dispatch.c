@@ -180,15 +180,9 @@ json_t *body_json(struct rq *q)
 void wait_for(struct rq *q, struct session *s)
 {
     q->waiting = s;
-    q->wprev = NULL;
-    q->wnext = s->waiters;
-    if (q->wnext)
-        q->wnext->wprev = q;
-    s->waiters = q;
+    list_push_front(&s->waiters, &q->wlink);
     if (s->spilled && !s->io && spill_restore(q->a, s) != 0) {
-        s->waiters = q->wnext;
-        if (q->wnext)
-            q->wnext->wprev = NULL;
+        list_remove(&s->waiters, &q->wlink);
         q->waiting = NULL;
         respond_oom(q->h, "bringing the session back");
     }
@@ -199,12 +193,7 @@ static void wait_cancel(struct rq *q)
     struct session *s = q->waiting;
     if (!s)
         return;
-    if (q->wprev)
-        q->wprev->wnext = q->wnext;
-    else
-        s->waiters = q->wnext;
-    if (q->wnext)
-        q->wnext->wprev = q->wprev;
+    list_remove(&s->waiters, &q->wlink);
     q->waiting = NULL;
 }
 
@@ -623,14 +612,13 @@ void routes_on_job_event(struct app *a, struct job *j)
     job_release(a, j);
 }
 
-void routes_session_ready(struct app *a, void *waiters, enum session_ready status,
+void routes_session_ready(struct app *a, struct list *waiters, enum session_ready status,
                           const char *why)
 {
-    struct rq *q = waiters, *nx;
-    for (; q; q = nx) {
-        nx = q->wnext;
+    while (!list_empty(waiters)) {
+        struct rq *q = LIST_FIRST(waiters, struct rq, wlink);
+        list_remove(waiters, &q->wlink);
         q->waiting = NULL;
-        q->wprev = q->wnext = NULL;
         if (status == SESSION_READY_GONE)
             respond_err(q->h, API_NOT_FOUND, "the session was deleted");
         else if (status == SESSION_READY_FAILED)

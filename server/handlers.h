@@ -102,7 +102,7 @@ struct rq {
     size_t echo_len;
     struct list_node link;     /* on app->rqs while it has a job */
     struct session *waiting;   /* waiting for this session's state to be back */
-    struct rq *wprev, *wnext;  /* its waiters list */
+    struct list_node wlink;    /* on q->waiting's waiters list */
 };
 
 

@@ -13,6 +13,7 @@
 
 #include "apierr.h"
 #include "codec.h"
+#include "list.h"
 #include "outbuf.h"
 #include "sampler.h"
 #include "score.h"
@@ -135,7 +136,7 @@ struct job_channel {
     int done;
     int queued_event;         /* on the event list */
     struct job *ev_next;
-    struct job *next;         /* scheduler's lists */
+    struct list_node link;    /* on the scheduler's incoming or active list */
     double submitted_us;      /* sched_submit's monotonic clock: time to first token */
 };
 

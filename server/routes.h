@@ -19,7 +19,7 @@ void routes_on_job_event(struct app *a, struct job *j);
 /* Cancel every running job (drain timeout). */
 void routes_cancel_all(struct app *a);
 /* struct app's session_ready hook. */
-void routes_session_ready(struct app *a, void *waiters, enum session_ready status,
+void routes_session_ready(struct app *a, struct list *waiters, enum session_ready status,
                           const char *why);
 
 #endif

@@ -46,7 +46,8 @@ struct session {
     struct job *busy;         /* job running on it, or NULL */
     int io;                   /* a spill or restore of its state is running */
     int spilled;              /* the state is on disk (state == NULL) */
-    void *waiters;            /* requests waiting for the state to be back */
+    struct list waiters;      /* requests waiting for the state to be back
+                               * (dispatch.c's struct rq, newest first) */
     int unlinked;             /* deleted while busy: freed on release */
     struct session *hnext;    /* hash chain */
     struct list_node link;    /* on the table's list of all sessions, oldest first */

@@ -76,8 +76,8 @@ static void spill_done(struct fileio *io, int cancelled)
         op->rc = RC_ECANCELED;
         snprintf(op->err, sizeof op->err, "cancelled");
     }
-    void *waiters = s->waiters;
-    s->waiters = NULL;
+    struct list waiters = s->waiters; /* moved out: answered below */
+    s->waiters = (struct list){0};
     int gone = s->unlinked;
     char esc[400];
     if (!op->restore) {
@@ -103,27 +103,28 @@ static void spill_done(struct fileio *io, int cancelled)
             sessions_io_failed(a->sessions, s, NULL);
         }
         if (gone)
-            a->session_ready(a, waiters, SESSION_READY_GONE, NULL);
-        else if (waiters) {
+            a->session_ready(a, &waiters, SESSION_READY_GONE, NULL);
+        else if (!list_empty(&waiters)) {
             /* somebody wants it back already */
             s->waiters = waiters;
             if (s->spilled && spill_restore(a, s) != 0) {
-                s->waiters = NULL;
-                a->session_ready(a, waiters, SESSION_READY_FAILED, "out of memory");
+                s->waiters = (struct list){0};
+                a->session_ready(a, &waiters, SESSION_READY_FAILED, "out of memory");
             } else if (!s->spilled) {
-                s->waiters = NULL;
-                a->session_ready(a, waiters, SESSION_READY_OK, NULL);
+                s->waiters = (struct list){0};
+                a->session_ready(a, &waiters, SESSION_READY_OK, NULL);
             }
         }
     } else {
         if (op->rc == 0) {
             sessions_restored(a->sessions, s, op->st, uv_now(a->loop));
-            a->session_ready(a, waiters, gone ? SESSION_READY_GONE : SESSION_READY_OK, NULL);
+            a->session_ready(a, &waiters, gone ? SESSION_READY_GONE : SESSION_READY_OK, NULL);
         } else {
             log_msg("restoring session %s failed: %s", s->id,
                     log_escape(esc, sizeof esc, op->err, strlen(op->err)));
             sessions_io_failed(a->sessions, s, op->st);
-            a->session_ready(a, waiters, gone ? SESSION_READY_GONE : SESSION_READY_FAILED, op->err);
+            a->session_ready(a, &waiters, gone ? SESSION_READY_GONE : SESSION_READY_FAILED,
+                             op->err);
             /* a file that cannot be read as this model's state never will
              * be: the session is lost, say so once and drop it */
             if (!gone && op->rc != RC_EIO && op->rc != RC_ENOMEM && op->rc != RC_ECANCELED)
