@@ -148,18 +148,14 @@ static int render_hist(struct outbuf *o, const char *name, const struct sched_hi
     return rc;
 }
 
-int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *o)
-{
-    int rc = 0;
+/* The appenders below run while rc is 0 and keep the first failure. */
 #define P(...) do { if (!rc) rc = pf(o, __VA_ARGS__); } while (0)
 #define M(...) do { if (!rc) rc = metric(o, __VA_ARGS__); } while (0)
-    char model[160], fp[40];
-    P("# HELP recurd_build_info The server's version and the model it serves (value 1).\n"
-      "# TYPE recurd_build_info gauge\n"
-      "recurd_build_info{version=\"%s\",model=\"%s\",fingerprint=\"%s\"} 1\n", RECUR_VERSION,
-      label_escape(g->model, model, sizeof model), label_escape(g->fingerprint, fp, sizeof fp));
-    M("gauge", "recurd_up", "1 when the model is loaded and the server accepts work.",
-      "%d", g->ready && !g->draining);
+
+/* Requests by route, method and code, and their latency by route. */
+static int render_requests(const struct metrics *m, struct outbuf *o)
+{
+    int rc = 0;
     P("# HELP recurd_requests_total HTTP requests by route, method and status code "
       "(code \"none\": no response was sent).\n"
       "# TYPE recurd_requests_total counter\n");
@@ -197,6 +193,13 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
         P("recurd_request_seconds_sum{route=\"%s\"} %.6f\n", name, m->lat_sum[r]);
         P("recurd_request_seconds_count{route=\"%s\"} %llu\n", name, (unsigned long long)total);
     }
+    return rc;
+}
+
+/* The compute thread's time to first token and between tokens. */
+static int render_token_latency(const struct metrics_gauges *g, struct outbuf *o)
+{
+    int rc = 0;
     if (g->ttft) {
         P("# HELP recurd_time_to_first_token_seconds From a generation's submission to the "
           "compute thread (its input's prefill included) to its first generated token.\n"
@@ -210,6 +213,13 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
         if (!rc)
             rc = render_hist(o, "recurd_inter_token_seconds", g->itl);
     }
+    return rc;
+}
+
+/* The loop's books: clients, sessions, timeouts, state memory, queues. */
+static int render_books(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *o)
+{
+    int rc = 0;
     M("counter", "recurd_client_gone_total", "Requests ended by the client going away.",
       "%llu", (unsigned long long)m->client_gone);
     M("counter", "recurd_auth_rejected_total", "Requests refused for a missing or wrong key.",
@@ -246,6 +256,13 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
       "%lld", (long long)g->queue_depth);
     M("gauge", "recurd_requests_in_flight", "HTTP requests being served.",
       "%lld", (long long)g->in_flight);
+    return rc;
+}
+
+/* The compute thread's work: tokens, ticks, time by kind, threads. */
+static int render_compute(const struct metrics_gauges *g, struct outbuf *o)
+{
+    int rc = 0;
     P("# HELP recurd_tokens_total Tokens through the model, by kind.\n"
       "# TYPE recurd_tokens_total counter\n"
       "recurd_tokens_total{kind=\"input\"} %lld\nrecurd_tokens_total{kind=\"generated\"} %lld\n",
@@ -269,6 +286,13 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
           "(--threads, the compute thread included) and OpenBLAS's.\n"
           "# TYPE recurd_threads gauge\nrecurd_threads{kind=\"compute\"} %d\n"
           "recurd_threads{kind=\"blas\"} %d\n", g->threads, g->blas_threads);
+    return rc;
+}
+
+/* The process: memory, CPU, start time (Prometheus' process_* names). */
+static int render_process(const struct metrics_gauges *g, struct outbuf *o)
+{
+    int rc = 0;
     M("gauge", "recurd_alloc_bytes", "Bytes live through the allocator.",
       "%lld", (long long)g->alloc_live_bytes);
     if (g->rss_bytes >= 0)
@@ -281,7 +305,31 @@ int metrics_render(const struct metrics *m, const struct metrics_gauges *g, stru
     M("gauge", "process_start_time_seconds",
       "Start time of the process since unix epoch in seconds.",
       "%.0f", g->start_time);
-#undef P
-#undef M
     return rc;
 }
+
+int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *o)
+{
+    int rc = 0;
+    char model[160], fp[40];
+    P("# HELP recurd_build_info The server's version and the model it serves (value 1).\n"
+      "# TYPE recurd_build_info gauge\n"
+      "recurd_build_info{version=\"%s\",model=\"%s\",fingerprint=\"%s\"} 1\n", RECUR_VERSION,
+      label_escape(g->model, model, sizeof model), label_escape(g->fingerprint, fp, sizeof fp));
+    M("gauge", "recurd_up", "1 when the model is loaded and the server accepts work.",
+      "%d", g->ready && !g->draining);
+    if (!rc)
+        rc = render_requests(m, o);
+    if (!rc)
+        rc = render_token_latency(g, o);
+    if (!rc)
+        rc = render_books(m, g, o);
+    if (!rc)
+        rc = render_compute(g, o);
+    if (!rc)
+        rc = render_process(g, o);
+    return rc;
+}
+
+#undef P
+#undef M
