@@ -16,6 +16,12 @@
 #include "response.h"
 #include "state.h"
 
+BODY_READER(tokenize)
+BODY_READER(detokenize)
+BODY_READER(score)
+BODY_READER(generate)
+BODY_READER(completion)
+
 static uint64_t random_seed(void)
 {
     uint64_t x = 0;
@@ -59,18 +65,9 @@ static ssize_t pull_stream_events(void *ud, struct http_req *h, char *buf, size_
 
 void h_tokenize(struct rq *q)
 {
-    json_t *o = body_json(q);
-    if (!o)
-        return;
     struct req_tokenize r;
-    struct api_error e;
-    int rc = req_tokenize_parse(o, &q->a->lim, &r, &e);
-    json_decref(o);
-    if (rc) {
-        req_tokenize_free(&r);
-        http_respond_error(q->h, &e);
+    if (read_tokenize(q, &r) != 0)
         return;
-    }
     struct job *j = job_new(JOB_TOKENIZE);
     if (!j) {
         req_tokenize_free(&r);
@@ -100,19 +97,12 @@ void done_tokenize(struct rq *q, struct job *j)
 
 void h_detokenize(struct rq *q)
 {
-    json_t *o = body_json(q);
-    if (!o)
-        return;
     struct req_detokenize r;
-    struct api_error e;
-    int rc = req_detokenize_parse(o, &q->a->lim, &r, &e);
-    json_decref(o);
-    if (rc) {
-        http_respond_error(q->h, &e);
+    if (read_detokenize(q, &r) != 0)
         return;
-    }
     /* Decoding is concatenating pieces: a copy, not compute. */
     struct outbuf b = {0};
+    int rc = 0;
     for (size_t i = 0; i < r.n_tokens && !rc; i++) {
         size_t len;
         const char *p = codec_piece(q->a->codec, r.tokens[i], &len);
@@ -146,17 +136,9 @@ static void score_job(struct rq *q, struct job *j, const struct req_score *r)
 
 void h_score(struct rq *q, int with_session)
 {
-    json_t *o = body_json(q);
-    if (!o)
-        return;
     struct req_score r;
-    struct api_error e;
-    int rc = req_score_parse(o, &q->a->lim, &r, &e);
-    json_decref(o);
-    if (rc) {
-        http_respond_error(q->h, &e);
+    if (read_score(q, &r) != 0)
         return;
-    }
     struct session *s = NULL;
     if (with_session && !(s = idle_session(q))) {
         req_score_free(&r);
@@ -219,20 +201,22 @@ static int take_stop(struct job *j, struct req_stop *st)
     return 0;
 }
 
+/* Submit a generation; a streamed one answers 200 now and its events
+ * follow as the compute thread makes them. */
+static void submit_generation(struct rq *q, struct job *j)
+{
+    rq_submit(q, j);
+    if (j->req.stream.format) {
+        q->phase = RQ_STREAMING;
+        http_respond_stream(q->h, 200, "text/event-stream", pull_stream_events);
+    }
+}
+
 void h_generate(struct rq *q)
 {
-    json_t *o = body_json(q);
-    if (!o)
-        return;
     struct req_generate r;
-    struct api_error e;
-    int rc = req_generate_parse(o, &q->a->lim, &r, &e);
-    json_decref(o);
-    if (rc) {
-        req_generate_free(&r);
-        http_respond_error(q->h, &e);
+    if (read_generate(q, &r) != 0)
         return;
-    }
     struct session *s = idle_session(q);
     if (!s) {
         req_generate_free(&r);
@@ -268,11 +252,7 @@ void h_generate(struct rq *q)
         job_free(j);
         return;
     }
-    rq_submit(q, j);
-    if (j->req.stream.format) {
-        q->phase = RQ_STREAMING;
-        http_respond_stream(q->h, 200, "text/event-stream", pull_stream_events);
-    }
+    submit_generation(q, j);
 }
 
 void done_generate(struct rq *q, struct job *j)
@@ -432,18 +412,9 @@ static int completion_states(struct rq *q, struct job *j)
 void h_completions(struct rq *q)
 {
     struct app *a = q->a;
-    json_t *o = body_json(q);
-    if (!o)
-        return;
     struct req_completion r;
-    struct api_error e;
-    int rc = req_completion_parse(o, &a->lim, &r, &e);
-    json_decref(o);
-    if (rc) {
-        req_completion_free(&r);
-        http_respond_error(q->h, &e);
+    if (read_completion(q, &r) != 0)
         return;
-    }
     struct job *j = job_new(JOB_RUN);
     if (!j) {
         req_completion_free(&r);
@@ -469,11 +440,7 @@ void h_completions(struct rq *q)
     req_completion_free(&r);
     if (completion_states(q, j) != 0)
         return;
-    rq_submit(q, j);
-    if (j->req.stream.format) {
-        q->phase = RQ_STREAMING;
-        http_respond_stream(q->h, 200, "text/event-stream", pull_stream_events);
-    }
+    submit_generation(q, j);
 }
 
 void done_completions(struct rq *q, struct job *j)

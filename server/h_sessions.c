@@ -15,6 +15,9 @@
 #include "spill.h"
 #include "state.h"
 
+BODY_READER(session_create)
+BODY_READER(save)
+
 /* self: the job of the request answering (its own hold is not "busy"). */
 static json_t *session_json(struct app *a, struct session *s, const struct job *self)
 {
@@ -271,21 +274,11 @@ static int create_from_snapshot(struct rq *q, uint8_t *snap, size_t len)
 static int session_source(struct rq *q, struct session **src)
 {
     struct app *a = q->a;
-    struct api_error e;
     struct req_session_create r = {0};
     size_t n;
     http_body(q->h, &n);
-    if (n) { /* an empty body means {} */
-        json_t *o = body_json(q);
-        if (!o)
-            return -1;
-        int rc = req_session_create_parse(o, &a->lim, &r, &e);
-        json_decref(o);
-        if (rc) {
-            http_respond_error(q->h, &e);
-            return -1;
-        }
-    }
+    if (n && read_session_create(q, &r) != 0) /* an empty body means {} */
+        return -1;
     int go_on = 0;
     if (r.snapshot) {
         snprintf(q->name, sizeof q->name, "%s", r.snapshot);
@@ -465,18 +458,9 @@ void h_save(struct rq *q)
 {
     if (!snapshots_on(q))
         return;
-    json_t *o = body_json(q);
-    if (!o)
-        return;
     struct req_save r;
-    struct api_error e;
-    int rc = req_save_parse(o, &q->a->lim, &r, &e);
-    json_decref(o);
-    if (rc) {
-        req_save_free(&r);
-        http_respond_error(q->h, &e);
+    if (read_save(q, &r) != 0)
         return;
-    }
     snprintf(q->name, sizeof q->name, "%s", r.name);
     q->overwrite = r.overwrite;
     req_save_free(&r);

@@ -149,6 +149,26 @@ int job_state(struct rq *q, struct job *j, struct mstate **out);
 int tmp_state(struct rq *q, struct job *j);
 void commit_job_state(struct job *j);
 json_t *body_json(struct rq *q);
+
+/* BODY_READER(kind) defines read_<kind>(q, r): the request's JSON body
+ * parsed into *r by proto/request.c's req_<kind>_parse. 0, or -1 when the
+ * body was refused: the error is answered and r holds nothing to free. */
+#define BODY_READER(kind)                                                                     \
+    static int read_##kind(struct rq *q, struct req_##kind *r)                                \
+    {                                                                                         \
+        json_t *o = body_json(q);                                                             \
+        if (!o)                                                                               \
+            return -1;                                                                        \
+        struct api_error e;                                                                   \
+        int rc = req_##kind##_parse(o, &q->a->lim, r, &e);                                    \
+        json_decref(o);                                                                       \
+        if (rc) {                                                                             \
+            req_##kind##_free(r);                                                             \
+            http_respond_error(q->h, &e);                                                     \
+            return -1;                                                                        \
+        }                                                                                     \
+        return 0;                                                                             \
+    }
 void wait_for(struct rq *q, struct session *s);
 struct session *idle_session(struct rq *q);
 
