@@ -42,3 +42,12 @@ size_t os_peak_rss_bytes(void)
         return 0;
     return (size_t)ru.ru_maxrss * 1024; /* Linux reports kilobytes */
 }
+
+double os_cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+}

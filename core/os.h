@@ -4,8 +4,8 @@
  *
  * Randomness comes from getrandom(2) (the kernel's CSPRNG; it blocks only
  * before the pool is first initialised, early at boot). Memory figures are of
- * this process: the current resident set from /proc/self/statm, the peak from
- * getrusage(2).
+ * this process: the current resident set from /proc/self/statm, the peak and
+ * the CPU time from getrusage(2).
  */
 #ifndef RECUR_OS_H
 #define RECUR_OS_H
@@ -21,5 +21,8 @@ size_t os_rss_bytes(void);
 
 /* Peak resident set size of this process so far, bytes; 0 if unknown. */
 size_t os_peak_rss_bytes(void);
+
+/* User + system CPU seconds this process has used; -1 if unknown. */
+double os_cpu_seconds(void);
 
 #endif

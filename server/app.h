@@ -63,6 +63,10 @@ struct app {
     const struct model_config *mc;
     const struct codec *codec;
     uint64_t fingerprint;
+    /* OpenAI's system_fingerprint: "fp_" and 16 hex digits of a hash of
+     * the build's version and the model's fingerprint, the same for every
+     * answer of one build serving one model (set with the model) */
+    char system_fingerprint[24];
     size_t snap_bytes;               /* exact size of a snapshot */
     char model_name[256];
     int64_t started_unix;

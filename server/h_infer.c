@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-#include <xxhash.h>
 
 #include "alloc.h"
 #include "handlers.h"
@@ -281,17 +280,6 @@ void done_generate(struct rq *q, struct job *j)
 }
 
 
-/* system_fingerprint: "fp_" and 16 hex digits of a hash of the build's
- * version and the model's fingerprint — the same for every answer of one
- * build serving one model, and different when either changes (what
- * OpenAI's field is for: the backend that made the answer). */
-static void system_fingerprint(const struct app *a, char out[24])
-{
-    char fp[17];
-    hex64(XXH3_64bits_withSeed(RECUR_VERSION, strlen(RECUR_VERSION), a->fingerprint), fp);
-    snprintf(out, 24, "fp_%s", fp);
-}
-
 /* An empty prompt: a recurrent model's zero state has made no prediction
  * yet, so something must be read first. Like HF's generate() for these
  * models (bos = eos = <|endoftext|>), that is the end-of-text token: the
@@ -348,16 +336,12 @@ static int completion_alloc(const struct app *a, struct job *j, const struct req
     completion_id(id);
     j->req.stream.cmpl_id = rc_strdup(id);
     j->req.stream.model = rc_strdup(r->model ? r->model : a->model_name); /* echoed as sent */
-    char fp[24];
-    system_fingerprint(a, fp);
-    j->req.stream.system_fingerprint = rc_strdup(fp);
+    j->req.stream.system_fingerprint = a->system_fingerprint; /* borrowed: the app outlives jobs */
     j->req.n_choices = r->n;
     if (r->n > 1 && (!(j->res.choices = rc_calloc((size_t)r->n, sizeof *j->res.choices)) ||
                      !(j->req.gens = rc_calloc((size_t)r->n, sizeof *j->req.gens))))
         return RC_ENOMEM;
-    return j->req.stream.cmpl_id && j->req.stream.model && j->req.stream.system_fingerprint
-               ? 0
-               : RC_ENOMEM;
+    return j->req.stream.cmpl_id && j->req.stream.model ? 0 : RC_ENOMEM;
 }
 
 /* Everything else the job and the answer need from r (moves r's prompt,
@@ -487,13 +471,11 @@ void done_completions(struct rq *q, struct job *j)
     }
     json_t *o = NULL;
     if (!oom) {
-        char fp[24];
-        system_fingerprint(q->a, fp);
         struct completion_view cv = {
             .id = j->req.stream.cmpl_id,
             .created = j->req.stream.created,
             .model = j->req.stream.model,
-            .system_fingerprint = fp,
+            .system_fingerprint = j->req.stream.system_fingerprint,
             .ch = ch,
             .n_ch = n,
             .prompt_tokens = j->res.n_input,

@@ -52,7 +52,7 @@ static void gather_gauges(struct app *a, struct metrics_gauges *g, char fp[17])
     g->alloc_live_bytes = (int64_t)rc_alloc_live_bytes();
     size_t rss = os_rss_bytes();
     g->rss_bytes = rss ? (int64_t)rss : -1;
-    g->cpu_seconds = metrics_cpu_seconds();
+    g->cpu_seconds = os_cpu_seconds();
     g->start_time = (double)a->started_unix;
     g->model = a->model_name;
     fp[0] = '\0';

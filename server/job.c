@@ -64,7 +64,6 @@ void job_free(struct job *j)
     /* the stream's strings are the request's (const: proto/ only reads them) */
     rc_free((void *)j->req.stream.cmpl_id);
     rc_free((void *)j->req.stream.model);
-    rc_free((void *)j->req.stream.system_fingerprint);
     rc_free((void *)j->req.stream.echo);
     rc_free(j->req.snap);
     tok_details_free(&j->res.in_rows);

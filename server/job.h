@@ -81,9 +81,9 @@ struct job_request {
     int ignore_eos;
     int gen_details;          /* per-token rows for generated tokens */
     /* How generated tokens are streamed (proto/sse.h): format is enum
-     * stream_format, STREAM_NONE for none. cmpl_id, model,
-     * system_fingerprint and echo are owned by the request (freed by
-     * job_free); vocab is left empty: the compute thread supplies its
+     * stream_format, STREAM_NONE for none. cmpl_id, model and
+     * echo are owned by the request (freed by job_free); system_fingerprint
+     * is borrowed from struct app; vocab is left empty: the compute thread supplies its
      * codec when it encodes an event. */
     struct gen_stream stream;
     /* n > 1: once the input is read, the choices generate side by side

@@ -4,12 +4,9 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 
-#include "alloc.h"
 #include "compute.h"
 #include "errors.h"
-#include "os.h"
 
 
 /* Request latency buckets, seconds (upper bounds). */
@@ -62,15 +59,6 @@ void metrics_request(struct metrics *m, int route, const char *method, int statu
     m->lat_sum[r] += seconds;
     if (!completed)
         m->client_gone++;
-}
-
-double metrics_cpu_seconds(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return -1;
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
 /* Append fmt's output (at most one line buffer) to o: 0, RC_ERANGE or RC_ENOMEM. */

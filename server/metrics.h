@@ -72,8 +72,6 @@ void metrics_init(struct metrics *m, const char *const *routes, int n_routes);
  * request's method as received (NULL: "other"); status 0: no response. */
 void metrics_request(struct metrics *m, int route, const char *method, int status,
                      double seconds, int completed);
-/* User + system CPU seconds of this process (getrusage); -1 on failure. */
-double metrics_cpu_seconds(void);
 /* Append the exposition text to out; 0 or RC_ENOMEM. */
 int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *out);
 

@@ -111,6 +111,9 @@ static void model_ready(struct app *a)
     a->mc = model_config(a->m);
     a->codec = sched_codec(a->sched);
     a->fingerprint = model_fingerprint(a->m);
+    char sysfp[17];
+    hex64(XXH3_64bits_withSeed(RECUR_VERSION, strlen(RECUR_VERSION), a->fingerprint), sysfp);
+    snprintf(a->system_fingerprint, sizeof a->system_fingerprint, "fp_%s", sysfp);
     a->snap_bytes = snapshot_size(state_serialized_bytes(a->m));
     a->lim.vocab_size = a->mc->vocab_size;
     struct sessions_opts so = {

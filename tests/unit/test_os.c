@@ -1,6 +1,7 @@
 /* core/os: random bytes are filled (two draws differ); the resident set of a
  * running process is known and grows when pages are touched, and the peak
- * (getrusage, kept by the kernel lazily) counts them too. */
+ * (getrusage, kept by the kernel lazily) counts them too; CPU time grows
+ * while the process computes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,11 +36,28 @@ static void test_rss(void **unused)
     free((void *)p);
 }
 
+static void test_cpu_seconds(void **unused)
+{
+    double t0 = os_cpu_seconds();
+    assert_true(t0 >= 0);
+    /* spin until the counter moves (its tick is at most 10 ms of CPU) */
+    volatile double x = 0;
+    double t1 = t0;
+    for (long i = 0; i < 2000000000L && t1 <= t0; i++) {
+        x += (double)i * 1e-9;
+        if ((i & 0xfffff) == 0)
+            t1 = os_cpu_seconds();
+    }
+    assert_true(t1 > t0);
+    assert_true(t1 - t0 < 5.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_bytes),
         cmocka_unit_test(test_rss),
+        cmocka_unit_test(test_cpu_seconds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
