@@ -11,16 +11,9 @@
 #include <cmocka.h>
 
 #include "sampler.h"
+#include "test_logits.h"
 
 #define V 1000
-
-static void make_logits(float *l, int n, uint64_t seed)
-{
-    struct sampler_rng r;
-    sampler_seed(&r, seed);
-    for (int i = 0; i < n; i++)
-        l[i] = (float)(sampler_uniform(&r) * 8.0 - 4.0);
-}
 
 static int by_prob(const void *a, const void *b, void *ctx) { return 0; }
 

@@ -21,6 +21,7 @@
 #include "sampler.h"
 #include "score.h"
 #include "state.h"
+#include "test_logits.h"
 #include "tiny_model.h"
 
 static char err[1024];
@@ -119,14 +120,6 @@ static void scorer_matches_reference(void **u)
 }
 
 #define V 1000
-
-static void make_logits(float *l, int n, uint64_t seed)
-{
-    struct sampler_rng r;
-    sampler_seed(&r, seed);
-    for (int i = 0; i < n; i++)
-        l[i] = (float)(sampler_uniform(&r) * 8.0 - 4.0);
-}
 
 static double brute_lse(const float *l, int n)
 {
