@@ -126,6 +126,15 @@ int state_serialize(const struct mstate *s, void *buf, size_t len)
     return 0;
 }
 
+int64_t state_serialized_pos(const void *prefix)
+{
+    const uint8_t *p = (const uint8_t *)prefix + 8 * sizeof(uint32_t); /* after the u32 fields */
+    uint64_t pos = 0;
+    for (int i = 0; i < 8; i++)
+        pos |= (uint64_t)p[i] << (8 * i);
+    return (int64_t)pos;
+}
+
 int state_check_floats(const struct model *m, const void *block, char *err, size_t errlen)
 {
     const struct model_config *c = &m->cfg;

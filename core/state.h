@@ -84,6 +84,12 @@ size_t state_serialized_bytes(const struct model *m);
 /* Write the serialised layout into buf (len >= state_serialized_bytes). */
 int state_serialize(const struct mstate *s, void *buf, size_t len);
 
+/* The position a serialised state records, read from its first
+ * STATE_PREFIX_BYTES bytes without checking the rest (indexing files on
+ * disk); state_deserialize still decides whether it loads. */
+#define STATE_PREFIX_BYTES 40u
+int64_t state_serialized_pos(const void *prefix);
+
 /* Read a serialised state into s. Checks the layout against s's model, the
  * position (0..STATE_MAX_POS, and > 0 if it has a last row) and every float
  * (state_check_floats): every load path (HTTP PUT and POST, named

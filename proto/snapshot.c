@@ -44,8 +44,7 @@ int snapshot_peek(const void *head, size_t n, struct snapshot_head *out)
     out->version = get_u32(p + 8);
     out->fingerprint = get_u64(p + 12);
     out->payload_len = get_u64(p + 20);
-    /* the state layout: 8 u32 fields, then i64 pos */
-    out->position = (int64_t)get_u64(p + SNAPSHOT_HEADER_BYTES + 32);
+    out->position = state_serialized_pos(p + SNAPSHOT_HEADER_BYTES);
     return 0;
 }
 

@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "state.h"
+
 struct mstate;
 
 #define SNAPSHOT_MAGIC "RECURSNP"
@@ -45,7 +47,7 @@ struct snapshot_info {
  * and the stream position from the payload (core/state.h's layout).
  * Nothing is checksummed: snapshot_check on the whole file still decides
  * whether it loads. */
-#define SNAPSHOT_PEEK_BYTES (SNAPSHOT_HEADER_BYTES + 40u)
+#define SNAPSHOT_PEEK_BYTES (SNAPSHOT_HEADER_BYTES + STATE_PREFIX_BYTES)
 struct snapshot_head {
     uint32_t version;
     uint64_t fingerprint;

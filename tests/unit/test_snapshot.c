@@ -84,6 +84,31 @@ static void test_round_trip(void **u)
     rc_free(snap);
 }
 
+/* snapshot_peek reads what an index of files on disk needs from the first
+ * SNAPSHOT_PEEK_BYTES alone: the header's fields and the state's position
+ * (20 for src, 7 for dst); fewer bytes or another magic are refused. */
+static void test_peek(void **u)
+{
+    const struct mstate *states[2] = {src, dst};
+    const int64_t want_pos[2] = {20, 7};
+    for (int k = 0; k < 2; k++) {
+        uint8_t *snap;
+        size_t n;
+        char err[256];
+        assert_int_equal(snapshot_encode(states[k], fp, &snap, &n, err, sizeof err), 0);
+        struct snapshot_head h;
+        assert_int_equal(snapshot_peek(snap, SNAPSHOT_PEEK_BYTES, &h), 0);
+        assert_int_equal(h.version, SNAPSHOT_VERSION);
+        assert_true(h.fingerprint == fp);
+        assert_int_equal(h.payload_len, state_serialized_bytes(m));
+        assert_int_equal(h.position, want_pos[k]);
+        assert_int_equal(snapshot_peek(snap, SNAPSHOT_PEEK_BYTES - 1, &h), RC_EFORMAT);
+        snap[0] ^= 1;
+        assert_int_equal(snapshot_peek(snap, SNAPSHOT_PEEK_BYTES, &h), RC_EFORMAT);
+        rc_free(snap);
+    }
+}
+
 static void expect_rejected(const uint8_t *buf, size_t len, uint64_t want_fp, int code)
 {
     size_t n0;
@@ -368,6 +393,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_peek),
         cmocka_unit_test(test_every_truncation),
         cmocka_unit_test(test_every_byte_flip),
         cmocka_unit_test(test_foreign_model_and_sizes),
