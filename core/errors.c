@@ -21,6 +21,10 @@ const char *rc_strerror(int code)
     case RC_ENOTFILE: return "not a regular file";
     case RC_EQUOTA: return "quota reached";
     case RC_ENOSPC: return "no space left";
+    case RC_EBUSY: return "held by another owner";
+    case RC_EFENCED: return "lease lost";
+    case RC_ECONFLICT: return "position mismatch";
+    case RC_EUNAVAILABLE: return "unavailable";
     }
     return "unknown error";
 }

@@ -27,6 +27,10 @@ enum rc_status {
     RC_ENOTFILE = -12,    /* the name is taken by something not a regular file */
     RC_EQUOTA = -13,      /* a per-owner count limit is reached */
     RC_ENOSPC = -14,      /* no room: a disk full, or a reserve that must stay free */
+    RC_EBUSY = -15,       /* held by another owner (a session leased by another replica) */
+    RC_EFENCED = -16,     /* this holder's lease was taken over: its write was refused */
+    RC_ECONFLICT = -17,   /* not at the expected position */
+    RC_EUNAVAILABLE = -18,/* a service it needs did not answer (the store) */
 };
 
 /* Static text for a code; never NULL. */

@@ -44,6 +44,7 @@ static const struct {
     [API_OUT_OF_MEMORY] = {503, "out_of_memory", T_SERVER},
     [API_SNAPSHOT_WRITE] = {507, "snapshot_write_failed", T_SERVER},
     [API_REQUEST_TIMEOUT] = {408, "request_timeout", T_REQUEST},
+    [API_POSITION_MISMATCH] = {409, "position_mismatch", T_REQUEST},
 };
 
 int api_err_status(int kind)
@@ -76,8 +77,17 @@ int api_error_set(struct api_error *e, int kind, const char *fmt, ...)
         va_end(ap);
         e->kind = kind;
         e->param[0] = 0;
+        e->has_position = 0;
     }
     return api_err_status(kind);
+}
+
+void api_error_position(struct api_error *e, int64_t position)
+{
+    if (e) {
+        e->position = position;
+        e->has_position = 1;
+    }
 }
 
 void api_error_param(struct api_error *e, const char *param)
@@ -103,6 +113,10 @@ int api_err_from_rc(int rc)
     case RC_ENOTFILE: return API_CONFLICT;
     case RC_EQUOTA: return API_SNAPSHOT_QUOTA;
     case RC_ENOSPC: return API_SNAPSHOT_WRITE;
+    case RC_EBUSY:
+    case RC_EFENCED:
+    case RC_EUNAVAILABLE: return API_UNAVAILABLE;
+    case RC_ECONFLICT: return API_POSITION_MISMATCH;
     }
     return API_INTERNAL;
 }
@@ -122,9 +136,14 @@ json_t *api_error_json(const struct api_error *e)
     size_t pn = strnlen(e->param, sizeof e->param - 1);
     if (pn)
         utf8_repair_str((const uint8_t *)e->param, pn, param, sizeof param);
-    return json_pack("{s:s, s:s, s:o, s:s}", "message", msg, "type", api_err_type(e->kind),
-                     "param", pn ? json_string(param) : json_null(), "code",
-                     api_err_code(e->kind));
+    json_t *o = json_pack("{s:s, s:s, s:o, s:s}", "message", msg, "type", api_err_type(e->kind),
+                          "param", pn ? json_string(param) : json_null(), "code",
+                          api_err_code(e->kind));
+    if (o && e->has_position && json_object_set_new(o, "position", json_integer(e->position))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 char *api_error_body(const struct api_error *e, size_t *len)

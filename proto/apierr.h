@@ -21,6 +21,7 @@
 #define RECUR_APIERR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum api_err_kind {
     API_OK = 0,
@@ -44,6 +45,7 @@ enum api_err_kind {
     API_OUT_OF_MEMORY,      /* 503 an allocation failed or the memory budget is spent */
     API_SNAPSHOT_WRITE,     /* 507 writing a snapshot file failed */
     API_REQUEST_TIMEOUT,    /* 408 a request body that stopped or came too slowly */
+    API_POSITION_MISMATCH,  /* 409 the session is not at the request's expected_position */
     API_KIND_COUNT
 };
 
@@ -51,6 +53,8 @@ struct api_error {
     int kind;          /* enum api_err_kind; API_OK when no error */
     char message[384]; /* NUL-terminated, may be truncated */
     char param[72];    /* the field at fault, NUL-terminated; "" = none (null) */
+    int64_t position;  /* the session's position, in the object when has_position */
+    int has_position;  /* (position_mismatch: where the session is) */
 };
 
 /* HTTP status, code ("invalid_request", ...) and OpenAI type
@@ -63,6 +67,9 @@ const char *api_err_type(int kind);
  * handlers can `return api_error_set(e, API_INVALID_REQUEST, "...", k);`. */
 int api_error_set(struct api_error *e, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Add the session's current position to the error object ("position"). */
+void api_error_position(struct api_error *e, int64_t position);
 
 /* Name the request field at fault (after api_error_set): "max_tokens",
  * "stop", "tokens[3]" ... Cut to fit; made valid UTF-8 in the body. */

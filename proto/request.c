@@ -200,6 +200,9 @@ void req_session_create_free(struct req_session_create *r)
     memset(r, 0, sizeof *r);
 }
 
+/* 2^53: a position any JSON number holds exactly */
+#define EXPECTED_POSITION_MAX 9007199254740992LL
+
 static int score_opts(const json_t *o, const struct proto_limits *lim, struct req_score *r,
                       struct api_error *e)
 {
@@ -217,10 +220,13 @@ static int score_opts(const json_t *o, const struct proto_limits *lim, struct re
 int req_score_parse(const json_t *o, const struct proto_limits *lim, struct req_score *r,
                     struct api_error *e)
 {
-    static const char *const keys[] = {"text", "tokens", "logprobs", "top_logprobs", NULL};
+    static const char *const keys[] = {"text", "tokens", "logprobs", "top_logprobs",
+                                       "expected_position", NULL};
     int rc;
     memset(r, 0, sizeof *r);
     if ((rc = pj_check_keys(o, keys, e)) || (rc = score_opts(o, lim, r, e)) ||
+        (rc = pj_int(o, "expected_position", 0, 0, EXPECTED_POSITION_MAX, -1,
+                     &r->expected_position, e)) ||
         (rc = input_parse(o, lim, "text", "tokens", &r->in, e))) {
         req_score_free(r);
         return rc;
@@ -247,10 +253,19 @@ static int parse_bool_text(const char *s, int *out)
     return 0;
 }
 
-int req_score_query(const char *logprobs, const char *top_logprobs,
+int req_score_query(const char *logprobs, const char *top_logprobs, const char *expected,
                     const struct proto_limits *lim, struct req_score *r, struct api_error *e)
 {
     memset(r, 0, sizeof *r);
+    r->expected_position = -1;
+    if (expected) {
+        char *end;
+        long long p = strtoll(expected, &end, 10);
+        if (!*expected || *end || p < 0 || p > EXPECTED_POSITION_MAX)
+            return invalid(e, "query parameter 'expected_position' must be a position (an "
+                              "integer >= 0)");
+        r->expected_position = p;
+    }
     if (logprobs && parse_bool_text(logprobs, &r->logprobs) != 0)
         return invalid(e, "query parameter 'logprobs' must be true or false");
     if (top_logprobs) {
@@ -275,7 +290,7 @@ int req_generate_parse(const json_t *o, const struct proto_limits *lim, struct r
     static const char *const keys[] = {"max_tokens", "temperature", "top_k",    "top_p",
                                        "min_p",      "seed",        "stop",     "stream",
                                        "commit",     "logprobs",    "top_logprobs",
-                                       "ignore_eos", NULL};
+                                       "ignore_eos", "expected_position", NULL};
     int64_t mt, k;
     int rc;
     memset(r, 0, sizeof *r);
@@ -286,7 +301,9 @@ int req_generate_parse(const json_t *o, const struct proto_limits *lim, struct r
         (rc = pj_bool(o, "commit", 1, &r->commit, e)) ||
         (rc = pj_bool(o, "logprobs", 0, &r->logprobs, e)) ||
         (rc = pj_int(o, "top_logprobs", 0, 0, lim->max_top_logprobs, 0, &k, e)) ||
-        (rc = pj_bool(o, "ignore_eos", 0, &r->ignore_eos, e)))
+        (rc = pj_bool(o, "ignore_eos", 0, &r->ignore_eos, e)) ||
+        (rc = pj_int(o, "expected_position", 0, 0, EXPECTED_POSITION_MAX, -1,
+                     &r->expected_position, e)))
         return rc;
     r->max_tokens = (int)mt;
     r->top_logprobs = (int)k;

@@ -50,6 +50,7 @@ struct req_score {
     struct req_input in;
     int logprobs;     /* per-token details wanted */
     int top_logprobs; /* alternatives per token, 0..max_top_logprobs */
+    int64_t expected_position; /* append: the session must be there (409); -1 = any */
 };
 
 struct req_stop {
@@ -70,6 +71,7 @@ struct req_generate {
     int logprobs;               /* per-token logprob details wanted */
     int top_logprobs;
     int ignore_eos;             /* keep going past the end-of-text token */
+    int64_t expected_position;  /* the session must be there (409); -1 = any */
 };
 
 /* POST /v1/completions (OpenAI). An empty prompt leaves prompt.text and
@@ -134,9 +136,10 @@ int req_save_parse(const json_t *o, const struct proto_limits *lim, struct req_s
 void req_save_free(struct req_save *r);
 
 /* Query-string form of the score options, for a text/plain append:
- * "logprobs" ("true"/"false"/"1"/"0") and "top_logprobs" (integer). A NULL
+ * "logprobs" ("true"/"false"/"1"/"0"), "top_logprobs" (integer) and
+ * "expected_position" (integer >= 0). A NULL
  * value means absent. */
-int req_score_query(const char *logprobs, const char *top_logprobs,
+int req_score_query(const char *logprobs, const char *top_logprobs, const char *expected,
                     const struct proto_limits *lim, struct req_score *r, struct api_error *e);
 
 /* A server-side snapshot name: 1..128 bytes of [A-Za-z0-9._-], not

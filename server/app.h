@@ -30,7 +30,14 @@ struct codec;
 enum app_state { APP_LOADING = 0, APP_READY, APP_DRAINING, APP_FAILED };
 
 /* How a session's state came back for the requests that waited for it. */
-enum session_ready { SESSION_READY_OK = 0, SESSION_READY_GONE, SESSION_READY_FAILED };
+enum session_ready {
+    SESSION_READY_OK = 0,
+    SESSION_READY_GONE,        /* deleted, or no such session (404) */
+    SESSION_READY_FAILED,      /* could not be read back (500; `why`) */
+    SESSION_READY_UNAVAILABLE, /* the store is down or another replica holds it (503) */
+    SESSION_READY_DAMAGED,     /* the stored data is damaged or another model's (422) */
+    SESSION_READY_RETRY,       /* it left this replica meanwhile: start over */
+};
 
 struct app {
     const struct options *cfg;
@@ -40,6 +47,7 @@ struct app {
     struct sessions *sessions;       /* once the model is loaded */
     struct store *snapshots;         /* --snapshot-dir, or NULL */
     struct store *states;            /* --state-dir, or NULL */
+    struct cluster *cluster;         /* --store (cluster.h), or NULL */
     int io_ops;                      /* spill/restore/remove work in flight */
     int spilling;                    /* spills in flight */
     uv_timer_t spill_timer;          /* retries spilling after a failed write */

@@ -13,6 +13,8 @@
 #include <strings.h>
 
 #include "alloc.h"
+#include "cluster.h"
+#include "rstore.h"
 #include "webui.h"
 #include "handlers.h"
 #include "errors.h"
@@ -82,6 +84,7 @@ int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     va_end(ap);
     e.kind = kind;
     e.param[0] = 0;
+    e.has_position = 0;
     return http_respond_error(h, &e);
 }
 
@@ -181,7 +184,8 @@ void wait_for(struct rq *q, struct session *s)
 {
     q->waiting = s;
     list_push_front(&s->waiters, &q->wlink);
-    if (s->spilled && !s->io && spill_restore(q->a, s) != 0) {
+    if (s->spilled && !s->io &&
+        (q->a->cluster ? cluster_restore(q->a, s) : spill_restore(q->a, s)) != 0) {
         list_remove(&s->waiters, &q->wlink);
         q->waiting = NULL;
         respond_oom(q->h, "bringing the session back");
@@ -200,13 +204,48 @@ static void wait_cancel(struct rq *q)
 /* The session named by the path, idle, owned by the caller, state in
  * memory. Otherwise NULL, and either an error response was sent or the
  * request waits for the state to come back from disk. */
-struct session *idle_session(struct rq *q)
+struct session *find_session(struct rq *q, const char *id)
 {
-    struct session *s = sessions_get(q->a->sessions, q->id, q->owner);
-    if (!s) {
-        respond_err(q->h, API_NOT_FOUND, "no session '%.40s'", q->id);
+    struct app *a = q->a;
+    struct session *s = sessions_get(a->sessions, id, q->owner);
+    if (s)
+        return s;
+    if (a->cluster && sessions_valid_id(id) && !sessions_find(a->sessions, id)) {
+        /* not held here: take it from the store */
+        if (!(s = cluster_placeholder(a, id, q->owner))) {
+            http_add_header(q->h, "Retry-After", "1");
+            respond_err(q->h, API_UNAVAILABLE, "session limit reached (--max-sessions)");
+            return NULL;
+        }
+        wait_for(q, s);
         return NULL;
     }
+    respond_err(q->h, API_NOT_FOUND, "no session '%.40s'", id);
+    return NULL;
+}
+
+int position_gate(struct rq *q, struct session *s, int64_t expected)
+{
+    int64_t pos = s->state ? s->state->pos : s->pos;
+    if (expected < 0 || expected == pos)
+        return 0;
+    struct api_error e;
+    api_error_set(&e, API_POSITION_MISMATCH,
+                  "session '%s' is at position %" PRId64 ", not at expected_position %" PRId64,
+                  s->id, pos, expected);
+    api_error_position(&e, pos);
+    char p[24];
+    snprintf(p, sizeof p, "%" PRId64, pos);
+    http_add_header(q->h, "X-Recurd-Position", p);
+    http_respond_error(q->h, &e);
+    return -1;
+}
+
+struct session *idle_session(struct rq *q)
+{
+    struct session *s = find_session(q, q->id);
+    if (!s)
+        return NULL;
     if (!s->busy && (s->spilled || s->io)) {
         wait_for(q, s);
         return NULL;
@@ -566,6 +605,301 @@ static void finish_job(struct rq *q, struct job *j)
     }
 }
 
+/* ---- the store (--store): acknowledged only once committed ------------------- */
+
+static void on_request(void *ud, struct http_req *h);
+static void finish_job(struct rq *q, struct job *j);
+
+enum commit_kind { COMMIT_NONE = 0, COMMIT_LOG, COMMIT_CREATE, COMMIT_RESET };
+
+/* What j changed in its session that the store must have. */
+static int commit_kind_of(const struct rq *q, const struct job *j)
+{
+    if (!q->a->cluster || !j->loop.sess_a)
+        return COMMIT_NONE;
+    if (j->req.kind == JOB_RUN && j->req.record_fed)
+        return COMMIT_LOG;
+    if (q->route == R_SESSIONS)
+        return COMMIT_CREATE;
+    if (q->route == R_STATE && q->method == M_PUT)
+        return COMMIT_RESET;
+    return COMMIT_NONE;
+}
+
+/* The store answered (or a commit could not start: op NULL, rc given). */
+static void commit_answer(struct rq *q, struct session *s, int rc, const char *err)
+{
+    int status;
+    size_t len;
+    http_held(q->h, &status, &len);
+    if (rc == 0 || status < 200 || status >= 300) {
+        /* done, or an error answer that changed nothing the store lacks */
+        http_release_held(q->h, 1);
+        return;
+    }
+    http_release_held(q->h, 0);
+    if (q->route == R_SESSIONS && s) {
+        sessions_delete(q->a->sessions, s); /* the client never heard of it */
+        s = NULL;
+    }
+    http_add_header(q->h, "Retry-After", "1");
+    respond_err(q->h, API_UNAVAILABLE,
+                "not acknowledged: the session store did not take the change (%.300s); "
+                "nothing was applied: retry (with the same Idempotency-Key)", err);
+}
+
+static void commit_finished(struct app *a, struct cop *op)
+{
+    struct rq *q = cop_ud(op);
+    struct job *j = cop_job(op);
+    const struct cop_result *r = cop_result(op);
+    struct session *s = j ? j->loop.sess_a : NULL;
+    if (j)
+        j->loop.committing = 0;
+    if (q) {
+        q->cop = NULL;
+        if (!j) { /* a new empty session: its record */
+            s = cop_session(op);
+            s->io = 0;
+        }
+        commit_answer(q, s, r->rc, r->err);
+        if (j) {
+            list_remove(&a->rqs, &q->link);
+            q->job = NULL;
+        }
+    } else if (!j) {
+        struct session *x = cop_session(op);
+        x->io = 0;
+        if (r->rc)
+            sessions_delete(a->sessions, x);
+    }
+    if (j)
+        job_release(a, j);
+}
+
+/* Start the store's part of a finished job. q's answer is made now and
+ * held; commit_finished sends it. 1 when under way, 0 when nothing needs
+ * committing (the caller finishes as before). */
+static int store_commit(struct rq *q, struct job *j)
+{
+    struct app *a = q->a;
+    int kind = commit_kind_of(q, j);
+    if (!kind)
+        return 0;
+    struct session *s = j->loop.sess_a;
+    http_hold(q->h);
+    finish_job(q, j); /* the answer, held; a generate's state is swapped in */
+    int status;
+    size_t len;
+    const char *body = http_held(q->h, &status, &len);
+    int ok = status >= 200 && status < 300;
+    struct cop *op = NULL;
+    if (kind == COMMIT_LOG) {
+        if (j->res.fed_lost) {
+            s->drop = 1;
+            commit_answer(q, s, RC_ENOMEM, "out of memory recording the tokens read");
+            goto released;
+        }
+        if (!ok && j->res.fed.n == 0) {
+            http_release_held(q->h, 1);
+            goto released;
+        }
+        op = cluster_commit_log(a, s, j, j->res.fed.v, j->res.fed.n, ok && q->has_idem ? q->idem : NULL,
+                                body, len, commit_finished, q);
+    } else {
+        if (!ok) {
+            http_release_held(q->h, 1);
+            goto released;
+        }
+        op = cluster_commit_state(a, s, j, s->state, kind == COMMIT_CREATE, commit_finished, q);
+    }
+    if (!op) {
+        s->drop = 1;
+        commit_answer(q, s, RC_ENOMEM, "out of memory");
+        goto released;
+    }
+    q->cop = op;
+    j->loop.committing = 1;
+    return 1;
+released:
+    list_remove(&a->rqs, &q->link);
+    q->job = NULL;
+    job_release(a, j);
+    return 1;
+}
+
+int store_commit_new_session(struct rq *q, struct session *s)
+{
+    struct app *a = q->a;
+    if (!a->cluster)
+        return 0;
+    int status;
+    size_t len;
+    http_held(q->h, &status, &len);
+    if (status != 201) {
+        http_release_held(q->h, 1);
+        return 1;
+    }
+    struct cop *op = cluster_commit_state(a, s, NULL, s->state, 1, commit_finished, q);
+    if (!op) {
+        commit_answer(q, s, RC_ENOMEM, "out of memory");
+        return 1;
+    }
+    s->io = 1; /* nothing else touches it until the store has it */
+    q->cop = op;
+    return 1;
+}
+
+/* A job whose request is gone read tokens into its session (a streamed
+ * append cut off): they stay, so they are committed, unacknowledged. */
+static void orphan_committed(struct app *a, struct cop *op)
+{
+    struct job *j = cop_job(op);
+    j->loop.committing = 0;
+    job_release(a, j);
+}
+
+static int store_commit_orphan(struct app *a, struct job *j)
+{
+    struct session *s = j->loop.sess_a;
+    if (!a->cluster || !s || j->req.kind != JOB_RUN || !j->req.record_fed || j->req.gen ||
+        j->res.fed.n == 0)
+        return 0;
+    if (j->res.fed_lost) {
+        s->drop = 1;
+        return 0;
+    }
+    struct cop *op = cluster_commit_log(a, s, j, j->res.fed.v, j->res.fed.n, NULL, NULL, 0,
+                                        orphan_committed, NULL);
+    if (!op) {
+        s->drop = 1;
+        return 0;
+    }
+    j->loop.committing = 1;
+    return 1;
+}
+
+/* A committing generate streamed: its last events wait for the store. */
+static void stream_committed(struct app *a, struct cop *op)
+{
+    struct rq *q = cop_ud(op);
+    struct job *j = cop_job(op);
+    const struct cop_result *r = cop_result(op);
+    j->loop.committing = 0;
+    if (j->loop.sess_a) {
+        sessions_release(a->sessions, j->loop.sess_a, now_ms(a));
+        j->loop.sess_a = NULL;
+    }
+    if (!q) {
+        job_release(a, j);
+        return;
+    }
+    q->cop = NULL;
+    int oom = 0;
+    if (r->rc == 0)
+        oom = outbuf_put(&j->ch.outbox, j->res.tail.p, j->res.tail.n) != 0;
+    else {
+        struct api_error e;
+        api_error_set(&e, API_UNAVAILABLE,
+                      "not acknowledged: the session store did not take the generated tokens "
+                      "(%.300s); retry (with the same Idempotency-Key)", r->err);
+        oom = sse_put_error(&j->ch.outbox, &e) != 0;
+    }
+    q->phase = oom ? RQ_STREAM_END_OOM : RQ_STREAM_END;
+    http_wake(q->h);
+}
+
+static int store_commit_stream(struct rq *q, struct job *j)
+{
+    struct app *a = q->a;
+    struct session *s = j->loop.sess_a;
+    if (!a->cluster || !s || !j->req.record_fed)
+        return 0;
+    commit_job_state(j);
+    /* what a retry with the same key gets: the non-streamed answer */
+    size_t n = 0;
+    char *body = q->has_idem ? generate_answer(q, j, &n) : NULL;
+    struct cop *op = NULL;
+    if (!j->res.fed_lost)
+        op = cluster_commit_log(a, s, j, j->res.fed.v, j->res.fed.n, body ? q->idem : NULL, body,
+                                n, stream_committed, q);
+    rc_free(body);
+    if (!op) {
+        s->drop = 1;
+        return 0; /* ends as streams do; the copy here is dropped */
+    }
+    q->cop = op;
+    q->phase = RQ_STREAM_COMMIT;
+    j->loop.committing = 1;
+    return 1;
+}
+
+static void idem_found(struct app *a, struct cop *op)
+{
+    struct rq *q = cop_ud(op);
+    const struct cop_result *r = cop_result(op);
+    if (!q)
+        return;
+    q->cop = NULL;
+    if (r->rc == 0) {
+        char *b = rc_malloc(r->body_len + 1);
+        if (!b) {
+            respond_oom(q->h, NULL);
+            return;
+        }
+        memcpy(b, r->body, r->body_len);
+        http_add_header(q->h, "Idempotent-Replayed", "true");
+        http_respond(q->h, 200, "application/json", b, r->body_len);
+        return;
+    }
+    if (r->rc != RC_ENOENT) {
+        http_add_header(q->h, "Retry-After", "1");
+        respond_err(q->h, API_UNAVAILABLE, "the session store is unavailable: %.300s", r->err);
+        return;
+    }
+    q->idem_checked = 1;
+    if (q->phase == RQ_TEXT_PARKED) {
+        if (start_text_append(q) == 0 && q->phase != RQ_TEXT_PARKED)
+            http_wake(q->h);
+    } else
+        on_request(a, q->h); /* the body is still there: run it again */
+}
+
+int idem_gate(struct rq *q)
+{
+    struct app *a = q->a;
+    if (!a->cluster || q->idem_checked)
+        return 0;
+    const char *k = http_header(q->h, "Idempotency-Key");
+    if (!k) {
+        q->idem_checked = 1;
+        return 0;
+    }
+    size_t n = strlen(k);
+    int bad = n == 0 || n > 200;
+    for (size_t i = 0; i < n && !bad; i++)
+        bad = (unsigned char)k[i] <= 0x20 || (unsigned char)k[i] >= 0x7f;
+    if (bad) {
+        respond_err(q->h, API_INVALID_REQUEST,
+                    "header Idempotency-Key: 1 to 200 visible ASCII characters");
+        return 1;
+    }
+    /* the owner is in the hash: another key's retry never sees this answer */
+    char buf[232];
+    int bl = snprintf(buf, sizeof buf, "%016" PRIx64 ":%s", q->owner, k);
+    rstore_idem_hash(buf, (size_t)bl, q->idem);
+    q->has_idem = 1;
+    if (!sessions_valid_id(q->id))
+        return 0; /* a 404 follows */
+    struct cop *op = cluster_idem_lookup(a, q->id, q->idem, idem_found, q);
+    if (!op) {
+        respond_oom(q->h, NULL);
+        return 1;
+    }
+    q->cop = op;
+    return 1;
+}
+
 void routes_on_job_event(struct app *a, struct job *j)
 {
     struct rq *q = j->loop.owner;
@@ -578,11 +912,21 @@ void routes_on_job_event(struct app *a, struct job *j)
         }
         return;
     }
-    if (!q) {
-        job_release(a, j); /* its request is gone */
+    if (!q && j->loop.internal_done) {
+        j->loop.internal_done(j->loop.internal_ctx, j); /* frees j */
         a->check_drained(a);
         return;
     }
+    if (!q) {
+        /* its request is gone; what it read into a session stays there,
+         * so the store must have it too */
+        if (!store_commit_orphan(a, j))
+            job_release(a, j);
+        a->check_drained(a);
+        return;
+    }
+    if (q->phase == RQ_STREAMING && !j->res.rc && j->req.hold_tail && store_commit_stream(q, j))
+        return;
     if (q->phase == RQ_STREAMING) {
         if (j->res.rc) {
             /* the stream already said 200: end it with an error event */
@@ -606,6 +950,8 @@ void routes_on_job_event(struct app *a, struct job *j)
         q->upload_paused = 0;
         http_wake(q->h);
     }
+    if (store_commit(q, j))
+        return; /* answered by commit_finished */
     finish_job(q, j);
     list_remove(&a->rqs, &q->link);
     q->job = NULL;
@@ -620,10 +966,18 @@ void routes_session_ready(struct app *a, struct list *waiters, enum session_read
         list_remove(waiters, &q->wlink);
         q->waiting = NULL;
         if (status == SESSION_READY_GONE)
-            respond_err(q->h, API_NOT_FOUND, "the session was deleted");
+            respond_err(q->h, API_NOT_FOUND, "%s",
+                        a->cluster ? "no such session" : "the session was deleted");
         else if (status == SESSION_READY_FAILED)
             respond_err(q->h, API_INTERNAL, "the session's state could not be read back: %s",
                         why ? why : "unknown error");
+        else if (status == SESSION_READY_UNAVAILABLE) {
+            http_add_header(q->h, "Retry-After", "1");
+            respond_err(q->h, API_UNAVAILABLE, "%s", why ? why : "the session store is unavailable");
+        } else if (status == SESSION_READY_DAMAGED)
+            respond_err(q->h, API_INVALID_SNAPSHOT,
+                        "the session's stored state is refused, never loaded: %s",
+                        why ? why : "damaged");
         else if (q->phase == RQ_TEXT_PARKED) {
             if (start_text_append(q) == 0 && q->phase != RQ_TEXT_PARKED)
                 http_wake(q->h);
@@ -650,11 +1004,14 @@ static void on_done(void *ud, struct http_req *h, int completed)
         if (q->job) {
             list_remove(&a->rqs, &q->link);
             q->job->loop.owner = NULL;
-            if (q->job->loop.final_seen)
+            if (q->job->loop.committing)
+                ; /* the store's answer releases it (commit_finished) */
+            else if (q->job->loop.final_seen)
                 job_release(a, q->job);
             else
                 sched_cancel(a->sched, q->job); /* released at its done event */
         }
+        cop_detach(q->cop);
         if (q->fsop)
             q->fsop->q = NULL; /* it finishes on its own */
         wait_cancel(q);

@@ -135,11 +135,23 @@ static void score_job(struct rq *q, struct job *j, const struct req_score *r)
 
 void h_score(struct rq *q, int with_session)
 {
+    if (with_session && idem_gate(q))
+        return;
     struct req_score r;
     if (read_score(q, &r) != 0)
         return;
     struct session *s = NULL;
     if (with_session && !(s = idle_session(q))) {
+        req_score_free(&r);
+        return;
+    }
+    if (!with_session && r.expected_position >= 0) {
+        req_score_free(&r);
+        respond_err(q->h, API_INVALID_REQUEST,
+                    "field 'expected_position' applies to a session's append, not to /v1/score");
+        return;
+    }
+    if (s && position_gate(q, s, r.expected_position) != 0) {
         req_score_free(&r);
         return;
     }
@@ -155,6 +167,7 @@ void h_score(struct rq *q, int with_session)
     if (s) {
         j->req.state = s->state;
         j->loop.sess_a = s;
+        j->req.record_fed = q->a->cluster != NULL;
     } else if (tmp_state(q, j) != 0) {
         job_free(j);
         return;
@@ -213,11 +226,17 @@ static void submit_generation(struct rq *q, struct job *j)
 
 void h_generate(struct rq *q)
 {
+    if (idem_gate(q))
+        return;
     struct req_generate r;
     if (read_generate(q, &r) != 0)
         return;
     struct session *s = idle_session(q);
     if (!s) {
+        req_generate_free(&r);
+        return;
+    }
+    if (position_gate(q, s, r.expected_position) != 0) {
         req_generate_free(&r);
         return;
     }
@@ -240,6 +259,10 @@ void h_generate(struct rq *q)
     j->req.seed = r.has_seed ? r.seed : random_seed();
     take_stop(j, &r.stop);
     j->req.commit = r.commit;
+    /* with a store, a kept generation is acknowledged once the store has
+     * its tokens: recorded, and a stream's last events wait for that */
+    j->req.record_fed = r.commit && q->a->cluster;
+    j->req.hold_tail = j->req.record_fed && r.stream;
     j->req.ignore_eos = r.ignore_eos;
     j->req.gen_details = r.logprobs;
     j->req.top_k = r.top_logprobs;
@@ -254,7 +277,7 @@ void h_generate(struct rq *q)
     submit_generation(q, j);
 }
 
-void done_generate(struct rq *q, struct job *j)
+char *generate_answer(struct rq *q, struct job *j, size_t *n)
 {
     struct vocab_view v = vocab_of(q->a);
     struct gen_view g = {
@@ -269,8 +292,13 @@ void done_generate(struct rq *q, struct job *j)
         .d = q->want_details ? &j->res.out_rows : NULL,
         .truncated = j->res.out_truncated,
     };
+    return json_body(resp_generate(&g, &v), n);
+}
+
+void done_generate(struct rq *q, struct job *j)
+{
     size_t n;
-    char *body = json_body(resp_generate(&g, &v), &n);
+    char *body = generate_answer(q, j, &n);
     if (!body) {
         respond_oom(q->h, "building the response"); /* nothing committed: the session is as it was */
         return;
@@ -504,10 +532,16 @@ int start_text_append(struct rq *q)
     struct app *a = q->a;
     struct req_score r;
     struct api_error e;
-    if (req_score_query(http_query(q->h, "logprobs"), http_query(q->h, "top_logprobs"), &a->lim,
-                        &r, &e) != 0) {
+    if (req_score_query(http_query(q->h, "logprobs"), http_query(q->h, "top_logprobs"),
+                        http_query(q->h, "expected_position"), &a->lim, &r, &e) != 0) {
         http_respond_error(q->h, &e);
         return -1;
+    }
+    if (idem_gate(q)) {
+        if (!q->cop)
+            return -1; /* answered */
+        q->phase = RQ_TEXT_PARKED; /* the upload waits, paused, for the lookup */
+        return 0;
     }
     struct session *s = idle_session(q);
     if (!s) {
@@ -517,6 +551,8 @@ int start_text_append(struct rq *q)
         }
         return -1;
     }
+    if (position_gate(q, s, r.expected_position) != 0)
+        return -1;
     q->phase = RQ_HANDLING;
     struct job *j = job_new(JOB_RUN);
     if (!j) {
@@ -525,6 +561,7 @@ int start_text_append(struct rq *q)
     }
     j->req.streamed = 1;
     score_job(q, j, &r);
+    j->req.record_fed = a->cluster != NULL;
     j->req.state = s->state;
     j->loop.sess_a = s;
     q->body = RQ_BODY_TEXT;

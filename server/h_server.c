@@ -3,6 +3,7 @@
  */
 #include <string.h>
 
+#include "cluster.h"
 #include "handlers.h"
 #include "alloc.h"
 #include "codec.h"
@@ -68,7 +69,7 @@ void h_metrics(struct rq *q)
     char fp[17];
     gather_gauges(a, &g, fp);
     struct outbuf o = {0};
-    if (metrics_render(&a->metrics, &g, &o) != 0) {
+    if (metrics_render(&a->metrics, &g, &o) != 0 || cluster_metrics_render(a, &o) != 0) {
         outbuf_free(&o);
         respond_oom(q->h, NULL);
         return;

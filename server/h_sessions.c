@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "cluster.h"
+#include "rstore.h"
 #include "handlers.h"
 #include "errors.h"
 #include "fileio.h"
@@ -288,7 +290,10 @@ static int session_source(struct rq *q, struct session **src)
     } else if (r.fork_of) {
         snprintf(q->id, sizeof q->id, "%.32s", r.fork_of);
         struct session *s = sessions_get(a->sessions, r.fork_of, q->owner);
-        if (!s) {
+        if (!s && a->cluster) {
+            find_session(q, r.fork_of); /* taken from the store, then this runs again */
+            go_on = -1;
+        } else if (!s) {
             respond_err(q->h, API_NOT_FOUND, "no session '%.40s' to fork", r.fork_of);
             go_on = -1;
         } else if (s->busy) {
@@ -319,7 +324,10 @@ void h_sessions_post(struct rq *q)
         return;
     if (!src) {
         spill_check(a); /* no job reads another session's state here */
+        if (a->cluster)
+            http_hold(q->h); /* the 201 goes once the store has the session */
         respond_created(q, s);
+        store_commit_new_session(q, s);
         return;
     }
     struct job *j = session_fill_job(q, s, JOB_COPY);
@@ -351,8 +359,57 @@ void done_session_create(struct rq *q, struct job *j)
     respond_created(q, s);
 }
 
+/* With a store: the caller's sessions on every replica. */
+static void store_listed(struct app *a, struct cop *op)
+{
+    struct rq *q = cop_ud(op);
+    const struct cop_result *r = cop_result(op);
+    if (!q)
+        return;
+    q->cop = NULL;
+    if (r->rc) {
+        http_add_header(q->h, "Retry-After", "1");
+        respond_err(q->h, API_UNAVAILABLE, "the session store is unavailable: %.300s", r->err);
+        return;
+    }
+    json_t *data = json_array();
+    int bad = !data;
+    uint64_t ttl = sessions_ttl_ms(a->sessions);
+    for (size_t i = 0; i < r->n_list && !bad; i++) {
+        struct session *s = sessions_get(a->sessions, r->list[i].id, q->owner);
+        json_t *o;
+        if (s && !s->spilled)
+            o = session_json(a, s, NULL);
+        else {
+            struct session_view v = {
+                .id = r->list[i].id,
+                .position = r->list[i].pos,
+                .state_bytes = sessions_state_size(a->sessions),
+                .created = r->list[i].created,
+                .last_used = r->list[i].created,
+                .expires_in = (double)ttl / 1000,
+                .spilled = 1,
+            };
+            o = resp_session(&v);
+        }
+        bad |= json_array_append_new(data, o) != 0;
+    }
+    if (bad) {
+        json_decref(data);
+        data = NULL;
+    }
+    respond_json(q->h, 200, resp_list(data));
+}
+
 void h_sessions_list(struct rq *q)
 {
+    if (q->a->cluster) {
+        struct cop *op = cluster_list(q->a, q->owner, store_listed, q);
+        if (!op)
+            respond_oom(q->h, NULL);
+        q->cop = op;
+        return;
+    }
     json_t *data = json_array();
     int bad = !data;
     for (struct session *s = sessions_first(q->a->sessions); s && !bad; s = sessions_next(s))
@@ -365,11 +422,49 @@ void h_sessions_list(struct rq *q)
     respond_json(q->h, 200, resp_list(data));
 }
 
+static void store_deleted(struct app *a, struct cop *op)
+{
+    struct rq *q = cop_ud(op);
+    const struct cop_result *r = cop_result(op);
+    struct session *s = cop_session(op);
+    s->io = 0;
+    if (r->rc == 0) {
+        sessions_delete(a->sessions, s);
+        a->metrics.sessions_deleted++;
+    } else
+        s->drop = 1; /* whatever the store has, this copy is not to be trusted */
+    if (!q)
+        return;
+    q->cop = NULL;
+    if (r->rc) {
+        http_add_header(q->h, "Retry-After", "1");
+        respond_err(q->h, API_UNAVAILABLE, "the session was not deleted: %.300s", r->err);
+    } else
+        respond_json(q->h, 200, resp_session_deleted(q->id));
+}
+
 void h_session(struct rq *q)
 {
-    struct session *s = sessions_get(q->a->sessions, q->id, q->owner);
-    if (!s) {
-        respond_err(q->h, API_NOT_FOUND, "no session '%.40s'", q->id);
+    struct session *s = find_session(q, q->id);
+    if (!s)
+        return; /* answered, or taken from the store first */
+    if (q->a->cluster && (s->spilled || (s->io && !s->busy))) {
+        wait_for(q, s); /* on its way in or out: this runs again */
+        return;
+    }
+    if (q->method == M_DELETE && q->a->cluster) {
+        /* a running request on it is cancelled; the store forgets it under
+         * this replica's lease (its late commit would be refused) */
+        if (s->busy)
+            sched_cancel(q->a->sched, s->busy);
+        struct cop *op = cluster_delete(q->a, s, store_deleted, q);
+        if (!op) {
+            respond_oom(q->h, NULL);
+            return;
+        }
+        if (!s->busy)
+            s->io = 1;
+        q->cop = op;
         return;
     }
     if (q->method == M_GET) {

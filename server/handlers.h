@@ -51,6 +51,8 @@ enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_DELETE = 8 };
  *   RQ_HANDLING ──(text/plain append, session state on disk)──> RQ_TEXT_PARKED
  *   RQ_TEXT_PARKED ──(state back: start_text_append again)──> RQ_HANDLING
  *   RQ_HANDLING ──(streamed generate/completion submitted: 200 sent)──> RQ_STREAMING
+ *   RQ_STREAMING ──(final event of a change the store must have)──> RQ_STREAM_COMMIT
+ *   RQ_STREAM_COMMIT ──(the store answered: last events or an error event)──> RQ_STREAM_END
  *   RQ_STREAMING ──(the job's final event)──> RQ_STREAM_END, or
  *                 RQ_STREAM_END_OOM when its error event could not be made
  *   RQ_STREAM_END_OOM ──(the pull sent a static error event)──> RQ_STREAM_END
@@ -62,6 +64,8 @@ enum rq_phase {
     RQ_HANDLING = 0,
     RQ_TEXT_PARKED,            /* on_data takes nothing, the upload is paused */
     RQ_STREAMING,              /* the response pulls from job->outbox */
+    RQ_STREAM_COMMIT,          /* the job is done; the store commits it, then its
+                                * last events (or an error event) follow */
     RQ_STREAM_END_OOM,         /* the job is done; its error event is owed */
     RQ_STREAM_END,             /* the job is done; the pull drains, then ends */
 };
@@ -103,6 +107,11 @@ struct rq {
     struct list_node link;     /* on app->rqs while it has a job */
     struct session *waiting;   /* waiting for this session's state to be back */
     struct list_node wlink;    /* on q->waiting's waiters list */
+    /* --store */
+    struct cop *cop;           /* store work in flight for it (cluster.h), or NULL */
+    int idem_checked;          /* its Idempotency-Key was looked up (or it has none) */
+    int has_idem;
+    char idem[33];             /* hash of owner and Idempotency-Key */
 };
 
 
@@ -171,6 +180,19 @@ json_t *body_json(struct rq *q);
     }
 void wait_for(struct rq *q, struct session *s);
 struct session *idle_session(struct rq *q);
+/* The caller's session named id: here, or (with a store) being taken from
+ * the store while q waits (NULL; q runs again once it is here). NULL and
+ * answered (404) when it exists nowhere. */
+struct session *find_session(struct rq *q, const char *id);
+/* 409 position_mismatch unless s is at expected (-1: any). -1 when answered. */
+int position_gate(struct rq *q, struct session *s, int64_t expected);
+/* With a store, a request with an Idempotency-Key first looks it up: the
+ * stored answer of an earlier request with the key, if any, is the answer.
+ * 1 when q waits for that (it runs again) or was answered, 0 to go on. */
+int idem_gate(struct rq *q);
+/* With a store: the held 201 of a new empty session s goes out once the
+ * store has the session (1: under way or answered; 0: no store). */
+int store_commit_new_session(struct rq *q, struct session *s);
 
 /* ---- h_server.c */
 
@@ -188,6 +210,8 @@ void h_score(struct rq *q, int with_session);
 void done_score(struct rq *q, struct job *j);
 void h_generate(struct rq *q);
 void done_generate(struct rq *q, struct job *j);
+/* The JSON answer of a finished generate (rc_malloc'ed), or NULL. */
+char *generate_answer(struct rq *q, struct job *j, size_t *n);
 void h_completions(struct rq *q);
 void done_completions(struct rq *q, struct job *j);
 int start_text_append(struct rq *q);

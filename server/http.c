@@ -95,6 +95,7 @@ struct http {
     /* CORS: allowed origins ("*": any) */
     char **cors;
     int n_cors;
+    char replica[72];        /* X-Recurd-Replica on every response ("" = none) */
     /* minimum upload rate (bytes/s) after a grace period; 0 = off */
     uint64_t min_body_rate, min_body_grace_ms;
     uint64_t reqid_seed, reqid_next;
@@ -125,6 +126,7 @@ struct http_req {
     const char *route, *note;
     /* the response, until queued */
     int has_resp, queued;
+    int hold;                /* http_hold: a response is kept, not sent */
     int status;
     const char *ctype;
     char *resp;
@@ -422,6 +424,8 @@ static enum MHD_Result queue(struct http_req *r)
     for (int i = 0; i < r->nh; i++)
         MHD_add_response_header(resp, r->hname[i], r->hval[i]);
     MHD_add_response_header(resp, "X-Request-Id", r->reqid);
+    if (r->h->replica[0])
+        MHD_add_response_header(resp, "X-Recurd-Replica", r->h->replica);
     /* With CORS on, every answer depends on the Origin: say so to caches,
      * or one could serve an answer without Allow-Origin to an allowed one. */
     if (r->h->n_cors)
@@ -477,6 +481,9 @@ static void write_direct(struct http_req *r)
                      "Connection: close\r\nX-Request-Id: %s\r\n",
                      r->status, reason(r->status), r->ctype ? r->ctype : "application/json",
                      r->resp_len, r->reqid);
+    if (n > 0 && (size_t)n < sizeof head && r->h->replica[0])
+        n += snprintf(head + n, sizeof head - (size_t)n, "X-Recurd-Replica: %s\r\n",
+                      r->h->replica);
     if (n > 0 && (size_t)n < sizeof head && r->h->n_cors)
         n += snprintf(head + n, sizeof head - (size_t)n, "Vary: Origin\r\n");
     if (n > 0 && (size_t)n < sizeof head && r->cors)
@@ -523,9 +530,42 @@ static int set_resp(struct http_req *r, int status, const char *ctype, char *bod
     r->pull = pull;
     /* Outside an MHD callback the connection is suspended waiting: let
      * MHD call the access handler again, which queues it. */
-    if (r->suspended && !r->lingering)
+    if (r->suspended && !r->lingering && !r->hold)
         resume(r);
     return 0;
+}
+
+void http_hold(struct http_req *r) { r->hold = 1; }
+
+const char *http_held(const struct http_req *r, int *status, size_t *len)
+{
+    *status = r->has_resp ? r->status : 0;
+    *len = r->has_resp ? r->resp_len : 0;
+    if (!r->has_resp || r->pull)
+        return NULL;
+    return r->small_resp ? r->small : r->resp;
+}
+
+void http_release_held(struct http_req *r, int send)
+{
+    r->hold = 0;
+    if (!send && r->has_resp && !r->queued) {
+        rc_free(r->resp);
+        r->resp = NULL;
+        r->resp_len = 0;
+        r->has_resp = 0;
+        r->small_resp = 0;
+        r->status = 0;
+        r->pull = NULL;
+        for (int i = 0; i < r->nh; i++) {
+            rc_free(r->hname[i]);
+            rc_free(r->hval[i]);
+        }
+        r->nh = 0;
+        return;
+    }
+    if (r->has_resp && r->suspended && !r->lingering)
+        resume(r);
 }
 
 int http_respond(struct http_req *r, int status, const char *content_type, char *body,
@@ -1103,7 +1143,7 @@ static enum MHD_Result answer_during_upload(struct http_req *r)
 static enum MHD_Result request_body_bytes(struct http_req *r, const char *data, size_t *size)
 {
     r->rx += *size;
-    if (r->has_resp && !r->queued)
+    if (r->has_resp && !r->queued && !r->hold)
         return answer_during_upload(r);
     if (r->has_resp) {
         *size = 0;
@@ -1127,7 +1167,7 @@ static enum MHD_Result request_body_bytes(struct http_req *r, const char *data, 
         if (used > *size)
             used = *size;
         *size -= used;
-        if (r->has_resp && !r->queued)
+        if (r->has_resp && !r->queued && !r->hold)
             return answer_during_upload(r); /* the app answered mid-body */
         if (r->pause_req || *size > 0) {
             r->pause_req = 0;
@@ -1149,9 +1189,9 @@ static enum MHD_Result request_body_end(struct http_req *r)
         r->requested = 1;
         r->h->app.on_request(r->h->app.ud, r);
     }
-    if (r->has_resp && !r->queued)
+    if (r->has_resp && !r->queued && !r->hold)
         return queue(r);
-    if (!r->has_resp)
+    if (!r->has_resp || r->hold)
         suspend(r);
     return MHD_YES;
 }
@@ -1311,6 +1351,8 @@ int http_create(uv_loop_t *loop, const struct http_opts *o, const struct http_ap
     h->max_connections = o->max_connections;
     h->cors = o->cors_origins;
     h->n_cors = o->n_cors_origins;
+    if (o->replica)
+        snprintf(h->replica, sizeof h->replica, "%s", o->replica);
     h->min_body_rate = o->min_body_rate;
     h->min_body_grace_ms = (uint64_t)(o->min_body_grace_s * 1000);
     if (os_random_bytes(&h->reqid_seed, sizeof h->reqid_seed) != 0)

@@ -105,6 +105,7 @@ struct http_opts {
     int n_cors_origins;
     uint64_t min_body_rate;  /* bytes/s a body must average after the grace; 0 = off */
     double min_body_grace_s;
+    const char *replica;     /* X-Recurd-Replica on every response; NULL = none */
 };
 
 /* Start listening on loop. Returns 0 or RC_EIO/RC_ENOMEM with err set. */
@@ -163,6 +164,16 @@ int http_add_header(struct http_req *r, const char *name, const char *value);
  * send; HTTP_PULL_NONE suspends until http_wake(r). */
 int http_respond_stream(struct http_req *r, int status, const char *content_type,
                         http_pull_fn pull);
+
+/* Hold r's response: one given after this is kept, not sent, until
+ * http_release_held. For answers that must wait for something else (the
+ * store's acknowledgement) and that the wait needs the bytes of. */
+void http_hold(struct http_req *r);
+/* The held response's status and body (NULL for a stream or none). */
+const char *http_held(const struct http_req *r, int *status, size_t *len);
+/* send = 1: send the held response now; 0: forget it (and the headers
+ * added for it), so that another can be given. */
+void http_release_held(struct http_req *r, int send);
 
 /* In on_data: stop reading the upload after this call. */
 void http_pause_upload(struct http_req *r);

@@ -78,6 +78,8 @@ void job_free(struct job *j)
     rc_free(j->res.choices);
     rc_free(j->req.gens); /* the array; its states are the loop's (job_release) */
     rc_free(j->res.snap_out);
+    idvec_free(&j->res.fed);
+    outbuf_free(&j->res.tail);
     outbuf_free(&j->ch.inbox);
     outbuf_free(&j->ch.outbox);
     run_free(j->run);

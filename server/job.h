@@ -79,6 +79,10 @@ struct job_request {
                                * never state; PUT state sets state = gen and
                                * reads the snapshot into it */
     int ignore_eos;
+    int record_fed;           /* keep every id read into the committed state
+                               * (res.fed): the store's log entry */
+    int hold_tail;            /* a stream's done and end events go to res.tail,
+                               * sent by the loop once the store has the change */
     int gen_details;          /* per-token rows for generated tokens */
     /* How generated tokens are streamed (proto/sse.h): format is enum
      * stream_format, STREAM_NONE for none. cmpl_id, model and
@@ -124,6 +128,10 @@ struct job_result {
     struct choice_out *choices;
     uint8_t *snap_out;        /* JOB_SAVE result, owned */
     size_t snap_out_len;
+    struct idvec fed;         /* record_fed: ids read into the state the
+                               * session keeps (input, or committed tokens) */
+    int fed_lost;             /* out of memory recording fed: it is incomplete */
+    struct outbuf tail;       /* hold_tail: the stream's last events */
 };
 
 /* The part both threads touch while the job runs: only under the
@@ -155,6 +163,11 @@ struct job_loop_side {
     struct mstate *tmp;       /* temporary state of a stateless request (owned) */
     int reserved;             /* states of its own (tmp, gen, gens) counted
                                * in the state budget */
+    /* a job of the server's own (no request): called with its final event,
+     * it frees the job (cluster.c's replay of a session's log) */
+    void (*internal_done)(void *ctx, struct job *j);
+    void *internal_ctx;
+    int committing;           /* the store is committing what it did */
 };
 
 /* One unit of work, in the parts above: each has one writer at a time. */

@@ -109,6 +109,24 @@ static const struct opt opts[] = {
     {"--threads", "RECURD_THREADS", T_LONG, O(threads), "0", 0, 1024,
      "compute threads (the forward pass's pool, the compute thread included); 0 = the CPUs "
      "this process may use (affinity mask, cgroup CPU quota)"},
+    {"--store", "RECURD_STORE", T_STR, O(store), NULL, 0, 0,
+     "redis://HOST:PORT[/DB]: sessions durable in Redis, shared by replicas (docs/cluster.md); "
+     "every change is acknowledged only once Redis has it; off by default (one process)"},
+    {"--replica-id", "RECURD_REPLICA_ID", T_STR, O(replica_id), NULL, 0, 0,
+     "this replica's name in leases and X-Recurd-Replica ([A-Za-z0-9._:-], at most 64); "
+     "default: hostname-port; must be unique among the replicas"},
+    {"--lease-ms", "RECURD_LEASE_MS", T_LONG, O(lease_ms), "5000", 300, 600000,
+     "a session's lease in the store, renewed every third of it; a dead replica's sessions "
+     "move after at most this long"},
+    {"--store-snapshot-tokens", "RECURD_STORE_SNAPSHOT_TOKENS", T_LONG,
+     O(store_snapshot_tokens), "8192", 1, 1e9,
+     "logged tokens after which a snapshot replaces a session's log (bounds a restore's replay)"},
+    {"--store-snapshot-secs", "RECURD_STORE_SNAPSHOT_SECS", T_SECS, O(store_snapshot_secs), "30",
+     0.1, 86400, "... or seconds after the first token the snapshot does not hold"},
+    {"--store-timeout-ms", "RECURD_STORE_TIMEOUT_MS", T_LONG, O(store_timeout_ms), "2000", 10,
+     600000, "one store call; past it the call counts as failed (503, never half-acknowledged)"},
+    {"--store-audit", "RECURD_STORE_AUDIT", T_FLAG, O(store_audit), "0", 0, 1,
+     "record every commit (epoch, replica, positions) in the store, for fencing tests"},
     {"--quiet", "RECURD_QUIET", T_FLAG, O(quiet), "0", 0, 1, "no per-request log lines"},
 };
 

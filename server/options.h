@@ -64,6 +64,14 @@ struct options {
     long prefill_chunk;     /* tokens per session per tick */
     long batch_tokens;      /* tokens per tick, all sessions */
     long threads;           /* BLAS threads; 0 = all cores */
+    /* cluster (--store) */
+    char *store;            /* redis://HOST:PORT[/DB]; NULL = off */
+    char *replica_id;       /* this replica's name; NULL = hostname-port */
+    long lease_ms;          /* session lease TTL */
+    long store_snapshot_tokens; /* logged tokens before a snapshot replaces the log */
+    double store_snapshot_secs; /* ... or seconds after the first of them */
+    long store_timeout_ms;  /* one store call */
+    int store_audit;        /* record every commit (tests) */
     /* logging */
     int quiet;              /* no per-request lines */
 };

@@ -58,7 +58,9 @@ static int emit_event(struct sched *s, struct job *j, const struct gen_event *ev
 {
     struct gen_stream st = j->req.stream;
     st.vocab = (struct vocab_view){codec_piece_view, s->codec};
-    return gen_event_encode(&j->run->stage, &st, ev);
+    /* a change the store must acknowledge first: its last events wait */
+    int tail = j->req.hold_tail && (ev->kind == GEN_EV_DONE || ev->kind == GEN_EV_END);
+    return gen_event_encode(tail ? &j->res.tail : &j->run->stage, &st, ev);
 }
 
 /* The token just generated, with the text [from, to) of out_text it

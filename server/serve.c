@@ -27,6 +27,7 @@
 #include "cpus.h"
 #include "app.h"
 #include "cli.h"
+#include "cluster.h"
 #include "errors.h"
 #include "jsonin.h"
 #include "log.h"
@@ -74,6 +75,10 @@ static void app_stop(struct app *a)
         j->loop.owner = NULL;
         routes_on_job_event(a, j);
     }
+    /* with a store: every session here is snapshotted and handed off */
+    cluster_stop(a);
+    if (cluster_persist_all(a) > 0)
+        a->exit_code = 1;
     /* the states belong to the model the scheduler owns: they go first;
      * a session that could not be written is lost, and a supervisor must
      * hear of it: the exit status says so */
@@ -121,7 +126,7 @@ static void model_ready(struct app *a)
         .max_per_owner = (size_t)a->cfg->max_sessions_per_key,
         .mem_budget = a->cfg->state_memory,
         .ttl_ms = (uint64_t)(a->cfg->session_ttl * 1000),
-        .on_drop_spilled = spill_drop_file,
+        .on_drop_spilled = a->cluster ? NULL : spill_drop_file, /* a store has no files */
         .ud = a,
     };
     if (sessions_create(a->m, &so, &a->sessions) != 0) {
@@ -132,6 +137,7 @@ static void model_ready(struct app *a)
         return;
     }
     spill_load_index(a);
+    cluster_start(a);
     a->state = APP_READY;
     char fp[17], why[160] = "";
     hex64(a->fingerprint, fp);
@@ -190,7 +196,9 @@ static void wake_loop(void *ud) { uv_async_send(ud); }
 static void on_ttl(uv_timer_t *t)
 {
     struct app *a = t->data;
-    if (a->sessions)
+    if (a->cluster)
+        cluster_expire(a); /* they leave this replica; the store keeps them */
+    else if (a->sessions)
         a->metrics.sessions_expired += sessions_expire(a->sessions, uv_now(a->loop));
 }
 
@@ -260,6 +268,7 @@ static void on_signal(uv_signal_t *s, int signum)
      * connection reads as a crash), and other requests get 503 with
      * Retry-After and Connection: close. It closes when the drain ends. */
     uv_timer_start(&a->drain_timer, on_drain_timeout, (uint64_t)(a->cfg->drain_timeout * 1000), 0);
+    spill_check(a); /* with a store: idle sessions are handed off now */
     app_check_drained(a);
 }
 
@@ -358,6 +367,8 @@ static int app_open(struct app *a, struct options *cfg)
         log_msg("--state-dir: %s", err);
         return -1;
     }
+    if (cluster_open(a) != 0)
+        return -1;
     struct http_app app = routes_app;
     app.ud = a;
     struct http_opts ho = {
@@ -373,6 +384,7 @@ static int app_open(struct app *a, struct options *cfg)
         .n_cors_origins = cfg->n_cors_origins,
         .min_body_rate = cfg->min_body_rate,
         .min_body_grace_s = cfg->min_body_rate_grace,
+        .replica = cluster_replica(a),
     };
     if (http_create(a->loop, &ho, &app, &a->http, err, sizeof err) != 0) {
         log_msg("%s", err);
@@ -451,6 +463,7 @@ int cmd_serve(int argc, char **argv)
     uv_loop_close(&loop);
     store_free(a.snapshots);
     store_free(a.states);
+    cluster_free(&a);
     options_free(&cfg);
     return a.exit_code;
 }

@@ -165,6 +165,18 @@ static int valid_id(const char *id)
     return n == SESSION_ID_LEN;
 }
 
+int sessions_valid_id(const char *id) { return valid_id(id); }
+
+struct session *sessions_find(struct sessions *t, const char *id)
+{
+    if (!valid_id(id))
+        return NULL;
+    for (struct session *s = t->buckets[bucket_of(id)]; s; s = s->hnext)
+        if (!strcmp(s->id, id))
+            return s;
+    return NULL;
+}
+
 struct session *sessions_get(struct sessions *t, const char *id, uint64_t owner)
 {
     if (!valid_id(id))

@@ -49,6 +49,14 @@ struct session {
     struct list waiters;      /* requests waiting for the state to be back
                                * (dispatch.c's struct rq, newest first) */
     int unlinked;             /* deleted while busy: freed on release */
+    /* --store (cluster.c): this replica's hold on the session */
+    uint64_t epoch;           /* lease epoch held; 0 = not yet (being acquired or created) */
+    int64_t store_pos;        /* position acknowledged in the store */
+    int64_t snap_pos;         /* position of the store's snapshot */
+    uint64_t dirty_ms;        /* loop ms of the first commit since that snapshot; 0 = none */
+    int drop;                 /* its copy here may differ from the store's (a commit
+                               * failed, or the lease was lost): dropped once idle */
+    int handoff;              /* another replica asked for it: handed off once idle */
     struct session *hnext;    /* hash chain */
     struct list_node link;    /* on the table's list of all sessions, oldest first */
 };
@@ -78,6 +86,11 @@ int sessions_new(struct sessions *t, uint64_t owner, uint64_t now_ms, struct ses
 
 /* The session with this id owned by owner, or NULL. */
 struct session *sessions_get(struct sessions *t, const char *id, uint64_t owner);
+/* The session with this id whoever owns it, or NULL (the store's own
+ * bookkeeping: leases, handoffs). */
+struct session *sessions_find(struct sessions *t, const char *id);
+/* A well-formed session id (32 lowercase hex digits). */
+int sessions_valid_id(const char *id);
 
 /* Delete: unlinks at once; frees now, or at release if busy / in io. */
 void sessions_delete(struct sessions *t, struct session *s);

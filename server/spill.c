@@ -7,6 +7,7 @@
 
 #include "alloc.h"
 #include "app.h"
+#include "cluster.h"
 #include "errors.h"
 #include "fileio.h"
 #include "log.h"
@@ -164,6 +165,10 @@ static void on_spill_timer(uv_timer_t *t) { spill_check(t->data); }
 
 void spill_check(struct app *a)
 {
+    if (a->cluster) { /* with a store, Redis is where idle sessions go */
+        cluster_check(a);
+        return;
+    }
     if (!a->states || !a->sessions || a->stopping)
         return;
     uint64_t now = uv_now(a->loop);

@@ -85,6 +85,24 @@ static int add_decode_segments(struct sched *s, struct job **dec, int nd, int ns
     return nseg;
 }
 
+/* The ids this tick read into states a session keeps, for the store's
+ * log (job.h, record_fed); after fwd_run succeeded. */
+static void record_fed(struct sched *s, struct job **ready, int nready)
+{
+    for (int i = 0; i < nready; i++) {
+        struct job *j = ready[i];
+        struct job_run *r = j->run;
+        if (!j->req.record_fed || !r || r->seg < 0 || j->res.fed_lost)
+            continue;
+        const struct fwd_seg *sg = &s->segs[r->seg];
+        for (int t = 0; t < sg->n; t++)
+            if (idvec_push(&j->res.fed, sg->tokens[t]) != 0) {
+                j->res.fed_lost = 1; /* the loop drops the session: it cannot log it */
+                break;
+            }
+    }
+}
+
 /* Prefill chunks the plan gave become segments (a scored one also gets
  * rows for its hidden states and the state's last row before it). */
 static int add_prefill_segments(struct sched *s, struct job **ready, int nready,
@@ -236,6 +254,7 @@ void run_tick(struct sched *s, struct job **ready, int nready)
         if (rc != 0)
             fail_batch(ready, nready, rc, err);
         else {
+            record_fed(s, ready, nready);
             read_run_output(s, ready, nready, &tt);
             atomic_fetch_add(&s->stats.tokens_in, tt.in);
             atomic_fetch_add(&s->stats.tokens_out, tt.out);
