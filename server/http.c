@@ -46,8 +46,10 @@ static const char REQID_CHARS[] =
  * request headers allowed when the browser does not list its own. */
 #define CORS_MAX_AGE "600"
 #define CORS_METHODS "GET, POST, PUT, DELETE, OPTIONS"
-#define CORS_HEADERS "Authorization, Content-Type, X-Request-Id"
-#define CORS_EXPOSE "X-Request-Id, Retry-After, Location, Content-Disposition, WWW-Authenticate"
+#define CORS_HEADERS "Authorization, Content-Type, X-Request-Id, Idempotency-Key"
+#define CORS_EXPOSE                                                                       \
+    "X-Request-Id, Retry-After, Location, Content-Disposition, WWW-Authenticate, "        \
+    "X-Recurd-Replica, X-Recurd-Position, Idempotent-Replayed"
 /* The answer when not even an error body can be allocated. */
 static const char OOM_BODY[] = "{\"error\":" API_OOM_ERROR_JSON "}";
 /* Slowloris: a request's headers must be complete within the connection
