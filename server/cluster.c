@@ -824,6 +824,9 @@ int cluster_open(struct app *a)
         .timeout_ms = (int)c->store_timeout_ms,
         .lease_ms = (uint64_t)c->lease_ms,
         .audit = c->store_audit,
+        /* twice the idle TTL: a session leaves the replicas first (handed
+         * off, snapshotted) and the store after, never the other way round */
+        .ttl_ms = (uint64_t)(c->session_ttl * 2000),
     };
     char err[300];
     if (rstore_open(&ro, &cl->rs, err, sizeof err) != 0) {

@@ -24,6 +24,7 @@ struct rstore {
     char replica[RSTORE_REPLICA_MAX + 1];
     char fp[17];              /* model fingerprint, hex */
     char lease_ms_s[24];
+    char ttl_ms_s[24];        /* a session's keys expire this long after their last write */
     atomic_uint_fast64_t snap_seq; /* new snapshot keys: unique within an epoch */
 };
 
@@ -31,15 +32,16 @@ struct rstore {
  * Every check and write of one operation is one script: Redis runs it
  * atomically, so a lease checked is still held when the write lands. */
 
-/* KEYS meta lease | ARGV replica owner created pos lease_ms snapkey */
+/* KEYS meta lease | ARGV replica owner created pos lease_ms snapkey ttl */
 static const char LUA_CREATE[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then return {'EXISTS'} end\n"
     "redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'pos', ARGV[4], 'epoch', 1, 'snap', ARGV[6],"
     " 'snap_pos', ARGV[4], 'log_pos', ARGV[4], 'created', ARGV[3], 'fenced', 0, 'commits', 0)\n"
     "redis.call('SET', KEYS[2], ARGV[1] .. ' 1', 'PX', ARGV[5])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[7])\n"
     "return {'OK', 1}\n";
 
-/* KEYS meta lease | ARGV replica owner lease_ms */
+/* KEYS meta lease log | ARGV replica owner lease_ms ttl */
 static const char LUA_ACQUIRE[] =
     "local m = redis.call('HMGET', KEYS[1], 'owner', 'pos', 'snap', 'snap_pos', 'created')\n"
     "if not m[1] or m[1] ~= ARGV[2] then return {'NOTFOUND'} end\n"
@@ -50,17 +52,21 @@ static const char LUA_ACQUIRE[] =
     "end\n"
     "local e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)\n"
     "redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. e, 'PX', ARGV[3])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
+    "redis.call('PEXPIRE', KEYS[3], ARGV[4])\n"
+    "if m[3] ~= '' then redis.call('PEXPIRE', m[3], ARGV[4]) end\n"
     "return {'OK', e, m[2], m[3], m[4], m[5]}\n";
 
 /* KEYS meta lease log idem audit | ARGV replica epoch expected entry n
- * answer idem_ttl lease_ms audit */
+ * answer idem_ttl lease_ms audit ttl */
 static const char LUA_COMMIT[] =
     "local l = redis.call('GET', KEYS[2])\n"
     "if l ~= ARGV[1] .. ' ' .. ARGV[2] then\n"
-    "  redis.call('HINCRBY', KEYS[1], 'fenced', 1)\n"
+    "  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'fenced', 1) end\n"
     "  return {'FENCED', l or ''}\n"
     "end\n"
     "local pos = tonumber(redis.call('HGET', KEYS[1], 'pos'))\n"
+    "if not pos then return {'FENCED', 'deleted or expired'} end\n"
     "if pos ~= tonumber(ARGV[3]) then return {'POSITION', pos} end\n"
     "local np = pos + tonumber(ARGV[5])\n"
     "if tonumber(ARGV[5]) > 0 then redis.call('RPUSH', KEYS[3], ARGV[4]) end\n"
@@ -71,18 +77,27 @@ static const char LUA_COMMIT[] =
     "  redis.call('RPUSH', KEYS[5], ARGV[2] .. ' ' .. ARGV[1] .. ' ' .. pos .. ' ' .. np)\n"
     "end\n"
     "redis.call('PEXPIRE', KEYS[2], ARGV[8])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[10])\n"
+    "redis.call('PEXPIRE', KEYS[3], ARGV[10])\n"
+    "if ARGV[9] == '1' then redis.call('PEXPIRE', KEYS[5], ARGV[10]) end\n"
+    "local s = redis.call('HGET', KEYS[1], 'snap')\n"
+    "if s and s ~= '' then redis.call('PEXPIRE', s, ARGV[10]) end\n"
     "return {'OK', np}\n";
 
 /* KEYS meta lease log audit | ARGV replica epoch newkey snap_pos mode
- * expected audit */
+ * expected audit ttl */
 static const char LUA_SWAP[] =
     "local l = redis.call('GET', KEYS[2])\n"
     "if l ~= ARGV[1] .. ' ' .. ARGV[2] then\n"
-    "  redis.call('HINCRBY', KEYS[1], 'fenced', 1)\n"
+    "  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'fenced', 1) end\n"
     "  redis.call('DEL', ARGV[3])\n"
     "  return {'FENCED', l or ''}\n"
     "end\n"
     "local m = redis.call('HMGET', KEYS[1], 'pos', 'snap', 'log_pos')\n"
+    "if not m[1] then\n"
+    "  redis.call('DEL', ARGV[3])\n"
+    "  return {'FENCED', 'deleted or expired'}\n"
+    "end\n"
     "local pos, old, lp = tonumber(m[1]), m[2], tonumber(m[3])\n"
     "local sp = tonumber(ARGV[4])\n"
     "if ARGV[5] == 'reset' then\n"
@@ -115,11 +130,17 @@ static const char LUA_SWAP[] =
     "  redis.call('HSET', KEYS[1], 'log_pos', lp, 'snap', ARGV[3], 'snap_pos', sp)\n"
     "end\n"
     "if old and old ~= '' and old ~= ARGV[3] then redis.call('DEL', old) end\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[8])\n"
+    "redis.call('PEXPIRE', KEYS[3], ARGV[8])\n"
     "return {'OK', sp}\n";
 
 /* KEYS meta lease | ARGV replica epoch pos lease_ms */
 static const char LUA_RENEW[] =
     "local l = redis.call('GET', KEYS[2])\n"
+    "if redis.call('EXISTS', KEYS[1]) == 0 then\n"
+    "  if l == ARGV[1] .. ' ' .. ARGV[2] then redis.call('DEL', KEYS[2]) end\n"
+    "  return {'LOST', 'deleted or expired'}\n"
+    "end\n"
     "if l == ARGV[1] .. ' ' .. ARGV[2] then\n"
     "  redis.call('PEXPIRE', KEYS[2], ARGV[4])\n"
     "  return {'OK', tonumber(ARGV[2])}\n"
@@ -374,6 +395,7 @@ int rstore_open(const struct rstore_opts *o, struct rstore **out, char *err, siz
     r->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 2000;
     r->lease_ms = o->lease_ms;
     snprintf(r->lease_ms_s, sizeof r->lease_ms_s, "%" PRIu64, o->lease_ms);
+    snprintf(r->ttl_ms_s, sizeof r->ttl_ms_s, "%" PRIu64, o->ttl_ms ? o->ttl_ms : 3600000);
     r->audit = o->audit;
     snprintf(r->fp, sizeof r->fp, "0000000000000000");
     *out = r;
@@ -427,6 +449,8 @@ static int set_bytes(struct rstore *r, const char *key, const uint8_t *p, size_t
     arg(&a, "SET");
     arg(&a, key);
     argb(&a, p, n);
+    arg(&a, "PX");
+    arg(&a, r->ttl_ms_s);
     redisReply *y = run(r, &a, err, errlen);
     if (!y)
         return RC_EUNAVAILABLE;
@@ -468,6 +492,7 @@ int rstore_create(struct rstore *r, const char *sid, uint64_t owner, double crea
     argi(&a, pos);
     arg(&a, r->lease_ms_s);
     arg(&a, sk);
+    arg(&a, r->ttl_ms_s);
     redisReply *y = run(r, &a, err, errlen);
     if (!y)
         return RC_EUNAVAILABLE;
@@ -573,12 +598,14 @@ int rstore_acquire(struct rstore *r, const char *sid, uint64_t owner, struct rst
     snprintf(own, sizeof own, "%016" PRIx64, owner);
     double t0 = mono_s();
     struct args a;
-    eval_begin(&a, LUA_ACQUIRE, 2);
+    eval_begin(&a, LUA_ACQUIRE, 3);
     arg(&a, k.meta);
     arg(&a, k.lease);
+    arg(&a, k.log);
     arg(&a, r->replica);
     arg(&a, own);
     arg(&a, r->lease_ms_s);
+    arg(&a, r->ttl_ms_s);
     redisReply *y = run(r, &a, err, errlen);
     if (!y)
         return RC_EUNAVAILABLE;
@@ -692,6 +719,7 @@ int rstore_commit(struct rstore *r, const char *sid, uint64_t epoch, int64_t exp
     arg(&a, ttl);
     arg(&a, r->lease_ms_s);
     arg(&a, r->audit ? "1" : "0");
+    arg(&a, r->ttl_ms_s);
     redisReply *y = run(r, &a, err, errlen);
     rc_free(e);
     if (!y)
@@ -736,6 +764,7 @@ int rstore_put_snapshot(struct rstore *r, const char *sid, uint64_t epoch, const
     arg(&a, reset ? "reset" : "trim");
     argi(&a, expected_pos);
     arg(&a, r->audit ? "1" : "0");
+    arg(&a, r->ttl_ms_s);
     redisReply *y = run(r, &a, err, errlen);
     if (!y) {
         del_key(r, sk);

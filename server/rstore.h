@@ -47,6 +47,8 @@ struct rstore_opts {
     int timeout_ms;           /* connect and per-command */
     uint64_t lease_ms;
     int audit;                /* record every commit (tests) */
+    uint64_t ttl_ms;          /* a session's keys expire this long after its last
+                               * write or take-over (--session-ttl) */
 };
 
 /* Parse the URL and the replica id; nothing connects yet. 0 or RC_EINVAL. */

@@ -363,3 +363,22 @@ def test_drain_hands_sessions_off_at_once(models, redis):
     finally:
         r1.stop(signal.SIGKILL)
         r2.stop(signal.SIGKILL)
+
+
+def test_idle_sessions_expire_from_the_store_too(models, redis):
+    """--session-ttl: an idle session leaves the replica (handed off) and its
+    keys expire in Redis, so the store does not grow without bound."""
+    r1 = replica(models["a"], redis, "r1", "--session-ttl", "1")
+    try:
+        c = Client(r1)
+        fp = fp_of(c)
+        sid = c.session(TEXTS[0])
+        assert redis.cmd("EXISTS", key(fp, sid, "meta")).strip() == "(integer) 1"
+        end = time.time() + 20  # out of the replica after 1 s, of the store 2 s after that
+        while time.time() < end and redis.cmd("EXISTS", key(fp, sid, "meta")).strip() != "(integer) 0":
+            time.sleep(0.2)
+        assert redis.cmd("EXISTS", key(fp, sid, "meta")).strip() == "(integer) 0"
+        assert redis.cmd("DBSIZE").strip() in ("(integer) 0", "(integer) 1")  # the owner set may stay
+        error_of(c.get(f"/v1/sessions/{sid}"), 404, "not_found")
+    finally:
+        r1.stop(signal.SIGKILL)
