@@ -476,8 +476,20 @@ static void renew_done(struct app *a, struct cop *op)
     for (size_t i = 0; i < op->n_items; i++) {
         struct renew_item *it = &op->items[i];
         struct session *s = sessions_find(a->sessions, it->sid);
-        if (!s || s->epoch != it->epoch)
+        if (!s || s->epoch != it->epoch) {
+            /* gone from here meanwhile (handed off, deleted): a lease this
+             * renewal re-took after the hand-off released it goes back */
+            if (it->rc == 0 && it->new_epoch != it->epoch) {
+                struct cop *rel = cop_new(a, COP_RELEASE, NULL);
+                if (rel) {
+                    memcpy(rel->sid, it->sid, sizeof rel->sid);
+                    rel->epoch = it->new_epoch;
+                    if (cop_queue(rel) != 0)
+                        rc_free(rel);
+                }
+            }
             continue;
+        }
         if (it->rc == 0)
             s->epoch = it->new_epoch;
         else if (it->rc == RC_EFENCED) {

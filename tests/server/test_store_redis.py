@@ -179,6 +179,10 @@ def test_a_session_moves_between_replicas_bit_for_bit(models, redis):
         assert pos == c2.info(sid)["position"]
         assert len(set(owners.values())) == 2
         m = c1.get("/metrics").text
+        if shutil.which("promtool"):
+            lint = subprocess.run(["promtool", "check", "metrics"], input=m.encode(),
+                                  capture_output=True)
+            assert lint.returncode == 0, lint.stdout + lint.stderr
         for name in ("recurd_store_restore_seconds_bucket", "recurd_store_commit_seconds_count",
                      "recurd_store_handoffs_total{reason=\"asked\"}", "recurd_store_fenced_total"):
             assert name in m, name
