@@ -561,7 +561,7 @@ static void finish_job(struct rq *q, struct job *j)
             }
             break;
         }
-        if (q->route == R_APPEND && j->res.n_input > 0) {
+        if (q->route == R_APPEND && j->res.n_input > 0 && !q->a->cluster) {
             /* reading failed part-way — only a streamed text can: a JSON
              * append takes its memory before the first token (start_run).
              * The tokens read stay in the session, as when the client
@@ -700,7 +700,11 @@ static int store_commit(struct rq *q, struct job *j)
             commit_answer(q, s, RC_ENOMEM, "out of memory recording the tokens read");
             goto released;
         }
-        if (!ok && j->res.fed.n == 0) {
+        if (!ok) {
+            /* with a store a failed append applies nothing: what it read
+             * into this copy is thrown away with the copy */
+            if (j->res.fed.n)
+                s->drop = 1;
             http_release_held(q->h, 1);
             goto released;
         }
@@ -751,32 +755,16 @@ int store_commit_new_session(struct rq *q, struct session *s)
 }
 
 /* A job whose request is gone read tokens into its session (a streamed
- * append cut off): they stay, so they are committed, unacknowledged. */
-static void orphan_committed(struct app *a, struct cop *op)
-{
-    struct job *j = cop_job(op);
-    j->loop.committing = 0;
-    job_release(a, j);
-}
-
-static int store_commit_orphan(struct app *a, struct job *j)
+ * append cut off). Nothing was acknowledged, so with a store nothing is
+ * applied: this copy is dropped (once the job is released) and the next
+ * request reads the store's. Committing the part read would make the
+ * client's retry of the whole text, under the same Idempotency-Key, read
+ * that part twice. */
+static void drop_orphan_copy(struct app *a, struct job *j)
 {
     struct session *s = j->loop.sess_a;
-    if (!a->cluster || !s || j->req.kind != JOB_RUN || !j->req.record_fed || j->req.gen ||
-        j->res.fed.n == 0)
-        return 0;
-    if (j->res.fed_lost) {
-        s->drop = 1;
-        return 0;
-    }
-    struct cop *op = cluster_commit_log(a, s, j, j->res.fed.v, j->res.fed.n, NULL, NULL, 0,
-                                        orphan_committed, NULL);
-    if (!op) {
-        s->drop = 1;
-        return 0;
-    }
-    j->loop.committing = 1;
-    return 1;
+    if (a->cluster && s && j->req.record_fed && !j->req.gen && j->res.fed.n > 0)
+        s->drop = 1; /* (a generation's own state is simply not swapped in) */
 }
 
 /* A committing generate streamed: its last events wait for the store. */
@@ -918,10 +906,9 @@ void routes_on_job_event(struct app *a, struct job *j)
         return;
     }
     if (!q) {
-        /* its request is gone; what it read into a session stays there,
-         * so the store must have it too */
-        if (!store_commit_orphan(a, j))
-            job_release(a, j);
+        /* its request is gone */
+        drop_orphan_copy(a, j);
+        job_release(a, j);
         a->check_drained(a);
         return;
     }

@@ -386,3 +386,33 @@ def test_idle_sessions_expire_from_the_store_too(models, redis):
         error_of(c.get(f"/v1/sessions/{sid}"), 404, "not_found")
     finally:
         r1.stop(signal.SIGKILL)
+
+
+def test_an_upload_cut_off_applies_nothing(models, redis):
+    """A text/plain append whose client goes away part-way was never
+    acknowledged: with a store nothing of it stays (a retry of the whole
+    text under the same key must not read its first part twice)."""
+    r1 = replica(models["a"], redis, "r1")
+    try:
+        c = Client(r1)
+        sid = c.session(TEXTS[0])
+        pos = c.info(sid)["position"]
+        s = socket.create_connection(("127.0.0.1", r1.port))
+        s.sendall(f"POST /v1/sessions/{sid}/append HTTP/1.1\r\nHost: x\r\n"
+                  "Content-Type: text/plain\r\nIdempotency-Key: up-1\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n".encode())
+        part = (TEXTS[1] * 40).encode()
+        s.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        time.sleep(0.5)  # read and scored by now
+        s.close()
+        end = time.time() + 10
+        while time.time() < end and c.info(sid)["position"] != pos:
+            time.sleep(0.1)
+        assert c.info(sid)["position"] == pos
+        whole = (TEXTS[1] * 40 + TEXTS[2]).encode()
+        r = c.post(f"/v1/sessions/{sid}/append", data=whole,
+                   headers={"Content-Type": "text/plain", "Idempotency-Key": "up-1"})
+        body = c.ok(r)
+        assert body["position"] == pos + body["n_tokens"]
+    finally:
+        r1.stop(signal.SIGKILL)
