@@ -706,6 +706,23 @@ void cluster_check(struct app *a)
     }
 }
 
+int cluster_can_make_room(void *ud)
+{
+    struct app *a = ud;
+    if (!a->cluster || !a->sessions)
+        return 0;
+    /* one idle held session per state over the budget, counting those
+     * already leaving */
+    size_t size = sessions_state_size(a->sessions);
+    size_t over = sessions_state_bytes(a->sessions) + size > a->cfg->state_memory
+                      ? (sessions_state_bytes(a->sessions) + size - a->cfg->state_memory + size - 1) / size
+                      : 0;
+    size_t idle = 0;
+    for (struct session *s = sessions_first(a->sessions); s && idle < over + 1; s = sessions_next(s))
+        idle += s->state && !s->busy && !s->io && s->epoch && !s->spilled;
+    return idle + (size_t)a->cluster->evicting >= over;
+}
+
 void cluster_expire(struct app *a)
 {
     if (!a->cluster || !a->sessions || a->stopping)

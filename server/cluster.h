@@ -97,6 +97,9 @@ struct cop *cluster_list(struct app *a, uint64_t owner, cop_done_fn done, void *
 /* Checkpoints, lost leases, handoffs and memory pressure: called after
  * anything that may make a session idle or memory short (spill_check). */
 void cluster_check(struct app *a);
+/* sessions_opts.can_make_room (ud = the app): idle held sessions can
+ * leave memory for a new state. */
+int cluster_can_make_room(void *ud);
 /* Sessions idle past --session-ttl leave this replica (snapshotted, the
  * lease given up); the store keeps them. */
 void cluster_expire(struct app *a);

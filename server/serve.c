@@ -127,6 +127,7 @@ static void model_ready(struct app *a)
         .mem_budget = a->cfg->state_memory,
         .ttl_ms = (uint64_t)(a->cfg->session_ttl * 1000),
         .on_drop_spilled = a->cluster ? NULL : spill_drop_file, /* a store has no files */
+        .can_make_room = a->cluster ? cluster_can_make_room : NULL,
         .ud = a,
     };
     if (sessions_create(a->m, &so, &a->sessions) != 0) {

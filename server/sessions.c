@@ -64,7 +64,10 @@ static int budget_ok(const struct sessions *t)
     size_t need;
     if (__builtin_mul_overflow(t->n_states + 1, t->state_size, &need))
         return 0;
-    return need <= t->o.mem_budget;
+    if (need <= t->o.mem_budget)
+        return 1;
+    /* over it by at most the states being made room for */
+    return t->o.can_make_room && t->o.can_make_room(t->o.ud);
 }
 
 static double unix_now(void)

@@ -71,6 +71,9 @@ struct sessions_opts {
     /* called when a session whose state is on disk is destroyed (the
      * caller removes the file); may be NULL */
     void (*on_drop_spilled)(void *ud, const struct session *s);
+    /* with a store: 1 when an idle session can leave memory to make room,
+     * so a new state may overshoot the budget until it has (may be NULL) */
+    int (*can_make_room)(void *ud);
     void *ud;
 };
 

@@ -416,3 +416,30 @@ def test_an_upload_cut_off_applies_nothing(models, redis):
         assert body["position"] == pos + body["n_tokens"]
     finally:
         r1.stop(signal.SIGKILL)
+
+
+def test_the_store_is_the_spill_tier(models, redis):
+    """--state-memory bounds only the sessions in memory: beyond it idle
+    sessions leave for the store (no 503 for a new one while an idle one
+    can go), and each comes back, whole, when asked for."""
+    probe = Server(models["a"])
+    size = Client(probe).ok(Client(probe).get("/v1/models"))["data"][0]["state_bytes"]
+    probe.stop()
+    r1 = replica(models["a"], redis, "r1", "--state-memory", str(3 * size))
+    try:
+        c = Client(r1)
+        want = {}
+        for i in range(10):
+            r = c.post("/v1/sessions", {})
+            assert r.status_code == 201, r.text  # never "budget spent"
+            sid = r.json()["id"]
+            want[sid] = c.append(sid, TEXTS[i % 4] * (i + 1))["position"]
+        for sid, pos in want.items():
+            assert c.info(sid)["position"] == pos
+        m = c.get("/metrics").text
+        held = [l for l in m.splitlines() if l.startswith("recurd_state_bytes ")][0]
+        assert int(held.split()[1]) <= 4 * size, held  # the budget, plus one on its way out
+        moved = [l for l in m.splitlines() if 'handoffs_total{reason="memory"}' in l][0]
+        assert int(moved.split()[1]) >= 7, moved
+    finally:
+        r1.stop(signal.SIGKILL)
