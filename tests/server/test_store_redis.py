@@ -428,18 +428,33 @@ def test_the_store_is_the_spill_tier(models, redis):
     r1 = replica(models["a"], redis, "r1", "--state-memory", str(3 * size))
     try:
         c = Client(r1)
-        want = {}
-        for i in range(10):
-            r = c.post("/v1/sessions", {})
-            assert r.status_code == 201, r.text  # never "budget spent"
-            sid = r.json()["id"]
-            want[sid] = c.append(sid, TEXTS[i % 4] * (i + 1))["position"]
+        want, errors = {}, []
+
+        def one(i):
+            cc = Client(r1)
+            for k in range(4):
+                r = cc.post("/v1/sessions", {})
+                if r.status_code != 201:  # never "budget spent"
+                    errors.append(r.text)
+                    return
+                sid = r.json()["id"]
+                want[sid] = cc.append(sid, TEXTS[(i + k) % 4] * (i + 1))["position"]
+
+        # three clients, a budget of three states: a new session fits only
+        # when an idle one leaves (each client's previous session is idle)
+        th = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join(60)
+        assert not errors, errors
+        assert len(want) == 12
         for sid, pos in want.items():
             assert c.info(sid)["position"] == pos
         m = c.get("/metrics").text
         held = [l for l in m.splitlines() if l.startswith("recurd_state_bytes ")][0]
         assert int(held.split()[1]) <= 4 * size, held  # the budget, plus one on its way out
         moved = [l for l in m.splitlines() if 'handoffs_total{reason="memory"}' in l][0]
-        assert int(moved.split()[1]) >= 7, moved
+        assert int(moved.split()[1]) >= 9, moved
     finally:
         r1.stop(signal.SIGKILL)
