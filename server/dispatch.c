@@ -813,8 +813,13 @@ static int store_commit_stream(struct rq *q, struct job *j)
                                 n, stream_committed, q);
     rc_free(body);
     if (!op) {
+        /* not acknowledged: the stream ends with an error event (below),
+         * and this replica's copy, which has the tokens, is dropped */
         s->drop = 1;
-        return 0; /* ends as streams do; the copy here is dropped */
+        j->res.rc = RC_ENOMEM;
+        api_error_set(&j->res.err, API_OUT_OF_MEMORY,
+                      "out of memory committing the generated tokens: nothing was kept");
+        return 0;
     }
     q->cop = op;
     q->phase = RQ_STREAM_COMMIT;
