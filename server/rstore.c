@@ -946,7 +946,8 @@ int rstore_list(struct rstore *r, uint64_t owner, struct rstore_entry **out, siz
         memcpy(v[m++].id, id, 33);
     }
     int rc = 0;
-    size_t kept = 0;
+    size_t kept = 0, n_gone = 0;
+    char gone[64][33];
     for (size_t i = 0; i < m; i++) {
         redisReply *h = NULL, *l = NULL;
         if (redisGetReply(c, (void **)&h) != REDIS_OK || redisGetReply(c, (void **)&l) != REDIS_OK) {
@@ -964,9 +965,19 @@ int rstore_list(struct rstore *r, uint64_t owner, struct rstore_entry **out, siz
             if (l->type == REDIS_REPLY_STRING)
                 snprintf(e.holder, sizeof e.holder, "%.*s", (int)strcspn(l->str, " "), l->str);
             v[kept++] = e;
-        }
+        } else if (n_gone < sizeof gone / sizeof gone[0])
+            memcpy(gone[n_gone++], v[i].id, 33); /* expired or deleted */
         freeReplyObject(h);
         freeReplyObject(l);
+    }
+    for (size_t i = 0; !rc && i < n_gone; i++) { /* the set forgets them */
+        struct args b = {0};
+        arg(&b, "SREM");
+        arg(&b, ok);
+        arg(&b, gone[i]);
+        redisReply *x = run(r, &b, NULL, 0);
+        if (x)
+            freeReplyObject(x);
     }
     freeReplyObject(y);
     if (rc) {
