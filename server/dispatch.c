@@ -920,6 +920,12 @@ void routes_on_job_event(struct app *a, struct job *j)
     if (q->phase == RQ_STREAMING && !j->res.rc && j->req.hold_tail && store_commit_stream(q, j))
         return;
     if (q->phase == RQ_STREAMING) {
+        if (!j->res.rc && j->req.hold_tail &&
+            outbuf_put(&j->ch.outbox, j->res.tail.p, j->res.tail.n) != 0) {
+            /* its done event cannot be sent: it is not kept */
+            j->res.rc = RC_ENOMEM;
+            api_error_set(&j->res.err, API_OUT_OF_MEMORY, "out of memory");
+        }
         if (j->res.rc) {
             /* the stream already said 200: end it with an error event */
             struct api_error e = j->res.err;

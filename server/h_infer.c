@@ -262,7 +262,11 @@ void h_generate(struct rq *q)
     /* with a store, a kept generation is acknowledged once the store has
      * its tokens: recorded, and a stream's last events wait for that */
     j->req.record_fed = r.commit && q->a->cluster;
-    j->req.hold_tail = j->req.record_fed && r.stream;
+    /* a stream's done event says "kept": it waits until the loop has
+     * swapped the state in (and the store has it), so a client that reads
+     * done and leaves, or sends its next request at once, finds it kept */
+    j->req.hold_tail = r.commit && r.stream;
+    j->req.keep_rows = j->req.record_fed && r.stream && q->has_idem;
     j->req.ignore_eos = r.ignore_eos;
     j->req.gen_details = r.logprobs;
     j->req.top_k = r.top_logprobs;

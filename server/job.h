@@ -81,8 +81,11 @@ struct job_request {
     int ignore_eos;
     int record_fed;           /* keep every id read into the committed state
                                * (res.fed): the store's log entry */
-    int hold_tail;            /* a stream's done and end events go to res.tail,
-                               * sent by the loop once the store has the change */
+    int hold_tail;            /* a committing stream's done and end events go to
+                               * res.tail, sent by the loop once the change is
+                               * kept (swapped in; with a store, committed) */
+    int keep_rows;            /* a stream keeps every detail row as well (the
+                               * answer an Idempotency-Key stores) */
     int gen_details;          /* per-token rows for generated tokens */
     /* How generated tokens are streamed (proto/sse.h): format is enum
      * stream_format, STREAM_NONE for none. cmpl_id, model and

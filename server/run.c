@@ -378,7 +378,7 @@ int decode_sample(struct sched *s, struct job **dec, int nd)
                 float lp = row_logprob(s, lg, id, j->req.top_k, s->top_ids, s->top_lps);
                 /* a stream sends each row with its token and keeps none:
                  * no limit applies, and a stale row is never sent again */
-                if (j->req.stream.format)
+                if (j->req.stream.format && !j->req.keep_rows)
                     j->res.out_rows.n = 0;
                 r->pushed = r->over = 0;
                 if (!j->req.stream.format &&

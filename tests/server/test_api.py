@@ -381,3 +381,38 @@ def test_threads_option_sizes_the_compute_pool(models):
         got = names(n)
         assert got.count("recurd-compute") == 1, got
         assert got.count("recur-pool") == n - 1, (n, got)
+
+
+def test_a_kept_stream_is_kept_once_its_done_event_is_read(srv):
+    """A committing stream's done event goes out only once the generated
+    tokens are in the session: a client that reads it and hangs up at once,
+    or sends its next request at once, finds them there (no 409 busy).
+    Several sessions at once, so that the compute thread's events and the
+    loop's race as they do under load."""
+    import threading
+
+    bad = []
+
+    def one(n):
+        c = Client(srv)
+        sid = c.session("Once upon a time there was a stream that ended well.")
+        for k in range(8):
+            r = c.post(f"/v1/sessions/{sid}/generate",
+                       {"max_tokens": 16, "seed": n * 100 + k, "stream": True}, stream=True)
+            done = None
+            for line in r.iter_lines(decode_unicode=True):
+                if line.startswith("data:") and '"done"' in line:
+                    done = json.loads(line[5:])
+                    break
+            r.close()  # hang up right after the done event
+            nxt = c.post(f"/v1/sessions/{sid}/append", {"text": " Then."})
+            if not done or nxt.status_code != 200 or \
+                    nxt.json()["position"] != done["position"] + nxt.json()["n_tokens"]:
+                bad.append((n, k, done, nxt.status_code, nxt.text[:200]))
+
+    th = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(120)
+    assert not bad, bad
