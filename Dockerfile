@@ -5,6 +5,10 @@
 #   docker run -p 8080:8080 recurd                        # models/recur-sp
 #   docker run -p 8080:8080 -e RECURD_API_KEY=secret -v recurd-state:/var/lib/recurd recurd
 #
+# Several replicas sharing sessions through Redis (--store, libhiredis) behind
+# HAProxy: deploy/compose.yaml and docs/cluster.md. The image sets
+# RECURD_STATE_DIR for one server; a replica with a store starts without it.
+#
 # Every option is an environment variable (docs/server.md, "Options").
 # (Docker cannot run on the machine this was written on; the stages only run
 # the same commands as README.md and .ci/run.)
@@ -27,7 +31,7 @@ FROM debian:12.15-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libopenblas0-pthread libjansson4 libmicrohttpd12 libuv1 libpcre2-8-0 libutf8proc2 \
-      libxxhash0 curl ca-certificates \
+      libxxhash0 libhiredis0.14 curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/recurd --create-home recurd
 COPY --from=build /src/build/server/recurd /usr/local/bin/recurd

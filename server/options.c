@@ -302,7 +302,15 @@ static int set_opt(struct options *c, const struct opt *o, const char *val, char
 {
     void *field = (char *)c + o->off;
     switch (o->type) {
-    case T_STR: return set_str(field, val, err, errlen);
+    case T_STR:
+        /* an empty value of an optional path or URL (RECURD_STATE_DIR= in
+         * an image that sets it) means unset, not "the empty path" */
+        if (!*val && !o->def) {
+            rc_free(*(char **)field);
+            *(char **)field = NULL;
+            return 0;
+        }
+        return set_str(field, val, err, errlen);
     case T_KEYS: return add_api_keys(c, o, val, err, errlen);
     case T_ORIGINS: return add_cors_origins(c, o, val, err, errlen);
     case T_FLAG: return set_flag(field, o, val, err, errlen);

@@ -14,7 +14,7 @@ import yaml
 from conftest import BIN, ROOT, Client, Server, make_model
 
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
-K8S = os.path.join(ROOT, "deploy", "kubernetes.yaml")
+K8S = os.path.join(ROOT, "deploy", "kubernetes")  # single.yaml and the cluster's
 
 
 # ---- deploy files -----------------------------------------------------------
@@ -35,17 +35,27 @@ def test_dockerfile_base_images_pinned():
     assert len(versions) <= 1, f"build and run stages differ: {versions}"
 
 
-def _pod_spec():
-    with open(K8S) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
-    dep = next(d for d in docs if d["kind"] == "Deployment")
-    return dep["spec"]["template"]["spec"]
+def _pod_specs():
+    """(file, workload name, pod spec) of every workload in deploy/kubernetes/."""
+    out = []
+    for name in sorted(os.listdir(K8S)):
+        if not name.endswith(".yaml") or name == "kustomization.yaml":
+            continue
+        with open(os.path.join(K8S, name)) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        out += [(name, d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in docs
+                if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")]
+    assert len(out) >= 4, out  # single.yaml's, recurd's, Redis's, HAProxy's
+    return out
 
 
-def test_kubernetes_manifest_pod_security_restricted():
+@pytest.mark.parametrize("where,pod", [pytest.param((f, w), p, id=f"{f}:{w}")
+                                       for f, w, p in _pod_specs()])
+def test_kubernetes_manifest_pod_security_restricted(where, pod):
     """The checks of the PodSecurity "restricted" profile (Kubernetes
-    pod-security-standards) that a manifest can fail, pod and container."""
-    pod = _pod_spec()
+    pod-security-standards) that a manifest can fail, pod and container, for
+    every workload (the cluster's pods also keep their root filesystem
+    read-only)."""
     psc = pod.get("securityContext", {})
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         assert not pod.get(flag), flag
@@ -71,6 +81,8 @@ def test_kubernetes_manifest_pod_security_restricted():
         assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), name
         for p in c.get("ports", []):
             assert "hostPort" not in p, name
+        if where[0] != "single.yaml":  # it persists sessions in its state dir
+            assert sc.get("readOnlyRootFilesystem") is True, (where, name)
 
 
 # ---- install ----------------------------------------------------------------

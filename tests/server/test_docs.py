@@ -73,8 +73,9 @@ def test_every_error_code_documented():
 
 
 def test_deploy_files_agree_with_binary():
-    """Dockerfile and deploy/kubernetes.yaml (neither can run here) name only
-    real options, probe /health, and give SIGTERM's drain time to finish."""
+    """Dockerfile, deploy/kubernetes/ and deploy/compose.yaml (none can run
+    here) name only real options, probe /health, and give SIGTERM's drain
+    time to finish."""
     out = subprocess.run([BIN, "serve", "--help-markdown"], capture_output=True, text=True,
                          check=True).stdout
     envs = set(re.findall(r"`(RECURD_[A-Z_]+)`", out))
@@ -84,21 +85,30 @@ def test_deploy_files_agree_with_binary():
     used = set(re.findall(r"\b(RECURD_[A-Z_]+)=", docker))
     assert used and used <= envs, used - envs
     assert "/health" in docker.split("HEALTHCHECK", 1)[1]
-    with open(os.path.join(ROOT, "deploy", "kubernetes.yaml")) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
-    dep = next(d for d in docs if d["kind"] == "Deployment")
-    pod = dep["spec"]["template"]["spec"]
-    (ctr,) = pod["containers"]
-    env = {e["name"]: e.get("value") for e in ctr["env"]}
-    assert set(env) <= envs, set(env) - envs
-    port = int(env["RECURD_PORT"])
-    assert ctr["ports"][0]["containerPort"] == port
-    assert env["RECURD_HOST"] == "0.0.0.0"  # the default, loopback, is unreachable in a pod
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert ctr[probe]["httpGet"]["path"] == "/health", probe
-    assert pod["terminationGracePeriodSeconds"] > int(env["RECURD_DRAIN_TIMEOUT"])
-    # the image's user owns the state volume
     uid = re.search(r"--uid (\d+)", docker).group(1)
-    assert pod["securityContext"]["runAsUser"] == int(uid)
-    svc = next(d for d in docs if d["kind"] == "Service")
-    assert svc["spec"]["ports"][0]["targetPort"] in ("http", port)
+    k8s = os.path.join(ROOT, "deploy", "kubernetes")
+    for name, kind in (("single.yaml", "Deployment"), ("recurd.yaml", "StatefulSet")):
+        with open(os.path.join(k8s, name)) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        dep = next(d for d in docs if d["kind"] == kind)
+        pod = dep["spec"]["template"]["spec"]
+        (ctr,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in ctr["env"]}
+        assert set(env) <= envs, (name, set(env) - envs)
+        port = int(env["RECURD_PORT"])
+        assert ctr["ports"][0]["containerPort"] == port, name
+        assert env["RECURD_HOST"] == "0.0.0.0", name  # the default, loopback, is unreachable in a pod
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert ctr[probe]["httpGet"]["path"] == "/health", (name, probe)
+        assert pod["terminationGracePeriodSeconds"] > int(env["RECURD_DRAIN_TIMEOUT"]), name
+        # the image's user (it owns single.yaml's state volume)
+        assert pod["securityContext"]["runAsUser"] == int(uid), name
+        svc = next(d for d in docs if d["kind"] == "Service")
+        assert svc["spec"]["ports"][0]["targetPort"] in ("http", port), name
+    with open(os.path.join(ROOT, "deploy", "compose.yaml")) as f:
+        compose = yaml.safe_load(f)
+    replicas = [s for n, s in compose["services"].items() if n.startswith("recurd-")]
+    assert replicas
+    for s in replicas:
+        assert set(s["environment"]) <= envs, set(s["environment"]) - envs
+        assert s["entrypoint"][-2:] == ["recurd", "serve"]

@@ -57,6 +57,30 @@ static void test_precedence(void **u)
     options_free(&c);
 }
 
+/* An empty value of an optional path (an image sets RECURD_STATE_DIR, a
+ * deployment clears it) is unset; the store's options parse. */
+static void test_empty_is_unset_and_store_options(void **u)
+{
+    (void)u;
+    struct options c;
+    char err[256];
+    char *env[] = {"RECURD_MODEL=/m", "RECURD_STATE_DIR=", "RECURD_STORE=redis://r:6379/2",
+                   "RECURD_LEASE_MS=1500", NULL};
+    char *argv[] = {"serve", "--replica-id", "r-1", "--store-audit"};
+    assert_int_equal(load(&c, env, 4, argv, err), 0);
+    assert_null(c.state_dir);
+    assert_string_equal(c.store, "redis://r:6379/2");
+    assert_string_equal(c.replica_id, "r-1");
+    assert_int_equal(c.lease_ms, 1500);
+    assert_int_equal(c.store_snapshot_tokens, 8192);
+    assert_int_equal(c.store_audit, 1);
+    options_free(&c);
+    char *env2[] = {"RECURD_MODEL=/m", "RECURD_LEASE_MS=10", NULL};
+    char *argv2[] = {"serve"};
+    assert_true(load(&c, env2, 1, argv2, err) < 0);
+    assert_non_null(strstr(err, "--lease-ms"));
+}
+
 static void test_bad_values_named(void **u)
 {
     struct options c;
@@ -157,6 +181,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_bad_values_named),
+        cmocka_unit_test(test_empty_is_unset_and_store_options),
         cmocka_unit_test(test_cors_origins),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_sizes),
