@@ -105,13 +105,15 @@ def new_idempotency_key() -> str:
 
 def _retryable(e: BaseException, attempt: int) -> bool:
     """Whether a failed attempt may be sent again with its Idempotency-Key:
-    no answer (refused, reset, cut off, timed out), or a 503 (a store or a
-    replica unavailable, a session moving, a drain). A 409 session_busy after
-    a retry is our own earlier attempt, still running where it arrived."""
+    no answer (refused, reset, cut off, timed out), a 503 (a store or a
+    replica unavailable, a session moving, a drain), or a proxy's 502/504
+    (the replica's connection broke or stalled behind HAProxy). A 409
+    session_busy after a retry is our own earlier attempt, still running
+    where it arrived."""
     if isinstance(e, (errors.ConnectionError, errors.Timeout)):
         return True
-    if isinstance(e, RecurError) and (e.status == 503 or e.code in ("unavailable",
-                                                                    "out_of_memory")):
+    if isinstance(e, RecurError) and (e.status in (502, 503, 504) or
+                                      e.code in ("unavailable", "out_of_memory")):
         return True
     return isinstance(e, errors.SessionBusy) and attempt > 1
 
@@ -424,8 +426,12 @@ class GenerateStream(_Stream):
                     "the stored answer of this generation does not begin with the %d tokens "
                     "streamed before the retry" % k)
             first = end - n
+            # the details by position (a truncated list holds the first ones)
+            by_pos = {d.get("position"): d for d in lps if isinstance(d, dict)} \
+                if isinstance(lps, list) else {}
             for i in range(k, len(toks)):
-                info = (TokenInfo.from_json(lps[i]) if isinstance(lps, list) and i < len(lps)
+                d = by_pos.get(first + i)
+                info = (TokenInfo.from_json(d) if d is not None and d.get("id") == toks[i]
                         else TokenInfo(id=toks[i], position=first + i))
                 self._pending.append(TokenEvent(token=info, text="", position=first + i))
             self._pending.append(DoneEvent(
