@@ -75,6 +75,13 @@ int argp_conn(struct argp *a, struct conn *c)
             c->key = *a->val ? a->val : NULL;
         return 1;
     }
+    if (argp_is(a, "--retry-deadline", 1)) {
+        if (a->val && parse_double(a->val, 0, 1e6, &c->retry_deadline)) {
+            msg("%s: --retry-deadline wants seconds in [0, 1e6], not '%s'", a->cmd, a->val);
+            a->bad = 1;
+        }
+        return 1;
+    }
     if (argp_is(a, "--timeout", 1)) {
         if (a->val && parse_double(a->val, 0.1, 1e6, &c->timeout)) {
             msg("%s: --timeout wants seconds in [0.1, 1e6], not '%s'", a->cmd, a->val);

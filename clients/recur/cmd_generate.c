@@ -5,6 +5,14 @@
  * Without --session a session is made for the prompt and deleted after;
  * with one, the prompt (if any) is appended to it first and the generated
  * tokens stay in its state (unless --no-commit).
+ *
+ * The append and the generate carry an Idempotency-Key and are sent again
+ * through failures (--retry-deadline). A stream cut off is sent again with
+ * the same key and seed (one is picked here when --seed is not given): if
+ * the generation had been committed, the server answers with its stored
+ * result as JSON and the text not yet printed is printed from it; else it
+ * runs again from the same state and the tokens already printed are
+ * skipped. Either way stdout gets the text of one generation.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -15,9 +23,22 @@
 struct sse {
     struct buf line;
     int done, failed, n_tokens;
+    int retryable;  /* the failure was an "unavailable" error event */
+    int seen;       /* tokens of the current attempt (a re-run skips n_tokens of them) */
+    size_t printed; /* bytes of text printed */
     double t_first, t0;
     json_t *final; /* the done event */
 };
+
+/* Before each new attempt: a fresh line, count the re-run's tokens anew. */
+static int sse_restart(void *ctx)
+{
+    struct sse *e = ctx;
+    e->line.n = 0;
+    e->seen = 0;
+    e->failed = e->retryable = 0;
+    return 0;
+}
 
 static void on_event(struct sse *e, const char *data, size_t n)
 {
@@ -28,10 +49,15 @@ static void on_event(struct sse *e, const char *data, size_t n)
         msg("generate: a stream event is not JSON: %.80s", data);
         e->failed = 1;
     } else if (!strcmp(type, "token")) {
+        if (e->seen++ < e->n_tokens) { /* printed before the retry */
+            json_decref(j);
+            return;
+        }
         json_t *t = json_object_get(j, "text");
         if (json_is_string(t)) { /* may hold U+0000: write its length */
             fwrite(json_string_value(t), 1, json_string_length(t), stdout);
             fflush(stdout);
+            e->printed += json_string_length(t);
         }
         if (!e->n_tokens++)
             e->t_first = now_sec();
@@ -41,6 +67,8 @@ static void on_event(struct sse *e, const char *data, size_t n)
         e->final = json_incref(j);
     } else if (!strcmp(type, "error")) {
         json_t *er = json_object_get(j, "error");
+        const char *code = json_string_value(json_object_get(er, "code"));
+        e->retryable = code && !strcmp(code, "unavailable");
         /* "code" in the OpenAI-shaped error, "type" in the older one */
         msg("generate: the stream ended with an error: %s: %s",
             json_string_value(json_object_get(er, "code"))
@@ -160,6 +188,12 @@ int cmd_generate(int argc, char **argv)
         goto out;
     if (json_array_size(stops))
         json_object_set(body, "stop", stops);
+    if (!json_object_get(body, "seed") && c.retry_deadline > 0) {
+        /* a re-run after a failure must give the tokens already printed */
+        char k[33];
+        idem_key_new(k);
+        json_object_set_new(body, "seed", json_integer(strtoll(k + 24, NULL, 16) & 0x7fffffff));
+    }
 
     char sid[72], path[160];
     if (sid_arg) {
@@ -171,7 +205,7 @@ int cmd_generate(int argc, char **argv)
     if (prompt && *prompt) {
         json_t *ap = json_pack("{s:s}", "text", prompt), *out = NULL;
         snprintf(path, sizeof path, "/v1/sessions/%s/append", sid);
-        rc = ap ? call_json(&c, "POST", path, ap, &out) : EX_LOCAL;
+        rc = ap ? call_json_retry(&c, "POST", path, ap, &out) : EX_LOCAL;
         json_decref(ap);
         json_decref(out);
     }
@@ -179,16 +213,51 @@ int cmd_generate(int argc, char **argv)
         char *text = json_dumps(body, JSON_COMPACT);
         struct sse e = {.t0 = now_sec()};
         snprintf(path, sizeof path, "/v1/sessions/%s/generate", sid);
+        char key[33];
+        idem_key_new(key);
         struct req q = {.method = "POST", .path = path, .ctype = "application/json",
                         .body = text, .body_len = text ? strlen(text) : 0, .sink = on_data,
-                        .sink_ctx = &e, .stream = 1};
+                        .sink_ctx = &e, .stream = 1, .idem_key = key};
         struct resp resp = {0};
-        rc = text ? http_do(&c, NULL, &q, &resp) : EX_LOCAL;
+        double end = now_sec() + c.retry_deadline;
+        for (;;) {
+            rc = text ? http_do_retry(&c, NULL, &q, &resp, sse_restart, &e, NULL) : EX_LOCAL;
+            if (rc == EX_OK)
+                rc = http_check(&resp, "generate");
+            if (rc == EX_OK && resp.json) {
+                /* the stored result of the committed generation: print what is missing */
+                json_error_t je;
+                json_t *res = json_loadb(e.line.p ? e.line.p : "", e.line.n, 0, &je);
+                json_t *t = json_object_get(res, "text");
+                if (!json_is_string(t) || !json_is_array(json_object_get(res, "tokens"))) {
+                    msg("generate: the stored result is not readable");
+                    e.failed = 1;
+                } else {
+                    if (json_string_length(t) > e.printed)
+                        fwrite(json_string_value(t) + e.printed, 1,
+                               json_string_length(t) - e.printed, stdout);
+                    e.n_tokens = (int)json_array_size(json_object_get(res, "tokens"));
+                    e.done = 1;
+                    json_decref(e.final);
+                    e.final = json_incref(res);
+                }
+                json_decref(res);
+                e.line.n = 0;
+            }
+            if (rc == EX_OK && e.line.n && !strncmp(e.line.p, "data: ", 6)) /* no final newline */
+                on_event(&e, e.line.p + 6, e.line.n - 6);
+            /* cut off without a done event, or told the server is unavailable: again */
+            if (rc == EX_OK && !e.done && (!e.failed || e.retryable) && c.retry_deadline > 0 &&
+                now_sec() < end) {
+                msg("generate: the stream broke after %d tokens; sending it again (same "
+                    "Idempotency-Key and seed)", e.n_tokens);
+                buf_free(&resp.body);
+                sse_restart(&e);
+                continue;
+            }
+            break;
+        }
         free(text);
-        if (rc == EX_OK)
-            rc = http_check(&resp, "generate");
-        if (rc == EX_OK && e.line.n && !strncmp(e.line.p, "data: ", 6)) /* no final newline */
-            on_event(&e, e.line.p + 6, e.line.n - 6);
         if (rc == EX_OK && (e.failed || !e.done)) {
             if (!e.failed)
                 msg("generate: the stream ended without its done event");

@@ -61,6 +61,29 @@ void src_next_segment(struct src *s)
 {
     s->seg_sent = 0;
     s->seg_end = 0;
+    /* where this segment starts in the file: what is read minus what waits */
+    off_t at = ftello(s->f);
+    s->mark_ok = at >= 0;
+    s->mark_off = (long long)at - (long long)(s->hi - s->lo);
+    s->mark_sent = s->sent;
+    s->mark_prev1 = s->prev1;
+    s->mark_prev2 = s->prev2;
+}
+
+int src_rewind_segment(void *ctx)
+{
+    struct src *s = ctx;
+    if (!s->mark_ok || s->err || fseeko(s->f, (off_t)s->mark_off, SEEK_SET))
+        return -1;
+    clearerr(s->f);
+    s->lo = s->hi = 0;
+    s->eof = 0;
+    s->seg_sent = 0;
+    s->seg_end = 0;
+    s->sent = s->mark_sent;
+    s->prev1 = s->mark_prev1;
+    s->prev2 = s->mark_prev2;
+    return 0;
 }
 
 static int graphic(unsigned char c) { return c > 0x20 && c < 0x7f; }
@@ -374,12 +397,15 @@ int cmd_stream(int argc, char **argv)
         if (!more)
             break;
         src_next_segment(&s);
+        char key[33];
+        idem_key_new(key); /* one per segment, kept by its retries */
         struct req q = {.method = "POST", .path = path, .ctype = "text/plain; charset=utf-8",
                         .read = src_read, .read_ctx = &s, .read_len = -1,
-                        .progress = on_prog, .progress_ctx = &g, .stream = 1};
+                        .progress = on_prog, .progress_ctx = &g, .stream = 1,
+                        .idem_key = key};
         struct resp resp;
         g.cur_ul = 0;
-        rc = http_do(&c, h, &q, &resp);
+        rc = http_do_retry(&c, h, &q, &resp, src_rewind_segment, &s, NULL);
         if (rc == EX_LOCAL || s.err) {
             msg("stream: reading %s: %s", file, strerror(s.err ? s.err : EIO));
             rc = EX_LOCAL;

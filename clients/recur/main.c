@@ -39,7 +39,9 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\nEvery command takes --url URL (env RECUR_URL or RECURD_URL, default http://127.0.0.1:8080),\n"
-               "--api-key KEY (env RECUR_API_KEY or RECURD_API_KEY) and --timeout SECONDS (120).\n"
+               "--api-key KEY (env RECUR_API_KEY or RECURD_API_KEY), --timeout SECONDS (120) and\n"
+               "--retry-deadline SECONDS (120: appends and generates are sent again, with one\n"
+               "Idempotency-Key, through 503s and lost connections for this long; 0 = never).\n"
                "Exit status: 0 ok, 1 the server said no, 2 usage, 3 server unreachable or\n"
                "timed out, 4 local file error, 5 load test finished with failed requests.\n");
 }

@@ -1,8 +1,12 @@
 /* net.c — HTTP through libcurl, error messages, small helpers. */
+#define _GNU_SOURCE /* memmem */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "recur.h"
@@ -97,6 +101,55 @@ void conn_init(struct conn *c)
         k = NULL;
     c->key = k && *k ? k : NULL;
     c->timeout = 120;
+    c->retry_deadline = 120;
+}
+
+void idem_key_new(char out[33])
+{
+    unsigned char b[16];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t n = getrandom(b + got, sizeof b - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) { /* no entropy source: time and address, still unique enough per run */
+            unsigned long long t = (unsigned long long)(now_sec() * 1e9) ^ (uintptr_t)out;
+            for (size_t i = got; i < sizeof b; i++, t = t * 6364136223846793005ULL + 1)
+                b[i] = (unsigned char)(t >> 56);
+            break;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof b; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* The response headers the retry rule needs. */
+static size_t on_header(char *p, size_t size, size_t n, void *ctx)
+{
+    struct resp *r = ctx;
+    size_t len = size * n;
+    char line[256];
+    size_t k = len < sizeof line - 1 ? len : sizeof line - 1;
+    memcpy(line, p, k);
+    line[k] = 0;
+    if (!strncasecmp(line, "HTTP/", 5)) { /* a new response (after a 100): forget the last */
+        r->retry_after = -1;
+        r->replayed = r->json = 0;
+    } else if (!strncasecmp(line, "Retry-After:", 12)) {
+        char *end;
+        double v = strtod(line + 12, &end);
+        if (end != line + 12 && v >= 0)
+            r->retry_after = v;
+    } else if (!strncasecmp(line, "Idempotent-Replayed:", 20)) {
+        r->replayed = strstr(line + 20, "true") != NULL;
+    } else if (!strncasecmp(line, "Content-Type:", 13)) {
+        const char *v = line + 13;
+        while (*v == ' ')
+            v++;
+        r->json = !strncasecmp(v, "application/json", 16);
+    }
+    return len;
 }
 
 struct xfer {
@@ -139,8 +192,9 @@ static const char *base_of(const char *url, char *out, size_t cap)
 
 int http_do(const struct conn *c, CURL *easy, const struct req *q, struct resp *r)
 {
-    char url[2048], auth[600], ctype[160], errbuf[CURL_ERROR_SIZE] = "";
+    char url[2048], auth[600], ctype[160], idem[260], errbuf[CURL_ERROR_SIZE] = "";
     memset(r, 0, sizeof *r);
+    r->retry_after = -1;
     size_t ul = strlen(c->url);
     while (ul > 0 && c->url[ul - 1] == '/')
         ul--;
@@ -171,6 +225,10 @@ int http_do(const struct conn *c, CURL *easy, const struct req *q, struct resp *
         snprintf(ctype, sizeof ctype, "Content-Type: %s", q->ctype);
         ADDH(ctype);
     }
+    if (q->idem_key) {
+        snprintf(idem, sizeof idem, "Idempotency-Key: %s", q->idem_key);
+        ADDH(idem);
+    }
     ADDH("Expect:"); /* no 100-continue round trip */
     if (q->read && q->read_len < 0)
         ADDH("Transfer-Encoding: chunked");
@@ -189,6 +247,8 @@ int http_do(const struct conn *c, CURL *easy, const struct req *q, struct resp *
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &x);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
     double to = q->timeout > 0 ? q->timeout : c->timeout;
     if (q->stream) {
@@ -263,6 +323,53 @@ int http_do(const struct conn *c, CURL *easy, const struct req *q, struct resp *
     return EX_CONNECT;
 }
 
+/* 409 session_busy in an error body */
+static int is_busy(const struct resp *r)
+{
+    return r->status == 409 && r->body.n && memmem(r->body.p, r->body.n, "session_busy", 12);
+}
+
+int http_do_retry(const struct conn *c, CURL *easy, const struct req *q, struct resp *r,
+                  int (*rewind)(void *ctx), void *rewind_ctx, int *attempts)
+{
+    double end = now_sec() + c->retry_deadline, backoff = 0.05;
+    int n = 1;
+    for (;;) {
+        int rc = http_do(c, easy, q, r);
+        int again = rc == EX_CONNECT ||
+                    (rc == EX_OK && (r->status == 502 || r->status == 503 || r->status == 504 ||
+                                     (n > 1 && is_busy(r))));
+        double left = end - now_sec();
+        if (!again || c->retry_deadline <= 0 || left <= 0) {
+            if (attempts)
+                *attempts = n;
+            return rc;
+        }
+        if (rewind && rewind(rewind_ctx)) {
+            msg("%s %s: cannot send the body again (not a seekable file): not retried",
+                q->method, q->path);
+            if (attempts)
+                *attempts = n;
+            return rc;
+        }
+        double wait = r->retry_after >= 0 ? fmin(r->retry_after, 5.0) : backoff;
+        if (r->retry_after < 0)
+            backoff = fmin(backoff * 2, 2.0);
+        wait = fmin(wait, left);
+        if (rc == EX_OK)
+            msg("%s %s: HTTP %ld; sending it again in %.2f s (attempt %d, same Idempotency-Key)",
+                q->method, q->path, r->status, wait, n + 1);
+        else
+            msg("%s %s: no answer; sending it again in %.2f s (attempt %d, same Idempotency-Key)",
+                q->method, q->path, wait, n + 1);
+        buf_free(&r->body);
+        struct timespec ts = {(time_t)wait, (long)((wait - floor(wait)) * 1e9)};
+        while (nanosleep(&ts, &ts) && errno == EINTR)
+            ;
+        n++;
+    }
+}
+
 int http_check(const struct resp *r, const char *what)
 {
     if (r->status >= 200 && r->status < 300)
@@ -285,8 +392,23 @@ int http_check(const struct resp *r, const char *what)
     return EX_SERVER;
 }
 
+static int call_json_q(const struct conn *c, const char *method, const char *path,
+                       json_t *body, json_t **out, int retry);
+
 int call_json(const struct conn *c, const char *method, const char *path, json_t *body,
               json_t **out)
+{
+    return call_json_q(c, method, path, body, out, 0);
+}
+
+int call_json_retry(const struct conn *c, const char *method, const char *path, json_t *body,
+                    json_t **out)
+{
+    return call_json_q(c, method, path, body, out, 1);
+}
+
+static int call_json_q(const struct conn *c, const char *method, const char *path,
+                       json_t *body, json_t **out, int retry)
 {
     char *text = NULL;
     *out = NULL;
@@ -304,7 +426,12 @@ int call_json(const struct conn *c, const char *method, const char *path, json_t
         q.body_len = strlen(text);
     }
     struct resp r;
-    int rc = http_do(c, NULL, &q, &r);
+    char key[33];
+    if (retry) {
+        idem_key_new(key);
+        q.idem_key = key;
+    }
+    int rc = retry ? http_do_retry(c, NULL, &q, &r, NULL, NULL, NULL) : http_do(c, NULL, &q, &r);
     free(text);
     if (rc == EX_OK) {
         char what[300];
@@ -330,7 +457,10 @@ int session_create(const struct conn *c, char id[40])
         msg("out of memory");
         return EX_LOCAL;
     }
-    int rc = call_json(c, "POST", "/v1/sessions", b, &out);
+    /* retried like an append: start the client before the server, or ride
+     * out a failover (an answer lost on the way can leave an unused session
+     * behind, which expires with --session-ttl) */
+    int rc = call_json_retry(c, "POST", "/v1/sessions", b, &out);
     json_decref(b);
     if (rc)
         return rc;

@@ -29,6 +29,7 @@ struct conn {
     const char *url;   /* base, no trailing slash */
     const char *key;   /* API key or NULL */
     double timeout;    /* seconds: whole request for small ones, stall for streams */
+    double retry_deadline; /* seconds an append/generate is retried (--retry-deadline; 0 = off) */
 };
 
 /* A growable byte buffer. */
@@ -43,6 +44,9 @@ void buf_free(struct buf *b);
 struct resp {
     long status;       /* HTTP status, 0 if none */
     struct buf body;   /* the body (for 2xx only what no sink took) */
+    double retry_after; /* seconds from a Retry-After header, -1 if none */
+    int replayed;      /* Idempotent-Replayed: true (a stored answer) */
+    int json;          /* Content-Type application/json */
 };
 
 /* A request. Fields left zero are not used. */
@@ -64,6 +68,7 @@ struct req {
     void *progress_ctx;
     int stream;          /* long-running: conn.timeout bounds stalls, not the whole request */
     double timeout;      /* overrides conn.timeout when > 0 */
+    const char *idem_key; /* sent as Idempotency-Key when set */
 };
 
 /* Set from the environment and defaults; then common_opt() may change it. */
@@ -75,6 +80,20 @@ void conn_init(struct conn *c);
  * (NULL: a fresh one). */
 int http_do(const struct conn *c, CURL *easy, const struct req *q, struct resp *r);
 
+/* An Idempotency-Key: 128 random bits as 32 hex digits (33 bytes with NUL). */
+void idem_key_new(char out[33]);
+
+/* A request that may be sent again (an append or a generate with q->idem_key
+ * set): run it with http_do; when no answer came (refused, reset, cut off,
+ * timed out) or the answer was a 502/503/504 (or a 409 session_busy after a
+ * retry: our own earlier attempt, still running), wait (Retry-After, at most
+ * 5 s, else a backoff from 50 ms to 2 s) and send it again with the same key,
+ * until c->retry_deadline seconds have passed. rewind(ctx), when given, is
+ * called before each new attempt to restart the body (0 ok; -1: cannot,
+ * stop). Returns like http_do; *attempts (may be NULL) gets their number. */
+int http_do_retry(const struct conn *c, CURL *easy, const struct req *q, struct resp *r,
+                  int (*rewind)(void *ctx), void *rewind_ctx, int *attempts);
+
 /* r->status not 2xx: print "recur: HTTP 404 not_found: message" (or the
  * body's start) and return EX_SERVER; else EX_OK. what names the action. */
 int http_check(const struct resp *r, const char *what);
@@ -84,6 +103,11 @@ int http_check(const struct resp *r, const char *what);
  * returns an enum recur_exit. */
 int call_json(const struct conn *c, const char *method, const char *path, json_t *body,
               json_t **out);
+
+/* call_json with an Idempotency-Key, sent again by http_do_retry's rule (an
+ * append or a generate). */
+int call_json_retry(const struct conn *c, const char *method, const char *path, json_t *body,
+                    json_t **out);
 
 /* A new session's id into id (33 bytes); prints errors. */
 int session_create(const struct conn *c, char id[40]);
@@ -145,12 +169,19 @@ struct src {
     long long seg_sent;         /* bytes of the current request */
     int seg_end;
     long long sent;             /* bytes of the file sent so far */
+    /* where the current segment began, to send it again after a failure */
+    long long mark_off, mark_sent;
+    unsigned char mark_prev1, mark_prev2;
+    int mark_ok;                /* the file could tell its offset */
 };
 void src_init(struct src *s, FILE *f, const char *path, long long seg_target);
 /* 1 when the file has more bytes to send (reads ahead), 0 at its end, -1 on a read error. */
 int src_more(struct src *s);
 size_t src_read(char *p, size_t size, size_t n, void *ctx);
 void src_next_segment(struct src *s);
+/* Back to the start of the current segment, for a retry; -1 when the input
+ * cannot seek (stdin, a pipe). */
+int src_rewind_segment(void *ctx);
 
 /* The totals of append replies. */
 struct score_sum {

@@ -5,6 +5,7 @@ import math
 import os
 import re
 import socket
+import time
 
 import pytest
 
@@ -125,11 +126,17 @@ def test_server_down_message(tmp_path):
     f = write_doc(tmp_path, lines=1)
     for args in (["sessions"], ["generate", "hi"], ["stream", f],
                  ["snapshot", "load", f], ["load", "-n", "1", "-m", "16"]):
-        r = recur(*args, url=f"http://127.0.0.1:{port}")
+        # --retry-deadline 0: the error at once (creating sessions, appends
+        # and generates are otherwise retried for 120 s: test_retry.py)
+        r = recur(*args, "--retry-deadline", "0", url=f"http://127.0.0.1:{port}")
         assert r.returncode == 3, (args, r.stderr)
         assert (f"cannot connect to http://127.0.0.1:{port}: connection refused — "
                 "is recurd serve running?") in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    t = time.monotonic()
+    r = recur("generate", "hi", "--retry-deadline", "1", url=f"http://127.0.0.1:{port}")
+    assert r.returncode == 3 and 0.9 < time.monotonic() - t < 5
+    assert "sending it again" in r.stderr and "cannot connect" in r.stderr.splitlines()[-1]
 
 
 def test_url_from_environment(srv):

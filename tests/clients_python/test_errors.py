@@ -127,21 +127,28 @@ def test_bad_request(client):
     assert client.get_session(s).position == len(TEXT.encode())
 
 
-def test_session_busy(client):
+@pytest.mark.parametrize("retry", [0, 30])
+def test_session_busy(srv, retry):
+    client = Client(srv.base, timeout=60, retry_deadline=retry)
     s = client.create_session()
     client.append(s, TEXT)
     with client.generate_stream(s, max_tokens=100000) as st:
         next(st)
         with pytest.raises(recur_client.SessionBusy) as e:
-            client.append(s, "x")
+            client.append(s, "x")  # the first attempt: not retried
         assert e.value.status == 409 and isinstance(e.value, recur_client.Conflict)
         assert client.get_session(s).busy
-        # deleting it cancels the stream: the error event is raised
+        # deleting it cancels the stream: the error event is raised; a client
+        # that retries (the event says unavailable) sends it again and learns
+        # that the session is gone
         client.delete_session(s)
         with pytest.raises(recur_client.RecurError) as e:
             for _ in st:
                 pass
-        assert e.value.code == "unavailable" and "cancel" in e.value.message
+        if retry:
+            assert isinstance(e.value, recur_client.NotFound) and st.attempts == 2
+        else:
+            assert e.value.code == "unavailable" and "cancel" in e.value.message
 
 
 def test_invalid_snapshots(client):
@@ -237,7 +244,8 @@ def free_port():
 
 
 def test_server_down():
-    c = Client("http://127.0.0.1:%d" % free_port(), timeout=5)
+    # retry_deadline=0: the error at once (retries: test_retries.py)
+    c = Client("http://127.0.0.1:%d" % free_port(), timeout=5, retry_deadline=0)
     for call in (c.health, c.list_sessions, lambda: c.append("a" * 32, "x"),
                  lambda: c.append_file("a" * 32, io.BytesIO(b"x" * 100000)),
                  lambda: c.generate_stream("a" * 32), c.wait_ready):
@@ -316,7 +324,7 @@ def fake():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fake)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
-    yield Client("http://127.0.0.1:%d" % srv.server_address[1], timeout=5)
+    yield Client("http://127.0.0.1:%d" % srv.server_address[1], timeout=5, retry_deadline=0)
     srv.shutdown()
     srv.server_close()
     t.join(5)

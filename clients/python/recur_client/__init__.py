@@ -9,21 +9,24 @@
 
 See clients/python/README.md.
 """
-from .client import DEFAULT_URL, Client, CompletionStream, GenerateStream
+from .client import (DEFAULT_URL, Client, CompletionStream, GenerateStream, new_idempotency_key,
+                     split_text)
 from .errors import (BadRequest, Conflict, ConnectionError, InternalServerError,
                      InvalidSnapshot, InvalidSnapshotName, InvalidToken, MethodNotAllowed,
-                     NotEnabled, NotFound, OutOfMemory, Overloaded, PayloadTooLarge, RequestTimeout,
+                     NotEnabled, NotFound, OutOfMemory, Overloaded, PayloadTooLarge,
+                     PositionMismatch, RequestTimeout,
                      ProtocolError, RecurError, ServerUnavailable, SessionBusy,
                      SnapshotModelMismatch, SnapshotQuotaExceeded, SnapshotWriteFailed, Timeout, TooManyRequests,
                      Unauthorized, UnsupportedMediaType)
 from .types import (Bucket, Completion, CompletionChunk, DoneEvent, GenerateResult,
-                    ModelInfo, ScoreResult, Session, SnapshotInfo, TokenEvent, TokenInfo,
+                    ModelInfo, RetryInfo, ScoreResult, Session, SnapshotInfo, TokenEvent, TokenInfo,
                     TopLogprob, combine_scores)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Client", "GenerateStream", "CompletionStream", "DEFAULT_URL",
+    "Client", "GenerateStream", "CompletionStream", "DEFAULT_URL", "split_text",
+    "new_idempotency_key", "PositionMismatch", "RetryInfo",
     "RecurError", "BadRequest", "InvalidToken", "InvalidSnapshotName", "Unauthorized",
     "NotFound", "MethodNotAllowed", "Conflict", "SessionBusy", "SnapshotModelMismatch", "SnapshotQuotaExceeded",
     "PayloadTooLarge", "RequestTimeout", "UnsupportedMediaType", "InvalidSnapshot", "Overloaded",

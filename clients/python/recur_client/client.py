@@ -3,27 +3,54 @@
 Each call opens one HTTP/1.1 connection and closes it when the answer has
 been read (streams: when they end or are closed), so a Client holds no
 sockets between calls and may be shared by threads.
+
+Appends and generates carry an Idempotency-Key (a fresh uuid4 per call) and
+are retried with the same key through 503s, lost connections and read
+timeouts until the Client's ``retry_deadline``: a retry of a request the
+server had already acknowledged gets the stored answer, so nothing is
+applied twice (docs/cluster.md).
 """
+import collections
 import http.client
 import json
 import numbers
 import os
+import random
 import socket
 import ssl
+import time
 import urllib.parse
-from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional,
+import uuid
+from typing import (Any, BinaryIO, Callable, Deque, Dict, Iterable, Iterator, List, Optional,
                     Sequence, Tuple, Union)
 
 from . import errors
 from .errors import RecurError
 from .types import (Completion, CompletionChunk, DoneEvent, GenerateResult, ModelInfo,
-                    ScoreResult, Session, SnapshotInfo, TokenEvent, TokenInfo)
+                    RetryInfo, ScoreResult, Session, SnapshotInfo, TokenEvent, TokenInfo,
+                    combine_scores)
 
-__all__ = ["Client", "GenerateStream", "CompletionStream", "DEFAULT_URL"]
+__all__ = ["Client", "GenerateStream", "CompletionStream", "DEFAULT_URL", "split_text",
+           "new_idempotency_key"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CHUNK = 64 * 1024
+# Retries of appends and generates: for this long after the first attempt
+# (a failover takes a lease TTL, 5 s by default, plus a restore; a Redis
+# restart longer), waiting Retry-After (at most RETRY_AFTER_CAP) or else a
+# backoff doubling from RETRY_BACKOFF to RETRY_BACKOFF_MAX, with jitter.
+DEFAULT_RETRY_DEADLINE = 120.0
+RETRY_AFTER_CAP = 5.0
+RETRY_BACKOFF = 0.05
+RETRY_BACKOFF_MAX = 2.0
+# A text/plain upload from an iterable that cannot be read again is kept in
+# memory this far so that a retry can send it again; past it a failure is
+# not retried. (A seekable file is read again instead and never kept.)
+DEFAULT_RETRY_BUFFER = 64 << 20
+# The book helper's piece size: at 3-4 bytes a token, 8 KiB stays under the
+# server's default --detail-limit (4096 per-token entries per answer).
+DEFAULT_BOOK_CHUNK = 8 * 1024
 USER_AGENT = "recur-client-python/0.1"
 
 SessionRef = Union[str, Session]
@@ -69,6 +96,155 @@ def _retry_after(resp: http.client.HTTPResponse) -> Optional[float]:
         return float(v) if v is not None else None
     except ValueError:
         return None
+
+
+def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key (a random uuid4)."""
+    return str(uuid.uuid4())
+
+
+def _retryable(e: BaseException, attempt: int) -> bool:
+    """Whether a failed attempt may be sent again with its Idempotency-Key:
+    no answer (refused, reset, cut off, timed out), a 503 (a store or a
+    replica unavailable, a session moving, a drain), or a proxy's 502/504
+    (the replica's connection broke or stalled behind HAProxy). A 409
+    session_busy after a retry is our own earlier attempt, still running
+    where it arrived."""
+    if isinstance(e, (errors.ConnectionError, errors.Timeout)):
+        return True
+    if isinstance(e, RecurError) and (e.status in (502, 503, 504) or
+                                      e.code in ("unavailable", "out_of_memory")):
+        return True
+    return isinstance(e, errors.SessionBusy) and attempt > 1
+
+
+class _Retry:
+    """The retry state of one logical request (one Idempotency-Key)."""
+
+    def __init__(self, client: "Client", method: str, path: str, key: Optional[str],
+                 can_resend: Optional[Callable[[], bool]] = None) -> None:
+        self.client = client
+        self.method, self.path, self.key = method, path, key
+        self.attempt = 1
+        d = client.retry_deadline
+        self.end = time.monotonic() + d if d else None
+        self.backoff = RETRY_BACKOFF
+        self.can_resend = can_resend
+
+    def again(self, e: BaseException) -> bool:
+        """Attempt ``self.attempt`` failed with e: wait and return True to
+        send it again, or False (not retryable, or past the deadline)."""
+        if self.end is None or not _retryable(e, self.attempt):
+            return False
+        if self.can_resend is not None and not self.can_resend():
+            return False
+        left = self.end - time.monotonic()
+        if left <= 0:
+            return False
+        ra = getattr(e, "retry_after", None)
+        if ra is not None and ra > 0:
+            delay = min(float(ra), RETRY_AFTER_CAP)
+        else:
+            delay = self.backoff * (0.5 + random.random() / 2)
+            self.backoff = min(self.backoff * 2, RETRY_BACKOFF_MAX)
+        delay = min(delay, left)
+        if self.client.on_retry is not None:
+            self.client.on_retry(RetryInfo(method=self.method, path=self.path,
+                                           attempt=self.attempt, error=e, delay=delay,
+                                           idempotency_key=self.key))
+        time.sleep(delay)
+        self.attempt += 1
+        return True
+
+
+class _ResendableChunks:
+    """The body of a text/plain upload, sent again on a retry: from
+    ``restart()`` (a seekable file read again), else from the chunks kept
+    as they were first sent, up to ``limit`` bytes."""
+
+    def __init__(self, chunks: Optional[Iterable[Union[bytes, str]]],
+                 restart: Optional[Callable[[], Iterable[Union[bytes, str]]]],
+                 limit: int, progress: Optional[Progress], total: Optional[int]) -> None:
+        self._src = iter(chunks) if chunks is not None else None
+        self._restart = restart
+        self._kept: Optional[List[bytes]] = [] if restart is None else None
+        self._kept_bytes = 0
+        self._limit = limit
+        self._progress = progress
+        self._total = total
+        self._reported = 0
+        self.resendable = True
+
+    def _report(self, sent: int) -> None:
+        # a retry sends the start again: report only bytes not reported yet
+        if self._progress is not None and sent > self._reported:
+            self._reported = sent
+            self._progress(sent, self._total)
+
+    def body(self) -> Iterator[bytes]:
+        """The chunks of one attempt (a generator: http.client sends it
+        chunked, one HTTP chunk per item)."""
+        sent = 0
+        if self._restart is not None:
+            src: Iterator[Union[bytes, str]] = iter(self._restart())
+        else:
+            assert self._src is not None
+            for b in list(self._kept or []):
+                yield b
+                sent += len(b)
+                self._report(sent)
+            src = self._src
+        for c in src:
+            b = c.encode("utf-8") if isinstance(c, str) else bytes(c)
+            if not b:
+                continue  # an empty chunk would end the chunked body
+            if self._kept is not None:
+                self._kept.append(b)
+                self._kept_bytes += len(b)
+                if self._kept_bytes > self._limit:
+                    self._kept, self.resendable = None, False
+            yield b
+            sent += len(b)
+            self._report(sent)
+
+
+def split_text(text: Union[str, bytes], max_bytes: int = DEFAULT_BOOK_CHUNK) -> List[str]:
+    """Cut text into pieces of at most ``max_bytes`` bytes of UTF-8, never
+    inside a character, and where possible where the tokenisation cannot
+    change: before a space that follows a non-space and precedes a letter or
+    digit (or a non-ASCII character), where a byte-level BPE pre-tokenizer
+    splits anyway, so the pieces read one after the other give the tokens
+    of the whole text. Such a place is looked for in the second half of
+    each piece; without one the cut falls at the budget's last character
+    boundary. The pieces joined are the text."""
+    if max_bytes < 4:
+        raise ValueError("max_bytes must be at least 4 (one UTF-8 character)")
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    data.decode("utf-8")  # bytes must be UTF-8: raises UnicodeDecodeError
+    out: List[str] = []
+    i, n = 0, len(data)
+    while i < n:
+        if n - i <= max_bytes:
+            out.append(data[i:].decode("utf-8"))
+            break
+        end = i + max_bytes  # the piece is data[i:cut], cut <= end
+        cut = -1
+        j = data.rfind(b" ", i + max_bytes // 2, end)
+        while j > i:
+            nxt = data[j + 1] if j + 1 < n else 0
+            prev = data[j - 1]
+            if prev not in b" \t\r\n\x0b\x0c" and (
+                    nxt >= 0xC0 or chr(nxt).isalnum() and nxt < 0x80):
+                cut = j
+                break
+            j = data.rfind(b" ", i + max_bytes // 2, j)
+        if cut < 0:
+            cut = end
+            while cut > i and (data[cut] & 0xC0) == 0x80:
+                cut -= 1  # not inside a character
+        out.append(data[i:cut].decode("utf-8"))
+        i = cut
+    return out
 
 
 class _Answer:
@@ -187,60 +363,171 @@ class GenerateStream(_Stream):
     token, then one DoneEvent. An error event from the server is raised as
     the matching RecurError. ``text``, ``tokens`` and ``done`` accumulate as
     events are read; ``result()`` reads to the end and returns the summary
-    as a GenerateResult."""
+    as a GenerateResult.
 
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
-        super().__init__(conn, resp)
+    When the stream breaks (connection lost, a read timeout, an error event
+    saying the server is unavailable) and the Client retries, the request is
+    sent again with the same Idempotency-Key and seed. If the generation had
+    been committed, the server answers with the stored result as JSON: the
+    tokens not yet seen become TokenEvents (their text, which the JSON gives
+    only as a whole, comes in the DoneEvent's ``text``). Otherwise the
+    generation runs again from the same state and seed: the tokens already
+    seen are checked and skipped, the rest stream on. Either way the events
+    read are those of one unbroken stream. ``replica``, ``replayed`` and
+    ``attempts`` say how the last answer came."""
+
+    def __init__(self, conn: Optional[http.client.HTTPConnection],
+                 resp: Union[http.client.HTTPResponse, "_Answer", None],
+                 _retry: Optional["_Retry"] = None,
+                 _reopen: Optional[Callable[[], Tuple[Any, Any]]] = None) -> None:
+        self._conn = None
+        self._closed = False
+        self._pending: Deque[Union[TokenEvent, DoneEvent]] = collections.deque()
+        self._retry = _retry
+        self._reopen = _reopen
+        self._seen = 0  # tokens of the current answer matched against self.tokens
         self.tokens: List[int] = []
         self.logprobs: List[TokenInfo] = []
         self.done: Optional[DoneEvent] = None
         self._text: List[str] = []
+        self.replica: Optional[str] = None
+        self.replayed = False
+        self._attach(conn, resp)
+
+    @property
+    def attempts(self) -> int:
+        return self._retry.attempt if self._retry is not None else 1
 
     @property
     def text(self) -> str:
         """The text streamed so far."""
         return "".join(self._text)
 
+    def _attach(self, conn: Optional[http.client.HTTPConnection], resp: Any) -> None:
+        """Read events from a new answer: an event stream, or (conn None)
+        the stored JSON result of a committed generation."""
+        self._seen = 0
+        self.replica = resp.getheader("X-Recurd-Replica") if isinstance(
+            resp, http.client.HTTPResponse) else resp.headers.get("X-Recurd-Replica")
+        if conn is not None:
+            self._conn, self._resp = conn, resp
+            self._events = iter(_SSE(resp))
+            return
+        self.replayed = resp.headers.get("Idempotent-Replayed") == "true"
+        j = resp.json()
+        try:
+            toks = [int(t) for t in j["tokens"]]
+            n, end = int(j["n_tokens"]), int(j["position"])
+            lps = j.get("logprobs")
+            k = len(self.tokens)
+            full = j.get("text", "")
+            if toks[:k] != self.tokens or not full.startswith(self.text):
+                raise errors.ProtocolError(
+                    "the stored answer of this generation does not begin with the %d tokens "
+                    "streamed before the retry" % k)
+            first = end - n
+            # the details by position (a truncated list holds the first ones)
+            by_pos = {d.get("position"): d for d in lps if isinstance(d, dict)} \
+                if isinstance(lps, list) else {}
+            for i in range(k, len(toks)):
+                d = by_pos.get(first + i)
+                info = (TokenInfo.from_json(d) if d is not None and d.get("id") == toks[i]
+                        else TokenInfo(id=toks[i], position=first + i))
+                self._pending.append(TokenEvent(token=info, text="", position=first + i))
+            self._pending.append(DoneEvent(
+                finish_reason=j.get("finish_reason", ""), n_tokens=n, position=end,
+                seed=j.get("seed"), committed=bool(j.get("committed")),
+                text=full[len(self.text):]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise errors.ProtocolError("unreadable generation result %r (%s)"
+                                       % (resp.body[:200], e))
+
+    def _take(self, ev: Union[TokenEvent, DoneEvent]) -> Union[TokenEvent, DoneEvent]:
+        if isinstance(ev, TokenEvent):
+            self.tokens.append(ev.token.id)
+            if ev.token.logprob is not None or ev.token.top_logprobs is not None:
+                self.logprobs.append(ev.token)
+            self._text.append(ev.text)
+        else:
+            self.done = ev
+            self._text.append(ev.text)
+            self._closed = True
+            super().close()
+        return ev
+
     def __iter__(self) -> Iterator[Union[TokenEvent, DoneEvent]]:
         return self
 
     def __next__(self) -> Union[TokenEvent, DoneEvent]:
-        if self.done is not None:
-            raise StopIteration
+        while True:
+            if self.done is not None or self._closed:
+                raise StopIteration  # finished, or closed by the caller or after an error
+            if self._pending:
+                return self._take(self._pending.popleft())
+            try:
+                ev = self._read_event()
+            except RecurError as e:
+                super().close()
+                self._recover(e)
+                continue
+            if ev is not None:
+                return self._take(ev)
+
+    def _read_event(self) -> Optional[Union[TokenEvent, DoneEvent]]:
+        """The next event of the current answer (None: a token seen before
+        the retry, skipped); raises RecurError for a broken stream."""
         if self._conn is None:
-            raise StopIteration  # closed by the caller, or after an error
+            raise errors.ConnectionError("the generation stream ended without a done event")
         data = self._next_data()
         if data is None:
-            self.close()
             raise errors.ConnectionError("the generation stream ended without a done event")
         try:
             ev = json.loads(data)
             kind = ev["type"]
         except (ValueError, KeyError, TypeError) as e:
-            self.close()
             raise errors.ProtocolError("unreadable stream event %r (%s)" % (data[:200], e))
         if kind == "token":
             tok = TokenInfo.from_json(ev["token"])
-            out = TokenEvent(token=tok, text=ev.get("text", ""), position=ev.get("position"))
-            self.tokens.append(tok.id)
-            if tok.logprob is not None or tok.top_logprobs is not None:
-                self.logprobs.append(tok)
-            self._text.append(out.text)
-            return out
+            if self._seen < len(self.tokens):  # the run after a retry, again
+                if tok.id != self.tokens[self._seen]:
+                    raise errors.ProtocolError(
+                        "the generation ran again after a retry and gave token %d at index %d, "
+                        "not %d as before" % (tok.id, self._seen, self.tokens[self._seen]))
+                self._seen += 1
+                return None
+            self._seen += 1
+            return TokenEvent(token=tok, text=ev.get("text", ""), position=ev.get("position"))
         if kind == "done":
-            self.done = DoneEvent(finish_reason=ev.get("finish_reason", ""),
-                                  n_tokens=ev.get("n_tokens", len(self.tokens)),
-                                  position=ev.get("position"), seed=ev.get("seed"),
-                                  committed=bool(ev.get("committed")), text=ev.get("text", ""))
-            self._text.append(self.done.text)
-            self.close()
-            return self.done
+            return DoneEvent(finish_reason=ev.get("finish_reason", ""),
+                             n_tokens=ev.get("n_tokens", len(self.tokens)),
+                             position=ev.get("position"), seed=ev.get("seed"),
+                             committed=bool(ev.get("committed")), text=ev.get("text", ""))
         if kind == "error":
-            self.close()
             err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
             raise errors.from_error_object(err)
-        self.close()
         raise errors.ProtocolError("unknown stream event type %r" % (kind,))
+
+    def _recover(self, e: RecurError) -> None:
+        """Send the request again (the Client's retry rule), or raise e."""
+        if self._retry is None or self._reopen is None:
+            self._closed = True
+            raise e
+        while True:
+            if not self._retry.again(e):
+                self._closed = True
+                raise e
+            try:
+                conn, resp = self._reopen()
+                self._attach(conn, resp)
+                return
+            except RecurError as e2:
+                e = e2
+
+    def close(self) -> None:
+        """Stop reading; closing mid-generation makes the server cancel it
+        (the tokens read so far stay in the session when committing)."""
+        self._closed = True
+        super().close()
 
     def result(self) -> GenerateResult:
         """Read the remaining events and return the whole generation."""
@@ -252,7 +539,9 @@ class GenerateStream(_Stream):
         return GenerateResult(text=self.text, tokens=list(self.tokens),
                               finish_reason=d.finish_reason, position=d.position,
                               n_tokens=d.n_tokens, seed=d.seed, committed=d.committed,
-                              logprobs=list(self.logprobs) if self.logprobs else None, raw={})
+                              logprobs=list(self.logprobs) if self.logprobs else None, raw={},
+                              replica=self.replica, replayed=self.replayed,
+                              attempts=self.attempts)
 
 
 class CompletionStream(_Stream):
@@ -310,11 +599,20 @@ class Client:
     http://127.0.0.1:8080; ``api_key`` to $RECURD_API_KEY (pass ``""`` for
     none). ``timeout`` (seconds, None = wait forever) bounds connecting and
     each wait for the server (one read or write), not a whole request.
+
+    ``retry_deadline`` (seconds; 0 or None: no retries) is how long an
+    append or generate is sent again, with its Idempotency-Key, after a 503,
+    a lost connection or a read timeout; ``on_retry(RetryInfo)`` is called
+    before each wait. ``retry_buffer`` bounds the bytes of an upload from a
+    one-pass iterable kept for sending again.
     """
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None,
                  timeout: Optional[float] = DEFAULT_TIMEOUT,
-                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
+                 ssl_context: Optional[ssl.SSLContext] = None,
+                 retry_deadline: Optional[float] = DEFAULT_RETRY_DEADLINE,
+                 on_retry: Optional[Callable[[RetryInfo], None]] = None,
+                 retry_buffer: int = DEFAULT_RETRY_BUFFER) -> None:
         if url is None:
             url = os.environ.get("RECURD_URL") or os.environ.get("RECUR_URL") or DEFAULT_URL
         if api_key is None:
@@ -332,6 +630,11 @@ class Client:
         self._port = u.port or (443 if self._https else 80)
         self._prefix = u.path.rstrip("/")
         self._ssl = ssl_context
+        if retry_deadline is not None and retry_deadline < 0:
+            raise ValueError("retry_deadline must be >= 0")
+        self.retry_deadline = retry_deadline
+        self.on_retry = on_retry
+        self.retry_buffer = retry_buffer
 
     def __repr__(self) -> str:
         return "Client(%r%s)" % (self.url, ", api_key=..." if self.api_key else "")
@@ -438,6 +741,58 @@ class Client:
                                        status=resp.status)
         return conn, resp
 
+    def _retrying(self, method: str, path: str, key: str, attempt: Callable[[], Any],
+                  can_resend: Optional[Callable[[], bool]] = None) -> Tuple[Any, int]:
+        """Run ``attempt()`` until it returns or fails in a way that is not
+        retried (or the deadline passes); returns its value and the number
+        of attempts."""
+        r = _Retry(self, method, path, key, can_resend)
+        while True:
+            try:
+                return attempt(), r.attempt
+            except RecurError as e:
+                if not r.again(e):
+                    raise
+
+    @staticmethod
+    def _answered(res: Any, a: "_Answer", attempts: int) -> Any:
+        res.replica = a.headers.get("X-Recurd-Replica")
+        res.replayed = a.headers.get("Idempotent-Replayed") == "true"
+        res.attempts = attempts
+        return res
+
+    def _post_json_retrying(self, path: str, payload: Dict[str, Any],
+                            key: Optional[str]) -> Tuple["_Answer", int]:
+        key = key or new_idempotency_key()
+        body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        return self._retrying("POST", path, key, lambda: self._call("POST", path, body, headers))
+
+    def _open_generate(self, path: str, body: bytes, key: str) -> Tuple[Any, Any]:
+        """One attempt of a streamed generate: (conn, response) for an event
+        stream, or (None, _Answer) for a JSON answer (a replayed result)."""
+        conn, resp = self._open("POST", path, body, {"Content-Type": "application/json",
+                                                     "Accept": "text/event-stream",
+                                                     "Idempotency-Key": key})
+        ctype = resp.getheader("Content-Type", "")
+        if resp.status == 200 and ctype.startswith("text/event-stream"):
+            return conn, resp
+        try:
+            data = resp.read()
+        except socket.timeout as e:
+            raise errors.Timeout("POST %s: the answer stalled (%s)" % (path, e))
+        except (OSError, http.client.HTTPException) as e:
+            raise errors.ConnectionError("POST %s: the answer broke off: %s" % (path, e))
+        finally:
+            resp.close()
+            conn.close()
+        if resp.status != 200:
+            raise _error_from(resp.status, resp.headers, data, _retry_after(resp))
+        if not ctype.startswith("application/json"):
+            raise errors.ProtocolError("expected an event stream, got %r" % ctype,
+                                       status=resp.status)
+        return None, _Answer(resp.status, resp.headers, data)
+
     # ---- server -----------------------------------------------------------------------
 
     def health(self) -> str:
@@ -521,12 +876,52 @@ class Client:
     # ---- reading and scoring -------------------------------------------------------------
 
     def append(self, session: SessionRef, data: Text, logprobs: bool = False,
-               top_logprobs: Optional[int] = None) -> ScoreResult:
-        """Read text (str) or token ids into the session and score them."""
+               top_logprobs: Optional[int] = None, *, expected_position: Optional[int] = None,
+               idempotency_key: Optional[str] = None) -> ScoreResult:
+        """Read text (str) or token ids into the session and score them.
+        Retried through failures with one Idempotency-Key (``idempotency_key``,
+        else a fresh one); with ``expected_position`` the server refuses
+        (PositionMismatch) a session that is not at that position."""
         payload = _text_or_tokens(data)
-        payload.update(_drop_none({"logprobs": logprobs or None, "top_logprobs": top_logprobs}))
-        return ScoreResult.from_json(
-            self._json("POST", "/v1/sessions/%s/append" % _sid(session), payload))
+        payload.update(_drop_none({"logprobs": logprobs or None, "top_logprobs": top_logprobs,
+                                   "expected_position": expected_position}))
+        a, n = self._post_json_retrying("/v1/sessions/%s/append" % _sid(session), payload,
+                                        idempotency_key)
+        return self._answered(ScoreResult.from_json(a.json()), a, n)
+
+    def append_book(self, session: SessionRef, text: Union[str, bytes],
+                    chunk_bytes: int = DEFAULT_BOOK_CHUNK, logprobs: bool = False,
+                    top_logprobs: Optional[int] = None,
+                    progress: Optional[Callable[[int, int, ScoreResult], None]] = None,
+                    check_positions: bool = True) -> ScoreResult:
+        """Read a whole text into the session as consecutive appends of at
+        most ``chunk_bytes`` bytes (split_text: never inside a character,
+        at places where the tokens do not change), each with its own
+        Idempotency-Key and retried through failovers; with
+        ``check_positions`` each also says where it expects the session
+        (the previous answer's position), so a piece can never be applied
+        out of place. ``progress(sent_bytes, total_bytes, result)`` is
+        called after each piece. Returns combine_scores of the pieces'
+        results."""
+        pieces = split_text(text, chunk_bytes)
+        total = sum(len(p.encode("utf-8")) for p in pieces)
+        pos = self.get_session(session).position if check_positions else None
+        results: List[ScoreResult] = []
+        sent = 0
+        for p in pieces:
+            r = self.append(session, p, logprobs=logprobs, top_logprobs=top_logprobs,
+                            expected_position=pos)
+            results.append(r)
+            if check_positions:
+                pos = r.position
+            sent += len(p.encode("utf-8"))
+            if progress is not None:
+                progress(sent, total, r)
+        if not results:
+            return ScoreResult(position=self.get_session(session).position, n_tokens=0,
+                               n_scored=0, nll=None, nll_sum=0.0, ppl=None, buckets=[],
+                               tokens=[] if logprobs else None)
+        return combine_scores(results)
 
     def score(self, data: Text, logprobs: bool = False,
               top_logprobs: Optional[int] = None) -> ScoreResult:
@@ -538,51 +933,65 @@ class Client:
     def append_stream(self, session: SessionRef, chunks: Iterable[Union[bytes, str]],
                       logprobs: bool = False, top_logprobs: Optional[int] = None,
                       progress: Optional[Progress] = None,
-                      total: Optional[int] = None) -> ScoreResult:
+                      total: Optional[int] = None, *, expected_position: Optional[int] = None,
+                      idempotency_key: Optional[str] = None) -> ScoreResult:
         """Upload text of any size as a chunked text/plain append: each item
         of ``chunks`` (bytes, or str sent as UTF-8) is sent as it is
         produced; the server tokenises and reads it as it arrives, with the
         same result as one JSON append of the whole text. ``progress(sent,
-        total)`` is called after each chunk is written."""
+        total)`` is called after each chunk is written. A failed upload is
+        sent again with the same Idempotency-Key (the chunks already taken
+        are kept in memory for that, up to the Client's ``retry_buffer``)."""
+        return self._append_chunks(session, chunks, None, logprobs, top_logprobs, progress,
+                                   total, expected_position, idempotency_key)
+
+    def _append_chunks(self, session: SessionRef, chunks: Optional[Iterable[Union[bytes, str]]],
+                       restart: Optional[Callable[[], Iterable[Union[bytes, str]]]],
+                       logprobs: bool, top_logprobs: Optional[int],
+                       progress: Optional[Progress], total: Optional[int],
+                       expected_position: Optional[int],
+                       idempotency_key: Optional[str]) -> ScoreResult:
         query = _drop_none({"logprobs": "true" if logprobs else None,
-                            "top_logprobs": top_logprobs})
-
-        def body() -> Iterator[bytes]:
-            sent = 0
-            for c in chunks:
-                b = c.encode("utf-8") if isinstance(c, str) else bytes(c)
-                if not b:
-                    continue  # an empty chunk would end the chunked body
-                yield b
-                sent += len(b)
-                if progress is not None:
-                    progress(sent, total)
-
+                            "top_logprobs": top_logprobs,
+                            "expected_position": expected_position})
+        key = idempotency_key or new_idempotency_key()
+        path = "/v1/sessions/%s/append" % _sid(session)
+        src = _ResendableChunks(chunks, restart, self.retry_buffer if self.retry_deadline else 0,
+                                progress, total)
+        headers = {"Content-Type": "text/plain; charset=utf-8", "Idempotency-Key": key}
         # a generator body has no length: http.client sends it chunked
         # (Transfer-Encoding: chunked), one HTTP chunk per item
-        a = self._call("POST", "/v1/sessions/%s/append" % _sid(session), body(),
-                       {"Content-Type": "text/plain; charset=utf-8"}, query=query)
-        return ScoreResult.from_json(a.json())
+        a, n = self._retrying("POST", path, key,
+                              lambda: self._call("POST", path, src.body(), headers, query=query),
+                              can_resend=lambda: src.resendable)
+        return self._answered(ScoreResult.from_json(a.json()), a, n)
 
     def append_file(self, session: SessionRef, file: Union[str, "os.PathLike[str]", BinaryIO],
                     chunk_size: int = DEFAULT_CHUNK, logprobs: bool = False,
                     top_logprobs: Optional[int] = None,
-                    progress: Optional[Progress] = None) -> ScoreResult:
+                    progress: Optional[Progress] = None, *,
+                    expected_position: Optional[int] = None,
+                    idempotency_key: Optional[str] = None) -> ScoreResult:
         """Stream a file (a path, or a file object opened for reading) into
         the session, ``chunk_size`` bytes at a time: memory use does not
         depend on the file's size. ``progress(sent_bytes, total_bytes)``
-        is called after each chunk (total is None when unknown)."""
+        is called after each chunk (total is None when unknown). A retry
+        reads a seekable file again from where it started."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        args = (chunk_size, logprobs, top_logprobs, progress, expected_position,
+                idempotency_key)
         if isinstance(file, (str, bytes, os.PathLike)):
             with open(file, "rb") as f:
-                return self._append_fileobj(session, f, chunk_size, logprobs, top_logprobs,
-                                            progress)
-        return self._append_fileobj(session, file, chunk_size, logprobs, top_logprobs, progress)
+                return self._append_fileobj(session, f, *args)
+        return self._append_fileobj(session, file, *args)
 
     def _append_fileobj(self, session: SessionRef, f: Any, chunk_size: int, logprobs: bool,
-                        top_logprobs: Optional[int], progress: Optional[Progress]) -> ScoreResult:
+                        top_logprobs: Optional[int], progress: Optional[Progress],
+                        expected_position: Optional[int],
+                        idempotency_key: Optional[str]) -> ScoreResult:
         total: Optional[int] = None
+        here: Optional[int] = None
         try:
             if f.seekable():
                 here = f.tell()
@@ -597,8 +1006,15 @@ class Client:
                     return
                 yield c
 
-        return self.append_stream(session, chunks(), logprobs=logprobs,
-                                  top_logprobs=top_logprobs, progress=progress, total=total)
+        def restart() -> Iterator[Union[bytes, str]]:
+            f.seek(here)
+            return chunks()
+
+        if here is not None:
+            return self._append_chunks(session, None, restart, logprobs, top_logprobs,
+                                       progress, total, expected_position, idempotency_key)
+        return self._append_chunks(session, chunks(), None, logprobs, top_logprobs, progress,
+                                   total, expected_position, idempotency_key)
 
     # ---- generation ---------------------------------------------------------------------
 
@@ -607,13 +1023,15 @@ class Client:
                      top_k: Optional[int], top_p: Optional[float], min_p: Optional[float],
                      seed: Optional[int], stop: Union[str, Sequence[str], None],
                      commit: Optional[bool], logprobs: Optional[bool],
-                     top_logprobs: Optional[int], ignore_eos: Optional[bool]) -> Dict[str, Any]:
+                     top_logprobs: Optional[int], ignore_eos: Optional[bool],
+                     expected_position: Optional[int] = None) -> Dict[str, Any]:
         if stop is not None and not isinstance(stop, str):
             stop = list(stop)
         return _drop_none({"max_tokens": max_tokens, "temperature": temperature,
                            "top_k": top_k, "top_p": top_p, "min_p": min_p, "seed": seed,
                            "stop": stop, "commit": commit, "logprobs": logprobs,
-                           "top_logprobs": top_logprobs, "ignore_eos": ignore_eos})
+                           "top_logprobs": top_logprobs, "ignore_eos": ignore_eos,
+                           "expected_position": expected_position})
 
     def generate(self, session: SessionRef, max_tokens: Optional[int] = None,
                  temperature: Optional[float] = None, top_k: Optional[int] = None,
@@ -621,13 +1039,17 @@ class Client:
                  seed: Optional[int] = None, stop: Union[str, Sequence[str], None] = None,
                  commit: Optional[bool] = None, logprobs: Optional[bool] = None,
                  top_logprobs: Optional[int] = None,
-                 ignore_eos: Optional[bool] = None) -> GenerateResult:
+                 ignore_eos: Optional[bool] = None, *,
+                 expected_position: Optional[int] = None,
+                 idempotency_key: Optional[str] = None) -> GenerateResult:
         """Generate from the session's state. Options left as None take the
-        server's defaults (max_tokens 16, temperature 1.0, commit true...)."""
+        server's defaults (max_tokens 16, temperature 1.0, commit true...).
+        Retried like append (one Idempotency-Key)."""
         p = self._gen_payload(max_tokens, temperature, top_k, top_p, min_p, seed, stop,
-                              commit, logprobs, top_logprobs, ignore_eos)
-        return GenerateResult.from_json(
-            self._json("POST", "/v1/sessions/%s/generate" % _sid(session), p))
+                              commit, logprobs, top_logprobs, ignore_eos, expected_position)
+        a, n = self._post_json_retrying("/v1/sessions/%s/generate" % _sid(session), p,
+                                        idempotency_key)
+        return self._answered(GenerateResult.from_json(a.json()), a, n)
 
     def generate_stream(self, session: SessionRef, max_tokens: Optional[int] = None,
                         temperature: Optional[float] = None, top_k: Optional[int] = None,
@@ -636,15 +1058,32 @@ class Client:
                         stop: Union[str, Sequence[str], None] = None,
                         commit: Optional[bool] = None, logprobs: Optional[bool] = None,
                         top_logprobs: Optional[int] = None,
-                        ignore_eos: Optional[bool] = None) -> GenerateStream:
+                        ignore_eos: Optional[bool] = None, *,
+                        expected_position: Optional[int] = None,
+                        idempotency_key: Optional[str] = None) -> GenerateStream:
         """Generate as server-sent events: iterate the returned GenerateStream
         for TokenEvent objects and a final DoneEvent (use it as a context
-        manager, or close() it, to stop early)."""
+        manager, or close() it, to stop early). With retries on and no
+        ``seed``, the client picks the seed, so that a generation run again
+        after a failure gives the tokens already streamed."""
+        if seed is None and self.retry_deadline:
+            seed = random.randrange(1 << 31)
         p = self._gen_payload(max_tokens, temperature, top_k, top_p, min_p, seed, stop,
-                              commit, logprobs, top_logprobs, ignore_eos)
+                              commit, logprobs, top_logprobs, ignore_eos, expected_position)
         p["stream"] = True
-        conn, resp = self._stream("/v1/sessions/%s/generate" % _sid(session), p)
-        return GenerateStream(conn, resp)
+        key = idempotency_key or new_idempotency_key()
+        path = "/v1/sessions/%s/generate" % _sid(session)
+        body = json.dumps(p, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        retry = _Retry(self, "POST", path, key)
+        while True:
+            try:
+                conn, resp = self._open_generate(path, body, key)
+                break
+            except RecurError as e:
+                if not retry.again(e):
+                    raise
+        return GenerateStream(conn, resp, _retry=retry,
+                              _reopen=lambda: self._open_generate(path, body, key))
 
     # ---- snapshots ----------------------------------------------------------------------
 

@@ -75,6 +75,17 @@ class SessionBusy(Conflict):
     """409 ``session_busy``: the session is running another request."""
 
 
+class PositionMismatch(Conflict):
+    """409 ``position_mismatch``: an append or generate sent with
+    ``expected_position`` found the session elsewhere; ``position`` is where
+    it is (from the error object, or the X-Recurd-Position header)."""
+
+    @property
+    def position(self) -> Optional[int]:
+        p = self.body.get("position") if isinstance(self.body, dict) else None
+        return p if isinstance(p, int) and not isinstance(p, bool) else None
+
+
 class SnapshotModelMismatch(Conflict):
     """409 ``snapshot_model_mismatch``: a snapshot made by another model."""
 
@@ -152,6 +163,7 @@ BY_CODE = {
     "not_found": NotFound,
     "method_not_allowed": MethodNotAllowed,
     "session_busy": SessionBusy,
+    "position_mismatch": PositionMismatch,
     "snapshot_model_mismatch": SnapshotModelMismatch,
     "conflict": Conflict,
     "payload_too_large": PayloadTooLarge,

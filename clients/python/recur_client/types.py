@@ -75,6 +75,12 @@ class ScoreResult:
     tokens: Optional[List[TokenInfo]] = None
     tokens_truncated: bool = False
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # how the answer came (not part of the result): the replica that
+    # answered (X-Recurd-Replica), whether it was the stored answer of an
+    # earlier attempt (Idempotent-Replayed), and how many attempts it took
+    replica: Optional[str] = field(default=None, repr=False, compare=False)
+    replayed: bool = field(default=False, repr=False, compare=False)
+    attempts: int = field(default=1, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "ScoreResult":
@@ -189,6 +195,9 @@ class GenerateResult:
     committed: bool
     logprobs: Optional[List[TokenInfo]] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    replica: Optional[str] = field(default=None, repr=False, compare=False)
+    replayed: bool = field(default=False, repr=False, compare=False)
+    attempts: int = field(default=1, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "GenerateResult":
@@ -278,3 +287,16 @@ class CompletionChunk:
         ch = chs[0] if chs else {}
         return cls(text=_opt(ch, "text", ""), finish_reason=ch.get("finish_reason"),
                    usage=d.get("usage"), raw=d)
+
+
+@dataclass
+class RetryInfo:
+    """One retry, as passed to the Client's ``on_retry`` callback: the
+    request, the attempt that failed (1 = the first), why, the seconds the
+    client waits before the next attempt and the request's Idempotency-Key."""
+    method: str
+    path: str
+    attempt: int
+    error: Exception
+    delay: float
+    idempotency_key: Optional[str] = None
