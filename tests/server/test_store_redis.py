@@ -212,14 +212,17 @@ def test_retries_replay_the_stored_answer(models, redis):
         n = a.json()["position"]
         # a stream's retry gets the non-streamed answer
         h3 = {"Idempotency-Key": "gen-1"}
-        r = c.post(f"/v1/sessions/{sid}/generate", {"max_tokens": 8, "seed": 3, "stream": True},
-                   headers=h3, stream=True)
+        g = {"max_tokens": 8, "seed": 3, "stream": True, "logprobs": True, "ignore_eos": True}
+        r = c.post(f"/v1/sessions/{sid}/generate", g, headers=h3, stream=True)
         events = [json.loads(l[5:]) for l in r.iter_lines(decode_unicode=True) if l.startswith("data:")]
         done = [e for e in events if e.get("type") == "done"][0]
-        b = c.post(f"/v1/sessions/{sid}/generate", {"max_tokens": 8, "seed": 3, "stream": True},
-                   headers=h3)
+        b = c.post(f"/v1/sessions/{sid}/generate", g, headers=h3)
         assert b.headers["Content-Type"].startswith("application/json")
         assert b.json()["position"] == done["position"] == c.info(sid)["position"]
+        # every token's details, as the stream sent them one by one
+        rows = [e["token"] for e in events if e.get("type") == "token"]
+        assert len(b.json()["logprobs"]) == len(rows) == 8
+        assert [x["logprob"] for x in b.json()["logprobs"]] == [x["logprob"] for x in rows]
         n = done["position"]
         # expected_position
         r = c.post(f"/v1/sessions/{sid}/append", {"text": "x", "expected_position": n + 5})
