@@ -328,6 +328,53 @@ static const char *elem_str(const redisReply *y, size_t i)
     return (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS) && e->str ? e->str : "";
 }
 
+/* A command of 1-4 plain string arguments; the reply (NULL: err set). */
+static redisReply *simple(const struct rstore *r, char *err, size_t errlen, const char *a0,
+                          const char *a1, const char *a2, const char *a3)
+{
+    struct args a = {0};
+    const char *v[] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4 && v[i]; i++)
+        arg(&a, v[i]);
+    return run(r, &a, err, errlen);
+}
+
+/* The same when only whether it was answered matters. */
+static int simple_ok(const struct rstore *r, char *err, size_t errlen, const char *a0,
+                     const char *a1, const char *a2)
+{
+    redisReply *y = simple(r, err, errlen, a0, a1, a2, NULL);
+    if (!y)
+        return RC_EUNAVAILABLE;
+    freeReplyObject(y);
+    return 0;
+}
+
+/* A write script's refusals: FENCED (the lease is another's) and
+ * POSITION (*cur_pos: the store has the session elsewhere); OK is 0. */
+static int write_status(const redisReply *y, const char *what, int64_t *cur_pos, char *err,
+                        size_t errlen)
+{
+    if (status_is(y, "OK"))
+        return 0;
+    if (status_is(y, "FENCED"))
+        return rc_fail(err, errlen, RC_EFENCED,
+                       "this replica's lease on the session was taken over (now: '%.80s')",
+                       elem_str(y, 1));
+    if (status_is(y, "POSITION")) {
+        *cur_pos = elem_int(y, 1);
+        return rc_fail(err, errlen, RC_ECONFLICT, "the store has the session at %" PRId64,
+                       *cur_pos);
+    }
+    return rc_fail(err, errlen, RC_EUNAVAILABLE, "the store's %s answered oddly", what);
+}
+
+/* "<replica> <epoch>": a lease's value. */
+static void lease_value(const struct rstore *r, uint64_t epoch, char *out, size_t n)
+{
+    snprintf(out, n, "%s %" PRIu64, r->replica, epoch);
+}
+
 /* ---- opening -------------------------------------------------------------- */
 
 static int valid_replica(const char *s)
@@ -418,13 +465,7 @@ uint64_t rstore_lease_ms(const struct rstore *r) { return r->lease_ms; }
 
 int rstore_ping(struct rstore *r, char *err, size_t errlen)
 {
-    struct args a = {0};
-    arg(&a, "PING");
-    redisReply *y = run(r, &a, err, errlen);
-    if (!y)
-        return RC_EUNAVAILABLE;
-    freeReplyObject(y);
-    return 0;
+    return simple_ok(r, err, errlen, "PING", NULL, NULL);
 }
 
 static double mono_s(void)
@@ -460,12 +501,7 @@ static int set_bytes(struct rstore *r, const char *key, const uint8_t *p, size_t
 
 static void del_key(struct rstore *r, const char *key)
 {
-    struct args a = {0};
-    arg(&a, "DEL");
-    arg(&a, key);
-    redisReply *y = run(r, &a, NULL, 0);
-    if (y)
-        freeReplyObject(y);
+    simple_ok(r, NULL, 0, "DEL", key, NULL);
 }
 
 int rstore_create(struct rstore *r, const char *sid, uint64_t owner, double created,
@@ -509,13 +545,7 @@ int rstore_create(struct rstore *r, const char *sid, uint64_t owner, double crea
     }
     *epoch = 1;
     owner_key(r, owner, ok, sizeof ok);
-    struct args b = {0};
-    arg(&b, "SADD");
-    arg(&b, ok);
-    arg(&b, sid);
-    y = run(r, &b, NULL, 0); /* the listing index only: the session is made */
-    if (y)
-        freeReplyObject(y);
+    simple_ok(r, NULL, 0, "SADD", ok, sid); /* the listing index only: the session is made */
     return 0;
 }
 
@@ -724,19 +754,9 @@ int rstore_commit(struct rstore *r, const char *sid, uint64_t epoch, int64_t exp
     rc_free(e);
     if (!y)
         return RC_EUNAVAILABLE;
-    int rc = 0;
-    if (status_is(y, "OK"))
+    int rc = write_status(y, "commit", cur_pos, err, errlen);
+    if (rc == 0)
         *cur_pos = elem_int(y, 1);
-    else if (status_is(y, "FENCED"))
-        rc = rc_fail(err, errlen, RC_EFENCED,
-                     "this replica's lease on the session was taken over (now: '%.80s')",
-                     elem_str(y, 1));
-    else if (status_is(y, "POSITION")) {
-        *cur_pos = elem_int(y, 1);
-        rc = rc_fail(err, errlen, RC_ECONFLICT, "the store has the session at %" PRId64,
-                     *cur_pos);
-    } else
-        rc = rc_fail(err, errlen, RC_EUNAVAILABLE, "the store's commit answered oddly");
     freeReplyObject(y);
     return rc;
 }
@@ -770,16 +790,8 @@ int rstore_put_snapshot(struct rstore *r, const char *sid, uint64_t epoch, const
         del_key(r, sk);
         return RC_EUNAVAILABLE;
     }
-    int rc = 0;
-    if (status_is(y, "FENCED"))
-        rc = rc_fail(err, errlen, RC_EFENCED,
-                     "this replica's lease on the session was taken over (now: '%.80s')",
-                     elem_str(y, 1));
-    else if (status_is(y, "POSITION"))
-        rc = rc_fail(err, errlen, RC_ECONFLICT, "the store has the session at %" PRId64,
-                     elem_int(y, 1));
-    else if (!status_is(y, "OK"))
-        rc = rc_fail(err, errlen, RC_EUNAVAILABLE, "the store's snapshot swap answered oddly");
+    int64_t at;
+    int rc = write_status(y, "snapshot swap", &at, err, errlen);
     freeReplyObject(y);
     return rc;
 }
@@ -816,7 +828,7 @@ int rstore_release(struct rstore *r, const char *sid, uint64_t epoch, char *err,
     struct keys k;
     keys_of(r, sid, &k);
     char me[RSTORE_REPLICA_MAX + 24];
-    snprintf(me, sizeof me, "%s %" PRIu64, r->replica, epoch);
+    lease_value(r, epoch, me, sizeof me);
     struct args a;
     eval_begin(&a, LUA_RELEASE, 1);
     arg(&a, k.lease);
@@ -834,7 +846,7 @@ int rstore_delete(struct rstore *r, const char *sid, uint64_t epoch, uint64_t ow
     struct keys k;
     keys_of(r, sid, &k);
     char me[RSTORE_REPLICA_MAX + 24];
-    snprintf(me, sizeof me, "%s %" PRIu64, r->replica, epoch);
+    lease_value(r, epoch, me, sizeof me);
     struct args a;
     eval_begin(&a, LUA_DELETE, 3);
     arg(&a, k.meta);
@@ -851,13 +863,7 @@ int rstore_delete(struct rstore *r, const char *sid, uint64_t epoch, uint64_t ow
     if (rc == 0) {
         char ok[96];
         owner_key(r, owner, ok, sizeof ok);
-        struct args b = {0};
-        arg(&b, "SREM");
-        arg(&b, ok);
-        arg(&b, sid);
-        y = run(r, &b, NULL, 0);
-        if (y)
-            freeReplyObject(y);
+        simple_ok(r, NULL, 0, "SREM", ok, sid);
     }
     return rc;
 }
@@ -871,10 +877,7 @@ int rstore_idem_get(struct rstore *r, const char *sid, const char *idem_hex, cha
     keys_of(r, sid, &k);
     char idem[160];
     snprintf(idem, sizeof idem, "%s:idem:%s", k.base, idem_hex);
-    struct args a = {0};
-    arg(&a, "GET");
-    arg(&a, idem);
-    redisReply *y = run(r, &a, err, errlen);
+    redisReply *y = simple(r, err, errlen, "GET", idem, NULL, NULL);
     if (!y)
         return RC_EUNAVAILABLE;
     int rc = RC_ENOENT;
@@ -899,15 +902,7 @@ int rstore_ask_handoff(struct rstore *r, const char *holder, const char *sid, ch
     char ch[64], msg[RSTORE_REPLICA_MAX + 40];
     snprintf(ch, sizeof ch, "recurd:%s:handoff", r->fp);
     snprintf(msg, sizeof msg, "%s %s", holder, sid);
-    struct args a = {0};
-    arg(&a, "PUBLISH");
-    arg(&a, ch);
-    arg(&a, msg);
-    redisReply *y = run(r, &a, err, errlen);
-    if (!y)
-        return RC_EUNAVAILABLE;
-    freeReplyObject(y);
-    return 0;
+    return simple_ok(r, err, errlen, "PUBLISH", ch, msg);
 }
 
 int rstore_list(struct rstore *r, uint64_t owner, struct rstore_entry **out, size_t *n,
@@ -917,10 +912,7 @@ int rstore_list(struct rstore *r, uint64_t owner, struct rstore_entry **out, siz
     *n = 0;
     char ok[96];
     owner_key(r, owner, ok, sizeof ok);
-    struct args a = {0};
-    arg(&a, "SMEMBERS");
-    arg(&a, ok);
-    redisReply *y = run(r, &a, err, errlen);
+    redisReply *y = simple(r, err, errlen, "SMEMBERS", ok, NULL, NULL);
     if (!y)
         return RC_EUNAVAILABLE;
     if (y->type != REDIS_REPLY_ARRAY || y->elements == 0) {
@@ -971,13 +963,7 @@ int rstore_list(struct rstore *r, uint64_t owner, struct rstore_entry **out, siz
         freeReplyObject(l);
     }
     for (size_t i = 0; !rc && i < n_gone; i++) { /* the set forgets them */
-        struct args b = {0};
-        arg(&b, "SREM");
-        arg(&b, ok);
-        arg(&b, gone[i]);
-        redisReply *x = run(r, &b, NULL, 0);
-        if (x)
-            freeReplyObject(x);
+        simple_ok(r, NULL, 0, "SREM", ok, gone[i]);
     }
     freeReplyObject(y);
     if (rc) {
