@@ -1,6 +1,7 @@
 #include "cluster.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "fileio.h"
 #include "job.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbuf.h"
 #include "rstore.h"
 #include "snapshot.h"
@@ -965,89 +967,61 @@ size_t cluster_persist_all(struct app *a)
 
 /* ---- /metrics ---------------------------------------------------------------- */
 
-static int put_err;
-static void put(struct outbuf *o, const char *p, size_t n)
-{
-    if (outbuf_put(o, p, n) != 0)
-        put_err = 1;
-}
-
-static void put_hist(struct outbuf *o, const char *name, const char *label, const struct chist *h)
-{
-    char line[256];
-    uint64_t acc = 0, total = 0;
-    for (int b = 0; b <= CH_NB; b++)
-        total += h->b[b];
-    for (int b = 0; b < CH_NB; b++) {
-        acc += h->b[b];
-        snprintf(line, sizeof line, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, label,
-                 label[0] ? "," : "", ch_bounds[b], (unsigned long long)acc);
-        put(o, line, strlen(line));
-    }
-    snprintf(line, sizeof line, "%s_bucket{%s%sle=\"+Inf\"} %llu\n%s_sum%s%s%s %.6f\n"
-             "%s_count%s%s%s %llu\n", name, label, label[0] ? "," : "",
-             (unsigned long long)total, name, label[0] ? "{" : "", label, label[0] ? "}" : "",
-             h->sum, name, label[0] ? "{" : "", label, label[0] ? "}" : "",
-             (unsigned long long)total);
-    put(o, line, strlen(line));
-}
-
-static void put_counter(struct outbuf *o, const char *name, const char *help, uint64_t v)
-{
-    char line[512];
-    snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name,
-             name, (unsigned long long)v);
-    put(o, line, strlen(line));
-}
-
 int cluster_metrics_render(const struct app *a, struct outbuf *o)
 {
     const struct cluster *cl = a->cluster;
     if (!cl)
         return 0;
-    put_err = 0; /* the loop thread's only */
-    static const char h1[] =
-        "# HELP recurd_store_restore_seconds Taking a session from the store, by phase: lease "
-        "(the lease script), fetch (snapshot and log), verify (checksum, model, decode), replay "
-        "(the log through the model).\n# TYPE recurd_store_restore_seconds histogram\n";
-    put(o, h1, sizeof h1 - 1);
-    for (int p = 0; p < N_PHASES; p++) {
+    int rc = metrics_printf(
+        o, "# HELP recurd_store_restore_seconds Taking a session from the store, by phase: "
+           "lease (the lease script), fetch (snapshot and log), verify (checksum, model, "
+           "decode), replay (the log through the model).\n"
+           "# TYPE recurd_store_restore_seconds histogram\n");
+    for (int p = 0; p < N_PHASES && !rc; p++) {
         char label[32];
         snprintf(label, sizeof label, "phase=\"%s\"", phase_names[p]);
-        put_hist(o, "recurd_store_restore_seconds", label, &cl->restore[p]);
+        rc = metrics_render_buckets(o, "recurd_store_restore_seconds", label, ch_bounds, CH_NB,
+                                    cl->restore[p].b, cl->restore[p].sum);
     }
-    static const char h2[] =
-        "# HELP recurd_store_commit_seconds Committing a change to the store (queue, round trip, "
-        "script), before its answer goes out.\n# TYPE recurd_store_commit_seconds histogram\n";
-    put(o, h2, sizeof h2 - 1);
-    put_hist(o, "recurd_store_commit_seconds", "", &cl->commit);
-    put_counter(o, "recurd_store_restores_total", "Sessions taken from the store.", cl->restores);
-    put_counter(o, "recurd_store_restore_failures_total",
-                "Restores that failed (store down, damaged data, out of memory).",
-                cl->restore_failures);
-    put_counter(o, "recurd_store_commits_total", "Changes committed to the store.", cl->commits);
-    put_counter(o, "recurd_store_commit_failures_total",
-                "Commits refused or failed (the change was not acknowledged).", cl->commit_failures);
-    put_counter(o, "recurd_store_fenced_total",
-                "Writes the store refused because another replica holds the session's lease.",
-                cl->fenced);
-    put_counter(o, "recurd_store_leases_lost_total",
-                "Leases this replica found taken over or gone.", cl->leases_lost);
-    put_counter(o, "recurd_store_checkpoints_total", "Snapshots that replaced a log.",
-                cl->checkpoints);
-    put_counter(o, "recurd_store_errors_total", "Store calls that got no answer.",
-                cl->store_errors);
-    put_counter(o, "recurd_store_held_elsewhere_total",
-                "Requests for a session another replica held (answered 503, handoff asked).",
-                cl->busy_elsewhere);
-    static const char h3[] = "# HELP recurd_store_handoffs_total Sessions this replica gave up, "
-                             "by reason.\n# TYPE recurd_store_handoffs_total counter\n";
-    put(o, h3, sizeof h3 - 1);
-    for (int i = 0; i < N_HO; i++) {
-        char line[128];
-        snprintf(line, sizeof line, "recurd_store_handoffs_total{reason=\"%s\"} %llu\n",
-                 ho_names[i], (unsigned long long)cl->handoffs[i]);
-        put(o, line, strlen(line));
-    }
-    return put_err ? RC_ENOMEM : 0;
+    if (!rc)
+        rc = metrics_printf(
+            o, "# HELP recurd_store_commit_seconds Committing a change to the store (queue, "
+               "round trip, script), before its answer goes out.\n"
+               "# TYPE recurd_store_commit_seconds histogram\n");
+    if (!rc)
+        rc = metrics_render_buckets(o, "recurd_store_commit_seconds", "", ch_bounds, CH_NB,
+                                    cl->commit.b, cl->commit.sum);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+#define C(f) offsetof(struct cluster, f)
+        {"recurd_store_restores_total", "Sessions taken from the store.", C(restores)},
+        {"recurd_store_restore_failures_total",
+         "Restores that failed (store down, damaged data, out of memory).", C(restore_failures)},
+        {"recurd_store_commits_total", "Changes committed to the store.", C(commits)},
+        {"recurd_store_commit_failures_total",
+         "Commits refused or failed (the change was not acknowledged).", C(commit_failures)},
+        {"recurd_store_fenced_total",
+         "Writes the store refused because another replica holds the session's lease.",
+         C(fenced)},
+        {"recurd_store_leases_lost_total", "Leases this replica found taken over or gone.",
+         C(leases_lost)},
+        {"recurd_store_checkpoints_total", "Snapshots that replaced a log.", C(checkpoints)},
+        {"recurd_store_errors_total", "Store calls that got no answer.", C(store_errors)},
+        {"recurd_store_held_elsewhere_total",
+         "Requests for a session another replica held (answered 503, handoff asked).",
+         C(busy_elsewhere)},
+#undef C
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0] && !rc; i++)
+        rc = metrics_render_counter(o, counters[i].name, counters[i].help,
+                                    *(const uint64_t *)((const char *)cl + counters[i].off));
+    if (!rc)
+        rc = metrics_printf(o, "# HELP recurd_store_handoffs_total Sessions this replica gave "
+                               "up, by reason.\n# TYPE recurd_store_handoffs_total counter\n");
+    for (int i = 0; i < N_HO && !rc; i++)
+        rc = metrics_printf(o, "recurd_store_handoffs_total{reason=\"%s\"} %llu\n", ho_names[i],
+                            (unsigned long long)cl->handoffs[i]);
+    return rc ? RC_ENOMEM : 0;
 }

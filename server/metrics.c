@@ -119,21 +119,49 @@ static const char *label_escape(const char *s, char *out, size_t len)
     return out;
 }
 
-static int render_hist(struct outbuf *o, const char *name, const struct sched_hist *h)
+int metrics_printf(struct outbuf *o, const char *fmt, ...)
 {
-    int rc = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = vpf(o, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int metrics_render_buckets(struct outbuf *o, const char *name, const char *label,
+                           const double *upper, int n, const uint64_t *counts, double sum)
+{
+    const char *sep = label[0] ? "," : "";
     uint64_t acc = 0;
-    for (int b = 0; b < SCHED_TOKEN_BUCKETS && !rc; b++) {
-        acc += (uint64_t)atomic_load(&h->bucket[b]);
-        rc = pf(o, "%s_bucket{le=\"%g\"} %llu\n", name, sched_token_bounds[b],
+    int rc = 0;
+    for (int b = 0; b < n && !rc; b++) {
+        acc += counts[b];
+        rc = pf(o, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, label, sep, upper[b],
                 (unsigned long long)acc);
     }
-    acc += (uint64_t)atomic_load(&h->bucket[SCHED_TOKEN_BUCKETS]);
+    acc += counts[n];
     if (!rc)
-        rc = pf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
-                (unsigned long long)acc, name, (double)atomic_load(&h->sum_us) * 1e-6, name,
-                (unsigned long long)acc);
+        rc = pf(o, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, label, sep, (unsigned long long)acc);
+    if (!rc)
+        rc = label[0] ? pf(o, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, label, sum, name, label,
+                           (unsigned long long)acc)
+                      : pf(o, "%s_sum %.6f\n%s_count %llu\n", name, sum, name,
+                           (unsigned long long)acc);
     return rc;
+}
+
+int metrics_render_counter(struct outbuf *o, const char *name, const char *help, uint64_t v)
+{
+    return metric(o, "counter", name, help, "%llu", (unsigned long long)v);
+}
+
+static int render_hist(struct outbuf *o, const char *name, const struct sched_hist *h)
+{
+    uint64_t counts[SCHED_TOKEN_BUCKETS + 1];
+    for (int b = 0; b <= SCHED_TOKEN_BUCKETS; b++)
+        counts[b] = (uint64_t)atomic_load(&h->bucket[b]);
+    return metrics_render_buckets(o, name, "", sched_token_bounds, SCHED_TOKEN_BUCKETS, counts,
+                                  (double)atomic_load(&h->sum_us) * 1e-6);
 }
 
 /* The appenders below run while rc is 0 and keep the first failure. */
@@ -170,16 +198,11 @@ static int render_requests(const struct metrics *m, struct outbuf *o)
             total += m->lat_bucket[r][b];
         if (!total)
             continue;
-        uint64_t acc = 0;
-        for (int b = 0; b < METRICS_NBUCKETS; b++) {
-            acc += m->lat_bucket[r][b];
-            P("recurd_request_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n", name, bounds[b],
-              (unsigned long long)acc);
-        }
-        P("recurd_request_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n", name,
-          (unsigned long long)total);
-        P("recurd_request_seconds_sum{route=\"%s\"} %.6f\n", name, m->lat_sum[r]);
-        P("recurd_request_seconds_count{route=\"%s\"} %llu\n", name, (unsigned long long)total);
+        char label[METRICS_LABEL_MAX];
+        snprintf(label, sizeof label, "route=\"%s\"", name);
+        if (!rc)
+            rc = metrics_render_buckets(o, "recurd_request_seconds", label, bounds,
+                                        METRICS_NBUCKETS, m->lat_bucket[r], m->lat_sum[r]);
     }
     return rc;
 }

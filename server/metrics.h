@@ -72,6 +72,17 @@ void metrics_init(struct metrics *m, const char *const *routes, int n_routes);
  * request's method as received (NULL: "other"); status 0: no response. */
 void metrics_request(struct metrics *m, int route, const char *method, int status,
                      double seconds, int completed);
+/* Pieces for other modules' metrics (cluster.c), appended to out: 0, or
+ * RC_ENOMEM / RC_ERANGE (a line over 512 bytes). */
+#define METRICS_LABEL_MAX 160
+int metrics_printf(struct outbuf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A histogram: counts[0..n] per bucket (not cumulative; counts[n] is above
+ * every bound), upper bounds in seconds; label is `k="v"` or "". */
+int metrics_render_buckets(struct outbuf *o, const char *name, const char *label,
+                           const double *upper, int n, const uint64_t *counts, double sum);
+/* A counter with its HELP and TYPE lines. */
+int metrics_render_counter(struct outbuf *o, const char *name, const char *help, uint64_t v);
+
 /* Append the exposition text to out; 0 or RC_ENOMEM. */
 int metrics_render(const struct metrics *m, const struct metrics_gauges *g, struct outbuf *out);
 
