@@ -75,19 +75,42 @@ int respond_json(struct http_req *h, int status, json_t *o)
     return s ? http_respond(h, status, "application/json", s, n) : respond_oom(h, "building the response");
 }
 
-int respond_err(struct http_req *h, int kind, const char *fmt, ...)
+static int respond_errv(struct http_req *h, int kind, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static int respond_errv(struct http_req *h, int kind, const char *fmt, va_list ap)
 {
     struct api_error e;
-    va_list ap;
-    va_start(ap, fmt);
+    api_error_set(&e, kind, "%s", "");
     vsnprintf(e.message, sizeof e.message, fmt, ap);
-    va_end(ap);
-    e.kind = kind;
-    e.param[0] = 0;
-    e.has_position = 0;
     return http_respond_error(h, &e);
 }
 
+int respond_err(struct http_req *h, int kind, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = respond_errv(h, kind, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int respond_retry(struct http_req *h, const char *fmt, ...)
+{
+    http_add_header(h, "Retry-After", "1");
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = respond_errv(h, API_UNAVAILABLE, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+struct rq *rq_of_cop(struct cop *op)
+{
+    struct rq *q = cop_ud(op);
+    if (q)
+        q->cop = NULL;
+    return q;
+}
 
 /* The job is over and no request waits on it: give back what it held. */
 void job_release(struct app *a, struct job *j)
@@ -213,8 +236,7 @@ struct session *find_session(struct rq *q, const char *id)
     if (a->cluster && sessions_valid_id(id) && !sessions_find(a->sessions, id)) {
         /* not held here: take it from the store */
         if (!(s = cluster_placeholder(a, id, q->owner))) {
-            http_add_header(q->h, "Retry-After", "1");
-            respond_err(q->h, API_UNAVAILABLE, "session limit reached (--max-sessions)");
+            respond_retry(q->h, "session limit reached (--max-sessions)");
             return NULL;
         }
         wait_for(q, s);
@@ -642,22 +664,20 @@ static void commit_answer(struct rq *q, struct session *s, int rc, const char *e
         sessions_delete(q->a->sessions, s); /* the client never heard of it */
         s = NULL;
     }
-    http_add_header(q->h, "Retry-After", "1");
-    respond_err(q->h, API_UNAVAILABLE,
+    respond_retry(q->h,
                 "not acknowledged: the session store did not take the change (%.300s); "
                 "nothing was applied: retry (with the same Idempotency-Key)", err);
 }
 
 static void commit_finished(struct app *a, struct cop *op)
 {
-    struct rq *q = cop_ud(op);
+    struct rq *q = rq_of_cop(op);
     struct job *j = cop_job(op);
     const struct cop_result *r = cop_result(op);
     struct session *s = j ? j->loop.sess_a : NULL;
     if (j)
         j->loop.committing = 0;
     if (q) {
-        q->cop = NULL;
         if (!j) { /* a new empty session: its record */
             s = cop_session(op);
             s->io = 0;
@@ -770,7 +790,7 @@ static void drop_orphan_copy(struct app *a, struct job *j)
 /* A committing generate streamed: its last events wait for the store. */
 static void stream_committed(struct app *a, struct cop *op)
 {
-    struct rq *q = cop_ud(op);
+    struct rq *q = rq_of_cop(op);
     struct job *j = cop_job(op);
     const struct cop_result *r = cop_result(op);
     j->loop.committing = 0;
@@ -782,7 +802,6 @@ static void stream_committed(struct app *a, struct cop *op)
         job_release(a, j);
         return;
     }
-    q->cop = NULL;
     int oom = 0;
     if (r->rc == 0)
         oom = outbuf_put(&j->ch.outbox, j->res.tail.p, j->res.tail.n) != 0;
@@ -829,11 +848,10 @@ static int store_commit_stream(struct rq *q, struct job *j)
 
 static void idem_found(struct app *a, struct cop *op)
 {
-    struct rq *q = cop_ud(op);
+    struct rq *q = rq_of_cop(op);
     const struct cop_result *r = cop_result(op);
     if (!q)
         return;
-    q->cop = NULL;
     if (r->rc == 0) {
         char *b = rc_malloc(r->body_len + 1);
         if (!b) {
@@ -846,8 +864,7 @@ static void idem_found(struct app *a, struct cop *op)
         return;
     }
     if (r->rc != RC_ENOENT) {
-        http_add_header(q->h, "Retry-After", "1");
-        respond_err(q->h, API_UNAVAILABLE, "the session store is unavailable: %.300s", r->err);
+        respond_retry(q->h, "the session store is unavailable: %.300s", r->err);
         return;
     }
     q->idem_checked = 1;
@@ -970,8 +987,7 @@ void routes_session_ready(struct app *a, struct list *waiters, enum session_read
             respond_err(q->h, API_INTERNAL, "the session's state could not be read back: %s",
                         why ? why : "unknown error");
         else if (status == SESSION_READY_UNAVAILABLE) {
-            http_add_header(q->h, "Retry-After", "1");
-            respond_err(q->h, API_UNAVAILABLE, "%s", why ? why : "the session store is unavailable");
+            respond_retry(q->h, "%s", why ? why : "the session store is unavailable");
         } else if (status == SESSION_READY_DAMAGED)
             respond_err(q->h, API_INVALID_SNAPSHOT,
                         "the session's stored state is refused, never loaded: %s",

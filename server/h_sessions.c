@@ -362,14 +362,12 @@ void done_session_create(struct rq *q, struct job *j)
 /* With a store: the caller's sessions on every replica. */
 static void store_listed(struct app *a, struct cop *op)
 {
-    struct rq *q = cop_ud(op);
+    struct rq *q = rq_of_cop(op);
     const struct cop_result *r = cop_result(op);
     if (!q)
         return;
-    q->cop = NULL;
     if (r->rc) {
-        http_add_header(q->h, "Retry-After", "1");
-        respond_err(q->h, API_UNAVAILABLE, "the session store is unavailable: %.300s", r->err);
+        respond_retry(q->h, "the session store is unavailable: %.300s", r->err);
         return;
     }
     json_t *data = json_array();
@@ -424,7 +422,7 @@ void h_sessions_list(struct rq *q)
 
 static void store_deleted(struct app *a, struct cop *op)
 {
-    struct rq *q = cop_ud(op);
+    struct rq *q = rq_of_cop(op);
     const struct cop_result *r = cop_result(op);
     struct session *s = cop_session(op);
     s->io = 0;
@@ -435,10 +433,8 @@ static void store_deleted(struct app *a, struct cop *op)
         s->drop = 1; /* whatever the store has, this copy is not to be trusted */
     if (!q)
         return;
-    q->cop = NULL;
     if (r->rc) {
-        http_add_header(q->h, "Retry-After", "1");
-        respond_err(q->h, API_UNAVAILABLE, "the session was not deleted: %.300s", r->err);
+        respond_retry(q->h, "the session was not deleted: %.300s", r->err);
     } else
         respond_json(q->h, 200, resp_session_deleted(q->id));
 }

@@ -152,6 +152,12 @@ int respond_oom(struct http_req *h, const char *doing);
 int respond_json(struct http_req *h, int status, json_t *o);
 int respond_err(struct http_req *h, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* 503 unavailable with Retry-After: 1 (the store, a session held elsewhere,
+ * a full table): the client sends the same request again. */
+int respond_retry(struct http_req *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The request a finished store op answers (its cop cleared), or NULL
+ * when it went away meanwhile. */
+struct rq *rq_of_cop(struct cop *op);
 void job_release(struct app *a, struct job *j);
 void rq_submit(struct rq *q, struct job *j);
 int job_state(struct rq *q, struct job *j, struct mstate **out);
