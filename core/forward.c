@@ -23,6 +23,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "alloc.h"
 #include "errors.h"
@@ -50,7 +51,11 @@ struct fwd {
     struct seg_meta *meta; /* max segments (<= max tokens) */
     struct mstate **seen;  /* duplicate-state check scratch */
     struct pool *pool;     /* scan/conv workers (this thread + nproc-1) */
+    float *wide;           /* per pool thread: a bf16/q8 panel widened (linear_item) */
+    size_t wide_stride;    /* floats per thread in wide */
     int layer, nseg;       /* the layer the pool's work items belong to */
+    struct fwd_profile *prof; /* NULL unless profiling */
+    double t_mark;         /* profiling: the end of the last phase */
     void *block;           /* the one allocation behind the float buffers */
 };
 
@@ -59,6 +64,7 @@ void fwd_free(struct fwd *f)
     if (!f)
         return;
     pool_free(f->pool);
+    rc_free(f->wide);
     rc_free(f->block);
     rc_free(f->meta);
     rc_free(f->seen);
@@ -102,6 +108,16 @@ int fwd_create_threads(const struct model *m, int max_tokens, int threads, struc
         fwd_free(f);
         return RC_ENOMEM;
     }
+    if (m->wfmt != WF_F32) {
+        int kmax = c->d_model > c->d_inner ? c->d_model : c->d_inner;
+        kmax = c->dt_rank > kmax ? c->dt_rank : kmax;
+        f->wide_stride = ((size_t)kmax * GEMM_NR + 15) & ~(size_t)15;
+        f->wide = rc_aligned_alloc((size_t)pool_threads(f->pool) * f->wide_stride * sizeof(float));
+        if (!f->wide) {
+            fwd_free(f);
+            return RC_ENOMEM;
+        }
+    }
     float *p = f->block;
     for (int i = 0; i < 7; i++) {
         *bufs[i] = p;
@@ -111,30 +127,79 @@ int fwd_create_threads(const struct model *m, int max_tokens, int threads, struc
     return 0;
 }
 
+/* Rows from which a bf16/q8 projection widens each panel to fp32 first. */
+#define LINEAR_WIDEN_ROWS 16
+
+const char *const fwd_phase_names[FWD_NPHASES] = {
+    "embed", "norm", "in_proj", "conv", "dt", "scan", "gate_norm", "out_proj", "x/dt_proj",
+    "final_norm", "lm_head"};
+
+void fwd_set_profile(struct fwd *f, struct fwd_profile *p) { f->prof = p; }
+
+static double mono_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Profiling: charge the time since the last mark to phase ph. */
+static inline void mark(struct fwd *f, int ph)
+{
+    if (!f->prof)
+        return;
+    double t = mono_sec();
+    f->prof->sec[ph] += t - f->t_mark;
+    f->t_mark = t;
+}
+
 struct linear_job {
     const struct kernels *k;
     float *out;
-    const float *x, *w;
-    int ldo, ldx, rows, n, kdim, accumulate;
+    const float *x;
+    const unsigned char *w;
+    float *scratch; /* per pool thread: one panel widened to fp32 */
+    size_t ps, sstride;
+    int fmt, ldo, ldx, rows, n, kdim, accumulate, per_item;
 };
 
-static void linear_panel(void *ctx, int p)
+/* Work item i: panels [i * per_item, ...). Few rows: several panels in one
+ * kernel call (independent sums for the FMA pipes). Many rows of a bf16 or
+ * q8 projection: the panel is widened to fp32 once and the fp32 kernel runs
+ * over it (the same arithmetic, kernels.h). */
+static void linear_item(void *ctx, int i)
 {
     const struct linear_job *j = ctx;
-    int c0 = p * GEMM_NR, ncols = j->n - c0 < GEMM_NR ? j->n - c0 : GEMM_NR;
-    j->k->gemm_panel(j->out + c0, j->ldo, j->x, j->ldx, j->w + (size_t)p * j->kdim * GEMM_NR,
-                     j->rows, j->kdim, ncols, j->accumulate);
+    const int panels = (j->n + GEMM_NR - 1) / GEMM_NR, p0 = i * j->per_item;
+    const int np = panels - p0 < j->per_item ? panels - p0 : j->per_item;
+    const int c0 = p0 * GEMM_NR, ncl = j->n - (p0 + np - 1) * GEMM_NR;
+    const unsigned char *w = j->w + (size_t)p0 * j->ps;
+    const int last = ncl < GEMM_NR ? ncl : GEMM_NR;
+    if (j->fmt != WF_F32 && j->rows >= LINEAR_WIDEN_ROWS) {
+        float *tmp = j->scratch + (size_t)pool_self() * j->sstride;
+        j->k->widen_panel(j->fmt, tmp, w, j->kdim);
+        j->k->gemm(WF_F32, j->out + c0, j->ldo, j->x, j->ldx, tmp, 0, 1, j->rows, j->kdim, last,
+                   j->accumulate);
+        return;
+    }
+    j->k->gemm(j->fmt, j->out + c0, j->ldo, j->x, j->ldx, w, j->ps, np, j->rows, j->kdim, last,
+               j->accumulate);
 }
 
 /* out (rows x n, row stride ldo) = x (rows x k, row stride ldx) . W^T, or
- * += when accumulate; W (n x k) packed in panels (kernels.h). Panels are
- * spread over the pool; each output element is computed the same way
- * whatever the batch, so rows do not depend on each other. */
-static void linear(struct fwd *f, float *out, int ldo, const float *x, int ldx, const float *w,
+ * += when accumulate; W (n x k) packed in panels of the model's format
+ * (kernels.h). Panels are spread over the pool; each output element is
+ * computed the same way whatever the batch, so rows do not depend on each
+ * other. */
+static void linear(struct fwd *f, float *out, int ldo, const float *x, int ldx, const void *w,
                    int rows, int n, int k, int accumulate)
 {
-    struct linear_job j = {f->k, out, x, w, ldo, ldx, rows, n, k, accumulate};
-    pool_run(f->pool, (n + GEMM_NR - 1) / GEMM_NR, linear_panel, &j);
+    const int fmt = f->m->wfmt, panels = (n + GEMM_NR - 1) / GEMM_NR;
+    const int per = rows <= GEMM_NP_ROWS ? GEMM_NP_MAX : 1;
+    struct linear_job j = {f->k,  out, x,   w,    f->wide, wfmt_panel_bytes(fmt, k), f->wide_stride,
+                           fmt,   ldo, ldx, rows, n,       k,                        accumulate,
+                           per};
+    pool_run(f->pool, (panels + per - 1) / per, linear_item, &j);
 }
 
 static void add_bias(float *out, int ldo, const float *b, int rows, int n)
@@ -229,11 +294,15 @@ static void mamba2_mixer(struct fwd *f, int l, int N, int nseg)
     const struct layer *L = &f->m->layers[l];
     const int DI = c->d_inner, H = c->nheads, IP = c->d_in_proj;
     pool_run(f->pool, nseg, conv_item, f);
+    mark(f, FWD_CONV);
     f->k->softplus_rows(f->dt, H, f->proj + DI + c->conv_dim, IP, L->dt_bias, N, H, c->dt_min,
                         c->dt_max);
+    mark(f, FWD_DT);
     pool_run(f->pool, nseg * H, m2_scan_item, f);
+    mark(f, FWD_SCAN);
     int mode = !c->rmsnorm_gated ? 2 : c->norm_before_gate ? 1 : 0;
     f->k->gate_norm_rows(f->y, f->proj, IP, L->gnorm, N, DI, DI / c->ngroups, c->norm_eps, mode);
+    mark(f, FWD_GATE_NORM);
 }
 
 enum { M1_CHUNK = 128 }; /* channels per Mamba-1 scan work item */
@@ -261,10 +330,14 @@ static void mamba1_mixer(struct fwd *f, int l, int N, int nseg)
     const struct layer *L = &f->m->layers[l];
     const int DI = c->d_inner, R = c->dt_rank, XW = R + 2 * c->d_state;
     pool_run(f->pool, nseg, conv_item, f);
+    mark(f, FWD_CONV);
     linear(f, f->xdbl, XW, f->xbc, DI, L->x_proj, N, XW, DI, 0);
     linear(f, f->dt, DI, f->xdbl, XW, L->dt_proj, N, DI, R, 0);
+    mark(f, FWD_X_DT_PROJ);
     f->k->softplus_rows(f->dt, DI, f->dt, DI, L->dt_proj_b, N, DI, 0.0f, __builtin_inff());
+    mark(f, FWD_DT);
     pool_run(f->pool, nseg * ((DI + M1_CHUNK - 1) / M1_CHUNK), m1_scan_item, f);
+    mark(f, FWD_SCAN);
 }
 
 int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t errlen)
@@ -276,6 +349,10 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
     if ((rc = validate(f, segs, nseg, &N, err, errlen)))
         return rc;
 
+    if (f->prof) {
+        f->prof->calls++;
+        f->t_mark = mono_sec();
+    }
     int off = 0;
     for (int i = 0; i < nseg; i++) {
         f->meta[i] = (struct seg_meta){off, segs[i].n, segs[i].state};
@@ -283,19 +360,23 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
             model_embed_row(m, segs[i].tokens[j], f->resid + (size_t)(off + j) * D);
         off += segs[i].n;
     }
+    mark(f, FWD_EMBED);
 
     for (int l = 0; l < c->n_layer; l++) {
         const struct layer *L = &m->layers[l];
         f->layer = l;
         f->k->rmsnorm_rows(f->xn, f->resid, L->norm, N, D, c->norm_eps);
+        mark(f, FWD_NORM);
         linear(f, f->proj, c->d_in_proj, f->xn, D, L->in_proj, N, c->d_in_proj, D, 0);
         add_bias(f->proj, c->d_in_proj, L->in_proj_b, N, c->d_in_proj);
+        mark(f, FWD_IN_PROJ);
         if (c->arch == MODEL_MAMBA2)
             mamba2_mixer(f, l, N, nseg);
         else
             mamba1_mixer(f, l, N, nseg);
         linear(f, f->resid, D, f->y, c->d_inner, L->out_proj, N, D, c->d_inner, 1);
         add_bias(f->resid, D, L->out_proj_b, N, D);
+        mark(f, FWD_OUT_PROJ);
     }
 
     f->k->rmsnorm_rows(f->xn, f->resid, m->norm_f, N, D, c->norm_eps);
@@ -308,13 +389,17 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
         sm->s->has_last = 1;
         sm->s->pos += sm->n;
     }
+    mark(f, FWD_FINAL);
     return 0;
 }
 
 void fwd_logits(struct fwd *f, const float *hidden, int n, float *logits)
 {
     const struct model_config *c = &f->m->cfg;
+    if (f->prof)
+        f->t_mark = mono_sec();
     linear(f, logits, c->n_vocab, hidden, c->d_model, f->m->lm_head, n, c->n_vocab, c->d_model, 0);
+    mark(f, FWD_LM_HEAD);
 }
 
 int fwd_prefill(struct fwd *f, struct mstate *s, const int32_t *tokens, size_t n, char *err,

@@ -55,6 +55,20 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
  * max_tokens (processed in blocks). */
 void fwd_logits(struct fwd *f, const float *hidden, int n, float *logits);
 
+/* Where the time of fwd_run and fwd_logits goes (recurd bench --profile):
+ * seconds per phase, summed over layers and calls, while a profile is set. */
+enum fwd_phase {
+    FWD_EMBED, FWD_NORM, FWD_IN_PROJ, FWD_CONV, FWD_DT, FWD_SCAN, FWD_GATE_NORM, FWD_OUT_PROJ,
+    FWD_X_DT_PROJ, FWD_FINAL, FWD_LM_HEAD, FWD_NPHASES
+};
+struct fwd_profile {
+    double sec[FWD_NPHASES];
+    long calls; /* fwd_run calls */
+};
+extern const char *const fwd_phase_names[FWD_NPHASES];
+/* Start (p) or stop (NULL) accumulating into p. */
+void fwd_set_profile(struct fwd *f, struct fwd_profile *p);
+
 /* Convenience: read n tokens (any n; split into max_tokens chunks) into s. */
 int fwd_prefill(struct fwd *f, struct mstate *s, const int32_t *tokens, size_t n, char *err,
                 size_t errlen);

@@ -14,26 +14,82 @@
 #define RECUR_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Projection weights are stored as column panels of GEMM_NR output features:
  * W (n x k, row-major as PyTorch stores Linear weights) becomes
- * ceil(n / GEMM_NR) panels, each k x GEMM_NR floats (feature j of panel p at
- * [kk * GEMM_NR + j] is W[p * GEMM_NR + j][kk]); the last panel is padded
- * with zeros. */
+ * ceil(n / GEMM_NR) panels (the last padded with zero features), each
+ * holding, for kk = 0..k-1, the GEMM_NR weights W[p * GEMM_NR + j][kk], in
+ * one of three formats (enum wfmt):
+ *
+ *   WF_F32   k x GEMM_NR floats;
+ *   WF_BF16  k x GEMM_NR bfloat16 (the top 16 bits of the fp32 value);
+ *   WF_Q8    k in blocks of GEMM_QB: per block, GEMM_NR bfloat16 scales s[j]
+ *            (one per feature) then (up to) GEMM_QB x GEMM_NR int8 q; the
+ *            weight is (float)q * s[j] (an fp32 product). The last block may
+ *            be shorter.
+ *
+ * Panels are wfmt_panel_bytes(fmt, k) apart (rounded up to 64 bytes). Every
+ * format is widened to fp32 in registers and multiplied in fp32: a bf16
+ * panel of a bf16 checkpoint computes exactly what its fp32 panel computes. */
 #define GEMM_NR 16
+#define GEMM_QB 32
+
+enum wfmt { WF_F32 = 0, WF_BF16 = 1, WF_Q8 = 2 };
+
+static inline size_t wfmt_panel_bytes(int fmt, int k)
+{
+    size_t b = fmt == WF_F32    ? (size_t)k * GEMM_NR * 4
+               : fmt == WF_BF16 ? (size_t)k * GEMM_NR * 2
+                                : (size_t)(k + GEMM_QB - 1) / GEMM_QB * GEMM_NR * 2 +
+                                      (size_t)k * GEMM_NR;
+    return (b + 63) & ~(size_t)63;
+}
+
+/* Pack rows [r0, r0 + n) of a projection W (rows x k, fp32; src holds
+ * those rows) into its panels at dst (ceil(rows / GEMM_NR) panels of
+ * wfmt_panel_bytes(fmt, k)). r0 is a multiple of GEMM_NR; features past the
+ * end of W are zero. Sets *lossy when a value changes: bf16 rounds to
+ * nearest even; q8 takes, per block of GEMM_QB along k and per feature, the
+ * scale s = max |w| / 127 rounded up to bf16 and q = round(w / s), so
+ * |w - q s| <= s / 2. */
+void wfmt_pack_rows(int fmt, const float *src, size_t rows, size_t k, size_t r0, size_t n,
+                    void *dst, int *lossy);
+/* fp32 <-> bf16 (round to nearest even; *lossy set when x changes). */
+uint16_t wfmt_bf16_round(float x, int *lossy);
+float wfmt_bf16_value(uint16_t h);
+
+/* Most panels one gemm call takes (for few rows: more independent sums). */
+#define GEMM_NP_MAX 4
+#define GEMM_NP_ROWS 4
 
 struct kernels {
     const char *name; /* "avx512", "avx2", "generic" */
 
-    /* One panel of a projection: C (M x ncols, row stride ldc) = X (M x k,
-     * row stride ldx) . panel (k x GEMM_NR), or C += ... when accumulate.
-     * ncols <= GEMM_NR of the panel's columns are real. Every output element
-     * is one running sum over kk = 0..k-1 in order (starting from C when
-     * accumulating): the same arithmetic whatever M, the row's place in X or
-     * the split of panels over threads. So a session's numbers do not depend
-     * on what else is in the batch. */
-    void (*gemm_panel)(float *C, int ldc, const float *X, int ldx, const float *panel, int M,
-                       int k, int ncols, int accumulate);
+    /* np consecutive panels (pstride bytes apart, format fmt) of a
+     * projection: C (M x cols, row stride ldc) = X (M x k, row stride ldx) .
+     * panels, or C += ... when accumulate. All panels are full but the last,
+     * of which ncols_last <= GEMM_NR columns are real. np > 1 only with
+     * M <= GEMM_NP_ROWS (few rows: the panels give the FMA pipes independent
+     * sums to work on). Every output element is one running sum over
+     * kk = 0..k-1 in order (starting from C when accumulating) of x * w, w
+     * the weight widened to fp32: the same arithmetic whatever M, np, the
+     * row's place in X or the split of panels over threads. So a session's
+     * numbers do not depend on what else is in the batch. */
+    void (*gemm)(int fmt, float *C, int ldc, const float *X, int ldx, const void *panels,
+                 size_t pstride, int np, int M, int k, int ncols_last, int accumulate);
+
+    /* One panel of format fmt widened to fp32 (k x GEMM_NR floats, the
+     * WF_F32 layout): gemm over the result computes exactly what gemm over
+     * the panel computes (for many rows, widening once is cheaper). */
+    void (*widen_panel)(int fmt, float *dst, const void *panel, int k);
+
+    /* The multiply-add peak of this set, in registers: iters rounds of
+     * fma_lanes independent a = a * m + b; returns a value that depends on
+     * every one (so nothing is optimised away). recurd bench's reference:
+     * fma_lanes * 2 * iters flops per call, per thread. */
+    float (*fma_loop)(long iters, float m);
+    int fma_lanes;
 
     /* out[r] = x[r] / rms(x[r]) * w, rows x n (out may equal x). */
     void (*rmsnorm_rows)(float *out, const float *x, const float *w, int rows, int n, float eps);

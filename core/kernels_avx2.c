@@ -5,6 +5,7 @@
 #pragma GCC target("avx2,fma")
 #endif
 #define KSFX _avx2
+#define KISA 2 /* 1 generic, 2 avx2, 3 avx512 */
 #define KNAME "avx2"
 #include "kernels_body.h"
 #if defined(__clang__)

@@ -8,6 +8,7 @@
  * ln 2 with a hi/lo split, degree-6 Taylor on |r| <= ln2/2 (error < 2e-7
  * relative), exponent by integer shift. Inputs are clamped to [-87, 88].
  */
+#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -54,60 +55,336 @@ static inline float K(silu)(float x) { return x / (1.0f + K(fexp)(-x)); }
 #ifndef GEMM_KC
 #define GEMM_KC 256
 #endif
-_Static_assert(GEMM_MR == 6 || GEMM_MR == 12, "gemm_panel has remainder cases for 6 or 12 rows");
+_Static_assert(GEMM_MR == 6 || GEMM_MR == 12, "gemm_rows has remainder cases for 6 or 12 rows");
+_Static_assert(GEMM_KC % GEMM_QB == 0, "k blocks hold whole q8 blocks");
 
-/* mr rows x GEMM_NR columns over kk in [k0, k1), starting from C (load) or
- * zero. Inlined with a constant mr, so a remainder tile does only its rows'
- * work, with the same per-element sequence of multiply-adds as a full one. */
-static inline __attribute__((always_inline)) void K(gemm_tile)(float *C, int ldc,
-                                                               const float *X, int ldx,
-                                                               const float *panel, const int mr,
-                                                               int k0, int k1, int ncols,
-                                                               int load)
+/* Accumulators (of GEMM_NR floats) a few-row tile may use: mr x np of
+ * them. AVX-512 has 32 zmm registers, AVX2 16 ymm (two per accumulator). */
+#ifndef GEMM_SMALL_ACC
+#define GEMM_SMALL_ACC 6
+#endif
+
+static inline float K(bf16)(uint16_t h)
 {
-    float acc[GEMM_MR][GEMM_NR];
-    for (int r = 0; r < mr; r++)
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Bytes of one GEMM_QB block of a WF_Q8 panel: scales, then int8 rows. */
+#define Q8_BLOCK (GEMM_NR * 2 + GEMM_QB * GEMM_NR)
+
+/* GCC vector types of one panel row (GEMM_NR = 16 lanes): one zmm on
+ * AVX-512, two ymm on AVX2, four xmm on generic x86-64. The widening of
+ * bf16 and int8 written with them compiles to full-width conversions (the
+ * auto-vectoriser split them into 4-lane pieces through the stack). */
+/* These never cross a call (everything below is inlined into K(gemm)), so
+ * GCC's note on the ABI of 64-byte vector arguments does not apply. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float K(vf) __attribute__((vector_size(64)));
+typedef int32_t K(vi) __attribute__((vector_size(64)));
+typedef uint32_t K(vu) __attribute__((vector_size(64)));
+typedef uint16_t K(vh) __attribute__((vector_size(32)));
+_Static_assert(GEMM_NR == 16, "the vector types hold one panel row");
+
+/* Row kk of a panel widened to fp32. For q8, sv holds the block's scales
+ * and q its int8 rows (the block starting at b0). */
+static inline __attribute__((always_inline)) void K(wrow)(const int fmt,
+                                                          const unsigned char *pan, int kk,
+                                                          const K(vf) *sv, const int8_t *q,
+                                                          int b0, K(vf) *out)
+{
+    K(vf) v;
+    if (fmt == WF_F32) {
+        memcpy(&v, pan + (size_t)kk * GEMM_NR * 4, sizeof v);
+    } else if (fmt == WF_BF16) {
+        K(vh) h;
+        memcpy(&h, pan + (size_t)kk * GEMM_NR * 2, sizeof h);
+        K(vu) u = __builtin_convertvector(h, K(vu)) << 16;
+        memcpy(&v, &u, sizeof v);
+    } else {
+        const int8_t *qq = q + (size_t)(kk - b0) * GEMM_NR;
+        K(vi) i;
+#if KISA == 3 /* GCC 12 scalarises the int8 -> int32 convertvector: say vpmovsxbd */
+        __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qq));
+        memcpy(&i, &x, sizeof i);
+#elif KISA == 2
+        __m256i lo = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)qq));
+        __m256i hi = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qq + 8)));
+        memcpy(&i, &lo, sizeof lo);
+        memcpy((char *)&i + sizeof lo, &hi, sizeof hi);
+#else
+        int32_t t[GEMM_NR];
         for (int j = 0; j < GEMM_NR; j++)
-            acc[r][j] = load && j < ncols ? C[(size_t)r * ldc + j] : 0.0f;
-    for (int kk = k0; kk < k1; kk++) {
-        const float *restrict w = panel + (size_t)kk * GEMM_NR;
-        for (int r = 0; r < mr; r++) {
-            const float xv = X[(size_t)r * ldx + kk];
-#pragma omp simd
+            t[j] = qq[j];
+        memcpy(&i, t, sizeof i);
+#endif
+        v = __builtin_convertvector(i, K(vf)) * *sv;
+    }
+    *out = v;
+}
+
+/* The scales and int8 rows of the q8 block starting at b0 of a panel. */
+static inline __attribute__((always_inline)) const int8_t *
+K(q8_block)(const unsigned char *pan, int b0, K(vf) *sv)
+{
+    const unsigned char *blk = pan + (size_t)(b0 / GEMM_QB) * Q8_BLOCK;
+    K(vh) h;
+    memcpy(&h, blk, sizeof h);
+    K(vu) u = __builtin_convertvector(h, K(vu)) << 16;
+    memcpy(sv, &u, sizeof *sv);
+    return (const int8_t *)(blk + GEMM_NR * 2);
+}
+
+/* The k range [k0, k1) in q8 blocks (one block for the other formats). */
+#define BLOCK_LOOP(fmt, k0, k1, b0, b1)                                                         \
+    for (int b0 = k0, b1; b0 < k1; b0 = b1)                                                     \
+        if ((b1 = fmt == WF_Q8 && b0 + GEMM_QB < k1 ? b0 + GEMM_QB : k1), 1)
+
+/* mr rows x one panel over kk in [k0, k1), starting from C (load) or zero.
+ * Inlined with constant fmt and mr, so a remainder tile does only its rows'
+ * work, with the same per-element sequence of multiply-adds as a full one.
+ * k0 is a multiple of GEMM_QB. The weight of (kk, j) is widened to fp32
+ * first (exactly: bf16 by a shift, q8 by one fp32 product (float)q * s),
+ * then one multiply-add per row. fp32 panels: plain C for the vectoriser
+ * (measured: as fast as hand-written); the others with the vector types. */
+static inline __attribute__((always_inline)) void K(gemm_tile)(const int fmt, float *C, int ldc,
+                                                               const float *X, int ldx,
+                                                               const unsigned char *w,
+                                                               const int mr, int k0, int k1,
+                                                               int ncl, int load)
+{
+    if (fmt == WF_F32) {
+        float acc[GEMM_MR][GEMM_NR];
+        for (int r = 0; r < mr; r++)
             for (int j = 0; j < GEMM_NR; j++)
-                acc[r][j] += xv * w[j];
+                acc[r][j] = load && j < ncl ? C[(size_t)r * ldc + j] : 0.0f;
+        for (int kk = k0; kk < k1; kk++) {
+            const float *restrict wv = (const float *)w + (size_t)kk * GEMM_NR;
+            for (int r = 0; r < mr; r++) {
+                const float xv = X[(size_t)r * ldx + kk];
+#pragma omp simd
+                for (int j = 0; j < GEMM_NR; j++)
+                    acc[r][j] += xv * wv[j];
+            }
+        }
+        for (int r = 0; r < mr; r++)
+            memcpy(C + (size_t)r * ldc, acc[r], (size_t)ncl * sizeof(float));
+        return;
+    }
+    K(vf) acc[GEMM_MR];
+    for (int r = 0; r < mr; r++) {
+        float t[GEMM_NR];
+        for (int j = 0; j < GEMM_NR; j++)
+            t[j] = load && j < ncl ? C[(size_t)r * ldc + j] : 0.0f;
+        memcpy(&acc[r], t, sizeof t);
+    }
+    BLOCK_LOOP(fmt, k0, k1, b0, b1)
+    {
+        K(vf) sv = {0};
+        const int8_t *q = fmt == WF_Q8 ? K(q8_block)(w, b0, &sv) : NULL;
+        for (int kk = b0; kk < b1; kk++) {
+            K(vf) wv;
+            K(wrow)(fmt, w, kk, &sv, q, b0, &wv);
+            for (int r = 0; r < mr; r++)
+                acc[r] += X[(size_t)r * ldx + kk] * wv;
         }
     }
     for (int r = 0; r < mr; r++)
-        memcpy(C + (size_t)r * ldc, acc[r], (size_t)ncols * sizeof(float));
+        memcpy(C + (size_t)r * ldc, &acc[r], (size_t)ncl * sizeof(float));
 }
 
-static void K(gemm_panel)(float *C, int ldc, const float *X, int ldx, const float *panel, int M,
-                          int k, int ncols, int accumulate)
+/* The same for few rows (mr <= GEMM_NP_ROWS) and np panels at once: more
+ * independent sums for the FMA pipes, the same arithmetic per element. */
+static inline __attribute__((always_inline)) void
+K(gemm_tile_np)(const int fmt, float *C, int ldc, const float *X, int ldx, const unsigned char *w,
+                size_t ps, const int mr, const int np, int k0, int k1, int ncl, int load)
+{
+    K(vf) acc[GEMM_NP_ROWS][GEMM_NP_MAX];
+    for (int r = 0; r < mr; r++)
+        for (int p = 0; p < np; p++) {
+            float t[GEMM_NR];
+            for (int j = 0; j < GEMM_NR; j++)
+                t[j] = load && (p < np - 1 || j < ncl) ? C[(size_t)r * ldc + p * GEMM_NR + j]
+                                                       : 0.0f;
+            memcpy(&acc[r][p], t, sizeof t);
+        }
+    BLOCK_LOOP(fmt, k0, k1, b0, b1)
+    {
+        K(vf) sv[GEMM_NP_MAX] = {{0}};
+        const int8_t *q[GEMM_NP_MAX];
+        for (int p = 0; p < np; p++)
+            q[p] = fmt == WF_Q8 ? K(q8_block)(w + p * ps, b0, &sv[p]) : NULL;
+        for (int kk = b0; kk < b1; kk++) {
+            K(vf) wv[GEMM_NP_MAX];
+            for (int p = 0; p < np; p++)
+                K(wrow)(fmt, w + p * ps, kk, &sv[p], q[p], b0, &wv[p]);
+            for (int r = 0; r < mr; r++) {
+                const float xv = X[(size_t)r * ldx + kk];
+                for (int p = 0; p < np; p++)
+                    acc[r][p] += xv * wv[p];
+            }
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        for (int p = 0; p < np - 1; p++)
+            memcpy(C + (size_t)r * ldc + p * GEMM_NR, &acc[r][p], GEMM_NR * sizeof(float));
+        memcpy(C + (size_t)r * ldc + (np - 1) * GEMM_NR, &acc[r][np - 1],
+               (size_t)ncl * sizeof(float));
+    }
+}
+
+/* One panel, any number of rows: tiles of GEMM_MR rows. */
+static inline __attribute__((always_inline)) void K(gemm_rows)(const int fmt, float *C, int ldc,
+                                                               const float *X, int ldx,
+                                                               const unsigned char *w, int M,
+                                                               int k, int ncl, int accumulate)
 {
     for (int k0 = 0; k0 < k; k0 += GEMM_KC) {
         const int k1 = k0 + GEMM_KC < k ? k0 + GEMM_KC : k, load = k0 > 0 || accumulate;
         for (int i0 = 0; i0 < M; i0 += GEMM_MR) {
             float *c = C + (size_t)i0 * ldc;
             const float *x = X + (size_t)i0 * ldx;
+#define T(n) K(gemm_tile)(fmt, c, ldc, x, ldx, w, n, k0, k1, ncl, load)
             switch (M - i0 < GEMM_MR ? M - i0 : GEMM_MR) {
 #if GEMM_MR > 6
-            case 12: K(gemm_tile)(c, ldc, x, ldx, panel, 12, k0, k1, ncols, load); break;
-            case 11: K(gemm_tile)(c, ldc, x, ldx, panel, 11, k0, k1, ncols, load); break;
-            case 10: K(gemm_tile)(c, ldc, x, ldx, panel, 10, k0, k1, ncols, load); break;
-            case 9: K(gemm_tile)(c, ldc, x, ldx, panel, 9, k0, k1, ncols, load); break;
-            case 8: K(gemm_tile)(c, ldc, x, ldx, panel, 8, k0, k1, ncols, load); break;
-            case 7: K(gemm_tile)(c, ldc, x, ldx, panel, 7, k0, k1, ncols, load); break;
+            case 12: T(12); break;
+            case 11: T(11); break;
+            case 10: T(10); break;
+            case 9: T(9); break;
+            case 8: T(8); break;
+            case 7: T(7); break;
 #endif
-            case 6: K(gemm_tile)(c, ldc, x, ldx, panel, 6, k0, k1, ncols, load); break;
-            case 5: K(gemm_tile)(c, ldc, x, ldx, panel, 5, k0, k1, ncols, load); break;
-            case 4: K(gemm_tile)(c, ldc, x, ldx, panel, 4, k0, k1, ncols, load); break;
-            case 3: K(gemm_tile)(c, ldc, x, ldx, panel, 3, k0, k1, ncols, load); break;
-            case 2: K(gemm_tile)(c, ldc, x, ldx, panel, 2, k0, k1, ncols, load); break;
-            default: K(gemm_tile)(c, ldc, x, ldx, panel, 1, k0, k1, ncols, load); break;
+            case 6: T(6); break;
+            case 5: T(5); break;
+            case 4: T(4); break;
+            case 3: T(3); break;
+            case 2: T(2); break;
+            default: T(1); break;
+            }
+#undef T
+        }
+    }
+}
+
+/* np panels of few rows (M <= GEMM_NP_ROWS), in groups of panels that fit
+ * the accumulators. */
+static inline __attribute__((always_inline)) void K(gemm_few)(const int fmt, float *C, int ldc,
+                                                              const float *X, int ldx,
+                                                              const unsigned char *w,
+                                                              size_t ps, int np, const int mr,
+                                                              int k, int ncl, int accumulate)
+{
+    const int G = GEMM_SMALL_ACC / mr < 1             ? 1
+                  : GEMM_SMALL_ACC / mr > GEMM_NP_MAX ? GEMM_NP_MAX
+                                                      : GEMM_SMALL_ACC / mr;
+    for (int p0 = 0; p0 < np; p0 += G) {
+        const int n = np - p0 < G ? np - p0 : G, last = p0 + n == np;
+        const int c = last ? ncl : GEMM_NR;
+        float *cc = C + p0 * GEMM_NR;
+        const unsigned char *ww = w + (size_t)p0 * ps;
+        for (int k0 = 0; k0 < k; k0 += GEMM_KC) {
+            const int k1 = k0 + GEMM_KC < k ? k0 + GEMM_KC : k, load = k0 > 0 || accumulate;
+            switch (n) {
+#if GEMM_NP_MAX != 4
+#error "gemm_few has cases for 4 panels"
+#endif
+            case 4: K(gemm_tile_np)(fmt, cc, ldc, X, ldx, ww, ps, mr, G >= 4 ? 4 : 1, k0, k1, c, load); break;
+            case 3: K(gemm_tile_np)(fmt, cc, ldc, X, ldx, ww, ps, mr, G >= 3 ? 3 : 1, k0, k1, c, load); break;
+            case 2: K(gemm_tile_np)(fmt, cc, ldc, X, ldx, ww, ps, mr, G >= 2 ? 2 : 1, k0, k1, c, load); break;
+            default: K(gemm_tile_np)(fmt, cc, ldc, X, ldx, ww, ps, mr, 1, k0, k1, c, load); break;
             }
         }
     }
+}
+
+static inline __attribute__((always_inline)) void
+K(gemm_fmt)(const int fmt, float *C, int ldc, const float *X, int ldx, const unsigned char *w,
+            size_t ps, int np, int M, int k, int ncl, int accumulate)
+{
+    if (M > GEMM_NP_ROWS || np == 1) {
+        for (int p = 0; p < np; p++)
+            K(gemm_rows)(fmt, C + p * GEMM_NR, ldc, X, ldx, w + p * ps, M, k,
+                         p == np - 1 ? ncl : GEMM_NR, accumulate);
+        return;
+    }
+#if GEMM_NP_ROWS != 4
+#error "gemm has cases for up to 4 rows"
+#endif
+    switch (M) {
+    case 4: K(gemm_few)(fmt, C, ldc, X, ldx, w, ps, np, 4, k, ncl, accumulate); break;
+    case 3: K(gemm_few)(fmt, C, ldc, X, ldx, w, ps, np, 3, k, ncl, accumulate); break;
+    case 2: K(gemm_few)(fmt, C, ldc, X, ldx, w, ps, np, 2, k, ncl, accumulate); break;
+    default: K(gemm_few)(fmt, C, ldc, X, ldx, w, ps, np, 1, k, ncl, accumulate); break;
+    }
+}
+
+static void K(gemm)(int fmt, float *C, int ldc, const float *X, int ldx, const void *panels,
+                    size_t pstride, int np, int M, int k, int ncols_last, int accumulate)
+{
+    const unsigned char *w = panels;
+    if (fmt == WF_BF16)
+        K(gemm_fmt)(WF_BF16, C, ldc, X, ldx, w, pstride, np, M, k, ncols_last, accumulate);
+    else if (fmt == WF_Q8)
+        K(gemm_fmt)(WF_Q8, C, ldc, X, ldx, w, pstride, np, M, k, ncols_last, accumulate);
+    else
+        K(gemm_fmt)(WF_F32, C, ldc, X, ldx, w, pstride, np, M, k, ncols_last, accumulate);
+}
+
+static void K(widen_panel)(int fmt, float *dst, const void *panel, int k)
+{
+    if (fmt == WF_F32) {
+        memcpy(dst, panel, (size_t)k * GEMM_NR * sizeof(float));
+    } else if (fmt == WF_BF16) {
+        const uint16_t *restrict h = panel;
+#pragma omp simd
+        for (size_t i = 0; i < (size_t)k * GEMM_NR; i++)
+            dst[i] = K(bf16)(h[i]);
+    } else {
+        const unsigned char *w = panel;
+        for (int b0 = 0; b0 < k; b0 += GEMM_QB) {
+            const unsigned char *blk = w + (size_t)(b0 / GEMM_QB) * Q8_BLOCK;
+            const uint16_t *sc = (const uint16_t *)blk;
+            const int8_t *restrict q = (const int8_t *)(blk + GEMM_NR * 2);
+            float s[GEMM_NR];
+            for (int j = 0; j < GEMM_NR; j++)
+                s[j] = K(bf16)(sc[j]);
+            const int kb = k - b0 < GEMM_QB ? k - b0 : GEMM_QB;
+            for (int t = 0; t < kb; t++)
+#pragma omp simd
+                for (int j = 0; j < GEMM_NR; j++)
+                    dst[(size_t)(b0 + t) * GEMM_NR + j] = (float)q[t * GEMM_NR + j] * s[j];
+        }
+    }
+}
+
+/* Independent multiply-add chains for the peak: enough to cover the FMA
+ * latency on both pipes, few enough to stay in registers. */
+#if KISA == 3
+#define FMA_CHAINS 12 /* zmm */
+#elif KISA == 2
+#define FMA_CHAINS 6 /* two ymm each */
+#else
+#define FMA_CHAINS 3 /* four xmm each */
+#endif
+
+static float K(fma_loop)(long iters, float m)
+{
+    K(vf) acc[FMA_CHAINS], mv, bv;
+    for (int j = 0; j < GEMM_NR; j++)
+        mv[j] = m, bv[j] = 1e-7f;
+    for (int i = 0; i < FMA_CHAINS; i++)
+        for (int j = 0; j < GEMM_NR; j++)
+            acc[i][j] = 1e-3f * (float)(i * GEMM_NR + j);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < FMA_CHAINS; i++)
+            acc[i] = acc[i] * mv + bv;
+    float sum = 0;
+    for (int i = 0; i < FMA_CHAINS; i++)
+        for (int j = 0; j < GEMM_NR; j++)
+            sum += acc[i][j];
+    return sum;
 }
 
 static void K(rmsnorm_rows)(float *out, const float *x, const float *w, int rows, int n,
@@ -305,7 +582,10 @@ static void K(softplus_rows)(float *y, int ys, const float *x, int xs, const flo
 
 const struct kernels KCAT(kernels_, KSFX) = {
     .name = KNAME,
-    .gemm_panel = K(gemm_panel),
+    .gemm = K(gemm),
+    .widen_panel = K(widen_panel),
+    .fma_loop = K(fma_loop),
+    .fma_lanes = FMA_CHAINS * GEMM_NR,
     .rmsnorm_rows = K(rmsnorm_rows),
     .gate_norm_rows = K(gate_norm_rows),
     .conv_silu = K(conv_silu),

@@ -43,14 +43,14 @@ struct wspec {
     int kind;
     int init;
     int fan_in;
-    const float **dst;
+    void *dst; /* the struct field: const void ** for W_PACK, else const float ** */
     /* filled while loading */
     const struct st_tensor *t;
 };
 
 /* Append one spec. */
 static void spec(struct wspec *s, int *n, const char *name, int kind, int init, int fan_in,
-                 const float **dst, int ndim, int64_t d0, int64_t d1, int64_t d2)
+                 void *dst, int ndim, int64_t d0, int64_t d1, int64_t d2)
 {
     struct wspec *w = &s[(*n)++];
     memset(w, 0, sizeof *w);
@@ -71,13 +71,13 @@ static int weight_specs(struct model *m, struct wspec *s)
     int n = 0;
     char nm[96];
     int64_t D = c->d_model, DI = c->d_inner, N = c->d_state;
-    /* Tied: the embedding is the lm_head, stored packed; rows are gathered
-     * from the panels for the input lookup. Untied: plain rows. */
+    /* The embedding is packed like a projection (tied: it is the lm_head);
+     * rows are gathered from the panels for the input lookup. */
     if (c->tie_embeddings)
         spec(s, &n, "backbone.embedding.weight", W_PACK, I_EMBED, 1, &m->lm_head, 2, c->n_vocab,
              D, 0);
     else
-        spec(s, &n, "backbone.embedding.weight", W_PLAIN, I_EMBED, 1, &m->embed, 2, c->n_vocab,
+        spec(s, &n, "backbone.embedding.weight", W_PACK, I_EMBED, 1, &m->embed, 2, c->n_vocab,
              D, 0);
     for (int i = 0; i < c->n_layer; i++) {
         struct layer *L = &m->layers[i];
@@ -133,16 +133,24 @@ static size_t spec_nelem(const struct wspec *w)
     return n;
 }
 
-/* Floats reserved in the arena for a weight: packed projections have their
- * rows padded to a multiple of GEMM_NR; every slot is rounded up to 16
- * floats (64 bytes). */
-static size_t slot_of(const struct wspec *w)
+/* Bytes reserved in the arena for a weight: packed projections take
+ * ceil(rows / GEMM_NR) panels of their format; the rest fp32. Every slot is
+ * rounded up to 64 bytes. */
+static size_t slot_of(const struct wspec *w, int fmt)
 {
-    size_t n = 1;
-    for (int i = 0; i < w->ndim; i++)
-        n *= (size_t)(i == 0 && w->kind == W_PACK ? (w->shape[0] + GEMM_NR - 1) / GEMM_NR * GEMM_NR
-                                                  : w->shape[i]);
-    return (n + 15) & ~(size_t)15;
+    size_t b = w->kind == W_PACK
+                   ? (size_t)(w->shape[0] + GEMM_NR - 1) / GEMM_NR *
+                         wfmt_panel_bytes(fmt, (int)w->shape[1])
+                   : spec_nelem(w) * sizeof(float);
+    return (b + 63) & ~(size_t)63;
+}
+
+static void set_dst(const struct wspec *w, const void *p)
+{
+    if (w->kind == W_PACK)
+        *(const void **)w->dst = p;
+    else
+        *(const float **)w->dst = p;
 }
 
 void model_free(struct model *m)
@@ -171,7 +179,8 @@ static struct model *model_alloc(const struct model_config *cfg)
     return m;
 }
 
-/* Fill the derived form of w into dst from fp32 source src. */
+/* Fill the derived form of w (not W_PACK: pack_rows) into dst from fp32
+ * source src. */
 static void derive(const struct model *m, const struct wspec *w, const float *src, float *dst)
 {
     size_t n = spec_nelem(w);
@@ -180,20 +189,42 @@ static void derive(const struct model *m, const struct wspec *w, const float *sr
         for (int c = 0; c < C; c++)
             for (int k = 0; k < K; k++)
                 dst[(size_t)k * C + c] = src[(size_t)c * K + k];
-    } else if (w->kind == W_PACK) {
-        size_t rows = (size_t)w->shape[0], k = (size_t)w->shape[1];
-        size_t panels = (rows + GEMM_NR - 1) / GEMM_NR;
-        for (size_t p = 0; p < panels; p++)
-            for (size_t kk = 0; kk < k; kk++)
-                for (size_t j = 0; j < GEMM_NR; j++) {
-                    size_t r = p * GEMM_NR + j;
-                    dst[(p * k + kk) * GEMM_NR + j] = r < rows ? src[r * k + kk] : 0.0f;
-                }
     } else if (w->kind == W_NEG_EXP) {
         for (size_t i = 0; i < n; i++)
             dst[i] = -expf(src[i]);
     } else if (dst != src) {
         memcpy(dst, src, n * sizeof *dst);
+    }
+}
+
+/* Pack rows [r0, r0 + n) of projection w from src (those rows, fp32). */
+static void pack_rows(const struct wspec *w, int fmt, const float *src, size_t r0, size_t n,
+                      unsigned char *slot, int *lossy)
+{
+    wfmt_pack_rows(fmt, src, (size_t)w->shape[0], (size_t)w->shape[1], r0, n, slot, lossy);
+}
+
+void model_embed_row(const struct model *m, int32_t v, float *out)
+{
+    const int D = m->cfg.d_model, j = v % GEMM_NR, fmt = m->wfmt;
+    const unsigned char *pan = (const unsigned char *)(m->embed ? m->embed : m->lm_head) +
+                               (size_t)(v / GEMM_NR) * wfmt_panel_bytes(fmt, D);
+    if (fmt == WF_F32) {
+        for (int d = 0; d < D; d++)
+            out[d] = ((const float *)pan)[(size_t)d * GEMM_NR + j];
+    } else if (fmt == WF_BF16) {
+        for (int d = 0; d < D; d++)
+            out[d] = wfmt_bf16_value(((const uint16_t *)pan)[(size_t)d * GEMM_NR + j]);
+    } else {
+        for (int b0 = 0; b0 < D; b0 += GEMM_QB) {
+            const unsigned char *blk = pan + (size_t)(b0 / GEMM_QB) * (GEMM_NR * 2 + GEMM_QB * GEMM_NR);
+            uint16_t sc;
+            memcpy(&sc, blk + 2 * j, 2);
+            const float sv = wfmt_bf16_value(sc);
+            const int8_t *q = (const int8_t *)(blk + GEMM_NR * 2);
+            for (int d = b0; d < D && d < b0 + GEMM_QB; d++)
+                out[d] = (float)q[(d - b0) * GEMM_NR + j] * sv;
+        }
     }
 }
 
@@ -214,11 +245,27 @@ static void fp_begin(XXH3_state_t *st, const struct model_config *c)
     XXH3_64bits_update(st, floats, sizeof floats);
 }
 
-static void fp_add(XXH3_state_t *st, const struct wspec *w, const float *values)
+static void fp_head(XXH3_state_t *st, const struct wspec *w)
 {
     XXH3_64bits_update(st, w->name, strlen(w->name) + 1);
     XXH3_64bits_update(st, w->shape, sizeof w->shape);
+}
+
+static void fp_add(XXH3_state_t *st, const struct wspec *w, const float *values)
+{
+    fp_head(st, w);
     XXH3_64bits_update(st, values, spec_nelem(w) * sizeof(float));
+}
+
+/* A format that changed any weight computes another function: it is part
+ * of the identity. (bf16 of a bf16 checkpoint changes nothing.) */
+static uint64_t fp_finish(XXH3_state_t *st, int fmt, int lossy)
+{
+    if (lossy) {
+        const char *tag = fmt == WF_BF16 ? "weights-bf16" : "weights-q8-32";
+        XXH3_64bits_update(st, tag, strlen(tag));
+    }
+    return XXH3_64bits_digest(st);
 }
 
 /* ------------------------------------------------------------ loading */
@@ -389,7 +436,6 @@ static const char *file_of(const struct model *m, const struct st_tensor *t)
 
 static int bind_specs(struct model *m, struct wspec *s, int ns, char *err, size_t errlen)
 {
-    size_t used = 0;
     int rc;
     for (int i = 0; i < ns; i++) {
         struct wspec *w = &s[i];
@@ -428,7 +474,6 @@ static int bind_specs(struct model *m, struct wspec *s, int ns, char *err, size_
             return rc_fail(err, errlen, RC_EUNSUPPORTED,
                            "%s: tensor '%s' has dtype %s (F32, F16 or BF16 supported)",
                            file_of(m, t), t->name, st_dtype_name(t->dtype));
-        used += slot_of(w);
     }
     /* Every tensor in the files must be one we use: a stray tensor means a
      * model this config does not describe (extra MLP weights, say). A tied
@@ -446,11 +491,54 @@ static int bind_specs(struct model *m, struct wspec *s, int ns, char *err, size_
                                st_path(m->files[f]), t->name,
                                m->cfg.arch == MODEL_MAMBA2 ? "Mamba-2" : "Mamba-1");
         }
-    m->arena = rc_aligned_alloc((used ? used : 1) * sizeof(float));
+    return 0;
+}
+
+/* WF_AUTO: bf16 when it changes no projection weight (every packed tensor
+ * holds bf16 values: a BF16 file, or F32/F16 values with nothing in the low
+ * 16 bits), else fp32. Reads the packed tensors once. */
+static int choose_format(const struct wspec *s, int ns)
+{
+    for (int i = 0; i < ns; i++) {
+        const struct st_tensor *t = s[i].t;
+        if (s[i].kind != W_PACK || t->dtype == ST_BF16)
+            continue;
+        float buf[4096];
+        for (size_t o = 0; o < t->nelem; o += 4096) {
+            size_t n = t->nelem - o < 4096 ? t->nelem - o : 4096;
+            st_to_f32_range(t, o, n, buf);
+            for (size_t j = 0; j < n; j++) {
+                uint32_t u;
+                memcpy(&u, &buf[j], 4);
+                if (u & 0xffffu)
+                    return WF_F32;
+            }
+        }
+    }
+    return WF_BF16;
+}
+
+static int alloc_arena(struct model *m, const struct wspec *s, int ns, char *err, size_t errlen)
+{
+    size_t used = 0;
+    for (int i = 0; i < ns; i++)
+        used += slot_of(&s[i], m->wfmt);
+    m->arena = rc_aligned_alloc(used ? used : 64);
     if (!m->arena)
         return rc_fail(err, errlen, RC_ENOMEM, "out of memory for %zu MiB of weights",
-                       used * 4 >> 20);
+                       used >> 20);
+    m->arena_bytes = used;
     return 0;
+}
+
+/* The shard that holds t. */
+static struct st_file *shard_of(const struct model *m, const struct st_tensor *t)
+{
+    for (int i = 0; i < m->nfiles; i++)
+        for (int j = 0; j < st_count(m->files[i]); j++)
+            if (st_at(m->files[i], j) == t)
+                return m->files[i];
+    return NULL;
 }
 
 static int all_finite(const float *x, size_t n)
@@ -461,38 +549,54 @@ static int all_finite(const float *x, size_t n)
     return ok;
 }
 
-/* Point or convert every weight; compute derived ones; fingerprint. The
- * fingerprint hashes the values as stored (converted to fp32), so derived
- * weights keep a temporary copy of their source until it is hashed. */
-/* Convert every weight to fp32 into its arena slot (packing projections),
- * checking values and hashing them for the fingerprint on the way. */
+/* Convert every weight into its arena slot, tensor by tensor (projections
+ * GEMM_NR rows at a time, packed into the model's format: no fp32 copy of a
+ * large tensor is ever made), checking values and hashing them (as stored,
+ * in fp32) for the fingerprint on the way. The file pages of a tensor are
+ * dropped once it is converted, so the mapped file does not add to the
+ * peak RSS. */
 static int fill_specs(struct model *m, struct wspec *s, int ns, char *err, size_t errlen)
 {
     XXH3_state_t fp;
     fp_begin(&fp, &m->cfg);
-    size_t off = 0;
-    for (int i = 0; i < ns; i++) {
+    size_t off = 0, tmp_n = 0;
+    float *tmp = NULL;
+    int lossy = 0, rc = 0;
+    for (int i = 0; i < ns && !rc; i++) {
         struct wspec *w = &s[i];
-        size_t n = spec_nelem(w);
-        float *slotp = m->arena + off, *stored = slotp;
-        off += slot_of(w);
-        if (w->kind != W_PLAIN && !(stored = rc_malloc(n * sizeof(float))))
-            return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-        st_to_f32(w->t, stored);
-        int finite = all_finite(stored, n);
-        if (finite) {
-            fp_add(&fp, w, stored);
-            derive(m, w, stored, slotp);
-            *w->dst = slotp;
+        size_t n = spec_nelem(w), k = w->kind == W_PACK ? (size_t)w->shape[1] : n;
+        size_t step = w->kind == W_PACK ? GEMM_NR * k : n;
+        unsigned char *slot = m->arena + off;
+        off += slot_of(w, m->wfmt);
+        if (step > tmp_n) {
+            rc_free(tmp);
+            if (!(tmp = rc_malloc(step * sizeof(float))))
+                return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+            tmp_n = step;
         }
-        if (stored != slotp)
-            rc_free(stored);
-        if (!finite)
-            return rc_fail(err, errlen, RC_EFORMAT, "%s: tensor '%s' holds NaN or Inf",
-                           file_of(m, w->t), w->t->name);
+        fp_head(&fp, w);
+        for (size_t o = 0; o < n && !rc; o += step) {
+            size_t cnt = n - o < step ? n - o : step;
+            float *dst = w->kind == W_PLAIN ? (float *)slot + o : tmp;
+            st_to_f32_range(w->t, o, cnt, dst);
+            if (!all_finite(dst, cnt)) {
+                rc = rc_fail(err, errlen, RC_EFORMAT, "%s: tensor '%s' holds NaN or Inf",
+                             file_of(m, w->t), w->t->name);
+                break;
+            }
+            XXH3_64bits_update(&fp, dst, cnt * sizeof(float));
+            if (w->kind == W_PACK)
+                pack_rows(w, m->wfmt, dst, o / k, cnt / k, slot, &lossy);
+            else if (w->kind != W_PLAIN)
+                derive(m, w, dst, (float *)slot);
+        }
+        set_dst(w, slot);
+        st_release(shard_of(m, w->t), w->t);
     }
-    m->fingerprint = XXH3_64bits_digest(&fp);
-    return 0;
+    rc_free(tmp);
+    if (!rc)
+        m->fingerprint = fp_finish(&fp, m->wfmt, lossy);
+    return rc;
 }
 
 static void count_params(struct model *m, const struct wspec *s, int ns)
@@ -520,6 +624,11 @@ int model_config_read(const char *path, struct model_config *cfg, char *err, siz
 
 int model_load(const char *dir, struct model **out, char *err, size_t errlen)
 {
+    return model_load_as(dir, WF_F32, out, err, errlen);
+}
+
+int model_load_as(const char *dir, int wfmt, struct model **out, char *err, size_t errlen)
+{
     char path[4096], *text = NULL;
     size_t len;
     struct model_config cfg;
@@ -542,7 +651,8 @@ int model_load(const char *dir, struct model **out, char *err, size_t errlen)
     }
     int ns = weight_specs(m, s);
     if ((rc = open_shards(m, dir, err, errlen)) || (rc = bind_specs(m, s, ns, err, errlen)) ||
-        (rc = fill_specs(m, s, ns, err, errlen))) {
+        (m->wfmt = wfmt == MODEL_WEIGHTS_AUTO ? choose_format(s, ns) : wfmt, 0) ||
+        (rc = alloc_arena(m, s, ns, err, errlen)) || (rc = fill_specs(m, s, ns, err, errlen))) {
         model_free(m);
         rc_free(s);
         return rc;
@@ -592,6 +702,12 @@ static float init_value(int init, int fan_in, uint64_t *rng)
 int model_create_random(const struct model_config *cfg_in, uint64_t seed, struct model **out,
                         char *err, size_t errlen)
 {
+    return model_create_random_as(cfg_in, seed, WF_F32, out, err, errlen);
+}
+
+int model_create_random_as(const struct model_config *cfg_in, uint64_t seed, int wfmt,
+                           struct model **out, char *err, size_t errlen)
+{
     struct model_config cfg = *cfg_in;
     int rc = model_config_complete(&cfg, err, errlen);
     if (rc)
@@ -601,31 +717,33 @@ int model_create_random(const struct model_config *cfg_in, uint64_t seed, struct
     float *src = NULL;
     if (!m || !s)
         goto nomem;
+    m->wfmt = wfmt == MODEL_WEIGHTS_AUTO ? WF_F32 : wfmt; /* random values are not bf16 */
     int ns = weight_specs(m, s);
-    size_t total = 0, biggest = 0;
-    for (int i = 0; i < ns; i++) {
-        total += slot_of(&s[i]);
+    size_t biggest = 0;
+    for (int i = 0; i < ns; i++)
         biggest = spec_nelem(&s[i]) > biggest ? spec_nelem(&s[i]) : biggest;
-    }
-    m->arena = rc_aligned_alloc(total * sizeof(float));
     src = rc_malloc(biggest * sizeof(float));
-    if (!m->arena || !src)
+    if (!src || alloc_arena(m, s, ns, err, errlen))
         goto nomem;
     XXH3_state_t fp;
     fp_begin(&fp, &cfg);
     size_t off = 0;
     uint64_t rng = seed;
+    int lossy = 0;
     for (int i = 0; i < ns; i++) {
         size_t n = spec_nelem(&s[i]);
-        float *dst = m->arena + off;
-        off += slot_of(&s[i]);
+        unsigned char *dst = m->arena + off;
+        off += slot_of(&s[i], m->wfmt);
         for (size_t j = 0; j < n; j++)
             src[j] = init_value(s[i].init, s[i].fan_in, &rng);
         fp_add(&fp, &s[i], src);
-        derive(m, &s[i], src, dst);
-        *s[i].dst = dst;
+        if (s[i].kind == W_PACK)
+            pack_rows(&s[i], m->wfmt, src, 0, (size_t)s[i].shape[0], dst, &lossy);
+        else
+            derive(m, &s[i], src, (float *)dst);
+        set_dst(&s[i], dst);
     }
-    m->fingerprint = XXH3_64bits_digest(&fp);
+    m->fingerprint = fp_finish(&fp, m->wfmt, lossy);
     count_params(m, s, ns);
     rc_free(src);
     rc_free(s);
@@ -645,10 +763,27 @@ uint64_t model_fingerprint(const struct model *m) { return m->fingerprint; }
 size_t model_n_params(const struct model *m) { return m->n_params; }
 size_t model_n_params_nonembed(const struct model *m) { return m->n_params - m->n_params_embed; }
 
-size_t model_weight_bytes(const struct model *m)
+size_t model_weight_bytes(const struct model *m) { return m->arena_bytes; }
+int model_weights(const struct model *m) { return m->wfmt; }
+
+const char *model_weights_name(int wfmt)
 {
-    size_t b = m->n_params * sizeof(float);
-    return b;
+    switch (wfmt) {
+    case WF_F32: return "fp32";
+    case WF_BF16: return "bf16";
+    case WF_Q8: return "int8";
+    case MODEL_WEIGHTS_AUTO: return "auto";
+    }
+    return "?";
+}
+
+int model_weights_parse(const char *name)
+{
+    static const int all[] = {WF_F32, WF_BF16, WF_Q8, MODEL_WEIGHTS_AUTO};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, model_weights_name(all[i])))
+            return all[i];
+    return -2;
 }
 
 double model_flops_per_token(const struct model *m, int with_lm_head)

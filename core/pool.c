@@ -11,6 +11,10 @@
 
 #include "alloc.h"
 
+static __thread int self_index; /* 0 in every thread but a pool worker */
+
+int pool_self(void) { return self_index; }
+
 #define SPIN_ITERS 20000 /* ~10-50 us of polling before sleeping */
 
 /* A job is published by writing fn/ctx/base, then storing one 64-bit word
@@ -38,6 +42,7 @@ struct pool {
     _Atomic uint64_t claim;  /* generation | items | next item, see WORD */
     atomic_int finished;     /* items of the current job completed */
     int stop;                /* under mu */
+    atomic_int next_self;    /* pool_self() of the next worker to start */
 };
 
 /* Claim and run items of job generation gen until none is left (workers and the
@@ -64,6 +69,7 @@ static void run_items(struct pool *p, uint32_t gen)
 static void *worker(void *arg)
 {
     struct pool *p = arg;
+    self_index = atomic_fetch_add(&p->next_self, 1);
     prctl(PR_SET_NAME, "recur-pool", 0, 0, 0); /* for top -H, /proc, tests */
     uint32_t seen = 0;
     for (;;) {
@@ -97,6 +103,7 @@ struct pool *pool_create(int nthreads)
     if (!p)
         return NULL;
     p->n = 1;
+    atomic_init(&p->next_self, 1);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);

@@ -21,6 +21,9 @@ struct pool;
 struct pool *pool_create(int nthreads);
 void pool_free(struct pool *p);
 int pool_threads(const struct pool *p);
+/* Inside a work item: which of its pool's threads runs it, in
+ * [0, pool_threads) (0: the caller of pool_run). For per-thread scratch. */
+int pool_self(void);
 
 typedef void (*pool_fn)(void *ctx, int i);
 void pool_run(struct pool *p, int n, pool_fn fn, void *ctx);

@@ -372,20 +372,37 @@ float st_half_to_f32(uint16_t h)
 
 int st_to_f32(const struct st_tensor *t, float *dst)
 {
+    return st_to_f32_range(t, 0, t->nelem, dst);
+}
+
+int st_to_f32_range(const struct st_tensor *t, size_t first, size_t n, float *dst)
+{
     const uint8_t *p = t->data;
-    size_t n = t->nelem;
     switch (t->dtype) {
     case ST_F32:
-        memcpy(dst, p, n * 4);
+        memcpy(dst, p + first * 4, n * 4);
         return 0;
     case ST_BF16:
+        p += first * 2;
         for (size_t i = 0; i < n; i++)
             dst[i] = st_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
         return 0;
     case ST_F16:
+        p += first * 2;
         for (size_t i = 0; i < n; i++)
             dst[i] = st_half_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
         return 0;
     }
     return RC_EUNSUPPORTED;
+}
+
+void st_release(const struct st_file *f, const struct st_tensor *t)
+{
+    if (!f || !f->mapped || !t->nbytes)
+        return;
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)t->data + pg - 1) & ~(uintptr_t)(pg - 1);
+    uintptr_t hi = ((uintptr_t)t->data + t->nbytes) & ~(uintptr_t)(pg - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }

@@ -66,6 +66,12 @@ size_t st_dtype_size(int dtype);
 /* Convert n elements of an F32/F16/BF16 tensor's data to fp32 (unaligned
  * source is fine). Returns RC_EUNSUPPORTED for other dtypes. */
 int st_to_f32(const struct st_tensor *t, float *dst);
+/* Elements [first, first + n) only (the caller keeps them in the tensor). */
+int st_to_f32_range(const struct st_tensor *t, size_t first, size_t n, float *dst);
+
+/* Done with t's data: for a mapped file, drop its pages from this process's
+ * memory (they are read again from the file if touched). f may be NULL. */
+void st_release(const struct st_file *f, const struct st_tensor *t);
 
 /* fp16/bf16 bit patterns to float. */
 float st_half_to_f32(uint16_t h);

@@ -286,6 +286,8 @@ json_t *resp_model(const struct model_view *m)
         put(x, "state_bytes", json_integer((json_int_t)m->state_bytes)) ||
         put(x, "snapshot_bytes", json_integer((json_int_t)m->snapshot_bytes)) ||
         put(x, "fingerprint", json_string(fp)) || put(x, "tokenizer", json_string(m->tokenizer)) ||
+        put(x, "weights", json_string(m->weights)) ||
+        put(x, "weight_bytes", json_integer((json_int_t)m->weight_bytes)) ||
         (m->training_context > 0 &&
          put(x, "training_context", json_integer(m->training_context)))) {
         json_decref(x);

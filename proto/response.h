@@ -105,6 +105,8 @@ struct model_view {
     const char *tokenizer;       /* "bpe", "byte" */
     int64_t created;
     int training_context;        /* 0: not known, the field is left out */
+    const char *weights;         /* "fp32", "bf16", "int8": the format in memory */
+    size_t weight_bytes;         /* bytes of weights in memory */
 };
 /* {"object":"list","data":[model]} */
 json_t *resp_models(const struct model_view *m);

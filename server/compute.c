@@ -171,7 +171,7 @@ static int load_model(struct sched *s)
 {
     char err[512];
     int rc;
-    if ((rc = model_load(s->model_dir, &s->m, err, sizeof err)) != 0) {
+    if ((rc = model_load_as(s->model_dir, s->o.weights, &s->m, err, sizeof err)) != 0) {
         snprintf(s->error, sizeof s->error, "%s", err);
         return rc;
     }

@@ -47,6 +47,7 @@ struct sched_opts {
     int prefill_chunk;        /* tokens per session per tick */
     int batch_tokens;         /* tokens per tick */
     int threads;              /* compute threads (the forward pass's pool), 0 = one per core */
+    int weights;              /* weight format (model_load_as), MODEL_WEIGHTS_AUTO by default */
     size_t stream_buffer;     /* outbox bytes above which generation pauses */
     size_t upload_low;        /* inbox bytes below which the upload resumes */
 };

@@ -95,6 +95,8 @@ static void model_facts(struct app *a, struct model_view *v)
         .tokenizer = codec_kind(a->codec),
         .created = a->started_unix,
         .training_context = c->training_context,
+        .weights = model_weights_name(model_weights(a->m)),
+        .weight_bytes = model_weight_bytes(a->m),
     };
 }
 

@@ -8,10 +8,11 @@
 
 #include "alloc.h"
 #include "errors.h"
+#include "model.h"
 
 extern char **environ;
 
-enum opt_type { T_STR, T_LONG, T_SIZE, T_SECS, T_FLAG, T_KEYS, T_ORIGINS };
+enum opt_type { T_STR, T_LONG, T_SIZE, T_SECS, T_FLAG, T_KEYS, T_ORIGINS, T_WEIGHTS };
 
 struct opt {
     const char *flag;   /* "--port" */
@@ -109,6 +110,11 @@ static const struct opt opts[] = {
     {"--threads", "RECURD_THREADS", T_LONG, O(threads), "0", 0, 1024,
      "compute threads (the forward pass's pool, the compute thread included); 0 = the CPUs "
      "this process may use (affinity mask, cgroup CPU quota)"},
+    {"--weights", "RECURD_WEIGHTS", T_WEIGHTS, O(weights), "auto", 0, 0,
+     "projection, embedding and lm_head weights in memory: auto (bf16 when that changes no "
+     "weight, as for bf16 checkpoints, else fp32: always exact), fp32, bf16 (rounds fp32/fp16 "
+     "weights), int8 (blocks of 32, quantized at load: about half the bytes of bf16; its "
+     "accuracy cost is in docs/engine.md)"},
     {"--store", "RECURD_STORE", T_STR, O(store), NULL, 0, 0,
      "redis://HOST:PORT[/DB]: sessions durable in Redis, shared by replicas (docs/cluster.md); "
      "every change is acknowledged only once Redis has it; off by default (one process)"},
@@ -317,6 +323,14 @@ static int set_opt(struct options *c, const struct opt *o, const char *val, char
     case T_LONG: return set_long(field, o, val, err, errlen);
     case T_SIZE: return set_size(field, o, val, err, errlen);
     case T_SECS: return set_secs(field, o, val, err, errlen);
+    case T_WEIGHTS: {
+        int w = model_weights_parse(val);
+        if (w == -2)
+            return rc_fail(err, errlen, RC_EINVAL,
+                           "%s: expected auto, fp32, bf16 or int8, got '%s'", o->flag, val);
+        *(int *)field = w;
+        return 0;
+    }
     }
     return RC_EINVAL;
 }

@@ -64,6 +64,7 @@ struct options {
     long prefill_chunk;     /* tokens per session per tick */
     long batch_tokens;      /* tokens per tick, all sessions */
     long threads;           /* BLAS threads; 0 = all cores */
+    int weights;            /* --weights: MODEL_WEIGHTS_AUTO or an enum wfmt */
     /* cluster (--store) */
     char *store;            /* redis://HOST:PORT[/DB]; NULL = off */
     char *replica_id;       /* this replica's name; NULL = hostname-port */

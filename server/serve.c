@@ -154,9 +154,11 @@ static void model_ready(struct app *a)
                  cl.online, cl.affinity, q);
     }
     log_msg("model %s loaded: %s d_model=%d n_layer=%d vocab=%d state=%zu bytes "
-            "fingerprint=%s tokenizer=%s threads=%d%s blas_threads=%d%s", a->model_name,
-            a->mc->arch == MODEL_MAMBA2 ? "mamba2" : "mamba", a->mc->d_model, a->mc->n_layer,
-            a->mc->vocab_size, state_bytes(a->m), fp, codec_kind(a->codec),
+            "weights=%s (%.1f MiB) fingerprint=%s tokenizer=%s threads=%d%s blas_threads=%d%s",
+            a->model_name, a->mc->arch == MODEL_MAMBA2 ? "mamba2" : "mamba", a->mc->d_model,
+            a->mc->n_layer, a->mc->vocab_size, state_bytes(a->m),
+            model_weights_name(model_weights(a->m)), model_weight_bytes(a->m) / 1048576.0, fp,
+            codec_kind(a->codec),
             atomic_load(&ss->threads), why, atomic_load(&ss->blas_threads),
             blas_threads_from_env() ? " (from the environment)" : "");
 }
@@ -396,6 +398,7 @@ static int app_open(struct app *a, struct options *cfg)
         .prefill_chunk = (int)cfg->prefill_chunk,
         .batch_tokens = (int)cfg->batch_tokens,
         .threads = (int)cfg->threads,
+        .weights = cfg->weights,
         .stream_buffer = cfg->stream_buffer_bytes,
         .upload_low = cfg->upload_buffer_bytes / 2,
     };

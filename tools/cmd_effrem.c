@@ -32,7 +32,8 @@ static void usage(FILE *f)
                "                     [--points 16] [--windows 1] [--json]\n"
                "  --T LIST      context lengths T (comma-separated)\n"
                "  --points P    t = k*T/P for k = 0..P-1\n"
-               "  --windows W   average over W windows spread over the tokens\n");
+               "  --windows W   average over W windows spread over the tokens\n"
+               "  --weights W   auto (default), fp32, bf16, int8: weights in memory\n");
 }
 
 /* softmax of n logits into p (double for the TV sum). */
@@ -67,7 +68,7 @@ struct effrem_args {
     int nT;
     long points;  /* t = k*T/points for k = 0..points-1 */
     long windows; /* windows averaged per T */
-    int json;
+    int json, weights;
 };
 
 /* Comma-separated integers in [2, 2^24], at most MAX_T of them, at least one. */
@@ -92,12 +93,14 @@ static int parse_args(int argc, char **argv, struct effrem_args *a)
         {"text", required_argument, 0, 'x'},
         {"T", required_argument, 0, 'T'},     {"points", required_argument, 0, 'p'},
         {"windows", required_argument, 0, 'w'}, {"json", no_argument, 0, 'j'},
+        {"weights", required_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *Tlist = "256,1024,4096";
     int o;
     memset(a, 0, sizeof *a);
     a->points = 16;
     a->windows = 1;
+    a->weights = MODEL_WEIGHTS_AUTO;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -113,6 +116,10 @@ static int parse_args(int argc, char **argv, struct effrem_args *a)
         case 'w':
             if (parse_long_opt(optarg, 1, 1024, &a->windows))
                 goto bad;
+            break;
+        case 'W':
+            if (parse_weights_opt("effrem", optarg, &a->weights))
+                return 2;
             break;
         case 'h': usage(stdout); return 0;
         default: goto bad;
@@ -208,7 +215,7 @@ int cmd_effrem(int argc, char **argv)
     size_t n = 0;
     double *tv = NULL;
     status = 1;
-    if (open_model_and_input(a.dir, a.tokens_path, a.text_path, &m, &ids, &n, err, sizeof err))
+    if (open_model_and_input(a.dir, a.weights, a.tokens_path, a.text_path, &m, &ids, &n, err, sizeof err))
         goto fail;
     long Tmax = 0;
     for (int i = 0; i < a.nT; i++)

@@ -33,7 +33,8 @@ static void usage(FILE *f)
             "  --max-details N   per-token log-probs listed up to N scored tokens\n"
             "                    (default 1000000)\n"
             "  --max-tokens N    score only the first N tokens of the input\n"
-            "  --progress        progress lines on stderr (default: when stderr is a tty)\n");
+            "  --progress        progress lines on stderr (default: when stderr is a tty)\n"
+            WEIGHTS_HELP);
 }
 
 struct collect {
@@ -77,7 +78,7 @@ static json_t *buckets_json(const struct score_stats *st)
 
 struct score_args {
     const char *model_dir, *tokens_path, *text_path;
-    int json, progress;
+    int json, progress, weights;
     long chunk;       /* tokens per forward pass */
     long max_details; /* per-token log-probs listed up to this many scored tokens */
     long max_tokens;  /* 0 = all of the input */
@@ -90,10 +91,11 @@ static int parse_args(int argc, char **argv, struct score_args *a)
         {"text", required_argument, 0, 'x'},
         {"json", no_argument, 0, 'j'},         {"chunk", required_argument, 0, 'c'},
         {"max-details", required_argument, 0, 'd'}, {"progress", no_argument, 0, 'p'},
-        {"max-tokens", required_argument, 0, 'n'},
+        {"max-tokens", required_argument, 0, 'n'}, {"weights", required_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     int o;
-    *a = (struct score_args){.progress = isatty(2), .chunk = 256, .max_details = 1000000};
+    *a = (struct score_args){.progress = isatty(2), .chunk = 256, .max_details = 1000000,
+                             .weights = MODEL_WEIGHTS_AUTO};
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -119,6 +121,10 @@ static int parse_args(int argc, char **argv, struct score_args *a)
                 fprintf(stderr, "recurd score: --max-tokens must be a positive integer\n");
                 return 2;
             }
+            break;
+        case 'W':
+            if (parse_weights_opt("score", optarg, &a->weights))
+                return 2;
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -190,7 +196,7 @@ int cmd_score(int argc, char **argv)
     size_t n = 0;
     struct collect col = {0};
     status = 1;
-    if (open_model_and_input(a.model_dir, a.tokens_path, a.text_path, &m, &ids, &n, err,
+    if (open_model_and_input(a.model_dir, a.weights, a.tokens_path, a.text_path, &m, &ids, &n, err,
                              sizeof err)) {
         fprintf(stderr, "recurd score: %s\n", err);
         goto out;

@@ -25,6 +25,7 @@ static void usage(FILE *f)
                "  --tokens N   tokens to stream (default 1000000)\n"
                "  --chunk C    tokens per forward pass (default 256)\n"
                "  --window W   tokens per throughput window (default 4096)\n"
+               "  --weights W  auto (default), fp32, bf16, int8: weights in memory\n"
                "Reports at every power of ten and at the end; exits 1 if memory grew or\n"
                "the state stopped being finite.\n");
 }
@@ -59,9 +60,11 @@ static int parse_args(int argc, char **argv, struct soak_args *a)
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"random", required_argument, 0, 'r'},
         {"tokens", required_argument, 0, 'n'}, {"chunk", required_argument, 0, 'c'},
-        {"window", required_argument, 0, 'w'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"window", required_argument, 0, 'w'}, {"weights", required_argument, 0, 'W'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     int o;
     *a = (struct soak_args){.total = 1000000, .chunk = 256, .window = 4096};
+    a->src.weights = MODEL_WEIGHTS_AUTO;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -78,6 +81,10 @@ static int parse_args(int argc, char **argv, struct soak_args *a)
         case 'w':
             if (parse_long_opt(optarg, 1, 1L << 30, &a->window))
                 goto bad;
+            break;
+        case 'W':
+            if (parse_weights_opt("soak", optarg, &a->src.weights))
+                return 2;
             break;
         case 'h': usage(stdout); return 0;
         default: goto bad;

@@ -57,7 +57,14 @@ int parse_long_opt(const char *s, long lo, long hi, long *out);
  * config.json (config_path). Exactly one is non-NULL. */
 struct model_source {
     const char *dir, *random_name, *config_path;
+    int weights; /* model_load_as's format (MODEL_WEIGHTS_AUTO, ...) */
 };
+
+/* --weights NAME: the format into *weights, or a message on stderr and -1. */
+int parse_weights_opt(const char *tool, const char *name, int *weights);
+#define WEIGHTS_HELP                                                                          \
+    "  --weights W       weights in memory: auto (default: bf16 when that is exact,\n"          \
+    "                    else fp32), fp32, bf16, int8\n"
 
 /* Loads or creates src's model (random weights drawn from seed) into *m
  * (model_free it). Returns 0 or an rc_status with err set; *m is NULL then. */
@@ -66,8 +73,8 @@ int open_model(const struct model_source *src, uint64_t seed, struct model **m, 
 
 /* The model in dir and the ids to run it on (load_input_ids, checked against
  * the model's n_vocab). On failure nothing is left open. */
-int open_model_and_input(const char *dir, const char *tokens_path, const char *text_path,
-                         struct model **m, int32_t **ids, size_t *n, char *err, size_t errlen);
+int open_model_and_input(const char *dir, int weights, const char *tokens_path,
+                         const char *text_path, struct model **m, int32_t **ids, size_t *n, char *err, size_t errlen);
 
 /* The next id of a pseudo-random token stream in [0, n_vocab): a 64-bit LCG
  * whose state the caller seeds, so each run reads the same tokens. */

@@ -171,7 +171,7 @@ int open_model(const struct model_source *src, uint64_t seed, struct model **m, 
 {
     *m = NULL;
     if (src->dir)
-        return model_load(src->dir, m, err, errlen);
+        return model_load_as(src->dir, src->weights, m, err, errlen);
     struct model_config cfg;
     int rc;
     if (src->random_name) {
@@ -182,13 +182,26 @@ int open_model(const struct model_source *src, uint64_t seed, struct model **m, 
     } else if ((rc = model_config_read(src->config_path, &cfg, err, errlen))) {
         return rc;
     }
-    return model_create_random(&cfg, seed, m, err, errlen);
+    return model_create_random_as(&cfg, seed, src->weights, m, err, errlen);
 }
 
-int open_model_and_input(const char *dir, const char *tokens_path, const char *text_path,
-                         struct model **m, int32_t **ids, size_t *n, char *err, size_t errlen)
+int parse_weights_opt(const char *tool, const char *name, int *weights)
 {
-    int rc = model_load(dir, m, err, errlen);
+    int w = model_weights_parse(name);
+    if (w == -2) {
+        fprintf(stderr, "recurd %s: --weights must be auto, fp32, bf16 or int8 (not '%s')\n",
+                tool, name);
+        return -1;
+    }
+    *weights = w;
+    return 0;
+}
+
+int open_model_and_input(const char *dir, int weights, const char *tokens_path,
+                         const char *text_path, struct model **m, int32_t **ids, size_t *n,
+                         char *err, size_t errlen)
+{
+    int rc = model_load_as(dir, weights, m, err, errlen);
     if (rc)
         return rc;
     rc = load_input_ids(dir, model_config(*m)->n_vocab, tokens_path, text_path, ids, n, err,

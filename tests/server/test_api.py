@@ -419,3 +419,37 @@ def test_a_kept_stream_is_kept_once_its_done_event_is_read(srv):
     for t in th:
         t.join(120)
     assert not bad, bad
+
+
+def test_weights_option_picks_the_format_in_memory(models):
+    """--weights: the format shows in /v1/models (with its bytes and, where it
+    changes weights, another fingerprint), and every format scores the same
+    text to within its rounding. The test models are fp32, so auto is fp32."""
+    from conftest import Server
+
+    text = "The quick brown fox jumps over the lazy dog. " * 6
+    seen = {}
+    for w in ("auto", "fp32", "bf16", "int8"):
+        s = Server(models["a"], "--weights", w)
+        try:
+            c = Client(s)
+            m = c.ok(c.get("/v1/models"))["data"][0]
+            sid = c.session()
+            r = c.append(sid, text, logprobs=True)
+            seen[w] = (m, [t["logprob"] for t in r["tokens"][1:]])
+        finally:
+            assert s.stop() == 0
+    assert seen["auto"][0]["weights"] == "fp32"
+    assert seen["auto"][0]["fingerprint"] == seen["fp32"][0]["fingerprint"]
+    assert seen["auto"][1] == seen["fp32"][1]
+    for w in ("bf16", "int8"):
+        assert seen[w][0]["weights"] == w
+        assert seen[w][0]["fingerprint"] != seen["fp32"][0]["fingerprint"]
+    assert seen["fp32"][0]["weight_bytes"] > seen["bf16"][0]["weight_bytes"] > \
+        seen["int8"][0]["weight_bytes"]
+    ref = seen["fp32"][1]
+    for w, tol in (("bf16", 0.05), ("int8", 0.2)):
+        got = seen[w][1]
+        assert len(got) == len(ref)
+        worst = max(abs(a - b) for a, b in zip(got, ref))
+        assert 0 < worst < tol, (w, worst)

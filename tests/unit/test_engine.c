@@ -89,18 +89,20 @@ static void ref_free(struct ref *r)
     st_close(r->f);
 }
 
-static struct model *load(const char *name)
+static struct model *load_as(const char *name, int weights)
 {
     char dir[1024];
     struct model *m = NULL;
     fixture_dir(dir, sizeof dir, name);
-    int rc = model_load(dir, &m, err, sizeof err);
+    int rc = model_load_as(dir, weights, &m, err, sizeof err);
     if (rc)
         fail_msg("model_load(%s): %s", dir, err);
     return m;
 }
 
 /* max |a - b| / max(max |ref|, floor) over n values */
+static struct model *load(const char *name) { return load_as(name, WF_F32); }
+
 static double rel_err(const float *a, const float *ref, size_t n, double floor)
 {
     double num = 0, den = floor;
@@ -310,11 +312,12 @@ static void namings_m1(void **u) { check_namings("m1_small", "m1_small_ss"); }
  * chunks mixed with other sessions' prefill chunks and decode tokens at any
  * position of the batch. (This is what makes "same seed, same output" hold
  * under continuous batching.) */
-static void check_batch_invariance(const char *name)
+static void check_batch_invariance(const char *name, int weights)
 {
     struct ref r;
     ref_load(name, &r);
-    struct model *m = load(name);
+    struct model *m = load_as(name, weights);
+    assert_int_equal(model_weights(m), weights);
     const struct model_config *c = model_config(m);
     const int D = c->d_model, T = r.T;
     struct fwd *f;
@@ -355,9 +358,20 @@ static void check_batch_invariance(const char *name)
     model_free(m);
     ref_free(&r);
 }
-static void invariance_m2(void **u) { check_batch_invariance("m2_130m"); }
-static void invariance_m2_groups(void **u) { check_batch_invariance("m2_groups"); }
-static void invariance_m1(void **u) { check_batch_invariance("m1_odd"); }
+static void invariance_m2(void **u) { check_batch_invariance("m2_130m", WF_F32); }
+static void invariance_m2_groups(void **u) { check_batch_invariance("m2_groups", WF_F32); }
+static void invariance_m1(void **u) { check_batch_invariance("m1_odd", WF_F32); }
+/* ... in every weight format (few-row and widened kernels alike) */
+static void invariance_bf16(void **u)
+{
+    check_batch_invariance("m2_130m", WF_BF16);
+    check_batch_invariance("m1_odd", WF_BF16);
+}
+static void invariance_int8(void **u)
+{
+    check_batch_invariance("m2_130m", WF_Q8);
+    check_batch_invariance("m1_odd", WF_Q8);
+}
 
 /* A model dir shipped as shards loads like any other (m2_small: 5 files
  * and an index, no model.safetensors). */
@@ -420,6 +434,84 @@ static void check_shipped(const char *name)
 static void shipped_sp(void **u) { check_shipped("recur-sp"); }
 static void shipped_base(void **u) { check_shipped("recur-base"); }
 
+/* Weight formats on a shipped (bf16) checkpoint, over the parity fixture's
+ * tokens: bf16 and auto are bit-identical to fp32 and keep its fingerprint;
+ * int8 has another fingerprint and stays within INT8_NEXT_TOL of fp32's
+ * next-token log-probs and INT8_ANY_TOL over the whole vocabulary (limits
+ * about twice what was measured: a guard against a broken quantizer, which
+ * gives errors of several nats). */
+#define INT8_NEXT_TOL 0.15 /* measured 0.075 */
+#define INT8_ANY_TOL 0.5   /* measured 0.267 */
+static void formats_shipped(void **u)
+{
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s/recur-sp", RECUR_MODELS);
+    snprintf(path, sizeof path, "%s/parity/recur-sp/reference.safetensors", RECUR_FIXTURES);
+    struct st_file *r;
+    assert_int_equal(st_open(path, &r, err, sizeof err), 0);
+    const struct st_tensor *ids = st_find(r, "input_ids");
+    assert_non_null(ids);
+    int T = (int)ids->shape[0];
+    int32_t *tok = malloc((size_t)T * 4);
+    memcpy(tok, ids->data, (size_t)T * 4);
+    static const int fmts[] = {WF_F32, WF_BF16, MODEL_WEIGHTS_AUTO, WF_Q8};
+    float *lp[4];
+    uint64_t fp[4];
+    int V = 0;
+    for (int i = 0; i < 4; i++) {
+        struct model *m = NULL;
+        if (model_load_as(dir, fmts[i], &m, err, sizeof err))
+            fail_msg("%s: %s", dir, err);
+        assert_int_equal(model_weights(m), fmts[i] == MODEL_WEIGHTS_AUTO ? WF_BF16 : fmts[i]);
+        fp[i] = model_fingerprint(m);
+        V = model_config(m)->n_vocab;
+        struct fwd *f;
+        struct mstate *s;
+        assert_int_equal(fwd_create(m, 64, &f), 0);
+        assert_int_equal(state_create(m, &s), 0);
+        static const int chunks[] = {64, 0};
+        lp[i] = run_chunked(m, f, s, tok, T, chunks);
+        for (int t = 0; t < T; t++) { /* logits -> log-probs */
+            float *row = lp[i] + (size_t)t * V, mx = row[0];
+            for (int v = 1; v < V; v++)
+                mx = row[v] > mx ? row[v] : mx;
+            double z = 0;
+            for (int v = 0; v < V; v++)
+                z += exp((double)row[v] - mx);
+            for (int v = 0; v < V; v++)
+                row[v] = (float)(row[v] - mx - log(z));
+        }
+        state_free(s);
+        fwd_free(f);
+        model_free(m);
+    }
+    assert_memory_equal(lp[0], lp[1], (size_t)T * V * sizeof(float));
+    assert_memory_equal(lp[0], lp[2], (size_t)T * V * sizeof(float));
+    assert_true(fp[0] == fp[1] && fp[0] == fp[2]);
+    assert_true(fp[3] != fp[0]);
+    double worst = 0, worst_next = 0;
+    for (size_t i = 0; i < (size_t)T * V; i++) {
+        double d = fabs((double)lp[3][i] - lp[0][i]);
+        worst = d > worst || d != d ? d : worst;
+    }
+    for (int t = 0; t + 1 < T; t++) { /* the log-prob a score reports: the next token's */
+        size_t i = (size_t)t * V + (size_t)tok[t + 1];
+        double d = fabs((double)lp[3][i] - lp[0][i]);
+        worst_next = d > worst_next || d != d ? d : worst_next;
+    }
+    printf("  recur-sp over %d tokens: bf16 and auto bit-identical to fp32; int8 max "
+           "|dlogprob| %.4f (next token), %.4f (any token)\n",
+           T, worst_next, worst);
+    if (!(worst_next <= INT8_NEXT_TOL) || !(worst <= INT8_ANY_TOL))
+        fail_msg("int8 log-probs differ from fp32 by %.4f (next token, limit %.2f), %.4f (any "
+                 "token, limit %.2f)",
+                 worst_next, INT8_NEXT_TOL, worst, INT8_ANY_TOL);
+    for (int i = 0; i < 4; i++)
+        free(lp[i]);
+    free(tok);
+    st_close(r);
+}
+
 static int report(void **u)
 {
     printf("worst logits error vs transformers: %.2e; worst state error: %.2e\n",
@@ -437,6 +529,9 @@ int main(void)
         cmocka_unit_test(invariance_m2),
         cmocka_unit_test(invariance_m2_groups),
         cmocka_unit_test(invariance_m1),
+        cmocka_unit_test(invariance_bf16),
+        cmocka_unit_test(invariance_int8),
+        cmocka_unit_test(formats_shipped),
         cmocka_unit_test(shipped_sp),
         cmocka_unit_test(shipped_base),
     };
