@@ -111,7 +111,7 @@ int fwd_create_threads(const struct model *m, int max_tokens, int threads, struc
     if (m->wfmt != WF_F32) {
         int kmax = c->d_model > c->d_inner ? c->d_model : c->d_inner;
         kmax = c->dt_rank > kmax ? c->dt_rank : kmax;
-        f->wide_stride = ((size_t)kmax * GEMM_NR + 15) & ~(size_t)15;
+        f->wide_stride = wfmt_panel_bytes(WF_F32, kmax) / sizeof(float) * f->k->wide_np;
         f->wide = rc_aligned_alloc((size_t)pool_threads(f->pool) * f->wide_stride * sizeof(float));
         if (!f->wide) {
             fwd_free(f);
@@ -177,8 +177,10 @@ static void linear_item(void *ctx, int i)
     const int last = ncl < GEMM_NR ? ncl : GEMM_NR;
     if (j->fmt != WF_F32 && j->rows >= LINEAR_WIDEN_ROWS) {
         float *tmp = j->scratch + (size_t)pool_self() * j->sstride;
-        j->k->widen_panel(j->fmt, tmp, w, j->kdim);
-        j->k->gemm(WF_F32, j->out + c0, j->ldo, j->x, j->ldx, tmp, 0, 1, j->rows, j->kdim, last,
+        const size_t fs = wfmt_panel_bytes(WF_F32, j->kdim);
+        for (int p = 0; p < np; p++)
+            j->k->widen_panel(j->fmt, (float *)((char *)tmp + p * fs), w + p * j->ps, j->kdim);
+        j->k->gemm(WF_F32, j->out + c0, j->ldo, j->x, j->ldx, tmp, fs, np, j->rows, j->kdim, last,
                    j->accumulate);
         return;
     }
@@ -195,7 +197,7 @@ static void linear(struct fwd *f, float *out, int ldo, const float *x, int ldx, 
                    int rows, int n, int k, int accumulate)
 {
     const int fmt = f->m->wfmt, panels = (n + GEMM_NR - 1) / GEMM_NR;
-    const int per = rows <= GEMM_NP_ROWS ? GEMM_NP_MAX : 1;
+    const int per = rows <= GEMM_NP_ROWS ? GEMM_NP_MAX : f->k->wide_np;
     struct linear_job j = {f->k,  out, x,   w,    f->wide, wfmt_panel_bytes(fmt, k), f->wide_stride,
                            fmt,   ldo, ldx, rows, n,       k,                        accumulate,
                            per};

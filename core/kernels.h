@@ -90,6 +90,8 @@ struct kernels {
      * fma_lanes * 2 * iters flops per call, per thread. */
     float (*fma_loop)(long iters, float m);
     int fma_lanes;
+    /* Panels per gemm call that suit many rows (M > GEMM_NP_ROWS). */
+    int wide_np;
 
     /* out[r] = x[r] / rms(x[r]) * w, rows x n (out may equal x). */
     void (*rmsnorm_rows)(float *out, const float *x, const float *w, int rows, int n, float eps);

@@ -10,6 +10,7 @@
 #define GEMM_KC 4096 /* all of k in one block (see kernels_body.h) */
 #define GEMM_MR 12   /* 12 x 16 accumulators: 12 zmm registers */
 #define GEMM_SMALL_ACC 16 /* few rows: up to 16 zmm accumulators */
+#define GEMM_MR2 8        /* many rows: 8 x 2 panels, 16 zmm accumulators */
 #include "kernels_body.h"
 #if defined(__clang__)
 #pragma clang attribute pop

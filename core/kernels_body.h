@@ -60,6 +60,12 @@ _Static_assert(GEMM_KC % GEMM_QB == 0, "k blocks hold whole q8 blocks");
 
 /* Accumulators (of GEMM_NR floats) a few-row tile may use: mr x np of
  * them. AVX-512 has 32 zmm registers, AVX2 16 ymm (two per accumulator). */
+/* Rows of the two-panel tile for many rows (0: not used; see K(gemm_tile2)). */
+#ifndef GEMM_MR2
+#define GEMM_MR2 0
+#endif
+#define GEMM_WIDE_NP (GEMM_MR2 > 0 ? 2 : 1)
+
 #ifndef GEMM_SMALL_ACC
 #define GEMM_SMALL_ACC 6
 #endif
@@ -235,6 +241,80 @@ K(gemm_tile_np)(const int fmt, float *C, int ldc, const float *X, int ldx, const
     }
 }
 
+#if GEMM_MR2 > 0
+/* Two panels x mr <= GEMM_MR2 rows (AVX-512's tile for many rows: per kk,
+ * 2 panel loads and mr broadcasts feed 2 mr multiply-adds, where one panel
+ * of 12 rows needs 13 loads for 12): the same arithmetic per element. */
+static inline __attribute__((always_inline)) void
+K(gemm_tile2)(const int fmt, float *C, int ldc, const float *X, int ldx, const unsigned char *w,
+              size_t ps, const int mr, int k0, int k1, int ncl, int load)
+{
+    K(vf) acc[GEMM_MR2][2];
+    for (int r = 0; r < mr; r++)
+        for (int p = 0; p < 2; p++) {
+            if (load) {
+                float t[GEMM_NR] = {0};
+                memcpy(t, C + (size_t)r * ldc + p * GEMM_NR,
+                       (size_t)(p ? ncl : GEMM_NR) * sizeof(float));
+                memcpy(&acc[r][p], t, sizeof t);
+            } else {
+                acc[r][p] = (K(vf)){0};
+            }
+        }
+    BLOCK_LOOP(fmt, k0, k1, b0, b1)
+    {
+        K(vf) sv[2] = {{0}};
+        const int8_t *q[2];
+        for (int p = 0; p < 2; p++)
+            q[p] = fmt == WF_Q8 ? K(q8_block)(w + p * ps, b0, &sv[p]) : NULL;
+        for (int kk = b0; kk < b1; kk++) {
+            K(vf) wv[2];
+            K(wrow)(fmt, w, kk, &sv[0], q[0], b0, &wv[0]);
+            K(wrow)(fmt, w + ps, kk, &sv[1], q[1], b0, &wv[1]);
+            for (int r = 0; r < mr; r++) {
+                const float xv = X[(size_t)r * ldx + kk];
+                acc[r][0] += xv * wv[0];
+                acc[r][1] += xv * wv[1];
+            }
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        memcpy(C + (size_t)r * ldc, &acc[r][0], GEMM_NR * sizeof(float));
+        memcpy(C + (size_t)r * ldc + GEMM_NR, &acc[r][1], (size_t)ncl * sizeof(float));
+    }
+}
+
+static inline __attribute__((always_inline)) void K(gemm_rows2)(const int fmt, float *C, int ldc,
+                                                                const float *X, int ldx,
+                                                                const unsigned char *w,
+                                                                size_t ps, int M, int k, int ncl,
+                                                                int accumulate)
+{
+    for (int k0 = 0; k0 < k; k0 += GEMM_KC) {
+        const int k1 = k0 + GEMM_KC < k ? k0 + GEMM_KC : k, load = k0 > 0 || accumulate;
+        for (int i0 = 0; i0 < M; i0 += GEMM_MR2) {
+            float *c = C + (size_t)i0 * ldc;
+            const float *x = X + (size_t)i0 * ldx;
+#define T(n) K(gemm_tile2)(fmt, c, ldc, x, ldx, w, ps, n, k0, k1, ncl, load)
+            switch (M - i0 < GEMM_MR2 ? M - i0 : GEMM_MR2) {
+#if GEMM_MR2 != 8
+#error "gemm_rows2 has remainder cases for 8 rows"
+#endif
+            case 8: T(8); break;
+            case 7: T(7); break;
+            case 6: T(6); break;
+            case 5: T(5); break;
+            case 4: T(4); break;
+            case 3: T(3); break;
+            case 2: T(2); break;
+            default: T(1); break;
+            }
+#undef T
+        }
+    }
+}
+#endif
+
 /* One panel, any number of rows: tiles of GEMM_MR rows. */
 static inline __attribute__((always_inline)) void K(gemm_rows)(const int fmt, float *C, int ldc,
                                                                const float *X, int ldx,
@@ -304,7 +384,13 @@ K(gemm_fmt)(const int fmt, float *C, int ldc, const float *X, int ldx, const uns
             size_t ps, int np, int M, int k, int ncl, int accumulate)
 {
     if (M > GEMM_NP_ROWS || np == 1) {
-        for (int p = 0; p < np; p++)
+        int p = 0;
+#if GEMM_MR2 > 0
+        for (; p + 2 <= np; p += 2)
+            K(gemm_rows2)(fmt, C + p * GEMM_NR, ldc, X, ldx, w + p * ps, ps, M, k,
+                          p + 2 == np ? ncl : GEMM_NR, accumulate);
+#endif
+        for (; p < np; p++)
             K(gemm_rows)(fmt, C + p * GEMM_NR, ldc, X, ldx, w + p * ps, M, k,
                          p == np - 1 ? ncl : GEMM_NR, accumulate);
         return;
@@ -586,6 +672,7 @@ const struct kernels KCAT(kernels_, KSFX) = {
     .widen_panel = K(widen_panel),
     .fma_loop = K(fma_loop),
     .fma_lanes = FMA_CHAINS * GEMM_NR,
+    .wide_np = GEMM_WIDE_NP,
     .rmsnorm_rows = K(rmsnorm_rows),
     .gate_norm_rows = K(gate_norm_rows),
     .conv_silu = K(conv_silu),

@@ -230,8 +230,8 @@ void model_embed_row(const struct model *m, int32_t v, float *out)
 
 /* The model identity: an XXH3-64 over the config fields that change the
  * function, then every weight (in spec order) by canonical name, shape and
- * fp32 value as stored, before any packing. fp_begin, fp_add per weight,
- * XXH3_64bits_digest. */
+ * fp32 value as stored, before any packing: fp_begin, then per weight
+ * fp_head and its values (in pieces: XXH3 streams), then fp_finish. */
 static void fp_begin(XXH3_state_t *st, const struct model_config *c)
 {
     XXH3_64bits_reset(st);
@@ -249,12 +249,6 @@ static void fp_head(XXH3_state_t *st, const struct wspec *w)
 {
     XXH3_64bits_update(st, w->name, strlen(w->name) + 1);
     XXH3_64bits_update(st, w->shape, sizeof w->shape);
-}
-
-static void fp_add(XXH3_state_t *st, const struct wspec *w, const float *values)
-{
-    fp_head(st, w);
-    XXH3_64bits_update(st, values, spec_nelem(w) * sizeof(float));
 }
 
 /* A format that changed any weight computes another function: it is part
@@ -719,9 +713,11 @@ int model_create_random_as(const struct model_config *cfg_in, uint64_t seed, int
         goto nomem;
     m->wfmt = wfmt == MODEL_WEIGHTS_AUTO ? WF_F32 : wfmt; /* random values are not bf16 */
     int ns = weight_specs(m, s);
-    size_t biggest = 0;
-    for (int i = 0; i < ns; i++)
-        biggest = spec_nelem(&s[i]) > biggest ? spec_nelem(&s[i]) : biggest;
+    size_t biggest = 0; /* floats generated at once: GEMM_NR rows of a projection */
+    for (int i = 0; i < ns; i++) {
+        size_t n = s[i].kind == W_PACK ? GEMM_NR * (size_t)s[i].shape[1] : spec_nelem(&s[i]);
+        biggest = n > biggest ? n : biggest;
+    }
     src = rc_malloc(biggest * sizeof(float));
     if (!src || alloc_arena(m, s, ns, err, errlen))
         goto nomem;
@@ -731,17 +727,23 @@ int model_create_random_as(const struct model_config *cfg_in, uint64_t seed, int
     uint64_t rng = seed;
     int lossy = 0;
     for (int i = 0; i < ns; i++) {
-        size_t n = spec_nelem(&s[i]);
+        const struct wspec *w = &s[i];
+        size_t n = spec_nelem(w), k = w->kind == W_PACK ? (size_t)w->shape[1] : n;
+        size_t step = w->kind == W_PACK ? GEMM_NR * k : n;
         unsigned char *dst = m->arena + off;
-        off += slot_of(&s[i], m->wfmt);
-        for (size_t j = 0; j < n; j++)
-            src[j] = init_value(s[i].init, s[i].fan_in, &rng);
-        fp_add(&fp, &s[i], src);
-        if (s[i].kind == W_PACK)
-            pack_rows(&s[i], m->wfmt, src, 0, (size_t)s[i].shape[0], dst, &lossy);
-        else
-            derive(m, &s[i], src, (float *)dst);
-        set_dst(&s[i], dst);
+        off += slot_of(w, m->wfmt);
+        fp_head(&fp, w);
+        for (size_t o = 0; o < n; o += step) { /* the same values, in order, a block at a time */
+            size_t cnt = n - o < step ? n - o : step;
+            for (size_t j = 0; j < cnt; j++)
+                src[j] = init_value(w->init, w->fan_in, &rng);
+            XXH3_64bits_update(&fp, src, cnt * sizeof(float));
+            if (w->kind == W_PACK)
+                pack_rows(w, m->wfmt, src, o / k, cnt / k, dst, &lossy);
+            else
+                derive(m, w, src, (float *)dst);
+        }
+        set_dst(w, dst);
     }
     m->fingerprint = fp_finish(&fp, m->wfmt, lossy);
     count_params(m, s, ns);
