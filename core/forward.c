@@ -54,6 +54,7 @@ struct fwd {
     float *wide;           /* per pool thread: a bf16/q8 panel widened (linear_item) */
     size_t wide_stride;    /* floats per thread in wide */
     int layer, nseg;       /* the layer the pool's work items belong to */
+    int gate_n;            /* rows of the batch, for gate_item */
     struct fwd_profile *prof; /* NULL unless profiling */
     double t_mark;         /* profiling: the end of the last phase */
     void *block;           /* the one allocation behind the float buffers */
@@ -275,19 +276,45 @@ static void m2_scan_item(void *ctx, int it)
                   f->y + off * DI + (size_t)h * P, DI, sm->n, P, NS);
 }
 
-/* Work item i: the causal conv of segment i (input starts `in_off` floats
- * into each in_proj row). */
-static void conv_item(void *ctx, int i)
+/* Work item it: the causal conv of one block of channels of one segment
+ * (the input starts `in_off` floats into each in_proj row). */
+enum { CONV_CH = 512 }; /* channels per conv work item */
+
+static void conv_item(void *ctx, int it)
 {
     struct fwd *f = ctx;
     const struct model_config *c = &f->m->cfg;
     const struct layer *L = &f->m->layers[f->layer];
-    const struct seg_meta *sm = &f->meta[i];
+    const int CD = c->conv_dim, blocks = (CD + CONV_CH - 1) / CONV_CH;
+    const struct seg_meta *sm = &f->meta[it / blocks];
+    const int c0 = (it % blocks) * CONV_CH, w = CD - c0 < CONV_CH ? CD - c0 : CONV_CH;
     const int in_off = c->arch == MODEL_MAMBA2 ? c->d_inner : 0;
-    f->k->conv_silu(f->xbc + (size_t)sm->off * c->conv_dim,
-                    f->proj + (size_t)sm->off * c->d_in_proj + in_off, c->d_in_proj,
-                    sm->s->conv + (size_t)f->layer * sm->s->conv_per_layer, L->conv_wt, L->conv_b,
-                    sm->n, c->conv_dim, c->d_conv);
+    f->k->conv_silu(f->xbc + (size_t)sm->off * CD + c0,
+                    f->proj + (size_t)sm->off * c->d_in_proj + in_off + c0, c->d_in_proj,
+                    sm->s->conv + (size_t)f->layer * sm->s->conv_per_layer + c0,
+                    L->conv_wt + c0, L->conv_b ? L->conv_b + c0 : NULL, sm->n, w, CD, c->d_conv);
+}
+
+/* Work items of the conv: (segment, block of CONV_CH channels). */
+static int conv_items(const struct fwd *f, int nseg)
+{
+    return nseg * ((f->m->cfg.conv_dim + CONV_CH - 1) / CONV_CH);
+}
+
+enum { GATE_ROWS = 32 }; /* rows per gated-norm work item */
+
+/* Work item i: the gated norm of rows [i * GATE_ROWS, ...) of layer f->layer
+ * (rows are independent: the same numbers however they are split). */
+static void gate_item(void *ctx, int i)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const int DI = c->d_inner, IP = c->d_in_proj, r0 = i * GATE_ROWS;
+    const int n = f->gate_n - r0 < GATE_ROWS ? f->gate_n - r0 : GATE_ROWS;
+    const int mode = !c->rmsnorm_gated ? 2 : c->norm_before_gate ? 1 : 0;
+    f->k->gate_norm_rows(f->y + (size_t)r0 * DI, f->proj + (size_t)r0 * IP, IP, L->gnorm, n, DI,
+                         DI / c->ngroups, c->norm_eps, mode);
 }
 
 static void mamba2_mixer(struct fwd *f, int l, int N, int nseg)
@@ -295,15 +322,15 @@ static void mamba2_mixer(struct fwd *f, int l, int N, int nseg)
     const struct model_config *c = &f->m->cfg;
     const struct layer *L = &f->m->layers[l];
     const int DI = c->d_inner, H = c->nheads, IP = c->d_in_proj;
-    pool_run(f->pool, nseg, conv_item, f);
+    pool_run(f->pool, conv_items(f, nseg), conv_item, f);
     mark(f, FWD_CONV);
     f->k->softplus_rows(f->dt, H, f->proj + DI + c->conv_dim, IP, L->dt_bias, N, H, c->dt_min,
                         c->dt_max);
     mark(f, FWD_DT);
     pool_run(f->pool, nseg * H, m2_scan_item, f);
     mark(f, FWD_SCAN);
-    int mode = !c->rmsnorm_gated ? 2 : c->norm_before_gate ? 1 : 0;
-    f->k->gate_norm_rows(f->y, f->proj, IP, L->gnorm, N, DI, DI / c->ngroups, c->norm_eps, mode);
+    f->gate_n = N;
+    pool_run(f->pool, (N + GATE_ROWS - 1) / GATE_ROWS, gate_item, f);
     mark(f, FWD_GATE_NORM);
 }
 
@@ -331,7 +358,7 @@ static void mamba1_mixer(struct fwd *f, int l, int N, int nseg)
     const struct model_config *c = &f->m->cfg;
     const struct layer *L = &f->m->layers[l];
     const int DI = c->d_inner, R = c->dt_rank, XW = R + 2 * c->d_state;
-    pool_run(f->pool, nseg, conv_item, f);
+    pool_run(f->pool, conv_items(f, nseg), conv_item, f);
     mark(f, FWD_CONV);
     linear(f, f->xdbl, XW, f->xbc, DI, L->x_proj, N, XW, DI, 0);
     linear(f, f->dt, DI, f->xdbl, XW, L->dt_proj, N, DI, R, 0);

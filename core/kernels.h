@@ -103,12 +103,15 @@ struct kernels {
     void (*gate_norm_rows)(float *y, const float *z, int zs, const float *w, int rows, int n,
                            int group, float eps, int mode);
 
-    /* Causal depthwise conv + SiLU over one segment of n rows.
-     * in: n rows (C channels) with stride in_s; state: (K-1) x C rows of the
+    /* Causal depthwise conv + SiLU over one segment of n rows, C channels
+     * (channels are independent: a block of them is the pointers offset to
+     * its first channel and C its width, ld the full width).
+     * in: n rows with stride in_s; state: (K-1) rows (stride ld) of the
      * inputs before the segment, oldest first, updated to the last K-1
-     * inputs; wt: K x C tap-major weights; bias: C or NULL; out: n x C. */
+     * inputs; wt: K tap-major rows (stride ld); bias: C or NULL; out: n rows
+     * (stride ld). */
     void (*conv_silu)(float *out, const float *in, int in_s, float *state, const float *wt,
-                      const float *bias, int n, int C, int K);
+                      const float *bias, int n, int C, int ld, int K);
 
     /* Mamba-2 scan of one head over n tokens. S: P x N state (in/out).
      * x: rows stride xs (P values); B, C: rows stride bcs (N values);

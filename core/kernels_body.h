@@ -522,10 +522,10 @@ static void K(gate_norm_rows)(float *y, const float *z, int zs, const float *w, 
 }
 
 static void K(conv_silu)(float *out, const float *in, int in_s, float *state, const float *wt,
-                         const float *bias, int n, int C, int taps)
+                         const float *bias, int n, int C, int ld, int taps)
 {
     for (int t = 0; t < n; t++) {
-        float *restrict o = out + (size_t)t * C;
+        float *restrict o = out + (size_t)t * ld;
         if (bias) {
             memcpy(o, bias, (size_t)C * sizeof *o);
         } else {
@@ -534,8 +534,8 @@ static void K(conv_silu)(float *out, const float *in, int in_s, float *state, co
         for (int k = 0; k < taps; k++) {
             int j = t - (taps - 1) + k; /* input time, < 0: from the carried state */
             const float *restrict row =
-                j >= 0 ? in + (size_t)j * in_s : state + (size_t)(taps - 1 + j) * C;
-            const float *restrict wk = wt + (size_t)k * C;
+                j >= 0 ? in + (size_t)j * in_s : state + (size_t)(taps - 1 + j) * ld;
+            const float *restrict wk = wt + (size_t)k * ld;
 #pragma omp simd
             for (int c = 0; c < C; c++)
                 o[c] += wk[c] * row[c];
@@ -548,9 +548,9 @@ static void K(conv_silu)(float *out, const float *in, int in_s, float *state, co
      * old state before they are overwritten. */
     for (int r = 0; r < taps - 1; r++) {
         int j = n - (taps - 1) + r;
-        const float *src = j >= 0 ? in + (size_t)j * in_s : state + (size_t)(taps - 1 + j) * C;
-        if (src != state + (size_t)r * C)
-            memmove(state + (size_t)r * C, src, (size_t)C * sizeof *state);
+        const float *src = j >= 0 ? in + (size_t)j * in_s : state + (size_t)(taps - 1 + j) * ld;
+        if (src != state + (size_t)r * ld)
+            memmove(state + (size_t)r * ld, src, (size_t)C * sizeof *state);
     }
 }
 

@@ -61,7 +61,8 @@ static void usage(FILE *f)
             "                  score=256, decode=1,8,32\n"
             "  --threads N     the forward pass's threads, the references' too (default:\n"
             "                  the CPUs this process may use)\n"
-            "  --profile       where decode b=1's time goes, per phase of a layer\n"
+            "  --profile       where the time of decode b=1 and prefill c=512 goes, per\n"
+            "                  phase of a layer\n"
             WEIGHTS_HELP);
 }
 
@@ -267,7 +268,7 @@ static void mem_bandwidth(int threads, double bw[2])
 /* ---- the tests */
 
 static int bench_prefill(struct model *m, int chunk, int with_head, int threads, double secs,
-                         struct result *r)
+                         struct fwd_profile *prof, struct result *r)
 {
     const struct model_config *c = model_config(m);
     struct fwd *f = NULL;
@@ -281,6 +282,7 @@ static int bench_prefill(struct model *m, int chunk, int with_head, int threads,
     char err[256];
     struct score_stats st;
     score_stats_init(&st);
+    fwd_set_profile(f, prof);
     double t0 = now_sec(), el;
     long done = 0;
     do {
@@ -468,6 +470,8 @@ struct bench_run {
     double dec1, dec32;         /* decode b=1 and b=32 tok/s (0 when not run) */
     struct fwd_profile prof;    /* decode b=1 with --profile */
     double prof_tokens;
+    struct fwd_profile pprof;   /* prefill c=512 with --profile */
+    double pprof_tokens;
 };
 
 /* Runs the tests. The machine may be shared and its load may drift during
@@ -484,7 +488,8 @@ static int run_tests(struct model *m, const struct bench_args *a, struct pool *p
         const struct test *t = &a->tests[i];
         rc = t->kind == T_DECODE
                  ? bench_decode(m, t->n, run->threads, a->secs, NULL, &res[i])
-                 : bench_prefill(m, t->n, t->kind == T_SCORE, run->threads, a->secs, &res[i]);
+                 : bench_prefill(m, t->n, t->kind == T_SCORE, run->threads, a->secs, NULL,
+                                 &res[i]);
         if (rc)
             return rc;
         if (t->kind == T_DECODE && t->n == 1 && !run->rss_decode1)
@@ -504,6 +509,9 @@ static int run_tests(struct model *m, const struct bench_args *a, struct pool *p
         if ((rc = bench_decode(m, 1, run->threads, a->secs, &run->prof, &r)))
             return rc;
         run->prof_tokens = r.tokens;
+        if ((rc = bench_prefill(m, 512, 0, run->threads, a->secs, &run->pprof, &r)))
+            return rc;
+        run->pprof_tokens = r.tokens;
     }
     return 0;
 }
@@ -521,12 +529,11 @@ static void rate_decode(struct bench_run *run)
     }
 }
 
-static json_t *profile_json(const struct model *m, const struct bench_run *run)
+static json_t *profile_json(const struct fwd_profile *pr, double tokens)
 {
     json_t *o = json_object();
     for (int i = 0; i < FWD_NPHASES; i++)
-        json_object_set_new(o, fwd_phase_names[i],
-                            json_real(run->prof.sec[i] / run->prof_tokens * 1e3));
+        json_object_set_new(o, fwd_phase_names[i], json_real(pr->sec[i] / tokens * 1e3));
     return o;
 }
 
@@ -558,36 +565,40 @@ static void print_json(struct model *m, const char *label, const char *blas,
         (json_int_t)os_peak_rss_bytes(), "results", a, "percentages_divide_by_gflops",
         run->fma);
     if (run->prof_tokens > 0)
-        json_object_set_new(out, "decode_b1_ms_per_token", profile_json(m, run));
+        json_object_set_new(out, "decode_b1_ms_per_token", profile_json(&run->prof, run->prof_tokens));
+    if (run->pprof_tokens > 0)
+        json_object_set_new(out, "prefill_c512_ms_per_token",
+                            profile_json(&run->pprof, run->pprof_tokens));
     char *d = json_dumps(out, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
     puts(d);
     free(d);
     json_decref(out);
 }
 
-static void print_profile(const struct model *m, const struct bench_run *run)
+static void print_profile(const struct model *m, const char *what, const struct fwd_profile *pr,
+                          double tokens)
 {
     const struct model_config *c = model_config(m);
     double tot = 0;
     for (int i = 0; i < FWD_NPHASES; i++)
-        tot += run->prof.sec[i];
-    printf("\ndecode b=1, where the time goes (%.0f tokens; ms per token, and per layer for the "
+        tot += pr->sec[i];
+    printf("\n%s, where the time goes (%.0f tokens; ms per token, and per layer for the "
            "%d layers):\n",
-           run->prof_tokens, c->n_layer);
+           what, tokens, c->n_layer);
     printf("| %-10s | %8s | %9s | %6s |\n", "phase", "ms/token", "per layer", "share");
     printf("|------------|----------|-----------|--------|\n");
     for (int i = 0; i < FWD_NPHASES; i++) {
-        double ms = run->prof.sec[i] / run->prof_tokens * 1e3;
+        double ms = pr->sec[i] / tokens * 1e3;
         int per_layer = i != FWD_EMBED && i != FWD_FINAL && i != FWD_LM_HEAD;
-        if (run->prof.sec[i] == 0)
+        if (pr->sec[i] == 0)
             continue;
         char pl[32] = "";
         if (per_layer)
             snprintf(pl, sizeof pl, "%.4f", ms / c->n_layer);
         printf("| %-10s | %8.4f | %9s | %5.1f%% |\n", fwd_phase_names[i], ms, pl,
-               100 * run->prof.sec[i] / tot);
+               100 * pr->sec[i] / tot);
     }
-    printf("| %-10s | %8.4f | %9s | %5.1f%% |\n", "total", tot / run->prof_tokens * 1e3, "",
+    printf("| %-10s | %8.4f | %9s | %5.1f%% |\n", "total", tot / tokens * 1e3, "",
            100.0);
 }
 
@@ -636,7 +647,9 @@ static void print_table(struct model *m, const char *label, const char *blas,
     if (run->dec1 > 0 && run->dec32 > 0)
         printf("\ndecode b=32 aggregate / b=1: %.1fx\n", run->dec32 / run->dec1);
     if (run->prof_tokens > 0)
-        print_profile(m, run);
+        print_profile(m, "decode b=1", &run->prof, run->prof_tokens);
+    if (run->pprof_tokens > 0)
+        print_profile(m, "prefill c=512", &run->pprof, run->pprof_tokens);
 }
 
 int cmd_bench(int argc, char **argv)

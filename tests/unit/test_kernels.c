@@ -59,8 +59,8 @@ static void kernel_sets_agree(void **u)
         g->rmsnorm_rows(o1, x, w, T, C, 1e-5f);
         o->rmsnorm_rows(o2, x, w, T, C, 1e-5f);
         assert_true(max_rel(o2, o1, T * C) < 1e-6);
-        g->conv_silu(o1, x, C, st1, wt, w, T, C, K);
-        o->conv_silu(o2, x, C, st2, wt, w, T, C, K);
+        g->conv_silu(o1, x, C, st1, wt, w, T, C, C, K);
+        o->conv_silu(o2, x, C, st2, wt, w, T, C, C, K);
         assert_true(max_rel(o2, o1, T * C) < 1e-6);
         assert_memory_equal(st1, st2, sizeof st1);
         for (int mode = 0; mode < 3; mode++) {
