@@ -2,7 +2,8 @@
  * blas.h — make sure OpenBLAS runs the right kernels for this CPU.
  *
  * The engine makes no OpenBLAS call: its own panel kernels (kernels.h) do
- * the projections. OpenBLAS's sgemm is `recurd bench`'s reference peak,
+ * the projections. OpenBLAS's sgemm is reported by `recurd bench` beside
+ * its own references (docs/engine.md, "Roofline"),
  * and its thread count is reported by the server (docs/engine.md,
  * "OpenBLAS", has the measurements). Only blas.c includes cblas.h here.
  *

@@ -106,7 +106,7 @@ void wfmt_pack_rows(int fmt, const float *src, size_t rows, size_t k, size_t r0,
             *lossy = 1;
             for (size_t b0 = 0; b0 < k; b0 += GEMM_QB) {
                 size_t kb = k - b0 < GEMM_QB ? k - b0 : GEMM_QB;
-                unsigned char *blk = pan + b0 / GEMM_QB * (GEMM_NR * 2 + GEMM_QB * GEMM_NR);
+                unsigned char *blk = pan + b0 / GEMM_QB * GEMM_Q8_BLOCK;
                 uint16_t sc[GEMM_NR];
                 int8_t *q = (int8_t *)(blk + GEMM_NR * 2);
                 for (size_t j = 0; j < GEMM_NR; j++) {

@@ -34,6 +34,8 @@
  * panel of a bf16 checkpoint computes exactly what its fp32 panel computes. */
 #define GEMM_NR 16
 #define GEMM_QB 32
+/* Bytes of one GEMM_QB block of a WF_Q8 panel: scales, then int8 rows. */
+#define GEMM_Q8_BLOCK (GEMM_NR * 2 + GEMM_QB * GEMM_NR)
 
 enum wfmt { WF_F32 = 0, WF_BF16 = 1, WF_Q8 = 2 };
 
@@ -69,9 +71,10 @@ struct kernels {
     /* np consecutive panels (pstride bytes apart, format fmt) of a
      * projection: C (M x cols, row stride ldc) = X (M x k, row stride ldx) .
      * panels, or C += ... when accumulate. All panels are full but the last,
-     * of which ncols_last <= GEMM_NR columns are real. np > 1 only with
-     * M <= GEMM_NP_ROWS (few rows: the panels give the FMA pipes independent
-     * sums to work on). Every output element is one running sum over
+     * of which ncols_last <= GEMM_NR columns are real. With few rows
+     * (M <= GEMM_NP_ROWS) up to GEMM_NP_MAX panels are taken at once (the
+     * FMA pipes get independent sums to work on); with more, pairs of panels
+     * where the set has a two-panel tile (wide_np), else one at a time. Every output element is one running sum over
      * kk = 0..k-1 in order (starting from C when accumulating) of x * w, w
      * the weight widened to fp32: the same arithmetic whatever M, np, the
      * row's place in X or the split of panels over threads. So a session's

@@ -78,8 +78,6 @@ static inline float K(bf16)(uint16_t h)
     return f;
 }
 
-/* Bytes of one GEMM_QB block of a WF_Q8 panel: scales, then int8 rows. */
-#define Q8_BLOCK (GEMM_NR * 2 + GEMM_QB * GEMM_NR)
 
 /* GCC vector types of one panel row (GEMM_NR = 16 lanes): one zmm on
  * AVX-512, two ymm on AVX2, four xmm on generic x86-64. The widening of
@@ -135,7 +133,7 @@ static inline __attribute__((always_inline)) void K(wrow)(const int fmt,
 static inline __attribute__((always_inline)) const int8_t *
 K(q8_block)(const unsigned char *pan, int b0, K(vf) *sv)
 {
-    const unsigned char *blk = pan + (size_t)(b0 / GEMM_QB) * Q8_BLOCK;
+    const unsigned char *blk = pan + (size_t)(b0 / GEMM_QB) * GEMM_Q8_BLOCK;
     K(vh) h;
     memcpy(&h, blk, sizeof h);
     K(vu) u = __builtin_convertvector(h, K(vu)) << 16;
@@ -241,6 +239,27 @@ K(gemm_tile_np)(const int fmt, float *C, int ldc, const float *X, int ldx, const
     }
 }
 
+/* The cases of a switch over a remainder tile's rows, each an inlined copy
+ * T(n) with a constant n (the row loops below). */
+#define ROW_CASES_6(T)                                                                          \
+    case 6: T(6); break;                                                                        \
+    case 5: T(5); break;                                                                        \
+    case 4: T(4); break;                                                                        \
+    case 3: T(3); break;                                                                        \
+    case 2: T(2); break;                                                                        \
+    default: T(1); break;
+#define ROW_CASES_8(T)                                                                          \
+    case 8: T(8); break;                                                                        \
+    case 7: T(7); break;                                                                        \
+    ROW_CASES_6(T)
+#define ROW_CASES_12_7(T)                                                                       \
+    case 12: T(12); break;                                                                      \
+    case 11: T(11); break;                                                                      \
+    case 10: T(10); break;                                                                      \
+    case 9: T(9); break;                                                                        \
+    case 8: T(8); break;                                                                        \
+    case 7: T(7); break;
+
 #if GEMM_MR2 > 0
 /* Two panels x mr <= GEMM_MR2 rows (AVX-512's tile for many rows: per kk,
  * 2 panel loads and mr broadcasts feed 2 mr multiply-adds, where one panel
@@ -300,14 +319,7 @@ static inline __attribute__((always_inline)) void K(gemm_rows2)(const int fmt, f
 #if GEMM_MR2 != 8
 #error "gemm_rows2 has remainder cases for 8 rows"
 #endif
-            case 8: T(8); break;
-            case 7: T(7); break;
-            case 6: T(6); break;
-            case 5: T(5); break;
-            case 4: T(4); break;
-            case 3: T(3); break;
-            case 2: T(2); break;
-            default: T(1); break;
+                ROW_CASES_8(T)
             }
 #undef T
         }
@@ -329,19 +341,9 @@ static inline __attribute__((always_inline)) void K(gemm_rows)(const int fmt, fl
 #define T(n) K(gemm_tile)(fmt, c, ldc, x, ldx, w, n, k0, k1, ncl, load)
             switch (M - i0 < GEMM_MR ? M - i0 : GEMM_MR) {
 #if GEMM_MR > 6
-            case 12: T(12); break;
-            case 11: T(11); break;
-            case 10: T(10); break;
-            case 9: T(9); break;
-            case 8: T(8); break;
-            case 7: T(7); break;
+                ROW_CASES_12_7(T)
 #endif
-            case 6: T(6); break;
-            case 5: T(5); break;
-            case 4: T(4); break;
-            case 3: T(3); break;
-            case 2: T(2); break;
-            default: T(1); break;
+                ROW_CASES_6(T)
             }
 #undef T
         }
@@ -430,7 +432,7 @@ static void K(widen_panel)(int fmt, float *dst, const void *panel, int k)
     } else {
         const unsigned char *w = panel;
         for (int b0 = 0; b0 < k; b0 += GEMM_QB) {
-            const unsigned char *blk = w + (size_t)(b0 / GEMM_QB) * Q8_BLOCK;
+            const unsigned char *blk = w + (size_t)(b0 / GEMM_QB) * GEMM_Q8_BLOCK;
             const uint16_t *sc = (const uint16_t *)blk;
             const int8_t *restrict q = (const int8_t *)(blk + GEMM_NR * 2);
             float s[GEMM_NR];

@@ -217,7 +217,7 @@ void model_embed_row(const struct model *m, int32_t v, float *out)
             out[d] = wfmt_bf16_value(((const uint16_t *)pan)[(size_t)d * GEMM_NR + j]);
     } else {
         for (int b0 = 0; b0 < D; b0 += GEMM_QB) {
-            const unsigned char *blk = pan + (size_t)(b0 / GEMM_QB) * (GEMM_NR * 2 + GEMM_QB * GEMM_NR);
+            const unsigned char *blk = pan + (size_t)(b0 / GEMM_QB) * GEMM_Q8_BLOCK;
             uint16_t sc;
             memcpy(&sc, blk + 2 * j, 2);
             const float sv = wfmt_bf16_value(sc);

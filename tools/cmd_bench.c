@@ -106,13 +106,13 @@ static double sgemm_peak(int M, int N, int K)
 struct fma_job {
     const struct kernels *k;
     long iters;
-    volatile float sink;
+    float sink[64]; /* per pool thread (pool_self), so threads share no variable */
 };
 
 static void fma_item(void *ctx, int i)
 {
     struct fma_job *j = ctx;
-    j->sink += j->k->fma_loop(j->iters, 0.9999999f);
+    j->sink[pool_self() % 64] += j->k->fma_loop(j->iters, 0.9999999f);
 }
 
 /* In-register multiply-add peak of the engine's kernel set on the pool's
@@ -121,7 +121,7 @@ static void fma_item(void *ctx, int i)
 static double fma_peak(struct pool *p)
 {
     const struct kernels *k = kernels_get();
-    struct fma_job j = {k, 2000000, 0};
+    struct fma_job j = {k, 2000000, {0}};
     int items = 8 * pool_threads(p);
     double best = 0;
     pool_run(p, items, fma_item, &j); /* warm up: clocks, thread wake-ups */
@@ -131,6 +131,8 @@ static double fma_peak(struct pool *p)
         double g = 2.0 * k->fma_lanes * (double)j.iters * items / (now_sec() - t0) / 1e9;
         best = g > best ? g : best;
     }
+    if (j.sink[0] == 12345.0f) /* the loops' results are used */
+        best += 1e-9;
     return best;
 }
 

@@ -106,36 +106,49 @@ def read_config(model_dir):
     def fail(msg):
         sys.exit(f"{model_dir}/config.json: {msg}")
 
-    c = {}
-    if "hidden_size" in cfg or cfg.get("model_type") in ("mamba2", "mamba"):
-        c["naming"] = "transformers"
+    # (field, transformers key, state-spaces key, default); state-spaces keys
+    # starting with "ssm." are read from ssm_cfg
+    fields = [
+        ("d_model", "hidden_size", "d_model", None),
+        ("n_layer", "num_hidden_layers", "n_layer", None),
+        ("d_state", "state_size", "ssm.d_state", 128),
+        ("d_conv", "conv_kernel", "ssm.d_conv", 4),
+        ("expand", "expand", "ssm.expand", 2),
+        ("headdim", "head_dim", "ssm.headdim", 64),
+        ("ngroups", "n_groups", "ssm.ngroups", 1),
+        ("proj_bias", "use_bias", "ssm.bias", False),
+        ("conv_bias", "use_conv_bias", "ssm.conv_bias", True),
+        ("gated_rmsnorm", "rms_norm", "ssm.rmsnorm", True),
+        ("norm_before_gate", None, "ssm.norm_before_gate", False),
+        ("d_has_hdim", None, "ssm.D_has_hdim", False),
+    ]
+    hf = "hidden_size" in cfg or cfg.get("model_type") in ("mamba2", "mamba")
+    ssm = {} if hf else (cfg.get("ssm_cfg") or {})
+    c = {"naming": "transformers" if hf else "state-spaces"}
+    for name, hf_key, ss_key, default in fields:
+        key = hf_key if hf else ss_key
+        src = ssm if key and key.startswith("ssm.") else cfg
+        key = key[4:] if key and key.startswith("ssm.") else key
+        if key is None:
+            c[name] = default
+        elif default is None:
+            if key not in src:
+                fail(f"{key} is missing")
+            c[name] = src[key]
+        else:
+            c[name] = src.get(key, default)
+    if hf:
         if cfg.get("model_type", "mamba2") != "mamba2":
             fail(f"model_type {cfg.get('model_type')!r}: only Mamba-2 converts to llama.cpp's mamba2")
-        c["d_model"] = cfg["hidden_size"]
-        c["n_layer"] = cfg["num_hidden_layers"]
         c["n_vocab"] = cfg["vocab_size"]  # transformers' embedding has exactly vocab_size rows
-        c["d_state"] = cfg.get("state_size", 128)
-        c["d_conv"] = cfg.get("conv_kernel", 4)
-        c["expand"] = cfg.get("expand", 2)
-        c["headdim"] = cfg.get("head_dim", 64)
-        c["ngroups"] = cfg.get("n_groups", 1)
         c["eps"] = cfg.get("layer_norm_epsilon", 1e-5)
         c["tie"] = cfg.get("tie_word_embeddings", False)
-        c["proj_bias"] = cfg.get("use_bias", False)
-        c["conv_bias"] = cfg.get("use_conv_bias", True)
-        c["gated_rmsnorm"] = cfg.get("rms_norm", True)
-        c["norm_before_gate"] = False
-        c["d_has_hdim"] = False
         lim = cfg.get("time_step_limit")
-        c["dt_limit"] = tuple(lim) if lim else (0.0, math.inf)
-        if cfg.get("hidden_act", "silu") not in ("silu", "swish"):
-            fail(f"hidden_act {cfg['hidden_act']!r} not supported")
+        act = cfg.get("hidden_act", "silu")
         nh = cfg.get("num_heads")
         if nh is not None and nh * c["headdim"] != c["expand"] * c["d_model"]:
             fail("num_heads x head_dim != expand x hidden_size")
     else:
-        c["naming"] = "state-spaces"
-        ssm = cfg.get("ssm_cfg") or {}
         if ssm.get("layer") != "Mamba2":
             fail("ssm_cfg.layer is not 'Mamba2': only Mamba-2 converts to llama.cpp's mamba2")
         if cfg.get("d_intermediate", 0) > 0:
@@ -144,28 +157,17 @@ def read_config(model_dir):
             fail("attention layers are not supported")
         if not cfg.get("rms_norm", True):
             fail("rms_norm false (LayerNorm blocks) is not supported")
-        c["d_model"] = cfg["d_model"]
-        c["n_layer"] = cfg["n_layer"]
         pad = cfg.get("pad_vocab_size_multiple", 8)
         c["n_vocab"] = -(-cfg["vocab_size"] // pad) * pad
-        c["d_state"] = ssm.get("d_state", 128)
-        c["d_conv"] = ssm.get("d_conv", 4)
-        c["expand"] = ssm.get("expand", 2)
-        c["headdim"] = ssm.get("headdim", 64)
-        c["ngroups"] = ssm.get("ngroups", 1)
         c["eps"] = cfg.get("norm_epsilon", 1e-5)
         c["tie"] = cfg.get("tie_embeddings", True)
-        c["proj_bias"] = ssm.get("bias", False)
-        c["conv_bias"] = ssm.get("conv_bias", True)
-        c["gated_rmsnorm"] = ssm.get("rmsnorm", True)
-        c["norm_before_gate"] = ssm.get("norm_before_gate", False)
-        c["d_has_hdim"] = ssm.get("D_has_hdim", False)
         if ssm.get("d_ssm") not in (None, c["expand"] * c["d_model"]):
             fail("ssm_cfg.d_ssm != d_inner is not supported")
         lim = ssm.get("dt_limit")
-        c["dt_limit"] = tuple(lim) if lim else (0.0, math.inf)
-        if ssm.get("activation", "silu") not in ("silu", "swish"):
-            fail(f"ssm_cfg.activation {ssm['activation']!r} not supported")
+        act = ssm.get("activation", "silu")
+    c["dt_limit"] = tuple(lim) if lim else (0.0, math.inf)
+    if act not in ("silu", "swish"):
+        fail(f"activation {act!r} not supported")
 
     # what llama.cpp's mamba2 graph cannot express
     if c["proj_bias"]:
