@@ -310,6 +310,118 @@ static int parse_hf(struct ctx *c, const json_t *root, const char *mtype, struct
     return 0;
 }
 
+/* A number in [lo, hi] (JSON integer or real); absent or null -> def. */
+static int get_num(struct ctx *c, const json_t *o, const char *key, double lo, double hi,
+                   double def, double *out)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    double d;
+    if (float_of(v, &d) || !(d >= lo && d <= hi))
+        return rc_fail(c->err, c->errlen, RC_EFORMAT, "%s: %s must be a number in [%g, %g]",
+                       c->label, key, lo, hi);
+    *out = d;
+    return 0;
+}
+
+/* A key that must be absent, null, or the given boolean. */
+static int want_bool(struct ctx *c, const json_t *o, const char *key, int want, const char *why)
+{
+    int v;
+    int rc = get_bool(c, o, "", key, want, &v);
+    if (rc)
+        return rc;
+    if (v != want)
+        return rc_fail(c->err, c->errlen, RC_EUNSUPPORTED, "%s: %s %s is not supported (%s)",
+                       c->label, key, v ? "true" : "false", why);
+    return 0;
+}
+
+/* fla's GLAConfig (model_type "gla"), defaults as fla's. Keys read: every
+ * one that changes what GLAForCausalLM computes; attn_mode, fuse_swiglu,
+ * fuse_cross_entropy, initializer_range and the like only choose kernels
+ * or training behaviour. */
+static int parse_fla_gla(struct ctx *c, const json_t *root, struct model_config *cfg)
+{
+    int rc, v;
+    double ek = 0, ev = 0, ratio = 0, norm = 0, clamp = 0;
+    cfg->naming = NAMING_FLA;
+    cfg->arch = MODEL_GLA;
+    if ((rc = get_int(c, root, "", "hidden_size", 1, MAX_D_MODEL, -1, &cfg->d_model)) ||
+        (rc = get_int(c, root, "", "num_hidden_layers", 1, MAX_LAYERS, -1, &cfg->n_layer)) ||
+        (rc = get_int(c, root, "", "vocab_size", 1, MAX_VOCAB, -1, &cfg->vocab_size)) ||
+        (rc = get_int(c, root, "", "num_heads", 1, MAX_D_MODEL, 4, &cfg->nheads)) ||
+        (rc = get_int(c, root, "", "num_kv_heads", 1, MAX_D_MODEL, cfg->nheads,
+                      &cfg->gla_kv_heads)) ||
+        (rc = get_num(c, root, "expand_k", 1.0 / MAX_D_MODEL, MAX_EXPAND, 0.5, &ek)) ||
+        (rc = get_num(c, root, "expand_v", 1.0 / MAX_D_MODEL, MAX_EXPAND, 1.0, &ev)) ||
+        (rc = get_num(c, root, "hidden_ratio", 1.0 / 64, 64, 4, &ratio)) ||
+        (rc = get_int(c, root, "", "intermediate_size", 0, MAX_D_MODEL * MAX_EXPAND, 0,
+                      &cfg->gla_ff)) ||
+        (rc = get_bool(c, root, "", "use_short_conv", 0, &cfg->gla_short_conv)) ||
+        (rc = get_int(c, root, "", "conv_size", 1, MAX_D_CONV, 4, &cfg->d_conv)) ||
+        (rc = get_bool(c, root, "", "use_output_gate", 1, &cfg->gla_out_gate)) ||
+        (rc = get_num(c, root, "gate_logit_normalizer", 1e-6, 1e6, 16, &norm)) ||
+        (rc = get_int(c, root, "", "gate_low_rank_dim", 1, MAX_D_MODEL, 16,
+                      &cfg->gla_low_rank)) ||
+        (rc = get_num(c, root, "clamp_min", -1e30, 0, -INFINITY, &clamp)) ||
+        (rc = get_bool(c, root, "", "elementwise_affine", 1, &cfg->gla_affine)) ||
+        (rc = get_bool(c, root, "", "fuse_norm", 1, &cfg->gla_fuse_norm)) ||
+        (rc = get_bool(c, root, "", "tie_word_embeddings", 0, &cfg->tie_embeddings)) ||
+        (rc = want_bool(c, root, "use_gk", 1, "fla's GLA layer always has the key gate")) ||
+        (rc = want_bool(c, root, "use_gv", 0, "a value gate is not implemented")) ||
+        (rc = check_act(c, root, "", "hidden_act")))
+        return rc;
+    /* norm_eps: fla's default is 1e-6 (get_eps defaults to 1e-5). */
+    double eps;
+    if ((rc = get_num(c, root, "norm_eps", 1e-30, 0.5, 1e-6, &eps)))
+        return rc;
+    cfg->norm_eps = (float)eps;
+    const json_t *fm = json_object_get(root, "feature_map");
+    if (fm && !json_is_null(fm))
+        return rc_fail(c->err, c->errlen, RC_EUNSUPPORTED,
+                       "%s: feature_map '%.32s' is not supported (only null: q and k as "
+                       "projected)",
+                       c->label, json_is_string(fm) ? json_string_value(fm) : "?");
+    const json_t *attn = json_object_get(root, "attn");
+    if (attn && !json_is_null(attn))
+        return rc_fail(c->err, c->errlen, RC_EUNSUPPORTED,
+                       "%s: attn: hybrid softmax-attention layers are not supported", c->label);
+    if ((rc = get_int(c, root, "", "attnres_block_size", 0, INT32_MAX, 0, &v)))
+        return rc;
+    if (v)
+        return rc_fail(c->err, c->errlen, RC_EUNSUPPORTED,
+                       "%s: attnres_block_size (attention residuals) is not supported", c->label);
+    const char *fn = json_string_value(json_object_get(root, "gate_fn"));
+    if (fn && strcmp(fn, "swish") && strcmp(fn, "silu"))
+        return rc_fail(c->err, c->errlen, RC_EUNSUPPORTED,
+                       "%s: gate_fn '%.32s' is not supported (only swish)", c->label, fn);
+    /* Python's int(hidden * expand): truncation. */
+    double kd = floor((double)cfg->d_model * ek), vd = floor((double)cfg->d_model * ev);
+    if (kd < 1 || vd < 1)
+        return rc_fail(c->err, c->errlen, RC_EFORMAT,
+                       "%s: hidden_size x expand_k / expand_v is below 1", c->label);
+    cfg->gla_key_dim = (int)kd;
+    cfg->d_inner = (int)vd;
+    if (cfg->gla_ff == 0) { /* fla's GatedMLP: 2/3 of hidden x ratio, up to a multiple of 256 */
+        long ff = (long)((double)cfg->d_model * ratio * 2.0 / 3.0);
+        ff = 256 * ((ff + 255) / 256);
+        if (ff < 1 || ff > (long)MAX_D_MODEL * MAX_EXPAND)
+            return rc_fail(c->err, c->errlen, RC_EFORMAT, "%s: MLP width %ld out of range",
+                           c->label, ff);
+        cfg->gla_ff = (int)ff;
+    }
+    cfg->gla_gate_norm = (float)norm;
+    cfg->gla_clamp_min = (float)clamp;
+    if (!cfg->gla_short_conv)
+        cfg->d_conv = 1;
+    cfg->n_vocab = cfg->vocab_size;
+    return 0;
+}
+
 int config_parse(const char *text, size_t len, const char *label, struct model_config *cfg,
                  char *err, size_t errlen)
 {
@@ -338,15 +450,19 @@ int config_parse(const char *text, size_t len, const char *label, struct model_c
             const char *a = json_string_value(arch);
             mt = a && !strcmp(a, "Mamba2ForCausalLM") ? "mamba2"
                  : a && !strcmp(a, "MambaForCausalLM") ? "mamba"
+                 : a && !strcmp(a, "GLAForCausalLM")   ? "gla"
                                                         : NULL;
         }
         if (!mt)
             rc = rc_fail(err, errlen, RC_EFORMAT,
                          "%s: transformers config without model_type or known architectures",
                          label);
+        else if (!strcmp(mt, "gla"))
+            rc = parse_fla_gla(&c, root, cfg);
         else if (strcmp(mt, "mamba2") && strcmp(mt, "mamba"))
             rc = rc_fail(err, errlen, RC_EUNSUPPORTED,
-                         "%s: model_type '%.32s' is not supported (mamba or mamba2)", label, mt);
+                         "%s: model_type '%.32s' is not supported (mamba, mamba2 or gla)", label,
+                         mt);
         else
             rc = parse_hf(&c, root, mt, cfg);
     } else {
@@ -363,10 +479,57 @@ int config_parse(const char *text, size_t len, const char *label, struct model_c
     return rc;
 }
 
+/* GLA: heads, widths and the projection row (see config.h). */
+static int gla_complete(struct model_config *c, char *err, size_t errlen)
+{
+    if (c->d_model < 1 || c->d_model > MAX_D_MODEL || c->n_layer < 1 || c->n_layer > MAX_LAYERS ||
+        c->vocab_size < 1 || c->vocab_size > MAX_VOCAB || c->d_conv < 1 ||
+        c->d_conv > MAX_D_CONV || c->d_inner < 1 || c->d_inner > MAX_D_MODEL * MAX_EXPAND ||
+        c->gla_key_dim < 1 || c->gla_key_dim > MAX_D_MODEL * MAX_EXPAND || c->gla_ff < 1 ||
+        c->gla_ff > MAX_D_MODEL * MAX_EXPAND || c->gla_low_rank < 1 ||
+        c->gla_low_rank > MAX_D_MODEL || c->nheads < 1 || c->gla_kv_heads < 1)
+        return rc_fail(err, errlen, RC_EINVAL, "config: dimension out of range");
+    if (c->gla_key_dim % c->nheads || c->d_inner % c->nheads)
+        return rc_fail(err, errlen, RC_EINVAL,
+                       "config: num_heads %d does not divide key dim %d and value dim %d",
+                       c->nheads, c->gla_key_dim, c->d_inner);
+    if (c->nheads % c->gla_kv_heads)
+        return rc_fail(err, errlen, RC_EINVAL, "config: num_kv_heads %d does not divide num_heads %d",
+                       c->gla_kv_heads, c->nheads);
+    if (!(c->gla_gate_norm > 0) || !(c->norm_eps > 0) || c->gla_clamp_min > 0 ||
+        isnan(c->gla_clamp_min))
+        return rc_fail(err, errlen, RC_EINVAL, "config: gate normaliser, eps or clamp_min");
+    if (c->n_vocab == 0)
+        c->n_vocab = c->vocab_size;
+    if (c->n_vocab < c->vocab_size || c->n_vocab > MAX_VOCAB)
+        return rc_fail(err, errlen, RC_EINVAL, "config: n_vocab %d < vocab_size %d", c->n_vocab,
+                       c->vocab_size);
+    if (!c->gla_short_conv)
+        c->d_conv = 1;
+    const int g = c->nheads / c->gla_kv_heads;
+    c->gla_dk = c->gla_key_dim / c->nheads;
+    c->gla_dv = c->d_inner / c->nheads;
+    const int kk = c->gla_key_dim / g, vv = c->d_inner / g; /* k, v and gk widths */
+    c->conv_dim = c->gla_short_conv ? c->gla_key_dim + kk + vv : 0;
+    c->d_in_proj = c->gla_key_dim + kk + vv + (c->gla_out_gate ? c->d_inner : 0) + kk +
+                   c->gla_low_rank;
+    c->d_state = c->gla_dk; /* informational (/v1/models): key width of one head's state */
+    c->headdim = c->gla_dv;
+    c->ngroups = c->gla_kv_heads;
+    c->conv_bias = c->proj_bias = 0;
+    c->rmsnorm_gated = 1;
+    c->dt_rank = 0;
+    c->dt_min = 0.0f;
+    c->dt_max = INFINITY;
+    return 0;
+}
+
 int model_config_complete(struct model_config *cfg, char *err, size_t errlen)
 {
-    if (cfg->arch != MODEL_MAMBA1 && cfg->arch != MODEL_MAMBA2)
+    if (cfg->arch != MODEL_MAMBA1 && cfg->arch != MODEL_MAMBA2 && cfg->arch != MODEL_GLA)
         return rc_fail(err, errlen, RC_EINVAL, "config: unknown architecture %d", cfg->arch);
+    if (cfg->arch == MODEL_GLA)
+        return gla_complete(cfg, err, errlen);
     if (cfg->d_model < 1 || cfg->d_model > MAX_D_MODEL || cfg->n_layer < 1 ||
         cfg->n_layer > MAX_LAYERS || cfg->vocab_size < 1 || cfg->vocab_size > MAX_VOCAB ||
         cfg->d_state < 1 || cfg->d_state > MAX_D_STATE || cfg->d_conv < 1 ||

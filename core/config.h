@@ -19,11 +19,13 @@
 enum model_arch {
     MODEL_MAMBA1 = 1,
     MODEL_MAMBA2 = 2,
+    MODEL_GLA = 3, /* Gated Linear Attention (fla's GLAForCausalLM) */
 };
 
 enum model_naming {
     NAMING_STATE_SPACES = 1, /* backbone.embedding.weight, MambaLMHeadModel config */
     NAMING_HF = 2,           /* backbone.embeddings.weight, transformers config */
+    NAMING_FLA = 3,          /* model.embeddings.weight, fla config (model_type gla) */
 };
 
 struct model_config {
@@ -55,6 +57,22 @@ struct model_config {
     int proj_bias;      /* in_proj / out_proj have biases */
     int tie_embeddings; /* lm_head is the embedding */
     float norm_eps;     /* RMSNorm epsilon (blocks, norm_f, gated norm) */
+    /* GLA (fla). nheads = num_heads; conv_dim = key_dim + 2 kv widths
+     * (q, k, v through the short conv) or 0; d_conv = conv_size, or 1
+     * without short conv (no window); d_inner = value_dim (o_proj input);
+     * d_in_proj = every attention projection's row: [q | k | v | g | gk |
+     * gk_low], see forward.c. */
+    int gla_kv_heads;    /* num_kv_heads (divides nheads) */
+    int gla_dk, gla_dv;  /* per-head key and value widths */
+    int gla_key_dim;     /* nheads * dk */
+    int gla_ff;          /* MLP intermediate size */
+    int gla_low_rank;    /* gate_low_rank_dim (gk_proj.0 rows) */
+    int gla_short_conv;  /* use_short_conv */
+    int gla_out_gate;    /* use_output_gate: g_proj and swish gate */
+    int gla_affine;      /* elementwise_affine: g_norm has a weight */
+    int gla_fuse_norm;   /* fuse_norm: the tensor is g_norm_swish_gate (else g_norm) */
+    float gla_gate_norm; /* gate_logit_normalizer */
+    float gla_clamp_min; /* clamp_min, or -inf (none) */
     int training_context; /* config's "training_context" (tokens per training
                              sequence), 0 when it does not say: informational only */
 };

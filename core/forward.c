@@ -21,6 +21,7 @@
  */
 #include "forward.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -52,6 +53,9 @@ struct fwd {
     struct mstate **seen;  /* duplicate-state check scratch */
     struct pool *pool;     /* scan/conv workers (this thread + nproc-1) */
     float *wide;           /* per pool thread: a bf16/q8 panel widened (linear_item) */
+    float *gla_scratch;    /* GLA: per pool thread, gla_scan's scratch */
+    size_t gla_stride;     /* floats per thread in gla_scratch */
+    float *ones;           /* GLA without norm weights: d_inner ones */
     size_t wide_stride;    /* floats per thread in wide */
     int layer, nseg;       /* the layer the pool's work items belong to */
     int gate_n;            /* rows of the batch, for gate_item */
@@ -66,6 +70,8 @@ void fwd_free(struct fwd *f)
         return;
     pool_free(f->pool);
     rc_free(f->wide);
+    rc_free(f->gla_scratch);
+    rc_free(f->ones);
     rc_free(f->block);
     rc_free(f->meta);
     rc_free(f->seen);
@@ -92,10 +98,14 @@ int fwd_create_threads(const struct model *m, int max_tokens, int threads, struc
     f->k = kernels_get();
     f->max_tokens = max_tokens;
     size_t T = (size_t)max_tokens;
-    size_t dtw = c->arch == MODEL_MAMBA2 ? (size_t)c->nheads : (size_t)c->d_inner;
+    const int gla = c->arch == MODEL_GLA;
+    size_t dtw = c->arch == MODEL_MAMBA2 ? (size_t)c->nheads : gla ? 0 : (size_t)c->d_inner;
     size_t xdw = c->arch == MODEL_MAMBA1 ? (size_t)(c->dt_rank + 2 * c->d_state) : 0;
+    /* GLA: proj also holds the MLP's gate and up rows. */
+    size_t pw = gla && 2 * (size_t)c->gla_ff > (size_t)c->d_in_proj ? 2 * (size_t)c->gla_ff
+                                                                      : (size_t)c->d_in_proj;
     /* Each buffer padded to a 64-byte boundary. */
-    size_t widths[] = {(size_t)c->d_model, (size_t)c->d_model, (size_t)c->d_in_proj,
+    size_t widths[] = {(size_t)c->d_model, (size_t)c->d_model, pw,
                        (size_t)c->conv_dim, dtw, (size_t)c->d_inner, xdw};
     float **bufs[] = {&f->resid, &f->xn, &f->proj, &f->xbc, &f->dt, &f->y, &f->xdbl};
     size_t total = 0;
@@ -109,9 +119,23 @@ int fwd_create_threads(const struct model *m, int max_tokens, int threads, struc
         fwd_free(f);
         return RC_ENOMEM;
     }
+    if (gla) {
+        f->gla_stride = (gla_scratch_floats(c->gla_dk) + 15) & ~(size_t)15;
+        f->gla_scratch =
+            rc_aligned_alloc((size_t)pool_threads(f->pool) * f->gla_stride * sizeof(float));
+        f->ones = rc_aligned_alloc((size_t)c->d_inner * sizeof(float));
+        if (!f->gla_scratch || !f->ones) {
+            fwd_free(f);
+            return RC_ENOMEM;
+        }
+        for (int i = 0; i < c->d_inner; i++)
+            f->ones[i] = 1.0f;
+    }
     if (m->wfmt != WF_F32) {
         int kmax = c->d_model > c->d_inner ? c->d_model : c->d_inner;
         kmax = c->dt_rank > kmax ? c->dt_rank : kmax;
+        kmax = gla && c->gla_ff > kmax ? c->gla_ff : kmax;
+        kmax = gla && c->gla_low_rank > kmax ? c->gla_low_rank : kmax;
         f->wide_stride = wfmt_panel_bytes(WF_F32, kmax) / sizeof(float) * f->k->wide_np;
         f->wide = rc_aligned_alloc((size_t)pool_threads(f->pool) * f->wide_stride * sizeof(float));
         if (!f->wide) {
@@ -133,7 +157,7 @@ int fwd_create_threads(const struct model *m, int max_tokens, int threads, struc
 
 const char *const fwd_phase_names[FWD_NPHASES] = {
     "embed", "norm", "in_proj", "conv", "dt", "scan", "gate_norm", "out_proj", "x/dt_proj",
-    "final_norm", "lm_head"};
+    "final_norm", "lm_head", "mlp"};
 
 void fwd_set_profile(struct fwd *f, struct fwd_profile *p) { f->prof = p; }
 
@@ -369,6 +393,123 @@ static void mamba1_mixer(struct fwd *f, int l, int N, int nseg)
     mark(f, FWD_SCAN);
 }
 
+/* GLA's projection row (config.h): offsets of its parts. */
+struct gla_row {
+    int q, k, v, g, gk, low;
+};
+
+static struct gla_row gla_row(const struct model_config *c)
+{
+    const int G = c->nheads / c->gla_kv_heads, KK = c->gla_key_dim / G, VV = c->d_inner / G;
+    struct gla_row r;
+    r.q = 0;
+    r.k = c->gla_key_dim;
+    r.v = r.k + KK;
+    r.g = r.v + VV;
+    r.gk = r.g + (c->gla_out_gate ? c->d_inner : 0);
+    r.low = r.gk + KK;
+    return r;
+}
+
+/* Work item it of a GLA layer: (segment it / kv_heads, key/value head). */
+static void gla_scan_item(void *ctx, int it)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const int HK = c->gla_kv_heads, G = c->nheads / HK, h = it % HK;
+    const int dk = c->gla_dk, dv = c->gla_dv, IP = c->d_in_proj;
+    const struct seg_meta *sm = &f->meta[it / HK];
+    const size_t off = (size_t)sm->off;
+    const struct gla_row r = gla_row(c);
+    /* q, k, v: after the short conv (xbc, conv_dim wide, same offsets) or
+     * straight from the projections */
+    const float *src = c->gla_short_conv ? f->xbc : f->proj;
+    const int ss = c->gla_short_conv ? c->conv_dim : IP;
+    f->k->gla_scan(sm->s->ssm + (size_t)f->layer * sm->s->ssm_per_layer + (size_t)h * dk * dv,
+                   dk, dv, src + off * ss + r.q + (size_t)h * G * dk, ss, G,
+                   src + off * ss + r.k + (size_t)h * dk, src + off * ss + r.v + (size_t)h * dv,
+                   ss, f->proj + off * IP + r.gk + (size_t)h * dk, IP,
+                   f->y + off * c->d_inner + (size_t)h * G * dv, c->d_inner, sm->n,
+                   1.0f / sqrtf((float)dk),
+                   f->gla_scratch + (size_t)pool_self() * f->gla_stride);
+}
+
+/* Work item i: the head norm (and swish gate) of rows [i * GATE_ROWS, ...). */
+static void gla_gate_item(void *ctx, int i)
+{
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[f->layer];
+    const int DI = c->d_inner, IP = c->d_in_proj, r0 = i * GATE_ROWS;
+    const int n = f->gate_n - r0 < GATE_ROWS ? f->gate_n - r0 : GATE_ROWS;
+    f->k->gate_norm_rows(f->y + (size_t)r0 * DI, f->proj + (size_t)r0 * IP + gla_row(c).g, IP,
+                         L->gnorm ? L->gnorm : f->ones, n, DI, c->gla_dv, c->norm_eps,
+                         c->gla_out_gate ? 1 : 3);
+}
+
+/* gk = max(logsigmoid(x) / normaliser, clamp_min), in place. */
+static void gla_gate_logits(float *x, int ld, int rows, int n, float norm, float lo)
+{
+    const float inv = 1.0f / norm;
+    for (int r = 0; r < rows; r++) {
+        float *xr = x + (size_t)r * ld;
+        for (int i = 0; i < n; i++) {
+            const float v = xr[i];
+            float ls = (v < 0.0f ? v : 0.0f) - log1pf(expf(-fabsf(v)));
+            ls *= inv;
+            xr[i] = ls < lo ? lo : ls;
+        }
+    }
+}
+
+/* Attention-like half of a GLA block: xn (normed) in, resid += o_proj(o). */
+static void gla_mixer(struct fwd *f, int l, int N, int nseg)
+{
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[l];
+    const int D = c->d_model, IP = c->d_in_proj, G = c->nheads / c->gla_kv_heads;
+    const int KK = c->gla_key_dim / G, VV = c->d_inner / G, R = c->gla_low_rank;
+    const struct gla_row r = gla_row(c);
+    linear(f, f->proj + r.q, IP, f->xn, D, L->q_proj, N, c->gla_key_dim, D, 0);
+    linear(f, f->proj + r.k, IP, f->xn, D, L->k_proj, N, KK, D, 0);
+    linear(f, f->proj + r.v, IP, f->xn, D, L->v_proj, N, VV, D, 0);
+    if (c->gla_out_gate)
+        linear(f, f->proj + r.g, IP, f->xn, D, L->g_proj, N, c->d_inner, D, 0);
+    linear(f, f->proj + r.low, IP, f->xn, D, L->gk0, N, R, D, 0);
+    linear(f, f->proj + r.gk, IP, f->proj + r.low, IP, L->gk1, N, KK, R, 0);
+    add_bias(f->proj + r.gk, IP, L->gk1_b, N, KK);
+    mark(f, FWD_IN_PROJ);
+    if (c->gla_short_conv) {
+        pool_run(f->pool, conv_items(f, nseg), conv_item, f);
+        mark(f, FWD_CONV);
+    }
+    gla_gate_logits(f->proj + r.gk, IP, N, KK, c->gla_gate_norm, c->gla_clamp_min);
+    mark(f, FWD_DT);
+    pool_run(f->pool, nseg * c->gla_kv_heads, gla_scan_item, f);
+    mark(f, FWD_SCAN);
+    f->gate_n = N;
+    pool_run(f->pool, (N + GATE_ROWS - 1) / GATE_ROWS, gla_gate_item, f);
+    mark(f, FWD_GATE_NORM);
+}
+
+/* SwiGLU MLP half of a GLA block: resid += down(silu(gate(xn)) * up(xn)). */
+static void gla_mlp(struct fwd *f, int l, int N)
+{
+    const struct model_config *c = &f->m->cfg;
+    const struct layer *L = &f->m->layers[l];
+    const int D = c->d_model, FF = c->gla_ff, W = 2 * FF;
+    f->k->rmsnorm_rows(f->xn, f->resid, L->mlp_norm, N, D, c->norm_eps);
+    linear(f, f->proj, W, f->xn, D, L->ff_gate, N, FF, D, 0);
+    linear(f, f->proj + FF, W, f->xn, D, L->ff_up, N, FF, D, 0);
+    /* up * silu(gate), in the up half: the gated norm's mode 2, row by row */
+    for (int t = 0; t < N; t++) {
+        float *row = f->proj + (size_t)t * W;
+        f->k->gate_norm_rows(row + FF, row, 0, NULL, 1, FF, FF, 0.0f, 2);
+    }
+    linear(f, f->resid, D, f->proj + FF, W, L->ff_down, N, D, FF, 1);
+    mark(f, FWD_MLP);
+}
+
 int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t errlen)
 {
     const struct model *m = f->m;
@@ -396,6 +537,13 @@ int fwd_run(struct fwd *f, struct fwd_seg *segs, int nseg, char *err, size_t err
         f->layer = l;
         f->k->rmsnorm_rows(f->xn, f->resid, L->norm, N, D, c->norm_eps);
         mark(f, FWD_NORM);
+        if (c->arch == MODEL_GLA) {
+            gla_mixer(f, l, N, nseg);
+            linear(f, f->resid, D, f->y, c->d_inner, L->out_proj, N, D, c->d_inner, 1);
+            mark(f, FWD_OUT_PROJ);
+            gla_mlp(f, l, N);
+            continue;
+        }
         linear(f, f->proj, c->d_in_proj, f->xn, D, L->in_proj, N, c->d_in_proj, D, 0);
         add_bias(f->proj, c->d_in_proj, L->in_proj_b, N, c->d_in_proj);
         mark(f, FWD_IN_PROJ);

@@ -59,7 +59,7 @@ void fwd_logits(struct fwd *f, const float *hidden, int n, float *logits);
  * seconds per phase, summed over layers and calls, while a profile is set. */
 enum fwd_phase {
     FWD_EMBED, FWD_NORM, FWD_IN_PROJ, FWD_CONV, FWD_DT, FWD_SCAN, FWD_GATE_NORM, FWD_OUT_PROJ,
-    FWD_X_DT_PROJ, FWD_FINAL, FWD_LM_HEAD, FWD_NPHASES
+    FWD_X_DT_PROJ, FWD_FINAL, FWD_LM_HEAD, FWD_MLP, FWD_NPHASES
 };
 struct fwd_profile {
     double sec[FWD_NPHASES];

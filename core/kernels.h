@@ -65,6 +65,16 @@ float wfmt_bf16_value(uint16_t h);
 #define GEMM_NP_MAX 4
 #define GEMM_NP_ROWS 4
 
+/* GLA's chunkwise scan (gla_scan): tokens per chunk and per sub-block,
+ * and the scratch one call needs. */
+#define GLA_CHUNK 64
+#define GLA_SUB 16
+static inline size_t gla_scratch_floats(int dk)
+{
+    return (size_t)2 * GLA_CHUNK * dk + (size_t)GLA_SUB * dk + (size_t)GLA_SUB * GLA_CHUNK +
+           (size_t)dk;
+}
+
 struct kernels {
     const char *name; /* "avx512", "avx2", "generic" */
 
@@ -101,7 +111,8 @@ struct kernels {
 
     /* Mamba-2 output gate + norm, in place on y (rows x n), z rows with
      * stride zs. mode 0: y = norm_g(y * silu(z)) * w; mode 1:
-     * y = norm_g(y) * w * silu(z); mode 2: y = y * silu(z) (no norm).
+     * y = norm_g(y) * w * silu(z); mode 2: y = y * silu(z) (no norm);
+     * mode 3: y = norm_g(y) * w (no gate; z unused).
      * norm_g normalises each group of `group` channels separately. */
     void (*gate_norm_rows)(float *y, const float *z, int zs, const float *w, int rows, int n,
                            int group, float eps, int mode);
@@ -131,6 +142,12 @@ struct kernels {
     void (*m1_scan)(float *S, const float *x, int xs, const float *dt, int dts, const float *B,
                     const float *C, int bcs, const float *A, const float *D, const float *z,
                     int zs, float *y, int ys, int n, int c0, int c1, int N);
+
+    /* GLA: one key/value head and its nq query heads over n tokens
+     * (kernels_body.h says how). S: dk x dv, in/out. */
+    void (*gla_scan)(float *S, int dk, int dv, const float *q, int qs, int nq, const float *k,
+                     const float *v, int kvs, const float *g, int gs, float *o, int os, int n,
+                     float scale, float *scratch);
 
     /* max and sum of exp(x - max) over n values (for log-softmax). */
     void (*max_sumexp)(const float *x, int n, float *max, double *sumexp);

@@ -498,7 +498,7 @@ static void K(gate_norm_rows)(float *y, const float *z, int zs, const float *w, 
     for (int r = 0; r < rows; r++) {
         float *restrict yr = y + (size_t)r * n;
         const float *restrict zr = z + (size_t)r * zs;
-        if (mode != 1) {
+        if (mode == 0 || mode == 2) {
 #pragma omp simd
             for (int i = 0; i < n; i++)
                 yr[i] *= K(silu)(zr[i]);
@@ -632,6 +632,168 @@ static void K(m1_scan)(float *S, const float *x, int xs, const float *dt, int dt
     }
 }
 
+/* GLA, one key/value head and the nq query heads that share it, over n
+ * tokens from state S (dk x dv, row i = key channel i), updated in place:
+ *   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,   o_t = scale q_t S_t.
+ * One token: that recurrence, fused (one pass over S). More: the chunkwise
+ * form of the GLA paper, GLA_CHUNK tokens at a time, in matrix products:
+ * with b_t = g_0 + ... + g_t inside the chunk (b <= 0, decreasing),
+ *   o_t = scale [ (q_t . e^{b_t}) S_0 + sum_{s<=t} A_ts v_s ],
+ *   A_ts = sum_i q_ti k_si e^{b_ti - b_si},
+ *   S_L = e^{b_L} . S_0 + sum_s (k_s . e^{b_L - b_s})^T v_s.
+ * Every exponent is <= 0: A between sub-blocks (GLA_SUB rows) is taken
+ * relative to r, the b just before the later sub-block I
+ * ((q_t e^{b_t - r}) (k_s e^{r - b_s})^T, t in I, s before I); inside a
+ * sub-block each pair is exact (e^{b_ti - b_si}, s <= t). So nothing
+ * overflows whatever the gates.
+ * q: rows stride qs, head j at +j*dk; k, v: rows stride kvs; g: rows
+ * stride gs (log decays, <= 0); o: rows stride os, head j at +j*dv.
+ * scratch: gla_scratch_floats(dk, dv) floats. */
+static void K(gla_scan)(float *S, int dk, int dv, const float *q, int qs, int nq, const float *k,
+                        const float *v, int kvs, const float *g, int gs, float *o, int os, int n,
+                        float scale, float *scratch)
+{
+    if (n == 1) {
+        for (int j = 0; j < nq; j++)
+            memset(o + (size_t)j * dv, 0, (size_t)dv * sizeof *o);
+        for (int i = 0; i < dk; i++) {
+            float *restrict Si = S + (size_t)i * dv;
+            const float a = K(fexp)(g[i]), ki = k[i];
+#pragma omp simd
+            for (int c = 0; c < dv; c++)
+                Si[c] = Si[c] * a + ki * v[c];
+            for (int j = 0; j < nq; j++) {
+                const float qi = q[(size_t)j * dk + i] * scale;
+                float *restrict oj = o + (size_t)j * dv;
+#pragma omp simd
+                for (int c = 0; c < dv; c++)
+                    oj[c] += qi * Si[c];
+            }
+        }
+        return;
+    }
+    float *b = scratch;                                 /* GLA_CHUNK x dk */
+    float *kh = b + (size_t)GLA_CHUNK * dk;             /* GLA_CHUNK x dk */
+    float *qh = kh + (size_t)GLA_CHUNK * dk;            /* GLA_SUB x dk */
+    float *A = qh + (size_t)GLA_SUB * dk;               /* GLA_SUB x GLA_CHUNK */
+    float *e = A + (size_t)GLA_SUB * GLA_CHUNK;         /* dk */
+    for (int t0 = 0; t0 < n; t0 += GLA_CHUNK) {
+        const int L = n - t0 < GLA_CHUNK ? n - t0 : GLA_CHUNK;
+        /* b: cumulative log decay inside the chunk. */
+        for (int t = 0; t < L; t++) {
+            const float *restrict gt = g + (size_t)(t0 + t) * gs;
+            float *restrict bt = b + (size_t)t * dk;
+            const float *restrict bp = t ? bt - dk : NULL;
+            if (bp) {
+#pragma omp simd
+                for (int i = 0; i < dk; i++)
+                    bt[i] = bp[i] + gt[i];
+            } else {
+                memcpy(bt, gt, (size_t)dk * sizeof *bt);
+            }
+        }
+        for (int j = 0; j < nq; j++) {
+            /* inter: o_t = scale (q_t . e^{b_t}) S_0 */
+            for (int t = 0; t < L; t++) {
+                const float *restrict qt = q + (size_t)(t0 + t) * qs + (size_t)j * dk;
+                const float *restrict bt = b + (size_t)t * dk;
+                float *restrict ot = o + (size_t)(t0 + t) * os + (size_t)j * dv;
+#pragma omp simd
+                for (int i = 0; i < dk; i++)
+                    e[i] = qt[i] * K(fexp)(bt[i]) * scale;
+                memset(ot, 0, (size_t)dv * sizeof *ot);
+                for (int i = 0; i < dk; i++) {
+                    const float a = e[i];
+                    const float *restrict Si = S + (size_t)i * dv;
+#pragma omp simd
+                    for (int c = 0; c < dv; c++)
+                        ot[c] += a * Si[c];
+                }
+            }
+        }
+        /* intra, sub-block by sub-block */
+        for (int I0 = 0; I0 < L; I0 += GLA_SUB) {
+            const int I1 = I0 + GLA_SUB < L ? I0 + GLA_SUB : L;
+            const float *restrict r = I0 ? b + (size_t)(I0 - 1) * dk : NULL;
+            /* k_s e^{r - b_s} for every s before the sub-block */
+            for (int s = 0; s < I0; s++) {
+                const float *restrict ks = k + (size_t)(t0 + s) * kvs;
+                const float *restrict bs = b + (size_t)s * dk;
+                float *restrict khs = kh + (size_t)s * dk;
+#pragma omp simd
+                for (int i = 0; i < dk; i++)
+                    khs[i] = ks[i] * K(fexp)(r[i] - bs[i]);
+            }
+            for (int j = 0; j < nq; j++) {
+                for (int t = I0; t < I1; t++) {
+                    const float *restrict qt = q + (size_t)(t0 + t) * qs + (size_t)j * dk;
+                    const float *restrict bt = b + (size_t)t * dk;
+                    float *restrict qht = qh + (size_t)(t - I0) * dk;
+                    float *restrict At = A + (size_t)(t - I0) * GLA_CHUNK;
+                    if (r) {
+#pragma omp simd
+                        for (int i = 0; i < dk; i++)
+                            qht[i] = qt[i] * K(fexp)(bt[i] - r[i]);
+                    }
+                    for (int s = 0; s < I0; s++) {
+                        const float *restrict khs = kh + (size_t)s * dk;
+                        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                        for (int i = 0; i < dk; i++)
+                            acc += qht[i] * khs[i];
+                        At[s] = acc;
+                    }
+                    for (int s = I0; s <= t; s++) { /* the diagonal block, pair by pair */
+                        const float *restrict ks = k + (size_t)(t0 + s) * kvs;
+                        const float *restrict bs = b + (size_t)s * dk;
+                        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                        for (int i = 0; i < dk; i++)
+                            acc += qt[i] * ks[i] * K(fexp)(bt[i] - bs[i]);
+                        At[s] = acc;
+                    }
+                }
+                /* o_t += scale sum_s A_ts v_s */
+                for (int t = I0; t < I1; t++) {
+                    const float *restrict At = A + (size_t)(t - I0) * GLA_CHUNK;
+                    float *restrict ot = o + (size_t)(t0 + t) * os + (size_t)j * dv;
+                    for (int s = 0; s <= t; s++) {
+                        const float a = At[s] * scale;
+                        const float *restrict vs = v + (size_t)(t0 + s) * kvs;
+#pragma omp simd
+                        for (int c = 0; c < dv; c++)
+                            ot[c] += a * vs[c];
+                    }
+                }
+            }
+        }
+        /* state: S = e^{b_L} . S + sum_s (k_s . e^{b_L - b_s})^T v_s */
+        const float *restrict bl = b + (size_t)(L - 1) * dk;
+        for (int s = 0; s < L; s++) {
+            const float *restrict ks = k + (size_t)(t0 + s) * kvs;
+            const float *restrict bs = b + (size_t)s * dk;
+            float *restrict khs = kh + (size_t)s * dk;
+#pragma omp simd
+            for (int i = 0; i < dk; i++)
+                khs[i] = ks[i] * K(fexp)(bl[i] - bs[i]);
+        }
+        for (int i = 0; i < dk; i++) {
+            float *restrict Si = S + (size_t)i * dv;
+            const float a = K(fexp)(bl[i]);
+#pragma omp simd
+            for (int c = 0; c < dv; c++)
+                Si[c] *= a;
+            for (int s = 0; s < L; s++) {
+                const float ksi = kh[(size_t)s * dk + i];
+                const float *restrict vs = v + (size_t)(t0 + s) * kvs;
+#pragma omp simd
+                for (int c = 0; c < dv; c++)
+                    Si[c] += ksi * vs[c];
+            }
+        }
+    }
+}
+
 static void K(max_sumexp)(const float *x, int n, float *maxp, double *sump)
 {
     float m = -INFINITY;
@@ -680,6 +842,7 @@ const struct kernels KCAT(kernels_, KSFX) = {
     .conv_silu = K(conv_silu),
     .m2_scan = K(m2_scan),
     .m1_scan = K(m1_scan),
+    .gla_scan = K(gla_scan),
     .max_sumexp = K(max_sumexp),
     .softplus_rows = K(softplus_rows),
 };

@@ -30,8 +30,11 @@
 enum wkind {
     W_PLAIN,   /* used as stored */
     W_PACK,    /* projection (n, k) -> GEMM_NR-column panels (kernels.h) */
-    W_CONV,    /* (conv_dim, 1, d_conv) -> tap-major (d_conv, conv_dim) */
+    W_CONV,    /* (channels, 1, d_conv) -> tap-major (d_conv, conv_dim), at channel
+                  coff: GLA's q, k and v convs share one such array (the first part
+                  owns the slot) */
     W_NEG_EXP, /* A_log -> A = -exp(A_log) */
+    W_TILE,    /* (n) -> (tile x n): GLA's per-head norm weight over all heads */
 };
 
 enum winit { I_PROJ, I_EMBED, I_ONE, I_CONV, I_BIAS, I_ALOG, I_DTBIAS, I_D };
@@ -44,6 +47,8 @@ struct wspec {
     int init;
     int fan_in;
     void *dst; /* the struct field: const void ** for W_PACK, else const float ** */
+    int coff;  /* W_CONV: first channel in the shared array (> 0: not the owner) */
+    int tile;  /* W_TILE: copies */
     /* filled while loading */
     const struct st_tensor *t;
 };
@@ -63,11 +68,71 @@ static void spec(struct wspec *s, int *n, const char *name, int kind, int init, 
     w->dst = dst;
 }
 
-static int max_specs(const struct model_config *c) { return 4 + c->n_layer * 14; }
+static int max_specs(const struct model_config *c) { return 4 + c->n_layer * 20; }
+
+/* fla's GLAForCausalLM, with fla's names (the canonical ones for GLA). */
+static int gla_specs(struct model *m, struct wspec *s)
+{
+    const struct model_config *c = &m->cfg;
+    int n = 0;
+    char nm[96];
+    const int64_t D = c->d_model, KD = c->gla_key_dim, VD = c->d_inner;
+    const int64_t g = c->nheads / c->gla_kv_heads, KK = KD / g, VV = VD / g;
+    const int64_t R = c->gla_low_rank, FF = c->gla_ff, K = c->d_conv;
+    spec(s, &n, "model.embeddings.weight", W_PACK, I_EMBED, 1,
+         c->tie_embeddings ? (void *)&m->lm_head : (void *)&m->embed, 2, c->n_vocab, D, 0);
+    for (int i = 0; i < c->n_layer; i++) {
+        struct layer *L = &m->layers[i];
+#define NAME(suffix) (snprintf(nm, sizeof nm, "model.layers.%d.%s", i, suffix), nm)
+        spec(s, &n, NAME("attn_norm.weight"), W_PLAIN, I_ONE, 1, &L->norm, 1, D, 0, 0);
+        spec(s, &n, NAME("attn.q_proj.weight"), W_PACK, I_PROJ, (int)D, &L->q_proj, 2, KD, D, 0);
+        spec(s, &n, NAME("attn.k_proj.weight"), W_PACK, I_PROJ, (int)D, &L->k_proj, 2, KK, D, 0);
+        spec(s, &n, NAME("attn.v_proj.weight"), W_PACK, I_PROJ, (int)D, &L->v_proj, 2, VV, D, 0);
+        if (c->gla_out_gate)
+            spec(s, &n, NAME("attn.g_proj.weight"), W_PACK, I_PROJ, (int)D, &L->g_proj, 2, VD, D,
+                 0);
+        if (c->gla_short_conv) {
+            static const char *const conv[3] = {"attn.q_conv1d.weight", "attn.k_conv1d.weight",
+                                                "attn.v_conv1d.weight"};
+            const int64_t width[3] = {KD, KK, VV};
+            int64_t coff = 0;
+            for (int j = 0; j < 3; j++) {
+                spec(s, &n, NAME(conv[j]), W_CONV, I_CONV, (int)K, &L->conv_wt, 3, width[j], 1, K);
+                s[n - 1].coff = (int)coff;
+                coff += width[j];
+            }
+        }
+        spec(s, &n, NAME("attn.gk_proj.0.weight"), W_PACK, I_PROJ, (int)D, &L->gk0, 2, R, D, 0);
+        spec(s, &n, NAME("attn.gk_proj.1.weight"), W_PACK, I_PROJ, (int)R, &L->gk1, 2, KK, R, 0);
+        spec(s, &n, NAME("attn.gk_proj.1.bias"), W_PLAIN, I_BIAS, 1, &L->gk1_b, 1, KK, 0, 0);
+        spec(s, &n, NAME("attn.o_proj.weight"), W_PACK, I_PROJ, (int)VD, &L->out_proj, 2, D, VD,
+             0);
+        if (c->gla_affine) {
+            spec(s, &n,
+                 NAME(c->gla_fuse_norm && c->gla_out_gate ? "attn.g_norm_swish_gate.weight"
+                                                          : "attn.g_norm.weight"),
+                 W_TILE, I_ONE, 1, &L->gnorm, 1, c->gla_dv, 0, 0);
+            s[n - 1].tile = c->nheads;
+        }
+        spec(s, &n, NAME("mlp_norm.weight"), W_PLAIN, I_ONE, 1, &L->mlp_norm, 1, D, 0, 0);
+        spec(s, &n, NAME("mlp.gate_proj.weight"), W_PACK, I_PROJ, (int)D, &L->ff_gate, 2, FF, D,
+             0);
+        spec(s, &n, NAME("mlp.up_proj.weight"), W_PACK, I_PROJ, (int)D, &L->ff_up, 2, FF, D, 0);
+        spec(s, &n, NAME("mlp.down_proj.weight"), W_PACK, I_PROJ, (int)FF, &L->ff_down, 2, D, FF,
+             0);
+#undef NAME
+    }
+    spec(s, &n, "model.norm.weight", W_PLAIN, I_ONE, 1, &m->norm_f, 1, D, 0, 0);
+    if (!c->tie_embeddings)
+        spec(s, &n, "lm_head.weight", W_PACK, I_PROJ, (int)D, &m->lm_head, 2, c->n_vocab, D, 0);
+    return n;
+}
 
 static int weight_specs(struct model *m, struct wspec *s)
 {
     const struct model_config *c = &m->cfg;
+    if (c->arch == MODEL_GLA)
+        return gla_specs(m, s);
     int n = 0;
     char nm[96];
     int64_t D = c->d_model, DI = c->d_inner, N = c->d_state;
@@ -136,14 +201,22 @@ static size_t spec_nelem(const struct wspec *w)
 /* Bytes reserved in the arena for a weight: packed projections take
  * ceil(rows / GEMM_NR) panels of their format; the rest fp32. Every slot is
  * rounded up to 64 bytes. */
-static size_t slot_of(const struct wspec *w, int fmt)
+static size_t slot_of(const struct model *m, const struct wspec *w, int fmt)
 {
     size_t b = w->kind == W_PACK
                    ? (size_t)(w->shape[0] + GEMM_NR - 1) / GEMM_NR *
                          wfmt_panel_bytes(fmt, (int)w->shape[1])
-                   : spec_nelem(w) * sizeof(float);
+               : w->kind == W_CONV ? (w->coff ? 0
+                                              : (size_t)m->cfg.d_conv * (size_t)m->cfg.conv_dim *
+                                                    sizeof(float))
+               : w->kind == W_TILE ? spec_nelem(w) * (size_t)w->tile * sizeof(float)
+                                   : spec_nelem(w) * sizeof(float);
     return (b + 63) & ~(size_t)63;
 }
+
+/* A GLA k or v conv: it writes into the array its q conv (loaded just
+ * before it) owns. */
+static int conv_part(const struct wspec *w) { return w->kind == W_CONV && w->coff > 0; }
 
 static void set_dst(const struct wspec *w, const void *p)
 {
@@ -185,10 +258,13 @@ static void derive(const struct model *m, const struct wspec *w, const float *sr
 {
     size_t n = spec_nelem(w);
     if (w->kind == W_CONV) {
-        int C = m->cfg.conv_dim, K = m->cfg.d_conv;
-        for (int c = 0; c < C; c++)
+        const int C = m->cfg.conv_dim, K = m->cfg.d_conv, W = (int)w->shape[0];
+        for (int c = 0; c < W; c++)
             for (int k = 0; k < K; k++)
-                dst[(size_t)k * C + c] = src[(size_t)c * K + k];
+                dst[(size_t)k * C + w->coff + c] = src[(size_t)c * K + k];
+    } else if (w->kind == W_TILE) {
+        for (int t = 0; t < w->tile; t++)
+            memcpy(dst + (size_t)t * n, src, n * sizeof *dst);
     } else if (w->kind == W_NEG_EXP) {
         for (size_t i = 0; i < n; i++)
             dst[i] = -expf(src[i]);
@@ -243,6 +319,15 @@ static void fp_begin(XXH3_state_t *st, const struct model_config *c)
     XXH3_64bits_update(st, "recurd-model-v1", 15);
     XXH3_64bits_update(st, ints, sizeof ints);
     XXH3_64bits_update(st, floats, sizeof floats);
+    if (c->arch == MODEL_GLA) { /* (Mamba identities stay what they were) */
+        int32_t g[] = {c->nheads,        c->gla_kv_heads,  c->gla_key_dim, c->gla_ff,
+                       c->gla_low_rank,  c->gla_short_conv, c->gla_out_gate, c->gla_affine,
+                       c->gla_fuse_norm};
+        float gf[] = {c->gla_gate_norm, c->gla_clamp_min};
+        XXH3_64bits_update(st, "gla", 3);
+        XXH3_64bits_update(st, g, sizeof g);
+        XXH3_64bits_update(st, gf, sizeof gf);
+    }
 }
 
 static void fp_head(XXH3_state_t *st, const struct wspec *w)
@@ -435,7 +520,9 @@ static int bind_specs(struct model *m, struct wspec *s, int ns, char *err, size_
         struct wspec *w = &s[i];
         if ((rc = find_tensor(m, w->name, &w->t, err, errlen)))
             return rc;
-        if (!w->t && i == 0) { /* the transformers name of the embedding */
+        if (m->cfg.arch == MODEL_GLA) {
+            /* fla's names only */
+        } else if (!w->t && i == 0) { /* the transformers name of the embedding */
             const struct st_tensor *t2 = NULL;
             if ((rc = find_tensor(m, "backbone.embeddings.weight", &t2, err, errlen)))
                 return rc;
@@ -483,7 +570,7 @@ static int bind_specs(struct model *m, struct wspec *s, int ns, char *err, size_
                                "%s: unexpected tensor '%s' (not part of a %s model with this "
                                "config)",
                                st_path(m->files[f]), t->name,
-                               m->cfg.arch == MODEL_MAMBA2 ? "Mamba-2" : "Mamba-1");
+                               model_arch_label(m->cfg.arch));
         }
     return 0;
 }
@@ -516,7 +603,7 @@ static int alloc_arena(struct model *m, const struct wspec *s, int ns, char *err
 {
     size_t used = 0;
     for (int i = 0; i < ns; i++)
-        used += slot_of(&s[i], m->wfmt);
+        used += slot_of(m, &s[i], m->wfmt);
     m->arena = rc_aligned_alloc(used ? used : 64);
     if (!m->arena)
         return rc_fail(err, errlen, RC_ENOMEM, "out of memory for %zu MiB of weights",
@@ -560,8 +647,8 @@ static int fill_specs(struct model *m, struct wspec *s, int ns, char *err, size_
         struct wspec *w = &s[i];
         size_t n = spec_nelem(w), k = w->kind == W_PACK ? (size_t)w->shape[1] : n;
         size_t step = w->kind == W_PACK ? GEMM_NR * k : n;
-        unsigned char *slot = m->arena + off;
-        off += slot_of(w, m->wfmt);
+        unsigned char *slot = conv_part(w) ? (unsigned char *)*(float **)w->dst : m->arena + off;
+        off += slot_of(m, w, m->wfmt);
         if (step > tmp_n) {
             rc_free(tmp);
             if (!(tmp = rc_malloc(step * sizeof(float))))
@@ -730,8 +817,8 @@ int model_create_random_as(const struct model_config *cfg_in, uint64_t seed, int
         const struct wspec *w = &s[i];
         size_t n = spec_nelem(w), k = w->kind == W_PACK ? (size_t)w->shape[1] : n;
         size_t step = w->kind == W_PACK ? GEMM_NR * k : n;
-        unsigned char *dst = m->arena + off;
-        off += slot_of(w, m->wfmt);
+        unsigned char *dst = conv_part(w) ? (unsigned char *)*(float **)w->dst : m->arena + off;
+        off += slot_of(m, w, m->wfmt);
         fp_head(&fp, w);
         for (size_t o = 0; o < n; o += step) { /* the same values, in order, a block at a time */
             size_t cnt = n - o < step ? n - o : step;
@@ -759,6 +846,16 @@ nomem:
 }
 
 /* ----------------------------------------------------------- accessors */
+
+const char *model_arch_name(int arch)
+{
+    return arch == MODEL_MAMBA2 ? "mamba2" : arch == MODEL_MAMBA1 ? "mamba" : "gla";
+}
+
+const char *model_arch_label(int arch)
+{
+    return arch == MODEL_MAMBA2 ? "Mamba-2" : arch == MODEL_MAMBA1 ? "Mamba-1" : "GLA";
+}
 
 const struct model_config *model_config(const struct model *m) { return &m->cfg; }
 uint64_t model_fingerprint(const struct model *m) { return m->fingerprint; }
@@ -792,7 +889,15 @@ double model_flops_per_token(const struct model *m, int with_lm_head)
 {
     const struct model_config *c = &m->cfg;
     double D = c->d_model, DI = c->d_inner, N = c->d_state, per_layer;
-    if (c->arch == MODEL_MAMBA2) {
+    if (c->arch == MODEL_GLA) {
+        const double KD = c->gla_key_dim, dv = c->gla_dv;
+        per_layer = 2.0 * D * c->d_in_proj - 2.0 * D * (KD / (c->nheads / c->gla_kv_heads)) +
+                    2.0 * c->gla_low_rank * (KD / (c->nheads / c->gla_kv_heads)) /* gk_proj.1 */
+                    + 2.0 * DI * D + 6.0 * D * c->gla_ff                    /* o_proj, MLP */
+                    + 2.0 * c->conv_dim * c->d_conv                         /* short conv */
+                    + 4.0 * KD * dv                                         /* q.S, S update */
+                    + 10.0 * DI + 4.0 * c->gla_ff;                          /* norms, gates */
+    } else if (c->arch == MODEL_MAMBA2) {
         per_layer = 2.0 * D * c->d_in_proj + 2.0 * DI * D  /* in_proj, out_proj */
                     + 2.0 * c->conv_dim * c->d_conv        /* conv */
                     + 3.0 * DI * N                         /* state update (mul, fma) + C dot */

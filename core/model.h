@@ -48,6 +48,10 @@ int model_load_as(const char *dir, int weights, struct model **out, char *err, s
 int model_weights(const struct model *m);
 /* "fp32", "bf16", "int8", "auto"; parse returns -2 for an unknown name. */
 const char *model_weights_name(int weights);
+/* enum model_arch as the API names it ("mamba2", "mamba", "gla") and as
+ * logs show it ("Mamba-2", "Mamba-1", "GLA"). */
+const char *model_arch_name(int arch);
+const char *model_arch_label(int arch);
 int model_weights_parse(const char *name);
 
 /* A model with random weights for a configuration (benchmarks, soak tests).

@@ -35,6 +35,20 @@ struct layer {
     const void *dt_proj;     /* (d_inner, dt_rank), packed */
     const float *dt_proj_b;  /* (d_inner) */
     const float *A1;         /* (d_inner, d_state) = -exp(A_log), derived */
+    /* GLA (norm = attn_norm, out_proj = o_proj, gnorm = the head norm's
+     * weight tiled over the heads (d_inner), conv_wt = q, k, v convs side by
+     * side (conv_dim channels)) */
+    const void *q_proj;      /* (key_dim, d_model), packed */
+    const void *k_proj;      /* (key_dim / g, d_model), packed */
+    const void *v_proj;      /* (d_inner / g, d_model), packed */
+    const void *g_proj;      /* (d_inner, d_model), packed, or NULL */
+    const void *gk0;         /* (low_rank, d_model), packed */
+    const void *gk1;         /* (key_dim / g, low_rank), packed */
+    const float *gk1_b;      /* (key_dim / g) */
+    const float *mlp_norm;   /* (d_model) */
+    const void *ff_gate;     /* (ff, d_model), packed */
+    const void *ff_up;       /* (ff, d_model), packed */
+    const void *ff_down;     /* (d_model, ff), packed */
 };
 
 struct model {

@@ -12,6 +12,8 @@
 
 static size_t ssm_per_layer(const struct model_config *c)
 {
+    if (c->arch == MODEL_GLA) /* one dk x dv matrix per key/value head */
+        return (size_t)c->gla_kv_heads * c->gla_dk * c->gla_dv;
     return c->arch == MODEL_MAMBA2 ? (size_t)c->nheads * c->headdim * c->d_state
                                    : (size_t)c->d_inner * c->d_state;
 }

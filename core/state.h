@@ -5,6 +5,10 @@
  *   conv  per layer, the last d_conv-1 conv inputs    (d_conv-1) x conv_dim
  *   ssm   per layer, Mamba-2: nheads x headdim x d_state
  *                    Mamba-1: d_inner x d_state
+ *                    GLA: num_kv_heads x dk x dv (S of each key/value
+ *                    head, row i = key channel i; q heads of one group
+ *                    share it); conv holds the q, k, v short-conv inputs
+ *                    side by side (none without short conv)
  *   last  the final (post norm_f) hidden row of the last token read, so the
  *         next-token distribution is one lm_head product away without
  *         re-reading anything (a restored snapshot can generate at once)

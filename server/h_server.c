@@ -82,7 +82,7 @@ static void model_facts(struct app *a, struct model_view *v)
     const struct model_config *c = a->mc;
     *v = (struct model_view){
         .id = a->model_name,
-        .arch = c->arch == MODEL_MAMBA2 ? "mamba2" : "mamba",
+        .arch = model_arch_name(c->arch),
         .d_model = c->d_model,
         .n_layer = c->n_layer,
         .vocab_size = c->vocab_size,

@@ -155,7 +155,7 @@ static void model_ready(struct app *a)
     }
     log_msg("model %s loaded: %s d_model=%d n_layer=%d vocab=%d state=%zu bytes "
             "weights=%s (%.1f MiB) fingerprint=%s tokenizer=%s threads=%d%s blas_threads=%d%s",
-            a->model_name, a->mc->arch == MODEL_MAMBA2 ? "mamba2" : "mamba", a->mc->d_model,
+            a->model_name, model_arch_name(a->mc->arch), a->mc->d_model,
             a->mc->n_layer, a->mc->vocab_size, state_bytes(a->m),
             model_weights_name(model_weights(a->m)), model_weight_bytes(a->m) / 1048576.0, fp,
             codec_kind(a->codec),

@@ -611,7 +611,7 @@ static void print_table(struct model *m, const char *label, const char *blas,
     const struct result *res = run->res;
     size_t sbytes = state_bytes(m);
     printf("model: %s (%s, d_model %d, %d layers, d_state %d, vocab %d)\n", label,
-           c->arch == MODEL_MAMBA2 ? "Mamba-2" : "Mamba-1", c->d_model, c->n_layer, c->d_state,
+           model_arch_label(c->arch), c->d_model, c->n_layer, c->d_state,
            c->n_vocab);
     printf("params: %.1fM (%.1fM outside embeddings); FLOPs/token %.1fM prefill, %.1fM with "
            "lm_head\n",
