@@ -447,18 +447,35 @@ static void gla_gate_item(void *ctx, int i)
                          c->gla_out_gate ? 1 : 3);
 }
 
-/* gk = max(logsigmoid(x) / normaliser, clamp_min), in place. */
-static void gla_gate_logits(float *x, int ld, int rows, int n, float norm, float lo)
+/* Work item i, rows [i * GATE_ROWS, ...) of the batch: gk = max(logsigmoid(x) /
+ * normaliser, clamp_min) in place (f->gate_n rows). */
+static void gla_gk_item(void *ctx, int i)
 {
-    const float inv = 1.0f / norm;
-    for (int r = 0; r < rows; r++) {
-        float *xr = x + (size_t)r * ld;
-        for (int i = 0; i < n; i++) {
-            const float v = xr[i];
-            float ls = (v < 0.0f ? v : 0.0f) - log1pf(expf(-fabsf(v)));
-            ls *= inv;
-            xr[i] = ls < lo ? lo : ls;
+    struct fwd *f = ctx;
+    const struct model_config *c = &f->m->cfg;
+    const int IP = c->d_in_proj, n = c->gla_key_dim / (c->nheads / c->gla_kv_heads);
+    const int r0 = i * GATE_ROWS, r1 = r0 + GATE_ROWS < f->gate_n ? r0 + GATE_ROWS : f->gate_n;
+    const float inv = 1.0f / c->gla_gate_norm, lo = c->gla_clamp_min;
+    for (int r = r0; r < r1; r++) {
+        float *xr = f->proj + (size_t)r * IP + gla_row(c).gk;
+        for (int j = 0; j < n; j++) {
+            const float v = xr[j];
+            const float ls = ((v < 0.0f ? v : 0.0f) - log1pf(expf(-fabsf(v)))) * inv;
+            xr[j] = ls < lo ? lo : ls;
         }
+    }
+}
+
+/* Work item i: the MLP's up * silu(gate) for rows [i * GATE_ROWS, ...),
+ * into the up half of each row. */
+static void gla_swiglu_item(void *ctx, int i)
+{
+    struct fwd *f = ctx;
+    const int FF = f->m->cfg.gla_ff, r0 = i * GATE_ROWS;
+    const int r1 = r0 + GATE_ROWS < f->gate_n ? r0 + GATE_ROWS : f->gate_n;
+    for (int r = r0; r < r1; r++) {
+        float *row = f->proj + (size_t)r * 2 * FF;
+        f->k->gate_norm_rows(row + FF, row, 0, NULL, 1, FF, FF, 0.0f, 2);
     }
 }
 
@@ -483,7 +500,8 @@ static void gla_mixer(struct fwd *f, int l, int N, int nseg)
         pool_run(f->pool, conv_items(f, nseg), conv_item, f);
         mark(f, FWD_CONV);
     }
-    gla_gate_logits(f->proj + r.gk, IP, N, KK, c->gla_gate_norm, c->gla_clamp_min);
+    f->gate_n = N;
+    pool_run(f->pool, (N + GATE_ROWS - 1) / GATE_ROWS, gla_gk_item, f);
     mark(f, FWD_DT);
     pool_run(f->pool, nseg * c->gla_kv_heads, gla_scan_item, f);
     mark(f, FWD_SCAN);
@@ -501,11 +519,8 @@ static void gla_mlp(struct fwd *f, int l, int N)
     f->k->rmsnorm_rows(f->xn, f->resid, L->mlp_norm, N, D, c->norm_eps);
     linear(f, f->proj, W, f->xn, D, L->ff_gate, N, FF, D, 0);
     linear(f, f->proj + FF, W, f->xn, D, L->ff_up, N, FF, D, 0);
-    /* up * silu(gate), in the up half: the gated norm's mode 2, row by row */
-    for (int t = 0; t < N; t++) {
-        float *row = f->proj + (size_t)t * W;
-        f->k->gate_norm_rows(row + FF, row, 0, NULL, 1, FF, FF, 0.0f, 2);
-    }
+    f->gate_n = N;
+    pool_run(f->pool, (N + GATE_ROWS - 1) / GATE_ROWS, gla_swiglu_item, f);
     linear(f, f->resid, D, f->proj + FF, W, L->ff_down, N, D, FF, 1);
     mark(f, FWD_MLP);
 }
