@@ -71,8 +71,7 @@ float wfmt_bf16_value(uint16_t h);
 #define GLA_SUB 16
 static inline size_t gla_scratch_floats(int dk)
 {
-    return (size_t)2 * GLA_CHUNK * dk + (size_t)GLA_SUB * dk + (size_t)GLA_SUB * GLA_CHUNK +
-           (size_t)dk;
+    return (size_t)2 * GLA_CHUNK * dk + (size_t)GLA_SUB * dk + (size_t)GLA_SUB * GLA_CHUNK;
 }
 
 struct kernels {

@@ -632,12 +632,71 @@ static void K(m1_scan)(float *S, const float *x, int xs, const float *dt, int dt
     }
 }
 
+/* C (M x N, row stride ldc) += A (M x Kd, stride lda) . B (Kd x N, stride
+ * ldb): GLA's small matrix products. Tiles of mr rows x 32 columns (8
+ * accumulators), then 16, then single columns. */
+static inline __attribute__((always_inline)) void K(mm_tile)(float *C, int ldc, const float *A,
+                                                             int lda, const float *B, int ldb,
+                                                             const int mr, int Kd, int c, int nv)
+{
+    K(vf) acc[4][2];
+    for (int r = 0; r < mr; r++)
+        for (int h = 0; h < nv; h++)
+            memcpy(&acc[r][h], C + (size_t)r * ldc + c + 16 * h, sizeof(K(vf)));
+    for (int kk = 0; kk < Kd; kk++) {
+        K(vf) b[2];
+        for (int h = 0; h < nv; h++)
+            memcpy(&b[h], B + (size_t)kk * ldb + c + 16 * h, sizeof(K(vf)));
+        for (int r = 0; r < mr; r++) {
+            const float a = A[(size_t)r * lda + kk];
+            for (int h = 0; h < nv; h++)
+                acc[r][h] += a * b[h];
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int h = 0; h < nv; h++)
+            memcpy(C + (size_t)r * ldc + c + 16 * h, &acc[r][h], sizeof(K(vf)));
+}
+
+static void K(mm_acc)(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
+                      int Kd, int N)
+{
+    for (int r0 = 0; r0 < M; r0 += 4) {
+        const int mr = M - r0 < 4 ? M - r0 : 4;
+        float *Cr = C + (size_t)r0 * ldc;
+        const float *Ar = A + (size_t)r0 * lda;
+        int c = 0;
+        for (; c + 32 <= N; c += 32)
+            switch (mr) {
+            case 4: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 4, Kd, c, 2); break;
+            case 3: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 3, Kd, c, 2); break;
+            case 2: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 2, Kd, c, 2); break;
+            default: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 1, Kd, c, 2); break;
+            }
+        for (; c + 16 <= N; c += 16)
+            switch (mr) {
+            case 4: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 4, Kd, c, 1); break;
+            case 3: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 3, Kd, c, 1); break;
+            case 2: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 2, Kd, c, 1); break;
+            default: K(mm_tile)(Cr, ldc, Ar, lda, B, ldb, 1, Kd, c, 1); break;
+            }
+        for (; c < N; c++)
+            for (int r = 0; r < mr; r++) {
+                float acc = Cr[(size_t)r * ldc + c];
+                for (int kk = 0; kk < Kd; kk++)
+                    acc += Ar[(size_t)r * lda + kk] * B[(size_t)kk * ldb + c];
+                Cr[(size_t)r * ldc + c] = acc;
+            }
+    }
+}
+
 /* GLA, one key/value head and the nq query heads that share it, over n
  * tokens from state S (dk x dv, row i = key channel i), updated in place:
  *   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,   o_t = scale q_t S_t.
  * One token: that recurrence, fused (one pass over S). More: the chunkwise
- * form of the GLA paper, GLA_CHUNK tokens at a time, in matrix products:
- * with b_t = g_0 + ... + g_t inside the chunk (b <= 0, decreasing),
+ * form of the GLA paper, GLA_CHUNK tokens at a time, in matrix products
+ * (mm_acc): with b_t = g_0 + ... + g_t inside the chunk (b <= 0,
+ * decreasing),
  *   o_t = scale [ (q_t . e^{b_t}) S_0 + sum_{s<=t} A_ts v_s ],
  *   A_ts = sum_i q_ti k_si e^{b_ti - b_si},
  *   S_L = e^{b_L} . S_0 + sum_s (k_s . e^{b_L - b_s})^T v_s.
@@ -648,7 +707,7 @@ static void K(m1_scan)(float *S, const float *x, int xs, const float *dt, int dt
  * overflows whatever the gates.
  * q: rows stride qs, head j at +j*dk; k, v: rows stride kvs; g: rows
  * stride gs (log decays, <= 0); o: rows stride os, head j at +j*dv.
- * scratch: gla_scratch_floats(dk, dv) floats. */
+ * scratch: gla_scratch_floats(dk) floats. */
 static void K(gla_scan)(float *S, int dk, int dv, const float *q, int qs, int nq, const float *k,
                         const float *v, int kvs, const float *g, int gs, float *o, int os, int n,
                         float scale, float *scratch)
@@ -672,19 +731,18 @@ static void K(gla_scan)(float *S, int dk, int dv, const float *q, int qs, int nq
         }
         return;
     }
-    float *b = scratch;                                 /* GLA_CHUNK x dk */
-    float *kh = b + (size_t)GLA_CHUNK * dk;             /* GLA_CHUNK x dk */
-    float *qh = kh + (size_t)GLA_CHUNK * dk;            /* GLA_SUB x dk */
-    float *A = qh + (size_t)GLA_SUB * dk;               /* GLA_SUB x GLA_CHUNK */
-    float *e = A + (size_t)GLA_SUB * GLA_CHUNK;         /* dk */
-    for (int t0 = 0; t0 < n; t0 += GLA_CHUNK) {
-        const int L = n - t0 < GLA_CHUNK ? n - t0 : GLA_CHUNK;
-        /* b: cumulative log decay inside the chunk. */
+    const int CH = GLA_CHUNK;
+    float *b = scratch;                    /* CH x dk: cumulative log decays */
+    float *kt = b + (size_t)CH * dk;       /* dk x CH: k scaled, transposed */
+    float *qh = kt + (size_t)CH * dk;      /* GLA_SUB x dk (inter: CH x dk, see below) */
+    float *A = qh + (size_t)GLA_SUB * dk;  /* GLA_SUB x CH */
+    for (int t0 = 0; t0 < n; t0 += CH) {
+        const int L = n - t0 < CH ? n - t0 : CH;
         for (int t = 0; t < L; t++) {
             const float *restrict gt = g + (size_t)(t0 + t) * gs;
             float *restrict bt = b + (size_t)t * dk;
-            const float *restrict bp = t ? bt - dk : NULL;
-            if (bp) {
+            if (t) {
+                const float *restrict bp = bt - dk;
 #pragma omp simd
                 for (int i = 0; i < dk; i++)
                     bt[i] = bp[i] + gt[i];
@@ -692,56 +750,49 @@ static void K(gla_scan)(float *S, int dk, int dv, const float *q, int qs, int nq
                 memcpy(bt, gt, (size_t)dk * sizeof *bt);
             }
         }
+        const float *vv = v + (size_t)t0 * kvs;
         for (int j = 0; j < nq; j++) {
-            /* inter: o_t = scale (q_t . e^{b_t}) S_0 */
-            for (int t = 0; t < L; t++) {
-                const float *restrict qt = q + (size_t)(t0 + t) * qs + (size_t)j * dk;
-                const float *restrict bt = b + (size_t)t * dk;
-                float *restrict ot = o + (size_t)(t0 + t) * os + (size_t)j * dv;
+            const float *qj = q + (size_t)t0 * qs + (size_t)j * dk;
+            float *oj = o + (size_t)t0 * os + (size_t)j * dv;
+            /* inter: o = scale (q . e^b) S_0, GLA_SUB rows at a time */
+            for (int I0 = 0; I0 < L; I0 += GLA_SUB) {
+                const int ni = L - I0 < GLA_SUB ? L - I0 : GLA_SUB;
+                for (int t = I0; t < I0 + ni; t++) {
+                    const float *restrict qt = qj + (size_t)t * qs;
+                    const float *restrict bt = b + (size_t)t * dk;
+                    float *restrict e = qh + (size_t)(t - I0) * dk;
 #pragma omp simd
-                for (int i = 0; i < dk; i++)
-                    e[i] = qt[i] * K(fexp)(bt[i]) * scale;
-                memset(ot, 0, (size_t)dv * sizeof *ot);
-                for (int i = 0; i < dk; i++) {
-                    const float a = e[i];
-                    const float *restrict Si = S + (size_t)i * dv;
-#pragma omp simd
-                    for (int c = 0; c < dv; c++)
-                        ot[c] += a * Si[c];
+                    for (int i = 0; i < dk; i++)
+                        e[i] = qt[i] * K(fexp)(bt[i]) * scale;
+                    memset(oj + (size_t)t * os, 0, (size_t)dv * sizeof *oj);
                 }
+                K(mm_acc)(oj + (size_t)I0 * os, os, qh, dk, S, dv, ni, dk, dv);
             }
         }
         /* intra, sub-block by sub-block */
         for (int I0 = 0; I0 < L; I0 += GLA_SUB) {
-            const int I1 = I0 + GLA_SUB < L ? I0 + GLA_SUB : L;
+            const int I1 = I0 + GLA_SUB < L ? I0 + GLA_SUB : L, ni = I1 - I0;
             const float *restrict r = I0 ? b + (size_t)(I0 - 1) * dk : NULL;
-            /* k_s e^{r - b_s} for every s before the sub-block */
+            /* kt[i][s] = k_si e^{r_i - b_si} for every s before the sub-block */
             for (int s = 0; s < I0; s++) {
                 const float *restrict ks = k + (size_t)(t0 + s) * kvs;
                 const float *restrict bs = b + (size_t)s * dk;
-                float *restrict khs = kh + (size_t)s * dk;
-#pragma omp simd
                 for (int i = 0; i < dk; i++)
-                    khs[i] = ks[i] * K(fexp)(r[i] - bs[i]);
+                    kt[(size_t)i * CH + s] = ks[i] * K(fexp)(r[i] - bs[i]);
             }
             for (int j = 0; j < nq; j++) {
+                const float *qj = q + (size_t)t0 * qs + (size_t)j * dk;
+                float *oj = o + (size_t)t0 * os + (size_t)j * dv;
                 for (int t = I0; t < I1; t++) {
-                    const float *restrict qt = q + (size_t)(t0 + t) * qs + (size_t)j * dk;
+                    const float *restrict qt = qj + (size_t)t * qs;
                     const float *restrict bt = b + (size_t)t * dk;
-                    float *restrict qht = qh + (size_t)(t - I0) * dk;
-                    float *restrict At = A + (size_t)(t - I0) * GLA_CHUNK;
+                    float *restrict At = A + (size_t)(t - I0) * CH;
+                    memset(At, 0, (size_t)I1 * sizeof *At);
                     if (r) {
+                        float *restrict qht = qh + (size_t)(t - I0) * dk;
 #pragma omp simd
                         for (int i = 0; i < dk; i++)
-                            qht[i] = qt[i] * K(fexp)(bt[i] - r[i]);
-                    }
-                    for (int s = 0; s < I0; s++) {
-                        const float *restrict khs = kh + (size_t)s * dk;
-                        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-                        for (int i = 0; i < dk; i++)
-                            acc += qht[i] * khs[i];
-                        At[s] = acc;
+                            qht[i] = qt[i] * K(fexp)(bt[i] - r[i]) * scale;
                     }
                     for (int s = I0; s <= t; s++) { /* the diagonal block, pair by pair */
                         const float *restrict ks = k + (size_t)(t0 + s) * kvs;
@@ -750,32 +801,22 @@ static void K(gla_scan)(float *S, int dk, int dv, const float *q, int qs, int nq
 #pragma omp simd reduction(+ : acc)
                         for (int i = 0; i < dk; i++)
                             acc += qt[i] * ks[i] * K(fexp)(bt[i] - bs[i]);
-                        At[s] = acc;
+                        At[s] = acc * scale;
                     }
                 }
-                /* o_t += scale sum_s A_ts v_s */
-                for (int t = I0; t < I1; t++) {
-                    const float *restrict At = A + (size_t)(t - I0) * GLA_CHUNK;
-                    float *restrict ot = o + (size_t)(t0 + t) * os + (size_t)j * dv;
-                    for (int s = 0; s <= t; s++) {
-                        const float a = At[s] * scale;
-                        const float *restrict vs = v + (size_t)(t0 + s) * kvs;
-#pragma omp simd
-                        for (int c = 0; c < dv; c++)
-                            ot[c] += a * vs[c];
-                    }
-                }
+                if (I0) /* A[:, 0:I0] = (q e^{b - r}) (k e^{r - b})^T */
+                    K(mm_acc)(A, CH, qh, dk, kt, CH, ni, dk, I0);
+                /* o += A V */
+                K(mm_acc)(oj + (size_t)I0 * os, os, A, CH, vv, kvs, ni, I1, dv);
             }
         }
-        /* state: S = e^{b_L} . S + sum_s (k_s . e^{b_L - b_s})^T v_s */
+        /* state: S = e^{b_L} . S + (k . e^{b_L - b})^T V */
         const float *restrict bl = b + (size_t)(L - 1) * dk;
         for (int s = 0; s < L; s++) {
             const float *restrict ks = k + (size_t)(t0 + s) * kvs;
             const float *restrict bs = b + (size_t)s * dk;
-            float *restrict khs = kh + (size_t)s * dk;
-#pragma omp simd
             for (int i = 0; i < dk; i++)
-                khs[i] = ks[i] * K(fexp)(bl[i] - bs[i]);
+                kt[(size_t)i * CH + s] = ks[i] * K(fexp)(bl[i] - bs[i]);
         }
         for (int i = 0; i < dk; i++) {
             float *restrict Si = S + (size_t)i * dv;
@@ -783,14 +824,8 @@ static void K(gla_scan)(float *S, int dk, int dv, const float *q, int qs, int nq
 #pragma omp simd
             for (int c = 0; c < dv; c++)
                 Si[c] *= a;
-            for (int s = 0; s < L; s++) {
-                const float ksi = kh[(size_t)s * dk + i];
-                const float *restrict vs = v + (size_t)(t0 + s) * kvs;
-#pragma omp simd
-                for (int c = 0; c < dv; c++)
-                    Si[c] += ksi * vs[c];
-            }
         }
+        K(mm_acc)(S, dv, kt, CH, vv, kvs, dk, L, dv);
     }
 }
 

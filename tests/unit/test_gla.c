@@ -126,7 +126,10 @@ static struct model *random_gla(const char *extra, int weights)
 {
     char json[512];
     struct model_config c;
-    snprintf(json, sizeof json, "{" BASE "%s%s}", extra[0] ? ", " : "", extra);
+    snprintf(json, sizeof json,
+             "{\"model_type\": \"gla\", \"num_hidden_layers\": 2, \"vocab_size\": 100%s%s%s}",
+             strstr(extra, "hidden_size") ? "" : ", \"hidden_size\": 64", extra[0] ? ", " : "",
+             extra);
     if (parse(json, &c))
         fail_msg("%s", err);
     struct model *m = NULL;
@@ -210,6 +213,12 @@ static void chunking_conv_gqa(void **u)
     check_chunking("\"use_short_conv\": true, \"num_kv_heads\": 2, \"clamp_min\": -0.05");
 }
 static void chunking_plain(void **u) { check_chunking(""); }
+/* dk 18, dv 36: the products' 16-column and single-column tails */
+static void chunking_odd(void **u)
+{
+    check_chunking("\"hidden_size\": 72, \"num_heads\": 2, \"use_short_conv\": true,"
+                   "\"conv_size\": 3");
+}
 static void chunking_no_gate(void **u)
 {
     check_chunking("\"use_output_gate\": false, \"num_heads\": 1, \"expand_k\": 1");
@@ -337,7 +346,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(config_defaults), cmocka_unit_test(config_refusals),
         cmocka_unit_test(chunking_conv_gqa), cmocka_unit_test(chunking_plain),
-        cmocka_unit_test(chunking_no_gate), cmocka_unit_test(batch_invariance),
+        cmocka_unit_test(chunking_no_gate), cmocka_unit_test(chunking_odd), cmocka_unit_test(batch_invariance),
         cmocka_unit_test(state_roundtrip), cmocka_unit_test(state_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
