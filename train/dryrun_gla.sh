@@ -17,10 +17,13 @@ cp "$SRC"/*.py "$SRC"/*.sh "$ROOT/train/"
 cp "${DRY_TOKENIZER:-$SRC/../models/recur-sp/tokenizer.json}" "$ROOT/.data/tokenizer.json"
 cd "$ROOT"
 TINY="--hidden 32 --layers 2 --heads 2 --chunk 16 --sub-chunk 4 --ctx 64 --batch 8 --n-val 3"
-OUT="$ROOT/out" bash train/device_gla.sh $MOCK $TINY --pre-deadline "${DRY_PRE:-20}" \
+# DRY_KILL=N: SIGKILL the device script after N seconds (a run cut short must still hand over a model)
+KILL=()
+[ -n "${DRY_KILL:-}" ] && KILL=(timeout -s KILL "$DRY_KILL")
+OUT="$ROOT/out" "${KILL[@]}" bash train/device_gla.sh $MOCK $TINY --pre-deadline "${DRY_PRE:-20}" \
     --deadline "${DRY_DEADLINE:-60}" --reserve 8 --warmup 10 --post-steps 20 --post-warmup 5 \
     --log-every 10 --eval-every 50 --ckpt-every 6 --val-windows 8 --long-eval-tokens 4096 \
-    --long-eval-seg 1024 ${DRY_ARGS:-}
+    --long-eval-seg 1024 ${DRY_ARGS:-} || [ -n "${DRY_KILL:-}" ]
 ls -l out
 "$PYTHON" train/pack.py unpack --from out --name gla --to repo
 echo "GLA DRY RUN OK: $ROOT"

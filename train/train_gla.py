@@ -132,6 +132,7 @@ def main(argv=None):
     data = corpus.prepare(a.data, a.n_val, tok_path, a.mock_hf, learn=False,
                           max_books=a.max_books or None, log=log)
     tok = data["tok"]
+    log(f"tokenizer {a.tokenizer}: {tok.kind}, vocab {tok.vocab_size}, <|endoftext|> = {tok.eot_id}")
     cfg = gla.GLAConfig(hidden_size=a.hidden, num_hidden_layers=a.layers, num_heads=a.heads,
                         vocab_size=tok.vocab_size, expand_k=a.expand_k, expand_v=a.expand_v,
                         hidden_ratio=a.hidden_ratio, intermediate_size=a.intermediate,
