@@ -23,7 +23,7 @@ KILL=()
 OUT="$ROOT/out" "${KILL[@]}" bash train/device_gla.sh $MOCK $TINY --pre-deadline "${DRY_PRE:-20}" \
     --deadline "${DRY_DEADLINE:-60}" --reserve 8 --warmup 10 --post-steps 20 --post-warmup 5 \
     --log-every 10 --eval-every 50 --ckpt-every 6 --val-windows 8 --long-eval-tokens 4096 \
-    --long-eval-seg 1024 ${DRY_ARGS:-} || [ -n "${DRY_KILL:-}" ]
+    --long-eval-seg 1024 --min-pre 5 --post-overhead 6 ${DRY_ARGS:-} || [ -n "${DRY_KILL:-}" ]
 ls -l out
 "$PYTHON" train/pack.py unpack --from out --name gla --to repo
 echo "GLA DRY RUN OK: $ROOT"

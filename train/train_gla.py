@@ -84,6 +84,11 @@ def parse(argv):
     ap.add_argument("--post-warmup", type=int, default=50)
     ap.add_argument("--post-min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--pass-conv", type=int, default=1)
+    ap.add_argument("--min-pre", type=float, default=120, help="pre-train at least this long "
+                    "whatever the probe says")
+    ap.add_argument("--post-overhead", type=float, default=45, help="seconds kept besides State "
+                    "Passing's steps (val evals, long eval of base and SP, packing) when the "
+                    "step-time probe moves --pre-deadline earlier")
     # clock, evaluation, output
     ap.add_argument("--deadline", type=float, default=540,
                     help="seconds after the call's start by which everything is in $OUT")
@@ -100,6 +105,32 @@ def parse(argv):
     ap.add_argument("--max-books", type=int, default=0, help="dry runs: the first N books")
     ap.add_argument("--mock-hf", action="store_true", help="CPU dry run without HF tokenizers")
     return ap.parse_args(argv)
+
+
+def probe_step_time(model, sampler, a, dev, n=8, skip=3):
+    """Seconds per training step of a throwaway copy (also warms up CUDA/cuBLAS)."""
+    from trainer import autocast_ctx, lm_loss, make_optimizer
+    m = copy.deepcopy(model).train()
+    ta = TrainArgs()
+    opt = make_optimizer(m, ta, dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    t0 = None
+    for i in range(n):
+        if i == skip:
+            sync()
+            t0 = time.time()
+        x, y, _ = sampler.next()
+        with autocast_ctx(ta, dev):
+            loss = lm_loss(m(x)[0], y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    dt = (time.time() - t0) / (n - skip)
+    del m, opt
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return dt
 
 
 @torch.no_grad()
@@ -186,8 +217,20 @@ def main(argv=None):
         pack_now(f"pre-training step {h['steps']}")
 
     # ------------------------------------------------------------ pre-training
-    budget = a.pre_deadline - since_start()
-    log(f"pre-training budget {budget:.0f}s (until {a.pre_deadline:.0f}s; now {since_start():.0f}s)")
+    pre_deadline = a.pre_deadline
+    try:  # keep State Passing's steps (and the evaluations) inside the deadline
+        step_s = probe_step_time(model, sampler, a, dev)
+        post_s = step_s * a.post_steps * 1.1 + a.post_overhead
+        pre_deadline = min(a.pre_deadline, a.deadline - a.reserve - post_s)
+        pre_deadline = max(pre_deadline, since_start() + a.min_pre)
+        summary["probe_step_s"] = step_s
+        log(f"probe: {step_s * 1e3:.0f} ms a step ({a.batch * a.ctx / step_s / 1e3:.0f}k tokens/s): "
+            f"State Passing needs ~{post_s:.0f}s with evaluations; pre-training until "
+            f"{pre_deadline:.0f}s")
+    except Exception:
+        warn("step-time probe failed: " + traceback.format_exc())
+    budget = pre_deadline - since_start()
+    log(f"pre-training budget {budget:.0f}s (until {pre_deadline:.0f}s; now {since_start():.0f}s)")
     if budget < 5:
         sys.exit("FATAL: no time left for pre-training")
     ta = TrainArgs(lr=a.lr, warmup=a.warmup, min_lr_ratio=a.min_lr_ratio, wd=a.wd,
