@@ -68,8 +68,8 @@ class GLAConfig:
     tie_word_embeddings: bool = True
     bos_token_id: int = 0
     eos_token_id: int = 0
-    chunk_size: int = 64              # speed knobs, not part of the function
-    sub_chunk: int = 16
+    chunk_size: int = 32              # speed knobs, not part of the function
+    sub_chunk: int = 8
 
     def __post_init__(self):
         if not self.intermediate_size:

@@ -64,8 +64,8 @@ def parse(argv):
     ap.add_argument("--conv-size", type=int, default=4)
     ap.add_argument("--no-conv", action="store_true")
     ap.add_argument("--untied", action="store_true")
-    ap.add_argument("--chunk", type=int, default=64)
-    ap.add_argument("--sub-chunk", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--sub-chunk", type=int, default=8)
     # pre-training
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64)

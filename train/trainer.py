@@ -304,7 +304,7 @@ def bench(argv=None):
                     help="gla: --d-model/--n-layer as hidden_size/num_hidden_layers, plus --heads, "
                     "--sub-chunk, --no-conv")
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--sub-chunk", type=int, default=16)
+    ap.add_argument("--sub-chunk", type=int, default=8)
     ap.add_argument("--no-conv", action="store_true")
     a = ap.parse_args(argv)
     dev = pick_device(a.device)
