@@ -262,3 +262,43 @@ def test_fla_intermediate_size():
     assert gla.fla_intermediate_size(256, 4) == 768
     assert gla.fla_intermediate_size(320, 4) == 1024
     assert gla.fla_intermediate_size(2048, 4) == 5632
+
+
+# ------------------------------------------------- the C engine (recurd score)
+RECURD = os.environ.get("RECURD_BIN", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))), "build", "server", "recurd"))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(hidden_size=64, num_hidden_layers=2, vocab_size=300, num_heads=4),
+    dict(hidden_size=64, num_hidden_layers=2, vocab_size=300, num_heads=4, use_short_conv=False,
+         tie_word_embeddings=False),
+    dict(hidden_size=48, num_hidden_layers=2, vocab_size=300, num_heads=3, expand_k=1.0,
+         expand_v=2.0, conv_size=3, hidden_ratio=2, clamp_min=-0.5)])
+def test_matches_recurd_engine(tmp_path, kw):
+    """An fla checkpoint written by save_fla, scored by recurd's C engine (`recurd score
+    --tokens`): the same per-token log-probs as GLALM in float32 (the engine's own GLA
+    forward, written from fla's definition independently of this file)."""
+    import subprocess
+
+    import numpy as np
+
+    import longeval
+    if not os.access(RECURD, os.X_OK):
+        pytest.skip(f"{RECURD} not built (set RECURD_BIN)")
+    m = perturbed(GLAConfig(**kw), seed=3, dtype=torch.float32)
+    m.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in m.state_dict().items()})
+    gla.save_fla(m, str(tmp_path), training_context=512)
+    ids = torch.randint(0, kw["vocab_size"], (500,), generator=torch.Generator().manual_seed(1)).numpy()
+    ids[250:] = ids[:250]                                 # a repeat: the state matters
+    (tmp_path / "ids.txt").write_text(" ".join(map(str, ids)))
+    r = subprocess.run([RECURD, "score", "--model", str(tmp_path), "--tokens",
+                        str(tmp_path / "ids.txt"), "--json", "--chunk", "100"],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode and "gla" in (r.stderr + r.stdout).lower() and "unsupported" in r.stderr.lower():
+        pytest.skip("this recurd build has no GLA: " + r.stderr[-200:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = np.array(json.loads(r.stdout)["token_logprobs"], dtype=np.float64)
+    ours = longeval.token_logprobs(m, ids, seg=128)
+    assert len(theirs) == len(ours)
+    assert np.abs(ours - theirs).max() < 2e-4, np.abs(ours - theirs).max()
