@@ -37,7 +37,7 @@ import longeval
 import pack
 import parity
 import sample
-from call1 import load_eval_books
+from pretrain_base import load_eval_books
 from common import Log, since_start
 from trainer import TrainArgs, evaluate, pick_device, train
 

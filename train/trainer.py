@@ -125,13 +125,14 @@ class FittedNoise:
             self.stats = [tuple(self.m * o + (1 - self.m) * n for o, n in zip(old, nw))
                           for old, nw in zip(self.stats, new)]
 
-    def sample(self, cfg, batch, device):
+    def sample(self, shapes, device):
+        """shapes: a model's zero_states(batch) (any architecture with (conv, state) per
+        layer, the state's dim 1 = heads)."""
         out = []
-        for sm, ss, cm, cs in self.stats:
-            s = torch.randn(batch, cfg.nheads, cfg.headdim, cfg.d_state, device=device,
-                            generator=self.g)
+        for (sm, ss, cm, cs), (c0, s0) in zip(self.stats, shapes):
+            s = torch.randn(s0.shape, device=device, generator=self.g)
             s = sm[None, :, None, None] + ss[None, :, None, None] * s
-            c = torch.randn(batch, cfg.d_conv - 1, cfg.conv_dim, device=device, generator=self.g)
+            c = torch.randn(c0.shape, device=device, generator=self.g)
             c = cm[None, None, :] + cs[None, None, :] * c
             out.append((c, s))
         return out
@@ -201,7 +202,7 @@ def train(model, sampler, val_windows, a: TrainArgs, device, log=print, ckpt_fn=
                 keep = (~reset).to(init[0][1].dtype)
                 init = [(c * keep[:, None, None], s * keep[:, None, None, None]) for c, s in init]
         elif a.init_state == "fitted":
-            init = fitted.sample(cfg, B, device)
+            init = fitted.sample(model.zero_states(B, device), device)
         else:
             raise ValueError(f"unknown init_state {a.init_state}")
         if init is not None and not a.pass_conv:
@@ -299,12 +300,25 @@ def bench(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--arch", default="mamba2", choices=["mamba2", "gla"],
+                    help="gla: --d-model/--n-layer as hidden_size/num_hidden_layers, plus --heads, "
+                    "--sub-chunk, --no-conv")
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--sub-chunk", type=int, default=8)
+    ap.add_argument("--no-conv", action="store_true")
     a = ap.parse_args(argv)
     dev = pick_device(a.device)
-    cfg = ModelConfig(d_model=a.d_model, n_layer=a.n_layer, d_state=a.d_state, headdim=a.headdim,
-                      vocab_size=a.vocab, chunk_size=a.chunk)
     torch.manual_seed(0)
-    model = Mamba2LM(cfg).init_weights(0).to(dev)
+    if a.arch == "gla":
+        from gla import GLAConfig, GLALM
+        cfg = GLAConfig(hidden_size=a.d_model, num_hidden_layers=a.n_layer, num_heads=a.heads,
+                        vocab_size=a.vocab, chunk_size=a.chunk, sub_chunk=a.sub_chunk,
+                        use_short_conv=not a.no_conv)
+        model = GLALM(cfg).init_weights(0).to(dev)
+    else:
+        cfg = ModelConfig(d_model=a.d_model, n_layer=a.n_layer, d_state=a.d_state,
+                          headdim=a.headdim, vocab_size=a.vocab, chunk_size=a.chunk)
+        model = Mamba2LM(cfg).init_weights(0).to(dev)
     ta = TrainArgs(compile=a.compile, warmup=1)
     opt = make_optimizer(model, ta, dev)
     fwd = torch.compile(model) if a.compile else model
