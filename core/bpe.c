@@ -331,7 +331,46 @@ int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word
     struct bpe_sym *sym = w->sym;
     size_t ns = 0;
     int unk_pending = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && b->char_level;) {
+        /* The reference's merge_word: per character, its vocab id, else its bytes'
+         * <0xXX> ids (all or none), else the unknown token (fused or not). */
+        size_t k = 1;
+        if (word[i] >= 0x80)
+            while (i + k < n && k < 4 && (word[i + k] & 0xC0) == 0x80)
+                k++;
+        int32_t id = -1;
+        if (k == 1 && b->byte_kind[word[i]] == BPE_BYTE_VOCAB)
+            id = b->byte_sym_ids[b->byte_sym_off[word[i]]];
+        else if (k > 1)
+            id = bpe_find_word(b, word + i, k);
+        if (id >= 0) {
+            if (unk_pending) {
+                sym_add(sym, &ns, b->unk_id);
+                unk_pending = 0;
+            }
+            sym_add(sym, &ns, id);
+            i += k;
+            continue;
+        }
+        int fb = b->byte_fallback;
+        for (size_t j = 0; j < k && fb; j++)
+            fb = b->fb_id[word[i + j]] >= 0;
+        if (fb) { /* a pending unknown token stays pending, as in the reference */
+            for (size_t j = 0; j < k; j++)
+                sym_add(sym, &ns, b->fb_id[word[i + j]]);
+            i += k;
+            continue;
+        }
+        if (b->unk_id >= 0 || b->unk_missing) {
+            if (b->unk_missing)
+                return RC_EFORMAT;
+            if (unk_pending && !b->fuse_unk)
+                sym_add(sym, &ns, b->unk_id);
+            unk_pending = 1;
+        }
+        i += k;
+    }
+    for (size_t i = 0; i < n && !b->char_level; i++) {
         unsigned x = word[i];
         unsigned o = b->byte_sym_off[x], e = b->byte_sym_off[x + 1];
         if (b->byte_kind[x] == BPE_BYTE_VOCAB) {

@@ -60,6 +60,14 @@ struct bpe {
     uint16_t byte_sym_off[257];
     int32_t byte_sym_ids[256 * 4];
     uint8_t byte_kind[256]; /* enum bpe_byte_kind */
+    /* char_level: the vocab holds text, not GPT-2 byte characters (no ByteLevel
+     * pre-tokenizer): a word's initial symbols are its UTF-8 characters' vocab ids;
+     * a character without one becomes the <0xXX> ids of its bytes (byte_fallback,
+     * all of them present: fb_id) or the unknown token. ASCII uses the byte tables
+     * above; longer characters are looked up in the word table (all vocab entries). */
+    int char_level;
+    int byte_fallback;
+    int32_t fb_id[256];    /* id of "<0xXX>", -1 if absent */
     int32_t unk_id;        /* -1: no unknown token configured */
     int unk_missing;       /* an unk_token was named but is not in the vocab */
     int fuse_unk;

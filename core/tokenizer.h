@@ -71,8 +71,15 @@ void tokenizer_free(tokenizer_t *tok); /* NULL is a no-op */
 /* Max id + 1 over the model vocab and the added tokens (ids without a token inside
  * this range decode to nothing, as in the reference). */
 int32_t tokenizer_vocab_size(const tokenizer_t *tok);
-/* Id of "<|endoftext|>" (added token or vocab entry), or -1. */
+/* Id of "<|endoftext|>" (added token or vocab entry), else of the added token "</s>"
+ * (Llama / Mistral), or -1. */
 int32_t tokenizer_eos_id(const tokenizer_t *tok);
+/* The id the reference's post-processor puts in front of every encoded text
+ * (TemplateProcessing with the single template "<s> $A", e.g. Llama's <s>), or -1 if
+ * it adds nothing. tokenizer_encode() and the streaming encoder never add it (they give
+ * encode(text, add_special_tokens=False)); a caller that wants the reference's default
+ * encode(text) puts this id at position 0 of a stream, once. */
+int32_t tokenizer_bos_id(const tokenizer_t *tok);
 /* Id of a token by its text: an added token's content, or the vocab entry whose
  * bytes are s[0..n) (byte-level vocab strings are matched by the bytes they stand
  * for). -1 if none. */

@@ -282,15 +282,70 @@ static void test_component_errors(void **unused)
     expect_fail(t, RC_ERANGE, "normalizers");
     t = small_tokenizer();
     json_object_set_new(t, "pre_tokenizer", json_null());
-    expect_fail(t, RC_EUNSUPPORTED, "pre_tokenizer");
+    expect_fail(t, RC_EUNSUPPORTED, "ByteLevel decoder needs a ByteLevel pre-tokenizer");
     t = small_tokenizer();
     json_object_set_new(t, "pre_tokenizer", json_pack("{s:s}", "type", "Metaspace"));
-    expect_fail(t, RC_EUNSUPPORTED, "Metaspace");
+    expect_fail(t, RC_EFORMAT, "replacement");
+    t = small_tokenizer();
+    json_object_set_new(t, "pre_tokenizer",
+                        json_pack("{s:s,s:s,s:s}", "type", "Metaspace", "replacement", "\xE2\x96\x81",
+                                  "prepend_scheme", "sometimes"));
+    expect_fail(t, RC_EFORMAT, "prepend_scheme");
+    t = small_tokenizer();
+    json_object_set_new(t, "pre_tokenizer",
+                        json_pack("{s:s,s:s,s:b,s:s}", "type", "Metaspace", "replacement", "\xE2\x96\x81",
+                                  "add_prefix_space", 0, "prepend_scheme", "always"));
+    expect_fail(t, RC_EFORMAT, "add_prefix_space does not match");
     t = small_tokenizer();
     json_object_set_new(t, "pre_tokenizer",
                         json_pack("{s:s,s:{s:s},s:s,s:b}", "type", "Split", "pattern", "Regex", "\\s+",
                                   "behavior", "Isolated", "invert", 0));
     expect_fail(t, RC_EUNSUPPORTED, "ByteLevel");
+    /* A text vocab (no ByteLevel): the decoder chain's components. */
+    const char *bad_dec[][2] = {
+        {"{\"type\":\"WordPiece\",\"prefix\":\"##\"}", "WordPiece"},
+        {"{\"type\":\"CTC\"}", "CTC"},
+        {"{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"ByteLevel\"}]}", "ByteLevel"},
+        {"{\"type\":\"ByteLevel\"}", "ByteLevel decoder needs"},
+        {"{\"type\":\"Strip\",\"content\":\"ab\",\"start\":1,\"stop\":0}", "one character"},
+        {"{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"(\"},\"content\":\"\"}", "compile"},
+        {"{\"type\":\"Replace\",\"pattern\":{\"String\":\"\"},\"content\":\"x\"}", "empty"},
+    };
+    for (size_t i = 0; i < sizeof bad_dec / sizeof *bad_dec; i++) {
+        t = small_tokenizer();
+        json_object_set_new(t, "pre_tokenizer",
+                            json_pack("{s:s,s:s,s:s}", "type", "Metaspace", "replacement",
+                                      "\xE2\x96\x81", "prepend_scheme", "first"));
+        json_object_set_new(t, "decoder", json_loads(bad_dec[i][0], 0, NULL));
+        expect_fail(t, i == 4 ? RC_EFORMAT : i == 5 ? RC_EFORMAT : RC_EUNSUPPORTED, bad_dec[i][1]);
+    }
+    t = small_tokenizer();
+    json_object_set_new(t, "normalizer",
+                        json_loads("{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" +\"},"
+                                   "\"content\":\" \"}", 0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "Regex");
+    t = small_tokenizer();
+    json_object_set_new(t, "normalizer", json_loads("{\"type\":\"Prepend\"}", 0, NULL));
+    expect_fail(t, RC_EFORMAT, "prepend");
+    t = small_tokenizer();
+    json_object_set_new(t, "normalizer", json_loads("{\"type\":\"Strip\",\"left\":true,"
+                                                    "\"right\":true}", 0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "'Strip'");
+    /* A template that appends after the text, or a token of two ids. */
+    t = small_tokenizer();
+    json_object_set_new(t, "post_processor", json_loads(
+        "{\"type\":\"TemplateProcessing\",\"single\":[{\"Sequence\":{\"id\":\"A\","
+        "\"type_id\":0}},{\"SpecialToken\":{\"id\":\"</s>\",\"type_id\":0}}],"
+        "\"special_tokens\":{\"</s>\":{\"id\":\"</s>\",\"ids\":[2],\"tokens\":[\"</s>\"]}}}",
+        0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "nothing after the text");
+    t = small_tokenizer();
+    json_object_set_new(t, "post_processor", json_loads(
+        "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\","
+        "\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
+        "\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[1,2],\"tokens\":[\"<s>\",\"x\"]}}}",
+        0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "exactly one id");
     const char *regexes[][3] = {
         {"(", "does not compile", "f"}, {"a*", "empty", "u"}, {"\\Qa\\E", "\\Q", "u"},
         {"[a-z&&[^q]]", "&&", "u"},    {"[[a]]", "nested", "u"},   {"x|", "empty", "u"},
