@@ -1,0 +1,310 @@
+/* The Llama / Mistral tokenizer.json family (a text vocab with byte fallback) on a tiny
+ * hand-made tokenizer, in its legacy form (Prepend + Replace normaliser, no
+ * pre-tokenizer) and its Metaspace forms. Every expected id and string here was
+ * derived by hand from the reference's source (tokenizers 0.23: models/bpe/model.rs
+ * merge_word, normalizers/{prepend,replace}.rs, pre_tokenizers/metaspace.rs,
+ * decoders/{byte_fallback,fuse,strip}.rs, tokenizer/mod.rs step_decode_stream); the
+ * reference's own outputs for trained tokenizers of this family are checked in
+ * test_tokenizer_goldens.c (goldens-llama.json.gz). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "alloc.h"
+#include "errors.h"
+#include "tok_testlib.h"
+#include "tokenizer.h"
+
+#define SP "\xE2\x96\x81" /* U+2581, the metaspace */
+
+/* Ids: <unk> 0, <s> 1, </s> 2, <0x00>..<0xFF> 3..258, then these. */
+static const char *const CHARS[] = {SP, "h", "e", "l", "o", "w", "r", "d", "a", "\xC3\xA9"};
+enum { T_SP = 259, T_H, T_E, T_L, T_O, T_W, T_R, T_D, T_A, T_EACUTE };
+static const char *const MERGES[][2] = {
+    {SP, "h"}, {"l", "l"}, {"e", "ll"}, {SP "h", "ell"}, {SP "hell", "o"},
+    {SP, "w"}, {"o", "r"}, {SP "w", "or"}, {"l", "d"}, {SP "wor", "ld"},
+};
+enum { T_SPH = 269, T_LL, T_ELL, T_SPHELL, T_SPHELLO, T_SPW, T_OR, T_SPWOR, T_LD, T_SPWORLD };
+#define BYTE(b) (3 + (b))
+
+static json_t *str_pattern(const char *s) { return json_pack("{s:s}", "String", s); }
+
+/* form: 0 legacy, 1 Metaspace split, 2 Metaspace no split. */
+static json_t *mini(int form, const char *scheme)
+{
+    json_t *vocab = json_object();
+    json_object_set_new(vocab, "<unk>", json_integer(0));
+    json_object_set_new(vocab, "<s>", json_integer(1));
+    json_object_set_new(vocab, "</s>", json_integer(2));
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        json_object_set_new(vocab, name, json_integer(BYTE(b)));
+    }
+    int id = 259;
+    for (size_t i = 0; i < sizeof CHARS / sizeof *CHARS; i++)
+        json_object_set_new(vocab, CHARS[i], json_integer(id++));
+    json_t *merges = json_array();
+    for (size_t i = 0; i < sizeof MERGES / sizeof *MERGES; i++) {
+        char both[64];
+        snprintf(both, sizeof both, "%s%s", MERGES[i][0], MERGES[i][1]);
+        json_object_set_new(vocab, both, json_integer(id++));
+        json_array_append_new(merges, json_pack("[ss]", MERGES[i][0], MERGES[i][1]));
+    }
+    json_t *added = json_array();
+    const char *sp[3] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < 3; i++)
+        json_array_append_new(added, json_pack("{s:i,s:s,s:b,s:b,s:b,s:b,s:b}", "id", i, "content",
+                                               sp[i], "single_word", 0, "lstrip", 0, "rstrip", 0,
+                                               "normalized", 0, "special", 1));
+    json_t *t = json_pack(
+        "{s:s,s:o,s:o,s:{s:s,s:n,s:s,s:b,s:b,s:b,s:o,s:o}}", "version", "1.0", "added_tokens", added,
+        "post_processor",
+        json_pack("{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],s:{s:{s:s,s:[i],s:[s]}}}", "type",
+                  "TemplateProcessing", "single", "SpecialToken", "id", "<s>", "type_id", 0,
+                  "Sequence", "id", "A", "type_id", 0, "special_tokens", "<s>", "id", "<s>", "ids",
+                  1, "tokens", "<s>"),
+        "model", "type", "BPE", "dropout", "unk_token", "<unk>", "fuse_unk", 1, "byte_fallback", 1,
+        "ignore_merges", 0, "vocab", vocab, "merges", merges);
+    if (form == 0) {
+        json_object_set_new(t, "normalizer",
+                            json_pack("{s:s,s:[{s:s,s:s},{s:s,s:o,s:s}]}", "type", "Sequence",
+                                      "normalizers", "type", "Prepend", "prepend", SP, "type",
+                                      "Replace", "pattern", str_pattern(" "), "content", SP));
+        json_object_set_new(t, "pre_tokenizer", json_null());
+        json_object_set_new(
+            t, "decoder",
+            json_pack("{s:s,s:[{s:s,s:o,s:s},{s:s},{s:s},{s:s,s:s,s:i,s:i}]}", "type", "Sequence",
+                      "decoders", "type", "Replace", "pattern", str_pattern(SP), "content", " ",
+                      "type", "ByteFallback", "type", "Fuse", "type", "Strip", "content", " ",
+                      "start", 1, "stop", 0));
+    } else {
+        json_object_set_new(t, "normalizer", json_null());
+        json_object_set_new(t, "pre_tokenizer",
+                            json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace", "replacement", SP,
+                                      "prepend_scheme", scheme, "split", form == 1));
+        json_object_set_new(t, "decoder", json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace",
+                                                    "replacement", SP, "prepend_scheme", scheme,
+                                                    "split", form == 1));
+    }
+    return t;
+}
+
+static tokenizer_t *load(json_t *t)
+{
+    char *s = json_dumps(t, JSON_COMPACT);
+    char err[256];
+    tokenizer_t *tok;
+    if (tokenizer_load_json(s, strlen(s), &tok, err, sizeof err))
+        fail_msg("%s", err);
+    free(s);
+    json_decref(t);
+    return tok;
+}
+
+static void expect_ids(const tokenizer_t *tok, const char *text, const int32_t *want, size_t n)
+{
+    int32_t *ids;
+    size_t got;
+    char err[256];
+    assert_int_equal(tokenizer_encode(tok, text, strlen(text), 0, &ids, &got, err, sizeof err), 0);
+    if (got != n || memcmp(ids, want, n * sizeof *ids)) {
+        for (size_t i = 0; i < got; i++)
+            print_message("%d ", ids[i]);
+        print_message("<- got for '%s'\n", text);
+        fail();
+    }
+    /* Streaming, byte by byte, gives the same. */
+    int32_t *st;
+    size_t ns, held;
+    assert_int_equal(tl_encode_stream(tok, (const uint8_t *)text, strlen(text), 0, 0, 1, 1, &st,
+                                      &ns, &held), 0);
+    assert_int_equal(ns, n);
+    assert_memory_equal(st, want, n * sizeof *st);
+    rc_free(st);
+    rc_free(ids);
+}
+
+static void expect_text(const tokenizer_t *tok, const int32_t *ids, size_t n, unsigned flags,
+                        const char *want)
+{
+    char *txt, err[256];
+    size_t len;
+    assert_int_equal(tokenizer_decode(tok, ids, n, flags, &txt, &len, err, sizeof err), 0);
+    if (len != strlen(want) || memcmp(txt, want, len))
+        fail_msg("decoded '%s', want '%s'", txt, want);
+    rc_free(txt);
+}
+
+/* Per-id outputs of the streaming decoder ("|" separates steps), then the flush. */
+static void expect_stream(const tokenizer_t *tok, const int32_t *ids, size_t n, const char *want,
+                          const char *want_flush)
+{
+    tok_decoder_t *d;
+    char got[512] = "", err[256];
+    const char *t;
+    size_t len;
+    assert_int_equal(tok_decoder_create(tok, 0, &d, err, sizeof err), 0);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(tok_decoder_feed(d, ids[i], &t, &len, err, sizeof err), 0);
+        if (i)
+            strcat(got, "|");
+        strncat(got, t, len);
+    }
+    if (strcmp(got, want))
+        fail_msg("stream '%s', want '%s'", got, want);
+    assert_int_equal(tok_decoder_flush(d, &t, &len), 0);
+    if (len != strlen(want_flush) || memcmp(t, want_flush, len))
+        fail_msg("flush '%.*s', want '%s'", (int)len, t, want_flush);
+    tok_decoder_free(d);
+}
+
+static void test_legacy(void **unused)
+{
+    tokenizer_t *tok = load(mini(0, NULL));
+    assert_int_equal(tokenizer_bos_id(tok), 1);
+    assert_int_equal(tokenizer_eos_id(tok), 2);
+    /* "▁hello▁world", one word. */
+    expect_ids(tok, "hello world", (const int32_t[]){T_SPHELLO, T_SPWORLD}, 2);
+    /* Prepend again after an added token (each segment is normalised on its own). */
+    expect_ids(tok, "<s>hello", (const int32_t[]){1, T_SPHELLO}, 2);
+    expect_ids(tok, "hello</s>", (const int32_t[]){T_SPHELLO, 2}, 2);
+    expect_ids(tok, "", NULL, 0);
+    /* € is not in the vocab: its bytes. */
+    expect_ids(tok, "a\xE2\x82\xAC", (const int32_t[]){T_SP, T_A, BYTE(0xE2), BYTE(0x82), BYTE(0xAC)}, 5);
+    expect_ids(tok, " h", (const int32_t[]){T_SP, T_SPH}, 2);
+    const int32_t hw[] = {1, T_SPHELLO, T_SPWORLD};
+    expect_text(tok, hw, 3, 0, "<s> hello world");
+    expect_text(tok, hw, 3, TOK_DECODE_SKIP_SPECIAL, "hello world");
+    const int32_t euro[] = {T_SP, T_A, BYTE(0xE2), BYTE(0x82), BYTE(0xAC)};
+    expect_text(tok, euro, 5, 0, "a\xE2\x82\xAC");
+    /* The reference's DecodeStream: nothing for "▁" (stripped), then "a", the euro sign
+     * whole once its third byte came. */
+    expect_stream(tok, euro, 5, "|a|||\xE2\x82\xAC", "");
+    /* An invalid run: one U+FFFD per byte, for the whole run (0x41 included). */
+    const int32_t bad[] = {T_A, BYTE(0xFF), BYTE(0x41), T_SPH};
+    expect_text(tok, bad, 4, 0, "a\xEF\xBF\xBD\xEF\xBF\xBD h");
+    expect_stream(tok, bad, 4, "a|||\xEF\xBF\xBD\xEF\xBF\xBD h", "");
+    /* A byte that turns a run given out already ("A") invalid: the reference's
+     * DecodeStream raises InvalidPrefix; we give out what lies past the old text. */
+    const int32_t worse[] = {T_A, BYTE(0x41), BYTE(0xFF), T_SPH};
+    expect_text(tok, worse, 4, 0, "a\xEF\xBF\xBD\xEF\xBF\xBD h");
+    expect_stream(tok, worse, 4, "a|A||\xEF\xBF\xBD h", "");
+    /* A truncated character at the end: held by the stream, given out by flush. */
+    const int32_t cut[] = {T_A, BYTE(0xE2), BYTE(0x82)};
+    expect_text(tok, cut, 3, 0, "a\xEF\xBF\xBD\xEF\xBF\xBD");
+    expect_stream(tok, cut, 3, "a||", "\xEF\xBF\xBD\xEF\xBF\xBD");
+    /* What a token stands for inside a text. */
+    const char *b;
+    size_t n;
+    assert_int_equal(tokenizer_token_bytes(tok, T_SPHELLO, &b, &n), 0);
+    assert_int_equal(n, 6);
+    assert_memory_equal(b, " hello", 6);
+    assert_int_equal(tokenizer_token_bytes(tok, BYTE(0xE2), &b, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal((uint8_t)b[0], 0xE2);
+    assert_int_equal(tokenizer_find_token(tok, SP "world", strlen(SP "world")), T_SPWORLD);
+    tokenizer_free(tok);
+}
+
+static void test_metaspace(void **unused)
+{
+    tokenizer_t *tok = load(mini(1, "first"));
+    expect_ids(tok, "hello world", (const int32_t[]){T_SPHELLO, T_SPWORLD}, 2);
+    /* "first": no ▁ for a piece that does not start the text. */
+    expect_ids(tok, "<s>hello", (const int32_t[]){1, T_H, T_ELL, T_O}, 4);
+    expect_ids(tok, "hello<s>hello", (const int32_t[]){T_SPHELLO, 1, T_H, T_ELL, T_O}, 5);
+    /* The decoder drops every ▁ of the first token when prepend_scheme is not never. */
+    expect_text(tok, (const int32_t[]){T_SPHELLO, T_SPWORLD}, 2, 0, "hello world");
+    expect_stream(tok, (const int32_t[]){T_SPHELLO, T_SPWORLD}, 2, "hello| world", "");
+    tokenizer_free(tok);
+    tok = load(mini(1, "always"));
+    expect_ids(tok, "<s>hello", (const int32_t[]){1, T_SPHELLO}, 2);
+    expect_ids(tok, " hello", (const int32_t[]){T_SPHELLO}, 1);
+    tokenizer_free(tok);
+    tok = load(mini(1, "never"));
+    expect_ids(tok, "hello world", (const int32_t[]){T_H, T_ELL, T_O, T_SPWORLD}, 4);
+    expect_text(tok, (const int32_t[]){T_SPHELLO, T_SPWORLD}, 2, 0, " hello world");
+    tokenizer_free(tok);
+    tok = load(mini(2, "first"));
+    expect_ids(tok, "hello world", (const int32_t[]){T_SPHELLO, T_SPWORLD}, 2);
+    tokenizer_free(tok);
+}
+
+/* Missing <0xXX> tokens: the unknown token, fused or not, and the reference's order
+ * (a pending unk waits for the next vocab character, after byte-fallback symbols). */
+static void test_unk(void **unused)
+{
+    for (int fuse = 0; fuse < 2; fuse++) {
+        json_t *t = mini(0, NULL);
+        json_t *model = json_object_get(t, "model");
+        json_object_del(json_object_get(model, "vocab"), "<0xF0>");
+        json_object_set_new(model, "fuse_unk", json_boolean(fuse));
+        tokenizer_t *tok = load(t);
+        /* U+1F600 is F0 9F 98 80: no <0xF0>, so unk. */
+        if (fuse)
+            expect_ids(tok, "\xF0\x9F\x98\x80\xF0\x9F\x98\x80", (const int32_t[]){T_SP, 0}, 2);
+        else
+            expect_ids(tok, "\xF0\x9F\x98\x80\xF0\x9F\x98\x80", (const int32_t[]){T_SP, 0, 0}, 3);
+        expect_ids(tok, "\xF0\x9F\x98\x80\xE2\x82\xAC" "a",
+                   (const int32_t[]){T_SP, BYTE(0xE2), BYTE(0x82), BYTE(0xAC), 0, T_A}, 6);
+        expect_text(tok, (const int32_t[]){T_SP, 0, T_A}, 3, 0, "<unk>a");
+        tokenizer_free(tok);
+    }
+}
+
+/* One long word (legacy form): the stream cuts at barriers and stays exact; a word
+ * with no barrier falls back to windows; 1 MB single words encode fast. */
+static void test_long_word_stream(void **unused)
+{
+    tokenizer_t *tok = load(mini(0, NULL));
+    size_t n = (size_t)1 << 20;
+    char *s = rc_malloc(n + 1);
+    const char *pat = "hello world ";
+    for (size_t i = 0; i < n; i++)
+        s[i] = pat[i % 12];
+    s[n] = 0;
+    int32_t *one, *st;
+    size_t n1, ns, held;
+    char err[256];
+    assert_int_equal(tokenizer_encode(tok, s, n, 0, &one, &n1, err, sizeof err), 0);
+    assert_int_equal(tl_encode_stream(tok, (const uint8_t *)s, n, 0, 4096, 5, 3000, &st, &ns, &held), 0);
+    assert_int_equal(ns, n1);
+    assert_memory_equal(st, one, n1 * sizeof *st);
+    /* "o▁" and "d▁" are barriers: the held text stays small although it is one word. */
+    if (held > 16384)
+        fail_msg("held %zu bytes", held);
+    rc_free(st);
+    rc_free(one);
+    /* "llll...": every boundary may merge (l l): no barrier; windows, bounded. */
+    memset(s, 'l', n);
+    assert_int_equal(tokenizer_encode(tok, s, n, 0, &one, &n1, err, sizeof err), 0);
+    assert_int_equal(n1, n / 2 + 1); /* ▁ l, then ll ll ... */
+    assert_int_equal(tl_encode_stream(tok, (const uint8_t *)s, n, 0, 4096, 5, 3000, &st, &ns, &held), 0);
+    assert_int_equal(ns, n1);
+    assert_memory_equal(st, one, n1 * sizeof *st);
+    assert_true(held < 3 * 4096 + 8192);
+    rc_free(st);
+    rc_free(one);
+    rc_free(s);
+    tokenizer_free(tok);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1)
+        cmocka_set_test_filter(argv[1]);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_legacy),
+        cmocka_unit_test(test_metaspace),
+        cmocka_unit_test(test_unk),
+        cmocka_unit_test(test_long_word_stream),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
