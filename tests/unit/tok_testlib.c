@@ -50,9 +50,38 @@ int tl_read(const char *path, uint8_t **data, size_t *len)
     return 0;
 }
 
+/* A tokenizer of the Llama family from llama/tokenizers.json.gz (written by
+ * gen_goldens_llama.py with HF tokenizers). */
+static char *llama_json(const char *name, size_t *len, char *why, size_t whylen)
+{
+    uint8_t *d;
+    size_t n;
+    if (tl_read(TL_DIR "/llama/tokenizers.json.gz", &d, &n)) {
+        snprintf(why, whylen, TL_DIR "/llama/tokenizers.json.gz is missing: it is made by "
+                 "gen_goldens_llama.py on the GPU machine (see the fixtures README)");
+        return NULL;
+    }
+    json_t *all = json_loadb((const char *)d, n, 0, NULL);
+    rc_free(d);
+    json_t *t = json_object_get(json_object_get(all, "tokenizers"), name);
+    char *out = NULL;
+    if (json_is_string(t)) {
+        *len = json_string_length(t);
+        out = rc_malloc(*len + 1);
+        if (out)
+            memcpy(out, json_string_value(t), *len + 1);
+    } else {
+        snprintf(why, whylen, "no tokenizer '%s' in llama/tokenizers.json.gz", name);
+    }
+    json_decref(all);
+    return out;
+}
+
 char *tl_base_json(const char *name, size_t *len, char *why, size_t whylen)
 {
     char path[1024];
+    if (!strncmp(name, "llama_", 6))
+        return llama_json(name, len, why, whylen);
     if (!strcmp(name, "neox"))
         snprintf(path, sizeof path, "%s/tokenizers/gpt-neox-20b/tokenizer.json", RECUR_SHARED);
     else if (!strcmp(name, "recur"))
@@ -131,7 +160,7 @@ tokenizer_t *tl_load(const char *name, int *rc, char *why, size_t whylen)
     json_t *all = NULL, *v = NULL;
     const char *base = name;
     if (strcmp(name, "neox") && strcmp(name, "gpt2") && strcmp(name, "cl100k") &&
-        strcmp(name, "recur")) {
+        strcmp(name, "recur") && strncmp(name, "llama_", 6)) {
         all = variants_json();
         v = all ? find_variant(all, name) : NULL;
         if (!v) {
@@ -248,6 +277,11 @@ uint32_t tl_crc32(const void *p, size_t n)
         n -= k;
     }
     return (uint32_t)c;
+}
+
+uint32_t tl_crc32_update(uint32_t crc, const void *p, size_t n)
+{
+    return (uint32_t)crc32(crc, p, (uInt)n); /* callers pass small buffers */
 }
 
 static uint64_t rng_next(uint64_t *s)

@@ -19,7 +19,8 @@
 int tl_read(const char *path, uint8_t **data, size_t *len);
 
 /* tokenizer.json text of a base tokenizer: "gpt2", "cl100k" (fixtures), "neox"
- * (RECUR_SHARED) or "recur" (models/recur-sp, our own model's). NULL when absent, with the reason in why. rc_free the result. */
+ * (RECUR_SHARED), "recur" (models/recur-sp, our own model's) or "llama_*" (the Llama
+ * family made by gen_goldens_llama.py, fixtures llama/tokenizers.json.gz). NULL when absent, with the reason in why. rc_free the result. */
 char *tl_base_json(const char *name, size_t *len, char *why, size_t whylen);
 
 /* Load a base tokenizer, or a variant "name" from variants.json (its base with its
@@ -39,6 +40,8 @@ uint64_t tl_block_hash(const int32_t *ids, size_t from, size_t to);
 
 /* zlib crc32. */
 uint32_t tl_crc32(const void *p, size_t n);
+/* The same, continued from an earlier crc (zlib crc32's running form). */
+uint32_t tl_crc32_update(uint32_t crc, const void *p, size_t n);
 
 /* Encode text by feeding it in chunks whose sizes come from a seeded generator
  * (max_chunk >= 1; 1 = byte by byte). Returns 0 and the ids (rc_free). */
