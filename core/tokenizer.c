@@ -274,6 +274,25 @@ static void piece_trim(tok_encoder_t *e, size_t upto)
     e->piece_ctx = upto - keep;
 }
 
+/* The bytes of a word that token id covers: its piece for a byte-level vocab; for a
+ * text vocab its string, one byte for a byte-fallback token, and for the unknown token
+ * a length no sum can match (a window is then not cut inside its leaf). */
+static size_t span_len(const tokenizer_t *tok, int32_t id)
+{
+    if (!tok->raw_pool)
+        return tok->piece_off[id + 1] - tok->piece_off[id];
+    const uint8_t *r = tok->raw_pool + tok->raw_off[id];
+    size_t n = tok->raw_off[id + 1] - tok->raw_off[id];
+    if (id == tok->bpe.unk_id)
+        return (size_t)1 << 40;
+    if (n == 6 && tok->bpe.byte_fallback && r[0] == '<' && r[5] == '>') {
+        for (int b = 0; b < 256; b++)
+            if (tok->bpe.fb_id[b] == id)
+                return 1;
+    }
+    return n;
+}
+
 /* Held text longer than the cap (one pre-token that keeps growing, in practice):
  * encode a window of cap bytes as if the text ended there, commit the tokens before
  * the last token boundary in its first half, keep the rest. See tokenizer.h for
@@ -331,7 +350,7 @@ static int piece_encode_window(tok_encoder_t *e)
         ptrdiff_t off = (ptrdiff_t)L->w_off - L->prefix;
         for (size_t j = L->ids_start; j < L->ids_end; j++) {
             int32_t id = e->wids.v[j];
-            sum += tok->piece_off[id + 1] - tok->piece_off[id];
+            sum += span_len(tok, id);
         }
         if (sum != L->len)
             continue;
@@ -353,7 +372,7 @@ static int piece_encode_window(tok_encoder_t *e)
             }
             if (j < L->ids_end) {
                 int32_t id = e->wids.v[j];
-                off += tok->piece_off[id + 1] - tok->piece_off[id];
+                off += span_len(tok, id);
             }
         }
     }
@@ -474,7 +493,7 @@ static int piece_pretokenize(tok_encoder_t *e, int final)
              * be cut at a barrier (above). */
             if (final) {
                 rc = subpiece(e, e->piece.p + e->piece_ctx, e->piece.n - e->piece_ctx);
-            } else if (!tok->bytelevel) {
+            } else if (!tok->bytelevel && tok->pre.n == 1) {
                 size_t cut = last_barrier(tok, e->piece.p, e->piece_ctx, e->piece.n);
                 if (cut > e->piece_ctx) {
                     e->word_cut = 1;

@@ -1,6 +1,7 @@
 /*
- * tokenizer.h — Hugging Face tokenizer.json byte-level BPE, id-for-id identical to
- * the reference (HF `tokenizers`), with streaming encoders and decoders.
+ * tokenizer.h — Hugging Face tokenizer.json BPE (byte-level as GPT-2 / GPT-NeoX, or a
+ * text vocab with byte fallback as Llama / Mistral), id-for-id identical to the
+ * reference (HF `tokenizers`), with streaming encoders and decoders.
  *
  * Overview
  *   tokenizer_t is loaded once (tokenizer_load_file / _json / _dir, or the byte-level
@@ -13,14 +14,22 @@
  *   model          BPE: vocab; merges as "a b" strings or ["a","b"] pairs; unk_token,
  *                  fuse_unk, byte_fallback, ignore_merges; dropout null or 0;
  *                  continuing_subword_prefix / end_of_word_suffix null or "".
+ *                  The vocab is byte-level (GPT-2 characters; ByteLevel pre-tokenizer
+ *                  and decoder) or text (Llama / Mistral: characters, with <0xXX>
+ *                  byte-fallback tokens and a decoder chain).
  *   added_tokens   special or not, normalized or not, lstrip, rstrip, single_word;
  *                  matched before pre-tokenisation, leftmost-longest.
- *   normalizer     null, NFC, NFKC, NFD, NFKD, Sequence of those (libutf8proc).
+ *   normalizer     null, NFC, NFKC, NFD, NFKD (libutf8proc), Prepend, Replace with a
+ *                  String pattern, Sequence of those.
  *   pre_tokenizer  ByteLevel (add_prefix_space, use_regex), Split (String or Regex
  *                  pattern, all five behaviours, invert), Sequence of Splits followed
  *                  by exactly one ByteLevel. Regexes run on PCRE2 (UTF+UCP, JIT).
- *   post_processor null, ByteLevel, TemplateProcessing that adds nothing (single
- *                  "$A"), Sequence of those.  decoder: ByteLevel.
+ *                  Text vocab: none, or Metaspace (prepend_scheme first / always /
+ *                  never, split) first, then Splits.
+ *   post_processor null, ByteLevel, TemplateProcessing with the single template "$A" or
+ *                  "<special> $A" (see tokenizer_bos_id), Sequence of those.
+ *   decoder        ByteLevel; text vocab: Replace (String or Regex), ByteFallback,
+ *                  Fuse, Strip, Metaspace, Sequence of those, or none.
  *   truncation / padding are ignored: they shape batches, recurd never applies them.
  *
  * Invalid UTF-8 in text to encode: every maximal ill-formed subpart becomes U+FFFD
@@ -84,8 +93,10 @@ int32_t tokenizer_bos_id(const tokenizer_t *tok);
  * bytes are s[0..n) (byte-level vocab strings are matched by the bytes they stand
  * for). -1 if none. */
 int32_t tokenizer_find_token(const tokenizer_t *tok, const char *s, size_t n);
-/* The bytes id decodes to (may be part of a UTF-8 character, or empty); *bytes stays
- * valid as long as tok. RC_EINVAL if id is outside [0, vocab_size). */
+/* The bytes id decodes to (may be part of a UTF-8 character, or empty); for a text
+ * vocab what the token stands for inside a text ("▁the" -> " the", "<0xE2>" -> the
+ * byte 0xE2; the decoder's Fuse/Strip and Metaspace's first-token rule left out).
+ * *bytes stays valid as long as tok. RC_EINVAL if id is outside [0, vocab_size). */
 int tokenizer_token_bytes(const tokenizer_t *tok, int32_t id, const char **bytes, size_t *len);
 /* 1 if id is a special added token (skipped by TOK_DECODE_SKIP_SPECIAL), else 0. */
 int tokenizer_is_special(const tokenizer_t *tok, int32_t id);
@@ -163,7 +174,14 @@ void tok_encoder_free(tok_encoder_t *enc); /* NULL is a no-op */
 /* Feed ids one at a time; each call returns only complete, valid UTF-8 (a token that
  * ends inside a character is held until the character completes). Ill-formed bytes
  * become U+FFFD per maximal subpart, so the concatenation of all outputs and the
- * flush equals tokenizer_decode() of all the ids. */
+ * flush equals tokenizer_decode() of all the ids.
+ * Text vocab (Llama family): each feed gives exactly what the reference's
+ * DecodeStream.step gives (None = ""): the new text of a window of ids once it is
+ * longer than before and does not end in U+FFFD. The flush gives what it would hold
+ * back forever; where it raises InvalidPrefix (a byte token making an earlier byte run
+ * invalid) we give the text past the old length; a window past 256 held ids is given
+ * out anyway. The concatenation then equals tokenizer_decode() except after such an
+ * InvalidPrefix. */
 int tok_decoder_create(const tokenizer_t *tok, unsigned flags, tok_decoder_t **out,
                        char *err, size_t errlen);
 /* text, len: the new text (possibly empty), valid until the next call on dec.
