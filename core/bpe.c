@@ -325,12 +325,18 @@ static inline void sym_add(struct bpe_sym *sym, size_t *n, int32_t c)
 int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
                     struct tok_ids *out)
 {
+    return bpe_encode_part(b, w, word, n, NULL, 1, out);
+}
+
+int bpe_encode_part(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
+                    int *unk_carry, int last, struct tok_ids *out)
+{
     /* Byte fallback can give a byte two symbols. */
     if (n > SIZE_MAX / 4 || work_reserve(w, 2 * n))
         return RC_ENOMEM;
     struct bpe_sym *sym = w->sym;
     size_t ns = 0;
-    int unk_pending = 0;
+    int unk_pending = unk_carry ? *unk_carry : 0;
     for (size_t i = 0; i < n && b->char_level;) {
         /* The reference's merge_word: per character, its vocab id, else its bytes'
          * <0xXX> ids (all or none), else the unknown token (fused or not). */
@@ -397,8 +403,10 @@ int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word
         }
         /* no unknown token: the byte is dropped, as the reference does */
     }
-    if (unk_pending)
+    if (unk_pending && last)
         sym_add(sym, &ns, b->unk_id);
+    if (unk_carry)
+        *unk_carry = unk_pending && !last;
     if (ns == 0)
         return 0;
     if (ns <= SHORT_WORD && !b->ambiguous)

@@ -129,6 +129,12 @@ void bpe_work_free(struct bpe_work *w);
 int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
                     struct tok_ids *out);
 
+/* One part of a word cut at a barrier (tokenizer.c): the same, except that an unknown
+ * token pending at the start of the part (*unk_carry) or at its end carries over
+ * instead of being written out, unless last. unk_carry may be NULL (none). */
+int bpe_encode_part(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
+                    int *unk_carry, int last, struct tok_ids *out);
+
 /* Pre-token cache: words up to BPE_CACHE_MAX_WORD bytes -> ids. Bounded (about 1 MiB);
  * when full it starts over. Zero-initialise; bpe_cache_free() at the end. Results
  * never depend on its state. */

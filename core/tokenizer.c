@@ -64,6 +64,8 @@ struct tok_encoder {
     struct tok_bytes nbuf[2];      /* between normaliser steps */
     int started;           /* something (a piece or an added token) came out already */
     int word_cut;          /* the current word was cut at a barrier: no ignore_merges */
+    int cut_open;          /* encoding a part before a barrier (not the word's last) */
+    int unk_carry;         /* an unknown token pending across the last barrier */
     struct match_stage norm_stage; /* normalised text, added tokens with normalized = true */
     struct tok_bytes piece;        /* the current piece for the pre-tokenizer */
     size_t piece_ctx;      /* bytes of left context at the front of piece */
@@ -125,10 +127,15 @@ static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
     const tokenizer_t *tok = e->tok;
     struct tok_ids *dst = e->collect ? &e->wids : &e->ids;
     size_t start = dst->n;
-    /* A part of a word cut at a barrier is never the whole word: no ignore_merges. */
-    int rc = e->word_cut && tok->bpe.ignore_merges
-                 ? bpe_encode_word(&tok->bpe, &e->bw, s, n, dst)
-                 : bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, dst);
+    /* A part of a word cut at a barrier is never the whole word (no ignore_merges), and
+     * an unknown token pending at the barrier carries over. A window (collect) only
+     * looks: it starts from the carried state but does not change it. */
+    int carry = e->unk_carry, rc;
+    if (e->word_cut)
+        rc = bpe_encode_part(&tok->bpe, &e->bw, s, n, e->collect ? &carry : &e->unk_carry,
+                             !e->cut_open, dst);
+    else
+        rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, dst);
     if (rc == RC_EFORMAT)
         return rc_fail(e->err, e->errlen, rc,
                        "a byte has no token and the unk_token is not in the vocab");
@@ -207,6 +214,8 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
 static void piece_reset(tok_encoder_t *e)
 {
     e->word_cut = 0;
+    e->cut_open = 0;
+    e->unk_carry = 0;
     e->piece.n = 0;
     e->piece_ctx = 0;
     e->piece_fresh = 1;
@@ -455,13 +464,20 @@ static int bar_has(const tokenizer_t *tok, uint64_t key)
     return 0;
 }
 
-/* The last barrier in the held word after its first character, 0 if none. */
-static size_t last_barrier(const tokenizer_t *tok, const uint8_t *p, size_t from, size_t n)
+/* The last barrier in the held word after its first character, 0 if none. The scan
+ * replays bpe_encode_part's symbol order from the carried unknown-token state: at a
+ * boundary, the pair that would meet is the last symbol the left part wrote and the
+ * first one the right part writes (a pending unk first if the right starts with a
+ * vocab character); where that is not known yet (the right starts with an unknown
+ * character that fuses, or none is written) it is no barrier. */
+static size_t last_barrier(const tokenizer_t *tok, const uint8_t *p, size_t from, size_t n,
+                           int carry)
 {
     const struct bpe *b = &tok->bpe;
+    const uint32_t unk = BAR_SPECIAL + (uint32_t)b->unk_id;
     size_t best = 0, i = from;
-    int pending = 0, prev_kind = -1;
-    uint32_t prev_lk = 0, prev_cp = 0;
+    int pending = carry, have_last = 0, first = 1;
+    uint32_t last = 0, prev_cp = 0;
     while (i < n) {
         size_t k = 1;
         if (p[i] >= 0x80)
@@ -469,13 +485,31 @@ static size_t last_barrier(const tokenizer_t *tok, const uint8_t *p, size_t from
                 k++;
         uint32_t lk = 0, rk = 0, cp = 0;
         int kind = char_sym(b, p + i, k, &lk, &rk, &cp);
-        if (prev_kind > 0 && kind > 0 && !pending && !bar_has(tok, bar_pair(prev_lk, rk)) &&
+        /* The first symbol the right part would write, if known. */
+        int known = kind == 2 || (kind == 1) || (kind == 3 && pending && !b->fuse_unk);
+        uint32_t right = (kind == 1 || kind == 3) && pending ? unk : rk;
+        if (!first && have_last && known && kind > 0 && !bar_has(tok, bar_pair(last, right)) &&
             !(b->ignore_merges && bar_has(tok, bar_pair(prev_cp, cp))))
             best = i;
-        pending = kind == 1 ? 0 : kind == 3 ? 1 : pending;
-        prev_kind = kind;
-        prev_lk = lk;
+        /* What this character writes, and the pending state after it. */
+        if (kind == 1) {
+            last = lk;
+            have_last = 1;
+            pending = 0;
+        } else if (kind == 2) {
+            last = lk;
+            have_last = 1;
+        } else if (kind == 3) {
+            if (pending && !b->fuse_unk) {
+                last = unk;
+                have_last = 1;
+            }
+            pending = 1;
+        } else {
+            have_last = 0; /* a dropped byte: the symbols around it meet; no cut here */
+        }
         prev_cp = cp;
+        first = 0;
         i += k;
     }
     return best;
@@ -494,10 +528,12 @@ static int piece_pretokenize(tok_encoder_t *e, int final)
             if (final) {
                 rc = subpiece(e, e->piece.p + e->piece_ctx, e->piece.n - e->piece_ctx);
             } else if (!tok->bytelevel && tok->pre.n == 1) {
-                size_t cut = last_barrier(tok, e->piece.p, e->piece_ctx, e->piece.n);
+                size_t cut = last_barrier(tok, e->piece.p, e->piece_ctx, e->piece.n,
+                                          e->word_cut ? e->unk_carry : 0);
                 if (cut > e->piece_ctx) {
-                    e->word_cut = 1;
+                    e->word_cut = e->cut_open = 1;
                     rc = steps_from(e, 1, e->piece.p + e->piece_ctx, cut - e->piece_ctx, 1);
+                    e->cut_open = 0;
                     if (!rc)
                         piece_trim(e, cut);
                 }
