@@ -554,9 +554,9 @@ static void cache_insert(struct bpe_cache *c, uint64_t h, const uint8_t *s, size
 }
 
 int bpe_encode_cached(const struct bpe *b, struct bpe_work *w, struct bpe_cache *c,
-                      const uint8_t *word, size_t n, struct tok_ids *out)
+                      const uint8_t *word, size_t n, int whole, struct tok_ids *out)
 {
-    if (b->ignore_merges) {
+    if (b->ignore_merges && whole) {
         int32_t id = bpe_find_word(b, word, n);
         if (id >= 0)
             return tok_ids_push(out, id);

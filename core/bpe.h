@@ -67,6 +67,7 @@ struct bpe {
      * above; longer characters are looked up in the word table (all vocab entries). */
     int char_level;
     int byte_fallback;
+    int no_unk;            /* char_level with all 256 <0xXX>: no unknown token ever */
     int32_t fb_id[256];    /* id of "<0xXX>", -1 if absent */
     int32_t unk_id;        /* -1: no unknown token configured */
     int unk_missing;       /* an unk_token was named but is not in the vocab */
@@ -150,8 +151,9 @@ struct bpe_cache {
 };
 void bpe_cache_free(struct bpe_cache *c);
 
-/* bpe_encode_word through the cache (and ignore_merges). Same returns. */
+/* bpe_encode_word through the cache (and, when whole: the word is a whole pre-token,
+ * ignore_merges). Same returns. */
 int bpe_encode_cached(const struct bpe *b, struct bpe_work *w, struct bpe_cache *c,
-                      const uint8_t *word, size_t n, struct tok_ids *out);
+                      const uint8_t *word, size_t n, int whole, struct tok_ids *out);
 
 #endif

@@ -131,11 +131,11 @@ static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
      * an unknown token pending at the barrier carries over. A window (collect) only
      * looks: it starts from the carried state but does not change it. */
     int carry = e->unk_carry, rc;
-    if (e->word_cut)
+    if (e->word_cut && !tok->bpe.no_unk)
         rc = bpe_encode_part(&tok->bpe, &e->bw, s, n, e->collect ? &carry : &e->unk_carry,
                              !e->cut_open, dst);
-    else
-        rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, dst);
+    else /* without unknown tokens a part is encoded like a word, through the cache */
+        rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, !e->word_cut, dst);
     if (rc == RC_EFORMAT)
         return rc_fail(e->err, e->errlen, rc,
                        "a byte has no token and the unk_token is not in the vocab");
@@ -464,14 +464,15 @@ static int bar_has(const tokenizer_t *tok, uint64_t key)
     return 0;
 }
 
-/* The last barrier in the held word after its first character, 0 if none. The scan
+/* Every barrier in the held word after its first character, in order, into bars
+ * (start = end = the position); returns the last, 0 if none. The scan
  * replays bpe_encode_part's symbol order from the carried unknown-token state: at a
  * boundary, the pair that would meet is the last symbol the left part wrote and the
  * first one the right part writes (a pending unk first if the right starts with a
  * vocab character); where that is not known yet (the right starts with an unknown
  * character that fuses, or none is written) it is no barrier. */
-static size_t last_barrier(const tokenizer_t *tok, const uint8_t *p, size_t from, size_t n,
-                           int carry)
+static size_t find_barriers(const tokenizer_t *tok, const uint8_t *p, size_t from, size_t n,
+                            int carry, struct pt_ranges *bars, int *nomem)
 {
     const struct bpe *b = &tok->bpe;
     const uint32_t unk = BAR_SPECIAL + (uint32_t)b->unk_id;
@@ -489,8 +490,20 @@ static size_t last_barrier(const tokenizer_t *tok, const uint8_t *p, size_t from
         int known = kind == 2 || (kind == 1) || (kind == 3 && pending && !b->fuse_unk);
         uint32_t right = (kind == 1 || kind == 3) && pending ? unk : rk;
         if (!first && have_last && known && kind > 0 && !bar_has(tok, bar_pair(last, right)) &&
-            !(b->ignore_merges && bar_has(tok, bar_pair(prev_cp, cp))))
+            !(b->ignore_merges && bar_has(tok, bar_pair(prev_cp, cp)))) {
             best = i;
+            if (bars->n == bars->cap) {
+                size_t cap = bars->cap ? bars->cap * 2 : 64;
+                struct pt_range *r = rc_realloc(bars->r, cap * sizeof *r);
+                if (!r) {
+                    *nomem = 1;
+                    return 0;
+                }
+                bars->r = r;
+                bars->cap = cap;
+            }
+            bars->r[bars->n++] = (struct pt_range){i, i, 0};
+        }
         /* What this character writes, and the pending state after it. */
         if (kind == 1) {
             last = lk;
@@ -528,11 +541,22 @@ static int piece_pretokenize(tok_encoder_t *e, int final)
             if (final) {
                 rc = subpiece(e, e->piece.p + e->piece_ctx, e->piece.n - e->piece_ctx);
             } else if (!tok->bytelevel && tok->pre.n == 1) {
-                size_t cut = last_barrier(tok, e->piece.p, e->piece_ctx, e->piece.n,
-                                          e->word_cut ? e->unk_carry : 0);
+                /* Each part between barriers on its own: usually one word each
+                 * ("▁the"), so the cache serves most of them. */
+                int oom = 0;
+                e->ranges.n = 0;
+                size_t cut = find_barriers(tok, e->piece.p, e->piece_ctx, e->piece.n,
+                                           e->word_cut ? e->unk_carry : 0, &e->ranges, &oom);
+                if (oom)
+                    return enc_nomem(e);
                 if (cut > e->piece_ctx) {
+                    size_t at = e->piece_ctx;
                     e->word_cut = e->cut_open = 1;
-                    rc = steps_from(e, 1, e->piece.p + e->piece_ctx, cut - e->piece_ctx, 1);
+                    for (size_t i = 0; i < e->ranges.n && !rc; i++) {
+                        size_t to = e->ranges.r[i].start;
+                        rc = steps_from(e, 1, e->piece.p + at, to - at, 1);
+                        at = to;
+                    }
                     e->cut_open = 0;
                     if (!rc)
                         piece_trim(e, cut);

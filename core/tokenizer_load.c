@@ -851,6 +851,9 @@ static int parse_model_opts(struct loader *L, json_t *model)
         bc->fb_id[x] = byte_fallback ? vocab_id(L, name, strlen(name)) : -1;
     }
     if (bc->char_level) {
+        bc->no_unk = byte_fallback;
+        for (int x = 0; x < 256; x++)
+            bc->no_unk &= bc->fb_id[x] >= 0;
         /* ASCII characters through the byte tables; the rest by lookup (bpe.c). */
         for (int x = 0; x < 256; x++) {
             char ch = (char)x;
