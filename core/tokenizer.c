@@ -415,12 +415,14 @@ static int piece_encode_window(tok_encoder_t *e)
  * (a, b) joins across the cut only if a's string ends with the last initial symbol
  * before the cut and b's starts with the first after it, so the loader records, for
  * every merge, (last character | byte-fallback token | unk of a, first ... of b); a
- * character boundary whose pair is not recorded is a barrier. Also needed: no unknown
- * token pending across the cut (the reference emits a pending unk only at the next
- * vocab character, after any byte-fallback symbols), no byte dropped beside it, and
- * under ignore_merges no vocab entry spanning it (the whole word could be one). The
- * parts are then encoded without ignore_merges (word_cut). Where no barrier exists
- * the cap's window encoding below applies (tokenizer.h says when that is exact). */
+ * character boundary whose pair is not recorded is a barrier. The pair is that of the
+ * symbols that really meet there: the reference writes a pending unknown token only at
+ * the next vocab character, after any byte-fallback symbols, so the scan replays that
+ * order and the unk carries over to the next part (bpe_encode_part). Also needed: no
+ * byte dropped beside the cut, and under ignore_merges no vocab entry spanning it (the
+ * whole word could be one); the parts skip the whole-word lookup (word_cut). Where no
+ * barrier exists the cap's window encoding below applies (tokenizer.h says when that
+ * is exact). */
 
 /* The initial symbol(s) of one character: 1 vocab, 2 byte fallback, 3 unk, 0 none. */
 static int char_sym(const struct bpe *b, const uint8_t *s, size_t k, uint32_t *lk, uint32_t *rk,

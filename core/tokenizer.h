@@ -148,6 +148,12 @@ struct tok_encoder_opts {
  *     word have less reach than half a window (runs of one repeated character or
  *     pattern, random letters, CJK runs: tested against the whole-text result on
  *     runs of 10 MB), but it is not a proof for every conceivable merge table.
+ *   - text vocab (Llama family): with the legacy form or Metaspace without split a
+ *     whole segment is ONE word; it is cut, exactly, at barriers: character boundaries
+ *     that no merge of the vocab can join across (derived from the merges at load;
+ *     in real text, before most "▁" and around <0xXX> bytes such as newlines). Only
+ *     a run with no barrier longer than max_pending (e.g. 64 kB of spaces when "▁▁"
+ *     merges, or of characters that are <unk> and fuse) falls back to the windows.
  * Held-back text stays below about 2 * max_pending + 4 kB (tok_encoder_pending_bytes).
  * opts may be NULL (defaults). */
 int tok_encoder_create(const tokenizer_t *tok, const struct tok_encoder_opts *opts,
