@@ -70,7 +70,10 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer_t **out, char *e
 int tokenizer_create_bytes(tokenizer_t **out, char *err, size_t errlen);
 /* A model directory: DIR/tokenizer.json if it exists, else the byte-level fallback
  * (*fallback set to 1; 0 when the file was loaded; fallback may be NULL). A file that
- * exists but does not load is an error, never a silent fallback. */
+ * exists but does not load is an error, never a silent fallback. If
+ * DIR/tokenizer_config.json has "add_bos_token" (transformers' setting, which its
+ * Llama-style tokenizers apply over tokenizer.json's template), it decides
+ * tokenizer_bos_id(): true -> the id of its "bos_token", false -> -1. */
 int tokenizer_load_dir(const char *dir, tokenizer_t **out, int *fallback, char *err,
                        size_t errlen);
 void tokenizer_free(tokenizer_t *tok); /* NULL is a no-op */
@@ -84,8 +87,9 @@ int32_t tokenizer_vocab_size(const tokenizer_t *tok);
  * (Llama / Mistral), or -1. */
 int32_t tokenizer_eos_id(const tokenizer_t *tok);
 /* The id the reference's post-processor puts in front of every encoded text
- * (TemplateProcessing with the single template "<s> $A", e.g. Llama's <s>), or -1 if
- * it adds nothing. tokenizer_encode() and the streaming encoder never add it (they give
+ * (TemplateProcessing with the single template "<s> $A", e.g. Llama's <s>; or
+ * tokenizer_config.json's add_bos_token, see tokenizer_load_dir), or -1 if it adds
+ * nothing. tokenizer_encode() and the streaming encoder never add it (they give
  * encode(text, add_special_tokens=False)); a caller that wants the reference's default
  * encode(text) puts this id at position 0 of a stream, once. */
 int32_t tokenizer_bos_id(const tokenizer_t *tok);

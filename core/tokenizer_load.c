@@ -1384,6 +1384,36 @@ int tokenizer_create_bytes(tokenizer_t **out, char *err, size_t errlen)
     return 0;
 }
 
+/* transformers' add_bos_token (tokenizer_config.json), which its Llama-style fast
+ * tokenizers turn into the post-processor's template when they load: true -> the
+ * bos_token's id is put in front, false -> nothing is. Absent: tokenizer.json decides. */
+static int apply_config(tokenizer_t *tok, const char *path, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *c = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!c)
+        return rc_fail(err, errlen, RC_EFORMAT, "%s: %s (line %d)", path, je.text, je.line);
+    json_t *add = json_object_get(c, "add_bos_token");
+    json_t *bt = json_object_get(c, "bos_token");
+    if (json_is_object(bt))
+        bt = json_object_get(bt, "content"); /* {"content": "<s>", ...} */
+    int rc = 0;
+    if (json_is_false(add)) {
+        tok->bos_id = -1;
+    } else if (json_is_true(add)) {
+        int32_t id = json_is_string(bt) ? tokenizer_find_token(tok, json_string_value(bt),
+                                                                json_string_length(bt))
+                                        : -1;
+        if (id < 0)
+            rc = rc_fail(err, errlen, RC_EFORMAT, "%s: add_bos_token is true but bos_token is "
+                         "not a token of tokenizer.json", path);
+        else
+            tok->bos_id = id;
+    }
+    json_decref(c);
+    return rc;
+}
+
 int tokenizer_load_dir(const char *dir, tokenizer_t **out, int *fallback, char *err,
                        size_t errlen)
 {
@@ -1399,7 +1429,15 @@ int tokenizer_load_dir(const char *dir, tokenizer_t **out, int *fallback, char *
             *fallback = 1;
         return tokenizer_create_bytes(out, err, errlen);
     }
-    return tokenizer_load_file(path, out, err, errlen);
+    int rc = tokenizer_load_file(path, out, err, errlen);
+    if (rc)
+        return rc;
+    if ((size_t)snprintf(path, sizeof path, "%s/tokenizer_config.json", dir) < sizeof path &&
+        stat(path, &st) == 0 && (rc = apply_config(*out, path, err, errlen))) {
+        tokenizer_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 void tokenizer_free(tokenizer_t *tok)

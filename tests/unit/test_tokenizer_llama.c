@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 #include <jansson.h>
 
@@ -370,6 +371,59 @@ static void test_texts_stream(void **unused)
     tl_free_names(texts);
 }
 
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* transformers' add_bos_token in tokenizer_config.json decides over the template. */
+static void test_bos_config(void **unused)
+{
+    char dir[] = "/tmp/recur_tok_llamaXXXXXX", path[600], cfg[600], err[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", dir);
+    const struct {
+        int form;
+        const char *config; /* NULL: none */
+        int rc;
+        int32_t bos;
+    } cases[] = {
+        {0, NULL, 0, 1},
+        {0, "{\"add_bos_token\": false}", 0, -1},
+        {0, "{\"add_bos_token\": true, \"bos_token\": {\"content\": \"<s>\"}}", 0, 1},
+        {1, "{\"add_bos_token\": true, \"bos_token\": \"</s>\"}", 0, 2},
+        {1, "{\"bos_token\": \"</s>\"}", 0, 1},
+        {1, "{\"add_bos_token\": true, \"bos_token\": \"<nope>\"}", RC_EFORMAT, -1},
+        {1, "{\"add_bos_token\": true,", RC_EFORMAT, -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_t *t = mini(cases[i].form, "always");
+        assert_int_equal(json_dump_file(t, path, 0), 0);
+        json_decref(t);
+        unlink(cfg);
+        if (cases[i].config)
+            write_file(cfg, cases[i].config);
+        tokenizer_t *tok;
+        int fb;
+        int rc = tokenizer_load_dir(dir, &tok, &fb, err, sizeof err);
+        assert_int_equal(rc, cases[i].rc);
+        if (rc) {
+            assert_null(tok);
+            assert_non_null(strstr(err, "tokenizer_config.json"));
+            continue;
+        }
+        assert_int_equal(tokenizer_bos_id(tok), cases[i].bos);
+        tokenizer_free(tok);
+    }
+    unlink(cfg);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -380,6 +434,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_unk),
         cmocka_unit_test(test_long_word_stream),
         cmocka_unit_test(test_texts_stream),
+        cmocka_unit_test(test_bos_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
