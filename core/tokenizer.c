@@ -1043,8 +1043,8 @@ static int dl_push(struct dec_list *l, const void *s, size_t n, int extend)
         }
         l->sp[l->n++] = (struct span){l->a.n, 0};
     }
-    if (tok_bytes_append(&l->a, s, n))
-        return RC_ENOMEM;
+    if (tok_bytes_reserve(&l->a, n ? n : 1) || tok_bytes_append(&l->a, s, n))
+        return RC_ENOMEM; /* (reserved even for n == 0: the arena is never NULL) */
     l->sp[l->n - 1].len += n;
     return 0;
 }
@@ -1331,7 +1331,31 @@ static int window_decode(tok_decoder_t *d, size_t from, struct tok_bytes *out)
     return dec_ids(d->tok, &d->w, d->win.v + from, d->win.n - from, d->flags, out);
 }
 
-/* The reference's step_decode_stream, one id. */
+/* Byte-fallback ids at the end of the window that make an incomplete UTF-8 character
+ * (0-3 of them). */
+static size_t incomplete_tail(const tok_decoder_t *d)
+{
+    const tokenizer_t *tok = d->tok;
+    uint8_t b[4];
+    size_t m = 0;
+    while (m < 4 && m < d->win.n) {
+        int32_t id = d->win.v[d->win.n - 1 - m];
+        int x = byte_token(tok->raw_pool + tok->raw_off[id], tok->raw_off[id + 1] - tok->raw_off[id]);
+        if (x < 0)
+            break;
+        b[3 - m++] = (uint8_t)x;
+    }
+    const uint8_t *t = b + 4 - m;
+    for (size_t j = m; j-- > 0;) {
+        if ((t[j] & 0xC0) == 0x80)
+            continue;
+        size_t need = t[j] >= 0xF0 ? 4 : t[j] >= 0xE0 ? 3 : t[j] >= 0xC0 ? 2 : 1;
+        return m - j < need ? m - j : 0;
+    }
+    return 0;
+}
+
+/* The reference's step_decode_stream, one id (flush: no id, give out the rest). */
 static int stream_step(tok_decoder_t *d, int32_t id, int flush)
 {
     int rc = 0;
@@ -1348,38 +1372,52 @@ static int stream_step(tok_decoder_t *d, int32_t id, int flush)
     }
     if (!flush && tok_ids_push(&d->win, id))
         return RC_ENOMEM;
+    size_t use = d->win.n; /* ids whose text is given out */
     if ((rc = window_decode(d, 0, &d->str)))
         return rc;
-    int ready = d->str.n > d->prefix.n && !ends_fffd(&d->str);
-    if (!ready && !(flush || d->win.n > TOK_DECODER_MAX_WINDOW) )
-        return 0;
-    if (d->str.n <= d->prefix.n) {
-        if (flush)
-            goto reset;
+    if (!flush && !(d->str.n > d->prefix.n && !ends_fffd(&d->str))) {
+        if (d->win.n <= TOK_DECODER_MAX_WINDOW)
+            return 0;
+        /* Held too long: give out all but an incomplete character at the end. */
+        use = d->win.n - incomplete_tail(d);
+        if (use <= d->prefix_index)
+            return 0;
+        size_t keep = d->win.n;
+        d->win.n = use;
+        rc = window_decode(d, 0, &d->str);
+        d->win.n = keep;
+        if (rc)
+            return rc;
+    }
+    if (d->str.n > d->prefix.n) {
+        /* Where the reference raises InvalidPrefix (a later byte token made an earlier
+         * byte run invalid), we give out what lies past the old prefix's length, from a
+         * character start. */
+        size_t from = d->prefix.n;
+        while (from < d->str.n && (d->str.p[from] & 0xC0) == 0x80)
+            from++;
+        if (tok_bytes_append(&d->out, d->str.p + from, d->str.n - from))
+            return RC_ENOMEM;
+    }
+    if (flush) {
+        d->win.n = 0;
+        d->prefix.n = 0;
+        d->prefix_index = 0;
         return 0;
     }
-    /* Where the reference raises InvalidPrefix (a later byte token made an earlier
-     * byte run invalid), we give out what lies past the old prefix's length, from a
-     * character start. */
-    size_t from = d->prefix.n;
-    while (from < d->str.n && (d->str.p[from] & 0xC0) == 0x80)
-        from++;
-    if (tok_bytes_append(&d->out, d->str.p + from, d->str.n - from))
-        return RC_ENOMEM;
-    if (flush)
-        goto reset;
-    size_t npi = d->win.n - d->prefix_index;
-    memmove(d->win.v, d->win.v + d->prefix_index, npi * sizeof *d->win.v);
+    if (d->out.n == 0)
+        return 0;
+    /* The window now starts where the old prefix did; its first use - prefix_index ids
+     * are the new prefix. */
+    size_t pi = d->prefix_index, npi = use - pi;
+    memmove(d->win.v, d->win.v + pi, (d->win.n - pi) * sizeof *d->win.v);
+    d->win.n -= pi;
+    size_t keep = d->win.n;
     d->win.n = npi;
-    if ((rc = window_decode(d, 0, &d->prefix)))
-        return rc;
+    rc = window_decode(d, 0, &d->prefix);
+    d->win.n = keep;
     d->prefix_index = npi;
-    return 0;
-reset:
-    d->win.n = 0;
-    d->prefix.n = 0;
-    d->prefix_index = 0;
-    return 0;
+    return rc;
 }
 
 int tok_decoder_create(const tokenizer_t *tok, unsigned flags, tok_decoder_t **out, char *err,

@@ -215,12 +215,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         if (!utf8_valid((const uint8_t *)p, pl))
             abort();
-        if (!skip && (at + pl > wl || (pl && memcmp(whole + at, p, pl))))
+        if (!skip && (at + pl > wl || (pl && memcmp(whole + at, p, pl)))) {
+            fprintf(stderr, "streaming decode differs from decode at byte %zu (id %zu): '%.*s' "
+                    "vs '%.*s'\n", at, i, (int)pl, p, (int)(wl - at < pl ? wl - at : pl), whole + at);
             abort();
+        }
         at += pl;
     }
-    if (!skip && at != wl)
+    if (!skip && at != wl) {
+        fprintf(stderr, "streaming decode gave %zu bytes, decode %zu\n", at, wl);
         abort();
+    }
     tok_decoder_free(d);
     rc_free(whole);
     rc_free(ids);
