@@ -139,6 +139,8 @@ int bpe_words_init(struct bpe *b, size_t n)
 
 int bpe_add_word(struct bpe *b, const uint8_t *s, size_t n, int32_t id)
 {
+    if (n == 0)
+        return 0; /* an empty vocab key: no word is empty */
     if (n > UINT32_MAX || b->word_count * 2 + 2 > b->word_mask + 1)
         return RC_ERANGE;
     if (bpe_find_word(b, s, n) >= 0)
