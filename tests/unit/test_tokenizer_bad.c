@@ -430,9 +430,27 @@ static void test_accepted_oddities(void **unused)
 
 /* ---- allocation failures ----------------------------------------------------------- */
 
-static void fault_load(int persistent)
+/* llama: the Llama-style tokenizer (legacy form, or Metaspace with a Regex Replace
+ * decoder and NFKC), else the byte-level one. */
+static json_t *fault_tokenizer(int llama)
 {
-    json_t *t = small_tokenizer();
+    if (!llama)
+        return small_tokenizer();
+    json_t *t = tl_llama_mini(llama == 1 ? 0 : 1, "first");
+    if (llama == 2) {
+        json_object_set_new(t, "normalizer", json_pack("{s:s}", "type", "NFKC"));
+        json_object_set_new(t, "decoder", json_loads(
+            "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
+            "{\"Regex\":\"\\u2581+\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},"
+            "{\"type\":\"Fuse\"}]}", 0, NULL));
+        json_object_del(json_object_get(json_object_get(t, "model"), "vocab"), "<0xF0>");
+    }
+    return t;
+}
+
+static void fault_load(int persistent, int llama)
+{
+    json_t *t = fault_tokenizer(llama);
     char *s = dump(t), err[256];
     json_decref(t);
     size_t live = rc_alloc_live_bytes();
@@ -458,12 +476,20 @@ static void fault_load(int persistent)
     free(s);
 }
 
-static void test_fault_load_transient(void **unused) { fault_load(0); }
-static void test_fault_load_persistent(void **unused) { fault_load(1); }
-
-static void fault_encode(int persistent)
+static void test_fault_load_transient(void **unused)
 {
-    json_t *t = small_tokenizer();
+    for (int l = 0; l < 3; l++)
+        fault_load(0, l);
+}
+static void test_fault_load_persistent(void **unused)
+{
+    for (int l = 0; l < 3; l++)
+        fault_load(1, l);
+}
+
+static void fault_encode(int persistent, int llama)
+{
+    json_t *t = fault_tokenizer(llama);
     char *s = dump(t), err[256];
     json_decref(t);
     tokenizer_t *tok;
@@ -535,8 +561,16 @@ static void fault_encode(int persistent)
     free(s);
 }
 
-static void test_fault_encode_transient(void **unused) { fault_encode(0); }
-static void test_fault_encode_persistent(void **unused) { fault_encode(1); }
+static void test_fault_encode_transient(void **unused)
+{
+    for (int l = 0; l < 3; l++)
+        fault_encode(0, l);
+}
+static void test_fault_encode_persistent(void **unused)
+{
+    for (int l = 0; l < 3; l++)
+        fault_encode(1, l);
+}
 
 int main(int argc, char **argv)
 {

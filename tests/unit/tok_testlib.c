@@ -348,3 +348,75 @@ int tl_encode_stream(const tokenizer_t *tok, const uint8_t *text, size_t len,
     *n = cnt;
     return 0;
 }
+
+/* ---- a hand-made Llama-style tokenizer (tok_testlib.h) ---------------------- */
+
+#define SP "\xE2\x96\x81"
+static const char *const CHARS[] = {SP, "h", "e", "l", "o", "w", "r", "d", "a", "\xC3\xA9"};
+static const char *const MERGES[][2] = {
+    {SP, "h"}, {"l", "l"}, {"e", "ll"}, {SP "h", "ell"}, {SP "hell", "o"},
+    {SP, "w"}, {"o", "r"}, {SP "w", "or"}, {"l", "d"}, {SP "wor", "ld"},
+};
+
+static json_t *str_pattern(const char *s) { return json_pack("{s:s}", "String", s); }
+
+json_t *tl_llama_mini(int form, const char *scheme)
+{
+    json_t *vocab = json_object();
+    json_object_set_new(vocab, "<unk>", json_integer(0));
+    json_object_set_new(vocab, "<s>", json_integer(1));
+    json_object_set_new(vocab, "</s>", json_integer(2));
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        json_object_set_new(vocab, name, json_integer(3 + b));
+    }
+    int id = 259;
+    for (size_t i = 0; i < sizeof CHARS / sizeof *CHARS; i++)
+        json_object_set_new(vocab, CHARS[i], json_integer(id++));
+    json_t *merges = json_array();
+    for (size_t i = 0; i < sizeof MERGES / sizeof *MERGES; i++) {
+        char both[64];
+        snprintf(both, sizeof both, "%s%s", MERGES[i][0], MERGES[i][1]);
+        json_object_set_new(vocab, both, json_integer(id++));
+        json_array_append_new(merges, json_pack("[ss]", MERGES[i][0], MERGES[i][1]));
+    }
+    json_t *added = json_array();
+    const char *sp[3] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < 3; i++)
+        json_array_append_new(added, json_pack("{s:i,s:s,s:b,s:b,s:b,s:b,s:b}", "id", i, "content",
+                                               sp[i], "single_word", 0, "lstrip", 0, "rstrip", 0,
+                                               "normalized", 0, "special", 1));
+    json_t *t = json_pack(
+        "{s:s,s:o,s:o,s:{s:s,s:n,s:s,s:b,s:b,s:b,s:o,s:o}}", "version", "1.0", "added_tokens", added,
+        "post_processor",
+        json_pack("{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],s:{s:{s:s,s:[i],s:[s]}}}", "type",
+                  "TemplateProcessing", "single", "SpecialToken", "id", "<s>", "type_id", 0,
+                  "Sequence", "id", "A", "type_id", 0, "special_tokens", "<s>", "id", "<s>", "ids",
+                  1, "tokens", "<s>"),
+        "model", "type", "BPE", "dropout", "unk_token", "<unk>", "fuse_unk", 1, "byte_fallback", 1,
+        "ignore_merges", 0, "vocab", vocab, "merges", merges);
+    if (form == 0) {
+        json_object_set_new(t, "normalizer",
+                            json_pack("{s:s,s:[{s:s,s:s},{s:s,s:o,s:s}]}", "type", "Sequence",
+                                      "normalizers", "type", "Prepend", "prepend", SP, "type",
+                                      "Replace", "pattern", str_pattern(" "), "content", SP));
+        json_object_set_new(t, "pre_tokenizer", json_null());
+        json_object_set_new(
+            t, "decoder",
+            json_pack("{s:s,s:[{s:s,s:o,s:s},{s:s},{s:s},{s:s,s:s,s:i,s:i}]}", "type", "Sequence",
+                      "decoders", "type", "Replace", "pattern", str_pattern(SP), "content", " ",
+                      "type", "ByteFallback", "type", "Fuse", "type", "Strip", "content", " ",
+                      "start", 1, "stop", 0));
+    } else {
+        json_object_set_new(t, "normalizer", json_null());
+        json_object_set_new(t, "pre_tokenizer",
+                            json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace", "replacement", SP,
+                                      "prepend_scheme", scheme, "split", form == 1));
+        json_object_set_new(t, "decoder", json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace",
+                                                    "replacement", SP, "prepend_scheme", scheme,
+                                                    "split", form == 1));
+    }
+    return t;
+}
+

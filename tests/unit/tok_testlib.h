@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "tokenizer.h"
 
 #define TL_DIR RECUR_FIXTURES "/tokenizer"
@@ -48,5 +50,13 @@ uint32_t tl_crc32_update(uint32_t crc, const void *p, size_t n);
 int tl_encode_stream(const tokenizer_t *tok, const uint8_t *text, size_t len,
                      unsigned flags, size_t max_pending, uint64_t seed, size_t max_chunk,
                      int32_t **ids, size_t *n, size_t *max_held);
+
+/* A tiny hand-made Llama/Mistral-style tokenizer.json: ids <unk> 0, <s> 1, </s> 2,
+ * <0x00>..<0xFF> 3..258, the characters ▁ h e l o w r d a é (259..268), then the
+ * merges ▁h ll ell ▁hell ▁hello ▁w or ▁wor ld ▁world (269..278); byte_fallback,
+ * fuse_unk, TemplateProcessing "<s> $A". form 0: legacy (Prepend + Replace
+ * normaliser, no pre-tokenizer, Replace/ByteFallback/Fuse/Strip decoder); 1: Metaspace
+ * (pre-tokenizer and decoder, prepend_scheme scheme) with split; 2: without split. */
+json_t *tl_llama_mini(int form, const char *scheme);
 
 #endif
