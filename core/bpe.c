@@ -139,6 +139,8 @@ int bpe_words_init(struct bpe *b, size_t n)
 
 int bpe_add_word(struct bpe *b, const uint8_t *s, size_t n, int32_t id)
 {
+    if (n == 0)
+        return 0; /* an empty vocab key: no word is empty */
     if (n > UINT32_MAX || b->word_count * 2 + 2 > b->word_mask + 1)
         return RC_ERANGE;
     if (bpe_find_word(b, s, n) >= 0)
@@ -325,13 +327,58 @@ static inline void sym_add(struct bpe_sym *sym, size_t *n, int32_t c)
 int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
                     struct tok_ids *out)
 {
+    return bpe_encode_part(b, w, word, n, NULL, 1, out);
+}
+
+int bpe_encode_part(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
+                    int *unk_carry, int last, struct tok_ids *out)
+{
     /* Byte fallback can give a byte two symbols. */
     if (n > SIZE_MAX / 4 || work_reserve(w, 2 * n))
         return RC_ENOMEM;
     struct bpe_sym *sym = w->sym;
     size_t ns = 0;
-    int unk_pending = 0;
-    for (size_t i = 0; i < n; i++) {
+    int unk_pending = unk_carry ? *unk_carry : 0;
+    for (size_t i = 0; i < n && b->char_level;) {
+        /* The reference's merge_word: per character, its vocab id, else its bytes'
+         * <0xXX> ids (all or none), else the unknown token (fused or not). */
+        size_t k = 1;
+        if (word[i] >= 0x80)
+            while (i + k < n && k < 4 && (word[i + k] & 0xC0) == 0x80)
+                k++;
+        int32_t id = -1;
+        if (k == 1 && b->byte_kind[word[i]] == BPE_BYTE_VOCAB)
+            id = b->byte_sym_ids[b->byte_sym_off[word[i]]];
+        else if (k > 1)
+            id = bpe_find_word(b, word + i, k);
+        if (id >= 0) {
+            if (unk_pending) {
+                sym_add(sym, &ns, b->unk_id);
+                unk_pending = 0;
+            }
+            sym_add(sym, &ns, id);
+            i += k;
+            continue;
+        }
+        int fb = b->byte_fallback;
+        for (size_t j = 0; j < k && fb; j++)
+            fb = b->fb_id[word[i + j]] >= 0;
+        if (fb) { /* a pending unknown token stays pending, as in the reference */
+            for (size_t j = 0; j < k; j++)
+                sym_add(sym, &ns, b->fb_id[word[i + j]]);
+            i += k;
+            continue;
+        }
+        if (b->unk_id >= 0 || b->unk_missing) {
+            if (b->unk_missing)
+                return RC_EFORMAT;
+            if (unk_pending && !b->fuse_unk)
+                sym_add(sym, &ns, b->unk_id);
+            unk_pending = 1;
+        }
+        i += k;
+    }
+    for (size_t i = 0; i < n && !b->char_level; i++) {
         unsigned x = word[i];
         unsigned o = b->byte_sym_off[x], e = b->byte_sym_off[x + 1];
         if (b->byte_kind[x] == BPE_BYTE_VOCAB) {
@@ -358,8 +405,10 @@ int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word
         }
         /* no unknown token: the byte is dropped, as the reference does */
     }
-    if (unk_pending)
+    if (unk_pending && last)
         sym_add(sym, &ns, b->unk_id);
+    if (unk_carry)
+        *unk_carry = unk_pending && !last;
     if (ns == 0)
         return 0;
     if (ns <= SHORT_WORD && !b->ambiguous)
@@ -507,9 +556,9 @@ static void cache_insert(struct bpe_cache *c, uint64_t h, const uint8_t *s, size
 }
 
 int bpe_encode_cached(const struct bpe *b, struct bpe_work *w, struct bpe_cache *c,
-                      const uint8_t *word, size_t n, struct tok_ids *out)
+                      const uint8_t *word, size_t n, int whole, struct tok_ids *out)
 {
-    if (b->ignore_merges) {
+    if (b->ignore_merges && whole) {
         int32_t id = bpe_find_word(b, word, n);
         if (id >= 0)
             return tok_ids_push(out, id);

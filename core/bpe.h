@@ -60,6 +60,15 @@ struct bpe {
     uint16_t byte_sym_off[257];
     int32_t byte_sym_ids[256 * 4];
     uint8_t byte_kind[256]; /* enum bpe_byte_kind */
+    /* char_level: the vocab holds text, not GPT-2 byte characters (no ByteLevel
+     * pre-tokenizer): a word's initial symbols are its UTF-8 characters' vocab ids;
+     * a character without one becomes the <0xXX> ids of its bytes (byte_fallback,
+     * all of them present: fb_id) or the unknown token. ASCII uses the byte tables
+     * above; longer characters are looked up in the word table (all vocab entries). */
+    int char_level;
+    int byte_fallback;
+    int no_unk;            /* char_level with all 256 <0xXX>: no unknown token ever */
+    int32_t fb_id[256];    /* id of "<0xXX>", -1 if absent */
     int32_t unk_id;        /* -1: no unknown token configured */
     int unk_missing;       /* an unk_token was named but is not in the vocab */
     int fuse_unk;
@@ -121,6 +130,12 @@ void bpe_work_free(struct bpe_work *w);
 int bpe_encode_word(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
                     struct tok_ids *out);
 
+/* One part of a word cut at a barrier (tokenizer.c): the same, except that an unknown
+ * token pending at the start of the part (*unk_carry) or at its end carries over
+ * instead of being written out, unless last. unk_carry may be NULL (none). */
+int bpe_encode_part(const struct bpe *b, struct bpe_work *w, const uint8_t *word, size_t n,
+                    int *unk_carry, int last, struct tok_ids *out);
+
 /* Pre-token cache: words up to BPE_CACHE_MAX_WORD bytes -> ids. Bounded (about 1 MiB);
  * when full it starts over. Zero-initialise; bpe_cache_free() at the end. Results
  * never depend on its state. */
@@ -136,8 +151,9 @@ struct bpe_cache {
 };
 void bpe_cache_free(struct bpe_cache *c);
 
-/* bpe_encode_word through the cache (and ignore_merges). Same returns. */
+/* bpe_encode_word through the cache (and, when whole: the word is a whole pre-token,
+ * ignore_merges). Same returns. */
 int bpe_encode_cached(const struct bpe *b, struct bpe_work *w, struct bpe_cache *c,
-                      const uint8_t *word, size_t n, struct tok_ids *out);
+                      const uint8_t *word, size_t n, int whole, struct tok_ids *out);
 
 #endif

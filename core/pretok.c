@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* memmem */
 #include "pretok.h"
 
 #include <stdio.h>
@@ -270,6 +271,113 @@ size_t norm_stable_len(const struct norm *nm, const uint8_t *s, size_t n)
         i = p;
     }
     return 0;
+}
+
+/* ---- the normaliser pipeline ------------------------------------------------------ */
+
+void normalizer_free(struct normalizer *nz)
+{
+    for (int i = 0; i < nz->n; i++) {
+        rc_free(nz->step[i].a);
+        rc_free(nz->step[i].b);
+    }
+    memset(nz, 0, sizeof *nz);
+}
+
+void nstep_state_free(struct nstep_state *s)
+{
+    tok_bytes_free(&s->held);
+    s->prefixed = 0;
+}
+
+/* Replace: every leftmost, non-overlapping occurrence of the pattern, scanning from
+ * the left (the reference's regex find_iter over the escaped string). Unless final,
+ * text from where a match could still start and end past the buffer is held: the
+ * last a_len - 1 bytes, moved back to a character start. Returns the bytes used. */
+static int replace_run(const struct nstep *st, const uint8_t *s, size_t n, int final,
+                       struct tok_bytes *out, size_t *used)
+{
+    size_t pos = 0, m = st->a_len;
+    size_t limit = final ? n : (n >= m - 1 ? n - (m - 1) : 0);
+    while (!final && limit > 0 && limit < n && (s[limit] & 0xC0) == 0x80)
+        limit--;
+    int rc = 0;
+    while (pos < limit && !rc) {
+        const uint8_t *f = n - pos >= m ? memmem(s + pos, n - pos, st->a, m) : NULL;
+        size_t at = f ? (size_t)(f - s) : n;
+        if (!f || at >= limit) {
+            rc = tok_bytes_append(out, s + pos, limit - pos);
+            pos = limit;
+            break;
+        }
+        rc = tok_bytes_append(out, s + pos, at - pos);
+        if (!rc)
+            rc = tok_bytes_append(out, st->b, st->b_len);
+        pos = at + m;
+    }
+    *used = pos > limit ? pos : limit;
+    return rc;
+}
+
+int nstep_feed(const struct nstep *st, struct nstep_state *ss, struct norm_work *w,
+               const uint8_t *s, size_t n, int final, size_t cap, struct tok_bytes *out)
+{
+    int rc = 0;
+    if (st->kind == NS_PREPEND) {
+        /* The reference prepends to a non-empty segment: before its first byte. */
+        if (n && !ss->prefixed) {
+            rc = tok_bytes_append(out, st->a, st->a_len);
+            ss->prefixed = 1;
+        }
+        if (!rc)
+            rc = tok_bytes_append(out, s, n);
+        if (final)
+            ss->prefixed = 0;
+        return rc;
+    }
+    if ((rc = tok_bytes_append(&ss->held, s, n)))
+        return rc;
+    const uint8_t *h = ss->held.p;
+    size_t hn = ss->held.n, used = 0;
+    if (st->kind == NS_NF) {
+        used = final ? hn : norm_stable_len(&st->nf, h, hn);
+        if (!final && used == 0 && hn > cap)
+            used = utf8_prev(h, hn); /* an endless run of combining marks */
+        if (used)
+            rc = norm_append(&st->nf, w, h, used, out);
+    } else {
+        rc = replace_run(st, h, hn, final, out, &used);
+    }
+    if (rc)
+        return rc;
+    tok_bytes_drop_front(&ss->held, used);
+    return 0;
+}
+
+int normalizer_apply(const struct normalizer *nz, struct norm_work *w, const uint8_t *s,
+                     size_t n, struct tok_bytes *out)
+{
+    if (nz->n == 0)
+        return tok_bytes_append(out, s, n);
+    struct tok_bytes buf[2] = {{0}, {0}};
+    struct nstep_state ss = {0};
+    const uint8_t *src = s;
+    size_t len = n;
+    int rc = 0;
+    for (int k = 0; k < nz->n && !rc; k++) {
+        struct tok_bytes *dst = k == nz->n - 1 ? out : &buf[k & 1];
+        if (dst != out)
+            dst->n = 0;
+        ss.held.n = 0;
+        ss.prefixed = 0;
+        rc = nstep_feed(&nz->step[k], &ss, w, src, len, 1, SIZE_MAX, dst);
+        src = dst->p;
+        len = dst->n;
+    }
+    tok_bytes_free(&buf[0]);
+    tok_bytes_free(&buf[1]);
+    nstep_state_free(&ss);
+    return rc;
 }
 
 /* ---- added-token trie ---------------------------------------------------------- */

@@ -72,6 +72,45 @@ int norm_append(const struct norm *nm, struct norm_work *w, const uint8_t *s, si
  * nothing can combine. 0 when there is none. */
 size_t norm_stable_len(const struct norm *nm, const uint8_t *s, size_t n);
 
+/* The whole normaliser: a sequence of steps, each a run of Unicode forms (struct
+ * norm), Prepend (a string put in front of a non-empty segment: the text between two
+ * added tokens) or Replace (every leftmost, non-overlapping occurrence of a literal
+ * string). Streaming runs each step over its own held text (struct nstep_state). */
+enum nstep_kind { NS_NF = 1, NS_PREPEND, NS_REPLACE };
+struct nstep {
+    int kind;
+    struct norm nf;      /* NS_NF */
+    uint8_t *a;          /* NS_PREPEND: the prefix; NS_REPLACE: the pattern (non-empty) */
+    size_t a_len;
+    uint8_t *b;          /* NS_REPLACE: the replacement */
+    size_t b_len;
+};
+struct normalizer {
+    int n;               /* 0: no normaliser */
+    struct nstep step[NORM_MAX_STEPS];
+    int compat, compose; /* over all NF steps, for describe() */
+};
+void normalizer_free(struct normalizer *nz);
+
+/* One step's streaming state within a segment: held input and whether Prepend has
+ * put its prefix out yet. Zero-initialise; nstep_state_free() at the end. */
+struct nstep_state {
+    struct tok_bytes held;
+    int prefixed;
+};
+void nstep_state_free(struct nstep_state *s);
+
+/* Feed s[0..n) (well-formed UTF-8) to step k; append what can no longer change to
+ * out. final: the segment ends here (flush, and start the next segment fresh).
+ * cap: an NF step holding more than cap bytes without a boundary releases all but
+ * the last character (an endless run of combining marks). 0 or RC_ENOMEM. */
+int nstep_feed(const struct nstep *st, struct nstep_state *ss, struct norm_work *w,
+               const uint8_t *s, size_t n, int final, size_t cap, struct tok_bytes *out);
+
+/* The whole normaliser over one segment s[0..n), appended to out. 0 or RC_ENOMEM. */
+int normalizer_apply(const struct normalizer *nz, struct norm_work *w, const uint8_t *s,
+                     size_t n, struct tok_bytes *out);
+
 /* ---- added-token trie ------------------------------------------------------- */
 
 struct trie_node;
@@ -98,7 +137,11 @@ int trie_find(const struct trie *t, const uint8_t *s, size_t n, size_t from, int
 
 /* ---- pre-tokenizer steps --------------------------------------------------- */
 
-enum pt_kind { PT_SPLIT = 1, PT_BYTELEVEL };
+/* PT_WHOLE: no pre-tokenizer (the piece is one word). PT_METASPACE: spaces become
+ * the replacement character, which may be prepended to a piece (see tokenizer.c);
+ * with split, re is the literal replacement and behavior MergedWithNext. */
+enum pt_kind { PT_SPLIT = 1, PT_BYTELEVEL, PT_WHOLE, PT_METASPACE };
+enum { MS_ALWAYS = 1, MS_FIRST, MS_NEVER };
 enum split_behavior { SB_REMOVED = 1, SB_ISOLATED, SB_MERGED_PREV, SB_MERGED_NEXT, SB_CONTIGUOUS };
 #define PT_MAX_STEPS 8
 
@@ -108,6 +151,10 @@ struct pt_step {
     int invert;           /* PT_SPLIT */
     int add_prefix_space; /* PT_BYTELEVEL */
     int use_regex;        /* PT_BYTELEVEL: split with the GPT-2 pattern first */
+    uint8_t rep[4];       /* PT_METASPACE: the replacement character's UTF-8 */
+    int rep_len;
+    int prepend;          /* PT_METASPACE: MS_* */
+    int split;            /* PT_METASPACE */
     pcre2_code *re;       /* NULL for ByteLevel without regex */
     uint32_t lookbehind;  /* characters of left context the pattern may inspect */
 };

@@ -60,6 +60,12 @@ struct tok_encoder {
     size_t u8_n;
     struct match_stage raw_stage;  /* raw text, added tokens with normalized = false */
     struct tok_bytes norm_in;      /* raw text of the current segment, not yet normalised */
+    struct nstep_state ns[NORM_MAX_STEPS]; /* per normaliser step: held text */
+    struct tok_bytes nbuf[2];      /* between normaliser steps */
+    int started;           /* something (a piece or an added token) came out already */
+    int word_cut;          /* the current word was cut at a barrier: no ignore_merges */
+    int cut_open;          /* encoding a part before a barrier (not the word's last) */
+    int unk_carry;         /* an unknown token pending across the last barrier */
     struct match_stage norm_stage; /* normalised text, added tokens with normalized = true */
     struct tok_bytes piece;        /* the current piece for the pre-tokenizer */
     size_t piece_ctx;      /* bytes of left context at the front of piece */
@@ -111,12 +117,25 @@ static int out_id(tok_encoder_t *e, int32_t id)
 
 /* ---- BPE leaves and pre-tokenizer steps -------------------------------------------- */
 
+static int step_behavior(const struct pt_step *st)
+{
+    return st->kind == PT_BYTELEVEL ? SB_ISOLATED : st->behavior;
+}
+
 static int leaf(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     const tokenizer_t *tok = e->tok;
     struct tok_ids *dst = e->collect ? &e->wids : &e->ids;
     size_t start = dst->n;
-    int rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, dst);
+    /* A part of a word cut at a barrier is never the whole word (no ignore_merges), and
+     * an unknown token pending at the barrier carries over. A window (collect) only
+     * looks: it starts from the carried state but does not change it. */
+    int carry = e->unk_carry, rc;
+    if (e->word_cut && !tok->bpe.no_unk)
+        rc = bpe_encode_part(&tok->bpe, &e->bw, s, n, e->collect ? &carry : &e->unk_carry,
+                             !e->cut_open, dst);
+    else /* without unknown tokens a part is encoded like a word, through the cache */
+        rc = bpe_encode_cached(&tok->bpe, &e->bw, &e->cache, s, n, !e->word_cut, dst);
     if (rc == RC_EFORMAT)
         return rc_fail(e->err, e->errlen, rc,
                        "a byte has no token and the unk_token is not in the vocab");
@@ -178,7 +197,7 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
     int rc = pretok_scan(st, &e->pw, s, 0, 0, n, 1, r, &certain, e->err, e->errlen);
     if (rc)
         return rc;
-    int behavior = st->kind == PT_SPLIT ? st->behavior : SB_ISOLATED;
+    int behavior = step_behavior(st);
     if (pretok_fold(r->r, r->n, behavior, st->kind == PT_SPLIT && st->invert, 0, p, &consumed))
         return enc_nomem(e);
     /* p->r may move if a deeper level reuses... it does not: each level owns lp[k]. */
@@ -194,6 +213,9 @@ static int steps_from(tok_encoder_t *e, int k, const uint8_t *s, size_t n, int n
 
 static void piece_reset(tok_encoder_t *e)
 {
+    e->word_cut = 0;
+    e->cut_open = 0;
+    e->unk_carry = 0;
     e->piece.n = 0;
     e->piece_ctx = 0;
     e->piece_fresh = 1;
@@ -204,6 +226,32 @@ static int piece_append(tok_encoder_t *e, const uint8_t *s, size_t n)
 {
     if (n == 0)
         return 0;
+    const struct pt_step *ms = &e->tok->pre.step[0];
+    if (ms->kind == PT_METASPACE) {
+        /* The reference's Metaspace on this piece: spaces become the replacement, which
+         * is put in front unless the piece starts with it (scheme "always"; "first":
+         * only for the piece at offset 0 of the text, nothing before it). */
+        size_t rl = (size_t)ms->rep_len;
+        if (e->piece_fresh) {
+            e->piece_fresh = 0;
+            int has = s[0] == ' ' || (n >= rl && !memcmp(s, ms->rep, rl));
+            if (!has && (ms->prepend == MS_ALWAYS || (ms->prepend == MS_FIRST && !e->started)) &&
+                tok_bytes_append(&e->piece, ms->rep, rl))
+                return enc_nomem(e);
+        }
+        e->started = 1;
+        size_t from = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (s[i] != ' ')
+                continue;
+            if (tok_bytes_append(&e->piece, s + from, i - from) ||
+                tok_bytes_append(&e->piece, ms->rep, rl))
+                return enc_nomem(e);
+            from = i + 1;
+        }
+        return tok_bytes_append(&e->piece, s + from, n - from) ? enc_nomem(e) : 0;
+    }
+    e->started = 1;
     if (e->piece_fresh) {
         const struct pt_step *st = &e->tok->pre.step[0];
         e->piece_fresh = 0;
@@ -233,6 +281,25 @@ static void piece_trim(tok_encoder_t *e, size_t upto)
         keep = utf8_prev(e->piece.p, keep);
     tok_bytes_drop_front(&e->piece, keep);
     e->piece_ctx = upto - keep;
+}
+
+/* The bytes of a word that token id covers: its piece for a byte-level vocab; for a
+ * text vocab its string, one byte for a byte-fallback token, and for the unknown token
+ * a length no sum can match (a window is then not cut inside its leaf). */
+static size_t span_len(const tokenizer_t *tok, int32_t id)
+{
+    if (!tok->raw_pool)
+        return tok->piece_off[id + 1] - tok->piece_off[id];
+    const uint8_t *r = tok->raw_pool + tok->raw_off[id];
+    size_t n = tok->raw_off[id + 1] - tok->raw_off[id];
+    if (id == tok->bpe.unk_id)
+        return (size_t)1 << 40;
+    if (n == 6 && tok->bpe.byte_fallback && r[0] == '<' && r[5] == '>') {
+        for (int b = 0; b < 256; b++)
+            if (tok->bpe.fb_id[b] == id)
+                return 1;
+    }
+    return n;
 }
 
 /* Held text longer than the cap (one pre-token that keeps growing, in practice):
@@ -267,7 +334,7 @@ static int piece_encode_window(tok_encoder_t *e)
         rc = pretok_scan(st0, &e->pw, P, 0, start, start + len, 1, &e->ranges, &certain, e->err,
                          e->errlen);
         if (!rc && pretok_fold(e->ranges.r, e->ranges.n,
-                               st0->kind == PT_SPLIT ? st0->behavior : SB_ISOLATED,
+                               step_behavior(st0),
                                st0->kind == PT_SPLIT && st0->invert, 0, &e->pieces, &consumed))
             rc = enc_nomem(e);
         for (size_t i = 0; !rc && i < e->pieces.n; i++) {
@@ -292,7 +359,7 @@ static int piece_encode_window(tok_encoder_t *e)
         ptrdiff_t off = (ptrdiff_t)L->w_off - L->prefix;
         for (size_t j = L->ids_start; j < L->ids_end; j++) {
             int32_t id = e->wids.v[j];
-            sum += tok->piece_off[id + 1] - tok->piece_off[id];
+            sum += span_len(tok, id);
         }
         if (sum != L->len)
             continue;
@@ -314,7 +381,7 @@ static int piece_encode_window(tok_encoder_t *e)
             }
             if (j < L->ids_end) {
                 int32_t id = e->wids.v[j];
-                off += tok->piece_off[id + 1] - tok->piece_off[id];
+                off += span_len(tok, id);
             }
         }
     }
@@ -337,6 +404,132 @@ static int piece_encode_window(tok_encoder_t *e)
     return 0;
 }
 
+/* ---- barriers: where a word of a text vocab may be cut -------------------------------
+ *
+ * With no pre-tokenizer (legacy Llama: the normaliser turns the whole segment into
+ * "▁Hello▁world...") or Metaspace without split, a segment is ONE BPE word, possibly
+ * as long as the document. It may still be encoded in parts, exactly: BPE of a word
+ * x|y equals BPE(x) followed by BPE(y) when no merge can ever join a symbol ending at
+ * the cut with one starting there (the two halves' merges never interact: the queue
+ * order between non-overlapping pairs does not change what they merge into). A merge
+ * (a, b) joins across the cut only if a's string ends with the last initial symbol
+ * before the cut and b's starts with the first after it, so the loader records, for
+ * every merge, (last character | byte-fallback token | unk of a, first ... of b); a
+ * character boundary whose pair is not recorded is a barrier. The pair is that of the
+ * symbols that really meet there: the reference writes a pending unknown token only at
+ * the next vocab character, after any byte-fallback symbols, so the scan replays that
+ * order and the unk carries over to the next part (bpe_encode_part). Also needed: no
+ * byte dropped beside the cut, and under ignore_merges no vocab entry spanning it (the
+ * whole word could be one); the parts skip the whole-word lookup (word_cut). Where no
+ * barrier exists the cap's window encoding below applies (tokenizer.h says when that
+ * is exact). */
+
+/* The initial symbol(s) of one character: 1 vocab, 2 byte fallback, 3 unk, 0 none. */
+static int char_sym(const struct bpe *b, const uint8_t *s, size_t k, uint32_t *lk, uint32_t *rk,
+                    uint32_t *cp)
+{
+    int32_t id = -1;
+    utf8_decode(s, cp);
+    if (k == 1 && b->byte_kind[s[0]] == BPE_BYTE_VOCAB)
+        id = b->byte_sym_ids[b->byte_sym_off[s[0]]];
+    else if (k > 1)
+        id = bpe_find_word(b, s, k);
+    if (id >= 0) {
+        *lk = *rk = *cp;
+        return 1;
+    }
+    int fb = b->byte_fallback;
+    for (size_t j = 0; j < k && fb; j++)
+        fb = b->fb_id[s[j]] >= 0;
+    if (fb) {
+        *lk = BAR_SPECIAL + (uint32_t)b->fb_id[s[k - 1]];
+        *rk = BAR_SPECIAL + (uint32_t)b->fb_id[s[0]];
+        return 2;
+    }
+    if (b->unk_id >= 0) {
+        *lk = *rk = BAR_SPECIAL + (uint32_t)b->unk_id;
+        return 3;
+    }
+    return 0;
+}
+
+static int bar_has(const tokenizer_t *tok, uint64_t key)
+{
+    if (!tok->bar_keys)
+        return 0;
+    size_t j = (size_t)(key * 0x9E3779B97F4A7C15ULL >> 20) & tok->bar_mask;
+    while (tok->bar_keys[j]) {
+        if (tok->bar_keys[j] == key)
+            return 1;
+        j = (j + 1) & tok->bar_mask;
+    }
+    return 0;
+}
+
+/* Every barrier in the held word after its first character, in order, into bars
+ * (start = end = the position); returns the last, 0 if none. The scan
+ * replays bpe_encode_part's symbol order from the carried unknown-token state: at a
+ * boundary, the pair that would meet is the last symbol the left part wrote and the
+ * first one the right part writes (a pending unk first if the right starts with a
+ * vocab character); where that is not known yet (the right starts with an unknown
+ * character that fuses, or none is written) it is no barrier. */
+static size_t find_barriers(const tokenizer_t *tok, const uint8_t *p, size_t from, size_t n,
+                            int carry, struct pt_ranges *bars, int *nomem)
+{
+    const struct bpe *b = &tok->bpe;
+    const uint32_t unk = BAR_SPECIAL + (uint32_t)b->unk_id;
+    size_t best = 0, i = from;
+    int pending = carry, have_last = 0, first = 1;
+    uint32_t last = 0, prev_cp = 0;
+    while (i < n) {
+        size_t k = 1;
+        if (p[i] >= 0x80)
+            while (i + k < n && k < 4 && (p[i + k] & 0xC0) == 0x80)
+                k++;
+        uint32_t lk = 0, rk = 0, cp = 0;
+        int kind = char_sym(b, p + i, k, &lk, &rk, &cp);
+        /* The first symbol the right part would write, if known. */
+        int known = kind == 2 || (kind == 1) || (kind == 3 && pending && !b->fuse_unk);
+        uint32_t right = (kind == 1 || kind == 3) && pending ? unk : rk;
+        if (!first && have_last && known && kind > 0 && !bar_has(tok, bar_pair(last, right)) &&
+            !(b->ignore_merges && bar_has(tok, bar_pair(prev_cp, cp)))) {
+            best = i;
+            if (bars->n == bars->cap) {
+                size_t cap = bars->cap ? bars->cap * 2 : 64;
+                struct pt_range *r = rc_realloc(bars->r, cap * sizeof *r);
+                if (!r) {
+                    *nomem = 1;
+                    return 0;
+                }
+                bars->r = r;
+                bars->cap = cap;
+            }
+            bars->r[bars->n++] = (struct pt_range){i, i, 0};
+        }
+        /* What this character writes, and the pending state after it. */
+        if (kind == 1) {
+            last = lk;
+            have_last = 1;
+            pending = 0;
+        } else if (kind == 2) {
+            last = lk;
+            have_last = 1;
+        } else if (kind == 3) {
+            if (pending && !b->fuse_unk) {
+                last = unk;
+                have_last = 1;
+            }
+            pending = 1;
+        } else {
+            have_last = 0; /* a dropped byte: the symbols around it meet; no cut here */
+        }
+        prev_cp = cp;
+        first = 0;
+        i += k;
+    }
+    return best;
+}
+
 static int piece_pretokenize(tok_encoder_t *e, int final)
 {
     const tokenizer_t *tok = e->tok;
@@ -344,9 +537,33 @@ static int piece_pretokenize(tok_encoder_t *e, int final)
     int rc = 0;
     if (e->piece.n > e->piece_ctx) {
         if (!tok->first_split) {
-            /* ByteLevel without its regex first: the whole piece is one pre-token. */
-            if (final)
+            /* ByteLevel without its regex first, or no pre-tokenizer, or Metaspace
+             * without split: the whole piece is one pre-token. A text vocab's word may
+             * be cut at a barrier (above). */
+            if (final) {
                 rc = subpiece(e, e->piece.p + e->piece_ctx, e->piece.n - e->piece_ctx);
+            } else if (!tok->bytelevel && tok->pre.n == 1) {
+                /* Each part between barriers on its own: usually one word each
+                 * ("▁the"), so the cache serves most of them. */
+                int oom = 0;
+                e->ranges.n = 0;
+                size_t cut = find_barriers(tok, e->piece.p, e->piece_ctx, e->piece.n,
+                                           e->word_cut ? e->unk_carry : 0, &e->ranges, &oom);
+                if (oom)
+                    return enc_nomem(e);
+                if (cut > e->piece_ctx) {
+                    size_t at = e->piece_ctx;
+                    e->word_cut = e->cut_open = 1;
+                    for (size_t i = 0; i < e->ranges.n && !rc; i++) {
+                        size_t to = e->ranges.r[i].start;
+                        rc = steps_from(e, 1, e->piece.p + at, to - at, 1);
+                        at = to;
+                    }
+                    e->cut_open = 0;
+                    if (!rc)
+                        piece_trim(e, cut);
+                }
+            }
         } else {
             size_t certain, consumed = e->piece_ctx;
             e->ranges.n = 0;
@@ -354,7 +571,7 @@ static int piece_pretokenize(tok_encoder_t *e, int final)
             rc = pretok_scan(st, &e->pw, e->piece.p, 0, e->piece_ctx, e->piece.n, final,
                              &e->ranges, &certain, e->err, e->errlen);
             if (!rc && pretok_fold(e->ranges.r, e->ranges.n,
-                                   st->kind == PT_SPLIT ? st->behavior : SB_ISOLATED,
+                                   step_behavior(st),
                                    st->kind == PT_SPLIT && st->invert, !final, &e->pieces,
                                    &consumed))
                 rc = enc_nomem(e);
@@ -487,22 +704,34 @@ static int match_run(tok_encoder_t *e, const struct tok_matcher *m, struct match
 static int on_norm_added_token(tok_encoder_t *e, int32_t id)
 {
     int rc = piece_finish(e);
+    e->started = 1;
     return rc ? rc : out_id(e, id);
 }
 
-/* Normalise the raw segment text (norm_in) into norm_stage's buffer: all of it when
- * final, else up to the last point later text cannot change. */
+/* Normalise the raw segment text (norm_in) into norm_stage's buffer, step by step;
+ * each step holds back what later text could still change (nstep_feed). final: the
+ * segment ends (all of it, and the next segment starts fresh). */
 static int normalize_segment(tok_encoder_t *e, int final)
 {
-    size_t p = final ? e->norm_in.n : norm_stable_len(&e->tok->norm, e->norm_in.p, e->norm_in.n);
-    if (!final && p == 0 && e->norm_in.n > e->cap)
-        p = utf8_prev(e->norm_in.p, e->norm_in.n); /* an endless run of combining marks */
-    if (p == 0)
-        return 0;
-    int rc = norm_append(&e->tok->norm, &e->nw, e->norm_in.p, p, &e->norm_stage.buf);
+    const struct normalizer *nz = &e->tok->norm;
+    const uint8_t *src = e->norm_in.p;
+    size_t len = e->norm_in.n;
+    int rc = 0;
+    if (nz->n == 0) {
+        rc = tok_bytes_append(&e->norm_stage.buf, src, len);
+    } else {
+        for (int k = 0; k < nz->n && !rc; k++) {
+            struct tok_bytes *dst = k == nz->n - 1 ? &e->norm_stage.buf : &e->nbuf[k & 1];
+            if (dst != &e->norm_stage.buf)
+                dst->n = 0;
+            rc = nstep_feed(&nz->step[k], &e->ns[k], &e->nw, src, len, final, e->cap, dst);
+            src = dst->p;
+            len = dst->n;
+        }
+    }
     if (rc)
         return rc == RC_ENOMEM ? enc_nomem(e) : rc_fail(e->err, e->errlen, rc, "normaliser failed");
-    tok_bytes_drop_front(&e->norm_in, p);
+    e->norm_in.n = 0;
     return 0;
 }
 
@@ -529,6 +758,7 @@ static int on_raw_added_token(tok_encoder_t *e, int32_t id)
         rc = match_norm_added(e, 1);
     if (!rc)
         rc = piece_finish(e);
+    e->started = 1;
     return rc ? rc : out_id(e, id);
 }
 
@@ -583,6 +813,11 @@ void tok_encoder_reset(tok_encoder_t *e)
     stage_reset(&e->raw_stage);
     stage_reset(&e->norm_stage);
     e->norm_in.n = 0;
+    for (int k = 0; k < NORM_MAX_STEPS; k++) {
+        e->ns[k].held.n = 0;
+        e->ns[k].prefixed = 0;
+    }
+    e->started = 0;
     piece_reset(e);
     e->ids.n = 0;
     e->since_pump = 0;
@@ -698,7 +933,10 @@ void tok_encoder_take(tok_encoder_t *e, size_t n)
 
 size_t tok_encoder_pending_bytes(const tok_encoder_t *e)
 {
-    return e->u8_n + e->raw_stage.buf.n + e->norm_in.n + e->norm_stage.buf.n +
+    size_t held = 0;
+    for (int k = 0; k < NORM_MAX_STEPS; k++)
+        held += e->ns[k].held.n;
+    return e->u8_n + e->raw_stage.buf.n + e->norm_in.n + held + e->norm_stage.buf.n +
            (e->piece.n - e->piece_ctx);
 }
 
@@ -708,6 +946,10 @@ void tok_encoder_free(tok_encoder_t *e)
         return;
     tok_bytes_free(&e->raw_stage.buf);
     tok_bytes_free(&e->norm_in);
+    for (int k = 0; k < NORM_MAX_STEPS; k++)
+        nstep_state_free(&e->ns[k]);
+    tok_bytes_free(&e->nbuf[0]);
+    tok_bytes_free(&e->nbuf[1]);
     tok_bytes_free(&e->norm_stage.buf);
     tok_bytes_free(&e->piece);
     tok_ids_free(&e->ids);
@@ -757,6 +999,243 @@ int tokenizer_encode(const tokenizer_t *tok, const char *text, size_t len, unsig
 
 /* ---- decoding ------------------------------------------------------------------------- */
 
+/* The text-vocab decoder chain: token strings in an arena, one list per step. */
+struct span {
+    size_t off, len;
+};
+struct dec_list {
+    struct tok_bytes a;
+    struct span *sp;
+    size_t n, cap;
+};
+struct dec_work {
+    struct dec_list l[2];
+    struct pretok_work pw;
+    int pw_ready;
+    struct pt_ranges rr;
+};
+
+void tok_dec_work_free(struct dec_work *w)
+{
+    if (!w)
+        return;
+    for (int i = 0; i < 2; i++) {
+        tok_bytes_free(&w->l[i].a);
+        rc_free(w->l[i].sp);
+    }
+    if (w->pw_ready)
+        pretok_work_free(&w->pw);
+    pt_ranges_free(&w->rr);
+    rc_free(w);
+}
+
+/* Start a new token in list l, or (extend) append to the last one. */
+static int dl_push(struct dec_list *l, const void *s, size_t n, int extend)
+{
+    if (!extend) {
+        if (l->n == l->cap) {
+            size_t cap = l->cap ? l->cap * 2 : 64;
+            struct span *sp = rc_realloc(l->sp, cap * sizeof *sp);
+            if (!sp)
+                return RC_ENOMEM;
+            l->sp = sp;
+            l->cap = cap;
+        }
+        l->sp[l->n++] = (struct span){l->a.n, 0};
+    }
+    if (tok_bytes_reserve(&l->a, n ? n : 1) || tok_bytes_append(&l->a, s, n))
+        return RC_ENOMEM; /* (reserved even for n == 0: the arena is never NULL) */
+    l->sp[l->n - 1].len += n;
+    return 0;
+}
+
+/* "<0xXX>" -> the byte (the reference: six bytes, "<0x", two characters that
+ * u8::from_str_radix(_, 16) accepts, which includes "+X"), else -1. */
+static int byte_token(const uint8_t *s, size_t n)
+{
+    if (n != 6 || memcmp(s, "<0x", 3) || s[5] != '>')
+        return -1;
+    int v = 0, digits = 0;
+    for (int i = 3; i < 5; i++) {
+        int c = s[i], d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                        : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0 && !(i == 3 && c == '+'))
+            return -1;
+        if (d >= 0) {
+            v = v * 16 + d;
+            digits++;
+        }
+    }
+    return digits ? v : -1;
+}
+
+static int flush_bytes(struct dec_list *o, const uint8_t *b, size_t n, int standalone)
+{
+    int rc = 0;
+    if (n == 0)
+        return 0;
+    if (standalone || utf8_valid(b, n))
+        return dl_push(o, b, n, 0);
+    for (size_t i = 0; i < n && !rc; i++) /* the reference: one U+FFFD per byte */
+        rc = dl_push(o, "\xEF\xBF\xBD", 3, 0);
+    return rc;
+}
+
+/* One decoder step, list in -> list o. */
+static int dec_step_run(const tokenizer_t *tok, struct dec_work *w, const struct dec_step *d,
+                        const struct dec_list *in, struct dec_list *o, int standalone)
+{
+    int rc = 0;
+    o->a.n = 0;
+    o->n = 0;
+    if (d->kind == DEC_FUSE || (standalone && d->kind == DEC_STRIP)) {
+        if (standalone) {
+            for (size_t i = 0; i < in->n && !rc; i++)
+                rc = dl_push(o, in->a.p + in->sp[i].off, in->sp[i].len, 0);
+            return rc;
+        }
+        rc = dl_push(o, "", 0, 0);
+        for (size_t i = 0; i < in->n && !rc; i++)
+            rc = dl_push(o, in->a.p + in->sp[i].off, in->sp[i].len, 1);
+        return rc;
+    }
+    if (d->kind == DEC_BYTEFALLBACK) {
+        uint8_t run[256];
+        size_t nrun = 0;
+        struct tok_bytes big = {0};
+        for (size_t i = 0; i < in->n && !rc; i++) {
+            const uint8_t *t = in->a.p + in->sp[i].off;
+            int b = byte_token(t, in->sp[i].len);
+            if (b >= 0) {
+                if (nrun < sizeof run)
+                    run[nrun++] = (uint8_t)b;
+                else {
+                    if (big.n == 0)
+                        rc = tok_bytes_append(&big, run, nrun);
+                    uint8_t c = (uint8_t)b;
+                    if (!rc)
+                        rc = tok_bytes_append(&big, &c, 1);
+                    nrun++;
+                }
+                continue;
+            }
+            rc = flush_bytes(o, big.n ? big.p : run, nrun, standalone);
+            nrun = 0;
+            big.n = 0;
+            if (!rc)
+                rc = dl_push(o, t, in->sp[i].len, 0);
+        }
+        if (!rc)
+            rc = flush_bytes(o, big.n ? big.p : run, nrun, standalone);
+        tok_bytes_free(&big);
+        return rc;
+    }
+    for (size_t i = 0; i < in->n && !rc; i++) {
+        const uint8_t *t = in->a.p + in->sp[i].off;
+        size_t n = in->sp[i].len;
+        if (d->kind == DEC_STRIP) {
+            size_t a = 0, z = n, cl = (size_t)d->ch_len;
+            for (size_t k = 0; k < d->start && a + cl <= z && !memcmp(t + a, d->ch, cl); k++)
+                a += cl;
+            for (size_t k = 0; k < d->stop && z >= a + cl && !memcmp(t + z - cl, d->ch, cl); k++)
+                z -= cl;
+            rc = dl_push(o, t + a, z - a, 0);
+        } else if (d->kind == DEC_METASPACE) {
+            int drop = i == 0 && !standalone && d->prepend != MS_NEVER;
+            size_t cl = (size_t)d->ch_len, k = 0, from = 0;
+            rc = dl_push(o, "", 0, 0);
+            while (!rc && k + cl <= n) {
+                if (memcmp(t + k, d->ch, cl)) {
+                    k++;
+                    continue;
+                }
+                rc = dl_push(o, t + from, k - from, 1);
+                if (!rc && !drop)
+                    rc = dl_push(o, " ", 1, 1);
+                k += cl;
+                from = k;
+            }
+            if (!rc)
+                rc = dl_push(o, t + from, n - from, 1);
+        } else { /* DEC_REPLACE */
+            size_t certain;
+            w->rr.n = 0;
+            rc = dl_push(o, "", 0, 0);
+            if (!rc && n)
+                rc = pretok_scan(&tok->dec_re.step[d->re_step], &w->pw, t, 0, 0, n, 1, &w->rr,
+                                 &certain, NULL, 0);
+            for (size_t r = 0; !rc && r < w->rr.n; r++) {
+                const struct pt_range *g = &w->rr.r[r];
+                rc = g->match ? dl_push(o, d->rep, d->rep_len, 1)
+                              : dl_push(o, t + g->start, g->end - g->start, 1);
+            }
+        }
+    }
+    return rc;
+}
+
+static int dec_work_get(const tokenizer_t *tok, struct dec_work **wp)
+{
+    if (!*wp) {
+        *wp = rc_calloc(1, sizeof **wp);
+        if (!*wp)
+            return RC_ENOMEM;
+    }
+    struct dec_work *w = *wp;
+    if (!w->pw_ready && tok->dec_re.n) {
+        if (pretok_work_init(&w->pw, &tok->dec_re))
+            return RC_ENOMEM;
+        w->pw_ready = 1;
+    }
+    w->l[0].a.n = w->l[0].n = 0;
+    return 0;
+}
+
+/* Run the chain over list 0 of w; append the result to out. */
+static int dec_chain(const tokenizer_t *tok, struct dec_work *w, int standalone,
+                     struct tok_bytes *out)
+{
+    int cur = 0, rc = 0;
+    for (int k = 0; k < tok->n_dec && !rc; k++) {
+        rc = dec_step_run(tok, w, &tok->dec[k], &w->l[cur], &w->l[cur ^ 1], standalone);
+        cur ^= 1;
+    }
+    const struct dec_list *l = &w->l[cur];
+    for (size_t i = 0; i < l->n && !rc; i++) {
+        if (tok->dec_none && i > 0 && !standalone)
+            rc = tok_bytes_append(out, " ", 1);
+        if (!rc)
+            rc = tok_bytes_append(out, l->a.p + l->sp[i].off, l->sp[i].len);
+    }
+    return rc == RC_ENOMEM || rc == 0 ? rc : RC_ERANGE;
+}
+
+int tok_dec_piece(const tokenizer_t *tok, struct dec_work **wp, const uint8_t *s, size_t n,
+                  struct tok_bytes *out)
+{
+    int rc = dec_work_get(tok, wp);
+    if (!rc)
+        rc = dl_push(&(*wp)->l[0], s, n, 0);
+    return rc ? rc : dec_chain(tok, *wp, 1, out);
+}
+
+/* The reference's decode(ids) for a text vocab (ids checked by the caller). */
+static int dec_ids(const tokenizer_t *tok, struct dec_work **wp, const int32_t *ids, size_t n,
+                   unsigned flags, struct tok_bytes *out)
+{
+    int rc = dec_work_get(tok, wp);
+    for (size_t i = 0; i < n && !rc; i++) {
+        int32_t id = ids[i];
+        if (!(tok->id_flags[id] & TOKF_PRESENT) ||
+            ((flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[id] & TOKF_SPECIAL)))
+            continue;
+        rc = dl_push(&(*wp)->l[0], tok->raw_pool + tok->raw_off[id],
+                     tok->raw_off[id + 1] - tok->raw_off[id], 0);
+    }
+    return rc ? rc : dec_chain(tok, *wp, 0, out);
+}
+
+
 static int check_id(const tokenizer_t *tok, int32_t id)
 {
     return id >= 0 && id < tok->n_ids;
@@ -772,6 +1251,23 @@ int tokenizer_decode(const tokenizer_t *tok, const int32_t *ids, size_t n, unsig
         if (!check_id(tok, ids[i]))
             return rc_fail(err, errlen, RC_EINVAL, "id %zu (%ld) is not in [0, %d)", i,
                            (long)ids[i], (int)tok->n_ids);
+    }
+    if (tok->raw_pool) {
+        struct dec_work *w = NULL;
+        struct tok_bytes out = {0};
+        int rc = dec_ids(tok, &w, ids, n, flags, &out);
+        if (!rc)
+            rc = tok_bytes_append(&out, "", 1);
+        tok_dec_work_free(w);
+        if (rc) {
+            tok_bytes_free(&out);
+            return rc_fail(err, errlen, rc, rc == RC_ENOMEM ? "out of memory" : "decoder failed");
+        }
+        *text = (char *)out.p;
+        *len = out.n - 1;
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
         if ((flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[ids[i]] & TOKF_SPECIAL))
             continue;
         total += tok->piece_off[ids[i] + 1] - tok->piece_off[ids[i]];
@@ -811,7 +1307,118 @@ struct tok_decoder {
     uint8_t pend[4];
     size_t pend_n;
     struct tok_bytes in, out;
+    /* Text vocab: the reference's DecodeStream (ids since the window start, the text
+     * of the window's first prefix_index ids already given out). */
+    struct dec_work *w;
+    struct tok_ids win;
+    size_t prefix_index;
+    struct tok_bytes prefix, str;
 };
+
+/* A DecodeStream window holds ids while their text ends in U+FFFD (an incomplete
+ * byte-fallback character). The reference holds them forever; past this many we give
+ * the text out anyway, so that a step costs O(TOK_DECODER_MAX_WINDOW). */
+#define TOK_DECODER_MAX_WINDOW 256
+
+static int ends_fffd(const struct tok_bytes *b)
+{
+    return b->n >= 3 && !memcmp(b->p + b->n - 3, "\xEF\xBF\xBD", 3);
+}
+
+static int window_decode(tok_decoder_t *d, size_t from, struct tok_bytes *out)
+{
+    out->n = 0;
+    return dec_ids(d->tok, &d->w, d->win.v + from, d->win.n - from, d->flags, out);
+}
+
+/* Byte-fallback ids at the end of the window that make an incomplete UTF-8 character
+ * (0-3 of them). */
+static size_t incomplete_tail(const tok_decoder_t *d)
+{
+    const tokenizer_t *tok = d->tok;
+    uint8_t b[4];
+    size_t m = 0;
+    while (m < 4 && m < d->win.n) {
+        int32_t id = d->win.v[d->win.n - 1 - m];
+        int x = byte_token(tok->raw_pool + tok->raw_off[id], tok->raw_off[id + 1] - tok->raw_off[id]);
+        if (x < 0)
+            break;
+        b[3 - m++] = (uint8_t)x;
+    }
+    const uint8_t *t = b + 4 - m;
+    for (size_t j = m; j-- > 0;) {
+        if ((t[j] & 0xC0) == 0x80)
+            continue;
+        size_t need = t[j] >= 0xF0 ? 4 : t[j] >= 0xE0 ? 3 : t[j] >= 0xC0 ? 2 : 1;
+        return m - j < need ? m - j : 0;
+    }
+    return 0;
+}
+
+/* The reference's step_decode_stream, one id (flush: no id, give out the rest). */
+static int stream_step(tok_decoder_t *d, int32_t id, int flush)
+{
+    int rc = 0;
+    d->out.n = 0;
+    if (d->prefix.n == 0 && d->win.n > 0) {
+        if ((rc = window_decode(d, 0, &d->str)))
+            return rc;
+        if (!ends_fffd(&d->str)) {
+            struct tok_bytes t = d->prefix;
+            d->prefix = d->str;
+            d->str = t;
+            d->prefix_index = d->win.n;
+        }
+    }
+    if (!flush && tok_ids_push(&d->win, id))
+        return RC_ENOMEM;
+    size_t use = d->win.n; /* ids whose text is given out */
+    if ((rc = window_decode(d, 0, &d->str)))
+        return rc;
+    if (!flush && !(d->str.n > d->prefix.n && !ends_fffd(&d->str))) {
+        if (d->win.n <= TOK_DECODER_MAX_WINDOW)
+            return 0;
+        /* Held too long: give out all but an incomplete character at the end. */
+        use = d->win.n - incomplete_tail(d);
+        if (use <= d->prefix_index)
+            return 0;
+        size_t keep = d->win.n;
+        d->win.n = use;
+        rc = window_decode(d, 0, &d->str);
+        d->win.n = keep;
+        if (rc)
+            return rc;
+    }
+    if (d->str.n > d->prefix.n) {
+        /* Where the reference raises InvalidPrefix (a later byte token made an earlier
+         * byte run invalid), we give out what lies past the old prefix's length, from a
+         * character start. */
+        size_t from = d->prefix.n;
+        while (from < d->str.n && (d->str.p[from] & 0xC0) == 0x80)
+            from++;
+        if (tok_bytes_append(&d->out, d->str.p + from, d->str.n - from))
+            return RC_ENOMEM;
+    }
+    if (flush) {
+        d->win.n = 0;
+        d->prefix.n = 0;
+        d->prefix_index = 0;
+        return 0;
+    }
+    if (d->out.n == 0)
+        return 0;
+    /* The window now starts where the old prefix did; its first use - prefix_index ids
+     * are the new prefix. */
+    size_t pi = d->prefix_index, npi = use - pi;
+    memmove(d->win.v, d->win.v + pi, (d->win.n - pi) * sizeof *d->win.v);
+    d->win.n -= pi;
+    size_t keep = d->win.n;
+    d->win.n = npi;
+    rc = window_decode(d, 0, &d->prefix);
+    d->win.n = keep;
+    d->prefix_index = npi;
+    return rc;
+}
 
 int tok_decoder_create(const tokenizer_t *tok, unsigned flags, tok_decoder_t **out, char *err,
                        size_t errlen)
@@ -835,6 +1442,17 @@ int tok_decoder_feed(tok_decoder_t *d, int32_t id, const char **text, size_t *le
                        (int)tok->n_ids);
     if ((d->flags & TOK_DECODE_SKIP_SPECIAL) && (tok->id_flags[id] & TOKF_SPECIAL))
         return 0;
+    if (tok->raw_pool) {
+        int rc = stream_step(d, id, 0);
+        if (rc)
+            return rc_fail(err, errlen, rc, rc == RC_ENOMEM ? "out of memory" : "decoder failed");
+        if (tok_bytes_reserve(&d->out, 1))
+            return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+        d->out.p[d->out.n] = 0;
+        *text = (const char *)d->out.p;
+        *len = d->out.n;
+        return 0;
+    }
     uint32_t a = tok->piece_off[id], b = tok->piece_off[id + 1];
     d->in.n = 0;
     d->out.n = 0;
@@ -857,6 +1475,15 @@ int tok_decoder_flush(tok_decoder_t *d, const char **text, size_t *len)
 {
     *text = "";
     *len = 0;
+    if (d->tok->raw_pool) {
+        int rc = d->win.n ? stream_step(d, -1, 1) : 0;
+        if (!rc && d->out.n && !tok_bytes_reserve(&d->out, 1)) {
+            d->out.p[d->out.n] = 0;
+            *text = (const char *)d->out.p;
+            *len = d->out.n;
+        }
+        return rc;
+    }
     if (d->pend_n == 0)
         return 0;
     if (tok_bytes_reserve(&d->out, 16))
@@ -876,6 +1503,10 @@ void tok_decoder_free(tok_decoder_t *d)
         return;
     tok_bytes_free(&d->in);
     tok_bytes_free(&d->out);
+    tok_dec_work_free(d->w);
+    tok_ids_free(&d->win);
+    tok_bytes_free(&d->prefix);
+    tok_bytes_free(&d->str);
     rc_free(d);
 }
 
@@ -884,6 +1515,8 @@ void tok_decoder_free(tok_decoder_t *d)
 int32_t tokenizer_vocab_size(const tokenizer_t *tok) { return tok->n_ids; }
 
 int32_t tokenizer_eos_id(const tokenizer_t *tok) { return tok->eos_id; }
+
+int32_t tokenizer_bos_id(const tokenizer_t *tok) { return tok->bos_id; }
 
 int tokenizer_token_bytes(const tokenizer_t *tok, int32_t id, const char **bytes, size_t *len)
 {

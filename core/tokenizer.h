@@ -1,6 +1,7 @@
 /*
- * tokenizer.h — Hugging Face tokenizer.json byte-level BPE, id-for-id identical to
- * the reference (HF `tokenizers`), with streaming encoders and decoders.
+ * tokenizer.h — Hugging Face tokenizer.json BPE (byte-level as GPT-2 / GPT-NeoX, or a
+ * text vocab with byte fallback as Llama / Mistral), id-for-id identical to the
+ * reference (HF `tokenizers`), with streaming encoders and decoders.
  *
  * Overview
  *   tokenizer_t is loaded once (tokenizer_load_file / _json / _dir, or the byte-level
@@ -13,14 +14,22 @@
  *   model          BPE: vocab; merges as "a b" strings or ["a","b"] pairs; unk_token,
  *                  fuse_unk, byte_fallback, ignore_merges; dropout null or 0;
  *                  continuing_subword_prefix / end_of_word_suffix null or "".
+ *                  The vocab is byte-level (GPT-2 characters; ByteLevel pre-tokenizer
+ *                  and decoder) or text (Llama / Mistral: characters, with <0xXX>
+ *                  byte-fallback tokens and a decoder chain).
  *   added_tokens   special or not, normalized or not, lstrip, rstrip, single_word;
  *                  matched before pre-tokenisation, leftmost-longest.
- *   normalizer     null, NFC, NFKC, NFD, NFKD, Sequence of those (libutf8proc).
+ *   normalizer     null, NFC, NFKC, NFD, NFKD (libutf8proc), Prepend, Replace with a
+ *                  String pattern, Sequence of those.
  *   pre_tokenizer  ByteLevel (add_prefix_space, use_regex), Split (String or Regex
  *                  pattern, all five behaviours, invert), Sequence of Splits followed
  *                  by exactly one ByteLevel. Regexes run on PCRE2 (UTF+UCP, JIT).
- *   post_processor null, ByteLevel, TemplateProcessing that adds nothing (single
- *                  "$A"), Sequence of those.  decoder: ByteLevel.
+ *                  Text vocab: none, or Metaspace (prepend_scheme first / always /
+ *                  never, split) first, then Splits.
+ *   post_processor null, ByteLevel, TemplateProcessing with the single template "$A" or
+ *                  "<special> $A" (see tokenizer_bos_id), Sequence of those.
+ *   decoder        ByteLevel; text vocab: Replace (String or Regex), ByteFallback,
+ *                  Fuse, Strip, Metaspace, Sequence of those, or none.
  *   truncation / padding are ignored: they shape batches, recurd never applies them.
  *
  * Invalid UTF-8 in text to encode: every maximal ill-formed subpart becomes U+FFFD
@@ -61,7 +70,10 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer_t **out, char *e
 int tokenizer_create_bytes(tokenizer_t **out, char *err, size_t errlen);
 /* A model directory: DIR/tokenizer.json if it exists, else the byte-level fallback
  * (*fallback set to 1; 0 when the file was loaded; fallback may be NULL). A file that
- * exists but does not load is an error, never a silent fallback. */
+ * exists but does not load is an error, never a silent fallback. If
+ * DIR/tokenizer_config.json has "add_bos_token" (transformers' setting, which its
+ * Llama-style tokenizers apply over tokenizer.json's template), it decides
+ * tokenizer_bos_id(): true -> the id of its "bos_token", false -> -1. */
 int tokenizer_load_dir(const char *dir, tokenizer_t **out, int *fallback, char *err,
                        size_t errlen);
 void tokenizer_free(tokenizer_t *tok); /* NULL is a no-op */
@@ -71,14 +83,24 @@ void tokenizer_free(tokenizer_t *tok); /* NULL is a no-op */
 /* Max id + 1 over the model vocab and the added tokens (ids without a token inside
  * this range decode to nothing, as in the reference). */
 int32_t tokenizer_vocab_size(const tokenizer_t *tok);
-/* Id of "<|endoftext|>" (added token or vocab entry), or -1. */
+/* Id of "<|endoftext|>" (added token or vocab entry), else of the added token "</s>"
+ * (Llama / Mistral), or -1. */
 int32_t tokenizer_eos_id(const tokenizer_t *tok);
+/* The id the reference's post-processor puts in front of every encoded text
+ * (TemplateProcessing with the single template "<s> $A", e.g. Llama's <s>; or
+ * tokenizer_config.json's add_bos_token, see tokenizer_load_dir), or -1 if it adds
+ * nothing. tokenizer_encode() and the streaming encoder never add it (they give
+ * encode(text, add_special_tokens=False)); a caller that wants the reference's default
+ * encode(text) puts this id at position 0 of a stream, once. */
+int32_t tokenizer_bos_id(const tokenizer_t *tok);
 /* Id of a token by its text: an added token's content, or the vocab entry whose
  * bytes are s[0..n) (byte-level vocab strings are matched by the bytes they stand
  * for). -1 if none. */
 int32_t tokenizer_find_token(const tokenizer_t *tok, const char *s, size_t n);
-/* The bytes id decodes to (may be part of a UTF-8 character, or empty); *bytes stays
- * valid as long as tok. RC_EINVAL if id is outside [0, vocab_size). */
+/* The bytes id decodes to (may be part of a UTF-8 character, or empty); for a text
+ * vocab what the token stands for inside a text ("▁the" -> " the", "<0xE2>" -> the
+ * byte 0xE2; the decoder's Fuse/Strip and Metaspace's first-token rule left out).
+ * *bytes stays valid as long as tok. RC_EINVAL if id is outside [0, vocab_size). */
 int tokenizer_token_bytes(const tokenizer_t *tok, int32_t id, const char **bytes, size_t *len);
 /* 1 if id is a special added token (skipped by TOK_DECODE_SKIP_SPECIAL), else 0. */
 int tokenizer_is_special(const tokenizer_t *tok, int32_t id);
@@ -130,6 +152,12 @@ struct tok_encoder_opts {
  *     word have less reach than half a window (runs of one repeated character or
  *     pattern, random letters, CJK runs: tested against the whole-text result on
  *     runs of 10 MB), but it is not a proof for every conceivable merge table.
+ *   - text vocab (Llama family): with the legacy form or Metaspace without split a
+ *     whole segment is ONE word; it is cut, exactly, at barriers: character boundaries
+ *     that no merge of the vocab can join across (derived from the merges at load;
+ *     in real text, before most "▁" and around <0xXX> bytes such as newlines). Only
+ *     a run with no barrier longer than max_pending (e.g. 64 kB of spaces when "▁▁"
+ *     merges, or of characters that are <unk> and fuse) falls back to the windows.
  * Held-back text stays below about 2 * max_pending + 4 kB (tok_encoder_pending_bytes).
  * opts may be NULL (defaults). */
 int tok_encoder_create(const tokenizer_t *tok, const struct tok_encoder_opts *opts,
@@ -156,7 +184,14 @@ void tok_encoder_free(tok_encoder_t *enc); /* NULL is a no-op */
 /* Feed ids one at a time; each call returns only complete, valid UTF-8 (a token that
  * ends inside a character is held until the character completes). Ill-formed bytes
  * become U+FFFD per maximal subpart, so the concatenation of all outputs and the
- * flush equals tokenizer_decode() of all the ids. */
+ * flush equals tokenizer_decode() of all the ids.
+ * Text vocab (Llama family): each feed gives exactly what the reference's
+ * DecodeStream.step gives (None = ""): the new text of a window of ids once it is
+ * longer than before and does not end in U+FFFD. The flush gives what it would hold
+ * back forever; where it raises InvalidPrefix (a byte token making an earlier byte run
+ * invalid) we give the text past the old length; a window past 256 held ids is given
+ * out anyway. The concatenation then equals tokenizer_decode() except after such an
+ * InvalidPrefix. */
 int tok_decoder_create(const tokenizer_t *tok, unsigned flags, tok_decoder_t **out,
                        char *err, size_t errlen);
 /* text, len: the new text (possibly empty), valid until the next call on dec.

@@ -46,6 +46,8 @@ struct loader {
     int16_t byte_of[324];
     struct tok_bytes scratch;
     int32_t n_vocab_entries;
+    const char *unk_str;   /* the BPE unk_token, if any */
+    size_t unk_len;
 };
 
 /* The bytes a token string stands for: all characters in the byte alphabet -> those
@@ -133,9 +135,33 @@ static int32_t vocab_id(const struct loader *L, const char *s, size_t n)
 
 /* ---- normaliser ------------------------------------------------------------------- */
 
+/* A JSON string as an rc_malloc'ed copy (NUL-terminated). */
+static int dup_str(struct loader *L, json_t *v, uint8_t **out, size_t *len)
+{
+    *len = json_string_length(v);
+    *out = rc_malloc(*len + 1);
+    if (!*out)
+        return nomem(L);
+    memcpy(*out, json_string_value(v), *len + 1);
+    return 0;
+}
+
+/* Exactly one character (the reference's char fields). */
+static int one_char(struct loader *L, json_t *v, uint8_t ch[4], int *len, const char *where)
+{
+    uint32_t c;
+    const uint8_t *p = (const uint8_t *)json_string_value(v);
+    if (!json_is_string(v) || json_string_length(v) == 0 ||
+        (size_t)utf8_decode(p, &c) != json_string_length(v))
+        return load_fail(L, RC_EFORMAT, "%s must be one character", where);
+    *len = (int)json_string_length(v);
+    memcpy(ch, p, (size_t)*len);
+    return 0;
+}
+
 static int parse_norm(struct loader *L, json_t *j, int depth)
 {
-    struct norm *nm = &L->tok->norm;
+    struct normalizer *nz = &L->tok->norm;
     if (!j || json_is_null(j))
         return 0;
     const char *t = type_of(j);
@@ -143,16 +169,6 @@ static int parse_norm(struct loader *L, json_t *j, int depth)
         return load_fail(L, RC_EFORMAT, "normalizer has no \"type\"");
     if (depth > MAX_JSON_DEPTH_STEPS)
         return load_fail(L, RC_ERANGE, "normalizer nested too deeply");
-    int form = !strcmp(t, "NFC") ? NORM_NFC : !strcmp(t, "NFKC") ? NORM_NFKC
-             : !strcmp(t, "NFD") ? NORM_NFD : !strcmp(t, "NFKD") ? NORM_NFKD : 0;
-    if (form) {
-        if (nm->n == NORM_MAX_STEPS)
-            return load_fail(L, RC_ERANGE, "more than 8 normalizers");
-        nm->form[nm->n++] = (uint8_t)form;
-        nm->compat |= form == NORM_NFKC || form == NORM_NFKD;
-        nm->compose |= form == NORM_NFC || form == NORM_NFKC;
-        return 0;
-    }
     if (!strcmp(t, "Sequence")) {
         json_t *arr = json_object_get(j, "normalizers");
         if (!json_is_array(arr))
@@ -164,9 +180,52 @@ static int parse_norm(struct loader *L, json_t *j, int depth)
         }
         return 0;
     }
+    int form = !strcmp(t, "NFC") ? NORM_NFC : !strcmp(t, "NFKC") ? NORM_NFKC
+             : !strcmp(t, "NFD") ? NORM_NFD : !strcmp(t, "NFKD") ? NORM_NFKD : 0;
     char b[48];
-    return load_fail(L, RC_EUNSUPPORTED,
-                "normalizer '%s' is not supported (NFC, NFKC, NFD, NFKD, Sequence)", clip(t, b));
+    if (!form && strcmp(t, "Prepend") && strcmp(t, "Replace"))
+        return load_fail(L, RC_EUNSUPPORTED, "normalizer '%s' is not supported (NFC, NFKC, NFD, "
+                    "NFKD, Prepend, Replace with a String pattern, Sequence)", clip(t, b));
+    struct nstep *last = nz->n ? &nz->step[nz->n - 1] : NULL;
+    if (form && last && last->kind == NS_NF) {
+        if (last->nf.n == NORM_MAX_STEPS)
+            return load_fail(L, RC_ERANGE, "more than 8 normalizers");
+    } else {
+        if (nz->n == NORM_MAX_STEPS)
+            return load_fail(L, RC_ERANGE, "more than 8 normalizers");
+        last = &nz->step[nz->n++];
+        memset(last, 0, sizeof *last);
+    }
+    if (form) {
+        struct norm *nm = &last->nf;
+        last->kind = NS_NF;
+        nm->form[nm->n++] = (uint8_t)form;
+        nm->compat |= form == NORM_NFKC || form == NORM_NFKD;
+        nm->compose |= form == NORM_NFC || form == NORM_NFKC;
+        nz->compat |= nm->compat;
+        nz->compose |= nm->compose;
+        return 0;
+    }
+    if (!strcmp(t, "Prepend")) {
+        json_t *v = json_object_get(j, "prepend");
+        if (!json_is_string(v))
+            return load_fail(L, RC_EFORMAT, "normalizer Prepend: \"prepend\" is not a string");
+        last->kind = NS_PREPEND;
+        return dup_str(L, v, &last->a, &last->a_len);
+    }
+    json_t *pat = json_object_get(j, "pattern"), *content = json_object_get(j, "content");
+    json_t *ps = json_is_object(pat) ? json_object_get(pat, "String") : NULL;
+    if (json_is_object(pat) && json_object_get(pat, "Regex"))
+        return load_fail(L, RC_EUNSUPPORTED, "normalizer Replace with a Regex pattern is not "
+                    "supported (String patterns only)");
+    if (!json_is_string(ps) || !json_is_string(content))
+        return load_fail(L, RC_EFORMAT, "normalizer Replace needs {\"String\": ...} and a "
+                    "\"content\" string");
+    if (json_string_length(ps) == 0)
+        return load_fail(L, RC_EUNSUPPORTED, "normalizer Replace of the empty string");
+    last->kind = NS_REPLACE;
+    int rc = dup_str(L, ps, &last->a, &last->a_len);
+    return rc ? rc : dup_str(L, content, &last->b, &last->b_len);
 }
 
 /* ---- pre-tokenizer ------------------------------------------------------------------ */
@@ -216,6 +275,40 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
         pre->n++;
         return 0;
     }
+    if (!strcmp(t, "Metaspace")) {
+        json_t *ps = json_object_get(j, "prepend_scheme");
+        const char *sch = json_is_string(ps) ? json_string_value(ps) : "always";
+        int rc2, aps = -1;
+        if (pre->n > 0)
+            return load_fail(L, RC_EUNSUPPORTED, "pre_tokenizer Metaspace after another step "
+                        "is not supported (only as the first)");
+        if ((rc2 = one_char(L, json_object_get(j, "replacement"), st->rep, &st->rep_len,
+                            "Metaspace \"replacement\"")))
+            return rc2;
+        st->kind = PT_METASPACE;
+        st->prepend = !strcmp(sch, "always") ? MS_ALWAYS : !strcmp(sch, "first") ? MS_FIRST
+                    : !strcmp(sch, "never") ? MS_NEVER : 0;
+        if (!st->prepend || (ps && !json_is_string(ps)))
+            return load_fail(L, RC_EFORMAT, "Metaspace: unknown \"prepend_scheme\"");
+        json_t *ap = json_object_get(j, "add_prefix_space");
+        if (json_is_boolean(ap))
+            aps = json_is_true(ap);
+        if (aps == 0) { /* the legacy field, as the reference reads it */
+            if (st->prepend != MS_NEVER)
+                return load_fail(L, RC_EFORMAT, "Metaspace: add_prefix_space does not match "
+                            "prepend_scheme");
+            st->prepend = MS_NEVER;
+        }
+        if ((rc2 = get_bool(L, j, "split", 1, &st->split, "Metaspace")))
+            return rc2;
+        st->behavior = SB_MERGED_NEXT;
+        if (st->split && (rc2 = pretok_regex_compile(pre, (const char *)st->rep,
+                                                     (size_t)st->rep_len, 1, st, L->err,
+                                                     L->errlen)))
+            return rc2;
+        pre->n++;
+        return 0;
+    }
     if (!strcmp(t, "Split")) {
         json_t *pat = json_object_get(j, "pattern");
         json_t *beh = json_object_get(j, "behavior");
@@ -248,12 +341,31 @@ static int parse_pre(struct loader *L, json_t *j, int depth)
         return 0;
     }
     return load_fail(L, RC_EUNSUPPORTED,
-                "pre_tokenizer '%s' is not supported (ByteLevel, Split, Sequence)", clip(t, b));
+                "pre_tokenizer '%s' is not supported (ByteLevel, Split, Metaspace, Sequence)", clip(t, b));
 }
 
 /* ---- post-processor and decoder --------------------------------------------------- */
 
-static int check_post(struct loader *L, json_t *j, int depth)
+/* The template's special token "name" -> its one id. */
+static int template_token(struct loader *L, json_t *j, const char *name, int32_t *id)
+{
+    json_t *sp = json_object_get(json_object_get(j, "special_tokens"), name);
+    json_t *ids = json_object_get(sp, "ids");
+    char b[48];
+    if (json_array_size(ids) != 1 || !json_is_integer(json_array_get(ids, 0)))
+        return load_fail(L, RC_EUNSUPPORTED, "post_processor TemplateProcessing: special token "
+                    "'%s' must stand for exactly one id", clip(name, b));
+    json_int_t v = json_integer_value(json_array_get(ids, 0));
+    if (v < 0 || v >= TOKENIZER_MAX_IDS)
+        return load_fail(L, RC_ERANGE, "post_processor TemplateProcessing: id out of range");
+    *id = (int32_t)v;
+    return 0;
+}
+
+/* Post-processors: those that add nothing, and a TemplateProcessing whose single
+ * template is "$A" or "<bos> $A" (one special token in front: tok->bos_id). recurd
+ * encodes the text alone; the caller puts the BOS id at position 0 of a stream. */
+static int parse_post(struct loader *L, json_t *j, int depth)
 {
     char b[48];
     if (!j || json_is_null(j))
@@ -270,35 +382,44 @@ static int check_post(struct loader *L, json_t *j, int depth)
         if (!json_is_array(arr))
             return load_fail(L, RC_EFORMAT, "post_processor Sequence without \"processors\"");
         for (size_t i = 0; i < json_array_size(arr); i++) {
-            int rc = check_post(L, json_array_get(arr, i), depth + 1);
+            int rc = parse_post(L, json_array_get(arr, i), depth + 1);
             if (rc)
                 return rc;
         }
         return 0;
     }
     if (!strcmp(t, "TemplateProcessing")) {
-        /* Only the template that is the sequence itself: [$A]. */
         json_t *single = json_object_get(j, "single");
-        json_t *e0 = json_array_get(single, 0);
-        json_t *seq = json_is_object(e0) ? json_object_get(e0, "Sequence") : NULL;
+        size_t n = json_array_size(single);
+        json_t *last = json_array_get(single, n ? n - 1 : 0);
+        json_t *seq = json_is_object(last) ? json_object_get(last, "Sequence") : NULL;
         json_t *sid = json_is_object(seq) ? json_object_get(seq, "id") : NULL;
-        if (json_array_size(single) == 1 && json_is_string(sid) &&
-            !strcmp(json_string_value(sid), "A"))
+        json_t *e0 = json_array_get(single, 0);
+        json_t *sp = n == 2 && json_is_object(e0) ? json_object_get(e0, "SpecialToken") : NULL;
+        json_t *spid = json_is_object(sp) ? json_object_get(sp, "id") : NULL;
+        if (!json_is_string(sid) || strcmp(json_string_value(sid), "A") ||
+            !(n == 1 || json_is_string(spid)))
+            return load_fail(L, RC_EUNSUPPORTED,
+                        "post_processor TemplateProcessing: only the single templates \"$A\" "
+                        "and \"<special> $A\" are supported (nothing after the text)");
+        if (n == 1)
             return 0;
-        return load_fail(L, RC_EUNSUPPORTED,
-                    "post_processor TemplateProcessing adds tokens around the text: not "
-                    "supported (recurd encodes the text alone)");
+        if (L->tok->bos_id >= 0)
+            return load_fail(L, RC_EUNSUPPORTED, "post_processor: two templates add a token");
+        return template_token(L, j, json_string_value(spid), &L->tok->bos_id);
     }
     return load_fail(L, RC_EUNSUPPORTED,
                 "post_processor '%s' is not supported (ByteLevel, TemplateProcessing of $A "
-                "alone, Sequence)", clip(t, b));
+                "or <special> $A, Sequence)", clip(t, b));
 }
 
+/* Byte-level vocab: the ByteLevel decoder (alone or in a one-step Sequence). */
 static int check_decoder(struct loader *L, json_t *j, int depth)
 {
     char b[48];
     if (!j || json_is_null(j))
-        return load_fail(L, RC_EUNSUPPORTED, "no decoder: only the ByteLevel decoder is supported");
+        return load_fail(L, RC_EUNSUPPORTED, "no decoder: a ByteLevel vocab needs the ByteLevel "
+                    "decoder");
     const char *t = type_of(j);
     if (!t)
         return load_fail(L, RC_EFORMAT, "decoder has no \"type\"");
@@ -309,7 +430,100 @@ static int check_decoder(struct loader *L, json_t *j, int depth)
         if (json_is_array(arr) && json_array_size(arr) == 1)
             return check_decoder(L, json_array_get(arr, 0), depth + 1);
     }
-    return load_fail(L, RC_EUNSUPPORTED, "decoder '%s' is not supported (ByteLevel)", clip(t, b));
+    return load_fail(L, RC_EUNSUPPORTED, "decoder '%s' is not supported with a ByteLevel "
+                "pre-tokenizer (ByteLevel)", clip(t, b));
+}
+
+/* Text vocab: the decoder chain (Replace, ByteFallback, Fuse, Strip, Metaspace,
+ * Sequence of those), or none. */
+static int parse_decoder(struct loader *L, json_t *j, int depth)
+{
+    tokenizer_t *tok = L->tok;
+    char b[48];
+    int rc;
+    if (depth == 0 && (!j || json_is_null(j))) {
+        tok->dec_none = 1;
+        return 0;
+    }
+    const char *t = type_of(j);
+    if (!t)
+        return load_fail(L, RC_EFORMAT, "decoder has no \"type\"");
+    if (depth > MAX_JSON_DEPTH_STEPS)
+        return load_fail(L, RC_ERANGE, "decoder nested too deeply");
+    if (!strcmp(t, "Sequence")) {
+        json_t *arr = json_object_get(j, "decoders");
+        if (!json_is_array(arr))
+            return load_fail(L, RC_EFORMAT, "decoder Sequence without \"decoders\"");
+        for (size_t i = 0; i < json_array_size(arr); i++)
+            if ((rc = parse_decoder(L, json_array_get(arr, i), depth + 1)))
+                return rc;
+        return 0;
+    }
+    if (tok->n_dec == DEC_MAX_STEPS)
+        return load_fail(L, RC_ERANGE, "more than 8 decoders");
+    struct dec_step *d = &tok->dec[tok->n_dec];
+    memset(d, 0, sizeof *d);
+    d->re_step = -1;
+    tok->n_dec++; /* now, so that tokenizer_free releases what d gets */
+    if (!strcmp(t, "ByteFallback") || !strcmp(t, "Fuse")) {
+        d->kind = !strcmp(t, "Fuse") ? DEC_FUSE : DEC_BYTEFALLBACK;
+    } else if (!strcmp(t, "Strip")) {
+        json_t *st = json_object_get(j, "start"), *sp = json_object_get(j, "stop");
+        if ((rc = one_char(L, json_object_get(j, "content"), d->ch, &d->ch_len,
+                           "Strip decoder \"content\"")))
+            return rc;
+        if (!json_is_integer(st) || !json_is_integer(sp) || json_integer_value(st) < 0 ||
+            json_integer_value(sp) < 0 || json_integer_value(st) > 1 << 20 ||
+            json_integer_value(sp) > 1 << 20)
+            return load_fail(L, RC_EFORMAT, "Strip decoder: \"start\"/\"stop\" must be small "
+                        "non-negative integers");
+        d->kind = DEC_STRIP;
+        d->start = (size_t)json_integer_value(st);
+        d->stop = (size_t)json_integer_value(sp);
+    } else if (!strcmp(t, "Metaspace")) {
+        json_t *ps = json_object_get(j, "prepend_scheme"), *ap = json_object_get(j, "add_prefix_space");
+        const char *sch = json_is_string(ps) ? json_string_value(ps) : "always";
+        if ((rc = one_char(L, json_object_get(j, "replacement"), d->ch, &d->ch_len,
+                           "Metaspace decoder \"replacement\"")))
+            return rc;
+        d->kind = DEC_METASPACE;
+        d->prepend = !strcmp(sch, "always") ? MS_ALWAYS : !strcmp(sch, "first") ? MS_FIRST
+                   : !strcmp(sch, "never") ? MS_NEVER : 0;
+        if (!d->prepend || (ps && !json_is_string(ps)))
+            return load_fail(L, RC_EFORMAT, "Metaspace decoder: unknown \"prepend_scheme\"");
+        if (json_is_false(ap)) {
+            if (d->prepend != MS_NEVER)
+                return load_fail(L, RC_EFORMAT, "Metaspace decoder: add_prefix_space does not "
+                            "match prepend_scheme");
+        }
+    } else if (!strcmp(t, "Replace")) {
+        json_t *pat = json_object_get(j, "pattern"), *content = json_object_get(j, "content");
+        json_t *ps = json_is_object(pat) ? json_object_get(pat, "String") : NULL;
+        json_t *pr = json_is_object(pat) ? json_object_get(pat, "Regex") : NULL;
+        if ((!json_is_string(ps) && !json_is_string(pr)) || !json_is_string(content))
+            return load_fail(L, RC_EFORMAT, "Replace decoder needs {\"String\"|\"Regex\": ...} "
+                        "and a \"content\" string");
+        d->kind = DEC_REPLACE;
+        if ((rc = dup_str(L, content, &d->rep, &d->rep_len)))
+            return rc;
+        json_t *src = ps ? ps : pr;
+        if (json_string_length(src) == 0)
+            return load_fail(L, RC_EUNSUPPORTED, "Replace decoder of the empty string");
+        if (tok->dec_re.n == PT_MAX_STEPS)
+            return load_fail(L, RC_ERANGE, "too many Replace decoders");
+        struct pt_step *rs = &tok->dec_re.step[tok->dec_re.n];
+        memset(rs, 0, sizeof *rs);
+        if ((rc = pretok_regex_compile(&tok->dec_re, json_string_value(src),
+                                       json_string_length(src), ps != NULL, rs, L->err,
+                                       L->errlen)))
+            return rc;
+        d->re_step = tok->dec_re.n++;
+    } else {
+        return load_fail(L, RC_EUNSUPPORTED, "decoder '%s' is not supported (Replace, "
+                    "ByteFallback, Fuse, Strip, Metaspace, Sequence; ByteLevel with a "
+                    "ByteLevel pre-tokenizer)", clip(t, b));
+    }
+    return 0;
 }
 
 /* ---- added tokens -------------------------------------------------------------------- */
@@ -422,6 +636,102 @@ static int parse_added(struct loader *L, struct added_in **out, size_t *n_out)
 
 /* ---- the model -------------------------------------------------------------------------- */
 
+/* ---- barriers (text vocab, streaming) ----------------------------------------------------- */
+
+static int bar_insert(tokenizer_t *tok, uint64_t key)
+{
+    if (!tok->bar_keys || (tok->bar_count + 1) * 2 > tok->bar_mask + 1) {
+        size_t cap = tok->bar_keys ? (tok->bar_mask + 1) * 2 : 4096;
+        uint64_t *nk = rc_calloc(cap, sizeof *nk);
+        if (!nk)
+            return RC_ENOMEM;
+        for (size_t i = 0; tok->bar_keys && i <= tok->bar_mask; i++) {
+            if (!tok->bar_keys[i])
+                continue;
+            size_t j = (size_t)(tok->bar_keys[i] * 0x9E3779B97F4A7C15ULL >> 20) & (cap - 1);
+            while (nk[j])
+                j = (j + 1) & (cap - 1);
+            nk[j] = tok->bar_keys[i];
+        }
+        rc_free(tok->bar_keys);
+        tok->bar_keys = nk;
+        tok->bar_mask = cap - 1;
+    }
+    size_t j = (size_t)(key * 0x9E3779B97F4A7C15ULL >> 20) & tok->bar_mask;
+    while (tok->bar_keys[j] && tok->bar_keys[j] != key)
+        j = (j + 1) & tok->bar_mask;
+    if (!tok->bar_keys[j]) {
+        tok->bar_keys[j] = key;
+        tok->bar_count++;
+    }
+    return 0;
+}
+
+/* Keys of the symbol a token string ends (side 0) or starts (side 1) with: its last or
+ * first character, and the byte-fallback or unknown token it ends or starts with. */
+static int bar_keys_of(const struct loader *L, const char *s, size_t n, int side, uint32_t k[3])
+{
+    const tokenizer_t *tok = L->tok;
+    int m = 0;
+    if (n == 0)
+        return 0;
+    uint32_t c;
+    size_t at = side ? 0 : utf8_prev((const uint8_t *)s, n);
+    utf8_decode((const uint8_t *)s + at, &c);
+    k[m++] = c;
+    if (n >= 6) {
+        const char *q = side ? s : s + n - 6;
+        int32_t id = q[0] == '<' && q[1] == '0' && q[2] == 'x' && q[5] == '>' ? vocab_id(L, q, 6) : -1;
+        for (int x = 0; id >= 0 && x < 256; x++)
+            if (tok->bpe.fb_id[x] == id) {
+                k[m++] = BAR_SPECIAL + (uint32_t)id;
+                break;
+            }
+    }
+    int32_t unk = tok->bpe.unk_id;
+    if (unk >= 0) {
+        size_t ul = L->unk_len;
+        if (ul && n >= ul && !memcmp(side ? s : s + n - ul, L->unk_str, ul))
+            k[m++] = BAR_SPECIAL + (uint32_t)unk;
+    }
+    return m;
+}
+
+/* A merge (a, b) can join a symbol ending a with one starting b: record the pairs. */
+static int bar_add_merge(struct loader *L, const char *a, size_t al, const char *b, size_t bl)
+{
+    uint32_t lk[3], rk[3];
+    int nl = bar_keys_of(L, a, al, 0, lk), nr = bar_keys_of(L, b, bl, 1, rk);
+    for (int i = 0; i < nl; i++)
+        for (int j = 0; j < nr; j++)
+            if (bar_insert(L->tok, bar_pair(lk[i], rk[j])))
+                return nomem(L);
+    return 0;
+}
+
+/* ignore_merges: a whole word that is a vocab entry is one token, so no cut may fall
+ * between two characters that are adjacent in any vocab entry. */
+static int bar_add_vocab(struct loader *L)
+{
+    const char *key;
+    size_t klen;
+    json_t *val;
+    json_object_keylen_foreach(L->vocab, key, klen, val)
+    {
+        const uint8_t *p = (const uint8_t *)key;
+        uint32_t prev = 0, c;
+        for (size_t i = 0; i < klen;) {
+            int k = utf8_decode(p + i, &c);
+            if (i > 0 && bar_insert(L->tok, bar_pair(prev, c)))
+                return nomem(L);
+            prev = c;
+            i += (size_t)k;
+        }
+    }
+    return 0;
+}
+
+
 static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
 {
     tokenizer_t *tok = L->tok;
@@ -441,6 +751,9 @@ static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
         return nomem(L);
     uint32_t rank = 0;
     char idx[32];
+    int rc0;
+    if (!tok->bytelevel && tok->bpe.ignore_merges && (rc0 = bar_add_vocab(L)))
+        return rc0;
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(merges, i);
         const char *a, *b;
@@ -485,6 +798,8 @@ static int parse_merges(struct loader *L, json_t *merges, struct tok_bytes *cat)
             return load_fail(L, RC_EFORMAT, "merges[%s] names a token that is not in the vocab: "
                         "'%s'", idx, clip((const char *)cat->p, cb));
         }
+        if (!tok->bytelevel && (rc0 = bar_add_merge(L, a, al, b, bl)))
+            return rc0;
         int rc = bpe_add_merge(&tok->bpe, ia, ib, rank++, in);
         if (rc)
             return rc == RC_ENOMEM ? nomem(L) : load_fail(L, rc, "merge table full");
@@ -525,6 +840,30 @@ static int parse_model_opts(struct loader *L, json_t *model)
             return load_fail(L, RC_EFORMAT, "BPE unk_token is not a string");
         tok->bpe.unk_id = vocab_id(L, json_string_value(v), json_string_length(v));
         tok->bpe.unk_missing = tok->bpe.unk_id < 0;
+        L->unk_str = json_string_value(v);
+        L->unk_len = json_string_length(v);
+    }
+    struct bpe *bc = &tok->bpe;
+    bc->byte_fallback = byte_fallback;
+    for (int x = 0; x < 256; x++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", x);
+        bc->fb_id[x] = byte_fallback ? vocab_id(L, name, strlen(name)) : -1;
+    }
+    if (bc->char_level) {
+        bc->no_unk = byte_fallback;
+        for (int x = 0; x < 256; x++)
+            bc->no_unk &= bc->fb_id[x] >= 0;
+        /* ASCII characters through the byte tables; the rest by lookup (bpe.c). */
+        for (int x = 0; x < 256; x++) {
+            char ch = (char)x;
+            int32_t id = x < 0x80 ? vocab_id(L, &ch, 1) : -1;
+            bc->byte_sym_off[x] = (uint16_t)x;
+            bc->byte_sym_ids[x] = id;
+            bc->byte_kind[x] = id >= 0 ? BPE_BYTE_VOCAB : BPE_BYTE_NONE;
+        }
+        bc->byte_sym_off[256] = 256;
+        return 0;
     }
     /* Initial symbols of each byte. */
     struct bpe *bp = &tok->bpe;
@@ -623,19 +962,32 @@ static int parse_components(struct loader *L)
     if ((rc = parse_norm(L, json_object_get(L->root, "normalizer"), 0)))
         return rc;
     json_t *pre = json_object_get(L->root, "pre_tokenizer");
-    if (!pre || json_is_null(pre))
-        return load_fail(L, RC_EUNSUPPORTED, "no pre_tokenizer: only byte-level BPE (a ByteLevel "
-                    "pre-tokenizer) is supported");
-    if ((rc = parse_pre(L, pre, 0)))
+    if (pre && !json_is_null(pre) && (rc = parse_pre(L, pre, 0)))
         return rc;
-    if (tok->pre.n == 0 || tok->pre.step[tok->pre.n - 1].kind != PT_BYTELEVEL)
-        return load_fail(L, RC_EUNSUPPORTED, "pre_tokenizer has no ByteLevel step: only byte-level "
-                    "BPE is supported");
-    tok->first_split = tok->pre.step[0].kind == PT_SPLIT || tok->pre.step[0].use_regex;
-    if ((rc = check_post(L, json_object_get(L->root, "post_processor"), 0)) ||
-        (rc = check_decoder(L, json_object_get(L->root, "decoder"), 0)))
+    if (tok->pre.n == 0) { /* no pre-tokenizer: each piece is one word */
+        tok->pre.step[0].kind = PT_WHOLE;
+        tok->pre.n = 1;
+    }
+    tok->bytelevel = tok->pre.step[tok->pre.n - 1].kind == PT_BYTELEVEL;
+    if (tok->bytelevel && tok->pre.step[0].kind == PT_METASPACE)
+        return load_fail(L, RC_EUNSUPPORTED, "pre_tokenizer Metaspace with ByteLevel is not "
+                    "supported");
+    tok->bpe.char_level = !tok->bytelevel;
+    const struct pt_step *s0 = &tok->pre.step[0];
+    tok->first_split = s0->kind == PT_SPLIT || s0->use_regex ||
+                       (s0->kind == PT_METASPACE && s0->split);
+    if ((rc = parse_post(L, json_object_get(L->root, "post_processor"), 0)))
         return rc;
-    return 0;
+    json_t *dec = json_object_get(L->root, "decoder");
+    if (tok->bytelevel)
+        return check_decoder(L, dec, 0);
+    if (!dec || json_is_null(dec))
+        return parse_decoder(L, dec, 0);
+    const char *t = type_of(dec);
+    if (t && !strcmp(t, "ByteLevel"))
+        return load_fail(L, RC_EUNSUPPORTED, "the ByteLevel decoder needs a ByteLevel "
+                    "pre-tokenizer");
+    return parse_decoder(L, dec, 0);
 }
 
 /* What build's steps share about every id: the string it decodes from, and the
@@ -730,7 +1082,7 @@ static int index_added(struct loader *L, struct id_index *x)
         if (a->normalized && tok->norm.n) {
             normed.n = 0;
             if (!utf8_valid(pat, plen) ||
-                norm_append(&tok->norm, &nw, pat, plen, &normed))
+                normalizer_apply(&tok->norm, &nw, pat, plen, &normed))
                 goto oom;
             pat = normed.p;
             plen = normed.n;
@@ -775,15 +1127,48 @@ static int build_pieces(struct loader *L, const struct id_index *x)
     tokenizer_t *tok = L->tok;
     struct tok_bytes pool = {0};
     int rc = 0;
+    struct tok_bytes raw = {0};
+    struct dec_work *dw = NULL;
     if (bpe_words_init(&tok->bpe, (size_t)L->n_vocab_entries))
         goto oom;
+    if (!tok->bytelevel) {
+        /* Text vocab: the raw strings, and every vocab entry in the word table (the
+         * model's vocab lookups: characters, and whole words under ignore_merges). */
+        tok->raw_off = rc_malloc(((size_t)tok->n_ids + 1) * sizeof *tok->raw_off);
+        if (!tok->raw_off)
+            goto oom;
+        const char *key;
+        size_t klen;
+        json_t *val;
+        json_object_keylen_foreach(L->vocab, key, klen, val)
+        {
+            if (bpe_add_word(&tok->bpe, (const uint8_t *)key, klen,
+                             (int32_t)json_integer_value(val)))
+                goto oom;
+        }
+    }
     for (int32_t id = 0; id < tok->n_ids; id++) {
         tok->piece_off[id] = (uint32_t)pool.n;
+        if (tok->raw_off)
+            tok->raw_off[id] = (uint32_t)raw.n;
         if (!x->str[id])
             continue;
-        int nm;
+        int nm = 0;
         size_t before = pool.n;
-        int bytelevel = token_bytes(L, x->str[id], x->slen[id], &pool, &nm);
+        int bytelevel = 0;
+        if (tok->bytelevel) {
+            bytelevel = token_bytes(L, x->str[id], x->slen[id], &pool, &nm);
+        } else {
+            if (tok_bytes_append(&raw, x->str[id], x->slen[id]) || raw.n > UINT32_MAX)
+                goto oom;
+            rc = tok_dec_piece(tok, &dw, (const uint8_t *)x->str[id], x->slen[id], &pool);
+            if (rc == RC_ENOMEM)
+                goto oom;
+            if (rc) {
+                rc = load_fail(L, rc, "decoder regex failed on a token");
+                goto out;
+            }
+        }
         if (nm)
             goto oom;
         if (pool.n > UINT32_MAX) {
@@ -801,32 +1186,57 @@ static int build_pieces(struct loader *L, const struct id_index *x)
     tok->piece_off[tok->n_ids] = (uint32_t)pool.n;
     tok->piece_pool = pool.p;
     pool.p = NULL;
+    if (tok->raw_off) {
+        tok->raw_off[tok->n_ids] = (uint32_t)raw.n;
+        tok->raw_pool = raw.p;
+        raw.p = NULL;
+    }
     goto out;
 oom:
     rc = nomem(L);
 out:
     tok_bytes_free(&pool);
+    tok_bytes_free(&raw);
+    tok_dec_work_free(dw);
     return rc;
 }
 
-/* End of text: the added token "<|endoftext|>", else the vocab entry, else none. */
+/* End of text: the added token "<|endoftext|>", else the vocab entry, else the added
+ * token "</s>", else none. */
 static int32_t find_eos(const struct loader *L, const struct id_index *x)
 {
     for (size_t i = 0; i < x->n_add; i++)
         if (x->add[i].len == 13 && !memcmp(x->add[i].content, "<|endoftext|>", 13))
             return x->add[i].id;
     json_t *eos = json_object_get(L->vocab, "<|endoftext|>");
-    return eos ? (int32_t)json_integer_value(eos) : -1;
+    if (eos)
+        return (int32_t)json_integer_value(eos);
+    for (size_t i = 0; i < x->n_add; i++) /* Llama / Mistral */
+        if (x->add[i].len == 4 && !memcmp(x->add[i].content, "</s>", 4))
+            return x->add[i].id;
+    return -1;
 }
 
 static void describe(tokenizer_t *tok)
 {
+    const struct pt_step *s0 = &tok->pre.step[0];
+    const char *pre = tok->bytelevel ? (s0->kind == PT_SPLIT ? "Split+ByteLevel" : "ByteLevel")
+                    : s0->kind == PT_METASPACE ? (s0->split ? "Metaspace" : "Metaspace (no split)")
+                    : s0->kind == PT_SPLIT ? "Split" : "no pre-tokenizer";
+    int other = 0;
+    for (int i = 0; i < tok->norm.n; i++)
+        other |= tok->norm.step[i].kind != NS_NF;
     snprintf(tok->desc, sizeof tok->desc,
-             "BPE %d ids, %zu merges%s, %s%s, %s%s, %zu added tokens", (int)tok->n_ids,
+             "BPE %d ids, %zu merges%s, %s%s%s, %s%s%s, %zu added tokens%s", (int)tok->n_ids,
              tok->n_merges, tok->bpe.ambiguous ? " (ambiguous)" : "",
-             tok->norm.n == 0 ? "no normaliser" : tok->norm.compat ? "NFK" : "NF",
-             tok->norm.n == 0 ? "" : tok->norm.compose ? "C" : "D",
-             tok->pre.step[0].kind == PT_SPLIT ? "Split+" : "", "ByteLevel", tok->n_added);
+             tok->norm.n == 0 ? "no normaliser" : !tok->norm.compat && !tok->norm.compose && other
+                                                      ? "text normaliser" : tok->norm.compat ? "NFK" : "NF",
+             tok->norm.n == 0 || (!tok->norm.compat && !tok->norm.compose && other) ? ""
+                                                      : tok->norm.compose ? "C" : "D",
+             tok->norm.n && other && (tok->norm.compat || tok->norm.compose) ? "+text" : "", pre,
+             tok->bpe.byte_fallback ? ", byte fallback" : "",
+             tok->bpe.ignore_merges ? ", ignore_merges" : "", tok->n_added,
+             tok->bos_id >= 0 ? ", BOS" : "");
 }
 
 /* tokenizer.json -> L->tok, checking as it goes; on failure L->tok is partly built
@@ -871,6 +1281,7 @@ tokenizer_t *tokenizer_alloc(int kind)
     if (tok) {
         tok->kind = kind;
         tok->eos_id = -1;
+        tok->bos_id = -1;
         tok->bpe.unk_id = -1;
         trie_init(&tok->raw_match.trie);
         trie_init(&tok->norm_match.trie);
@@ -973,6 +1384,36 @@ int tokenizer_create_bytes(tokenizer_t **out, char *err, size_t errlen)
     return 0;
 }
 
+/* transformers' add_bos_token (tokenizer_config.json), which its Llama-style fast
+ * tokenizers turn into the post-processor's template when they load: true -> the
+ * bos_token's id is put in front, false -> nothing is. Absent: tokenizer.json decides. */
+static int apply_config(tokenizer_t *tok, const char *path, char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *c = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!c)
+        return rc_fail(err, errlen, RC_EFORMAT, "%s: %s (line %d)", path, je.text, je.line);
+    json_t *add = json_object_get(c, "add_bos_token");
+    json_t *bt = json_object_get(c, "bos_token");
+    if (json_is_object(bt))
+        bt = json_object_get(bt, "content"); /* {"content": "<s>", ...} */
+    int rc = 0;
+    if (json_is_false(add)) {
+        tok->bos_id = -1;
+    } else if (json_is_true(add)) {
+        int32_t id = json_is_string(bt) ? tokenizer_find_token(tok, json_string_value(bt),
+                                                                json_string_length(bt))
+                                        : -1;
+        if (id < 0)
+            rc = rc_fail(err, errlen, RC_EFORMAT, "%s: add_bos_token is true but bos_token is "
+                         "not a token of tokenizer.json", path);
+        else
+            tok->bos_id = id;
+    }
+    json_decref(c);
+    return rc;
+}
+
 int tokenizer_load_dir(const char *dir, tokenizer_t **out, int *fallback, char *err,
                        size_t errlen)
 {
@@ -988,7 +1429,15 @@ int tokenizer_load_dir(const char *dir, tokenizer_t **out, int *fallback, char *
             *fallback = 1;
         return tokenizer_create_bytes(out, err, errlen);
     }
-    return tokenizer_load_file(path, out, err, errlen);
+    int rc = tokenizer_load_file(path, out, err, errlen);
+    if (rc)
+        return rc;
+    if ((size_t)snprintf(path, sizeof path, "%s/tokenizer_config.json", dir) < sizeof path &&
+        stat(path, &st) == 0 && (rc = apply_config(*out, path, err, errlen))) {
+        tokenizer_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 void tokenizer_free(tokenizer_t *tok)
@@ -1002,6 +1451,15 @@ void tokenizer_free(tokenizer_t *tok)
     trie_free(&tok->raw_match.trie);
     trie_free(&tok->norm_match.trie);
     pretok_free(&tok->pre);
+    pretok_free(&tok->dec_re);
+    normalizer_free(&tok->norm);
+    for (int i = 0; i < tok->n_dec; i++) {
+        rc_free(tok->dec[i].pat);
+        rc_free(tok->dec[i].rep);
+    }
+    rc_free(tok->raw_off);
+    rc_free(tok->raw_pool);
+    rc_free(tok->bar_keys);
     bpe_free(&tok->bpe);
     rc_free(tok);
 }

@@ -1,6 +1,8 @@
 /* Fuzz target: bytes -> encode / stream-encode / decode / stream-decode with small
  * fixed tokenizers covering every component (NFC and NFKC, added tokens with every
- * flag, Split behaviours, prefix space). Invariants, checked with abort():
+ * flag, Split behaviours, prefix space; and the Llama family: a text vocab with byte
+ * fallback, legacy and Metaspace forms, a merge across the metaspace, missing byte
+ * tokens so that <unk> is used, ignore_merges). Invariants, checked with abort():
  *   - streaming with chunk sizes taken from the input gives the one-shot ids;
  *   - decode(encode(x)) is valid UTF-8, and the streaming decoder's pieces are valid
  *     UTF-8 that concatenate to it.
@@ -76,9 +78,64 @@ static const char *CONFIGS[][2] = {
              "{\"Regex\":\"\\\\s\"},\"behavior\":\"MergedWithPrevious\",\"invert\":true},{\"type\":"
              "\"ByteLevel\",\"add_prefix_space\":true}]}"},
 };
-#define N_CONFIGS (sizeof CONFIGS / sizeof *CONFIGS)
+#define N_BYTELEVEL (sizeof CONFIGS / sizeof *CONFIGS)
+
+/* Text vocab: <unk> <s> </s>, <0x00>..<0xFF> (some left out in config 3), then text. */
+#define SP "\xE2\x96\x81"
+static const char *TEXT_TOKENS[] = {SP, "h", "e", "l", "o", "w", "r", "d", "a", "\xC3\xA9",
+                                    SP "h", "ll", "ell", SP "hell", SP "hello", SP "w", "or",
+                                    SP "wor", "ld", SP "world", "d" SP, "d" SP "h", SP SP, "aa"};
+static const char TEXT_MERGES[] =
+    "[\"" SP " h\",\"l l\",\"e ll\",\"" SP "h ell\",\"" SP "hell o\",\"" SP " w\",\"o r\","
+    "\"" SP "w or\",\"l d\",\"" SP "wor ld\",\"d " SP "\",\"d" SP " h\",\"" SP " " SP "\","
+    "\"a a\"]";
+static const char *TEXT_CONFIGS[][4] = { /* normalizer, pre_tokenizer, decoder, model extra */
+    {"{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"" SP "\"},"
+     "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"" SP "\"}]}",
+     "null",
+     "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":"
+     "\"" SP "\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},"
+     "{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":0}]}", ",\"fuse_unk\":true"},
+    {"{\"type\":\"NFKC\"}",
+     "{\"type\":\"Metaspace\",\"replacement\":\"" SP "\",\"prepend_scheme\":\"first\",\"split\":true}",
+     "{\"type\":\"Metaspace\",\"replacement\":\"" SP "\",\"prepend_scheme\":\"first\",\"split\":true}", ""},
+    {"null",
+     "{\"type\":\"Metaspace\",\"replacement\":\"" SP "\",\"prepend_scheme\":\"always\",\"split\":false}",
+     "null", ",\"ignore_merges\":true,\"fuse_unk\":true"},
+    {"{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"" SP "\"},"
+     "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"" SP "\"}]}",
+     "null",
+     "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"Regex\":"
+     "\"" SP "+\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"}]}",
+     ",\"fuse_unk\":false"},
+};
+#define N_CONFIGS (N_BYTELEVEL + sizeof TEXT_CONFIGS / sizeof *TEXT_CONFIGS)
 
 static tokenizer_t *toks[N_CONFIGS];
+
+static int text_tokenizer(size_t i, char *buf, size_t cap)
+{
+    const char *const *c = TEXT_CONFIGS[i];
+    int n = snprintf(buf, cap,
+                     "{\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"special\":true,"
+                     "\"normalized\":false},{\"id\":1,\"content\":\"<s>\",\"special\":true,"
+                     "\"normalized\":false},{\"id\":2,\"content\":\"</s>\",\"special\":true,"
+                     "\"normalized\":false}],\"normalizer\":%s,\"pre_tokenizer\":%s,\"decoder\":%s,"
+                     "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":"
+                     "{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
+                     "\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[1],\"tokens\":[\"<s>\"]}}},"
+                     "\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\","
+                     "\"byte_fallback\":true%s,\"vocab\":{\"<unk>\":0,\"<s>\":1,\"</s>\":2",
+                     c[0], c[1], c[2], c[3]);
+    int id = 3;
+    for (int b = 0; b < 256; b++, id++)
+        if (!(i == 3 && (b == 0x0A || b == 0xF0 || b == 0xC3)))
+            n += snprintf(buf + n, cap - (size_t)n, ",\"<0x%02X>\":%d", b, id);
+    for (size_t k = 0; k < sizeof TEXT_TOKENS / sizeof *TEXT_TOKENS; k++)
+        n += snprintf(buf + n, cap - (size_t)n, ",\"%s\":%d", TEXT_TOKENS[k], id++);
+    n += snprintf(buf + n, cap - (size_t)n, "},\"merges\":%s}}", TEXT_MERGES);
+    return n;
+}
 
 static tokenizer_t *get(size_t i)
 {
@@ -87,11 +144,13 @@ static tokenizer_t *get(size_t i)
     static char buf[16384];
     char vocab[8192];
     vocab_json(vocab, sizeof vocab);
-    int n = snprintf(buf, sizeof buf,
+    int n = i >= N_BYTELEVEL ? text_tokenizer(i - N_BYTELEVEL, buf, sizeof buf) : snprintf(buf, sizeof buf,
                      "{\"added_tokens\":%s,\"normalizer\":%s,\"pre_tokenizer\":%s,"
                      "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\","
                      "\"vocab\":%s,\"merges\":%s}}",
                      ADDED, CONFIGS[i][0], CONFIGS[i][1], vocab, MERGES);
+    if (n <= 0 || (size_t)n >= sizeof buf)
+        abort();
     char err[256];
     if (tokenizer_load_json(buf, (size_t)n, &toks[i], err, sizeof err)) {
         fprintf(stderr, "fuzz setup: %s\n", err);
@@ -156,12 +215,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         if (!utf8_valid((const uint8_t *)p, pl))
             abort();
-        if (!skip && (at + pl > wl || (pl && memcmp(whole + at, p, pl))))
+        if (!skip && (at + pl > wl || (pl && memcmp(whole + at, p, pl)))) {
+            fprintf(stderr, "streaming decode differs from decode at byte %zu (id %zu): '%.*s' "
+                    "vs '%.*s'\n", at, i, (int)pl, p, (int)(wl - at < pl ? wl - at : pl), whole + at);
             abort();
+        }
         at += pl;
     }
-    if (!skip && at != wl)
+    if (!skip && at != wl) {
+        fprintf(stderr, "streaming decode gave %zu bytes, decode %zu\n", at, wl);
         abort();
+    }
     tok_decoder_free(d);
     rc_free(whole);
     rc_free(ids);

@@ -252,7 +252,7 @@ static char *norm_text(const tokenizer_t *tok, const uint8_t *s, size_t n, size_
 {
     struct tok_bytes out = {0};
     struct norm_work w = {0};
-    assert_int_equal(norm_append(&tok->norm, &w, s, n, &out), 0);
+    assert_int_equal(normalizer_apply(&tok->norm, &w, s, n, &out), 0);
     norm_work_free(&w);
     assert_int_equal(tok_bytes_append(&out, "", 1), 0);
     *len = out.n - 1;

@@ -282,15 +282,70 @@ static void test_component_errors(void **unused)
     expect_fail(t, RC_ERANGE, "normalizers");
     t = small_tokenizer();
     json_object_set_new(t, "pre_tokenizer", json_null());
-    expect_fail(t, RC_EUNSUPPORTED, "pre_tokenizer");
+    expect_fail(t, RC_EUNSUPPORTED, "ByteLevel decoder needs a ByteLevel pre-tokenizer");
     t = small_tokenizer();
     json_object_set_new(t, "pre_tokenizer", json_pack("{s:s}", "type", "Metaspace"));
-    expect_fail(t, RC_EUNSUPPORTED, "Metaspace");
+    expect_fail(t, RC_EFORMAT, "replacement");
+    t = small_tokenizer();
+    json_object_set_new(t, "pre_tokenizer",
+                        json_pack("{s:s,s:s,s:s}", "type", "Metaspace", "replacement", "\xE2\x96\x81",
+                                  "prepend_scheme", "sometimes"));
+    expect_fail(t, RC_EFORMAT, "prepend_scheme");
+    t = small_tokenizer();
+    json_object_set_new(t, "pre_tokenizer",
+                        json_pack("{s:s,s:s,s:b,s:s}", "type", "Metaspace", "replacement", "\xE2\x96\x81",
+                                  "add_prefix_space", 0, "prepend_scheme", "always"));
+    expect_fail(t, RC_EFORMAT, "add_prefix_space does not match");
     t = small_tokenizer();
     json_object_set_new(t, "pre_tokenizer",
                         json_pack("{s:s,s:{s:s},s:s,s:b}", "type", "Split", "pattern", "Regex", "\\s+",
                                   "behavior", "Isolated", "invert", 0));
     expect_fail(t, RC_EUNSUPPORTED, "ByteLevel");
+    /* A text vocab (no ByteLevel): the decoder chain's components. */
+    const char *bad_dec[][2] = {
+        {"{\"type\":\"WordPiece\",\"prefix\":\"##\"}", "WordPiece"},
+        {"{\"type\":\"CTC\"}", "CTC"},
+        {"{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"ByteLevel\"}]}", "ByteLevel"},
+        {"{\"type\":\"ByteLevel\"}", "ByteLevel decoder needs"},
+        {"{\"type\":\"Strip\",\"content\":\"ab\",\"start\":1,\"stop\":0}", "one character"},
+        {"{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"(\"},\"content\":\"\"}", "compile"},
+        {"{\"type\":\"Replace\",\"pattern\":{\"String\":\"\"},\"content\":\"x\"}", "empty"},
+    };
+    for (size_t i = 0; i < sizeof bad_dec / sizeof *bad_dec; i++) {
+        t = small_tokenizer();
+        json_object_set_new(t, "pre_tokenizer",
+                            json_pack("{s:s,s:s,s:s}", "type", "Metaspace", "replacement",
+                                      "\xE2\x96\x81", "prepend_scheme", "first"));
+        json_object_set_new(t, "decoder", json_loads(bad_dec[i][0], 0, NULL));
+        expect_fail(t, i == 4 ? RC_EFORMAT : i == 5 ? RC_EFORMAT : RC_EUNSUPPORTED, bad_dec[i][1]);
+    }
+    t = small_tokenizer();
+    json_object_set_new(t, "normalizer",
+                        json_loads("{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" +\"},"
+                                   "\"content\":\" \"}", 0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "Regex");
+    t = small_tokenizer();
+    json_object_set_new(t, "normalizer", json_loads("{\"type\":\"Prepend\"}", 0, NULL));
+    expect_fail(t, RC_EFORMAT, "prepend");
+    t = small_tokenizer();
+    json_object_set_new(t, "normalizer", json_loads("{\"type\":\"Strip\",\"left\":true,"
+                                                    "\"right\":true}", 0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "'Strip'");
+    /* A template that appends after the text, or a token of two ids. */
+    t = small_tokenizer();
+    json_object_set_new(t, "post_processor", json_loads(
+        "{\"type\":\"TemplateProcessing\",\"single\":[{\"Sequence\":{\"id\":\"A\","
+        "\"type_id\":0}},{\"SpecialToken\":{\"id\":\"</s>\",\"type_id\":0}}],"
+        "\"special_tokens\":{\"</s>\":{\"id\":\"</s>\",\"ids\":[2],\"tokens\":[\"</s>\"]}}}",
+        0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "nothing after the text");
+    t = small_tokenizer();
+    json_object_set_new(t, "post_processor", json_loads(
+        "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\","
+        "\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
+        "\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[1,2],\"tokens\":[\"<s>\",\"x\"]}}}",
+        0, NULL));
+    expect_fail(t, RC_EUNSUPPORTED, "exactly one id");
     const char *regexes[][3] = {
         {"(", "does not compile", "f"}, {"a*", "empty", "u"}, {"\\Qa\\E", "\\Q", "u"},
         {"[a-z&&[^q]]", "&&", "u"},    {"[[a]]", "nested", "u"},   {"x|", "empty", "u"},
@@ -375,9 +430,27 @@ static void test_accepted_oddities(void **unused)
 
 /* ---- allocation failures ----------------------------------------------------------- */
 
-static void fault_load(int persistent)
+/* llama: the Llama-style tokenizer (legacy form, or Metaspace with a Regex Replace
+ * decoder and NFKC), else the byte-level one. */
+static json_t *fault_tokenizer(int llama)
 {
-    json_t *t = small_tokenizer();
+    if (!llama)
+        return small_tokenizer();
+    json_t *t = tl_llama_mini(llama == 1 ? 0 : 1, "first");
+    if (llama == 2) {
+        json_object_set_new(t, "normalizer", json_pack("{s:s}", "type", "NFKC"));
+        json_object_set_new(t, "decoder", json_loads(
+            "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
+            "{\"Regex\":\"\\u2581+\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},"
+            "{\"type\":\"Fuse\"}]}", 0, NULL));
+        json_object_del(json_object_get(json_object_get(t, "model"), "vocab"), "<0xF0>");
+    }
+    return t;
+}
+
+static void fault_load(int persistent, int llama)
+{
+    json_t *t = fault_tokenizer(llama);
     char *s = dump(t), err[256];
     json_decref(t);
     size_t live = rc_alloc_live_bytes();
@@ -403,12 +476,20 @@ static void fault_load(int persistent)
     free(s);
 }
 
-static void test_fault_load_transient(void **unused) { fault_load(0); }
-static void test_fault_load_persistent(void **unused) { fault_load(1); }
-
-static void fault_encode(int persistent)
+static void test_fault_load_transient(void **unused)
 {
-    json_t *t = small_tokenizer();
+    for (int l = 0; l < 3; l++)
+        fault_load(0, l);
+}
+static void test_fault_load_persistent(void **unused)
+{
+    for (int l = 0; l < 3; l++)
+        fault_load(1, l);
+}
+
+static void fault_encode(int persistent, int llama)
+{
+    json_t *t = fault_tokenizer(llama);
     char *s = dump(t), err[256];
     json_decref(t);
     tokenizer_t *tok;
@@ -480,8 +561,16 @@ static void fault_encode(int persistent)
     free(s);
 }
 
-static void test_fault_encode_transient(void **unused) { fault_encode(0); }
-static void test_fault_encode_persistent(void **unused) { fault_encode(1); }
+static void test_fault_encode_transient(void **unused)
+{
+    for (int l = 0; l < 3; l++)
+        fault_encode(0, l);
+}
+static void test_fault_encode_persistent(void **unused)
+{
+    for (int l = 0; l < 3; l++)
+        fault_encode(1, l);
+}
 
 int main(int argc, char **argv)
 {

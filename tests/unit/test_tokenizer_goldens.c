@@ -3,7 +3,10 @@
  * by gen_goldens_tiktoken.mjs with OpenAI's tiktoken). A missing golden file FAILS:
  * the goldens are produced on the GPU machine (see the fixtures README) and a test that
  * passes without them would prove nothing. The NeoX part needs RECUR_SHARED and is
- * skipped, saying so, without it. */
+ * skipped, saying so, without it. The Llama family (goldens-llama.json.gz, with its
+ * tokenizers in llama/tokenizers.json.gz, both from gen_goldens_llama.py) adds the
+ * BOS of add_special_tokens=True, decode with and without specials, and the reference's
+ * DecodeStream step by step. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -140,7 +143,7 @@ static int check_text(const tokenizer_t *tok, const char *tname, json_t *t)
     /* The reference says whether decode(encode(x)) == normalise(x); so must we. */
     struct tok_bytes nt = {0};
     struct norm_work nw = {0};
-    assert_int_equal(norm_append(&tok->norm, &nw, rep, rn, &nt), 0);
+    assert_int_equal(normalizer_apply(&tok->norm, &nw, rep, rn, &nt), 0);
     int ours_rt = nt.n == dlen && !memcmp(nt.p, dec, dlen);
     if (ours_rt != json_is_true(json_object_get(t, "normalized_roundtrip"))) {
         print_message("%s: round trip %d, reference %d\n", what, ours_rt,
@@ -278,6 +281,179 @@ static void test_goldens_variants(void **unused)
     assert_true(checked >= 15);
 }
 
+/* ---- the Llama family (gen_goldens_llama.py) ------------------------------------- */
+
+static void crc_step(uint32_t *c, const char *t, size_t len)
+{
+    uint32_t n = len ? (uint32_t)len : 0xFFFFFFFFu; /* nothing: the reference's None */
+    uint8_t le[4] = {(uint8_t)n, (uint8_t)(n >> 8), (uint8_t)(n >> 16), (uint8_t)(n >> 24)};
+    uint8_t *buf = rc_malloc(4 + len);
+    memcpy(buf, le, 4);
+    if (len)
+        memcpy(buf + 4, t, len);
+    /* crc32 is a running CRC: combine by feeding the bytes after the previous state. */
+    *c = tl_crc32_update(*c, buf, 4 + len);
+    rc_free(buf);
+}
+
+/* The per-id streaming decoder over a text's ids, as gen_goldens_llama.py records the
+ * reference's DecodeStream (stream_crc32 over the steps before any error). */
+static int check_text_stream(const tokenizer_t *tok, const char *what, json_t *t)
+{
+    const char *file = json_string_value(json_object_get(t, "file"));
+    char path[512], err[256];
+    snprintf(path, sizeof path, TL_DIR "/texts/%s", file);
+    uint8_t *s;
+    size_t n, k;
+    int32_t *ids;
+    if (tl_read(path, &s, &n))
+        fail_msg("%s: text missing", what);
+    assert_int_equal(tokenizer_encode(tok, (const char *)s, n, 0, &ids, &k, err, sizeof err), 0);
+    size_t steps = (size_t)json_integer_value(json_object_get(t, "stream_steps"));
+    tok_decoder_t *d;
+    assert_int_equal(tok_decoder_create(tok, 0, &d, err, sizeof err), 0);
+    uint32_t c = 0;
+    for (size_t i = 0; i < steps && i < k; i++) {
+        const char *o;
+        size_t len;
+        assert_int_equal(tok_decoder_feed(d, ids[i], &o, &len, err, sizeof err), 0);
+        crc_step(&c, o, len);
+    }
+    tok_decoder_free(d);
+    rc_free(ids);
+    rc_free(s);
+    if (c != (uint32_t)json_integer_value(json_object_get(t, "stream_crc32"))) {
+        print_message("%s: streaming decode differs from the reference's DecodeStream\n", what);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_stream_list(const tokenizer_t *tok, const char *what, json_t *ids, json_t *want,
+                             unsigned flags)
+{
+    tok_decoder_t *d;
+    char err[256];
+    int bad = 0;
+    assert_int_equal(tok_decoder_create(tok, flags, &d, err, sizeof err), 0);
+    for (size_t i = 0; i < json_array_size(want) && !bad; i++) {
+        json_t *w = json_array_get(want, i);
+        if (json_is_string(w) && !strcmp(json_string_value(w), "<error>"))
+            break; /* the reference raised here (InvalidPrefix) */
+        const char *o;
+        size_t len;
+        assert_int_equal(tok_decoder_feed(d, (int32_t)json_integer_value(json_array_get(ids, i)), &o,
+                                          &len, err, sizeof err), 0);
+        size_t wl = json_is_string(w) ? json_string_length(w) : 0;
+        if (len != wl || (wl && memcmp(o, json_string_value(w), wl))) {
+            print_message("%s: stream step %zu gave '%.*s', reference %s%s%s\n", what, i, (int)len,
+                          o, json_is_string(w) ? "'" : "", json_is_string(w) ? json_string_value(w)
+                                                                             : "None",
+                          json_is_string(w) ? "'" : "");
+            bad = 1;
+        }
+    }
+    tok_decoder_free(d);
+    return bad;
+}
+
+static int check_llama_cases(const tokenizer_t *tok, const char *tname, json_t *cases)
+{
+    int bad = 0;
+    size_t i;
+    json_t *c;
+    int32_t bos = tokenizer_bos_id(tok);
+    json_array_foreach(cases, i, c)
+    {
+        json_t *text = json_object_get(c, "text");
+        json_t *ids_s = json_object_get(c, "ids_special");
+        char what[160], err[256];
+        snprintf(what, sizeof what, "%s case %zu", tname, i);
+        int32_t *ids;
+        size_t k;
+        assert_int_equal(tokenizer_encode(tok, json_string_value(text), json_string_length(text), 0,
+                                          &ids, &k, err, sizeof err), 0);
+        int b = check_ids_json(what, json_object_get(c, "ids"), ids, k);
+        /* add_special_tokens=True is the BOS, then the same ids. */
+        int32_t *with = rc_malloc((k + 1) * sizeof *with);
+        size_t kw = 0;
+        if (bos >= 0)
+            with[kw++] = bos;
+        memcpy(with + kw, ids, k * sizeof *ids);
+        kw += k;
+        b |= check_ids_json(what, ids_s, with, kw);
+        const char *keys[2] = {"decoded", "decoded_skip_special"};
+        for (int d = 0; d < 2; d++) {
+            json_t *want = json_object_get(c, keys[d]);
+            char *txt;
+            size_t tl;
+            assert_int_equal(tokenizer_decode(tok, with, kw, d ? TOK_DECODE_SKIP_SPECIAL : 0, &txt,
+                                              &tl, err, sizeof err), 0);
+            if (tl != json_string_length(want) || memcmp(txt, json_string_value(want), tl)) {
+                print_message("%s: %s '%.100s' vs reference '%.100s'\n", what, keys[d], txt,
+                              json_string_value(want));
+                b = 1;
+            }
+            rc_free(txt);
+        }
+        b |= check_stream_list(tok, what, ids_s, json_object_get(c, "stream"), 0);
+        b |= check_stream_list(tok, what, ids_s, json_object_get(c, "stream_skip"),
+                               TOK_DECODE_SKIP_SPECIAL);
+        if (b)
+            print_message("  text: %.200s\n", json_string_value(text));
+        bad |= b;
+        rc_free(with);
+        rc_free(ids);
+    }
+    return bad;
+}
+
+static void test_goldens_llama(void **unused)
+{
+    json_t *g = load_golden("goldens-llama.json.gz");
+    size_t i, checked = 0;
+    json_t *doc;
+    int bad = 0;
+    json_array_foreach(json_object_get(g, "variants"), i, doc)
+    {
+        const char *name = json_string_value(json_object_get(doc, "name"));
+        char why[600];
+        int rc;
+        tokenizer_t *tok = tl_load(name, &rc, why, sizeof why);
+        if (!tok)
+            fail_msg("%s", why); /* the tokenizers come with the goldens: never a skip */
+        size_t len;
+        char *text = tl_base_json(name, &len, why, sizeof why);
+        if (tl_crc32(text, len) != (uint32_t)json_integer_value(json_object_get(doc, "tokenizer_crc32")))
+            fail_msg("%s: llama/tokenizers.json.gz is not the file the goldens were made from", name);
+        rc_free(text);
+        print_message("%s: %s\n", name, tokenizer_describe(tok));
+        json_t *bos = json_object_get(doc, "bos_id");
+        if ((json_is_integer(bos) ? (int32_t)json_integer_value(bos) : -1) != tokenizer_bos_id(tok)) {
+            print_message("%s: BOS %d, reference %lld\n", name, tokenizer_bos_id(tok),
+                          json_is_integer(bos) ? (long long)json_integer_value(bos) : -1LL);
+            bad = 1;
+        }
+        size_t j;
+        json_t *t;
+        json_array_foreach(json_object_get(doc, "texts"), j, t)
+        {
+            char what[256];
+            snprintf(what, sizeof what, "%s/%s", name, json_string_value(json_object_get(t, "file")));
+            bad |= check_text(tok, name, t);
+            bad |= check_text_stream(tok, what, t);
+        }
+        bad |= check_llama_cases(tok, name, json_object_get(doc, "cases"));
+        bad |= check_cases(tok, name, json_object_get(doc, "cases_no_special"), TOK_ENCODE_NO_SPECIAL);
+        tokenizer_free(tok);
+        checked++;
+    }
+    json_decref(g);
+    if (bad)
+        fail_msg("llama family: differs from the reference (details above)");
+    assert_true(checked >= 13);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -289,6 +465,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_goldens_neox),
         cmocka_unit_test(test_goldens_recur),
         cmocka_unit_test(test_goldens_variants),
+        cmocka_unit_test(test_goldens_llama),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

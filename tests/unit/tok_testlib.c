@@ -50,9 +50,38 @@ int tl_read(const char *path, uint8_t **data, size_t *len)
     return 0;
 }
 
+/* A tokenizer of the Llama family from llama/tokenizers.json.gz (written by
+ * gen_goldens_llama.py with HF tokenizers). */
+static char *llama_json(const char *name, size_t *len, char *why, size_t whylen)
+{
+    uint8_t *d;
+    size_t n;
+    if (tl_read(TL_DIR "/llama/tokenizers.json.gz", &d, &n)) {
+        snprintf(why, whylen, TL_DIR "/llama/tokenizers.json.gz is missing: it is made by "
+                 "gen_goldens_llama.py on the GPU machine (see the fixtures README)");
+        return NULL;
+    }
+    json_t *all = json_loadb((const char *)d, n, 0, NULL);
+    rc_free(d);
+    json_t *t = json_object_get(json_object_get(all, "tokenizers"), name);
+    char *out = NULL;
+    if (json_is_string(t)) {
+        *len = json_string_length(t);
+        out = rc_malloc(*len + 1);
+        if (out)
+            memcpy(out, json_string_value(t), *len + 1);
+    } else {
+        snprintf(why, whylen, "no tokenizer '%s' in llama/tokenizers.json.gz", name);
+    }
+    json_decref(all);
+    return out;
+}
+
 char *tl_base_json(const char *name, size_t *len, char *why, size_t whylen)
 {
     char path[1024];
+    if (!strncmp(name, "llama_", 6))
+        return llama_json(name, len, why, whylen);
     if (!strcmp(name, "neox"))
         snprintf(path, sizeof path, "%s/tokenizers/gpt-neox-20b/tokenizer.json", RECUR_SHARED);
     else if (!strcmp(name, "recur"))
@@ -131,7 +160,7 @@ tokenizer_t *tl_load(const char *name, int *rc, char *why, size_t whylen)
     json_t *all = NULL, *v = NULL;
     const char *base = name;
     if (strcmp(name, "neox") && strcmp(name, "gpt2") && strcmp(name, "cl100k") &&
-        strcmp(name, "recur")) {
+        strcmp(name, "recur") && strncmp(name, "llama_", 6)) {
         all = variants_json();
         v = all ? find_variant(all, name) : NULL;
         if (!v) {
@@ -250,6 +279,11 @@ uint32_t tl_crc32(const void *p, size_t n)
     return (uint32_t)c;
 }
 
+uint32_t tl_crc32_update(uint32_t crc, const void *p, size_t n)
+{
+    return (uint32_t)crc32(crc, p, (uInt)n); /* callers pass small buffers */
+}
+
 static uint64_t rng_next(uint64_t *s)
 {
     *s += 0x9E3779B97F4A7C15ULL;
@@ -314,3 +348,75 @@ int tl_encode_stream(const tokenizer_t *tok, const uint8_t *text, size_t len,
     *n = cnt;
     return 0;
 }
+
+/* ---- a hand-made Llama-style tokenizer (tok_testlib.h) ---------------------- */
+
+#define SP "\xE2\x96\x81"
+static const char *const CHARS[] = {SP, "h", "e", "l", "o", "w", "r", "d", "a", "\xC3\xA9"};
+static const char *const MERGES[][2] = {
+    {SP, "h"}, {"l", "l"}, {"e", "ll"}, {SP "h", "ell"}, {SP "hell", "o"},
+    {SP, "w"}, {"o", "r"}, {SP "w", "or"}, {"l", "d"}, {SP "wor", "ld"},
+};
+
+static json_t *str_pattern(const char *s) { return json_pack("{s:s}", "String", s); }
+
+json_t *tl_llama_mini(int form, const char *scheme)
+{
+    json_t *vocab = json_object();
+    json_object_set_new(vocab, "<unk>", json_integer(0));
+    json_object_set_new(vocab, "<s>", json_integer(1));
+    json_object_set_new(vocab, "</s>", json_integer(2));
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        json_object_set_new(vocab, name, json_integer(3 + b));
+    }
+    int id = 259;
+    for (size_t i = 0; i < sizeof CHARS / sizeof *CHARS; i++)
+        json_object_set_new(vocab, CHARS[i], json_integer(id++));
+    json_t *merges = json_array();
+    for (size_t i = 0; i < sizeof MERGES / sizeof *MERGES; i++) {
+        char both[64];
+        snprintf(both, sizeof both, "%s%s", MERGES[i][0], MERGES[i][1]);
+        json_object_set_new(vocab, both, json_integer(id++));
+        json_array_append_new(merges, json_pack("[ss]", MERGES[i][0], MERGES[i][1]));
+    }
+    json_t *added = json_array();
+    const char *sp[3] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < 3; i++)
+        json_array_append_new(added, json_pack("{s:i,s:s,s:b,s:b,s:b,s:b,s:b}", "id", i, "content",
+                                               sp[i], "single_word", 0, "lstrip", 0, "rstrip", 0,
+                                               "normalized", 0, "special", 1));
+    json_t *t = json_pack(
+        "{s:s,s:o,s:o,s:{s:s,s:n,s:s,s:b,s:b,s:b,s:o,s:o}}", "version", "1.0", "added_tokens", added,
+        "post_processor",
+        json_pack("{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],s:{s:{s:s,s:[i],s:[s]}}}", "type",
+                  "TemplateProcessing", "single", "SpecialToken", "id", "<s>", "type_id", 0,
+                  "Sequence", "id", "A", "type_id", 0, "special_tokens", "<s>", "id", "<s>", "ids",
+                  1, "tokens", "<s>"),
+        "model", "type", "BPE", "dropout", "unk_token", "<unk>", "fuse_unk", 1, "byte_fallback", 1,
+        "ignore_merges", 0, "vocab", vocab, "merges", merges);
+    if (form == 0) {
+        json_object_set_new(t, "normalizer",
+                            json_pack("{s:s,s:[{s:s,s:s},{s:s,s:o,s:s}]}", "type", "Sequence",
+                                      "normalizers", "type", "Prepend", "prepend", SP, "type",
+                                      "Replace", "pattern", str_pattern(" "), "content", SP));
+        json_object_set_new(t, "pre_tokenizer", json_null());
+        json_object_set_new(
+            t, "decoder",
+            json_pack("{s:s,s:[{s:s,s:o,s:s},{s:s},{s:s},{s:s,s:s,s:i,s:i}]}", "type", "Sequence",
+                      "decoders", "type", "Replace", "pattern", str_pattern(SP), "content", " ",
+                      "type", "ByteFallback", "type", "Fuse", "type", "Strip", "content", " ",
+                      "start", 1, "stop", 0));
+    } else {
+        json_object_set_new(t, "normalizer", json_null());
+        json_object_set_new(t, "pre_tokenizer",
+                            json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace", "replacement", SP,
+                                      "prepend_scheme", scheme, "split", form == 1));
+        json_object_set_new(t, "decoder", json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace",
+                                                    "replacement", SP, "prepend_scheme", scheme,
+                                                    "split", form == 1));
+    }
+    return t;
+}
+
