@@ -99,6 +99,8 @@ const char *codec_describe(const struct codec *c) { return tokenizer_describe(c-
 
 int32_t codec_eos(const struct codec *c) { return tokenizer_eos_id(c->tok); }
 
+int32_t codec_bos(const struct codec *c) { return tokenizer_bos_id(c->tok); }
+
 const char *codec_piece(const struct codec *c, int32_t id, size_t *len)
 {
     const char *b;

@@ -35,6 +35,10 @@ const char *codec_kind(const struct codec *c);
 const char *codec_describe(const struct codec *c);
 /* End-of-text id, or -1 when the codec has none. */
 int32_t codec_eos(const struct codec *c);
+/* The token the tokenizer puts before a text (Llama-style "<s> $A", or
+ * tokenizer_config.json's add_bos_token), or -1: a stream's position 0 reads
+ * it before its first text. */
+int32_t codec_bos(const struct codec *c);
 /* Bytes of one id (not NUL-terminated); id must be valid. */
 const char *codec_piece(const struct codec *c, int32_t id, size_t *len);
 

@@ -315,11 +315,13 @@ void done_generate(struct rq *q, struct job *j)
 /* An empty prompt: a recurrent model's zero state has made no prediction
  * yet, so something must be read first. Like HF's generate() for these
  * models (bos = eos = <|endoftext|>), that is the end-of-text token: the
- * start of a new document. It counts in usage.prompt_tokens (the model
+ * start of a new document; a tokenizer with its own BOS (Llama-style) gives
+ * that instead. It counts in usage.prompt_tokens (the model
  * read it), it is not echoed or scored. 0, or -1 when answered. */
 static int completion_start_token(struct rq *q, struct req_input *prompt)
 {
-    int32_t eos = codec_eos(q->a->codec);
+    /* A tokenizer with a BOS of its own (Llama-style <s>) starts there. */
+    int32_t eos = codec_bos(q->a->codec) >= 0 ? codec_bos(q->a->codec) : codec_eos(q->a->codec);
     if (eos < 0) {
         respond_err(q->h, API_INVALID_REQUEST,
                     "field 'prompt' is empty and this model's tokenizer has no end-of-text "

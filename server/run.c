@@ -114,9 +114,18 @@ static int start_run(struct sched *s, struct job *j)
 {
     struct job_run *r = j->run;
     r->seg = -1;
+    /* Text at a stream's start begins with the tokenizer's BOS, as the
+     * reference's encode() puts it there (Llama-style tokenizers; none for
+     * byte-level ones): the model reads it first. Ids are taken as sent. */
+    const int32_t bos = codec_bos(s->codec);
+    if (bos >= 0 && (j->req.streamed || j->req.text) && j->req.state && j->req.state->pos == 0 &&
+        idvec_push(&r->pending, bos) != 0)
+        return RC_ENOMEM;
     if (j->req.streamed) {
         if (codec_enc_create(s->codec, &r->enc) != 0)
             return RC_ENOMEM;
+        r->ids = r->pending.v;
+        r->n_ids = r->pending.n;
     } else if (j->req.text) {
         if (codec_encode(s->codec, j->req.text, j->req.text_len, &r->pending) != 0)
             return RC_ENOMEM;

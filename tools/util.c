@@ -150,6 +150,22 @@ int load_input_ids(const char *model_dir, int n_vocab, const char *tokens_path,
         return rc;
     if ((rc = read_file_all(text_path, MAX_INPUT_BYTES, &text, &len, err, errlen)) == 0)
         rc = tokenizer_encode(tok, text, len, 0, ids, n, err, errlen);
+    /* A Llama-style tokenizer puts its BOS first (the reference's encode()
+     * does; the server does at a stream's position 0). */
+    int32_t bos = tokenizer_bos_id(tok);
+    if (rc == 0 && bos >= 0) {
+        int32_t *w = rc_malloc((*n + 1) * sizeof *w);
+        if (!w) {
+            rc = rc_fail(err, errlen, RC_ENOMEM, "out of memory");
+        } else {
+            w[0] = bos;
+            if (*n)
+                memcpy(w + 1, *ids, *n * sizeof *w);
+            rc_free(*ids);
+            *ids = w;
+            (*n)++;
+        }
+    }
     rc_free(text);
     tokenizer_free(tok);
     if (rc)

@@ -25,7 +25,7 @@ PY = sys.executable
 def make_model(out, seed=1, **kw):
     args = [PY, os.path.join(HERE, "make_model.py"), out, "--seed", str(seed)]
     for k, v in kw.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
+        args += ["--" + k.replace("_", "-")] + ([] if v is True else [str(v)])
     subprocess.run(args, check=True)
     return out
 
