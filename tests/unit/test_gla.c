@@ -22,11 +22,18 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <dirent.h>
+
 #include "config.h"
 #include "errors.h"
 #include "forward.h"
 #include "model.h"
+#include "safetensors.h"
 #include "state.h"
+
+#ifndef GLA_DRY_DIR
+#define GLA_DRY_DIR "."
+#endif
 
 static char err[1024];
 
@@ -341,6 +348,227 @@ static void state_size(void **u)
     model_free(m);
 }
 
+/* ---- reference fixtures: tests/fixtures/gla (fla's own fused_recurrent,
+ * made on the GPU machine) and GLA_DRY_DIR (gen_fla_fixtures.py --dry-run at
+ * test time: the generator's fp64 step-by-step recurrence of fla's formulas,
+ * numpy; no fla). Layouts: tests/fixtures/gla/README.md. */
+
+static float *ref_tensor(struct st_file *f, const char *name, size_t *n)
+{
+    const struct st_tensor *t = st_find(f, name);
+    if (!t)
+        return NULL;
+    float *v = malloc(t->nelem * sizeof *v);
+    assert_int_equal(st_to_f32(t, v), 0);
+    if (n)
+        *n = t->nelem;
+    return v;
+}
+
+/* max |log_softmax(a) - log_softmax(b)| over a row of V */
+static double row_logprob_diff(const float *a, const float *b, int V)
+{
+    double ma = -1e300, mb = -1e300, sa = 0, sb = 0, worst = 0;
+    for (int i = 0; i < V; i++) {
+        ma = a[i] > ma ? a[i] : ma;
+        mb = b[i] > mb ? b[i] : mb;
+    }
+    for (int i = 0; i < V; i++) {
+        sa += exp(a[i] - ma);
+        sb += exp(b[i] - mb);
+    }
+    double la = ma + log(sa), lb = mb + log(sb);
+    for (int i = 0; i < V; i++) {
+        double d = fabs((a[i] - la) - (b[i] - lb));
+        worst = d > worst || d != d ? d : worst;
+    }
+    return worst;
+}
+
+/* Our state of layer l against fla's: recurrent_state [1, H, dv, dk] (query
+ * heads of a group hold the same S), conv_state_{q,k,v} [1, D, W] (the last W
+ * pre-conv inputs, newest last; ours keeps the last W-1, oldest first). */
+static double state_err(const struct model_config *c, const struct mstate *s, int l,
+                        struct st_file *f, const char *prefix)
+{
+    char nm[128];
+    size_t n;
+    const int H = c->nheads, G = H / c->gla_kv_heads, dk = c->gla_dk, dv = c->gla_dv;
+    snprintf(nm, sizeof nm, "%s.layers.%d.recurrent_state", prefix, l);
+    float *r = ref_tensor(f, nm, &n);
+    assert_non_null(r);
+    assert_int_equal(n, (size_t)H * dv * dk);
+    double num = 0, den = 1e-6;
+    const float *S = s->ssm + (size_t)l * s->ssm_per_layer;
+    for (int h = 0; h < H; h++)
+        for (int v = 0; v < dv; v++)
+            for (int k = 0; k < dk; k++) {
+                double ref = r[((size_t)h * dv + v) * dk + k];
+                double got = S[((size_t)(h / G) * dk + k) * dv + v];
+                num = fabs(got - ref) > num ? fabs(got - ref) : num;
+                den = fabs(ref) > den ? fabs(ref) : den;
+            }
+    free(r);
+    double e = num / den;
+    if (!c->gla_short_conv)
+        return e;
+    const int K = c->d_conv, width[3] = {c->gla_key_dim, c->gla_key_dim / G, c->d_inner / G};
+    static const char *const part[3] = {"q", "k", "v"};
+    int off = 0;
+    for (int p = 0; p < 3; p++) {
+        snprintf(nm, sizeof nm, "%s.layers.%d.conv_state_%s", prefix, l, part[p]);
+        float *cr = ref_tensor(f, nm, &n);
+        assert_non_null(cr);
+        assert_int_equal(n, (size_t)width[p] * K);
+        double cn = 0, cd = 1e-6;
+        for (int ch = 0; ch < width[p]; ch++)
+            for (int row = 0; row < K - 1; row++) {
+                double ref = cr[(size_t)ch * K + row + 1];
+                double got = s->conv[(size_t)l * s->conv_per_layer + (size_t)row * c->conv_dim +
+                                     off + ch];
+                cn = fabs(got - ref) > cn ? fabs(got - ref) : cn;
+                cd = fabs(ref) > cd ? fabs(ref) : cd;
+            }
+        free(cr);
+        off += width[p];
+        e = cn / cd > e ? cn / cd : e;
+    }
+    return e;
+}
+
+static int checked_fixtures;
+
+/* One fixture: all T tokens in one pass, in odd chunks, and token by token
+ * after the split point; log-probs at every position within tol_lp of the
+ * reference's, final and split states within 1e-3 of its largest value. */
+static void check_fixture(const char *dir, double tol_lp)
+{
+    char path[2048];
+    struct model *m = NULL;
+    if (model_load(dir, &m, err, sizeof err))
+        fail_msg("%s: %s", dir, err);
+    const struct model_config *c = model_config(m);
+    struct st_file *f;
+    snprintf(path, sizeof path, "%.1900s/reference.safetensors", dir);
+    assert_int_equal(st_open(path, &f, err, sizeof err), 0);
+    const struct st_tensor *ti = st_find(f, "input_ids");
+    assert_non_null(ti);
+    const int T = (int)ti->shape[0], V = c->n_vocab, D = c->d_model;
+    int32_t *ids = malloc((size_t)T * 4);
+    memcpy(ids, ti->data, (size_t)T * 4);
+    size_t nl;
+    float *ref = ref_tensor(f, "logits", &nl);
+    assert_int_equal(nl, (size_t)T * V);
+    /* the split point: where the reference's split states were taken */
+    int split = 0;
+    snprintf(path, sizeof path, "%.1900s/reference.json", dir);
+    FILE *jf = fopen(path, "r");
+    assert_non_null(jf);
+    char js[65536];
+    size_t jn = fread(js, 1, sizeof js - 1, jf);
+    fclose(jf);
+    js[jn] = 0;
+    const char *sp = strstr(js, "\"split\":");
+    assert_non_null(sp);
+    split = atoi(sp + 8);
+    assert_true(split > 0 && split < T);
+
+    struct fwd *fw;
+    struct mstate *s;
+    assert_int_equal(fwd_create(m, 512, &fw), 0);
+    assert_int_equal(state_create(m, &s), 0);
+    float *hid = malloc((size_t)T * D * 4), *lg = malloc((size_t)T * V * 4);
+    static const int one[] = {512, 0}, odd[] = {7, 1, 64, 3, 100, 0};
+    const int *plans[2] = {one, odd};
+    double worst = 0, wstate = 0;
+    for (int p = 0; p < 2; p++) {
+        run_chunks(fw, s, ids, T, plans[p], hid, D);
+        fwd_logits(fw, hid, T, lg);
+        for (int t = 0; t < T; t++) {
+            double d = row_logprob_diff(lg + (size_t)t * V, ref + (size_t)t * V, V);
+            if (!(d <= tol_lp))
+                fail_msg("%s: log-probs after token %d differ by %.3g > %.0e", dir, t, d, tol_lp);
+            worst = d > worst ? d : worst;
+        }
+        for (int l = 0; l < c->n_layer; l++) {
+            double e = state_err(c, s, l, f, "final");
+            if (!(e <= 1e-3))
+                fail_msg("%s: final state of layer %d off by %.3g (relative)", dir, l, e);
+            wstate = e > wstate ? e : wstate;
+        }
+    }
+    /* split: prefill, compare the states, then token by token to the end */
+    state_reset(s);
+    assert_int_equal(fwd_prefill(fw, s, ids, (size_t)split, err, sizeof err), 0);
+    for (int l = 0; l < c->n_layer; l++) {
+        double e = state_err(c, s, l, f, "split");
+        if (!(e <= 1e-3))
+            fail_msg("%s: state after %d tokens, layer %d, off by %.3g", dir, split, l, e);
+    }
+    for (int t = split; t < T; t++) {
+        struct fwd_seg seg = {s, ids + t, 1, hid};
+        assert_int_equal(fwd_run(fw, &seg, 1, err, sizeof err), 0);
+        fwd_logits(fw, hid, 1, lg);
+        double d = row_logprob_diff(lg, ref + (size_t)t * V, V);
+        if (!(d <= tol_lp))
+            fail_msg("%s: stepping, log-probs after token %d differ by %.3g", dir, t, d);
+    }
+    printf("  %s: T=%d, max |dlogprob| %.2e, states %.2e (fingerprint %016llx)\n", dir, T, worst,
+           wstate, (unsigned long long)model_fingerprint(m));
+    checked_fixtures++;
+    free(hid), free(lg), free(ref), free(ids);
+    state_free(s);
+    fwd_free(fw);
+    st_close(f);
+    model_free(m);
+}
+
+/* Every fixture directory under root (those with a reference.safetensors). */
+static int check_fixtures_in(const char *root, double tol_lp)
+{
+    DIR *d = opendir(root);
+    if (!d)
+        return 0;
+    struct dirent *e;
+    int n = 0;
+    char names[64][256];
+    while ((e = readdir(d)) && n < 64) {
+        char p[2048];
+        snprintf(p, sizeof p, "%.1000s/%.255s/reference.safetensors", root, e->d_name);
+        FILE *t = fopen(p, "rb");
+        if (!t)
+            continue;
+        fclose(t);
+        snprintf(names[n++], sizeof names[0], "%.255s", e->d_name);
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++) {
+        char p[2048];
+        snprintf(p, sizeof p, "%.1000s/%.255s", root, names[i]);
+        check_fixture(p, tol_lp);
+    }
+    return n;
+}
+
+/* The generator's fp64 recurrence (made at test time by CTest's
+ * gen_gla_dry): all five of its configurations must be there and agree. */
+static void fixtures_fp64(void **u)
+{
+    int n = check_fixtures_in(GLA_DRY_DIR, 1e-4);
+    if (n != 5)
+        fail_msg("%d of the 5 fixtures of gen_fla_fixtures.py --dry-run in %s", n, GLA_DRY_DIR);
+}
+
+/* fla's own fused_recurrent kernel, where its fixtures are committed
+ * (tests/fixtures/gla/<name>/): the issue's bar, 1e-3. */
+static void fixtures_fla(void **u)
+{
+    char root[1024];
+    snprintf(root, sizeof root, "%s/gla", RECUR_FIXTURES);
+    int n = check_fixtures_in(root, 1e-3);
+    printf("  %d fla fixtures checked\n", n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -348,6 +576,7 @@ int main(void)
         cmocka_unit_test(chunking_conv_gqa), cmocka_unit_test(chunking_plain),
         cmocka_unit_test(chunking_no_gate), cmocka_unit_test(chunking_odd), cmocka_unit_test(batch_invariance),
         cmocka_unit_test(state_roundtrip), cmocka_unit_test(state_size),
+        cmocka_unit_test(fixtures_fp64), cmocka_unit_test(fixtures_fla),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -408,7 +408,11 @@ static int check_llama_cases(const tokenizer_t *tok, const char *tname, json_t *
     return bad;
 }
 
-static void test_goldens_llama(void **unused)
+/* Registered when goldens-llama.json.gz is committed (CMake defines
+ * RECUR_LLAMA_GOLDENS then): it is made on the GPU machine, and until a run
+ * there has made it no test claims to check the Llama family against HF
+ * (test_tokenizer_llama checks it against expectations read off HF's source). */
+__attribute__((unused)) static void test_goldens_llama(void **unused)
 {
     json_t *g = load_golden("goldens-llama.json.gz");
     size_t i, checked = 0;
@@ -465,7 +469,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_goldens_neox),
         cmocka_unit_test(test_goldens_recur),
         cmocka_unit_test(test_goldens_variants),
+#ifdef RECUR_LLAMA_GOLDENS
         cmocka_unit_test(test_goldens_llama),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
