@@ -41,7 +41,10 @@ def test_page_in_chromium(tmp_path, key):
     text = open(lic).read()[:12000] if os.path.exists(lic) else (
         "The quick brown fox jumps over the lazy dog. " * 300)
     doc.write_text(text)
-    srv = Server(model, *(["--api-key", key] if key else []))
+    # --max-gen-tokens: drive.mjs's generate+stop asks for 10^8 tokens, so the
+    # stop click always lands before the generation could end by length (the
+    # tiny model wrote the old 100000 in about a second: a race it sometimes lost)
+    srv = Server(model, "--max-gen-tokens", "100000000", *(["--api-key", key] if key else []))
     out = os.path.join(OUT, "key" if key else "open")
     try:
         env = dict(os.environ, PLAYWRIGHT_DIR=PW, CHROMIUM=CHROMIUM)
