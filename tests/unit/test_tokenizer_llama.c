@@ -49,7 +49,7 @@ static void expect_ids(const tokenizer_t *tok, const char *text, const int32_t *
     size_t got;
     char err[256];
     assert_int_equal(tokenizer_encode(tok, text, strlen(text), 0, &ids, &got, err, sizeof err), 0);
-    if (got != n || memcmp(ids, want, n * sizeof *ids)) {
+    if (got != n || (n && memcmp(ids, want, n * sizeof *ids))) {
         for (size_t i = 0; i < got; i++)
             print_message("%d ", ids[i]);
         print_message("<- got for '%s'\n", text);
@@ -61,7 +61,8 @@ static void expect_ids(const tokenizer_t *tok, const char *text, const int32_t *
     assert_int_equal(tl_encode_stream(tok, (const uint8_t *)text, strlen(text), 0, 0, 1, 1, &st,
                                       &ns, &held), 0);
     assert_int_equal(ns, n);
-    assert_memory_equal(st, want, n * sizeof *st);
+    if (n)
+        assert_memory_equal(st, want, n * sizeof *st);
     rc_free(st);
     rc_free(ids);
 }
@@ -72,7 +73,7 @@ static void expect_text(const tokenizer_t *tok, const int32_t *ids, size_t n, un
     char *txt, err[256];
     size_t len;
     assert_int_equal(tokenizer_decode(tok, ids, n, flags, &txt, &len, err, sizeof err), 0);
-    if (len != strlen(want) || memcmp(txt, want, len))
+    if (len != strlen(want) || (len && memcmp(txt, want, len)))
         fail_msg("decoded '%s', want '%s'", txt, want);
     rc_free(txt);
 }
@@ -95,7 +96,7 @@ static void expect_stream(const tokenizer_t *tok, const int32_t *ids, size_t n, 
     if (strcmp(got, want))
         fail_msg("stream '%s', want '%s'", got, want);
     assert_int_equal(tok_decoder_flush(d, &t, &len), 0);
-    if (len != strlen(want_flush) || memcmp(t, want_flush, len))
+    if (len != strlen(want_flush) || (len && memcmp(t, want_flush, len)))
         fail_msg("flush '%.*s', want '%s'", (int)len, t, want_flush);
     tok_decoder_free(d);
 }
