@@ -416,10 +416,7 @@ static int parse_fla_gla(struct ctx *c, const json_t *root, struct model_config 
     }
     cfg->gla_gate_norm = (float)norm;
     cfg->gla_clamp_min = (float)clamp;
-    if (!cfg->gla_short_conv)
-        cfg->d_conv = 1;
-    cfg->n_vocab = cfg->vocab_size;
-    return 0;
+    return 0; /* d_conv without short conv, n_vocab: gla_complete */
 }
 
 int config_parse(const char *text, size_t len, const char *label, struct model_config *cfg,

@@ -456,8 +456,9 @@ static void gla_gk_item(void *ctx, int i)
     const int IP = c->d_in_proj, n = c->gla_key_dim / (c->nheads / c->gla_kv_heads);
     const int r0 = i * GATE_ROWS, r1 = r0 + GATE_ROWS < f->gate_n ? r0 + GATE_ROWS : f->gate_n;
     const float inv = 1.0f / c->gla_gate_norm, lo = c->gla_clamp_min;
+    const int gk = gla_row(c).gk;
     for (int r = r0; r < r1; r++) {
-        float *xr = f->proj + (size_t)r * IP + gla_row(c).gk;
+        float *xr = f->proj + (size_t)r * IP + gk;
         for (int j = 0; j < n; j++) {
             const float v = xr[j];
             const float ls = ((v < 0.0f ? v : 0.0f) - log1pf(expf(-fabsf(v)))) * inv;

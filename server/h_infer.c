@@ -321,7 +321,9 @@ void done_generate(struct rq *q, struct job *j)
 static int completion_start_token(struct rq *q, struct req_input *prompt)
 {
     /* A tokenizer with a BOS of its own (Llama-style <s>) starts there. */
-    int32_t eos = codec_bos(q->a->codec) >= 0 ? codec_bos(q->a->codec) : codec_eos(q->a->codec);
+    int32_t eos = codec_bos(q->a->codec);
+    if (eos < 0)
+        eos = codec_eos(q->a->codec);
     if (eos < 0) {
         respond_err(q->h, API_INVALID_REQUEST,
                     "field 'prompt' is empty and this model's tokenizer has no end-of-text "

@@ -74,9 +74,13 @@ def load_dir(d, dtype=torch.float32, chunk_size=None):
         cfg = ModelConfig.from_state_spaces(c, **over)
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
-    model = Mamba2LM(cfg)
-    want = set(model.state_dict())
-    got = set(sd)
+    return load_checked(Mamba2LM(cfg), sd, d, dtype)
+
+
+def load_checked(model, sd, d, dtype):
+    """Load state dict sd (read from dir d) into model after checking that the
+    names and shapes are exactly the model's; the model in `dtype`, eval mode."""
+    want, got = set(model.state_dict()), set(sd)
     if want != got:
         raise ValueError(f"{d}: tensor names differ: missing {sorted(want - got)}, "
                          f"unexpected {sorted(got - want)}")

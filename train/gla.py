@@ -489,13 +489,4 @@ def load_fla(d, dtype=torch.float32, **over):
     sd = checkpoint._read_tensors(d)
     if cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    model = GLALM(cfg)
-    want, got = set(model.state_dict()), set(sd)
-    if want != got:
-        raise ValueError(f"{d}: tensor names differ: missing {sorted(want - got)}, "
-                         f"unexpected {sorted(got - want)}")
-    for k, v in model.state_dict().items():
-        if tuple(v.shape) != tuple(sd[k].shape):
-            raise ValueError(f"{d}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
-    model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
-    return model.to(dtype).eval()
+    return checkpoint.load_checked(GLALM(cfg), sd, d, dtype)

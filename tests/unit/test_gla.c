@@ -21,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
-
 #include <dirent.h>
+#include <jansson.h>
 
 #include "config.h"
 #include "errors.h"
@@ -460,17 +460,15 @@ static void check_fixture(const char *dir, double tol_lp)
     float *ref = ref_tensor(f, "logits", &nl);
     assert_int_equal(nl, (size_t)T * V);
     /* the split point: where the reference's split states were taken */
-    int split = 0;
     snprintf(path, sizeof path, "%.1900s/reference.json", dir);
-    FILE *jf = fopen(path, "r");
-    assert_non_null(jf);
-    char js[65536];
-    size_t jn = fread(js, 1, sizeof js - 1, jf);
-    fclose(jf);
-    js[jn] = 0;
-    const char *sp = strstr(js, "\"split\":");
-    assert_non_null(sp);
-    split = atoi(sp + 8);
+    json_error_t je;
+    json_t *rj = json_load_file(path, 0, &je);
+    if (!rj)
+        fail_msg("%s: %s", path, je.text);
+    const json_t *sj = json_object_get(rj, "split");
+    assert_true(json_is_integer(sj));
+    const int split = (int)json_integer_value(sj);
+    json_decref(rj);
     assert_true(split > 0 && split < T);
 
     struct fwd *fw;
