@@ -143,3 +143,123 @@ def format_table(results, ctx=None):
         mark = " (last inside training ctx)" if ctx and b == ctx else ""
         lines.append(f"| [{a}, {b}){mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ failure ratio (issue 17)
+def failure_targets(n, T, per_bucket, seed=0):
+    """Sampled target positions t (the token x[t] is predicted) for each bucket
+    [2^k, 2^(k+1)) that starts at or past T and holds tokens of a stream of n tokens:
+    per_bucket positions evenly spaced with a seeded random offset. -> {(lo, hi): [t...]}"""
+    rng = np.random.default_rng(seed)
+    out = {}
+    lo = 1 << max(0, (T - 1).bit_length())   # the first power of two >= T
+    while lo < n:
+        hi = 2 * lo
+        span = min(hi, n) - lo
+        k = min(per_bucket, span)
+        step = span / k
+        off = rng.random() * step
+        out[(lo, hi)] = sorted({lo + int(off + i * step) for i in range(k)})
+        lo = hi
+    return out
+
+
+@torch.no_grad()
+def last_logprobs(model, windows, targets, batch=128):
+    """log p(target | window) from the zero state, float32, for each row of windows (m, T)."""
+    device = next(model.parameters()).device
+    res = []
+    for i in range(0, windows.shape[0], batch):
+        w = windows[i:i + batch].to(device)
+        b = w.shape[0]
+        bb = model.backbone
+        f = cdtype_of(model)
+        h = bb.embedding(w).to(f)
+        for layer, (cs, ss) in zip(bb.layers, model.zero_states(b, device)):
+            y, _, _ = layer.mixer(layer.norm(h), cs, ss)
+            h = h + y.to(f)
+        lg = model._head(bb.norm_f(h[:, -1:]))[:, 0].float()
+        lp = torch.log_softmax(lg, -1)
+        res.append(lp.gather(1, targets[i:i + batch].to(device)[:, None])[:, 0].double().cpu())
+    return torch.cat(res).numpy()
+
+
+def cdtype_of(model):
+    return torch.promote_types(model.backbone.embedding.weight.dtype, torch.float32)
+
+
+def state_std_of(states):
+    """Per layer: the standard deviation over all elements of the SSM state (batch 1)."""
+    return [float(s.float().std()) for _, s in states]
+
+
+@torch.no_grad()
+def stream_with_states(model, ids, seg=8192):
+    """token_logprobs, plus the state's std at positions 2^k and every seg tokens:
+    -> (lps, [(position, [std per layer])])."""
+    device = next(model.parameters()).device
+    ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    n = len(ids_t)
+    cuts = sorted({1 << k for k in range(40) if (1 << k) < n - 1} | set(range(seg, n - 1, seg))
+                  | {n - 1})
+    out = torch.empty(max(0, n - 1), dtype=torch.float64)
+    states, s, stds = None, 0, []
+    was = model.training
+    model.eval()
+    with _no_tf32():
+        for e in cuts:
+            if e <= s:
+                continue
+            x = ids_t[s:e].to(device)[None]
+            logits, states = model(x, states)
+            states = detach_states(states)
+            lp = torch.log_softmax(logits[0].float(), dim=-1)
+            tgt = ids_t[s + 1:e + 1].to(device)
+            out[s:e] = lp.gather(1, tgt[:, None])[:, 0].double().cpu()
+            stds.append((e, state_std_of(states)))
+            s = e
+    model.train(was)
+    return out.numpy(), stds
+
+
+def failure_book(model, ids, T, per_bucket=128, seed=0, seg=8192):
+    """One book: stream log-probs (all positions) and, for sampled targets in each bucket
+    past T, the stream's log-prob vs the log-prob from the zero state after exactly the T
+    tokens before the target. -> dict with per-bucket sums and the state-std trace."""
+    ids = np.asarray(ids, dtype=np.int64)
+    lps, stds = stream_with_states(model, ids, seg)
+    tg = failure_targets(len(ids), T, per_bucket, seed)
+    flat = [t for ts in tg.values() for t in ts]
+    rows = []
+    if flat:
+        win = torch.as_tensor(np.stack([ids[t - T:t] for t in flat]))
+        tgt = torch.as_tensor(ids[flat])
+        with _no_tf32():
+            r = last_logprobs(model, win, tgt)
+        i = 0
+        for (lo, hi), ts in tg.items():
+            s_nll = float(-sum(lps[t - 1] for t in ts))
+            r_nll = float(-r[i:i + len(ts)].sum())
+            i += len(ts)
+            rows.append({"start": lo, "end": hi, "n": len(ts), "stream_nll": s_nll,
+                         "restart_nll": r_nll})
+    return {"n_tokens": int(len(ids)), "failure": rows, "buckets": bucket_stats(lps),
+            "state_std": stds}
+
+
+def pool_failure(books):
+    """Token-weighted pooling over books: ratio = exp(mean stream nll - mean restart nll)."""
+    acc = {}
+    for bk in books:
+        for r in bk["failure"]:
+            a = acc.setdefault((r["start"], r["end"]), [0, 0.0, 0.0, 0])
+            a[0] += r["n"]
+            a[1] += r["stream_nll"]
+            a[2] += r["restart_nll"]
+            a[3] += 1
+    rows = []
+    for (lo, hi), (n, s, rr, nb) in sorted(acc.items()):
+        rows.append({"start": lo, "end": hi, "n": n, "books": nb,
+                     "stream_ppl": math.exp(s / n), "restart_ppl": math.exp(rr / n),
+                     "ratio": math.exp((s - rr) / n)})
+    return rows

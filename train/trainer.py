@@ -11,6 +11,9 @@ Initial states of each batch (--init-state):
           conv window, mean/std fitted on final states (a few zero-start batches first,
           then a running average over training batches)
   tbtt    row i continues its own stream; its state carries over (zero after a restart)
+  noise   IID Gaussian SSM states, mean 0 and ONE std for every layer and head (the paper's
+          "random noise"); noise_std 0 takes the std of the final SSM states of a few
+          zero-start batches; the conv window starts at zero
 pass_conv=False passes/samples only the SSM state and starts the conv window at zero.
 
 `python3 train/trainer.py --bench ...` times a few steps on random tokens.
@@ -41,7 +44,8 @@ class TrainArgs:
     log_every: int = 50
     eval_every: int = 500
     ckpt_every_s: float = 120.0
-    init_state: str = "zero"      # zero | sp | fitted | tbtt
+    init_state: str = "zero"      # zero | sp | fitted | tbtt | noise
+    noise_std: float = 0.0        # noise: 0 = measured from zero-start final states
     pass_conv: bool = True
     fit_batches: int = 8
     fit_momentum: float = 0.9
@@ -166,7 +170,23 @@ def train(model, sampler, val_windows, a: TrainArgs, device, log=print, ckpt_fn=
         log(f"[{tag}] fitted noise from {a.fit_batches} zero-start batches: "
             + ", ".join(f"L{i} ssm std {d['ssm_std']:.3g}" for i, d in enumerate(fitted.summary())))
 
+    noise_std, noise_g = None, None
+    if a.init_state == "noise":
+        noise_std = a.noise_std
+        if noise_std <= 0:
+            with torch.no_grad(), autocast_ctx(a, device):
+                stds = []
+                for _ in range(a.fit_batches):
+                    x, _, _ = sampler.next()
+                    _, st = model(x)
+                    stds.append(state_std(st))
+            noise_std = sum(stds) / len(stds)
+        noise_g = torch.Generator(device=device).manual_seed(a.seed + 29)
+        log(f"[{tag}] noise initial states: IID N(0, {noise_std:.4g}) for every SSM state")
+
     hist = {"tag": tag, "args": asdict(a), "log": [], "evals": [], "batch": B, "ctx": T}
+    if noise_std is not None:
+        hist["noise_std"] = noise_std
     t0 = time.time()
     last_ckpt = t0
     total = a.max_steps if a.max_steps else 10 ** 9
@@ -203,6 +223,9 @@ def train(model, sampler, val_windows, a: TrainArgs, device, log=print, ckpt_fn=
                 init = [(c * keep[:, None, None], s * keep[:, None, None, None]) for c, s in init]
         elif a.init_state == "fitted":
             init = fitted.sample(model.zero_states(B, device), device)
+        elif a.init_state == "noise":
+            init = [(c, torch.randn(s.shape, device=device, generator=noise_g) * noise_std)
+                    for c, s in model.zero_states(B, device)]
         else:
             raise ValueError(f"unknown init_state {a.init_state}")
         if init is not None and not a.pass_conv:
