@@ -1,4 +1,4 @@
-"""eval_books.py / eval_effrem.py end to end against tests/fake_recurd.py (the real
+"""eval_books.py / eval_effrem.py / eval_restart.py end to end against tests/fake_recurd.py (the real
 `recurd score --text` / `recurd effrem` come from the engine issue), plus the
 aggregation arithmetic on hand-made inputs."""
 import json
@@ -13,6 +13,7 @@ import pytest
 from conftest import HERE, TRAIN
 import eval_books
 import eval_effrem
+import eval_restart
 import export
 
 
@@ -106,6 +107,53 @@ def test_eval_effrem_end_to_end(tmp_path):
     off = ((50_000 % 3) + (60_001 % 3) + (70_002 % 3)) / 3 * 0.01
     assert f"| 0 | 0.000 | {0.3 + off:.4f} | {0.03 + off:.4f} |" in text
     assert svg.read_text().count("<polyline") == 4
+
+
+def test_eval_restart_exact_ctx(tmp_path, monkeypatch):
+    """Issue 17's baseline: for each sampled target t (failure_targets) the restart reads
+    EXACTLY ctx tokens x[t-ctx:t] from the zero state (every window handed to recurd has
+    ctx+1 tokens), the stream reads the whole book (its log-prob index t-1), and the ratio
+    is exp(mean stream NLL - mean restart NLL) pooled token-weighted over books. The fake's
+    log-prob of the j-th prediction is -(1 + 0.001 j), so stream - restart NLL at t is
+    0.001 (t - ctx) exactly."""
+    from longeval import failure_targets
+    ctx, per, lengths = 64, 8, (700, 1500)
+    make_books(str(tmp_path / "books"), lengths)
+    make_model(str(tmp_path / "recur-base"))
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_RECURD_LOG", str(log))
+    js = tmp_path / "r.json"
+    assert eval_restart.main(["--recurd", os.path.join(HERE, "fake_recurd.py"),
+                              "--models", str(tmp_path / "recur-base"), "--books", str(tmp_path / "books"),
+                              "--ctx", str(ctx), "--targets", str(per), "--seed", "5",
+                              "--md", str(tmp_path / "r.md"), "--json", str(js)]) == 0
+    out = json.load(open(js))
+    rows = out["per_book"]["recur-base"]
+    want_t = {}
+    for i, n in enumerate(lengths):
+        tg = failure_targets(n, ctx, per, 5 + i)
+        got = {(r["lo"], r["hi"]): r for r in rows if r["book"] == f"book{i:02d}.txt.xz"}
+        assert sorted(got) == sorted(tg)
+        for k, ts in tg.items():
+            assert got[k]["targets"] == ts and got[k]["n"] == len(ts)
+            assert all(ctx <= t < n for t in ts)
+            assert got[k]["stream_nll"] - got[k]["restart_nll"] == pytest.approx(
+                sum(0.001 * (t - ctx) for t in ts))
+            want_t.setdefault(f"[{k[0]}, {k[1]})", []).extend(ts)
+    assert sum(len(ts) for ts in tg.values()) > 2 * per      # several buckets, several targets
+    calls = [int(x) for x in log.read_text().split()]
+    streams = [c for c in calls if c in lengths]
+    windows = [c for c in calls if c not in lengths]
+    assert sorted(streams) == sorted(lengths)                # one stream call per book
+    assert windows and all(c == ctx + 1 for c in windows), set(windows)
+    assert len(windows) == sum(r["n"] for r in rows)
+    pooled = out["pooled"]["recur-base"]
+    assert sorted(pooled) == sorted(want_t)
+    for b, ts in want_t.items():
+        assert pooled[b]["n"] == len(ts)
+        assert pooled[b]["ratio"] == pytest.approx(math.exp(sum(0.001 * (t - ctx) for t in ts) / len(ts)))
+    md = (tmp_path / "r.md").read_text()
+    assert f"exactly the {ctx} tokens" in md and "| [64, 128) |" in md
 
 
 def _recurd():
