@@ -31,8 +31,8 @@ import corpus
 import longeval
 from common import Log, since_start
 from model import Mamba2LM, ModelConfig
-from pretrain_base import load_eval_books
-from trainer import TrainArgs, evaluate, pick_device, train
+from pretrain_base import load_eval_books, model_args
+from trainer import TrainArgs, pick_device, train
 
 
 def parse(argv):
@@ -46,10 +46,7 @@ def parse(argv):
     ap.add_argument("--eval-tokens", type=int, default=262144)
     ap.add_argument("--targets", type=int, default=128, help="sampled targets per bucket per book")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--d-model", type=int, default=384)
-    ap.add_argument("--n-layer", type=int, default=8)
-    ap.add_argument("--d-state", type=int, default=128)
-    ap.add_argument("--headdim", type=int, default=64)
+    model_args(ap)                                # the shipped shape by default
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dt-min", type=float, default=1e-5)
@@ -84,7 +81,8 @@ def main(argv=None):
     data = corpus.prepare(a.data, a.n_val, a.tokenizer, a.mock_hf, learn=False,
                           max_books=a.max_books or None, log=log)
     cfg = ModelConfig(d_model=a.d_model, n_layer=a.n_layer, d_state=a.d_state,
-                      headdim=a.headdim, vocab_size=data["tok"].vocab_size)
+                      headdim=a.headdim, vocab_size=data["tok"].vocab_size,
+                      chunk_size=a.chunk)
     common.seed_all(a.seed)
     model = Mamba2LM(cfg).init_weights(a.seed, dt_min=a.dt_min, dt_max=a.dt_max,
                                        dt_floor=a.dt_floor).to(dev)
@@ -135,10 +133,9 @@ def main(argv=None):
         checkpoint.save_state_spaces(m, os.path.join(a.out, v), torch.bfloat16)
         flush()
 
-    res["val_ppl"] = {}
-    ta_eval = TrainArgs()
-    for k, m in models.items():
-        res["val_ppl"][k] = math.exp(evaluate(m, val_w, a.batch, ta_eval, dev))
+    # train() ends with the zero-state validation loss of the weights it returns
+    res["val_ppl"] = {"base": math.exp(h["final_val_loss"])}
+    res["val_ppl"].update({v: math.exp(r["final_val_loss"]) for v, r in res["post"].items()})
     res["eval"] = {}
     for k, m in models.items():
         per = []
@@ -146,7 +143,7 @@ def main(argv=None):
             if per and since_start() > a.deadline - 5:
                 log(f"{k}: stopping the evaluation after {len(per)} books (clock)")
                 break
-            bk = longeval.failure_book(m.float(), ids[:a.eval_tokens], a.ctx, a.targets,
+            bk = longeval.failure_book(m, ids[:a.eval_tokens], a.ctx, a.targets,
                                        seed=1000 + bi)
             per.append(bk)
         res["eval"][k] = {"failure": longeval.pool_failure(per),

@@ -35,25 +35,33 @@ def _no_tf32():
 
 
 @torch.no_grad()
-def token_logprobs(model, ids, seg=8192, device=None):
+def token_logprobs(model, ids, seg=8192, device=None, cuts=None, on_cut=None):
     """log p(ids[p+1] | ids[:p+1]) for p = 0..n-2, streaming segments with carried state,
-    float32 weights and math (no autocast, no TF32)."""
+    float32 weights and math (no autocast, no TF32). Segments end every seg tokens, or at
+    the sorted positions cuts (the last must be n-1); on_cut(position, states) is called
+    after each segment."""
     device = device or next(model.parameters()).device
     ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     n = len(ids_t)
     out = torch.empty(max(0, n - 1), dtype=torch.float64)
-    states = None
+    if cuts is None:
+        cuts = [min(n - 1, s + seg) for s in range(0, n - 1, seg)]
+    states, s = None, 0
     was = model.training
     model.eval()
     with _no_tf32():
-        for s in range(0, n - 1, seg):
-            e = min(n - 1, s + seg)
+        for e in cuts:
+            if e <= s:
+                continue
             x = ids_t[s:e].to(device)[None]
             logits, states = model(x, states)
             states = detach_states(states)
             lp = torch.log_softmax(logits[0].float(), dim=-1)
             tgt = ids_t[s + 1:e + 1].to(device)
             out[s:e] = lp.gather(1, tgt[:, None])[:, 0].double().cpu()
+            if on_cut is not None:
+                on_cut(e, states)
+            s = e
     model.train(was)
     return out.numpy()
 
@@ -170,22 +178,10 @@ def last_logprobs(model, windows, targets, batch=128):
     device = next(model.parameters()).device
     res = []
     for i in range(0, windows.shape[0], batch):
-        w = windows[i:i + batch].to(device)
-        b = w.shape[0]
-        bb = model.backbone
-        f = cdtype_of(model)
-        h = bb.embedding(w).to(f)
-        for layer, (cs, ss) in zip(bb.layers, model.zero_states(b, device)):
-            y, _, _ = layer.mixer(layer.norm(h), cs, ss)
-            h = h + y.to(f)
-        lg = model._head(bb.norm_f(h[:, -1:]))[:, 0].float()
-        lp = torch.log_softmax(lg, -1)
+        lg, _ = model(windows[i:i + batch].to(device), last_only=True)
+        lp = torch.log_softmax(lg[:, 0].float(), -1)
         res.append(lp.gather(1, targets[i:i + batch].to(device)[:, None])[:, 0].double().cpu())
     return torch.cat(res).numpy()
-
-
-def cdtype_of(model):
-    return torch.promote_types(model.backbone.embedding.weight.dtype, torch.float32)
 
 
 def state_std_of(states):
@@ -193,33 +189,16 @@ def state_std_of(states):
     return [float(s.float().std()) for _, s in states]
 
 
-@torch.no_grad()
 def stream_with_states(model, ids, seg=8192):
     """token_logprobs, plus the state's std at positions 2^k and every seg tokens:
     -> (lps, [(position, [std per layer])])."""
-    device = next(model.parameters()).device
-    ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    n = len(ids_t)
+    n = len(ids)
     cuts = sorted({1 << k for k in range(40) if (1 << k) < n - 1} | set(range(seg, n - 1, seg))
                   | {n - 1})
-    out = torch.empty(max(0, n - 1), dtype=torch.float64)
-    states, s, stds = None, 0, []
-    was = model.training
-    model.eval()
-    with _no_tf32():
-        for e in cuts:
-            if e <= s:
-                continue
-            x = ids_t[s:e].to(device)[None]
-            logits, states = model(x, states)
-            states = detach_states(states)
-            lp = torch.log_softmax(logits[0].float(), dim=-1)
-            tgt = ids_t[s + 1:e + 1].to(device)
-            out[s:e] = lp.gather(1, tgt[:, None])[:, 0].double().cpu()
-            stds.append((e, state_std_of(states)))
-            s = e
-    model.train(was)
-    return out.numpy(), stds
+    stds = []
+    lps = token_logprobs(model, ids, cuts=cuts,
+                         on_cut=lambda e, st: stds.append((e, state_std_of(st))))
+    return lps, stds
 
 
 def failure_book(model, ids, T, per_bucket=128, seed=0, seg=8192):

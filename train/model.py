@@ -366,9 +366,10 @@ class Mamba2LM(nn.Module):
         w = self.backbone.embedding.weight if self.cfg.tie_embeddings else self.lm_head.weight
         return F.linear(h, w)
 
-    def forward(self, ids, states=None):
+    def forward(self, ids, states=None, last_only=False):
         """ids (b, T) int64. states: list of (conv, ssm) per layer, or None for zeros.
-        Returns logits (b, T, n_vocab) and the final states (same layout, float32)."""
+        Returns logits (b, T, n_vocab) and the final states (same layout, float32);
+        last_only: logits of the last position only, (b, 1, n_vocab)."""
         b = ids.shape[0]
         if states is None:
             states = self.zero_states(b, ids.device)
@@ -379,6 +380,8 @@ class Mamba2LM(nn.Module):
             y, cs2, ss2 = layer.mixer(layer.norm(h), cs, ss)
             h = h + y.to(f)
             out_states.append((cs2, ss2))
+        if last_only:
+            h = h[:, -1:]
         return self._head(self.backbone.norm_f(h)), out_states
 
     def step(self, ids, states):

@@ -29,6 +29,7 @@ def test_restart_is_exactly_T_tokens_from_zero_and_stream_is_the_whole_prefix():
     ids = np.random.default_rng(1).integers(0, 64, 700)
     T = 32
     bk = longeval.failure_book(m, ids, T, per_bucket=5, seed=7, seg=100)
+    lp_plain = longeval.token_logprobs(m, ids, seg=100)
     tg = longeval.failure_targets(len(ids), T, 5, seed=7)
     with torch.no_grad():
         full, _ = m(torch.as_tensor(ids[None]))
@@ -42,6 +43,9 @@ def test_restart_is_exactly_T_tokens_from_zero_and_stream_is_the_whole_prefix():
                 r -= float(torch.log_softmax(lg[0, -1].double(), -1)[ids[t]])
             assert math.isclose(row["stream_nll"], s, rel_tol=1e-4), (row, s)
             assert math.isclose(row["restart_nll"], r, rel_tol=1e-4), (row, r)
+        # every prediction of the cut stream equals the uncut forward pass's
+        want = lp_full[np.arange(len(ids) - 1), ids[1:]].numpy()
+        assert np.allclose(lp_plain, want, atol=1e-4)
     pooled = longeval.pool_failure([bk, bk])
     for p, row in zip(pooled, bk["failure"]):
         assert p["n"] == 2 * row["n"]
@@ -69,6 +73,10 @@ def test_noise_initial_states_have_one_std_and_are_used():
                                          log_every=1, eval_every=0, amp="off"),
               torch.device("cpu"), log=lambda *a: None)
     assert h["noise_std"] == 0.5 and h["steps"] == 3
+    # the same weights and batches from zero states score the first batch differently
+    hz = train(tiny(), Rand(), None, TrainArgs(max_steps=1, log_every=1, eval_every=0,
+                                               amp="off"), torch.device("cpu"), log=lambda *a: None)
+    assert abs(hz["log"][0]["loss"] - h["log"][0]["loss"]) > 1e-4
     h2 = train(tiny(), Rand(), None, TrainArgs(max_steps=2, init_state="noise", log_every=1,
                                                eval_every=0, amp="off"),
                torch.device("cpu"), log=lambda *a: None)
