@@ -2,6 +2,8 @@
 // Every API call goes through api(), which adds the key the user typed.
 const $ = (id) => document.getElementById(id);
 const KEEP = 3000;            // tokens kept in the DOM (older ones are dropped)
+const SHOW = 200 * 1000;     // characters of generated text kept on screen per output
+const FLUSH_MS = 50;          // generated text is drawn at most this often
 const CHUNK = 8 * 1024;       // characters per append: well under --detail-limit (4096) tokens
 const COLORS = ['#0b57d0', '#b3261e', '#146c2e', '#7d5260'];
 
@@ -234,6 +236,27 @@ function drawChart() {
 }
 
 // ---- generation over SSE --------------------------------------------------------
+// Tokens are shown at most every FLUSH_MS, as one new text node: `textContent +=`
+// per token re-copied and re-laid-out the whole output for every token, which at a
+// small model's thousands of tokens a second froze the page (Stop could not be
+// clicked). Past SHOW characters the oldest nodes go, so a long generation keeps
+// the page responsive; the status line at the end still counts every token.
+function tokenSink(out) {
+  let pending = '', timer = 0, shown = 0;
+  const flush = () => {
+    timer = 0;
+    if (!pending) return;
+    out.append(pending); shown += pending.length; pending = '';
+    while (shown > SHOW && out.childNodes.length > 1) {
+      shown -= out.firstChild.textContent.length; out.firstChild.remove();
+      out.dataset.trimmed = 'true';
+    }
+  };
+  return {
+    add(t) { pending += t; if (!timer) timer = setTimeout(flush, FLUSH_MS); },
+    end() { clearTimeout(timer); flush(); },
+  };
+}
 async function generate(id, out, signal, n) {
   const body = { stream: true, commit: $('commit').checked, max_tokens: +$('maxt').value,
     temperature: +$('temp').value, top_p: +$('topp').value, top_k: +$('topk').value };
@@ -242,25 +265,30 @@ async function generate(id, out, signal, n) {
   const r = await api(`/v1/sessions/${id}/generate`, { method: 'POST', signal,
     headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
   const rd = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  const sink = tokenSink(out);
   let buf = '';
-  for (;;) {
-    const { value, done } = await rd.read();
-    if (done) break;
-    buf += value;
-    let i;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const ev = buf.slice(0, i); buf = buf.slice(i + 2);
-      for (const line of ev.split('\n')) {
-        if (!line.startsWith('data:')) continue;
-        const d = line.slice(5).trim();
-        if (d === '[DONE]') continue;
-        const m = JSON.parse(d);
-        if (m.type === 'token') out.textContent += m.text;
-        else if (m.type === 'done') status(`${id}: ${m.finish_reason}, ${m.n_tokens} tokens, seed ${m.seed}` +
-          (m.committed ? ', committed' : ''));
-        else if (m.type === 'error') throw new Error(m.error.message);
+  try {
+    for (;;) {
+      const { value, done } = await rd.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const ev = buf.slice(0, i); buf = buf.slice(i + 2);
+        for (const line of ev.split('\n')) {
+          if (!line.startsWith('data:')) continue;
+          const d = line.slice(5).trim();
+          if (d === '[DONE]') continue;
+          const m = JSON.parse(d);
+          if (m.type === 'token') sink.add(m.text);
+          else if (m.type === 'done') status(`${id}: ${m.finish_reason}, ${m.n_tokens} tokens, seed ${m.seed}` +
+            (m.committed ? ', committed' : ''));
+          else if (m.type === 'error') throw new Error(m.error.message);
+        }
       }
     }
+  } finally {
+    sink.end();
   }
 }
 async function runGen(ids) {

@@ -24,6 +24,9 @@ const browser = await chromium.launch({
 });
 const ctx = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
 const page = await ctx.newPage();
+// every action (click, fill, screenshot) fails within 20 s, like the waits below,
+// so a hang is reported with its step instead of running into the test's timeout
+page.setDefaultTimeout(20000);
 const KEY = process.env.WEBUI_KEY;
 let allow401 = KEY ? 1 : 0, allow401log = allow401; // the page's first call, before the key
 page.on('console', (m) => {
@@ -44,8 +47,8 @@ page.on('response', (r) => {
 const step = async (name, fn) => {
   const t = Date.now();
   try { await fn(); } catch (e) {
-    await page.screenshot({ path: path.join(outdir, 'failed.png'), fullPage: true }).catch(() => {});
-    console.error(`step "${name}" failed: ${e.message}\nstatus: ${await page.textContent('#status').catch(() => '?')}`);
+    await page.screenshot({ path: path.join(outdir, 'failed.png'), fullPage: true, timeout: 5000 }).catch(() => {});
+    console.error(`step "${name}" failed: ${e.message}\nstatus: ${await page.textContent('#status', { timeout: 2000 }).catch(() => '?')}`);
     console.error(problems.join('\n'));
     await browser.close(); process.exit(1);
   }

@@ -50,8 +50,14 @@ def test_page_in_chromium(tmp_path, key):
         env = dict(os.environ, PLAYWRIGHT_DIR=PW, CHROMIUM=CHROMIUM)
         if key:
             env["WEBUI_KEY"] = key
-        r = subprocess.run(["node", os.path.join(HERE, "drive.mjs"), srv.url("/"), str(doc), out],
-                           env=env, capture_output=True, text=True, timeout=90)
+        # 50 s: each step fails by itself within 20 s (drive.mjs), and both
+        # parameters must fit in CTest's 120 s with their output shown
+        try:
+            r = subprocess.run(["node", os.path.join(HERE, "drive.mjs"), srv.url("/"), str(doc), out],
+                               env=env, capture_output=True, text=True, timeout=50)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail("drive.mjs did not finish in 50 s; it printed:\n%s\n%s" % (
+                e.stdout.decode() if e.stdout else "", e.stderr.decode() if e.stderr else ""))
         print(r.stdout)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.strip().endswith("ok")
