@@ -86,6 +86,110 @@ def test_score_max_details_omits_list(tmp_path):
     assert sum(b["n"] for b in out["buckets"]) == 299
 
 
+@pytest.mark.parametrize("name", ["m2_small", "m1_small"])
+def test_score_state_std_matches_transformers(tmp_path, name):
+    """--state-every: the SSM state's std after 64 tokens (2^6) is the std of the final
+    states transformers computed for the fixture (population std, per layer and all)."""
+    ref = read_safetensors(os.path.join(FIX, name, "reference.safetensors"))
+    ids = ref["input_ids"]
+    assert len(ids) == 64
+    f = tmp_path / "ids.txt"
+    f.write_text(" ".join(map(str, ids)))
+    out = json.loads(run("score", "--model", os.path.join(FIX, name), "--tokens", str(f),
+                         "--json", "--state-every", "24").stdout)
+    sd = out["state_std"]
+    # after 2^k tokens and every 24 tokens, up to n = 64
+    assert [p["pos"] for p in sd] == [1, 2, 4, 8, 16, 24, 32, 48, 64]
+    layers = sorted(k for k in ref if k.startswith("ssm."))
+    last = sd[-1]
+    want = [float(ref[k].astype(np.float64).std()) for k in layers]
+    assert len(last["layers"]) == len(layers)
+    assert np.allclose(last["layers"], want, rtol=1e-4, atol=1e-7), (last["layers"], want)
+    allv = np.concatenate([ref[k].astype(np.float64).ravel() for k in layers])
+    assert abs(last["std"] - allv.std()) < 1e-4 * allv.std()
+    # the trace changes along the stream (not one value repeated)
+    assert len({round(p["std"], 9) for p in sd}) > 3
+    # splitting the stream at the cuts does not change the scores
+    plain = json.loads(run("score", "--model", os.path.join(FIX, name), "--tokens", str(f),
+                           "--json").stdout)
+    assert np.max(np.abs(np.array(out["token_logprobs"]) - plain["token_logprobs"])) < 1e-5
+
+
+def test_score_failure_ratio(tmp_path):
+    """--restart-ctx T: each target's stream log-prob is the stream's own, its restart
+    log-prob is what a separate score of exactly x[t-T : t+1] gives for x[t], and the
+    buckets pool them."""
+    ref = read_safetensors(os.path.join(FIX, "m2_small", "reference.safetensors"))
+    rng = np.random.default_rng(3)
+    # 300 tokens: the fixture's 64, then ids drawn from its vocabulary
+    ids = np.concatenate([ref["input_ids"], rng.integers(0, 90, 236)]).astype(int)
+    f = tmp_path / "ids.txt"
+    f.write_text(" ".join(map(str, ids)))
+    model = os.path.join(FIX, "m2_small")
+    T = 20
+    tg = tmp_path / "targets.txt"
+    tg.write_text("40 33\n 299 33 20 150\n")     # unsorted, one repeated
+    out = json.loads(run("score", "--model", model, "--tokens", str(f), "--json",
+                         "--restart-ctx", str(T), "--targets", str(tg)).stdout)
+    fl = out["failure"]
+    assert fl["ctx"] == T
+    assert [t["pos"] for t in fl["targets"]] == [20, 33, 40, 150, 299]
+    lp = out["token_logprobs"]
+    # the first 63 predictions are transformers' own (the fixture's logits)
+    want = log_softmax(ref["logits"])[np.arange(63), ref["input_ids"][1:]]
+    for t in fl["targets"]:
+        p = t["pos"]
+        assert t["stream_logprob"] == pytest.approx(lp[p - 1], abs=1e-6)
+        if p < 64:
+            assert t["stream_logprob"] == pytest.approx(want[p - 1], abs=1e-4)
+        w = tmp_path / "w.txt"
+        w.write_text(" ".join(map(str, ids[p - T: p + 1])))
+        sep = json.loads(run("score", "--model", model, "--tokens", str(w), "--json").stdout)
+        assert len(sep["token_logprobs"]) == T
+        assert t["restart_logprob"] == pytest.approx(sep["token_logprobs"][-1], abs=1e-5)
+    # target 20 restarts at position 0: the same tokens as the stream
+    assert fl["targets"][0]["restart_logprob"] == pytest.approx(lp[19], abs=1e-5)
+    # buckets [2^k, 2^(k+1)) of the targets' positions, sums and ratio
+    got = {(b["start"], b["end"]): b for b in fl["buckets"]}
+    assert sorted(got) == [(16, 32), (32, 64), (128, 256), (256, 512)]
+    b = got[(32, 64)]
+    ts = fl["targets"][1:3]
+    assert b["n"] == 2
+    assert b["stream_nll"] == pytest.approx(-sum(t["stream_logprob"] for t in ts), abs=1e-5)
+    assert b["restart_nll"] == pytest.approx(-sum(t["restart_logprob"] for t in ts), abs=1e-5)
+    assert b["ratio"] == pytest.approx(np.exp((b["stream_nll"] - b["restart_nll"]) / 2), rel=1e-6)
+    assert b["stream_ppl"] == pytest.approx(np.exp(b["stream_nll"] / 2), rel=1e-6)
+    # evenly spaced targets: K per bucket from the first power of two >= T (32),
+    # lo + floor((i + 1/2) span / K); the last bucket is cut at n: [256, 300)
+    ev = json.loads(run("score", "--model", model, "--tokens", str(f), "--json",
+                        "--restart-ctx", str(T), "--targets-per-bucket", "4").stdout)["failure"]
+    assert [t["pos"] for t in ev["targets"]] == [36, 44, 52, 60, 72, 88, 104, 120,
+                                                   144, 176, 208, 240, 261, 272, 283, 294]
+    assert [b["n"] for b in ev["buckets"]] == [4, 4, 4, 4]
+    # text output lists the same buckets
+    txt = run("score", "--model", model, "--tokens", str(f), "--restart-ctx", str(T),
+              "--targets-per-bucket", "4", "--max-details", "0").stdout
+    assert "# failure ratio" in txt and "# [256, 512) 4 " in txt
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["--targets-per-bucket", "4"], 2, "need --restart-ctx"),
+    (["--restart-ctx", "0"], 2, "--restart-ctx must be"),
+    (["--restart-ctx", "8", "--targets", "T", "--targets-per-bucket", "2"], 2, "not both"),
+    (["--restart-ctx", "8", "--targets", "T"], 1, "entry 1 ('7') is not a position in [8, 30)"),
+    (["--state-every", "0"], 2, "--state-every must be"),
+])
+def test_score_failure_and_state_usage(tmp_path, args, code, needle):
+    f = tmp_path / "ids.txt"
+    f.write_text(" ".join(str(i % 90) for i in range(30)))
+    (tmp_path / "T").write_text("9 7 12")
+    args = [str(tmp_path / "T") if a == "T" else a for a in args]
+    p = run("score", "--model", os.path.join(FIX, "m2_small"), "--tokens", str(f), *args,
+            check=False)
+    assert p.returncode == code and needle in p.stderr, p.stderr
+    assert p.stdout == ""
+
+
 @pytest.mark.parametrize("text,needle", [
     ("1 2 96", "token 2 ('96') is not an id in [0, 96)"),
     ("1 -3 2", "token 1 ('-3')"),
