@@ -297,9 +297,11 @@ static int on_last(void *ud, const struct score_token *t)
     return 0;
 }
 
-/* Each target's restart log-prob: the zero state reads x[t-T : t+1]. */
-static int run_restarts(struct scorer *sc, struct mstate *r, const int32_t *ids, int64_t T,
-                        struct target *tg, size_t nt, int progress, char *err, size_t errlen)
+/* Each target's restart log-prob: the zero state reads x[t-T : t] unscored
+ * (no logits), then x[t] is scored from the last hidden row. */
+static int run_restarts(struct fwd *f, struct scorer *sc, struct mstate *r, const int32_t *ids,
+                        int64_t T, struct target *tg, size_t nt, int progress, char *err,
+                        size_t errlen)
 {
     double t0 = now_sec(), last = t0;
     for (size_t i = 0; i < nt; i++) {
@@ -307,8 +309,9 @@ static int run_restarts(struct scorer *sc, struct mstate *r, const int32_t *ids,
         score_stats_init(&st);
         state_reset(r);
         float lp = NAN;
-        int rc = scorer_run(sc, r, ids + tg[i].pos - T, (size_t)T + 1, &st, on_last, &lp, err,
-                            errlen);
+        int rc = fwd_prefill(f, r, ids + tg[i].pos - T, (size_t)T, err, errlen);
+        if (!rc)
+            rc = scorer_run(sc, r, ids + tg[i].pos, 1, &st, on_last, &lp, err, errlen);
         if (rc)
             return rc;
         tg[i].restart_lp = lp;
@@ -589,7 +592,7 @@ int cmd_score(int argc, char **argv)
     if (x.T) {
         for (size_t i = 0; i < x.nt; i++)
             x.tg[i].stream_lp = col.by_pos[x.tg[i].pos];
-        if (run_restarts(sc, rs, ids, x.T, x.tg, x.nt, a.progress, err, sizeof err)) {
+        if (run_restarts(f, sc, rs, ids, x.T, x.tg, x.nt, a.progress, err, sizeof err)) {
             fprintf(stderr, "recurd score: %s\n", err);
             goto out;
         }

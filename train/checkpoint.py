@@ -36,15 +36,20 @@ def state_spaces_tensors(model, dtype=torch.bfloat16):
     return out
 
 
-def save_state_spaces(model, d, dtype=torch.bfloat16, metadata=None):
-    """Write config.json + model.safetensors into directory d. Returns the weights' sha256."""
+def save_state_spaces(model, d, dtype=torch.bfloat16, metadata=None, training_context=None):
+    """Write config.json + model.safetensors into directory d. Returns the weights' sha256.
+    training_context (the pre-training window, tokens) goes into config.json as an extra
+    key that loaders ignore; recurd's evaluation scripts read it (issue 17)."""
     os.makedirs(d, exist_ok=True)
     meta = {"format": "pt"}
     meta.update(metadata or {})
     path = os.path.join(d, "model.safetensors")
     stio.save(state_spaces_tensors(model, dtype), path, metadata=meta)
     with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(model.cfg.to_state_spaces(), f, indent=2)
+        c = model.cfg.to_state_spaces()
+        if training_context is not None:
+            c["training_context"] = int(training_context)
+        json.dump(c, f, indent=2)
         f.write("\n")
     return sha256_file(path)
 

@@ -7,7 +7,7 @@ targets, and writes a markdown table, an SVG plot and (optionally) the models' c
 
   /usr/bin/python3 train/eval_books.py --recurd build/server/recurd \
       --models models/recur-base,models/recur-sp --books ../shared/data/gutenberg/dev_eval \
-      --ctx 256 --md docs/length_generalisation.md --svg docs/ppl_by_position.svg \
+      --ctx 256 --md docs/length_generalisation.md --svg docs/ppl_mean_by_position.svg \
       --cache build/eval_books.json --update-cards
 
 recurd's JSON: {"n_tokens","nll","ppl","token_logprobs":[...],
@@ -164,7 +164,7 @@ def main(argv=None):
     ap.add_argument("--max-tokens", type=int, default=0, help="with --ids: keep the first N")
     ap.add_argument("--ctx", type=int, default=256, help="training context of the models")
     ap.add_argument("--md", default="docs/length_generalisation.md")
-    ap.add_argument("--svg", default="docs/ppl_by_position.svg")
+    ap.add_argument("--svg", default="docs/ppl_mean_by_position.svg")
     ap.add_argument("--json", default=None, help="write the aggregate here too")
     ap.add_argument("--cache", default=None, help="per-(model, book) results, reused on re-runs")
     ap.add_argument("--extra", default="", help="extra arguments for recurd score")

@@ -16,13 +16,16 @@ EVAL_BEGIN = "<!-- recurd-eval:begin -->"
 EVAL_END = "<!-- recurd-eval:end -->"
 
 
-def export_dir(model, d, tokenizer_path, card, dtype="bf16", metadata=None, save=None):
+def export_dir(model, d, tokenizer_path, card, dtype="bf16", metadata=None, save=None,
+               training_context=None):
     """save(model, d, torch_dtype, metadata) -> sha256 writes config.json + weights
-    (default: the state-spaces Mamba-2 layout; gla.save_fla for GLA)."""
+    (default: the state-spaces Mamba-2 layout with training_context in config.json;
+    gla.save_fla for GLA)."""
     import checkpoint  # torch is needed only to export, not to edit cards
 
     os.makedirs(d, exist_ok=True)
-    save = save or checkpoint.save_state_spaces
+    save = save or (lambda m, dd, dt, md: checkpoint.save_state_spaces(
+        m, dd, dt, md, training_context=training_context))
     sha = save(model, d, checkpoint.DTYPES[dtype], metadata)
     shutil.copyfile(tokenizer_path, os.path.join(d, "tokenizer.json"))
     with open(os.path.join(d, "README.md"), "w") as f:

@@ -114,7 +114,8 @@ def main(argv=None):
     res["pretrain"] = {k: h.get(k) for k in ("steps", "tokens", "seconds", "stop_reason",
                                                "final_val_loss", "mean_tok_per_s")}
     models = {"base": model}
-    checkpoint.save_state_spaces(model, os.path.join(a.out, "base"), torch.bfloat16)
+    checkpoint.save_state_spaces(model, os.path.join(a.out, "base"), torch.bfloat16,
+                                 training_context=a.ctx)
     res["status"] = "pre-trained"
     flush()
 
@@ -130,7 +131,8 @@ def main(argv=None):
         res["post"][v] = {k: ph.get(k) for k in ("steps", "tokens", "seconds", "stop_reason",
                                                    "final_val_loss", "noise_std")}
         models[v] = m
-        checkpoint.save_state_spaces(m, os.path.join(a.out, v), torch.bfloat16)
+        checkpoint.save_state_spaces(m, os.path.join(a.out, v), torch.bfloat16,
+                                     training_context=a.ctx)
         flush()
 
     # train() ends with the zero-state validation loss of the weights it returns

@@ -337,7 +337,8 @@ def export_all(a, stage, models, post_hist, long, meta1, data, tok, tok_path, cf
         card = export.model_card(name, role, cfg, n_params, dat, pre,
                                  post if role == "sp" else None, evals,
                                  samples_md if role == "sp" else None, tok.kind)
-        info = export.export_dir(models[key], os.path.join(stage, "models", name), tok_path, card)
+        info = export.export_dir(models[key], os.path.join(stage, "models", name), tok_path, card,
+                                 training_context=pre["ctx"])
         log(f"exported {name}: {info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256'][:16]}")
         if info["bytes"] > 24e6:
             log(f"WARNING: {name} is {info['bytes'] / 1e6:.1f} MB > 24 MB")

@@ -109,51 +109,81 @@ def test_eval_effrem_end_to_end(tmp_path):
     assert svg.read_text().count("<polyline") == 4
 
 
-def test_eval_restart_exact_ctx(tmp_path, monkeypatch):
-    """Issue 17's baseline: for each sampled target t (failure_targets) the restart reads
-    EXACTLY ctx tokens x[t-ctx:t] from the zero state (every window handed to recurd has
-    ctx+1 tokens), the stream reads the whole book (its log-prob index t-1), and the ratio
-    is exp(mean stream NLL - mean restart NLL) pooled token-weighted over books. The fake's
-    log-prob of the j-th prediction is -(1 + 0.001 j), so stream - restart NLL at t is
-    0.001 (t - ctx) exactly."""
+def test_eval_restart_through_the_engine(tmp_path):
+    """Issue 17's failure ratio through the real `recurd score --restart-ctx`: the targets
+    are failure_targets' (seed + book index), each restart reads EXACTLY ctx tokens (checked
+    against a separate `recurd score` of x[t-ctx : t+1]), the ratio is exp(mean stream NLL -
+    mean restart NLL) pooled token-weighted over books, and the state-std trace comes along."""
     from longeval import failure_targets
-    ctx, per, lengths = 64, 8, (700, 1500)
-    make_books(str(tmp_path / "books"), lengths)
-    make_model(str(tmp_path / "recur-base"))
-    log = tmp_path / "calls.log"
-    monkeypatch.setenv("FAKE_RECURD_LOG", str(log))
-    js = tmp_path / "r.json"
-    assert eval_restart.main(["--recurd", os.path.join(HERE, "fake_recurd.py"),
-                              "--models", str(tmp_path / "recur-base"), "--books", str(tmp_path / "books"),
-                              "--ctx", str(ctx), "--targets", str(per), "--seed", "5",
-                              "--md", str(tmp_path / "r.md"), "--json", str(js)]) == 0
+    recurd = _recurd()
+    model = os.path.join(os.path.dirname(TRAIN), "models", "recur-sp")
+    lic = "/usr/share/common-licenses/GPL-3"
+    if not os.path.exists(os.path.join(model, "tokenizer.json")) or not os.path.exists(lic):
+        pytest.skip("needs models/recur-sp and " + lic)
+    text = open(lic).read()
+    books = tmp_path / "books"
+    books.mkdir()
+    for i, sl in enumerate((slice(0, 9000), slice(12000, 22000))):
+        with lzma.open(books / f"book{i:02d}.txt.xz", "wt") as f:
+            f.write(text[sl])
+    ctx, per, every = 64, 6, 512
+    js, md, svg, std_svg = (tmp_path / x for x in ("r.json", "r.md", "r.svg", "s.svg"))
+    cache = tmp_path / "cache.json"
+    argv = ["--recurd", recurd, "--models", model, "--books", str(books), "--max-tokens", "1500",
+            "--ctx", str(ctx), "--targets", str(per), "--seed", "5", "--state-every", str(every),
+            "--md", str(md), "--json", str(js), "--svg", str(svg), "--std-svg", str(std_svg),
+            "--cache", str(cache)]
+    assert eval_restart.main(argv) == 0
     out = json.load(open(js))
-    rows = out["per_book"]["recur-base"]
-    want_t = {}
-    for i, n in enumerate(lengths):
-        tg = failure_targets(n, ctx, per, 5 + i)
-        got = {(r["lo"], r["hi"]): r for r in rows if r["book"] == f"book{i:02d}.txt.xz"}
+    rows = out["per_book"]["recur-sp"]
+    want = {}
+    for i in range(2):
+        name = f"book{i:02d}.txt.xz"
+        with lzma.open(books / name, "rb") as f:
+            ids = [int(x) for x in subprocess.run([recurd, "tokenize", "--tokenizer", model],
+                                                  input=f.read(), capture_output=True,
+                                                  check=True).stdout.split()][:1500]
+        tg = failure_targets(len(ids), ctx, per, 5 + i)
+        got = {(r["lo"], r["hi"]): r for r in rows if r["book"] == name}
         assert sorted(got) == sorted(tg)
         for k, ts in tg.items():
             assert got[k]["targets"] == ts and got[k]["n"] == len(ts)
-            assert all(ctx <= t < n for t in ts)
-            assert got[k]["stream_nll"] - got[k]["restart_nll"] == pytest.approx(
-                sum(0.001 * (t - ctx) for t in ts))
-            want_t.setdefault(f"[{k[0]}, {k[1]})", []).extend(ts)
-    assert sum(len(ts) for ts in tg.values()) > 2 * per      # several buckets, several targets
-    calls = [int(x) for x in log.read_text().split()]
-    streams = [c for c in calls if c in lengths]
-    windows = [c for c in calls if c not in lengths]
-    assert sorted(streams) == sorted(lengths)                # one stream call per book
-    assert windows and all(c == ctx + 1 for c in windows), set(windows)
-    assert len(windows) == sum(r["n"] for r in rows)
-    pooled = out["pooled"]["recur-base"]
-    assert sorted(pooled) == sorted(want_t)
-    for b, ts in want_t.items():
-        assert pooled[b]["n"] == len(ts)
-        assert pooled[b]["ratio"] == pytest.approx(math.exp(sum(0.001 * (t - ctx) for t in ts) / len(ts)))
-    md = (tmp_path / "r.md").read_text()
-    assert f"exactly the {ctx} tokens" in md and "| [64, 128) |" in md
+            want.setdefault(f"[{k[0]}, {k[1]})", []).append(got[k])
+        # one target's restart, scored on its own: exactly ctx tokens before it
+        (lo, hi), ts = sorted(tg.items())[-1]
+        t = ts[0]
+        w = tmp_path / "w.txt"
+        w.write_text(" ".join(map(str, ids[t - ctx: t + 1])))
+        sep = json.loads(subprocess.run([recurd, "score", "--model", model, "--tokens", str(w),
+                                         "--json"], capture_output=True, check=True).stdout)
+        single = json.loads(subprocess.run(
+            [recurd, "score", "--model", model, "--tokens", str(w), "--json", "--restart-ctx",
+             str(ctx), "--targets", "-"], input=str(ctx).encode(), capture_output=True,
+            check=True).stdout)["failure"]["targets"][0]
+        assert single["pos"] == ctx
+        assert single["restart_logprob"] == pytest.approx(sep["token_logprobs"][-1], abs=1e-5)
+    pooled = out["pooled"]["recur-sp"]
+    assert sorted(pooled) == sorted(want) and len(pooled) >= 4
+    for b, rs in want.items():
+        n = sum(r["n"] for r in rs)
+        d = (sum(r["stream_nll"] for r in rs) - sum(r["restart_nll"] for r in rs)) / n
+        assert pooled[b]["n"] == n and pooled[b]["books"] == 2
+        assert pooled[b]["ratio"] == pytest.approx(math.exp(d))
+    # the first bucket's targets are read with no more than ctx tokens anyway: ratio ~ 1
+    assert pooled["[64, 128)"]["ratio"] == pytest.approx(1.0, abs=0.2)
+    stds = out["state_std_mean"]["recur-sp"]
+    assert [p["pos"] for p in stds][:3] == [1, 2, 4] and 512 in [p["pos"] for p in stds]
+    assert all(p["std"] > 0 for p in stds)
+    text_md = md.read_text()
+    assert f"exactly the {ctx} tokens" in text_md and "| [64, 128) |" in text_md
+    assert "## State standard deviation" in text_md
+    for f in (svg, std_svg):
+        s = f.read_text()
+        assert s.startswith("<svg") and "training context 64" in s and s.count("<polyline") == 1
+    # a re-run with the same settings comes from the cache: the binary is never called
+    argv[1] = "/nonexistent/recurd"
+    assert eval_restart.main(argv) == 0
+    assert json.load(open(js))["pooled"] == out["pooled"]
 
 
 def _recurd():
@@ -198,6 +228,76 @@ def test_eval_books_ids_against_engine(tmp_path):
         assert g["n"] == w["n"]
         assert g["ppl_mean"] == pytest.approx(w["ppl_mean"], rel=1e-4)
         assert g["ppl_pooled"] == pytest.approx(w["ppl_pooled"], rel=1e-4)
+
+
+def test_eval_restart_matches_pytorch(tmp_path):
+    """The failure ratio and the state std through the C engine (`recurd score
+    --restart-ctx/--state-every`, via eval_restart.py) equal train/longeval.py's PyTorch
+    failure_book on the same weights; T comes from config.json's training_context."""
+    import numpy as np
+    import torch
+    import checkpoint
+    import corpus
+    import longeval
+    from model import Mamba2LM, ModelConfig
+    recurd = _recurd()
+    cfg = ModelConfig(d_model=64, n_layer=2, vocab_size=300, d_state=16, headdim=16, chunk_size=16)
+    m = Mamba2LM(cfg).init_weights(4)
+    # perturbed enough that predictions depend on context: a restart after 40 tokens
+    # instead of 48 changes bucket ratios by several percent (so the test can fail)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    d = str(tmp_path / "recur-x")
+    checkpoint.save_state_spaces(m, d, training_context=48)
+    assert json.load(open(os.path.join(d, "config.json")))["training_context"] == 48
+    corpus.ByteTokenizer.write(os.path.join(d, "tokenizer.json"))
+    rng = np.random.default_rng(1)
+    books = tmp_path / "books"
+    books.mkdir()
+    words = ["the ", "state ", "passes ", "on ", "and ", "a ", "river ", "runs ", ".\n"]
+    for i, n in enumerate((900, 1300)):
+        with lzma.open(books / f"book{i:02d}.txt.xz", "wt") as f:
+            f.write("".join(rng.choice(words, n)))
+    js = tmp_path / "r.json"
+    assert eval_restart.main(["--recurd", recurd, "--models", d, "--books", str(books),
+                              "--max-tokens", "3000", "--targets", "10", "--seed", "2",
+                              "--state-every", "512", "--md", str(tmp_path / "r.md"),
+                              "--json", str(js)]) == 0
+    out = json.load(open(js))
+    assert out["ctx"] == 48
+    mb = checkpoint.load_dir(d)   # the bf16 weights the engine read, in float32
+    ref = []
+    for i in range(2):
+        with lzma.open(books / f"book{i:02d}.txt.xz", "rb") as f:
+            ids = [int(x) for x in subprocess.run([recurd, "tokenize", "--tokenizer", d],
+                                                  input=f.read(), capture_output=True,
+                                                  check=True).stdout.split()][:3000]
+        ref.append(longeval.failure_book(mb, ids, 48, 10, 2 + i, seg=512))
+    want = {f"[{r['start']}, {r['end']})": r for r in longeval.pool_failure(ref)}
+    got = out["pooled"]["recur-x"]
+    assert sorted(got) == sorted(want) and len(got) >= 5
+    for b, w in want.items():
+        assert got[b]["n"] == w["n"]
+        assert got[b]["stream_ppl"] == pytest.approx(w["stream_ppl"], rel=1e-3)
+        assert got[b]["restart_ppl"] == pytest.approx(w["restart_ppl"], rel=1e-3)
+        assert got[b]["ratio"] == pytest.approx(w["ratio"], abs=2e-4)
+    # state std: the engine's population std over all layers vs PyTorch's per-layer
+    # (unbiased) std, compared per layer at the positions both report
+    per_book = [{p: s for p, s in r["state_std"]} for r in ref]
+    with lzma.open(books / "book01.txt.xz", "rb") as f:
+        text = f.read()
+    ids1 = tmp_path / "ids1.txt"
+    ids1.write_text(subprocess.run([recurd, "tokenize", "--tokenizer", d], input=text,
+                                   capture_output=True, check=True).stdout.decode())
+    eng = json.loads(subprocess.run([recurd, "score", "--model", d, "--tokens", str(ids1),
+                                     "--json", "--max-details", "0", "--state-every", "512"],
+                                    capture_output=True, check=True).stdout)["state_std"]
+    eng = {p["pos"]: p["layers"] for p in eng}
+    common = sorted(set(eng) & set(per_book[1]))
+    assert len(common) >= 8
+    for p in common:
+        assert eng[p] == pytest.approx(per_book[1][p], rel=2e-3), p
 
 
 def test_horizons_from_weights(tmp_path, capsys):
