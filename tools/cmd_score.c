@@ -180,6 +180,12 @@ static int parse_args(int argc, char **argv, struct score_args *a)
         fprintf(stderr, "recurd score: --targets and --targets-per-bucket need --restart-ctx\n");
         return 2;
     }
+    if (a->targets_path && !strcmp(a->targets_path, "-") &&
+        ((a->tokens_path && !strcmp(a->tokens_path, "-")) ||
+         (a->text_path && !strcmp(a->text_path, "-")))) {
+        fprintf(stderr, "recurd score: the input and --targets cannot both be stdin ('-')\n");
+        return 2;
+    }
     if (a->targets_path && a->per_bucket) {
         fprintf(stderr, "recurd score: give --targets or --targets-per-bucket, not both\n");
         return 2;

@@ -178,6 +178,7 @@ def test_score_failure_ratio(tmp_path):
     (["--restart-ctx", "8", "--targets", "T", "--targets-per-bucket", "2"], 2, "not both"),
     (["--restart-ctx", "8", "--targets", "T"], 1, "entry 1 ('7') is not a position in [8, 30)"),
     (["--state-every", "0"], 2, "--state-every must be"),
+    (["--restart-ctx", "8", "--targets", "-", "--tokens", "-"], 2, "cannot both be stdin"),
 ])
 def test_score_failure_and_state_usage(tmp_path, args, code, needle):
     f = tmp_path / "ids.txt"
