@@ -233,11 +233,11 @@ static int read_targets(const char *path, int64_t T, size_t n, struct target **o
         long long t = strtoll(p, &end, 10);
         int sep = *end == 0 || *end == ' ' || *end == '\t' || *end == '\n' || *end == '\r';
         if (errno || end == p || !sep || *p == '+' || t < T || (unsigned long long)t >= n) {
+            size_t w = strcspn(p, " \t\r\n");
             rc = rc_fail(err, errlen, RC_EINVAL,
                          "%s: entry %zu ('%.*s') is not a position in [%lld, %zu) (targets "
                          "need --restart-ctx tokens before them)",
-                         path, k, (int)strcspn(p, " \t\r\n") > 24 ? 24 : (int)strcspn(p, " \t\r\n"),
-                         p, (long long)T, n);
+                         path, k, (int)(w > 24 ? 24 : w), p, (long long)T, n);
             goto fail;
         }
         if (k == cap) {
