@@ -195,6 +195,21 @@ def main(argv=None):
     for p in show:
         cells = [next((f"{s:.4f}" for q, s in mstd[l] if q == p), "-") for l in res]
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    far = [b for b in order if int(b[1:].split(",")[0]) >= 16384]
+    if far:
+        lines += ["", "## By book", "",
+                  "Failure ratio of each book in the buckets at or past 16384 (the means "
+                  "above pool these token-weighted).", "",
+                  "| book | " + " | ".join(f"{l} {b}" for l in res for b in far) + " |",
+                  "|---|" + "---|" * (len(res) * len(far))]
+        for b in books:
+            name = os.path.basename(b)
+            cells = []
+            for label in res:
+                got = {r["bucket"]: r for r in res[label] if r["book"] == name}
+                cells += [f"{math.exp((got[k]['stream_nll'] - got[k]['restart_nll']) / got[k]['n']):.3f}"
+                          if k in got else "-" for k in far]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     with open(a.md, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(a.json, "w") as f:
@@ -205,7 +220,11 @@ def main(argv=None):
                               for label, p in pooled.items()},
                    "state_std_mean": {label: [{"pos": p, "std": s} for p, s in v]
                                       for label, v in mstd.items()},
-                   "per_book": res}, f, indent=1)
+                   # per-book sums without the target lists (failure_targets(n, ctx,
+                   # targets, seed + book index) gives them again; --cache keeps them)
+                   "per_book": {label: [{k: v for k, v in r.items() if k != "targets"}
+                                        for r in rows] for label, rows in res.items()}},
+                  f, indent=None, separators=(",", ":"))
     if a.svg:
         series = [{"label": label, "points": [(int(b[1:].split(",")[1][:-1]), v[2])
                                               for b, v in p.items()]}
@@ -213,7 +232,9 @@ def main(argv=None):
         svgplot.line_plot(a.svg, series, f"Failure ratio by position ({len(books)} books)",
                           "position (bucket end, tokens)",
                           "stream / restart-after-T perplexity", log2x=True,
-                          vlines=[(ctx, f"training context {ctx}")])
+                          vlines=[(ctx, f"training context {ctx}")],
+                          hlines=[(1.0, "no failure"), (1.05, "1.05"), (1.5, "1.5")],
+                          yspan=(0.95, 1.1))
     if a.std_svg:
         series = [{"label": label, "points": [(p, s) for p, s in v if p >= 16]}
                   for label, v in mstd.items()]

@@ -33,13 +33,16 @@ def _label(v, log2x):
 
 
 def line_plot(path, series, title, xlabel, ylabel, log2x=False, vlines=(), ylog=False,
-              width=760, height=460):
+              width=760, height=460, hlines=(), yspan=None):
     """series: list of dicts {label, points [(x, y)], color?, dash?}.
-    vlines: list of (x, label) drawn dashed (e.g. the training context)."""
+    vlines: list of (x, label) drawn dashed (e.g. the training context); hlines: (y, label)
+    likewise across. yspan (lo, hi): the y axis shows at least this range (so ratios near
+    1 are not blown up to fill the plot)."""
     ml, mr, mt, mb = 70, 190, 40, 55
     pw, ph = width - ml - mr, height - mt - mb
     xs = [x for s in series for x, _ in s["points"]] + [v for v, _ in vlines]
     ys = [y for s in series for _, y in s["points"] if y == y and y not in (math.inf, -math.inf)]
+    ys += [v for v, _ in hlines] + (list(yspan) if yspan and ys else [])
     if not xs or not ys:
         raise ValueError("nothing to plot")
     x0, x1 = min(xs), max(xs)
@@ -71,6 +74,11 @@ def line_plot(path, series, title, xlabel, ylabel, log2x=False, vlines=(), ylog=
     for t in yt:
         o.append(f'<line x1="{ml}" y1="{Y(t):.1f}" x2="{ml + pw}" y2="{Y(t):.1f}" stroke="#eee"/>')
         o.append(f'<text x="{ml - 6}" y="{Y(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    for v, lab in hlines:
+        o.append(f'<line x1="{ml}" y1="{Y(v):.1f}" x2="{ml + pw}" y2="{Y(v):.1f}" stroke="#555" '
+                 f'stroke-dasharray="2,4"/>')
+        o.append(f'<text x="{ml + pw - 4}" y="{Y(v) - 4:.1f}" text-anchor="end" fill="#555">'
+                 f'{escape(lab)}</text>')
     for v, lab in vlines:
         o.append(f'<line x1="{X(v):.1f}" y1="{mt}" x2="{X(v):.1f}" y2="{mt + ph}" stroke="#555" '
                  f'stroke-dasharray="4,4"/>')
