@@ -2,7 +2,6 @@
  * recurd score — per-token log-probs, NLL, perplexity and perplexity by
  * position bucket of a token stream, offline.
  */
-#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -50,8 +49,8 @@ static void usage(FILE *f)
 }
 
 struct collect {
-    float *lp;     /* per-token log-probs, or NULL when over the limit */
-    float *by_pos; /* --restart-ctx: log-prob of the token at position p in by_pos[p] */
+    float *lp;     /* log-prob of token i+1 in lp[i], when listed or --restart-ctx needs them */
+    int list;      /* lp goes into the output (n - 1 <= --max-details) */
     size_t n, cap;
     double t0, last_report;
     size_t total;
@@ -63,8 +62,6 @@ static int on_token(void *ud, const struct score_token *t)
     struct collect *c = ud;
     if (c->lp && c->n < c->cap)
         c->lp[c->n] = t->logprob;
-    if (c->by_pos && t->pos >= 0 && (size_t)t->pos <= c->total)
-        c->by_pos[t->pos] = t->logprob;
     c->n++;
     if (c->progress && (c->n & 1023) == 0) {
         double now = now_sec();
@@ -223,21 +220,16 @@ static int read_targets(const char *path, int64_t T, size_t n, struct target **o
         rc_free(text);
         return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
     }
-    for (char *p = text;;) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-            p++;
-        if (!*p)
-            break;
-        char *end;
-        errno = 0;
-        long long t = strtoll(p, &end, 10);
-        int sep = *end == 0 || *end == ' ' || *end == '\t' || *end == '\n' || *end == '\r';
-        if (errno || end == p || !sep || *p == '+' || t < T || (unsigned long long)t >= n) {
-            size_t w = strcspn(p, " \t\r\n");
+    const char *p = text, *w;
+    size_t wl;
+    long long t;
+    int r;
+    while ((r = next_int_word(&p, &t, &w, &wl)) != 0) {
+        if (r < 0 || t < T || (unsigned long long)t >= n) {
             rc = rc_fail(err, errlen, RC_EINVAL,
                          "%s: entry %zu ('%.*s') is not a position in [%lld, %zu) (targets "
                          "need --restart-ctx tokens before them)",
-                         path, k, (int)(w > 24 ? 24 : w), p, (long long)T, n);
+                         path, k, (int)(wl > 24 ? 24 : wl), w, (long long)T, n);
             goto fail;
         }
         if (k == cap) {
@@ -250,7 +242,6 @@ static int read_targets(const char *path, int64_t T, size_t n, struct target **o
             cap *= 2;
         }
         v[k++] = (struct target){.pos = t};
-        p = end;
     }
     rc_free(text);
     qsort(v, k, sizeof *v, cmp_target);
@@ -447,7 +438,7 @@ static int print_json(size_t n, const struct score_stats *st, const struct colle
     json_t *out = json_pack("{sI sI sf sf sf}", "n_tokens", (json_int_t)n, "n_scored",
                             (json_int_t)st->n, "nll", st->nll, "ppl", score_ppl(st->nll, st->n),
                             "seconds", secs);
-    if (col->lp) {
+    if (col->lp && col->list) {
         json_t *a = json_array();
         for (size_t i = 0; i < col->n; i++)
             json_array_append_new(a, json_real(col->lp[i]));
@@ -473,7 +464,7 @@ static int print_json(size_t n, const struct score_stats *st, const struct colle
 static void print_text(const int32_t *ids, size_t n, const struct score_stats *st,
                        const struct collect *col, const struct extra *x)
 {
-    if (col->lp) {
+    if (col->lp && col->list) {
         printf("# position id logprob\n");
         for (size_t i = 0; i < col->n; i++)
             printf("%zu %d %.6f\n", i + 1, ids[i + 1], (double)col->lp[i]);
@@ -543,10 +534,12 @@ int cmd_score(int argc, char **argv)
         fprintf(stderr, "recurd score: out of memory\n");
         goto out;
     }
-    size_t max_details = (size_t)a.max_details;
-    col.cap = n - 1 < max_details ? n - 1 : max_details;
-    col.lp = n - 1 <= max_details ? rc_malloc((col.cap ? col.cap : 1) * sizeof(float)) : NULL;
-    col.total = n - 1;
+    col.list = n - 1 <= (size_t)a.max_details;
+    col.cap = col.total = n - 1;
+    if ((col.list || a.restart_ctx) && !(col.lp = rc_malloc((n > 1 ? n - 1 : 1) * sizeof(float)))) {
+        fprintf(stderr, "recurd score: out of memory\n");
+        goto out;
+    }
     col.progress = a.progress;
     col.t0 = col.last_report = now_sec();
     if (a.restart_ctx) {
@@ -558,8 +551,7 @@ int cmd_score(int argc, char **argv)
             goto out;
         }
         x.T = a.restart_ctx;
-        col.by_pos = rc_malloc(n * sizeof(float));
-        if (!col.by_pos || state_create(m, &rs)) {
+        if (state_create(m, &rs)) {
             fprintf(stderr, "recurd score: out of memory\n");
             goto out;
         }
@@ -597,7 +589,7 @@ int cmd_score(int argc, char **argv)
     }
     if (x.T) {
         for (size_t i = 0; i < x.nt; i++)
-            x.tg[i].stream_lp = col.by_pos[x.tg[i].pos];
+            x.tg[i].stream_lp = col.lp[x.tg[i].pos - 1];
         if (run_restarts(f, sc, rs, ids, x.T, x.tg, x.nt, a.progress, err, sizeof err)) {
             fprintf(stderr, "recurd score: %s\n", err);
             goto out;
@@ -614,7 +606,6 @@ int cmd_score(int argc, char **argv)
     status = fflush(stdout) == 0 ? 0 : 1;
 out:
     rc_free(col.lp);
-    rc_free(col.by_pos);
     rc_free(x.tg);
     rc_free(x.sp);
     rc_free(cuts);

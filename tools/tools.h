@@ -36,6 +36,12 @@ double now_sec(void);
 int read_file_all(const char *path, size_t max_bytes, char **out, size_t *len, char *err,
                   size_t errlen);
 
+/* The next whitespace-separated word at *p as a decimal integer (no '+', under
+ * 32 characters, in range of long long): returns 1 with *val set, 0 at the end of
+ * the text, -1 when the word is not such an integer. *p moves past the word;
+ * word and wlen name it (for messages). */
+int next_int_word(const char **p, long long *val, const char **word, size_t *wlen);
+
 /* Parse whitespace-separated token ids. Every id must be an integer in
  * [0, n_vocab); the first bad one is named by index in err. *ids is an
  * rc_malloc'ed array. */

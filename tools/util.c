@@ -68,6 +68,35 @@ nomem:
     return rc_fail(err, errlen, RC_ENOMEM, "%s: out of memory", path);
 }
 
+int next_int_word(const char **p, long long *val, const char **word, size_t *wlen)
+{
+    const char *q = *p;
+    while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+        q++;
+    if (!*q) {
+        *p = q;
+        return 0;
+    }
+    const char *start = q;
+    while (*q && *q != ' ' && *q != '\t' && *q != '\n' && *q != '\r')
+        q++;
+    char tok[32];
+    size_t tl = (size_t)(q - start);
+    int ok = tl > 0 && tl < sizeof tok;
+    if (ok) {
+        memcpy(tok, start, tl);
+        tok[tl] = 0;
+        char *end;
+        errno = 0;
+        *val = strtoll(tok, &end, 10);
+        ok = errno == 0 && *end == 0 && tok[0] != '+' && !(tok[0] == '-' && tok[1] == 0);
+    }
+    *p = q;
+    *word = start;
+    *wlen = tl;
+    return ok ? 1 : -1;
+}
+
 int parse_token_ids(const char *text, int n_vocab, int32_t **ids, size_t *n, char *err,
                     size_t errlen)
 {
@@ -75,32 +104,16 @@ int parse_token_ids(const char *text, int n_vocab, int32_t **ids, size_t *n, cha
     int32_t *v = rc_malloc(cap * sizeof *v);
     if (!v)
         return rc_fail(err, errlen, RC_ENOMEM, "out of memory");
-    const char *p = text;
-    for (;;) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-            p++;
-        if (!*p)
-            break;
-        const char *start = p;
-        while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
-            p++;
-        char tok[32];
-        size_t tl = (size_t)(p - start);
-        long long val = -1;
-        int ok = tl > 0 && tl < sizeof tok;
-        if (ok) {
-            memcpy(tok, start, tl);
-            tok[tl] = 0;
-            char *end;
-            errno = 0;
-            val = strtoll(tok, &end, 10);
-            ok = errno == 0 && *end == 0 && tok[0] != '+' && !(tok[0] == '-' && tok[1] == 0);
-        }
-        if (!ok || val < 0 || val >= n_vocab) {
+    const char *p = text, *w;
+    size_t wl;
+    long long val;
+    int r;
+    while ((r = next_int_word(&p, &val, &w, &wl)) != 0) {
+        if (r < 0 || val < 0 || val >= n_vocab) {
             rc_free(v);
             return rc_fail(err, errlen, RC_EINVAL,
                            "token %zu ('%.*s') is not an id in [0, %d)", cnt,
-                           (int)(tl > 24 ? 24 : tl), start, n_vocab);
+                           (int)(wl > 24 ? 24 : wl), w, n_vocab);
         }
         if (cnt == cap) {
             int32_t *nv = rc_realloc(v, 2 * cap * sizeof *v);
