@@ -44,14 +44,16 @@ def run(cmd, **kw):
     return r.stdout
 
 
-def book_ids(recurd, model, book, max_tokens, tmp):
+def book_ids(recurd, model, book, max_tokens):
     """The book's token ids through the model's tokenizer (`recurd tokenize`)."""
-    txt = os.path.join(tmp, "book.txt")
-    with lzma.open(book, "rb") as f, open(txt, "wb") as g:
-        g.write(f.read())
-    with open(txt, "rb") as f:
-        return [int(x) for x in run([recurd, "tokenize", "--tokenizer", model],
-                                    stdin=f).split()][:max_tokens]
+    with lzma.open(book, "rb") as f:
+        text = f.read()
+    r = subprocess.run([recurd, "tokenize", "--tokenizer", model], input=text,
+                       capture_output=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{recurd} tokenize --tokenizer {model} failed ({r.returncode}): "
+                           f"{r.stderr.decode(errors='replace').strip()[-1000:]}")
+    return [int(x) for x in r.stdout.split()][:max_tokens]
 
 
 def book_result(recurd, model, ids, ctx, per_bucket, seed, state_every, tmp):
@@ -150,7 +152,7 @@ def main(argv=None):
                 name = os.path.basename(b)
                 ck = f"{os.path.abspath(m)}|{name}"
                 if ck not in cache:
-                    ids = book_ids(a.recurd, m, b, a.max_tokens, tmp)
+                    ids = book_ids(a.recurd, m, b, a.max_tokens)
                     cache[ck] = book_result(a.recurd, m, ids, ctx, a.targets, a.seed + i,
                                             a.state_every, tmp)
                     if a.cache:

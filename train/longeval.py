@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from model import detach_states
+from model import detach_states, ssm_stds
 
 
 def bucket_of(p):
@@ -184,11 +184,6 @@ def last_logprobs(model, windows, targets, batch=128):
     return torch.cat(res).numpy()
 
 
-def state_std_of(states):
-    """Per layer: the standard deviation over all elements of the SSM state (batch 1)."""
-    return [float(s.float().std()) for _, s in states]
-
-
 def stream_with_states(model, ids, seg=8192):
     """token_logprobs, plus the state's std at positions 2^k and every seg tokens:
     -> (lps, [(position, [std per layer])])."""
@@ -197,7 +192,7 @@ def stream_with_states(model, ids, seg=8192):
                   | {n - 1})
     stds = []
     lps = token_logprobs(model, ids, cuts=cuts,
-                         on_cut=lambda e, st: stds.append((e, state_std_of(st))))
+                         on_cut=lambda e, st: stds.append((e, ssm_stds(st))))
     return lps, stds
 
 

@@ -438,3 +438,8 @@ class Mamba2LM(nn.Module):
 
 def detach_states(states):
     return [(c.detach(), s.detach()) for c, s in states]
+
+
+def ssm_stds(states):
+    """Per layer: the standard deviation over all elements of the SSM state."""
+    return [float(s.float().std()) for _, s in states]

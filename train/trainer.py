@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from model import Mamba2LM, ModelConfig, detach_states
+from model import Mamba2LM, ModelConfig, detach_states, ssm_stds
 
 
 @dataclass
@@ -147,7 +147,9 @@ class FittedNoise:
 
 
 def state_std(states):
-    return float(torch.stack([s.float().std() for _, s in states]).mean())
+    """Mean over layers of the SSM state's std."""
+    v = ssm_stds(states)
+    return sum(v) / len(v)
 
 
 def train(model, sampler, val_windows, a: TrainArgs, device, log=print, ckpt_fn=None,

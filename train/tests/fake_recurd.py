@@ -1,12 +1,8 @@
 #!/usr/bin/env python3
 """Stand-in for the recurd binary in tests of the evaluation scripts: emits the JSON shapes
 of `recurd score --json` and `recurd effrem --json`, with made-up but deterministic numbers
-(ppl depends on the model name and the bucket; the text's length sets the token count).
-`recurd tokenize` gives one id per byte of stdin; `recurd score --tokens FILE --json` gives
-token_logprobs[j] = -(1 + 0.001 j) (the longer the context, the worse: a made-up failing
-state), and appends the number of tokens it read to $FAKE_RECURD_LOG when that is set."""
+(ppl depends on the model name and the bucket; the text's length sets the token count)."""
 import json
-import os
 import sys
 
 
@@ -17,18 +13,7 @@ def arg(name, default=None):
 
 def main():
     cmd = sys.argv[1]
-    if cmd == "tokenize":
-        print(" ".join(str(b % 300) for b in sys.stdin.buffer.read()))
-        return
     model = arg("--model")
-    if cmd == "score" and arg("--tokens"):
-        ids = open(arg("--tokens")).read().split()
-        if os.environ.get("FAKE_RECURD_LOG"):
-            with open(os.environ["FAKE_RECURD_LOG"], "a") as f:
-                f.write(f"{len(ids)}\n")
-        lp = [-(1 + 0.001 * j) for j in range(len(ids) - 1)]
-        print(json.dumps({"n_tokens": len(ids), "n_scored": len(lp), "token_logprobs": lp}))
-        return
     text = open(arg("--text"), encoding="utf-8").read()
     n = len(text) // 4
     base = "base" in model

@@ -1,6 +1,7 @@
-"""eval_books.py / eval_effrem.py / eval_restart.py end to end against tests/fake_recurd.py (the real
-`recurd score --text` / `recurd effrem` come from the engine issue), plus the
-aggregation arithmetic on hand-made inputs."""
+"""eval_books.py / eval_effrem.py end to end against tests/fake_recurd.py (the real
+`recurd score --text` / `recurd effrem` come from the engine issue), the aggregation
+arithmetic on hand-made inputs, and eval_books.py / eval_restart.py against the real
+engine (skipped without a built recurd)."""
 import json
 import lzma
 import math
@@ -198,24 +199,31 @@ def _recurd():
     return p
 
 
+def _tiny_model_dir(d, seed, scale, training_context=None):
+    """A small Mamba-2 with every parameter perturbed by scale * N(0, 1), exported by
+    checkpoint.py (bf16) with a byte-level tokenizer.json, for the real engine."""
+    import torch
+    import checkpoint
+    import corpus
+    from model import Mamba2LM, ModelConfig
+    cfg = ModelConfig(d_model=64, n_layer=2, vocab_size=300, d_state=16, headdim=16, chunk_size=16)
+    m = Mamba2LM(cfg).init_weights(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    checkpoint.save_state_spaces(m, d, training_context=training_context)
+    corpus.ByteTokenizer.write(os.path.join(d, "tokenizer.json"))
+    return d
+
+
 def test_eval_books_ids_against_engine(tmp_path):
     """The real C engine scores a checkpoint exported by checkpoint.py; eval_books.py's
     aggregate must equal longeval.py's on the same ids and weights."""
     import numpy as np
-    import torch
     import checkpoint
-    import corpus
     import longeval
-    from model import Mamba2LM, ModelConfig
     recurd = _recurd()
-    cfg = ModelConfig(d_model=64, n_layer=2, vocab_size=300, d_state=16, headdim=16, chunk_size=16)
-    m = Mamba2LM(cfg).init_weights(3)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    d = str(tmp_path / "recur-x")
-    checkpoint.save_state_spaces(m, d)
-    corpus.ByteTokenizer.write(os.path.join(d, "tokenizer.json"))
+    d = _tiny_model_dir(str(tmp_path / "recur-x"), seed=3, scale=0.05)
     ids_dir = tmp_path / "ids"
     ids_dir.mkdir()
     rng = np.random.default_rng(0)
@@ -240,23 +248,13 @@ def test_eval_restart_matches_pytorch(tmp_path):
     --restart-ctx/--state-every`, via eval_restart.py) equal train/longeval.py's PyTorch
     failure_book on the same weights; T comes from config.json's training_context."""
     import numpy as np
-    import torch
     import checkpoint
-    import corpus
     import longeval
-    from model import Mamba2LM, ModelConfig
     recurd = _recurd()
-    cfg = ModelConfig(d_model=64, n_layer=2, vocab_size=300, d_state=16, headdim=16, chunk_size=16)
-    m = Mamba2LM(cfg).init_weights(4)
     # perturbed enough that predictions depend on context: a restart after 40 tokens
     # instead of 48 changes bucket ratios by several percent (so the test can fail)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    d = str(tmp_path / "recur-x")
-    checkpoint.save_state_spaces(m, d, training_context=48)
+    d = _tiny_model_dir(str(tmp_path / "recur-x"), seed=4, scale=0.3, training_context=48)
     assert json.load(open(os.path.join(d, "config.json")))["training_context"] == 48
-    corpus.ByteTokenizer.write(os.path.join(d, "tokenizer.json"))
     rng = np.random.default_rng(1)
     books = tmp_path / "books"
     books.mkdir()
